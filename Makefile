@@ -1,0 +1,58 @@
+# patronage — one Makefile for install, services, lint, typecheck, test, bench, demo.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export PATRONAGE_PYTHON := $(abspath $(PY))
+
+.PHONY: install services services-down services-status lint format typecheck unit test bench demo demo-stop schemas clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+services: install
+	deploy/services.sh up
+
+services-down:
+	deploy/services.sh down
+
+services-status:
+	deploy/services.sh status
+
+lint: install
+	$(VENV)/bin/ruff check patronage tests
+	$(VENV)/bin/ruff format --check patronage tests
+
+format: install
+	$(VENV)/bin/ruff format patronage tests
+	$(VENV)/bin/ruff check --fix patronage tests
+
+typecheck: install
+	$(VENV)/bin/mypy patronage/models patronage/streams
+
+unit: install
+	$(VENV)/bin/pytest tests/unit -q
+
+# The whole suite: real Kafka and Redis are started first.
+test: services
+	$(VENV)/bin/pytest -q
+
+bench: services
+	$(PY) -m patronage.bench
+
+schemas: install
+	$(PY) -m patronage.streams.cli schema --out schemas
+
+demo: services
+	deploy/demo.sh
+
+demo-stop:
+	deploy/demo.sh stop
+
+clean: services-down
+	rm -rf .services .patronage test-artifacts

@@ -1,0 +1,221 @@
+"""Wire contracts: the JSON events shops publish and the outputs we emit.
+
+Times leave this module as integer epoch milliseconds (UTC). Extra fields are
+ignored so producers can add fields before we read them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+UTC = dt.UTC
+
+
+class PageType(StrEnum):
+    home = "home"
+    category = "category"
+    product = "product"
+    search = "search"
+    cart = "cart"
+    checkout = "checkout"
+    other = "other"
+
+
+class Channel(StrEnum):
+    email = "email"
+    social = "social"
+    search = "search"
+    ads = "ads"
+    direct = "direct"
+    other = "other"
+
+
+def parse_ts(value: Any, default_zone: dt.tzinfo = UTC) -> int:
+    """RFC 3339 (naive read in `default_zone`) or epoch milliseconds -> epoch ms."""
+    if isinstance(value, bool):
+        raise ValueError("ts must be an RFC 3339 string or epoch milliseconds, not a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("ts is not a finite number")
+        if not value.is_integer():
+            raise ValueError("ts as a number must be whole epoch milliseconds")
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise ValueError("ts is empty")
+        if text.isdigit():
+            return int(text)
+        try:
+            parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"ts {value!r} is not RFC 3339") from exc
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=default_zone)
+        return int(parsed.timestamp() * 1000)
+    raise ValueError(f"ts must be an RFC 3339 string or epoch milliseconds, got {type(value).__name__}")
+
+
+def format_ts(epoch_ms: int) -> str:
+    """Epoch ms -> RFC 3339 UTC with millisecond precision."""
+    moment = dt.datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _strip(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+Ident = Annotated[str, BeforeValidator(_strip), Field(min_length=1, max_length=128)]
+ShortText = Annotated[str, BeforeValidator(_strip), Field(max_length=128)]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: Ident
+    customer_id: Ident
+    # Kept raw here; validation turns it into epoch ms with the configured zone.
+    ts: int | float | str
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("ts must be an RFC 3339 string or epoch milliseconds")
+        return value
+
+
+class Click(_Event):
+    session_id: Ident
+    page_type: PageType
+    product_id: ShortText | None = None
+    category: ShortText | None = None
+    channel: Channel | None = None
+    device: ShortText | None = None
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    sku: Ident
+    category: ShortText | None = None
+    quantity: int
+    unit_price: Decimal = Field(allow_inf_nan=False)
+
+    @field_validator("quantity", mode="before")
+    @classmethod
+    def _whole_quantity(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("quantity must be a whole number")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+
+class _Basket(_Event):
+    items: list[Item]
+    total: Decimal = Field(allow_inf_nan=False)
+    currency: Annotated[str, BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v)]
+    payment_method: ShortText | None = None
+
+    @field_validator("currency")
+    @classmethod
+    def _iso_shape(cls, value: str) -> str:
+        if len(value) != 3 or not value.isalpha() or not value.isascii():
+            raise ValueError(f"currency {value!r} is not an ISO 4217 code")
+        return value
+
+
+class Purchase(_Basket):
+    order_id: Ident
+    channel: Channel | None = None
+
+
+class StoreReceipt(_Basket):
+    receipt_id: Ident
+    store_id: Ident
+    loyalty_card: ShortText | None = None
+
+
+AttributeValue = str | int | float | bool | None
+
+
+class CustomerAttributes(_Event):
+    attributes: dict[str, AttributeValue]
+
+
+EventKind = Literal["click", "purchase", "store_receipt", "customer_attributes"]
+Event = Click | Purchase | StoreReceipt | CustomerAttributes
+
+EVENT_MODELS: dict[EventKind, type[_Event]] = {
+    "click": Click,
+    "purchase": Purchase,
+    "store_receipt": StoreReceipt,
+    "customer_attributes": CustomerAttributes,
+}
+
+# Known attribute fields and the JSON types they accept; others are dropped
+# (and counted) so a CRM export cannot grow a profile without bound.
+KNOWN_ATTRIBUTES: dict[str, tuple[type, ...]] = {
+    "birth_year": (int,),
+    "gender": (str,),
+    "marital_status": (str,),
+    "children": (int,),
+    "region": (str,),
+    "postcode": (str,),
+    "preferred_channel": (str,),
+    "consent_email": (bool,),
+    "consent_sms": (bool,),
+    "consent_profiling": (bool,),
+}
+
+
+class SegmentChange(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    customer_id: str
+    ts: str
+    previous_segment: int | None
+    segment: int
+    segment_label: str
+    model_version: int
+    reason: Literal["profile", "model_update"]
+
+
+class LapseAlert(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    customer_id: str
+    ts: str
+    kind: Literal["lapsed", "reactivated"]
+    last_seen: str
+    days_since_last_visit: float
+    usual_gap_days: float
+    value_at_risk: float
+    segment: int | None
+
+
+class DeadLetter(BaseModel):
+    """What lands on events-dlq: enough to inspect, fix and republish."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    source_topic: str
+    partition: int
+    offset: int
+    reason: str
+    error: str
+    payload: str
+    payload_encoding: Literal["utf-8", "base64"]
+    detected_at: str

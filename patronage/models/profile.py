@@ -1,0 +1,402 @@
+"""Profile update math: `apply(state, delta) -> (state, outcome)`.
+
+This is the reference the Redis Lua script (streams/lua/apply.lua) mirrors
+field for field; tests hold the two equal. A profile is a function of the set
+of events applied, not their order:
+
+* last_seen/first_seen/last_order_at are max/min;
+* decayed frequency and monetary value are stored *as of last_seen* (the
+  reference time); when last_seen moves forward the sums are rescaled, and a
+  late event is decayed from its own ts to the reference;
+* visit days are a set, so visits and the gap statistics follow from it.
+
+Three bounded windows trade exact order-independence for bounded memory; each
+is exact unless its window overflows (documented in the README): sessions
+(the newest `session_window` sessions), dedupe of redelivered event ids (the
+last `dedupe_window` per customer), and the capped category/channel/device/
+payment maps (the first `map_cap` keys, the rest go to `_other`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal
+
+from patronage.models.contracts import (
+    UTC,
+    AttributeValue,
+    Click,
+    CustomerAttributes,
+    Event,
+    Purchase,
+    StoreReceipt,
+    format_ts,
+)
+
+DAY_MS = 86_400_000
+EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+OTHER = "_other"
+MAP_PREFIXES = ("cat:", "ch:", "dev:", "pay:")
+
+Outcome = Literal["applied", "dup_offset", "dup_event"]
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    half_life_ms: int = 30 * DAY_MS
+    map_cap: int = 32
+    session_window: int = 32
+    dedupe_window: int = 32
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One validated event, reduced to what the profile needs (the Lua input)."""
+
+    src: str  # source topic:partition
+    off: int  # Kafka offset in src
+    eid: str  # 8-hex hash of event_id
+    t: int  # event time, epoch ms
+    day: int  # visit day index (days since 1970-01-01 in the customer's zone)
+    k: Literal["c", "o", "a"]
+    sid: str | None = None  # click: 8-hex hash of session_id
+    mc: str | None = None  # marketing channel
+    dv: str | None = None  # click: device
+    origin: Literal["online", "store"] | None = None
+    b: float = 0.0  # basket value (positive lines), base currency
+    r: float = 0.0  # returned value (negative lines, as a positive number)
+    n: float = 0.0  # net = b - r
+    cats: tuple[tuple[str, float], ...] = ()
+    pm: str | None = None
+    at: tuple[tuple[str, str], ...] = ()  # attribute name -> JSON value
+
+    def to_wire(self) -> dict[str, object]:
+        wire: dict[str, object] = {
+            "src": self.src,
+            "off": self.off,
+            "eid": self.eid,
+            "t": self.t,
+            "day": self.day,
+            "k": self.k,
+        }
+        for name in ("sid", "mc", "dv", "origin", "pm"):
+            value = getattr(self, name)
+            if value is not None:
+                wire[name] = value
+        if self.k == "o":
+            wire.update(b=self.b, r=self.r, n=self.n, cats=[list(c) for c in self.cats])
+        if self.k == "a":
+            wire["at"] = [list(a) for a in self.at]
+        return wire
+
+
+def short_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=4).hexdigest()
+
+
+def day_index(ts_ms: int, zone: dt.tzinfo = UTC) -> int:
+    return dt.datetime.fromtimestamp(ts_ms / 1000, tz=zone).date().toordinal() - EPOCH_ORDINAL
+
+
+def to_delta(
+    event: Event,
+    ts_ms: int,
+    src: str,
+    offset: int,
+    currencies: Mapping[str, float],
+    zone: dt.tzinfo = UTC,
+) -> Delta:
+    base = {
+        "src": src,
+        "off": offset,
+        "eid": short_hash(event.event_id),
+        "t": ts_ms,
+        "day": day_index(ts_ms, zone),
+    }
+    if isinstance(event, Click):
+        return Delta(
+            k="c",
+            sid=short_hash(event.session_id),
+            mc=event.channel.value if event.channel else None,
+            dv=event.device or None,
+            **base,  # type: ignore[arg-type]
+        )
+    if isinstance(event, Purchase | StoreReceipt):
+        rate = Decimal(str(currencies[event.currency]))
+        basket = Decimal(0)
+        returned = Decimal(0)
+        per_category: dict[str, Decimal] = {}
+        for item in event.items:
+            value = item.unit_price * item.quantity * rate
+            if value >= 0:
+                basket += value
+            else:
+                returned -= value
+            category = item.category or "uncategorized"
+            per_category[category] = per_category.get(category, Decimal(0)) + value
+        is_store = isinstance(event, StoreReceipt)
+        return Delta(
+            k="o",
+            origin="store" if is_store else "online",
+            b=float(basket),
+            r=float(returned),
+            n=float(basket - returned),
+            cats=tuple((c, float(v)) for c, v in sorted(per_category.items())),
+            pm=event.payment_method or None,
+            mc=event.channel.value if isinstance(event, Purchase) and event.channel else None,
+            **base,  # type: ignore[arg-type]
+        )
+    assert isinstance(event, CustomerAttributes)
+    return Delta(
+        k="a",
+        at=tuple((name, _json_value(v)) for name, v in sorted(event.attributes.items())),
+        **base,  # type: ignore[arg-type]
+    )
+
+
+def _json_value(value: AttributeValue) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class ProfileState:
+    """The Redis layout, in Python: a hash of fields plus three small side sets."""
+
+    fields: dict[str, float | str] = field(default_factory=dict)
+    days: list[int] = field(default_factory=list)  # sorted visit days
+    sessions: dict[str, int] = field(default_factory=dict)  # session hash -> first ts
+    eids: list[str] = field(default_factory=list)  # recent event-id hashes, oldest first
+
+    def copy(self) -> ProfileState:
+        return ProfileState(dict(self.fields), list(self.days), dict(self.sessions), list(self.eids))
+
+
+def _num(fields: Mapping[str, float | str], name: str) -> float:
+    value = fields.get(name)
+    return float(value) if value is not None else 0.0
+
+
+def apply(state: ProfileState, d: Delta, cfg: ProfileConfig) -> tuple[ProfileState, Outcome]:
+    """Apply one event; a redelivered or duplicate event changes nothing but its offset."""
+    s = state.copy()
+    f = s.fields
+    offset_field = "o:" + d.src
+    last_offset = f.get(offset_field)
+    if last_offset is not None and d.off <= float(last_offset):
+        return state, "dup_offset"
+    f[offset_field] = float(d.off)
+    if d.eid in s.eids:
+        return s, "dup_event"
+    s.eids.append(d.eid)
+    del s.eids[: max(0, len(s.eids) - cfg.dedupe_window)]
+    f["events_applied"] = _num(f, "events_applied") + 1
+
+    if d.k == "a":
+        _apply_attributes(f, d)
+        return s, "applied"
+
+    _touch(s, d, cfg)
+    weight = 2.0 ** (-(_num(f, "last_seen") - d.t) / cfg.half_life_ms)
+    if d.k == "c":
+        f["clicks"] = _num(f, "clicks") + 1
+        if d.sid is not None:
+            _add_session(s, d.sid, d.t, cfg.session_window)
+        if d.mc is not None:
+            _inc_capped(f, "ch:", d.mc, 1.0, cfg.map_cap)
+        if d.dv is not None:
+            _inc_capped(f, "dev:", d.dv, 1.0, cfg.map_cap)
+        return s, "applied"
+
+    origin = d.origin or "online"
+    if d.b > 0:
+        f["orders"] = _num(f, "orders") + 1
+        f["orders_" + origin] = _num(f, "orders_" + origin) + 1
+        f["basket_sum"] = _num(f, "basket_sum") + d.b
+        f["max_basket"] = max(_num(f, "max_basket"), d.b)
+        f["last_order_at"] = max(_num(f, "last_order_at"), float(d.t))
+        f["freq_decayed"] = _num(f, "freq_decayed") + weight
+    f["spend_total"] = _num(f, "spend_total") + d.n
+    f["spend_" + origin] = _num(f, "spend_" + origin) + d.n
+    f["returns_value"] = _num(f, "returns_value") + d.r
+    f["monetary_decayed"] = _num(f, "monetary_decayed") + weight * d.n
+    orders = _num(f, "orders")
+    f["avg_basket"] = _num(f, "basket_sum") / orders if orders > 0 else 0.0
+    for category, value in d.cats:
+        _inc_capped(f, "cat:", category, value, cfg.map_cap)
+    if d.pm is not None:
+        _inc_capped(f, "pay:", d.pm, 1.0, cfg.map_cap)
+    if d.mc is not None:
+        _inc_capped(f, "ch:", d.mc, 1.0, cfg.map_cap)
+    return s, "applied"
+
+
+def _touch(s: ProfileState, d: Delta, cfg: ProfileConfig) -> None:
+    f = s.fields
+    if "last_seen" not in f:
+        f["first_seen"] = float(d.t)
+        f["last_seen"] = float(d.t)
+    else:
+        reference = _num(f, "last_seen")
+        if d.t > reference:
+            scale = 2.0 ** (-(d.t - reference) / cfg.half_life_ms)
+            f["freq_decayed"] = _num(f, "freq_decayed") * scale
+            f["monetary_decayed"] = _num(f, "monetary_decayed") * scale
+            f["last_seen"] = float(d.t)
+        if d.t < _num(f, "first_seen"):
+            f["first_seen"] = float(d.t)
+    _add_day(s, d.day)
+
+
+def _add_day(s: ProfileState, day: int) -> None:
+    f = s.fields
+    pos = bisect.bisect_left(s.days, day)
+    if pos < len(s.days) and s.days[pos] == day:
+        return
+    sumsq = _num(f, "gap_sumsq")
+    if s.days:
+        first, last = s.days[0], s.days[-1]
+        if day > last:
+            sumsq += (day - last) ** 2
+        elif day < first:
+            sumsq += (first - day) ** 2
+        else:
+            prev, nxt = s.days[pos - 1], s.days[pos]
+            sumsq += (day - prev) ** 2 + (nxt - day) ** 2 - (nxt - prev) ** 2
+    s.days.insert(pos, day)
+    f["gap_sumsq"] = sumsq
+    f["visits"] = float(len(s.days))
+    f["first_day"] = float(s.days[0])
+    f["last_day"] = float(s.days[-1])
+
+
+def _add_session(s: ProfileState, sid: str, t: int, window: int) -> None:
+    current = s.sessions.get(sid)
+    if current is None:
+        s.sessions[sid] = t
+        s.fields["sessions"] = _num(s.fields, "sessions") + 1
+    elif t < current:
+        s.sessions[sid] = t
+    while len(s.sessions) > window:
+        # Same order as a Redis sorted set: score, then member bytes.
+        oldest = min(s.sessions.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        del s.sessions[oldest]
+
+
+def _inc_capped(f: dict[str, float | str], prefix: str, key: str, by: float, cap: int) -> None:
+    name = prefix + key
+    if name not in f and key != OTHER:
+        distinct = _num(f, prefix + "#")
+        if distinct >= cap:
+            name = prefix + OTHER
+        else:
+            f[prefix + "#"] = distinct + 1
+    f[name] = _num(f, name) + by
+
+
+def _apply_attributes(f: dict[str, float | str], d: Delta) -> None:
+    for name, value in d.at:
+        field_name = "a:" + name
+        current = f.get(field_name)
+        if current is None or _newer(d.t, value, str(current)):
+            f[field_name] = f"{d.t}|{value}"
+
+
+def _newer(t: int, value: str, current: str) -> bool:
+    cur_t, _, cur_value = current.partition("|")
+    # Later ts wins; a tie is broken by the value so the result is order-free.
+    return (t, value.encode()) > (int(cur_t), cur_value.encode())
+
+
+def fold(deltas: list[Delta], cfg: ProfileConfig) -> ProfileState:
+    state = ProfileState()
+    for d in deltas:
+        state, _ = apply(state, d, cfg)
+    return state
+
+
+# ---------------------------------------------------------------------------
+# The user-facing view: one JSON object per customer, the same whether the
+# fields come from Redis (strings) or from ProfileState (numbers).
+
+COUNTERS = (
+    "visits",
+    "clicks",
+    "sessions",
+    "orders",
+    "orders_online",
+    "orders_store",
+    "events_applied",
+)
+AMOUNTS = (
+    "spend_total",
+    "spend_online",
+    "spend_store",
+    "returns_value",
+    "avg_basket",
+    "max_basket",
+)
+
+
+def profile_view(customer_id: str, fields: Mapping[str, float | str]) -> dict[str, object]:
+    def num(name: str) -> float:
+        return _num(fields, name)
+
+    def when(name: str) -> str | None:
+        return format_ts(int(num(name))) if name in fields else None
+
+    def day(name: str) -> str | None:
+        if name not in fields:
+            return None
+        return dt.date.fromordinal(int(num(name)) + EPOCH_ORDINAL).isoformat()
+
+    view: dict[str, object] = {
+        "customer_id": customer_id,
+        "first_seen": when("first_seen"),
+        "last_seen": when("last_seen"),
+        "last_order_at": when("last_order_at"),
+        "first_visit_day": day("first_day"),
+        "last_visit_day": day("last_day"),
+    }
+    for name in COUNTERS:
+        view[name] = int(num(name))
+    for name in AMOUNTS:
+        view[name] = num(name)
+    view["frequency_decayed"] = num("freq_decayed")
+    view["monetary_decayed"] = num("monetary_decayed")
+    view["decay_reference"] = view["last_seen"]
+    mean, std = gap_stats(fields)
+    view["visit_gap_mean_days"] = mean
+    view["visit_gap_std_days"] = std
+    maps: dict[str, dict[str, float]] = {p: {} for p in MAP_PREFIXES}
+    attributes: dict[str, object] = {}
+    for name, value in fields.items():
+        if name.startswith("a:"):
+            attributes[name[2:]] = json.loads(str(value).partition("|")[2])
+            continue
+        for prefix in MAP_PREFIXES:
+            if name.startswith(prefix) and not name.endswith("#"):
+                maps[prefix][name[len(prefix) :]] = float(value)
+    view["categories"] = dict(sorted(maps["cat:"].items()))
+    view["channels"] = {k: int(v) for k, v in sorted(maps["ch:"].items())}
+    view["devices"] = {k: int(v) for k, v in sorted(maps["dev:"].items())}
+    view["payment_methods"] = {k: int(v) for k, v in sorted(maps["pay:"].items())}
+    view["attributes"] = dict(sorted(attributes.items()))
+    return view
+
+
+def gap_stats(fields: Mapping[str, float | str]) -> tuple[float | None, float | None]:
+    """Mean and standard deviation of gaps between visit days (None below 2 visits)."""
+    visits = _num(fields, "visits")
+    if visits < 2:
+        return None, None
+    gaps = visits - 1
+    mean = (_num(fields, "last_day") - _num(fields, "first_day")) / gaps
+    variance = max(0.0, _num(fields, "gap_sumsq") / gaps - mean * mean)
+    return mean, math.sqrt(variance)

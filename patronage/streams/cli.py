@@ -1,0 +1,203 @@
+"""`patronage` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from patronage.streams.settings import Settings, load_settings
+
+KIND_BY_TYPE = {
+    "click": "click",
+    "purchase": "purchase",
+    "store_receipt": "store_receipt",
+    "customer_attributes": "customer_attributes",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="patronage", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("worker", help="run the stream worker (Faust)")
+
+    schema = sub.add_parser("schema", help="print the JSON Schemas of the event contracts")
+    schema.add_argument("--out", type=Path, help="write one <type>.schema.json per contract here")
+
+    topics = sub.add_parser("topics", help="manage Kafka topics")
+    topics.add_argument("action", choices=["create"])
+
+    publish = sub.add_parser("publish", help="send a JSON-lines file of events to Kafka")
+    publish.add_argument("file", type=Path)
+    publish.add_argument("--topic", help="send every line raw to this topic instead of by 'type'")
+
+    profile = sub.add_parser("profile", help="read profiles")
+    profile_sub = profile.add_subparsers(dest="action", required=True)
+    show = profile_sub.add_parser("show", help="print one customer's profile")
+    show.add_argument("customer_id")
+    export = profile_sub.add_parser("export", help="write every profile as JSON lines")
+    export.add_argument("--out", type=Path, required=True)
+
+    args = parser.parse_args(argv)
+    if args.command == "schema":
+        _schema(args.out)
+        return
+    settings = load_settings()
+    if args.command == "worker":
+        _worker(settings)
+    elif args.command == "topics":
+        asyncio.run(create_topics(settings))
+    elif args.command == "publish":
+        sent = asyncio.run(publish_file(settings, args.file, args.topic))
+        parts = ", ".join(f"{n} to {t}" for t, n in sorted(sent.items()) if not t.startswith("!"))
+        print(f"sent {sum(n for t, n in sent.items() if not t.startswith('!'))} events ({parts})")
+        skipped = {t[1:]: n for t, n in sent.items() if t.startswith("!")}
+        if skipped:
+            print(f"skipped {sum(skipped.values())} lines: {skipped}", file=sys.stderr)
+    elif args.command == "profile":
+        if args.action == "show":
+            view = asyncio.run(_show(settings, args.customer_id))
+            if view is None:
+                print(f"no profile for customer {args.customer_id!r}", file=sys.stderr)
+                raise SystemExit(1)
+            print(json.dumps(view, indent=2, ensure_ascii=False))
+        else:
+            count = asyncio.run(_export(settings, args.out))
+            print(f"exported {count} profiles to {args.out}")
+
+
+def _worker(settings: Settings) -> None:
+    from patronage.streams.worker import build_app
+
+    app, _ = build_app(settings)
+    # Faust owns the worker's command line; hand it the sub-command it expects.
+    sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level]
+    app.main()
+
+
+def _schema(out: Path | None) -> None:
+    from patronage.models.contracts import EVENT_MODELS
+
+    schemas = {kind: model.model_json_schema() for kind, model in EVENT_MODELS.items()}
+    if out is None:
+        print(json.dumps(schemas, indent=2, sort_keys=True))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for kind, body in schemas.items():
+        (out / f"{kind}.schema.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {len(schemas)} schemas to {out}")
+
+
+async def create_topics(settings: Settings) -> list[str]:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())  # type: ignore[arg-type]
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [*settings.input_topics, *settings.output_topics]
+        missing = [t for t in wanted if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(t, settings.partitions, settings.replication_factor) for t in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass
+        print(f"topics ready ({len(missing)} created): {', '.join(wanted)}")
+        return missing
+    finally:
+        await admin.close()
+
+
+async def publish_file(settings: Settings, path: Path, topic: str | None = None) -> Counter[str]:
+    from aiokafka import AIOKafkaProducer
+
+    counts: Counter[str] = Counter()
+    producer = AIOKafkaProducer(
+        **settings.kafka_client_kwargs(),  # type: ignore[arg-type]
+        acks="all",
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+    )
+    await producer.start()
+    try:
+        pending = []
+        with path.open("rb") as handle:
+            for line in handle:
+                line = line.rstrip(b"\r\n")
+                if not line.strip():
+                    continue
+                target, key = _route(settings, line, topic)
+                if target.startswith("!"):
+                    counts[target] += 1
+                    continue
+                pending.append(await producer.send(target, line, key=key))
+                counts[target] += 1
+                if len(pending) >= 5000:
+                    await asyncio.gather(*pending)
+                    pending = []
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return counts
+
+
+def _route(settings: Settings, line: bytes, topic: str | None) -> tuple[str, bytes | None]:
+    try:
+        doc: Any = json.loads(line)
+    except ValueError:
+        doc = None
+    key = None
+    if isinstance(doc, dict) and isinstance(doc.get("customer_id"), str):
+        key = doc["customer_id"].encode("utf-8")
+    if topic is not None:
+        return topic, key
+    if not isinstance(doc, dict):
+        return "!not_json", None
+    kind = KIND_BY_TYPE.get(str(doc.get("type")))
+    if kind is None:
+        return "!unknown_type", None
+    return settings.topic_for_kind[kind], key
+
+
+async def _show(settings: Settings, customer_id: str) -> dict[str, object] | None:
+    from patronage.streams.store import ProfileStore, make_redis
+
+    client = make_redis(settings.redis_url, _password(settings))
+    try:
+        return await ProfileStore(client, settings.key_prefix, settings.profile_config).profile(
+            customer_id
+        )
+    finally:
+        await client.aclose()
+
+
+async def _export(settings: Settings, out: Path) -> int:
+    from patronage.streams.store import ProfileStore, make_redis
+
+    client = make_redis(settings.redis_url, _password(settings))
+    count = 0
+    try:
+        store = ProfileStore(client, settings.key_prefix, settings.profile_config)
+        with out.open("w", encoding="utf-8") as handle:
+            async for view in store.export():
+                handle.write(json.dumps(view, ensure_ascii=False, sort_keys=True) + "\n")
+                count += 1
+    finally:
+        await client.aclose()
+    return count
+
+
+def _password(settings: Settings) -> str | None:
+    return settings.redis_password.get_secret_value() if settings.redis_password else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Consumer-group lag read from Kafka itself (works while the worker is down)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from patronage.streams.settings import Settings
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int | None  # None: the group never committed here
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return self.end - (self.committed or 0)
+
+
+async def group_lag(settings: Settings, topics: list[str] | None = None) -> list[PartitionLag]:
+    topics = topics or list(settings.input_topics)
+    kwargs = settings.kafka_client_kwargs()
+    admin = AIOKafkaAdminClient(**kwargs)  # type: ignore[arg-type]
+    consumer = AIOKafkaConsumer(**kwargs, enable_auto_commit=False)  # type: ignore[arg-type]
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.group_id)
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))
+        ]
+        ends = await consumer.end_offsets(partitions)
+        rows = []
+        for tp in partitions:
+            meta = committed.get(tp)
+            offset = meta.offset if meta is not None and meta.offset >= 0 else None
+            rows.append(PartitionLag(tp.topic, tp.partition, offset, ends[tp]))
+        return rows
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    return consumer.partitions_for_topic(topic) or set()
+
+
+async def rewind_group(settings: Settings, topics: list[str] | None = None) -> None:
+    """Commit offset 0 on every partition (the group must have no live members)."""
+    topics = topics or list(settings.input_topics)
+    consumer = AIOKafkaConsumer(
+        **settings.kafka_client_kwargs(),  # type: ignore[arg-type]
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(await _partitions(consumer, topic))
+        ]
+        consumer.assign(partitions)
+        await consumer.commit({tp: 0 for tp in partitions})
+    finally:
+        await consumer.stop()

@@ -1,0 +1,213 @@
+-- Apply one customer's events atomically. Mirrors patronage/models/profile.py
+-- (apply); tests hold the two equal. Touches only this customer's keys, which
+-- share one hash tag, so it runs unchanged on Redis Cluster.
+--
+-- KEYS[1] profile hash   KEYS[2] visit-day bitmap
+-- KEYS[3] session zset   KEYS[4] recent event-id hashes (string of 8-hex tokens)
+-- ARGV[1] half-life ms   ARGV[2] map cap   ARGV[3] session window
+-- ARGV[4] dedupe window  ARGV[5] JSON list of deltas (in offset order per source)
+-- Returns {applied, duplicate offsets, duplicate event ids}
+
+local P, DAYS, SESS, EIDS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local half_life = tonumber(ARGV[1])
+local cap = tonumber(ARGV[2])
+local session_window = tonumber(ARGV[3])
+local dedupe_window = tonumber(ARGV[4])
+local deltas = cjson.decode(ARGV[5])
+
+local h = {}
+local raw = redis.call('HGETALL', P)
+for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+local changed = {}
+
+local function fmt(x) return string.format('%.17g', x) end
+local function num(f) local v = h[f]; if v then return tonumber(v) end; return 0 end
+local function put(f, x) h[f] = fmt(x); changed[f] = true end
+
+local eids = redis.call('GET', EIDS) or ''
+local eids_changed = false
+local function seen_eid(token)
+  local from = 1
+  while true do
+    local at = string.find(eids, token, from, true)
+    if not at then return false end
+    if (at - 1) % 8 == 0 then return true end
+    from = at + 1
+  end
+end
+
+local function inc_capped(prefix, key, by)
+  local name = prefix .. key
+  if h[name] == nil and key ~= '_other' then
+    local distinct = num(prefix .. '#')
+    if distinct >= cap then
+      name = prefix .. '_other'
+    else
+      put(prefix .. '#', distinct + 1)
+    end
+  end
+  put(name, num(name) + by)
+end
+
+-- Visit days live in a bitmap whose bit 0 is day `day0` (a multiple of 8, so
+-- moving day0 back is a whole-byte prepend). Redis bit 0 is the MSB of byte 1.
+local bitmap = nil
+local function load_bitmap() if bitmap == nil then bitmap = redis.call('GET', DAYS) or '' end end
+local function bit_at(pos)
+  local byte = string.byte(bitmap, math.floor(pos / 8) + 1) or 0
+  return math.floor(byte / 2 ^ (7 - pos % 8)) % 2
+end
+local function prev_day(pos, day0)
+  pos = pos - 1
+  while pos >= 0 do
+    if bit_at(pos) == 1 then return day0 + pos end
+    pos = pos - 1
+  end
+  return nil
+end
+local function next_day(pos, day0)
+  local limit = #bitmap * 8
+  pos = pos + 1
+  while pos < limit do
+    if bit_at(pos) == 1 then return day0 + pos end
+    pos = pos + 1
+  end
+  return nil
+end
+
+local function add_day(day)
+  local day0 = h['day0'] and tonumber(h['day0'])
+  if day0 == nil then
+    day0 = day - (day % 8)
+    put('day0', day0)
+  elseif day < day0 then
+    local new0 = day - (day % 8)
+    load_bitmap()
+    bitmap = string.rep('\0', (day0 - new0) / 8) .. bitmap
+    redis.call('SET', DAYS, bitmap)
+    day0 = new0
+    put('day0', day0)
+  end
+  local pos = day - day0
+  if redis.call('SETBIT', DAYS, pos, 1) == 1 then return end
+  bitmap = nil
+  local sumsq = num('gap_sumsq')
+  local visits = num('visits')
+  if visits > 0 then
+    local first, last = num('first_day'), num('last_day')
+    if day > last then
+      sumsq = sumsq + (day - last) ^ 2
+      put('last_day', day)
+    elseif day < first then
+      sumsq = sumsq + (first - day) ^ 2
+      put('first_day', day)
+    else
+      load_bitmap()
+      local prev, nxt = prev_day(pos, day0), next_day(pos, day0)
+      sumsq = sumsq + (day - prev) ^ 2 + (nxt - day) ^ 2 - (nxt - prev) ^ 2
+    end
+  else
+    put('first_day', day)
+    put('last_day', day)
+  end
+  put('gap_sumsq', sumsq)
+  put('visits', visits + 1)
+end
+
+local function touch(d)
+  if h['last_seen'] == nil then
+    put('first_seen', d.t)
+    put('last_seen', d.t)
+  else
+    local reference = num('last_seen')
+    if d.t > reference then
+      local scale = 2 ^ (-(d.t - reference) / half_life)
+      put('freq_decayed', num('freq_decayed') * scale)
+      put('monetary_decayed', num('monetary_decayed') * scale)
+      put('last_seen', d.t)
+    end
+    if d.t < num('first_seen') then put('first_seen', d.t) end
+  end
+  add_day(d.day)
+end
+
+local function newer(t, value, current)
+  local bar = string.find(current, '|', 1, true)
+  local cur_t = tonumber(string.sub(current, 1, bar - 1))
+  if t ~= cur_t then return t > cur_t end
+  return value > string.sub(current, bar + 1)
+end
+
+local applied, dup_offset, dup_event = 0, 0, 0
+for _, d in ipairs(deltas) do
+  local offset_field = 'o:' .. d.src
+  local last_offset = h[offset_field]
+  if last_offset and d.off <= tonumber(last_offset) then
+    dup_offset = dup_offset + 1
+  else
+    put(offset_field, d.off)
+    if seen_eid(d.eid) then
+      dup_event = dup_event + 1
+    else
+      eids = eids .. d.eid
+      if #eids > dedupe_window * 8 then eids = string.sub(eids, -dedupe_window * 8) end
+      eids_changed = true
+      put('events_applied', num('events_applied') + 1)
+      applied = applied + 1
+      if d.k == 'a' then
+        for _, pair in ipairs(d.at) do
+          local name, value = 'a:' .. pair[1], pair[2]
+          local current = h[name]
+          if current == nil or newer(d.t, value, current) then
+            h[name] = string.format('%d', d.t) .. '|' .. value
+            changed[name] = true
+          end
+        end
+      else
+        touch(d)
+        local weight = 2 ^ (-(num('last_seen') - d.t) / half_life)
+        if d.k == 'c' then
+          put('clicks', num('clicks') + 1)
+          if d.sid then
+            if redis.call('ZADD', SESS, 'LT', d.t, d.sid) == 1 then
+              put('sessions', num('sessions') + 1)
+            end
+            if redis.call('ZCARD', SESS) > session_window then
+              redis.call('ZREMRANGEBYRANK', SESS, 0, -(session_window + 1))
+            end
+          end
+          if d.mc then inc_capped('ch:', d.mc, 1) end
+          if d.dv then inc_capped('dev:', d.dv, 1) end
+        else
+          local origin = d.origin or 'online'
+          if d.b > 0 then
+            put('orders', num('orders') + 1)
+            put('orders_' .. origin, num('orders_' .. origin) + 1)
+            put('basket_sum', num('basket_sum') + d.b)
+            put('max_basket', math.max(num('max_basket'), d.b))
+            put('last_order_at', math.max(num('last_order_at'), d.t))
+            put('freq_decayed', num('freq_decayed') + weight)
+          end
+          put('spend_total', num('spend_total') + d.n)
+          put('spend_' .. origin, num('spend_' .. origin) + d.n)
+          put('returns_value', num('returns_value') + d.r)
+          put('monetary_decayed', num('monetary_decayed') + weight * d.n)
+          local orders = num('orders')
+          if orders > 0 then put('avg_basket', num('basket_sum') / orders) else put('avg_basket', 0) end
+          for _, pair in ipairs(d.cats) do inc_capped('cat:', pair[1], pair[2]) end
+          if d.pm then inc_capped('pay:', d.pm, 1) end
+          if d.mc then inc_capped('ch:', d.mc, 1) end
+        end
+      end
+    end
+  end
+end
+
+local args = {}
+for f, _ in pairs(changed) do
+  args[#args + 1] = f
+  args[#args + 1] = h[f]
+end
+if #args > 0 then redis.call('HSET', P, unpack(args)) end
+if eids_changed then redis.call('SET', EIDS, eids) end
+return {applied, dup_offset, dup_event}

@@ -1,0 +1,203 @@
+"""Settings from the environment (prefix PATRONAGE_), validated at start-up."""
+
+from __future__ import annotations
+
+import zoneinfo
+from decimal import Decimal
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from patronage.models.profile import DAY_MS, ProfileConfig
+from patronage.models.validate import Rules
+
+INPUT_KINDS = ("click", "purchase", "store_receipt", "customer_attributes")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PATRONAGE_", extra="ignore", frozen=True)
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    group_id: str = "patronage"
+    topic_prefix: str = ""
+    topic_clicks: str = "clicks"
+    topic_purchases: str = "purchases"
+    topic_store_receipts: str = "store-receipts"
+    topic_customer_attributes: str = "customer-attributes"
+    topic_dlq: str = "events-dlq"
+    topic_segment_changes: str = "segment-changes"
+    topic_lapse_alerts: str = "lapse-alerts"
+    partitions: int = Field(8, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1, le=16)
+
+    # Redis
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None
+    key_prefix: str = "patronage"
+
+    # Worker
+    batch_max: int = Field(2000, ge=1, le=100_000)
+    batch_within_s: float = Field(0.1, gt=0, le=60)
+    commit_interval_s: float = Field(1.0, gt=0, le=60)
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=1, le=65535)
+    data_dir: str = ".patronage"
+    log_level: Literal["debug", "info", "warn", "error"] = "info"
+    redis_retry_max_s: float = Field(5.0, gt=0, le=300)
+
+    # Profile semantics
+    default_zone: str = "UTC"
+    half_life_days: float = Field(30.0, gt=0, le=3650)
+    map_cap: int = Field(32, ge=1, le=1000)
+    session_window: int = Field(32, ge=1, le=10_000)
+    dedupe_window: int = Field(32, ge=1, le=10_000)
+
+    # Validation
+    currencies: dict[str, float] = {"EUR": 1.0}
+    max_future_s: int = Field(300, ge=0, le=86_400 * 7)
+    max_payload_bytes: int = Field(65_536, ge=256, le=10 * 1024 * 1024)
+    max_items: int = Field(500, ge=1, le=100_000)
+    max_quantity: int = Field(1000, ge=1, le=10_000_000)
+    max_unit_price: float = Field(1_000_000, gt=0)
+
+    @field_validator("default_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like UTC)") from exc
+        return value
+
+    @field_validator("currencies")
+    @classmethod
+    def _rates(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("at least one currency is needed, e.g. '{\"EUR\": 1.0}'")
+        cleaned = {}
+        for code, rate in value.items():
+            if len(code) != 3 or not code.isalpha():
+                raise ValueError(f"{code!r} is not an ISO 4217 code")
+            if not rate > 0:
+                raise ValueError(f"rate for {code} must be > 0, got {rate}")
+            cleaned[code.upper()] = rate
+        return cleaned
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _hostports(cls, value: str) -> str:
+        for part in value.split(","):
+            host, _, port = part.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{part!r} is not host:port")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                "kafka_security_protocol is SASL_*: set PATRONAGE_KAFKA_SASL_USERNAME "
+                "and PATRONAGE_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    # -- derived ---------------------------------------------------------
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + name
+
+    @cached_property
+    def input_topics(self) -> dict[str, str]:
+        """Full topic name -> event kind."""
+        return {
+            self.topic(self.topic_clicks): "click",
+            self.topic(self.topic_purchases): "purchase",
+            self.topic(self.topic_store_receipts): "store_receipt",
+            self.topic(self.topic_customer_attributes): "customer_attributes",
+        }
+
+    @cached_property
+    def topic_for_kind(self) -> dict[str, str]:
+        return {kind: topic for topic, kind in self.input_topics.items()}
+
+    @property
+    def output_topics(self) -> list[str]:
+        return [
+            self.topic(self.topic_dlq),
+            self.topic(self.topic_segment_changes),
+            self.topic(self.topic_lapse_alerts),
+        ]
+
+    @cached_property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.default_zone)
+
+    @cached_property
+    def rules(self) -> Rules:
+        return Rules(
+            currencies=dict(self.currencies),
+            default_zone=self.zone,
+            max_future_ms=self.max_future_s * 1000,
+            max_payload_bytes=self.max_payload_bytes,
+            max_items=self.max_items,
+            max_quantity=self.max_quantity,
+            max_unit_price=Decimal(str(self.max_unit_price)),
+        )
+
+    @cached_property
+    def profile_config(self) -> ProfileConfig:
+        return ProfileConfig(
+            half_life_ms=int(self.half_life_days * DAY_MS),
+            map_cap=self.map_cap,
+            session_window=self.session_window,
+            dedupe_window=self.dedupe_window,
+        )
+
+    def kafka_client_kwargs(self) -> dict[str, object]:
+        """Connection arguments shared by every aiokafka client we create."""
+        kwargs: dict[str, object] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL"):
+            assert self.kafka_sasl_password is not None
+            kwargs.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password.get_secret_value(),
+            )
+        return kwargs
+
+
+class SettingsError(SystemExit):
+    pass
+
+
+def load_settings() -> Settings:
+    """Read and validate settings; on error exit with which setting and why."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = ["patronage: invalid settings:"]
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "(settings)"
+            env = f"PATRONAGE_{name.upper()}" if err["loc"] else "settings"
+            lines.append(f"  {env}: {err['msg']}")
+        raise SettingsError("\n".join(lines)) from None

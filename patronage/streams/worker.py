@@ -1,0 +1,147 @@
+"""The Faust worker: consume input topics in batches, apply them to Redis, DLQ the rest.
+
+Offsets are acked (and so committed) only after the batch's Redis round trip
+succeeded and its dead letters were acknowledged by Kafka. Redis being down
+stalls the batch with backoff; it never drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import faust
+import redis.exceptions
+
+from patronage.models.batch import PreparedBatch, Record, prepare_batch
+from patronage.streams.settings import Settings
+from patronage.streams.store import ApplyResult, ProfileStore, make_redis
+
+log = logging.getLogger("patronage.worker")
+
+
+class Runtime:
+    """State shared by agents and web views of one worker process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        password = settings.redis_password.get_secret_value() if settings.redis_password else None
+        self.redis = make_redis(settings.redis_url, password)
+        self.store = ProfileStore(self.redis, settings.key_prefix, settings.profile_config)
+        self.counters: Counter[str] = Counter()
+        self.rejected: Counter[tuple[str, str]] = Counter()
+        self.corrected: Counter[tuple[str, str]] = Counter()
+        self.consumed: Counter[str] = Counter()
+        self.last_event_ts: dict[tuple[str, int], int] = {}
+        self.redis_ok = True
+        self.batch_sizes: list[int] = []
+
+    async def process(self, app: faust.App, records: list[Record]) -> None:
+        now_ms = int(time.time() * 1000)
+        batch = prepare_batch(
+            records, self.settings.input_topics, self.settings.rules, now_ms, self.settings.zone
+        )
+        await self._send_dead_letters(app, batch)
+        result = await self._apply_with_retry(batch)
+        self._record(records, batch, result)
+
+    async def _send_dead_letters(self, app: faust.App, batch: PreparedBatch) -> None:
+        if not batch.dead_letters:
+            return
+        topic = self.settings.topic(self.settings.topic_dlq)
+        pending = []
+        for key, letter in batch.dead_letters:
+            value = letter.model_dump_json().encode("utf-8")
+            pending.append(await app.producer.send(topic, key, value, None, None, None))
+        # Wait for the broker's ack: a bad event must be on the DLQ before
+        # its offset can be committed.
+        await asyncio.gather(*pending)
+
+    async def _apply_with_retry(self, batch: PreparedBatch) -> ApplyResult:
+        delay = 0.1
+        while True:
+            try:
+                result = await self.store.apply_batch(batch.by_customer)
+                if not self.redis_ok:
+                    log.warning("redis is back; resuming")
+                self.redis_ok = True
+                return result
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                self.redis_ok = False
+                self.counters["redis_retries"] += 1
+                log.warning("redis unavailable (%s); retrying batch in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.redis_retry_max_s)
+
+    def _record(self, records: list[Record], batch: PreparedBatch, result: ApplyResult) -> None:
+        for record in records:
+            self.consumed[record.topic] += 1
+        self.counters["applied"] += result.applied
+        self.counters["duplicate_offsets"] += result.duplicate_offsets
+        self.counters["duplicate_events"] += result.duplicate_events
+        self.rejected.update(batch.rejected)
+        self.corrected.update(batch.corrected)
+        for tp, ts in batch.max_event_ts.items():
+            self.last_event_ts[tp] = max(self.last_event_ts.get(tp, 0), ts)
+        self.batch_sizes.append(len(records))
+        del self.batch_sizes[:-1000]
+
+
+def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
+    runtime = Runtime(settings)
+    broker = ";".join(f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(","))
+    app_kwargs: dict[str, Any] = {
+        "broker": broker,
+        "store": "memory://",
+        "datadir": settings.data_dir,
+        "web_enabled": True,
+        "web_port": settings.web_port,
+        "web_bind": settings.web_host,
+        "web_host": settings.web_host,
+        "topic_disable_leader": True,
+        "topic_allow_declare": False,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_commit_interval": settings.commit_interval_s,
+        "producer_acks": -1,
+        "stream_buffer_maxsize": max(4096, settings.batch_max * 2),
+    }
+    if settings.kafka_security_protocol.startswith("SASL"):
+        assert settings.kafka_sasl_password is not None
+        app_kwargs["broker_credentials"] = faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    app = faust.App(settings.group_id, **app_kwargs)
+
+    source = app.topic(
+        *settings.input_topics,
+        key_serializer="raw",
+        value_serializer="raw",
+        allow_empty=True,
+    )
+
+    @app.agent(source, name="ingest")
+    async def ingest(stream: Any) -> None:
+        async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
+            records = [
+                Record(
+                    e.message.topic,
+                    e.message.partition,
+                    e.message.offset,
+                    e.message.key,
+                    e.message.value,
+                )
+                for e in events
+            ]
+            await runtime.process(app, records)
+            for event in events:
+                await stream.ack(event)
+
+    from patronage.streams import web
+
+    web.register(app, runtime)
+    return app, runtime

@@ -1,0 +1,63 @@
+"""Shared fixtures. Integration tests use the real local Kafka and Redis
+(`make services`); under CI=true a missing service fails the test, never skips it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+KAFKA = os.environ.get("PATRONAGE_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+REDIS_URL = os.environ.get("PATRONAGE_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _require(name: str, host: str, port: int) -> None:
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}; run `make services`"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def kafka_up() -> str:
+    host, _, port = KAFKA.split(",")[0].rpartition(":")
+    _require("Kafka", host, int(port))
+    return KAFKA
+
+
+@pytest.fixture(scope="session")
+def redis_up() -> str:
+    rest = REDIS_URL.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    host, _, port = rest.partition(":")
+    _require("Redis", host or "127.0.0.1", int(port or 6379))
+    return REDIS_URL
+
+
+@pytest.fixture
+def isolated_env(kafka_up: str, redis_up: str) -> Iterator[dict[str, str]]:
+    """Settings for one test: its own topics, consumer group and Redis keys."""
+    run = uuid.uuid4().hex[:8]
+    env = {
+        "PATRONAGE_KAFKA_BOOTSTRAP": kafka_up,
+        "PATRONAGE_REDIS_URL": redis_up,
+        "PATRONAGE_TOPIC_PREFIX": f"t{run}-",
+        "PATRONAGE_GROUP_ID": f"patronage-t{run}",
+        "PATRONAGE_KEY_PREFIX": f"t{run}",
+        "PATRONAGE_PARTITIONS": "4",
+        "PATRONAGE_DATA_DIR": f"/tmp/patronage-test-{run}",
+    }
+    yield env

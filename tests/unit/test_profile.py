@@ -1,0 +1,199 @@
+"""Profile math: table cases, decay, returns, and order independence (hypothesis)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from patronage.models.profile import (
+    DAY_MS,
+    Delta,
+    ProfileConfig,
+    ProfileState,
+    apply,
+    fold,
+    gap_stats,
+    profile_view,
+    short_hash,
+)
+
+CFG = ProfileConfig()
+T0 = 1_767_225_600_000  # 2026-01-01
+DAY0 = T0 // DAY_MS
+
+
+def order(off: int, day: float, basket: float = 10.0, returned: float = 0.0, origin: str = "online",
+          cats: tuple[tuple[str, float], ...] = (), src: str = "purchases:0", eid: str | None = None) -> Delta:
+    t = T0 + int(day * DAY_MS)
+    return Delta(src=src, off=off, eid=eid or short_hash(f"{src}/{off}"), t=t, day=t // DAY_MS, k="o",
+                 origin=origin, b=basket, r=returned, n=basket - returned,
+                 cats=cats or (("food", basket - returned),), pm="card")  # type: ignore[arg-type]
+
+
+def click(off: int, day: float, session: str = "s1", src: str = "clicks:0") -> Delta:
+    t = T0 + int(day * DAY_MS)
+    return Delta(src=src, off=off, eid=short_hash(f"{src}/{off}"), t=t, day=t // DAY_MS, k="c", sid=session,
+                 mc="email", dv="mobile")
+
+
+def view(deltas: list[Delta], cfg: ProfileConfig = CFG) -> dict[str, object]:
+    return profile_view("c1", fold(deltas, cfg).fields)
+
+
+def test_single_order() -> None:
+    v = view([order(0, 0, basket=30.0)])
+    assert v["orders"] == 1 and v["orders_online"] == 1 and v["orders_store"] == 0
+    assert v["spend_total"] == 30.0 and v["avg_basket"] == 30.0 and v["max_basket"] == 30.0
+    assert v["visits"] == 1 and v["frequency_decayed"] == 1.0 and v["monetary_decayed"] == 30.0
+    assert v["visit_gap_mean_days"] is None
+
+
+def test_returns_reduce_spend_but_not_orders() -> None:
+    v = view([order(0, 0, basket=50.0, returned=20.0, origin="store")])
+    assert v["spend_total"] == 30.0 and v["spend_store"] == 30.0 and v["returns_value"] == 20.0
+    assert v["orders"] == 1 and v["avg_basket"] == 50.0
+
+
+def test_pure_return_is_a_visit_not_an_order() -> None:
+    v = view([order(0, 0, basket=0.0, returned=15.0)])
+    assert v["orders"] == 0 and v["spend_total"] == -15.0 and v["visits"] == 1
+
+
+@pytest.mark.parametrize(
+    ("days_apart", "expected_freq"),
+    [(0, 2.0), (30, 1.5), (60, 1.25), (90, 1.125)],
+)
+def test_decay_halves_every_half_life(days_apart: int, expected_freq: float) -> None:
+    v = view([order(0, 0), order(1, days_apart)])
+    assert v["frequency_decayed"] is not None
+    assert math.isclose(float(v["frequency_decayed"]), expected_freq, rel_tol=1e-12)  # type: ignore[arg-type]
+
+
+def test_late_event_is_decayed_from_its_own_time() -> None:
+    # Different partitions: Kafka orders events only within one partition.
+    early, later = order(0, 0, src="purchases:0"), order(0, 30, src="purchases:1")
+    on_time = view([early, later])
+    late = view([later, early])
+    assert math.isclose(float(late["monetary_decayed"]), 15.0, rel_tol=1e-12)  # type: ignore[arg-type]
+    assert on_time == late
+
+
+@pytest.mark.parametrize(
+    ("days", "visits", "mean", "std"),
+    [
+        ([0], 1, None, None),
+        ([0, 0.5], 1, None, None),  # same day twice is one visit
+        ([0, 7, 14], 3, 7.0, 0.0),
+        ([0, 2, 10], 3, 5.0, 3.0),
+        ([10, 0, 2], 3, 5.0, 3.0),  # interior day inserted late
+        ([0, 10, 2], 3, 5.0, 3.0),
+    ],
+)
+def test_visit_cadence(days: list[float], visits: int, mean: float | None, std: float | None) -> None:
+    v = view([click(i, d, session=f"s{i}") for i, d in enumerate(days)])
+    assert v["visits"] == visits
+    assert v["visit_gap_mean_days"] == mean
+    if std is None:
+        assert v["visit_gap_std_days"] is None
+    else:
+        assert math.isclose(float(v["visit_gap_std_days"]), std, abs_tol=1e-9)  # type: ignore[arg-type]
+
+
+def test_redelivered_offset_changes_nothing() -> None:
+    state = fold([order(0, 0), order(1, 1)], CFG)
+    again, outcome = apply(state, order(1, 1), CFG)
+    assert outcome == "dup_offset" and again.fields == state.fields
+
+
+def test_duplicate_event_id_at_new_offset_is_not_counted() -> None:
+    state = fold([order(0, 0, eid="aaaaaaaa")], CFG)
+    again, outcome = apply(state, order(5, 0, eid="aaaaaaaa"), CFG)
+    assert outcome == "dup_event"
+    assert profile_view("c1", again.fields)["orders"] == 1
+
+
+def test_sessions_are_distinct_session_ids() -> None:
+    v = view([click(0, 0, "s1"), click(1, 0.01, "s1"), click(2, 1, "s2")])
+    assert v["clicks"] == 3 and v["sessions"] == 2
+    assert v["channels"] == {"email": 3} and v["devices"] == {"mobile": 3}
+
+
+def test_capped_map_overflows_to_other() -> None:
+    cfg = ProfileConfig(map_cap=2)
+    deltas = [order(i, i, cats=((name, 1.0),)) for i, name in enumerate(["a", "b", "c", "d"])]
+    assert view(deltas, cfg)["categories"] == {"_other": 2.0, "a": 1.0, "b": 1.0}
+
+
+def test_attributes_latest_ts_wins() -> None:
+    def attrs(off: int, day: float, value: str) -> Delta:
+        t = T0 + int(day * DAY_MS)
+        return Delta(src="customer-attributes:0", off=off, eid=f"a{off:07x}", t=t, day=t // DAY_MS,
+                     k="a", at=(("region", f'"{value}"'),))
+
+    assert view([attrs(0, 1, "north"), attrs(1, 0, "south")])["attributes"] == {"region": "north"}
+    assert view([attrs(0, 0, "south"), attrs(1, 1, "north")])["attributes"] == {"region": "north"}
+    # attributes are not a visit
+    assert view([attrs(0, 0, "south")])["visits"] == 0
+
+
+def test_input_state_is_not_mutated() -> None:
+    state = ProfileState()
+    apply(state, order(0, 0), CFG)
+    assert state.fields == {} and state.days == []
+
+
+def test_gap_stats_needs_two_visits() -> None:
+    assert gap_stats({"visits": "1"}) == (None, None)
+
+
+# --- order independence -------------------------------------------------
+
+@st.composite
+def event_sets(draw: st.DrawFn) -> list[Delta]:
+    count = draw(st.integers(1, 40))
+    deltas = []
+    for i in range(count):
+        day = draw(st.floats(0, 400, allow_nan=False))
+        kind = draw(st.sampled_from(["o", "c"]))
+        if kind == "o":
+            basket = draw(st.floats(0, 500, allow_nan=False))
+            returned = draw(st.sampled_from([0.0, 0.0, 5.0]))
+            origin = draw(st.sampled_from(["online", "store"]))
+            cat = draw(st.sampled_from(["food", "toys", "home"]))
+            # Each event comes from its own source partition so any order is a
+            # legal delivery order (Kafka orders only within a partition).
+            deltas.append(order(i, day, basket, returned, origin, ((cat, basket - returned),),
+                                src=f"purchases:{i}"))
+        else:
+            deltas.append(click(i, day, session=f"s{draw(st.integers(0, 5))}", src=f"clicks:{i}"))
+    return deltas
+
+
+def close_views(a: dict[str, object], b: dict[str, object]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, float) and isinstance(y, float):
+            assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9), key
+        elif isinstance(x, dict) and isinstance(y, dict):
+            close_views(x, y)
+        else:
+            assert x == y, key
+
+
+@settings(max_examples=200, deadline=None)
+@given(event_sets(), st.randoms(use_true_random=False))
+def test_same_events_any_order_same_profile(deltas: list[Delta], rnd: random.Random) -> None:
+    shuffled = list(deltas)
+    rnd.shuffle(shuffled)
+    close_views(view(deltas), view(shuffled))
+
+
+@settings(max_examples=100, deadline=None)
+@given(event_sets())
+def test_replaying_everything_twice_changes_nothing(deltas: list[Delta]) -> None:
+    close_views(view(deltas), view(deltas + deltas))
