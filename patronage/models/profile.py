@@ -53,7 +53,7 @@ class ProfileConfig:
     half_life_ms: int = 30 * DAY_MS
     map_cap: int = 32
     session_window: int = 32
-    dedupe_window: int = 32
+    dedupe_window: int = 64
 
 
 @dataclass(frozen=True)
