@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from patronage.models.contracts import DeadLetter, EventKind, format_ts
+from patronage.models.contracts import DeadLetter, format_ts
 from patronage.models.profile import Delta, to_delta
 from patronage.models.validate import Accepted, Rules, validate
 
@@ -86,10 +86,8 @@ def _dead(batch: PreparedBatch, record: Record, code: str, reason: str, now_ms: 
         reason=reason,
         error=code,
         payload=payload,
-        payload_encoding=encoding,  # type: ignore[arg-type]
+        payload_encoding=encoding,
         detected_at=format_ts(now_ms),
     )
     batch.dead_letters.append((record.key, letter))
     batch.rejected[(record.topic, code)] += 1
-
-

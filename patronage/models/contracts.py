@@ -60,7 +60,9 @@ def parse_ts(value: Any, default_zone: dt.tzinfo = UTC) -> int:
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=default_zone)
         return int(parsed.timestamp() * 1000)
-    raise ValueError(f"ts must be an RFC 3339 string or epoch milliseconds, got {type(value).__name__}")
+    raise ValueError(
+        f"ts must be an RFC 3339 string or epoch milliseconds, got {type(value).__name__}"
+    )
 
 
 def format_ts(epoch_ms: int) -> str:
@@ -123,7 +125,9 @@ class Item(BaseModel):
 class _Basket(_Event):
     items: list[Item]
     total: Decimal = Field(allow_inf_nan=False)
-    currency: Annotated[str, BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v)]
+    currency: Annotated[
+        str, BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v)
+    ]
     payment_method: ShortText | None = None
 
     @field_validator("currency")

@@ -175,7 +175,9 @@ class ProfileState:
     eids: list[str] = field(default_factory=list)  # recent event-id hashes, oldest first
 
     def copy(self) -> ProfileState:
-        return ProfileState(dict(self.fields), list(self.days), dict(self.sessions), list(self.eids))
+        return ProfileState(
+            dict(self.fields), list(self.days), dict(self.sessions), list(self.eids)
+        )
 
 
 def _num(fields: Mapping[str, float | str], name: str) -> float:

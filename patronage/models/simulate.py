@@ -13,8 +13,20 @@ from typing import Any
 
 DAY_MS = 86_400_000
 
-CATEGORIES = ("fresh_food", "grocery", "drinks", "household", "beauty", "baby", "electronics",
-              "fashion", "home", "garden", "toys", "sports")
+CATEGORIES = (
+    "fresh_food",
+    "grocery",
+    "drinks",
+    "household",
+    "beauty",
+    "baby",
+    "electronics",
+    "fashion",
+    "home",
+    "garden",
+    "toys",
+    "sports",
+)
 
 
 @dataclass(frozen=True)
@@ -30,13 +42,28 @@ class Persona:
 
 
 PERSONAS = (
-    Persona("weekly_store", 7, 0.9, 0.5, (8, 20), (1.0, 8.0), ("fresh_food", "grocery", "drinks",
-                                                               "household")),
+    Persona(
+        "weekly_store",
+        7,
+        0.9,
+        0.5,
+        (8, 20),
+        (1.0, 8.0),
+        ("fresh_food", "grocery", "drinks", "household"),
+    ),
     Persona("online_browser", 4, 0.0, 0.05, (1, 2), (10.0, 80.0), ("electronics", "fashion")),
-    Persona("omnichannel_vip", 5, 0.5, 0.7, (4, 10), (15.0, 90.0), ("fashion", "beauty", "home",
-                                                                   "electronics")),
-    Persona("bargain_hunter", 10, 0.3, 0.6, (2, 5), (1.0, 10.0), ("grocery", "household", "toys"),
-            0.15),
+    Persona(
+        "omnichannel_vip",
+        5,
+        0.5,
+        0.7,
+        (4, 10),
+        (15.0, 90.0),
+        ("fashion", "beauty", "home", "electronics"),
+    ),
+    Persona(
+        "bargain_hunter", 10, 0.3, 0.6, (2, 5), (1.0, 10.0), ("grocery", "household", "toys"), 0.15
+    ),
     Persona("one_off", 1000, 0.5, 1.0, (1, 3), (5.0, 40.0), CATEGORIES),
 )
 
@@ -74,16 +101,19 @@ def generate(
         if persona.name == "one_off":
             t = start_ms + int(rng.uniform(0, days) * DAY_MS)
         if rng.random() < attribute_share:
-            emit(min(t, end_ms - 1), {
-                "type": "customer_attributes",
-                "customer_id": customer_id,
-                "attributes": {
-                    "birth_year": rng.randint(1945, 2005),
-                    "gender": rng.choice(["f", "m", "x"]),
-                    "region": rng.choice(["north", "south", "east", "west"]),
-                    "consent_email": rng.random() < 0.7,
+            emit(
+                min(t, end_ms - 1),
+                {
+                    "type": "customer_attributes",
+                    "customer_id": customer_id,
+                    "attributes": {
+                        "birth_year": rng.randint(1945, 2005),
+                        "gender": rng.choice(["f", "m", "x"]),
+                        "region": rng.choice(["north", "south", "east", "west"]),
+                        "consent_email": rng.random() < 0.7,
+                    },
                 },
-            })
+            )
         session = 0
         visits_left = 1 if persona.name == "one_off" else 10_000
         while t < min(stop_ms, end_ms) and visits_left > 0:
@@ -99,42 +129,44 @@ def generate(
 
 
 def _basket(rng: random.Random, persona: Persona) -> list[dict[str, Any]]:
-    lines = []
-    for line in range(rng.randint(*persona.basket_lines)):
+    lines: list[dict[str, Any]] = []
+    for _ in range(rng.randint(*persona.basket_lines)):
         quantity = rng.randint(1, 3)
         if rng.random() < persona.return_prob:
             quantity = -quantity
-        lines.append({
-            "sku": f"sku-{rng.randint(1, 5000)}",
-            "category": rng.choice(persona.categories),
-            "quantity": quantity,
-            "unit_price": round(rng.uniform(*persona.price), 2),
-            "line": line,
-        })
+        lines.append(
+            {
+                "sku": f"sku-{rng.randint(1, 5000)}",
+                "category": rng.choice(persona.categories),
+                "quantity": quantity,
+                "unit_price": round(rng.uniform(*persona.price), 2),
+            }
+        )
     if all(item["quantity"] < 0 for item in lines):
         lines[0]["quantity"] = -lines[0]["quantity"]
-    for item in lines:
-        del item["line"]
     return lines
 
 
 def _total(items: list[dict[str, Any]]) -> float:
-    return round(sum(i["quantity"] * i["unit_price"] for i in items), 2)
+    return round(float(sum(i["quantity"] * i["unit_price"] for i in items)), 2)
 
 
 def _store_visit(rng: random.Random, persona: Persona, customer_id: str, t: int, emit: Any) -> None:
     items = _basket(rng, persona)
-    emit(t + rng.randint(9, 19) * 3_600_000, {
-        "type": "store_receipt",
-        "customer_id": customer_id,
-        "receipt_id": f"r-{customer_id}-{t}",
-        "store_id": f"store-{rng.randint(1, 12)}",
-        "items": items,
-        "total": _total(items),
-        "currency": "EUR",
-        "payment_method": rng.choice(["card", "cash", "mobile"]),
-        "loyalty_card": f"L{customer_id}",
-    })
+    emit(
+        t + rng.randint(9, 19) * 3_600_000,
+        {
+            "type": "store_receipt",
+            "customer_id": customer_id,
+            "receipt_id": f"r-{customer_id}-{t}",
+            "store_id": f"store-{rng.randint(1, 12)}",
+            "items": items,
+            "total": _total(items),
+            "currency": "EUR",
+            "payment_method": rng.choice(["card", "cash", "mobile"]),
+            "loyalty_card": f"L{customer_id}",
+        },
+    )
 
 
 def _online_visit(
@@ -143,32 +175,40 @@ def _online_visit(
     t += rng.randint(7, 22) * 3_600_000
     channel = rng.choice(["email", "social", "search", "ads", "direct"])
     device = rng.choice(["mobile", "desktop", "tablet"])
-    pages = ["home"] + [rng.choice(["category", "product", "search"]) for _ in range(rng.randint(1, 5))]
+    pages = ["home"] + [
+        rng.choice(["category", "product", "search"]) for _ in range(rng.randint(1, 5))
+    ]
     buys = rng.random() < persona.buy_prob
     if buys:
         pages += ["cart", "checkout"]
     for step, page in enumerate(pages):
-        emit(t + step * 40_000, {
-            "type": "click",
-            "customer_id": customer_id,
-            "session_id": session_id,
-            "page_type": page,
-            "category": rng.choice(persona.categories),
-            "channel": channel,
-            "device": device,
-        })
+        emit(
+            t + step * 40_000,
+            {
+                "type": "click",
+                "customer_id": customer_id,
+                "session_id": session_id,
+                "page_type": page,
+                "category": rng.choice(persona.categories),
+                "channel": channel,
+                "device": device,
+            },
+        )
     if buys:
         items = _basket(rng, persona)
-        emit(t + len(pages) * 40_000, {
-            "type": "purchase",
-            "customer_id": customer_id,
-            "order_id": f"o-{session_id}",
-            "items": items,
-            "total": _total(items),
-            "currency": "EUR",
-            "payment_method": rng.choice(["card", "paypal", "klarna"]),
-            "channel": channel,
-        })
+        emit(
+            t + len(pages) * 40_000,
+            {
+                "type": "purchase",
+                "customer_id": customer_id,
+                "order_id": f"o-{session_id}",
+                "items": items,
+                "total": _total(items),
+                "currency": "EUR",
+                "payment_method": rng.choice(["card", "paypal", "klarna"]),
+                "channel": channel,
+            },
+        )
 
 
 def to_jsonl(events: list[dict[str, Any]]) -> str:

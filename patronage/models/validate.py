@@ -11,7 +11,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -30,8 +30,6 @@ from patronage.models.contracts import (
 )
 
 YEAR_2000_MS = 946_684_800_000
-
-_Basket = TypeVar("_Basket", Purchase, StoreReceipt)
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,9 @@ def _validate(raw: bytes, kind: EventKind, now_ms: int, rules: Rules) -> Accepte
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _Reject("not_utf8", f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        raise _Reject(
+            "not_utf8", f"payload is not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from exc
     try:
         doc = json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
@@ -133,7 +133,9 @@ def _describe(exc: ValidationError, kind: str) -> str:
     return f"not a valid {kind}: " + "; ".join(parts) + suffix
 
 
-def _check_basket(event: _Basket, rules: Rules, corrections: list[str]) -> _Basket:
+def _check_basket(
+    event: Purchase | StoreReceipt, rules: Rules, corrections: list[str]
+) -> Purchase | StoreReceipt:
     if event.currency not in rules.currencies:
         known = ", ".join(sorted(rules.currencies))
         raise _Reject("unknown_currency", f"currency {event.currency} is not configured ({known})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections import Counter
@@ -97,19 +98,18 @@ async def create_topics(settings: Settings) -> list[str]:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())  # type: ignore[arg-type]
+    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [*settings.input_topics, *settings.output_topics]
         missing = [t for t in wanted if t not in existing]
         if missing:
-            try:
+            # Another process may create them at the same moment; that is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [NewTopic(t, settings.partitions, settings.replication_factor) for t in missing]
                 )
-            except TopicAlreadyExistsError:
-                pass
         print(f"topics ready ({len(missing)} created): {', '.join(wanted)}")
         return missing
     finally:
@@ -121,7 +121,7 @@ async def publish_file(settings: Settings, path: Path, topic: str | None = None)
 
     counts: Counter[str] = Counter()
     producer = AIOKafkaProducer(
-        **settings.kafka_client_kwargs(),  # type: ignore[arg-type]
+        **settings.kafka_client_kwargs(),
         acks="all",
         linger_ms=5,
         max_batch_size=256 * 1024,

@@ -25,8 +25,8 @@ class PartitionLag:
 async def group_lag(settings: Settings, topics: list[str] | None = None) -> list[PartitionLag]:
     topics = topics or list(settings.input_topics)
     kwargs = settings.kafka_client_kwargs()
-    admin = AIOKafkaAdminClient(**kwargs)  # type: ignore[arg-type]
-    consumer = AIOKafkaConsumer(**kwargs, enable_auto_commit=False)  # type: ignore[arg-type]
+    admin = AIOKafkaAdminClient(**kwargs)
+    consumer = AIOKafkaConsumer(**kwargs, enable_auto_commit=False)
     await admin.start()
     await consumer.start()
     try:
@@ -34,7 +34,9 @@ async def group_lag(settings: Settings, topics: list[str] | None = None) -> list
         partitions = [
             TopicPartition(topic, p)
             for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))
+            for p in sorted(
+                consumer.partitions_for_topic(topic) or await _partitions(consumer, topic)
+            )
         ]
         ends = await consumer.end_offsets(partitions)
         rows = []
@@ -57,7 +59,7 @@ async def rewind_group(settings: Settings, topics: list[str] | None = None) -> N
     """Commit offset 0 on every partition (the group must have no live members)."""
     topics = topics or list(settings.input_topics)
     consumer = AIOKafkaConsumer(
-        **settings.kafka_client_kwargs(),  # type: ignore[arg-type]
+        **settings.kafka_client_kwargs(),
         group_id=settings.group_id,
         enable_auto_commit=False,
     )

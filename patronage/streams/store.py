@@ -12,7 +12,7 @@ script never crosses slots on Redis Cluster):
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -121,7 +121,7 @@ class ProfileStore:
         return removed
 
 
-def _decode(fields: dict[bytes, bytes] | dict[str, str]) -> dict[str, float | str]:
+def _decode(fields: Mapping[bytes | str, bytes | str]) -> dict[str, float | str]:
     out: dict[str, float | str] = {}
     for key, value in fields.items():
         name = key.decode() if isinstance(key, bytes) else key

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import json
 import math
 import random
@@ -84,19 +85,32 @@ def build_stream(now_ms: int) -> tuple[list[dict[str, Any]], list[tuple[str, str
 
 def bad_messages(now_ms: int) -> list[tuple[str, str | None, bytes]]:
     base = {"event_id": "bad", "customer_id": "c000001", "ts": now_ms - DAY_MS}
-    purchase = {**base, "order_id": "o", "currency": "EUR", "total": 2.0,
-                "items": [{"sku": "s", "category": "x", "quantity": 1, "unit_price": 2.0}]}
+    purchase = {
+        **base,
+        "order_id": "o",
+        "currency": "EUR",
+        "total": 2.0,
+        "items": [{"sku": "s", "category": "x", "quantity": 1, "unit_price": 2.0}],
+    }
     cases: list[tuple[str, bytes]] = [
         ("clicks", b"{not json"),
         ("clicks", b""),
         ("clicks", b"\x00\xff\xfe garbage"),
         ("clicks", json.dumps({**base, "session_id": "s", "page_type": "basement"}).encode()),
-        ("clicks", json.dumps({**base, "customer_id": "", "session_id": "s",
-                               "page_type": "home"}).encode()),
+        (
+            "clicks",
+            json.dumps(
+                {**base, "customer_id": "", "session_id": "s", "page_type": "home"}
+            ).encode(),
+        ),
         ("purchases", json.dumps({**purchase, "currency": "DOGE"}).encode()),
         ("purchases", json.dumps({**purchase, "ts": now_ms + 10 * DAY_MS}).encode()),
-        ("purchases", json.dumps({**purchase, "items": [{"sku": "s", "quantity": 10**7,
-                                                         "unit_price": 1}]}).encode()),
+        (
+            "purchases",
+            json.dumps(
+                {**purchase, "items": [{"sku": "s", "quantity": 10**7, "unit_price": 1}]}
+            ).encode(),
+        ),
         ("store-receipts", json.dumps({**purchase, "receipt_id": "r"}).encode()),  # no store_id
         ("customer-attributes", json.dumps({**base, "attributes": "tall"}).encode()),
         ("customer-attributes", b"[1,2,3]"),
@@ -115,8 +129,11 @@ def parse_ms(value: int | str) -> int:
 
 
 def fmt(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return (
+        dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 def recompute(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -155,7 +172,9 @@ def recompute(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 continue
             origin = "store" if e["type"] == "store_receipt" else "online"
             positive = sum(i["quantity"] * i["unit_price"] for i in e["items"] if i["quantity"] > 0)
-            negative = -sum(i["quantity"] * i["unit_price"] for i in e["items"] if i["quantity"] < 0)
+            negative = -sum(
+                i["quantity"] * i["unit_price"] for i in e["items"] if i["quantity"] < 0
+            )
             weight = 2 ** (-(last_seen - t) / HALF_LIFE_MS)
             for item in e["items"]:
                 categories[item["category"]] += item["quantity"] * item["unit_price"]
@@ -170,7 +189,7 @@ def recompute(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 max_basket = max(max_basket, positive)
                 freq += weight
                 last_order = t if last_order is None else max(last_order, t)
-        gaps = [b - a for a, b in zip(days, days[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(days)]
         mean = sum(gaps) / len(gaps) if gaps else None
         std = math.sqrt(sum(g * g for g in gaps) / len(gaps) - mean**2) if gaps else None
         attributes: dict[str, tuple[int, str]] = {}
@@ -228,8 +247,9 @@ def export(env: dict[str, str], out: Path) -> dict[str, dict[str, Any]]:
     return {row["customer_id"]: row for row in rows}
 
 
-def publish_with_metadata(settings: Settings, messages: list[tuple[str, str | None, bytes]]
-                          ) -> list[tuple[str, int, int]]:
+def publish_with_metadata(
+    settings: Settings, messages: list[tuple[str, str | None, bytes]]
+) -> list[tuple[str, int, int]]:
     async def run() -> list[tuple[str, int, int]]:
         producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all", linger_ms=5)  # type: ignore[arg-type]
         await producer.start()
@@ -246,8 +266,9 @@ def publish_with_metadata(settings: Settings, messages: list[tuple[str, str | No
     return asyncio.run(run())
 
 
-def test_profiles_equal_recomputation_and_survive_rewind(isolated_env: dict[str, str],
-                                                          tmp_path: Path) -> None:
+def test_profiles_equal_recomputation_and_survive_rewind(
+    isolated_env: dict[str, str], tmp_path: Path
+) -> None:
     env = {**isolated_env, "PATRONAGE_COMMIT_INTERVAL_S": "0.5"}
     settings = settings_for(env)
     prepare_topics(settings)
@@ -266,8 +287,9 @@ def test_profiles_equal_recomputation_and_survive_rewind(isolated_env: dict[str,
 
     worker = Worker(env).start()
     try:
-        wait_for(lambda: drained(settings), 180, "worker to drain the input topics",
-                 worker.check_alive)
+        wait_for(
+            lambda: drained(settings), 180, "worker to drain the input topics", worker.check_alive
+        )
     finally:
         worker.stop()
 

@@ -39,26 +39,55 @@ def random_deltas(rng: random.Random, customer: str, count: int) -> list[Delta]:
         off = offsets.get(src, -1) + rng.randint(1, 3)
         offsets[src] = off
         t = T0 + rng.randrange(0, 400 * DAY_MS)
-        base = {"src": src, "off": off, "eid": short_hash(f"{customer}/{src}/{off}"), "t": t,
-                "day": t // DAY_MS}
+        base = {
+            "src": src,
+            "off": off,
+            "eid": short_hash(f"{customer}/{src}/{off}"),
+            "t": t,
+            "day": t // DAY_MS,
+        }
         if kind == "o":
             basket = round(rng.uniform(0, 300), 2) if rng.random() > 0.1 else 0.0
             returned = round(rng.uniform(0, 40), 2) if rng.random() < 0.2 else 0.0
-            cats = tuple(sorted({(rng.choice("abcdefg"), round(rng.uniform(-5, 90), 2))
-                                 for _ in range(rng.randint(1, 3))}))
-            deltas.append(Delta(k="o", origin=rng.choice(["online", "store"]), b=basket,
-                                r=returned, n=basket - returned, cats=cats,
-                                pm=rng.choice(["card", "cash", None]),
-                                mc=rng.choice(["email", None]), **base))  # type: ignore[arg-type]
+            cats = tuple(
+                sorted(
+                    {
+                        (rng.choice("abcdefg"), round(rng.uniform(-5, 90), 2))
+                        for _ in range(rng.randint(1, 3))
+                    }
+                )
+            )
+            deltas.append(
+                Delta(
+                    k="o",
+                    origin=rng.choice(["online", "store"]),
+                    b=basket,
+                    r=returned,
+                    n=basket - returned,
+                    cats=cats,
+                    pm=rng.choice(["card", "cash", None]),
+                    mc=rng.choice(["email", None]),
+                    **base,
+                )
+            )  # type: ignore[arg-type]
         elif kind == "c":
-            deltas.append(Delta(k="c", sid=short_hash(f"s{rng.randrange(9)}"),
-                                mc=rng.choice(["ads", "email", None]),
-                                dv=rng.choice(["mobile", "desktop", "tablet", "tv", "watch"]),
-                                **base))  # type: ignore[arg-type]
+            deltas.append(
+                Delta(
+                    k="c",
+                    sid=short_hash(f"s{rng.randrange(9)}"),
+                    mc=rng.choice(["ads", "email", None]),
+                    dv=rng.choice(["mobile", "desktop", "tablet", "tv", "watch"]),
+                    **base,
+                )
+            )  # type: ignore[arg-type]
         else:
-            deltas.append(Delta(k="a", at=(("region", f'"{rng.choice("nsew")}"'),
-                                           ("children", str(rng.randrange(4)))),
-                                **base))  # type: ignore[arg-type]
+            deltas.append(
+                Delta(
+                    k="a",
+                    at=(("region", f'"{rng.choice("nsew")}"'), ("children", str(rng.randrange(4)))),
+                    **base,
+                )
+            )  # type: ignore[arg-type]
     return deltas
 
 
@@ -68,7 +97,10 @@ def assert_views_close(actual: dict[str, object], expected: dict[str, object]) -
         got = actual[key]
         if isinstance(want, float):
             assert isinstance(got, float) and math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9), (
-                key, got, want)
+                key,
+                got,
+                want,
+            )
         elif isinstance(want, dict):
             assert isinstance(got, dict)
             assert_views_close(got, want)
@@ -76,7 +108,9 @@ def assert_views_close(actual: dict[str, object], expected: dict[str, object]) -
             assert got == want, (key, got, want)
 
 
-async def _roundtrip(redis_url: str, batches: list[list[Delta]], customer: str) -> dict[str, object]:
+async def _roundtrip(
+    redis_url: str, batches: list[list[Delta]], customer: str
+) -> dict[str, object]:
     client = aioredis.Redis.from_url(redis_url)
     store = ProfileStore(client, f"test{uuid.uuid4().hex[:8]}", CFG)
     try:

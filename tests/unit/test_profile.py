@@ -26,18 +26,46 @@ T0 = 1_767_225_600_000  # 2026-01-01
 DAY0 = T0 // DAY_MS
 
 
-def order(off: int, day: float, basket: float = 10.0, returned: float = 0.0, origin: str = "online",
-          cats: tuple[tuple[str, float], ...] = (), src: str = "purchases:0", eid: str | None = None) -> Delta:
+def order(
+    off: int,
+    day: float,
+    basket: float = 10.0,
+    returned: float = 0.0,
+    origin: str = "online",
+    cats: tuple[tuple[str, float], ...] = (),
+    src: str = "purchases:0",
+    eid: str | None = None,
+) -> Delta:
     t = T0 + int(day * DAY_MS)
-    return Delta(src=src, off=off, eid=eid or short_hash(f"{src}/{off}"), t=t, day=t // DAY_MS, k="o",
-                 origin=origin, b=basket, r=returned, n=basket - returned,
-                 cats=cats or (("food", basket - returned),), pm="card")  # type: ignore[arg-type]
+    return Delta(
+        src=src,
+        off=off,
+        eid=eid or short_hash(f"{src}/{off}"),
+        t=t,
+        day=t // DAY_MS,
+        k="o",
+        origin=origin,
+        b=basket,
+        r=returned,
+        n=basket - returned,
+        cats=cats or (("food", basket - returned),),
+        pm="card",
+    )  # type: ignore[arg-type]
 
 
 def click(off: int, day: float, session: str = "s1", src: str = "clicks:0") -> Delta:
     t = T0 + int(day * DAY_MS)
-    return Delta(src=src, off=off, eid=short_hash(f"{src}/{off}"), t=t, day=t // DAY_MS, k="c", sid=session,
-                 mc="email", dv="mobile")
+    return Delta(
+        src=src,
+        off=off,
+        eid=short_hash(f"{src}/{off}"),
+        t=t,
+        day=t // DAY_MS,
+        k="c",
+        sid=session,
+        mc="email",
+        dv="mobile",
+    )
 
 
 def view(deltas: list[Delta], cfg: ProfileConfig = CFG) -> dict[str, object]:
@@ -93,7 +121,9 @@ def test_late_event_is_decayed_from_its_own_time() -> None:
         ([0, 10, 2], 3, 5.0, 3.0),
     ],
 )
-def test_visit_cadence(days: list[float], visits: int, mean: float | None, std: float | None) -> None:
+def test_visit_cadence(
+    days: list[float], visits: int, mean: float | None, std: float | None
+) -> None:
     v = view([click(i, d, session=f"s{i}") for i, d in enumerate(days)])
     assert v["visits"] == visits
     assert v["visit_gap_mean_days"] == mean
@@ -131,8 +161,15 @@ def test_capped_map_overflows_to_other() -> None:
 def test_attributes_latest_ts_wins() -> None:
     def attrs(off: int, day: float, value: str) -> Delta:
         t = T0 + int(day * DAY_MS)
-        return Delta(src="customer-attributes:0", off=off, eid=f"a{off:07x}", t=t, day=t // DAY_MS,
-                     k="a", at=(("region", f'"{value}"'),))
+        return Delta(
+            src="customer-attributes:0",
+            off=off,
+            eid=f"a{off:07x}",
+            t=t,
+            day=t // DAY_MS,
+            k="a",
+            at=(("region", f'"{value}"'),),
+        )
 
     assert view([attrs(0, 1, "north"), attrs(1, 0, "south")])["attributes"] == {"region": "north"}
     assert view([attrs(0, 0, "south"), attrs(1, 1, "north")])["attributes"] == {"region": "north"}
@@ -152,6 +189,7 @@ def test_gap_stats_needs_two_visits() -> None:
 
 # --- order independence -------------------------------------------------
 
+
 @st.composite
 def event_sets(draw: st.DrawFn) -> list[Delta]:
     count = draw(st.integers(1, 40))
@@ -166,8 +204,17 @@ def event_sets(draw: st.DrawFn) -> list[Delta]:
             cat = draw(st.sampled_from(["food", "toys", "home"]))
             # Each event comes from its own source partition so any order is a
             # legal delivery order (Kafka orders only within a partition).
-            deltas.append(order(i, day, basket, returned, origin, ((cat, basket - returned),),
-                                src=f"purchases:{i}"))
+            deltas.append(
+                order(
+                    i,
+                    day,
+                    basket,
+                    returned,
+                    origin,
+                    ((cat, basket - returned),),
+                    src=f"purchases:{i}",
+                )
+            )
         else:
             deltas.append(click(i, day, session=f"s{draw(st.integers(0, 5))}", src=f"clicks:{i}"))
     return deltas

@@ -56,7 +56,10 @@ REJECTIONS = [
     (purchase(items=[{"sku": "a", "quantity": 1.5, "unit_price": 1}]), "schema"),
     (purchase(items=[{"sku": "a", "quantity": 1, "unit_price": 1}] * 501), "too_many_items"),
     (purchase(padding="x" * 70_000), "payload_too_large"),
-    ({"event_id": "e", "customer_id": "c", "ts": 1, "attributes": {"shoe": 1}}, "no_known_attributes"),
+    (
+        {"event_id": "e", "customer_id": "c", "ts": 1, "attributes": {"shoe": 1}},
+        "no_known_attributes",
+    ),
 ]
 
 
@@ -75,10 +78,12 @@ CORRECTIONS = [
     (purchase(total=99.0), "total_mismatch", 3.0),
     (purchase(total=3.004), None, 3.0),
     (
-        purchase(items=[
-            {"sku": "a", "category": "food", "quantity": 2, "unit_price": 1.5},
-            {"sku": "b", "category": "food", "quantity": 0, "unit_price": 9},
-        ]),
+        purchase(
+            items=[
+                {"sku": "a", "category": "food", "quantity": 2, "unit_price": 1.5},
+                {"sku": "b", "category": "food", "quantity": 0, "unit_price": 9},
+            ]
+        ),
         "zero_quantity_line_dropped",
         3.0,
     ),
@@ -88,7 +93,9 @@ CORRECTIONS = [
 
 
 @pytest.mark.parametrize(("body", "correction", "total"), CORRECTIONS)
-def test_corrections_keep_the_event(body: dict[str, Any], correction: str | None, total: float) -> None:
+def test_corrections_keep_the_event(
+    body: dict[str, Any], correction: str | None, total: float
+) -> None:
     outcome = run(body)
     assert isinstance(outcome, Accepted), outcome
     assert isinstance(outcome.event, Purchase)
@@ -97,10 +104,13 @@ def test_corrections_keep_the_event(body: dict[str, Any], correction: str | None
 
 
 def test_return_line_is_accepted() -> None:
-    body = purchase(items=[
-        {"sku": "a", "category": "food", "quantity": 2, "unit_price": 1.5},
-        {"sku": "b", "category": "toys", "quantity": -1, "unit_price": 1.0},
-    ], total=2.0)
+    body = purchase(
+        items=[
+            {"sku": "a", "category": "food", "quantity": 2, "unit_price": 1.5},
+            {"sku": "b", "category": "toys", "quantity": -1, "unit_price": 1.0},
+        ],
+        total=2.0,
+    )
     outcome = run(body)
     assert isinstance(outcome, Accepted)
     assert outcome.corrections == ()
