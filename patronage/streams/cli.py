@@ -37,6 +37,23 @@ def main(argv: list[str] | None = None) -> None:
     publish.add_argument("file", type=Path)
     publish.add_argument("--topic", help="send every line raw to this topic instead of by 'type'")
 
+    simulate = sub.add_parser("simulate", help="generate a shop/till event stream")
+    simulate.add_argument("--customers", type=int, default=200)
+    simulate.add_argument("--days", type=int, default=90, help="days of history")
+    simulate.add_argument("--seed", type=int, default=1)
+    simulate.add_argument(
+        "--start", help="start of history (RFC 3339; default: DAYS days before now)"
+    )
+    simulate.add_argument("--out", type=Path, help="write JSON lines here instead of publishing")
+    simulate.add_argument(
+        "--personas-out", type=Path, help="also write customer_id -> hidden persona (JSON)"
+    )
+
+    reset = sub.add_parser("reset", help="delete every Redis key under PATRONAGE_KEY_PREFIX")
+    reset.add_argument("--yes", action="store_true", help="really delete")
+
+    sub.add_parser("lag", help="consumer-group lag per topic-partition, read from Kafka")
+
     profile = sub.add_parser("profile", help="read profiles")
     profile_sub = profile.add_subparsers(dest="action", required=True)
     show = profile_sub.add_parser("show", help="print one customer's profile")
@@ -60,6 +77,17 @@ def main(argv: list[str] | None = None) -> None:
         skipped = {t[1:]: n for t, n in sent.items() if t.startswith("!")}
         if skipped:
             print(f"skipped {sum(skipped.values())} lines: {skipped}", file=sys.stderr)
+    elif args.command == "simulate":
+        _simulate(settings, args)
+    elif args.command == "reset":
+        if not args.yes:
+            print(
+                f"would delete every key under {settings.key_prefix!r}; add --yes", file=sys.stderr
+            )
+            raise SystemExit(2)
+        print(f"deleted {asyncio.run(_reset(settings))} keys under {settings.key_prefix!r}")
+    elif args.command == "lag":
+        asyncio.run(_lag(settings))
     elif args.command == "profile":
         if args.action == "show":
             view = asyncio.run(_show(settings, args.customer_id))
@@ -79,6 +107,43 @@ def _worker(settings: Settings) -> None:
     # Faust owns the worker's command line; hand it the sub-command it expects.
     sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level]
     app.main()
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> None:
+    import tempfile
+    import time
+
+    from patronage.models.contracts import parse_ts
+    from patronage.models.simulate import DAY_MS, generate, to_jsonl
+
+    if args.start:
+        start_ms = parse_ts(args.start)
+    else:
+        # Whole days back from now, so "now" sits at the end of the history.
+        start_ms = (int(time.time() * 1000) // DAY_MS - args.days) * DAY_MS
+    events, personas = generate(args.customers, args.days, args.seed, start_ms)
+    if args.personas_out:
+        args.personas_out.write_text(json.dumps(personas, indent=1, sort_keys=True) + "\n")
+    if args.out:
+        args.out.write_text(to_jsonl(events))
+        print(f"wrote {len(events)} events for {args.customers} customers to {args.out}")
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
+        handle.write(to_jsonl(events))
+    sent = asyncio.run(publish_file(settings, Path(handle.name)))
+    Path(handle.name).unlink()
+    print(f"published {sum(sent.values())} events for {args.customers} customers")
+
+
+async def _lag(settings: Settings) -> None:
+    from patronage.streams.lag import group_lag
+
+    rows = await group_lag(settings)
+    print(f"{'topic':<32} {'partition':>9} {'committed':>10} {'end':>10} {'lag':>8}")
+    for row in rows:
+        committed = "-" if row.committed is None else str(row.committed)
+        print(f"{row.topic:<32} {row.partition:>9} {committed:>10} {row.end:>10} {row.lag:>8}")
+    print(f"{'total':<32} {'':>9} {'':>10} {'':>10} {sum(r.lag for r in rows):>8}")
 
 
 def _schema(out: Path | None) -> None:
@@ -193,6 +258,17 @@ async def _export(settings: Settings, out: Path) -> int:
     finally:
         await client.aclose()
     return count
+
+
+async def _reset(settings: Settings) -> int:
+    from patronage.streams.store import ProfileStore, make_redis
+
+    client = make_redis(settings.redis_url, _password(settings))
+    try:
+        store = ProfileStore(client, settings.key_prefix, settings.profile_config)
+        return await store.delete_prefix()
+    finally:
+        await client.aclose()
 
 
 def _password(settings: Settings) -> str | None:

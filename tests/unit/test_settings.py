@@ -1,0 +1,39 @@
+"""Bad settings stop start-up with the variable's name and the reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from patronage.streams.settings import SettingsError, load_settings
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PATRONAGE_WEB_PORT", "99999", "less than or equal to 65535"),
+        ("PATRONAGE_DEFAULT_ZONE", "Mars/Olympus", "unknown time zone"),
+        ("PATRONAGE_CURRENCIES", '{"EURO": 1}', "not an ISO 4217 code"),
+        ("PATRONAGE_CURRENCIES", '{"EUR": 0}', "must be > 0"),
+        ("PATRONAGE_KAFKA_BOOTSTRAP", "localhost", "not host:port"),
+        ("PATRONAGE_REDIS_URL", "http://x", "must start with redis://"),
+        ("PATRONAGE_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT", "PATRONAGE_KAFKA_SASL_USERNAME"),
+    ],
+)
+def test_bad_setting_names_itself(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    text = str(info.value)
+    assert message in text
+    if "SASL" not in name:
+        assert name in text
+
+
+def test_secret_is_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATRONAGE_REDIS_PASSWORD", "hunter2-secret")
+    settings = load_settings()
+    assert "hunter2-secret" not in repr(settings)
+    assert settings.redis_password is not None
+    assert settings.redis_password.get_secret_value() == "hunter2-secret"
