@@ -112,7 +112,7 @@ class Settings(BaseSettings):
             self.kafka_sasl_username and self.kafka_sasl_password
         ):
             raise ValueError(
-                "kafka_security_protocol is SASL_*: set PATRONAGE_KAFKA_SASL_USERNAME "
+                "PATRONAGE_KAFKA_SECURITY_PROTOCOL is SASL_*: set PATRONAGE_KAFKA_SASL_USERNAME "
                 "and PATRONAGE_KAFKA_SASL_PASSWORD"
             )
         return self
