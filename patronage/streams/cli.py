@@ -176,9 +176,29 @@ async def create_topics(settings: Settings) -> list[str]:
                     [NewTopic(t, settings.partitions, settings.replication_factor) for t in missing]
                 )
         print(f"topics ready ({len(missing)} created): {', '.join(wanted)}")
+        await _wait_for_group_coordinator(admin, settings.group_id)
         return missing
     finally:
         await admin.close()
+
+
+async def _wait_for_group_coordinator(admin: Any, group_id: str, timeout_s: float = 60) -> None:
+    """A new broker creates __consumer_offsets on the first group request and
+    answers "coordinator not available" until it exists: wait it out here so
+    "services up" means a broker that can serve consumer groups."""
+    import time
+
+    from aiokafka.errors import CoordinatorNotAvailableError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await admin.list_consumer_group_offsets(group_id)
+            return
+        except CoordinatorNotAvailableError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 async def publish_file(settings: Settings, path: Path, topic: str | None = None) -> Counter[str]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import CoordinatorNotAvailableError
 
 from patronage.streams.settings import Settings
 
@@ -30,7 +33,7 @@ async def group_lag(settings: Settings, topics: list[str] | None = None) -> list
     await admin.start()
     await consumer.start()
     try:
-        committed = await admin.list_consumer_group_offsets(settings.group_id)
+        committed = await _committed(admin, settings.group_id)
         partitions = [
             TopicPartition(topic, p)
             for topic in topics
@@ -48,6 +51,19 @@ async def group_lag(settings: Settings, topics: list[str] | None = None) -> list
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def _committed(admin: AIOKafkaAdminClient, group_id: str) -> dict[TopicPartition, Any]:
+    # Right after a broker (re)start the coordinator may not be elected yet.
+    for attempt in range(40):
+        try:
+            result: dict[TopicPartition, Any] = await admin.list_consumer_group_offsets(group_id)
+            return result
+        except CoordinatorNotAvailableError:
+            if attempt == 39:
+                raise
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
