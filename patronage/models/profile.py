@@ -53,7 +53,7 @@ class ProfileConfig:
     half_life_ms: int = 30 * DAY_MS
     map_cap: int = 32
     session_window: int = 32
-    dedupe_window: int = 64
+    dedupe_window: int = 32
 
 
 @dataclass(frozen=True)
@@ -228,8 +228,6 @@ def apply(state: ProfileState, d: Delta, cfg: ProfileConfig) -> tuple[ProfileSta
     f["spend_" + origin] = _num(f, "spend_" + origin) + d.n
     f["returns_value"] = _num(f, "returns_value") + d.r
     f["monetary_decayed"] = _num(f, "monetary_decayed") + weight * d.n
-    orders = _num(f, "orders")
-    f["avg_basket"] = _num(f, "basket_sum") / orders if orders > 0 else 0.0
     for category, value in d.cats:
         _inc_capped(f, "cat:", category, value, cfg.map_cap)
     if d.pm is not None:
@@ -341,7 +339,6 @@ AMOUNTS = (
     "spend_online",
     "spend_store",
     "returns_value",
-    "avg_basket",
     "max_basket",
 )
 
@@ -370,6 +367,7 @@ def profile_view(customer_id: str, fields: Mapping[str, float | str]) -> dict[st
         view[name] = int(num(name))
     for name in AMOUNTS:
         view[name] = num(name)
+    view["avg_basket"] = num("basket_sum") / num("orders") if num("orders") > 0 else 0.0
     view["frequency_decayed"] = num("freq_decayed")
     view["monetary_decayed"] = num("monetary_decayed")
     view["decay_reference"] = view["last_seen"]

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     half_life_days: float = Field(30.0, gt=0, le=3650)
     map_cap: int = Field(32, ge=1, le=1000)
     session_window: int = Field(32, ge=1, le=10_000)
-    dedupe_window: int = Field(64, ge=1, le=10_000)
+    dedupe_window: int = Field(32, ge=1, le=10_000)
 
     # Validation
     currencies: dict[str, float] = {"EUR": 1.0}

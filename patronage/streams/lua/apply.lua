@@ -3,7 +3,7 @@
 -- share one hash tag, so it runs unchanged on Redis Cluster.
 --
 -- KEYS[1] profile hash   KEYS[2] visit-day bitmap
--- KEYS[3] session zset   KEYS[4] recent event-id hashes (string of 8-hex tokens)
+-- KEYS[3] session zset   KEYS[4] recent event-id hashes (string of 4-byte tokens)
 -- ARGV[1] half-life ms   ARGV[2] map cap   ARGV[3] session window
 -- ARGV[4] dedupe window  ARGV[5] JSON list of deltas (in offset order per source)
 -- Returns {applied, duplicate offsets, duplicate event ids}
@@ -20,7 +20,14 @@ local raw = redis.call('HGETALL', P)
 for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
 local changed = {}
 
-local function fmt(x) return string.format('%.17g', x) end
+-- Shortest of %.15g/%.17g that reads back exactly: keeps hashes small.
+local function fmt(x)
+  local short = string.format('%.15g', x)
+  if tonumber(short) == x then return short end
+  return string.format('%.17g', x)
+end
+-- Hashes arrive as 8 hex digits; they are stored as 4 raw bytes.
+local function unhex(hex) return (string.gsub(hex, '..', function(cc) return string.char(tonumber(cc, 16)) end)) end
 local function num(f) local v = h[f]; if v then return tonumber(v) end; return 0 end
 local function put(f, x) h[f] = fmt(x); changed[f] = true end
 
@@ -31,7 +38,7 @@ local function seen_eid(token)
   while true do
     local at = string.find(eids, token, from, true)
     if not at then return false end
-    if (at - 1) % 8 == 0 then return true end
+    if (at - 1) % 4 == 0 then return true end
     from = at + 1
   end
 end
@@ -146,11 +153,12 @@ for _, d in ipairs(deltas) do
     dup_offset = dup_offset + 1
   else
     put(offset_field, d.off)
-    if seen_eid(d.eid) then
+    local eid = unhex(d.eid)
+    if seen_eid(eid) then
       dup_event = dup_event + 1
     else
-      eids = eids .. d.eid
-      if #eids > dedupe_window * 8 then eids = string.sub(eids, -dedupe_window * 8) end
+      eids = eids .. eid
+      if #eids > dedupe_window * 4 then eids = string.sub(eids, -dedupe_window * 4) end
       eids_changed = true
       put('events_applied', num('events_applied') + 1)
       applied = applied + 1
@@ -169,7 +177,7 @@ for _, d in ipairs(deltas) do
         if d.k == 'c' then
           put('clicks', num('clicks') + 1)
           if d.sid then
-            if redis.call('ZADD', SESS, 'LT', d.t, d.sid) == 1 then
+            if redis.call('ZADD', SESS, 'LT', d.t, unhex(d.sid)) == 1 then
               put('sessions', num('sessions') + 1)
             end
             if redis.call('ZCARD', SESS) > session_window then
@@ -192,8 +200,6 @@ for _, d in ipairs(deltas) do
           put('spend_' .. origin, num('spend_' .. origin) + d.n)
           put('returns_value', num('returns_value') + d.r)
           put('monetary_decayed', num('monetary_decayed') + weight * d.n)
-          local orders = num('orders')
-          if orders > 0 then put('avg_basket', num('basket_sum') / orders) else put('avg_basket', 0) end
           for _, pair in ipairs(d.cats) do inc_capped('cat:', pair[1], pair[2]) end
           if d.pm then inc_capped('pay:', d.pm, 1) end
           if d.mc then inc_capped('ch:', d.mc, 1) end
