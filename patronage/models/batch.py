@@ -34,6 +34,8 @@ class PreparedBatch:
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, code)
     corrected: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, correction)
     max_event_ts: dict[tuple[str, int], int] = field(default_factory=dict)  # per (topic, partition)
+    partition_of: dict[str, int] = field(default_factory=dict)  # customer -> partition
+    watermarks: dict[int, int] = field(default_factory=dict)  # partition -> latest activity ts
 
 
 def prepare_batch(
@@ -63,6 +65,11 @@ def prepare_batch(
             zone,
         )
         batch.by_customer.setdefault(outcome.event.customer_id, []).append(delta)
+        batch.partition_of[outcome.event.customer_id] = record.partition
+        if delta.k != "a":
+            batch.watermarks[record.partition] = max(
+                batch.watermarks.get(record.partition, 0), delta.t
+            )
         batch.accepted[record.topic] += 1
         for correction in outcome.corrections:
             batch.corrected[(record.topic, correction)] += 1

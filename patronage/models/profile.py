@@ -39,6 +39,7 @@ from patronage.models.contracts import (
     StoreReceipt,
     format_ts,
 )
+from patronage.models.lapse import Finding, LapseRules, on_new_visit
 
 DAY_MS = 86_400_000
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
@@ -54,6 +55,7 @@ class ProfileConfig:
     map_cap: int = 32
     session_window: int = 32
     dedupe_window: int = 32
+    lapse: LapseRules = field(default_factory=LapseRules)
 
 
 @dataclass(frozen=True)
@@ -173,10 +175,15 @@ class ProfileState:
     days: list[int] = field(default_factory=list)  # sorted visit days
     sessions: dict[str, int] = field(default_factory=dict)  # session hash -> first ts
     eids: list[str] = field(default_factory=list)  # recent event-id hashes, oldest first
+    outbox: list[Finding] = field(default_factory=list)  # lapse findings not yet sent
 
     def copy(self) -> ProfileState:
         return ProfileState(
-            dict(self.fields), list(self.days), dict(self.sessions), list(self.eids)
+            dict(self.fields),
+            list(self.days),
+            dict(self.sessions),
+            list(self.eids),
+            list(self.outbox),
         )
 
 
@@ -204,6 +211,11 @@ def apply(state: ProfileState, d: Delta, cfg: ProfileConfig) -> tuple[ProfileSta
         _apply_attributes(f, d)
         return s, "applied"
 
+    findings = on_new_visit(f, d.t, cfg.lapse)
+    if findings:
+        s.outbox.extend(findings)
+    if "lapse_episode" in f and d.t > _num(f, "last_seen"):
+        del f["lapse_episode"]  # the alerted episode ends with this visit
     _touch(s, d, cfg)
     weight = 2.0 ** (-(_num(f, "last_seen") - d.t) / cfg.half_life_ms)
     if d.k == "c":

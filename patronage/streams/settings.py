@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from patronage.models.lapse import LapseRules
 from patronage.models.profile import DAY_MS, ProfileConfig
 from patronage.models.validate import Rules
 
@@ -58,6 +59,15 @@ class Settings(BaseSettings):
     map_cap: int = Field(32, ge=1, le=1000)
     session_window: int = Field(32, ge=1, le=10_000)
     dedupe_window: int = Field(32, ge=1, le=10_000)
+
+    # Lapse alerts
+    lapse_min_visits: int = Field(6, ge=2, le=1000)
+    lapse_min_tenure_days: float = Field(90.0, ge=0, le=3650)
+    lapse_min_gap_days: float = Field(14.0, gt=0, le=3650)
+    lapse_gap_multiplier: float = Field(3.0, gt=0, le=100)
+    lapse_clock: Literal["wall", "event"] = "wall"
+    lapse_sweep_interval_s: float = Field(5.0, gt=0, le=3600)
+    lapse_sweep_batch: int = Field(1000, ge=1, le=100_000)
 
     # Validation
     currencies: dict[str, float] = {"EUR": 1.0}
@@ -166,6 +176,12 @@ class Settings(BaseSettings):
             map_cap=self.map_cap,
             session_window=self.session_window,
             dedupe_window=self.dedupe_window,
+            lapse=LapseRules(
+                min_visits=self.lapse_min_visits,
+                min_tenure_days=self.lapse_min_tenure_days,
+                min_gap_days=self.lapse_min_gap_days,
+                gap_multiplier=self.lapse_gap_multiplier,
+            ),
         )
 
     def kafka_client_kwargs(self) -> dict[str, object]:

@@ -7,34 +7,37 @@ script never crosses slots on Redis Cluster):
     <prefix>:{<customer_id>}:d     string visit-day bitmap
     <prefix>:{<customer_id>}:s     zset   recent sessions (session hash -> first ts)
     <prefix>:{<customer_id>}:e     string recent event-id hashes (dedupe window)
+    <prefix>:{<customer_id>}:x     list   lapse findings not yet acknowledged by Kafka
+    <prefix>:{lapse-<p>}:due       zset   customer -> lapse due time, for partition p
+    <prefix>:{lapse-<p>}:wm        string event-time watermark of partition p
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import redis.asyncio as aioredis
 
 from patronage.models.profile import Delta, ProfileConfig, profile_view
 
-APPLY_LUA = resources.files("patronage.streams").joinpath("lua/apply.lua").read_text("utf-8")
+
+def _lua(name: str) -> str:
+    return resources.files("patronage.streams").joinpath(f"lua/{name}.lua").read_text("utf-8")
 
 
-@dataclass(frozen=True)
+DAY_MS = 86_400_000
+
+
+@dataclass
 class ApplyResult:
     applied: int = 0
     duplicate_offsets: int = 0
     duplicate_events: int = 0
-
-    def __add__(self, other: ApplyResult) -> ApplyResult:
-        return ApplyResult(
-            self.applied + other.applied,
-            self.duplicate_offsets + other.duplicate_offsets,
-            self.duplicate_events + other.duplicate_events,
-        )
+    # customer -> pending lapse findings (raw outbox items, JSON)
+    outbox: dict[str, list[bytes]] = field(default_factory=dict)
 
 
 class ProfileStore:
@@ -42,33 +45,130 @@ class ProfileStore:
         self.client = client
         self.prefix = prefix
         self.cfg = cfg
-        self._apply = client.register_script(APPLY_LUA)
+        self._apply = client.register_script(_lua("apply"))
+        self._watermark = client.register_script(_lua("watermark"))
+        self._reschedule = client.register_script(_lua("reschedule"))
+        self._mark_lapsed = client.register_script(_lua("mark_lapsed"))
 
     def keys(self, customer_id: str) -> list[str]:
         base = f"{self.prefix}:{{{customer_id}}}:"
-        return [base + "p", base + "d", base + "s", base + "e"]
+        return [base + "p", base + "d", base + "s", base + "e", base + "x"]
 
-    async def apply_batch(self, by_customer: dict[str, list[Delta]]) -> ApplyResult:
-        """Apply every customer's deltas in one pipelined round trip."""
+    def due_key(self, partition: int) -> str:
+        return f"{self.prefix}:{{lapse-{partition}}}:due"
+
+    def watermark_key(self, partition: int) -> str:
+        return f"{self.prefix}:{{lapse-{partition}}}:wm"
+
+    async def apply_batch(
+        self,
+        by_customer: dict[str, list[Delta]],
+        partition_of: dict[str, int] | None = None,
+        watermarks: dict[int, int] | None = None,
+    ) -> ApplyResult:
+        """Apply every customer's deltas, and schedule their lapse checks, in
+        one pipelined round trip.
+
+        The due time written is an early bound (latest event + the minimum lapse
+        gap, never later than the true lapse moment); the sweep re-checks the
+        rule and moves the entry to the exact moment. ZADD LT keeps the earliest
+        bound, so a redelivered batch cannot push a due time later."""
         if not by_customer:
             return ApplyResult()
+        rules = self.cfg.lapse
         static_args = [
             self.cfg.half_life_ms,
             self.cfg.map_cap,
             self.cfg.session_window,
             self.cfg.dedupe_window,
+            rules.min_visits,
+            rules.min_tenure_days,
+            rules.min_gap_days,
+            rules.gap_multiplier,
         ]
+        due: dict[int, dict[str, float]] = {}
         async with self.client.pipeline(transaction=False) as pipe:
             for customer_id, deltas in by_customer.items():
                 payload = json.dumps([d.to_wire() for d in deltas], separators=(",", ":"))
                 await self._apply(
                     keys=self.keys(customer_id), args=[*static_args, payload], client=pipe
                 )
+                activity = [d.t for d in deltas if d.k != "a"]
+                if partition_of is not None and customer_id in partition_of and activity:
+                    early = max(activity) + rules.min_gap_days * DAY_MS
+                    due.setdefault(partition_of[customer_id], {})[customer_id] = early
+            for partition, scores in due.items():
+                pipe.zadd(self.due_key(partition), scores, lt=True)
+            for partition, ts in (watermarks or {}).items():
+                await self._watermark(keys=[self.watermark_key(partition)], args=[ts], client=pipe)
             replies = await pipe.execute()
-        total = ApplyResult()
-        for reply in replies:
-            total = total + ApplyResult(int(reply[0]), int(reply[1]), int(reply[2]))
-        return total
+        result = ApplyResult()
+        for customer_id, reply in zip(by_customer, replies, strict=False):
+            result.applied += int(reply[0])
+            result.duplicate_offsets += int(reply[1])
+            result.duplicate_events += int(reply[2])
+            if reply[3]:
+                result.outbox[customer_id] = list(reply[3])
+        return result
+
+    async def ack_outbox(self, items: dict[str, list[bytes]]) -> None:
+        """Drop findings Kafka acknowledged (by value: others may have arrived)."""
+        if not items:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for customer_id, raw_items in items.items():
+                for raw in raw_items:
+                    pipe.lrem(self.keys(customer_id)[4], 1, raw)  # type: ignore[arg-type]
+            await pipe.execute()
+
+    async def watermark(self, partition: int) -> int:
+        value = await self.client.get(self.watermark_key(partition))
+        return int(float(value)) if value else 0
+
+    async def due_customers(
+        self, partition: int, now_ms: float, limit: int
+    ) -> list[tuple[str, float]]:
+        rows = await self.client.zrangebyscore(
+            self.due_key(partition), "-inf", now_ms, start=0, num=limit, withscores=True
+        )
+        out: list[tuple[str, float]] = []
+        for member, score in rows:  # type: ignore[misc,str-unpack]
+            out.append(
+                (member.decode() if isinstance(member, bytes) else str(member), float(score))
+            )
+        return out
+
+    async def read_for_sweep(
+        self, customer_ids: Sequence[str]
+    ) -> list[tuple[dict[str, float | str], list[bytes]]]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for customer_id in customer_ids:
+                keys = self.keys(customer_id)
+                pipe.hgetall(keys[0])
+                pipe.lrange(keys[4], 0, -1)
+            replies = await pipe.execute()
+        return [(_decode(replies[i]), list(replies[i + 1])) for i in range(0, len(replies), 2)]
+
+    async def mark_lapsed(self, marks: list[tuple[str, str, str]]) -> dict[str, list[bytes]]:
+        """(customer, last_seen as read, finding JSON) -> pending outbox per customer."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for customer_id, last_seen, item in marks:
+                keys = self.keys(customer_id)
+                await self._mark_lapsed(
+                    keys=[keys[0], keys[4]], args=[last_seen, item], client=pipe
+                )
+            replies = await pipe.execute()
+        return {m[0]: list(r) for m, r in zip(marks, replies, strict=True) if r}
+
+    async def reschedule(
+        self, partition: int, moves: list[tuple[str, float, float | None]]
+    ) -> None:
+        if not moves:
+            return
+        args: list[str | float] = []
+        for member, seen, new in moves:
+            args.extend([member, repr(seen), "" if new is None else repr(new)])
+        await self._reschedule(keys=[self.due_key(partition)], args=args)
 
     async def profile(self, customer_id: str) -> dict[str, object] | None:
         fields = await self.client.hgetall(self.keys(customer_id)[0])

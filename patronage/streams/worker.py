@@ -17,8 +17,10 @@ import faust
 import redis.exceptions
 
 from patronage.models.batch import PreparedBatch, Record, prepare_batch
+from patronage.models.lapse import finding_from_json, to_alert
 from patronage.streams.settings import Settings
 from patronage.streams.store import ApplyResult, ProfileStore, make_redis
+from patronage.streams.sweeper import LapseSweeper
 
 log = logging.getLogger("patronage.worker")
 
@@ -38,6 +40,15 @@ class Runtime:
         self.last_event_ts: dict[tuple[str, int], int] = {}
         self.redis_ok = True
         self.batch_sizes: list[int] = []
+        self.alerts: Counter[str] = Counter()
+        self.app: faust.App | None = None
+        self.sweeper = LapseSweeper(
+            self.store,
+            settings.profile_config,
+            settings.lapse_clock,
+            settings.lapse_sweep_batch,
+            self.send_findings,
+        )
 
     async def process(self, app: faust.App, records: list[Record]) -> None:
         now_ms = int(time.time() * 1000)
@@ -46,7 +57,24 @@ class Runtime:
         )
         await self._send_dead_letters(app, batch)
         result = await self._apply_with_retry(batch)
+        await self.send_findings(result.outbox)
         self._record(records, batch, result)
+
+    async def send_findings(self, outbox: dict[str, list[bytes]]) -> None:
+        """Publish pending lapse findings as alerts, then drop them from Redis."""
+        if not outbox or self.app is None:
+            return
+        topic = self.settings.topic(self.settings.topic_lapse_alerts)
+        pending = []
+        for customer_id, items in outbox.items():
+            for raw in items:
+                alert = to_alert(customer_id, finding_from_json(raw))
+                value = alert.model_dump_json().encode("utf-8")
+                key = customer_id.encode("utf-8")
+                pending.append(await self.app.producer.send(topic, key, value, None, None, None))
+                self.alerts[alert.kind] += 1
+        await asyncio.gather(*pending)
+        await self.store.ack_outbox(outbox)
 
     async def _send_dead_letters(self, app: faust.App, batch: PreparedBatch) -> None:
         if not batch.dead_letters:
@@ -64,7 +92,9 @@ class Runtime:
         delay = 0.1
         while True:
             try:
-                result = await self.store.apply_batch(batch.by_customer)
+                result = await self.store.apply_batch(
+                    batch.by_customer, batch.partition_of, batch.watermarks
+                )
                 if not self.redis_ok:
                     log.warning("redis is back; resuming")
                 self.redis_ok = True
@@ -116,6 +146,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
             mechanism=settings.kafka_sasl_mechanism,
         )
     app = faust.App(settings.group_id, **app_kwargs)
+    runtime.app = app
 
     source = app.topic(
         *settings.input_topics,
@@ -140,6 +171,20 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
             await runtime.process(app, records)
             for event in events:
                 await stream.ack(event)
+
+    input_topics = set(settings.input_topics)
+
+    @app.timer(interval=settings.lapse_sweep_interval_s)  # type: ignore[untyped-decorator]
+    async def lapse_sweep() -> None:
+        # Only the partitions this worker owns: the sweep moves with them.
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic in input_topics}
+        if not owned:
+            return
+        try:
+            await runtime.sweeper.sweep(owned)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            runtime.redis_ok = False
+            log.warning("lapse sweep skipped: redis unavailable (%s)", exc)
 
     from patronage.streams import web
 

@@ -16,6 +16,7 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
+from patronage.models.lapse import Finding, LapseRules, finding_from_json
 from patronage.models.profile import (
     DAY_MS,
     Delta,
@@ -27,7 +28,13 @@ from patronage.models.profile import (
 from patronage.streams.store import ProfileStore, group_by_customer
 
 T0 = 1_767_225_600_000
-CFG = ProfileConfig(map_cap=4, session_window=5, dedupe_window=8)
+# Small windows and lapse rules, so 120 random events exercise every branch.
+CFG = ProfileConfig(
+    map_cap=4,
+    session_window=5,
+    dedupe_window=8,
+    lapse=LapseRules(min_visits=3, min_tenure_days=20, min_gap_days=5, gap_multiplier=2.0),
+)
 
 
 def random_deltas(rng: random.Random, customer: str, count: int) -> list[Delta]:
@@ -110,21 +117,23 @@ def assert_views_close(actual: dict[str, object], expected: dict[str, object]) -
 
 async def _roundtrip(
     redis_url: str, batches: list[list[Delta]], customer: str
-) -> dict[str, object]:
+) -> tuple[dict[str, object], list[Finding]]:
     client = aioredis.Redis.from_url(redis_url)
     store = ProfileStore(client, f"test{uuid.uuid4().hex[:8]}", CFG)
     try:
+        outbox: list[bytes] = []
         for batch in batches:
-            await store.apply_batch(group_by_customer((customer, d) for d in batch))
+            result = await store.apply_batch(group_by_customer((customer, d) for d in batch))
+            outbox = result.outbox.get(customer, [])
         view = await store.profile(customer)
         assert view is not None
-        return view
+        return view, [finding_from_json(raw) for raw in outbox]
     finally:
         await store.delete_prefix()
         await client.aclose()
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(30))
 def test_lua_matches_python_reference(redis_up: str, seed: int) -> None:
     rng = random.Random(seed)
     deltas = random_deltas(rng, "c1", rng.randint(1, 120))
@@ -136,9 +145,21 @@ def test_lua_matches_python_reference(redis_up: str, seed: int) -> None:
         batches.append(deltas[i : i + size])
         i += size
     redelivered = deltas[rng.randrange(len(deltas)) :]
-    actual = asyncio.run(_roundtrip(redis_up, [*batches, redelivered], "c1"))
-    expected = profile_view("c1", fold(deltas, CFG).fields)
-    assert_views_close(actual, expected)
+    actual, outbox = asyncio.run(_roundtrip(redis_up, [*batches, redelivered], "c1"))
+    reference = fold(deltas, CFG)
+    assert_views_close(actual, profile_view("c1", reference.fields))
+    assert len(outbox) == len(reference.outbox)
+    for got, want in zip(outbox, reference.outbox, strict=True):
+        assert (got.kind, got.episode, got.ts, got.segment) == (
+            want.kind,
+            want.episode,
+            want.ts,
+            want.segment,
+        )
+        for name in ("usual_gap_days", "spend_total", "span_days"):
+            assert math.isclose(
+                getattr(got, name), getattr(want, name), rel_tol=1e-12, abs_tol=1e-9
+            )
 
 
 def test_redelivery_and_duplicate_ids_counted_once(redis_up: str) -> None:

@@ -4,21 +4,30 @@
 --
 -- KEYS[1] profile hash   KEYS[2] visit-day bitmap
 -- KEYS[3] session zset   KEYS[4] recent event-id hashes (string of 4-byte tokens)
+-- KEYS[5] lapse outbox (list of findings not yet acknowledged by Kafka)
 -- ARGV[1] half-life ms   ARGV[2] map cap   ARGV[3] session window
--- ARGV[4] dedupe window  ARGV[5] JSON list of deltas (in offset order per source)
--- Returns {applied, duplicate offsets, duplicate event ids}
+-- ARGV[4] dedupe window  ARGV[5..8] lapse rules: min visits, min tenure days,
+--                        min gap days, gap multiplier
+-- ARGV[9] JSON list of deltas (in offset order per source)
+-- Returns {applied, duplicate offsets, duplicate event ids, outbox items}
 
-local P, DAYS, SESS, EIDS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local P, DAYS, SESS, EIDS, OUT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local half_life = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 local session_window = tonumber(ARGV[3])
 local dedupe_window = tonumber(ARGV[4])
-local deltas = cjson.decode(ARGV[5])
+local min_visits = tonumber(ARGV[5])
+local min_tenure_days = tonumber(ARGV[6])
+local min_gap_days = tonumber(ARGV[7])
+local gap_multiplier = tonumber(ARGV[8])
+local deltas = cjson.decode(ARGV[9])
+local DAY_MS = 86400000
 
 local h = {}
 local raw = redis.call('HGETALL', P)
 for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
 local changed = {}
+local removed = {}
 
 -- Shortest of %.15g/%.17g that reads back exactly: keeps hashes small.
 local function fmt(x)
@@ -138,6 +147,46 @@ local function touch(d)
   add_day(d.day)
 end
 
+-- Lapse rules: mirror patronage/models/lapse.py (lapse_moment, on_new_visit).
+local function usual_gap()
+  local visits = num('visits')
+  if visits < 2 then return 0 end
+  return (num('last_day') - num('first_day')) / (visits - 1)
+end
+
+local function lapse_moment()
+  if h['last_seen'] == nil or num('visits') < min_visits then return nil end
+  local threshold = math.max(min_gap_days, gap_multiplier * usual_gap())
+  return math.max(num('last_seen') + threshold * DAY_MS, num('first_seen') + min_tenure_days * DAY_MS)
+end
+
+local function push_finding(kind, episode, ts)
+  local segment = h['segment'] or 'null'
+  redis.call('RPUSH', OUT, '{"k":"' .. kind .. '","e":' .. fmt(math.floor(episode))
+    .. ',"ts":' .. fmt(math.floor(ts)) .. ',"g":' .. fmt(usual_gap())
+    .. ',"s":' .. fmt(num('spend_total')) .. ',"sp":' .. fmt(num('last_day') - num('first_day'))
+    .. ',"seg":' .. segment .. '}')
+end
+
+local function on_new_visit(t)
+  if h['last_seen'] == nil or t <= num('last_seen') then return end
+  local episode = num('last_seen')
+  if h['lapse_episode'] and tonumber(h['lapse_episode']) == episode then
+    push_finding('reactivated', episode, t)
+  else
+    local moment = lapse_moment()
+    if moment ~= nil and t > moment then
+      push_finding('lapsed', episode, moment)
+      push_finding('reactivated', episode, t)
+    end
+  end
+  if h['lapse_episode'] then
+    h['lapse_episode'] = nil
+    changed['lapse_episode'] = nil
+    removed[#removed + 1] = 'lapse_episode'
+  end
+end
+
 local function newer(t, value, current)
   local bar = string.find(current, '|', 1, true)
   local cur_t = tonumber(string.sub(current, 1, bar - 1))
@@ -172,6 +221,7 @@ for _, d in ipairs(deltas) do
           end
         end
       else
+        on_new_visit(d.t)
         touch(d)
         local weight = 2 ^ (-(num('last_seen') - d.t) / half_life)
         if d.k == 'c' then
@@ -215,5 +265,8 @@ for f, _ in pairs(changed) do
   args[#args + 1] = h[f]
 end
 if #args > 0 then redis.call('HSET', P, unpack(args)) end
+if #removed > 0 then redis.call('HDEL', P, unpack(removed)) end
 if eids_changed then redis.call('SET', EIDS, eids) end
-return {applied, dup_offset, dup_event}
+-- Pending findings go back on every call, redeliveries included, so a crash
+-- between this script and the Kafka send cannot lose an alert.
+return {applied, dup_offset, dup_event, redis.call('LRANGE', OUT, 0, -1)}
