@@ -132,7 +132,7 @@ class ProfileStore:
             self.due_key(partition), "-inf", now_ms, start=0, num=limit, withscores=True
         )
         out: list[tuple[str, float]] = []
-        for member, score in rows:  # type: ignore[misc,str-unpack]
+        for member, score in rows:  # type: ignore[str-unpack]
             out.append(
                 (member.decode() if isinstance(member, bytes) else str(member), float(score))
             )
