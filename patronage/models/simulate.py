@@ -75,6 +75,7 @@ def generate(
     start_ms: int,
     lapse_share: float = 0.2,
     attribute_share: float = 0.6,
+    return_share: float = 0.4,
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Events (each with a 'type') in time order, and customer -> persona."""
     rng = random.Random(seed)
@@ -95,8 +96,11 @@ def generate(
         customer_id = f"c{index:06d}"
         personas[customer_id] = persona.name
         stop_ms = end_ms
+        resume_ms = end_ms
         if persona.name != "one_off" and rng.random() < lapse_share:
             stop_ms = start_ms + int(rng.uniform(0.5, 0.85) * days * DAY_MS)
+            if rng.random() < return_share:  # a pause, then back to their rhythm
+                resume_ms = stop_ms + int(rng.uniform(5, 8) * persona.gap_days * DAY_MS)
         t = start_ms + int(rng.uniform(0, min(persona.gap_days, days / 3)) * DAY_MS)
         if persona.name == "one_off":
             t = start_ms + int(rng.uniform(0, days) * DAY_MS)
@@ -116,7 +120,12 @@ def generate(
             )
         session = 0
         visits_left = 1 if persona.name == "one_off" else 10_000
-        while t < min(stop_ms, end_ms) and visits_left > 0:
+        while t < end_ms and visits_left > 0:
+            if stop_ms <= t < resume_ms:
+                t = resume_ms
+                continue
+            if t >= stop_ms and resume_ms >= end_ms:
+                break
             visits_left -= 1
             if rng.random() < persona.store_share:
                 _store_visit(rng, persona, customer_id, t, emit)

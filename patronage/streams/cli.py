@@ -52,6 +52,13 @@ def main(argv: list[str] | None = None) -> None:
     reset = sub.add_parser("reset", help="delete every Redis key under PATRONAGE_KEY_PREFIX")
     reset.add_argument("--yes", action="store_true", help="really delete")
 
+    alerts = sub.add_parser("alerts", help="lapse alerts and segment changes")
+    alerts_sub = alerts.add_subparsers(dest="action", required=True)
+    tail = alerts_sub.add_parser("tail", help="print alerts as they arrive")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--limit", type=int, help="stop after this many")
+    tail.add_argument("--timeout", type=float, help="stop after this many idle seconds")
+
     sub.add_parser("lag", help="consumer-group lag per topic-partition, read from Kafka")
 
     profile = sub.add_parser("profile", help="read profiles")
@@ -86,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             raise SystemExit(2)
         print(f"deleted {asyncio.run(_reset(settings))} keys under {settings.key_prefix!r}")
+    elif args.command == "alerts":
+        asyncio.run(_tail_alerts(settings, args.from_beginning, args.limit, args.timeout))
     elif args.command == "lag":
         asyncio.run(_lag(settings))
     elif args.command == "profile":
@@ -133,6 +142,59 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> None:
     sent = asyncio.run(publish_file(settings, Path(handle.name)))
     Path(handle.name).unlink()
     print(f"published {sum(sent.values())} events for {args.customers} customers")
+
+
+async def _tail_alerts(
+    settings: Settings, from_beginning: bool, limit: int | None, idle_timeout: float | None
+) -> None:
+    import time
+
+    from aiokafka import AIOKafkaConsumer
+
+    topics = [
+        settings.topic(settings.topic_lapse_alerts),
+        settings.topic(settings.topic_segment_changes),
+    ]
+    consumer = AIOKafkaConsumer(
+        *topics,
+        **settings.kafka_client_kwargs(),
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    shown = 0
+    last = time.monotonic()
+    try:
+        while limit is None or shown < limit:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    print(_alert_line(record.topic, record.value), flush=True)
+                    shown += 1
+                    last = time.monotonic()
+            if idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                break
+    finally:
+        await consumer.stop()
+
+
+def _alert_line(topic: str, value: bytes | None) -> str:
+    try:
+        doc = json.loads(value or b"")
+    except ValueError:
+        return f"{topic}: {value!r}"
+    if "kind" in doc:
+        return (
+            f"{doc['ts']}  {doc['kind']:<11} {doc['customer_id']:<12} "
+            f"last seen {doc['last_seen'][:10]}  {doc['days_since_last_visit']:6.1f} d "
+            f"(usual {doc['usual_gap_days']:.1f} d)  at risk {doc['value_at_risk']:.2f}"
+            f"  segment {doc['segment']}"
+        )
+    return (
+        f"{doc.get('ts')}  segment    {doc.get('customer_id'):<12} "
+        f"{doc.get('previous_segment')} -> {doc.get('segment')} {doc.get('segment_label', '')} "
+        f"({doc.get('reason')}, model v{doc.get('model_version')})"
+    )
 
 
 async def _lag(settings: Settings) -> None:

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     batch_max: int = Field(2000, ge=1, le=100_000)
     batch_within_s: float = Field(0.1, gt=0, le=60)
     commit_interval_s: float = Field(1.0, gt=0, le=60)
+    session_timeout_s: float = Field(30.0, ge=6, le=300)
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
     data_dir: str = ".patronage"
@@ -66,6 +67,9 @@ class Settings(BaseSettings):
     lapse_min_gap_days: float = Field(14.0, gt=0, le=3650)
     lapse_gap_multiplier: float = Field(3.0, gt=0, le=100)
     lapse_clock: Literal["wall", "event"] = "wall"
+    # Event clock: sweep at watermark minus this, so events still in flight on
+    # other topics of the same partition are applied before anyone is judged.
+    lapse_event_lateness_s: float = Field(86_400.0, ge=0, le=86_400 * 30)
     lapse_sweep_interval_s: float = Field(5.0, gt=0, le=3600)
     lapse_sweep_batch: int = Field(1000, ge=1, le=100_000)
 

@@ -33,19 +33,22 @@ class LapseSweeper:
         cfg: ProfileConfig,
         clock: str,
         batch: int,
+        lateness_s: float,
         send: SendFindings,
     ) -> None:
         self.store = store
         self.rules = cfg.lapse
         self.clock = clock
         self.batch = batch
+        self.lateness_ms = lateness_s * 1000
         self.send = send
         self.swept = 0
         self.last_duration_s = 0.0
 
     async def now_ms(self, partition: int) -> float:
         if self.clock == "event":
-            return float(await self.store.watermark(partition))
+            watermark = await self.store.watermark(partition)
+            return float(watermark) - self.lateness_ms if watermark else 0.0
         return time.time() * 1000
 
     async def sweep(self, partitions: Iterable[int]) -> int:

@@ -47,6 +47,7 @@ class Runtime:
             settings.profile_config,
             settings.lapse_clock,
             settings.lapse_sweep_batch,
+            settings.lapse_event_lateness_s,
             self.send_findings,
         )
 
@@ -135,6 +136,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         "topic_allow_declare": False,
         "consumer_auto_offset_reset": "earliest",
         "broker_commit_interval": settings.commit_interval_s,
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_heartbeat_interval": max(1.0, settings.session_timeout_s / 10),
         "producer_acks": -1,
         "stream_buffer_maxsize": max(4096, settings.batch_max * 2),
     }
