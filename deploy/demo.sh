@@ -13,6 +13,11 @@ mkdir -p "$STATE"
 export PATRONAGE_TOPIC_PREFIX="${PATRONAGE_TOPIC_PREFIX:-demo.}"
 export PATRONAGE_GROUP_ID="${PATRONAGE_GROUP_ID:-patronage-demo}"
 export PATRONAGE_KEY_PREFIX="${PATRONAGE_KEY_PREFIX:-demo}"
+# The demo replays four months of history in a minute: judge lapses by event
+# time, and publish in time order, letting the worker keep up every two days.
+export PATRONAGE_LAPSE_CLOCK="${PATRONAGE_LAPSE_CLOCK:-event}"
+export PATRONAGE_LAPSE_SWEEP_INTERVAL_S="${PATRONAGE_LAPSE_SWEEP_INTERVAL_S:-1}"
+export PATRONAGE_COMMIT_INTERVAL_S="${PATRONAGE_COMMIT_INTERVAL_S:-0.2}"
 cli() { "$PY" -m patronage.streams.cli "$@"; }
 
 worker_alive() {
@@ -50,6 +55,7 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 
+demo_started_ms=$(($(date +%s%N) / 1000000))
 # One sample history (seeded, so every run tells the same story), cut into waves.
 cli simulate --customers 300 --days 120 --seed 7 --out "$STATE/sample.jsonl" >/dev/null
 total=$(wc -l <"$STATE/sample.jsonl")
@@ -77,16 +83,16 @@ PYEOF
 n=0
 for file in "$STATE"/wave-*; do
   n=$((n + 1))
-  echo "[demo] wave $n: $(cli publish "$file")"
-  for _ in $(seq 1 120); do
-    lag=$(cli lag | awk '/^total/ {print $2}')
-    [[ "$lag" == "0" ]] && break
-    sleep 0.5
-  done
+  echo "[demo] wave $n: $(cli publish --pace-days 2 "$file")"
   show
 done
 rm -f "$STATE"/wave-*
 echo
+echo "[demo] lapse alerts (regulars who stopped coming, judged by their own rhythm):"
+sleep "${PATRONAGE_LAPSE_SWEEP_INTERVAL_S:-5}"
+cli alerts tail --since "$demo_started_ms" --timeout 3 --limit 12 | sed 's/^/  /'
+echo
+echo "[demo] follow alerts live: .venv/bin/patronage alerts tail"
 echo "[demo] the worker keeps running: http://127.0.0.1:$PORT/profiles/c000001, /metrics"
 echo "[demo] more events: .venv/bin/patronage simulate --customers 500 --seed 8"
 echo "[demo] stop it with: make demo-stop   (services: make services-down)"

@@ -145,6 +145,68 @@ def throughput(events_target: int) -> dict[str, float]:
     return result
 
 
+async def sweep_cost(scheduled: int, due: int, repeats: int = 5) -> dict[str, float]:
+    """Time one partition's sweep with `due` customers due among `scheduled`."""
+    from patronage.streams.sweeper import LapseSweeper
+
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    settings = _settings(PATRONAGE_KEY_PREFIX=prefix)
+    client = make_redis(settings.redis_url)
+    store = ProfileStore(client, prefix, settings.profile_config)
+    now_ms = time.time() * 1000
+    sent: list[int] = []
+
+    async def send(outbox: dict[str, list[bytes]]) -> None:
+        sent.append(sum(len(v) for v in outbox.values()))
+        await store.ack_outbox(outbox)
+
+    sweeper = LapseSweeper(store, settings.profile_config, "wall", due, 0.0, send)
+    try:
+        key = store.due_key(0)
+        chunk = 50_000
+        for first in range(0, scheduled, chunk):
+            n = min(chunk, scheduled - first)
+            # Not yet due: spread over the next 60 days.
+            await client.zadd(
+                key,
+                {
+                    f"s{first + i}": now_ms + 3_600_000 + (first + i) % 5_000_000_000
+                    for i in range(n)
+                },
+            )
+        timings = []
+        for repeat in range(repeats):
+            # `due` customers whose profiles say: lapsed long ago.
+            async with client.pipeline(transaction=False) as pipe:
+                for i in range(due):
+                    fields = {
+                        # a new episode each repeat, so every sweep alerts
+                        "last_seen": now_ms - 200 * DAY_MS - repeat * 1000,
+                        "first_seen": now_ms - 400 * DAY_MS,
+                        "visits": 20,
+                        "first_day": 0,
+                        "last_day": 190,
+                        "spend_total": 500,
+                    }
+                    pipe.hset(store.keys(f"d{i}")[0], mapping=fields)
+                    pipe.zadd(key, {f"d{i}": now_ms - 1000})
+                await pipe.execute()
+            started = time.perf_counter()
+            examined = await sweeper.sweep_partition(0)
+            timings.append(time.perf_counter() - started)
+            assert examined == due, examined
+        return {
+            "scheduled": scheduled,
+            "due": due,
+            "sweep_seconds_median": sorted(timings)[len(timings) // 2],
+            "sweep_ms_per_due_customer": sorted(timings)[len(timings) // 2] / due * 1000,
+            "alerts_sent": sum(sent),
+        }
+    finally:
+        await store.delete_prefix()
+        await client.aclose()
+
+
 def _child_cpu(pid: int) -> float | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -164,13 +226,18 @@ async def _cleanup(settings: Settings) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m patronage.bench")
-    parser.add_argument("which", nargs="?", default="all", choices=["all", "memory", "throughput"])
+    parser.add_argument(
+        "which", nargs="?", default="all", choices=["all", "memory", "throughput", "sweep"]
+    )
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--events", type=int, default=200_000)
     args = parser.parse_args()
     if args.which in ("all", "memory"):
         print("memory:", json.dumps(asyncio.run(memory(args.customers, args.days)), indent=1))
+    if args.which in ("all", "sweep"):
+        for scheduled in (10_000, 1_000_000):
+            print("sweep:", json.dumps(asyncio.run(sweep_cost(scheduled, 1000)), indent=1))
     if args.which in ("all", "throughput"):
         print("throughput:", json.dumps(throughput(args.events), indent=1))
     print(f"bench peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     publish = sub.add_parser("publish", help="send a JSON-lines file of events to Kafka")
     publish.add_argument("file", type=Path)
     publish.add_argument("--topic", help="send every line raw to this topic instead of by 'type'")
+    publish.add_argument(
+        "--pace-days",
+        type=float,
+        help="after each N days of event time, wait until the consumer group caught up "
+        "(for replays of history in time order, with PATRONAGE_LAPSE_CLOCK=event)",
+    )
 
     simulate = sub.add_parser("simulate", help="generate a shop/till event stream")
     simulate.add_argument("--customers", type=int, default=200)
@@ -58,6 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--limit", type=int, help="stop after this many")
     tail.add_argument("--timeout", type=float, help="stop after this many idle seconds")
+    tail.add_argument(
+        "--since", help="only alerts published at or after this time (RFC 3339 or epoch ms)"
+    )
 
     sub.add_parser("lag", help="consumer-group lag per topic-partition, read from Kafka")
 
@@ -78,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "topics":
         asyncio.run(create_topics(settings))
     elif args.command == "publish":
-        sent = asyncio.run(publish_file(settings, args.file, args.topic))
+        sent = asyncio.run(publish_file(settings, args.file, args.topic, args.pace_days))
         parts = ", ".join(f"{n} to {t}" for t, n in sorted(sent.items()) if not t.startswith("!"))
         print(f"sent {sum(n for t, n in sent.items() if not t.startswith('!'))} events ({parts})")
         skipped = {t[1:]: n for t, n in sent.items() if t.startswith("!")}
@@ -94,7 +103,14 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(2)
         print(f"deleted {asyncio.run(_reset(settings))} keys under {settings.key_prefix!r}")
     elif args.command == "alerts":
-        asyncio.run(_tail_alerts(settings, args.from_beginning, args.limit, args.timeout))
+        from patronage.models.contracts import parse_ts
+
+        since = parse_ts(args.since) if args.since else None
+        asyncio.run(
+            _tail_alerts(
+                settings, args.from_beginning or since is not None, args.limit, args.timeout, since
+            )
+        )
     elif args.command == "lag":
         asyncio.run(_lag(settings))
     elif args.command == "profile":
@@ -145,7 +161,11 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _tail_alerts(
-    settings: Settings, from_beginning: bool, limit: int | None, idle_timeout: float | None
+    settings: Settings,
+    from_beginning: bool,
+    limit: int | None,
+    idle_timeout: float | None,
+    since_ms: int | None = None,
 ) -> None:
     import time
 
@@ -169,6 +189,10 @@ async def _tail_alerts(
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
                 for record in records:
+                    if since_ms is not None and record.timestamp < since_ms:
+                        continue
+                    if limit is not None and shown >= limit:
+                        break
                     print(_alert_line(record.topic, record.value), flush=True)
                     shown += 1
                     last = time.monotonic()
@@ -263,8 +287,16 @@ async def _wait_for_group_coordinator(admin: Any, group_id: str, timeout_s: floa
             await asyncio.sleep(0.5)
 
 
-async def publish_file(settings: Settings, path: Path, topic: str | None = None) -> Counter[str]:
+async def publish_file(
+    settings: Settings, path: Path, topic: str | None = None, pace_days: float | None = None
+) -> Counter[str]:
     from aiokafka import AIOKafkaProducer
+
+    from patronage.models.contracts import parse_ts
+    from patronage.streams.lag import wait_caught_up
+
+    pace_ms = pace_days * 86_400_000 if pace_days else None
+    chunk_end: int | None = None
 
     counts: Counter[str] = Counter()
     producer = AIOKafkaProducer(
@@ -275,7 +307,7 @@ async def publish_file(settings: Settings, path: Path, topic: str | None = None)
     )
     await producer.start()
     try:
-        pending = []
+        pending: list[Any] = []
         with path.open("rb") as handle:
             for line in handle:
                 line = line.rstrip(b"\r\n")
@@ -285,6 +317,17 @@ async def publish_file(settings: Settings, path: Path, topic: str | None = None)
                 if target.startswith("!"):
                     counts[target] += 1
                     continue
+                if pace_ms is not None:
+                    ts = _line_ts(line, parse_ts)
+                    if ts is not None:
+                        if chunk_end is None:
+                            chunk_end = int(ts + pace_ms)
+                        elif ts >= chunk_end:
+                            await asyncio.gather(*pending)
+                            pending = []
+                            await wait_caught_up(settings)
+                            while ts >= chunk_end:
+                                chunk_end += int(pace_ms)
                 pending.append(await producer.send(target, line, key=key))
                 counts[target] += 1
                 if len(pending) >= 5000:
@@ -294,6 +337,14 @@ async def publish_file(settings: Settings, path: Path, topic: str | None = None)
     finally:
         await producer.stop()
     return counts
+
+
+def _line_ts(line: bytes, parse_ts: Any) -> int | None:
+    try:
+        doc = json.loads(line)
+        return int(parse_ts(doc["ts"]))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _route(settings: Settings, line: bytes, topic: str | None) -> tuple[str, bytes | None]:

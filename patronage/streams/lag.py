@@ -71,6 +71,20 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     return consumer.partitions_for_topic(topic) or set()
 
 
+async def wait_caught_up(settings: Settings, timeout_s: float = 120.0) -> None:
+    """Wait until the consumer group has committed every input record."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        rows = await group_lag(settings)
+        if rows and all(r.lag == 0 for r in rows):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(
+                f"consumer group {settings.group_id} still behind after {timeout_s}s"
+            )
+        await asyncio.sleep(0.2)
+
+
 async def rewind_group(settings: Settings, topics: list[str] | None = None) -> None:
     """Commit offset 0 on every partition (the group must have no live members)."""
     topics = topics or list(settings.input_topics)
