@@ -1,0 +1,78 @@
+"""The segmentation feature vector of a profile at a given `now`.
+
+Fixed order and meaning (documented in the README); skewed quantities are
+log-scaled here, standardisation happens online in the segmenter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from patronage.models.profile import DAY_MS, gap_stats
+
+FEATURES = (
+    "recency_log_days",  # log1p(days since last activity)
+    "frequency_log",  # log1p(orders, 30-day half-life, valued at now)
+    "monetary_log",  # log1p(net spend, 30-day half-life, valued at now)
+    "avg_basket_log",  # log1p(bought value per order)
+    "online_share",  # online orders / orders (browsing-only: 1)
+    "browse_to_buy_log",  # log1p(clicks per order)
+    "category_concentration",  # Herfindahl index of category spend, 0..1
+    "regularity",  # 1 / (1 + coefficient of variation of visit gaps)
+    "tenure_log_days",  # log1p(days since first activity)
+    "return_rate",  # returned value / bought value
+)
+
+
+def _num(fields: Mapping[str, float | str], name: str) -> float:
+    value = fields.get(name)
+    return float(value) if value is not None else 0.0
+
+
+def features(
+    fields: Mapping[str, float | str], now_ms: float, half_life_ms: float
+) -> dict[str, float]:
+    """Feature dict (keys = FEATURES) of one profile at `now_ms`."""
+    last_seen = _num(fields, "last_seen") if "last_seen" in fields else now_ms
+    first_seen = _num(fields, "first_seen") if "first_seen" in fields else now_ms
+    idle_ms = max(0.0, now_ms - last_seen)
+    decay = 2.0 ** (-idle_ms / half_life_ms)
+    orders = _num(fields, "orders")
+    clicks = _num(fields, "clicks")
+    bought = _num(fields, "basket_sum")
+    category_spend = [
+        max(0.0, float(v))
+        for k, v in fields.items()
+        if k.startswith("cat:") and not k.endswith("#")
+    ]
+    total_category = sum(category_spend)
+    concentration = (
+        sum((v / total_category) ** 2 for v in category_spend) if total_category > 0 else 0.0
+    )
+    mean_gap, std_gap = gap_stats(fields)
+    regularity = 0.0
+    if mean_gap is not None and std_gap is not None and _num(fields, "visits") >= 3:
+        regularity = 1.0 / (1.0 + std_gap / mean_gap) if mean_gap > 0 else 0.0
+    return {
+        "recency_log_days": math.log1p(idle_ms / DAY_MS),
+        "frequency_log": math.log1p(max(0.0, _num(fields, "freq_decayed") * decay)),
+        "monetary_log": math.log1p(max(0.0, _num(fields, "monetary_decayed") * decay)),
+        "avg_basket_log": math.log1p(bought / orders) if orders > 0 else 0.0,
+        "online_share": _num(fields, "orders_online") / orders if orders > 0 else 1.0,
+        "browse_to_buy_log": math.log1p(clicks / max(1.0, orders)),
+        "category_concentration": concentration,
+        "regularity": regularity,
+        "tenure_log_days": math.log1p(max(0.0, now_ms - first_seen) / DAY_MS),
+        "return_rate": min(1.0, _num(fields, "returns_value") / bought) if bought > 0 else 0.0,
+    }
+
+
+def top_category(fields: Mapping[str, float | str]) -> str | None:
+    best: tuple[float, str] | None = None
+    for key, value in fields.items():
+        if key.startswith("cat:") and not key.endswith("#") and key != "cat:_other":
+            candidate = (float(value), key[4:])
+            if best is None or candidate > best:
+                best = candidate
+    return best[1] if best is not None and best[0] > 0 else None
