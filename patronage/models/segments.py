@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from patronage.models.features import FEATURES
 
 
-class StableKMeans(base.Clusterer):  # type: ignore[misc]
+class StableKMeans(base.Clusterer):
     def __init__(
         self,
         n_clusters: int = 5,
@@ -53,9 +53,9 @@ class StableKMeans(base.Clusterer):  # type: ignore[misc]
         self._buffer: list[list[float]] = []
 
     # -- scaling (Welford, all points seen) --------------------------------
-    def _vector(self, x: Mapping[str, float]) -> list[float]:
+    def _vector(self, x: Mapping[Hashable, Any]) -> list[float]:
         if self.keys is None:
-            self.keys = tuple(sorted(x))  # sorted: independent of dict/hash order
+            self.keys = tuple(sorted(str(k) for k in x))  # sorted: no dict/hash order
         return [float(x.get(k, 0.0)) for k in self.keys]
 
     def _observe(self, v: list[float]) -> None:
@@ -79,7 +79,7 @@ class StableKMeans(base.Clusterer):  # type: ignore[misc]
         return [(value - m) / s for value, m, s in zip(v, self.mean, self.std(), strict=True)]
 
     # -- River API -----------------------------------------------------------
-    def learn_one(self, x: dict[str, float]) -> None:
+    def learn_one(self, x: dict[Hashable, Any]) -> None:
         v = self._vector(x)
         self._observe(v)
         if not self.centers:
@@ -95,7 +95,7 @@ class StableKMeans(base.Clusterer):  # type: ignore[misc]
         for i, value in enumerate(z):
             center[i] += step * (value - center[i])
 
-    def predict_one(self, x: dict[str, float]) -> int:
+    def predict_one(self, x: dict[Hashable, Any]) -> int:
         if not self.centers:
             return 0
         return nearest(self.centers, self._scale(self._vector(x)))
@@ -206,9 +206,9 @@ class FrozenModel:
         nearer (by the hysteresis share): no flip-flopping at the borders."""
         d = self.distances(x)
         best = d.index(min(d))
-        if current is not None and 0 <= current < len(d) and best != current:
-            if d[best] >= (1.0 - hysteresis) * d[current]:
-                return current
+        stays = current is not None and 0 <= current < len(d) and best != current
+        if stays and current is not None and d[best] >= (1.0 - hysteresis) * d[current]:
+            return current
         return best
 
     def rfm(self, recency_days: float, frequency: float, monetary: float) -> tuple[int, int, int]:
@@ -297,13 +297,14 @@ class SegmentTrainer:
         self.categories = [Counter() for _ in range(self.n_clusters)]
 
     def learn(self, x: dict[str, float], top_category: str | None = None) -> None:
-        self.clusterer.learn_one(x)
+        sample: dict[Hashable, Any] = dict(x)
+        self.clusterer.learn_one(sample)
         self.updates += 1
         for name, value in rfm_values(x).items():
             for q in self.quantiles[name]:
                 q.update(value)
         if self.clusterer.ready and top_category:
-            self.categories[self.clusterer.predict_one(x)][top_category] += 1
+            self.categories[self.clusterer.predict_one(sample)][top_category] += 1
 
     def freeze(self, now_ms: int) -> FrozenModel | None:
         km = self.clusterer

@@ -90,7 +90,7 @@ def test_same_seed_same_segments_in_a_fresh_process(name: str) -> None:
 
 
 def test_n_clusters_range_is_checked() -> None:
-    with pytest.raises(ValueError, match="2..12"):
+    with pytest.raises(ValueError, match=r"2\.\.12"):
         StableKMeans(n_clusters=13)
 
 
