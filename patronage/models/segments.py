@@ -297,7 +297,7 @@ class SegmentTrainer:
         self.categories = [Counter() for _ in range(self.n_clusters)]
 
     def learn(self, x: dict[str, float], top_category: str | None = None) -> None:
-        sample: dict[Hashable, Any] = {k: v for k, v in x.items()}  # noqa: C416
+        sample: dict[Hashable, Any] = {k: v for k, v in x.items()}
         self.clusterer.learn_one(sample)
         self.updates += 1
         for name, value in rfm_values(x).items():
