@@ -18,6 +18,7 @@ export PATRONAGE_KEY_PREFIX="${PATRONAGE_KEY_PREFIX:-demo}"
 export PATRONAGE_LAPSE_CLOCK="${PATRONAGE_LAPSE_CLOCK:-event}"
 export PATRONAGE_LAPSE_SWEEP_INTERVAL_S="${PATRONAGE_LAPSE_SWEEP_INTERVAL_S:-1}"
 export PATRONAGE_COMMIT_INTERVAL_S="${PATRONAGE_COMMIT_INTERVAL_S:-0.2}"
+export PATRONAGE_SEGMENT_PROMOTE_INTERVAL_S="${PATRONAGE_SEGMENT_PROMOTE_INTERVAL_S:-5}"
 cli() { "$PY" -m patronage.streams.cli "$@"; }
 
 worker_alive() {
@@ -88,9 +89,15 @@ for file in "$STATE"/wave-*; do
 done
 rm -f "$STATE"/wave-*
 echo
+echo "[demo] segments (River online clustering, promoted model):"
+cli segments show | sed 's/^/  /'
+echo
+echo "[demo] segment changes (a few):"
+cli alerts tail --only segments --since "$demo_started_ms" --timeout 3 --limit 6 | sed 's/^/  /'
+echo
 echo "[demo] lapse alerts (regulars who stopped coming, judged by their own rhythm):"
 sleep "${PATRONAGE_LAPSE_SWEEP_INTERVAL_S:-5}"
-cli alerts tail --since "$demo_started_ms" --timeout 3 --limit 12 | sed 's/^/  /'
+cli alerts tail --only lapse --since "$demo_started_ms" --timeout 3 --limit 12 | sed 's/^/  /'
 echo
 echo "[demo] follow alerts live: .venv/bin/patronage alerts tail"
 echo "[demo] the worker keeps running: http://127.0.0.1:$PORT/profiles/c000001, /metrics"

@@ -400,3 +400,44 @@ def describe(
         f"last visit {typical['days_since_visit']:.0f} days ago, {share:.0%} of orders online"
     )
     return Persona(label=label, description=description, size=size, typical=typical)
+
+
+@dataclass(frozen=True)
+class SegmentDecision:
+    segment: int
+    previous: int | None
+    reason: str  # "profile" or "model_update"; "" when only the RFM scores changed
+    rfm: tuple[int, int, int]
+    changed: bool
+
+
+def decide(
+    fields: Mapping[str, float | str],
+    x: Mapping[str, float],
+    model: FrozenModel,
+    scored_by: FrozenModel | None,
+    hysteresis: float,
+) -> SegmentDecision | None:
+    """Score one profile; None when nothing stored would change.
+
+    A move counts as `model_update` when the model that last scored the
+    customer would keep them where they are on these same features: the
+    model moved, not the customer."""
+    current = int(float(fields["segment"])) if "segment" in fields else None
+    new = model.assign(x, current, hysteresis)
+    values = rfm_values(x)
+    rfm = model.rfm(values["recency"], values["frequency"], values["monetary"])
+    stored_rfm = tuple(int(float(fields.get(f"rfm_{d}", 0))) for d in "rfm")
+    if new == current:
+        if rfm == stored_rfm and int(float(fields.get("segment_version", 0))) == model.version:
+            return None
+        return SegmentDecision(new, current, "", rfm, False)
+    reason = "profile"
+    if (
+        current is not None
+        and scored_by is not None
+        and scored_by.version != model.version
+        and scored_by.assign(x, current, hysteresis) == current
+    ):
+        reason = "model_update"
+    return SegmentDecision(new, current, reason, rfm, True)

@@ -64,9 +64,14 @@ def main(argv: list[str] | None = None) -> None:
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--limit", type=int, help="stop after this many")
     tail.add_argument("--timeout", type=float, help="stop after this many idle seconds")
+    tail.add_argument("--only", choices=["lapse", "segments"], help="one kind of alert")
     tail.add_argument(
         "--since", help="only alerts published at or after this time (RFC 3339 or epoch ms)"
     )
+
+    segments = sub.add_parser("segments", help="segments of the promoted model")
+    segments.add_argument("action", choices=["show"])
+    segments.add_argument("--json", action="store_true")
 
     sub.add_parser("lag", help="consumer-group lag per topic-partition, read from Kafka")
 
@@ -108,18 +113,34 @@ def main(argv: list[str] | None = None) -> None:
         since = parse_ts(args.since) if args.since else None
         asyncio.run(
             _tail_alerts(
-                settings, args.from_beginning or since is not None, args.limit, args.timeout, since
+                settings,
+                args.from_beginning or since is not None,
+                args.limit,
+                args.timeout,
+                since,
+                args.only,
             )
         )
+    elif args.command == "segments":
+        view = asyncio.run(_segments(settings))
+        if args.json:
+            print(json.dumps(view, indent=2))
+        elif not view["segments"]:
+            print("no segment model promoted yet")
+        else:
+            print(f"model v{view['model_version']} promoted {view['promoted_at']}")
+            for row in view["segments"]:
+                print(f"  [{row['segment']}] {row['customers']:>7} customers  {row['label']}")
+                print(f"      {row['description']}")
     elif args.command == "lag":
         asyncio.run(_lag(settings))
     elif args.command == "profile":
         if args.action == "show":
-            view = asyncio.run(_show(settings, args.customer_id))
-            if view is None:
+            profile_doc = asyncio.run(_show(settings, args.customer_id))
+            if profile_doc is None:
                 print(f"no profile for customer {args.customer_id!r}", file=sys.stderr)
                 raise SystemExit(1)
-            print(json.dumps(view, indent=2, ensure_ascii=False))
+            print(json.dumps(profile_doc, indent=2, ensure_ascii=False))
         else:
             count = asyncio.run(_export(settings, args.out))
             print(f"exported {count} profiles to {args.out}")
@@ -166,15 +187,17 @@ async def _tail_alerts(
     limit: int | None,
     idle_timeout: float | None,
     since_ms: int | None = None,
+    only: str | None = None,
 ) -> None:
     import time
 
     from aiokafka import AIOKafkaConsumer
 
-    topics = [
-        settings.topic(settings.topic_lapse_alerts),
-        settings.topic(settings.topic_segment_changes),
-    ]
+    topics = []
+    if only in (None, "lapse"):
+        topics.append(settings.topic(settings.topic_lapse_alerts))
+    if only in (None, "segments"):
+        topics.append(settings.topic(settings.topic_segment_changes))
     consumer = AIOKafkaConsumer(
         *topics,
         **settings.kafka_client_kwargs(),
@@ -254,12 +277,21 @@ async def create_topics(settings: Settings) -> list[str]:
     try:
         existing = set(await admin.list_topics())
         wanted = [*settings.input_topics, *settings.output_topics]
+        single = settings.topic(settings.topic_segment_features)
         missing = [t for t in wanted if t not in existing]
         if missing:
             # Another process may create them at the same moment; that is fine.
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
-                    [NewTopic(t, settings.partitions, settings.replication_factor) for t in missing]
+                    [
+                        # One partition: exactly one worker in the group learns.
+                        NewTopic(
+                            t,
+                            1 if t == single else settings.partitions,
+                            settings.replication_factor,
+                        )
+                        for t in missing
+                    ]
                 )
         print(f"topics ready ({len(missing)} created): {', '.join(wanted)}")
         await _wait_for_group_coordinator(admin, settings.group_id)
@@ -391,6 +423,17 @@ async def _export(settings: Settings, out: Path) -> int:
     finally:
         await client.aclose()
     return count
+
+
+async def _segments(settings: Settings) -> dict[str, Any]:
+    from patronage.streams.segmenting import ModelStore, segments_view
+    from patronage.streams.store import make_redis
+
+    client = make_redis(settings.redis_url, _password(settings))
+    try:
+        return await segments_view(ModelStore(client, settings.key_prefix))
+    finally:
+        await client.aclose()
 
 
 async def _reset(settings: Settings) -> int:

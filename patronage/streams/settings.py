@@ -73,6 +73,17 @@ class Settings(BaseSettings):
     lapse_sweep_interval_s: float = Field(5.0, gt=0, le=3600)
     lapse_sweep_batch: int = Field(1000, ge=1, le=100_000)
 
+    # Segments
+    segments: int = Field(5, ge=2, le=12)
+    segment_hysteresis: float = Field(0.1, ge=0, lt=1)
+    segment_warmup: int = Field(500, ge=10, le=1_000_000)
+    segment_step_floor: float = Field(0.001, gt=0, le=1)
+    segment_promote_every: int = Field(2000, ge=1, le=10_000_000)
+    segment_promote_interval_s: float = Field(30.0, gt=0, le=86_400)
+    segment_refresh_interval_s: float = Field(2.0, gt=0, le=3600)
+    segment_seed: int = 42
+    topic_segment_features: str = "segment-features"
+
     # Validation
     currencies: dict[str, float] = {"EUR": 1.0}
     max_future_s: int = Field(300, ge=0, le=86_400 * 7)
@@ -152,6 +163,7 @@ class Settings(BaseSettings):
     @property
     def output_topics(self) -> list[str]:
         return [
+            self.topic(self.topic_segment_features),
             self.topic(self.topic_dlq),
             self.topic(self.topic_segment_changes),
             self.topic(self.topic_lapse_alerts),

@@ -38,6 +38,8 @@ class ApplyResult:
     duplicate_events: int = 0
     # customer -> pending lapse findings (raw outbox items, JSON)
     outbox: dict[str, list[bytes]] = field(default_factory=dict)
+    # customer -> profile fields after the update (for scoring)
+    profiles: dict[str, dict[str, float | str]] = field(default_factory=dict)
 
 
 class ProfileStore:
@@ -109,6 +111,10 @@ class ProfileStore:
             result.duplicate_events += int(reply[2])
             if reply[3]:
                 result.outbox[customer_id] = list(reply[3])
+            flat = reply[4]
+            result.profiles[customer_id] = {
+                flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)
+            }
         return result
 
     async def ack_outbox(self, items: dict[str, list[bytes]]) -> None:

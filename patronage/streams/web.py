@@ -21,6 +21,12 @@ def register(app: faust.App, runtime: Runtime) -> None:
             )
         return web.json(view)
 
+    @app.page("/segments")
+    async def segments(web: Any, request: Any) -> Any:
+        from patronage.streams.segmenting import segments_view
+
+        return web.json(await segments_view(runtime.segmenter.models))
+
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"status": "ok"})
@@ -74,4 +80,15 @@ def render_metrics(runtime: Runtime) -> str:
             f'patronage_last_event_timestamp_seconds{{topic="{topic}",partition="{partition}"}} '
             f"{ts / 1000:.3f}"
         )
+    family("patronage_lapse_alerts_total", "counter", "Lapse alerts sent, by kind.")
+    for kind in ("lapsed", "reactivated"):
+        lines.append(f'patronage_lapse_alerts_total{{kind="{kind}"}} {runtime.alerts[kind]}')
+    family("patronage_segment_changes_total", "counter", "Segment changes sent, by reason.")
+    for reason, count in sorted(runtime.segmenter.changes.items()):
+        lines.append(f'patronage_segment_changes_total{{reason="{reason}"}} {count}')
+    family("patronage_segment_model_version", "gauge", "Model version this worker scores with.")
+    model = runtime.segmenter.model
+    lines.append(f"patronage_segment_model_version {model.version if model else 0}")
+    family("patronage_lapse_sweep_duration_seconds", "gauge", "Duration of the last lapse sweep.")
+    lines.append(f"patronage_lapse_sweep_duration_seconds {runtime.sweeper.last_duration_s:.6f}")
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ stalls the batch with backoff; it never drops it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
@@ -18,6 +19,7 @@ import redis.exceptions
 
 from patronage.models.batch import PreparedBatch, Record, prepare_batch
 from patronage.models.lapse import finding_from_json, to_alert
+from patronage.streams.segmenting import Learner, Segmenter, feature_message
 from patronage.streams.settings import Settings
 from patronage.streams.store import ApplyResult, ProfileStore, make_redis
 from patronage.streams.sweeper import LapseSweeper
@@ -42,6 +44,9 @@ class Runtime:
         self.batch_sizes: list[int] = []
         self.alerts: Counter[str] = Counter()
         self.app: faust.App | None = None
+        self.segmenter = Segmenter(settings, self.redis)
+        self.learner = Learner(settings, self.segmenter.models)
+        self.rescoring: asyncio.Task[None] | None = None
         self.sweeper = LapseSweeper(
             self.store,
             settings.profile_config,
@@ -59,7 +64,46 @@ class Runtime:
         await self._send_dead_letters(app, batch)
         result = await self._apply_with_retry(batch)
         await self.send_findings(result.outbox)
+        await self._segment(result, batch, now_ms)
         self._record(records, batch, result)
+
+    def clock_ms(self, watermarks: dict[int, int], wall_ms: float) -> float:
+        if self.settings.lapse_clock == "event" and watermarks:
+            return float(max(watermarks.values()))
+        return wall_ms
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> Any:
+        assert self.app is not None
+        return await self.app.producer.send(topic, key, value, None, None, None)
+
+    async def _segment(self, result: ApplyResult, batch: PreparedBatch, wall_ms: float) -> None:
+        """Score the updated profiles and feed the learner."""
+        if not result.profiles or self.app is None:
+            return
+        now = self.clock_ms(batch.watermarks, wall_ms)
+        decisions = await self.segmenter.score(result.profiles, now)
+        await self.segmenter.commit(decisions, result.profiles, now, self.send)
+        topic = self.settings.topic(self.settings.topic_segment_features)
+        half_life = self.settings.profile_config.half_life_ms
+        for customer_id, fields in result.profiles.items():
+            if "last_seen" in fields:
+                # Not awaited one by one: a lost vector only slows learning.
+                await self.send(
+                    topic, customer_id.encode(), feature_message(fields, now, half_life)
+                )
+
+    async def refresh_model(self, owned: set[int]) -> None:
+        if not await self.segmenter.refresh() or not owned:
+            return
+        if self.rescoring is not None and not self.rescoring.done():
+            return  # the running pass will be followed by the next refresh
+        now = time.time() * 1000
+        if self.settings.lapse_clock == "event":
+            marks = [await self.store.watermark(p) for p in owned]
+            now = float(max(marks)) if any(marks) else now
+        self.rescoring = asyncio.create_task(
+            self.segmenter.rescore_partitions(owned, self.settings.partitions, now, self.send)  # type: ignore[arg-type]
+        )
 
     async def send_findings(self, outbox: dict[str, list[bytes]]) -> None:
         """Publish pending lapse findings as alerts, then drop them from Redis."""
@@ -188,6 +232,27 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             runtime.redis_ok = False
             log.warning("lapse sweep skipped: redis unavailable (%s)", exc)
+
+    features_topic = app.topic(
+        settings.topic(settings.topic_segment_features),
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=1,
+    )
+
+    @app.agent(features_topic, name="learn")
+    async def learn(stream: Any) -> None:
+        # Only the one worker that owns the single partition receives vectors.
+        async for values in stream.take(1000, within=1.0):
+            await runtime.learner.learn(json.loads(v) for v in values)
+
+    @app.timer(interval=settings.segment_refresh_interval_s)  # type: ignore[untyped-decorator]
+    async def segment_model_refresh() -> None:
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic in input_topics}
+        try:
+            await runtime.refresh_model(owned)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            log.warning("model refresh skipped: redis unavailable (%s)", exc)
 
     from patronage.streams import web
 

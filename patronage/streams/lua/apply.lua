@@ -9,7 +9,7 @@
 -- ARGV[4] dedupe window  ARGV[5..8] lapse rules: min visits, min tenure days,
 --                        min gap days, gap multiplier
 -- ARGV[9] JSON list of deltas (in offset order per source)
--- Returns {applied, duplicate offsets, duplicate event ids, outbox items}
+-- Returns {applied, duplicate offsets, duplicate event ids, outbox items, profile (HGETALL)}
 
 local P, DAYS, SESS, EIDS, OUT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local half_life = tonumber(ARGV[1])
@@ -269,4 +269,4 @@ if #removed > 0 then redis.call('HDEL', P, unpack(removed)) end
 if eids_changed then redis.call('SET', EIDS, eids) end
 -- Pending findings go back on every call, redeliveries included, so a crash
 -- between this script and the Kafka send cannot lose an alert.
-return {applied, dup_offset, dup_event, redis.call('LRANGE', OUT, 0, -1)}
+return {applied, dup_offset, dup_event, redis.call('LRANGE', OUT, 0, -1), redis.call('HGETALL', P)}

@@ -1,0 +1,306 @@
+"""Segments on the worker: score with the promoted model, learn on one owner.
+
+Every worker scores each updated profile with the latest promoted
+`FrozenModel` (read from Redis). Feature vectors go to a single-partition
+topic, so exactly one worker of the consumer group learns; it promotes a new
+version every N vectors or T seconds and checkpoints its learner in Redis, so
+a restart or a rebalance continues where it was. On a new version, each
+worker re-scores the customers of the partitions it owns (reason
+`model_update` for those the model moved).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import pickle
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiokafka.partitioner import murmur2
+
+from patronage.models.contracts import SegmentChange, format_ts
+from patronage.models.features import features, top_category
+from patronage.models.segments import FrozenModel, SegmentDecision, SegmentTrainer, decide
+from patronage.streams.settings import Settings
+
+log = logging.getLogger("patronage.segments")
+
+
+class ModelStore:
+    """Model versions in Redis, all under one hash tag."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        base = f"{prefix}:{{model}}:"
+        self.version_key = base + "version"
+        self.trainer_key = base + "trainer"
+        self.sizes_key = base + "sizes"
+        self.base = base
+
+    def model_key(self, version: int) -> str:
+        return f"{self.base}v{version}"
+
+    async def current_version(self) -> int:
+        value = await self.client.get(self.version_key)
+        return int(value) if value else 0
+
+    async def load(self, version: int) -> FrozenModel | None:
+        raw = await self.client.get(self.model_key(version))
+        return FrozenModel.from_json(json.loads(raw)) if raw else None
+
+    async def promote(self, model: FrozenModel, trainer: SegmentTrainer) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self.model_key(model.version), json.dumps(model.to_json()))
+            pipe.set(self.trainer_key, pickle.dumps(trainer))
+            pipe.set(self.version_key, model.version)
+            await pipe.execute()
+
+    async def load_trainer(self) -> SegmentTrainer | None:
+        raw = await self.client.get(self.trainer_key)
+        if not raw:
+            return None
+        # Written only by patronage workers of this deployment.
+        trainer: SegmentTrainer = pickle.loads(raw if isinstance(raw, bytes) else raw.encode())
+        return trainer
+
+    async def sizes(self) -> dict[int, int]:
+        raw = await self.client.hgetall(self.sizes_key)
+        return {int(k): int(v) for k, v in raw.items()}
+
+
+class Segmenter:
+    def __init__(self, settings: Settings, client: aioredis.Redis) -> None:
+        self.settings = settings
+        self.client = client
+        self.models = ModelStore(client, settings.key_prefix)
+        self.model: FrozenModel | None = None
+        self._by_version: dict[int, FrozenModel] = {}
+        self.changes: dict[str, int] = {"profile": 0, "model_update": 0}
+        self.rescored = 0
+
+    async def refresh(self) -> bool:
+        """Load a newer promoted version; True if the model changed."""
+        version = await self.models.current_version()
+        if version == 0 or (self.model is not None and self.model.version == version):
+            return False
+        model = await self.models.load(version)
+        if model is None:
+            return False
+        self.model = model
+        self._by_version[version] = model
+        return True
+
+    async def _scored_by(self, fields: dict[str, float | str]) -> FrozenModel | None:
+        version = int(float(fields.get("segment_version", 0)))
+        if version == 0:
+            return None
+        if version not in self._by_version:
+            model = await self.models.load(version)
+            if model is None:
+                return None
+            self._by_version[version] = model
+            for old in sorted(self._by_version)[:-8]:
+                del self._by_version[old]
+        return self._by_version[version]
+
+    async def score(
+        self, profiles: dict[str, dict[str, float | str]], now_ms: float
+    ) -> dict[str, SegmentDecision]:
+        model = self.model
+        if model is None:
+            return {}
+        decisions = {}
+        half_life = self.settings.profile_config.half_life_ms
+        for customer_id, fields in profiles.items():
+            if "last_seen" not in fields:
+                continue
+            x = features(fields, now_ms, half_life)
+            scored_by = await self._scored_by(fields)
+            decision = decide(fields, x, model, scored_by, self.settings.segment_hysteresis)
+            if decision is not None:
+                decisions[customer_id] = decision
+        return decisions
+
+    async def commit(
+        self,
+        decisions: dict[str, SegmentDecision],
+        profiles: dict[str, dict[str, float | str]],
+        now_ms: float,
+        send: Any,
+    ) -> None:
+        """Emit segment changes (acked by Kafka first), then store them."""
+        model = self.model
+        if not decisions or model is None:
+            return
+        topic = self.settings.topic(self.settings.topic_segment_changes)
+        pending = []
+        for customer_id, d in decisions.items():
+            if not d.changed:
+                continue
+            persona = model.personas[d.segment] if d.segment < len(model.personas) else None
+            applied = int(float(profiles[customer_id].get("events_applied", 0)))
+            change = SegmentChange(
+                # Same customer, model version and profile state -> same id.
+                event_id=f"seg:{customer_id}:{model.version}:{applied}",
+                customer_id=customer_id,
+                ts=format_ts(int(now_ms)),
+                previous_segment=d.previous,
+                segment=d.segment,
+                segment_label=persona.label if persona else "",
+                model_version=model.version,
+                reason="model_update" if d.reason == "model_update" else "profile",
+            )
+            self.changes[change.reason] += 1
+            pending.append(
+                await send(topic, customer_id.encode(), change.model_dump_json().encode())
+            )
+        await asyncio.gather(*pending)
+        prefix = self.settings.key_prefix
+        async with self.client.pipeline(transaction=False) as pipe:
+            for customer_id, d in decisions.items():
+                mapping: dict[str, str | int] = {
+                    "segment_version": model.version,
+                    "rfm_r": d.rfm[0],
+                    "rfm_f": d.rfm[1],
+                    "rfm_m": d.rfm[2],
+                }
+                if d.changed:
+                    mapping.update(segment=d.segment, segment_since=int(now_ms))
+                    pipe.hincrby(self.models.sizes_key, str(d.segment), 1)
+                    if d.previous is not None:
+                        pipe.hincrby(self.models.sizes_key, str(d.previous), -1)
+                pipe.hset(f"{prefix}:{{{customer_id}}}:p", mapping=mapping)  # type: ignore[arg-type]
+            await pipe.execute()
+
+    async def rescore_partitions(
+        self, partitions: set[int], partition_count: int, now_ms: float, send: Any
+    ) -> int:
+        """Re-score every customer of the owned partitions with the current model."""
+        prefix = self.settings.key_prefix
+        pattern = f"{prefix}:{{*}}:p"
+        batch: list[str] = []
+        seen = 0
+        async for key in self.client.scan_iter(match=pattern, count=1000, _type="hash"):
+            name = key.decode() if isinstance(key, bytes) else key
+            customer_id = name[len(prefix) + 2 : -3]
+            if (
+                customer_id == "model"
+                or partition_for(customer_id, partition_count) not in partitions
+            ):
+                continue
+            batch.append(customer_id)
+            if len(batch) >= 500:
+                seen += await self._rescore(batch, now_ms, send)
+                batch = []
+        if batch:
+            seen += await self._rescore(batch, now_ms, send)
+        self.rescored += seen
+        return seen
+
+    async def _rescore(self, customer_ids: list[str], now_ms: float, send: Any) -> int:
+        prefix = self.settings.key_prefix
+        async with self.client.pipeline(transaction=False) as pipe:
+            for customer_id in customer_ids:
+                pipe.hgetall(f"{prefix}:{{{customer_id}}}:p")
+            replies = await pipe.execute()
+        profiles = {
+            cid: {k.decode(): v.decode() for k, v in reply.items()}
+            for cid, reply in zip(customer_ids, replies, strict=True)
+            if reply
+        }
+        decisions = await self.score(profiles, now_ms)
+        await self.commit(decisions, profiles, now_ms, send)
+        return len(profiles)
+
+
+async def segments_view(models: ModelStore) -> dict[str, Any]:
+    """What /segments and `patronage segments show` print."""
+    version = await models.current_version()
+    model = await models.load(version) if version else None
+    if model is None:
+        return {"model_version": None, "segments": [], "note": "no model promoted yet"}
+    sizes = await models.sizes()
+    return {
+        "model_version": model.version,
+        "promoted_at": format_ts(model.created_ms),
+        "features": list(model.keys),
+        "segments": [
+            {
+                "segment": i,
+                "label": p.label,
+                "description": p.description,
+                "customers": sizes.get(i, 0),
+                "learned_points": p.size,
+                "typical": p.typical,
+            }
+            for i, p in enumerate(model.personas)
+        ],
+        "rfm_quintile_cuts": {k: list(v) for k, v in model.rfm_cuts.items()},
+    }
+
+
+def partition_for(customer_id: str, partitions: int) -> int:
+    """Kafka's default partitioner for a keyed record (murmur2)."""
+    hashed: int = murmur2(customer_id.encode("utf-8"))
+    return (hashed & 0x7FFFFFFF) % partitions
+
+
+class Learner:
+    """The single learner (owner of the segment-features partition)."""
+
+    def __init__(self, settings: Settings, models: ModelStore) -> None:
+        self.settings = settings
+        self.models = models
+        self.trainer: SegmentTrainer | None = None
+        self.since_promotion = 0
+        self.last_promotion = time.monotonic()
+        self.loaded_version = -1
+
+    async def _ensure(self) -> SegmentTrainer:
+        # Reload when another worker promoted since (ownership moved and back).
+        version = await self.models.current_version()
+        if self.trainer is None or version != self.loaded_version:
+            trainer = await self.models.load_trainer()
+            if trainer is None:
+                s = self.settings
+                trainer = SegmentTrainer(
+                    n_clusters=s.segments,
+                    warmup=s.segment_warmup,
+                    step_floor=s.segment_step_floor,
+                    seed=s.segment_seed,
+                )
+            self.trainer = trainer
+            self.loaded_version = version
+        return self.trainer
+
+    async def learn(self, vectors: Iterable[dict[str, Any]]) -> FrozenModel | None:
+        trainer = await self._ensure()
+        for doc in vectors:
+            trainer.learn(doc["x"], doc.get("cat"))
+            self.since_promotion += 1
+        due = self.since_promotion >= self.settings.segment_promote_every or (
+            self.since_promotion > 0
+            and time.monotonic() - self.last_promotion >= self.settings.segment_promote_interval_s
+        )
+        if not due:
+            return None
+        model = trainer.freeze(int(time.time() * 1000))
+        if model is None:
+            return None
+        await self.models.promote(model, trainer)
+        self.loaded_version = model.version
+        self.since_promotion = 0
+        self.last_promotion = time.monotonic()
+        log.info("promoted segment model v%d", model.version)
+        return model
+
+
+def feature_message(fields: dict[str, float | str], now_ms: float, half_life_ms: float) -> bytes:
+    return json.dumps(
+        {"x": features(fields, now_ms, half_life_ms), "cat": top_category(fields)},
+        separators=(",", ":"),
+    ).encode()
