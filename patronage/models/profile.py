@@ -400,6 +400,17 @@ def profile_view(customer_id: str, fields: Mapping[str, float | str]) -> dict[st
     view["devices"] = {k: int(v) for k, v in sorted(maps["dev:"].items())}
     view["payment_methods"] = {k: int(v) for k, v in sorted(maps["pay:"].items())}
     view["attributes"] = dict(sorted(attributes.items()))
+    view["segment"] = int(num("segment")) if "segment" in fields else None
+    view["segment_since"] = when("segment_since")
+    view["segment_model_version"] = (
+        int(num("segment_version")) if "segment_version" in fields else None
+    )
+    view["rfm"] = (
+        {"r": int(num("rfm_r")), "f": int(num("rfm_f")), "m": int(num("rfm_m"))}
+        if "rfm_r" in fields
+        else None
+    )
+    view["lapsed_since_last_seen"] = "lapse_episode" in fields
     return view
 
 

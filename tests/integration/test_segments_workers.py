@@ -1,0 +1,152 @@
+"""Segments with two real worker processes on one consumer group.
+
+Both score with the same promoted model version; a restart keeps the model
+(versions continue, ids stay); `model_update` changes are emitted only for
+customers the promotion moved. Real Kafka and Redis: the single-partition
+learner topic, the group assignment and the model in Redis are the point.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from patronage.models.features import features
+from patronage.models.segments import FrozenModel
+from patronage.models.simulate import DAY_MS, generate
+from tests.integration.harness import (
+    Worker,
+    drained,
+    prepare_topics,
+    read_topic,
+    settings_for,
+    wait_for,
+)
+from tests.integration.test_end_to_end import TYPE_TOPIC, publish_with_metadata
+
+VERSION = re.compile(rb"^patronage_segment_model_version (\d+)$", re.M)
+
+
+def worker_version(worker: Worker) -> int:
+    status, body = worker.http("/metrics")
+    match = VERSION.search(body) if status == 200 else None
+    return int(match.group(1)) if match else -1
+
+
+def model(client: redis.Redis, prefix: str, version: int) -> FrozenModel:
+    return FrozenModel.from_json(json.loads(client.get(f"{prefix}:{{model}}:v{version}")))
+
+
+def current_version(client: redis.Redis, prefix: str) -> int:
+    value = client.get(f"{prefix}:{{model}}:version")
+    return int(value) if value else 0
+
+
+def profiles(client: redis.Redis, prefix: str) -> dict[str, dict[str, str]]:
+    out = {}
+    for key in client.scan_iter(match=f"{prefix}:{{*}}:p", count=1000, _type="hash"):
+        name = key.decode()
+        customer = name[len(prefix) + 2 : -3]
+        if customer != "model":
+            out[customer] = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+    return out
+
+
+def messages(events: list[dict[str, Any]]) -> list[tuple[str, str | None, bytes]]:
+    return [(TYPE_TOPIC[e["type"]], e["customer_id"], json.dumps(e).encode()) for e in events]
+
+
+def test_two_workers_one_model_stable_ids(isolated_env: dict[str, str], tmp_path: Path) -> None:
+    env = {
+        **isolated_env,
+        "PATRONAGE_SEGMENTS": "4",
+        "PATRONAGE_SEGMENT_WARMUP": "150",
+        "PATRONAGE_SEGMENT_PROMOTE_EVERY": "400",
+        "PATRONAGE_SEGMENT_PROMOTE_INTERVAL_S": "2",
+        "PATRONAGE_SEGMENT_REFRESH_INTERVAL_S": "0.5",
+        "PATRONAGE_COMMIT_INTERVAL_S": "0.3",
+        "PATRONAGE_SESSION_TIMEOUT_S": "6",
+        "PATRONAGE_BATCH_MAX": "300",
+    }
+    settings = settings_for(env)
+    prefix = settings.key_prefix
+    prepare_topics(settings)
+    client = redis.Redis.from_url(env["PATRONAGE_REDIS_URL"])
+    now_ms = int(time.time() * 1000)
+    events, _ = generate(customers=300, days=90, seed=9, start_ms=(now_ms // DAY_MS - 91) * DAY_MS)
+    first, second = events[: len(events) // 2], events[len(events) // 2 :]
+
+    workers = [Worker(env, name="seg-a").start(), Worker(env, name="seg-b").start()]
+    try:
+        publish_with_metadata(settings, messages(first))
+        wait_for(lambda: drained(settings), 120, "first half drained", workers[0].check_alive)
+        wait_for(lambda: current_version(client, prefix) >= 2, 60, "two promotions")
+        time.sleep(3)  # the learner may promote once more on its interval
+        version = current_version(client, prefix)
+        wait_for(
+            lambda: all(worker_version(w) == current_version(client, prefix) for w in workers),
+            30,
+            "both workers on the latest version",
+        )
+        version = current_version(client, prefix)
+        before_restart = model(client, prefix, version)
+
+        # Restart both, one after the other: the model and learner live in Redis.
+        for i, name in enumerate(("seg-a2", "seg-b2")):
+            workers[i].stop()
+            workers[i] = Worker(env, name=name).start()
+        publish_with_metadata(settings, messages(second))
+        wait_for(lambda: drained(settings), 120, "second half drained", workers[0].check_alive)
+        wait_for(lambda: current_version(client, prefix) > version, 60, "a promotion after restart")
+        time.sleep(3)
+        wait_for(
+            lambda: all(worker_version(w) == current_version(client, prefix) for w in workers),
+            30,
+            "both workers on the latest version again",
+        )
+        # Let the last re-scoring passes finish.
+        time.sleep(3)
+    finally:
+        for w in workers:
+            w.stop()
+
+    after = model(client, prefix, version + 1)
+    # Versions continued from the checkpoint and segment ids stayed put.
+    assert after.version == before_restart.version + 1
+    current = profiles(client, prefix)
+    xs = [features(f, now_ms, settings.profile_config.half_life_ms) for f in current.values()]
+    agree = sum(before_restart.predict(x) == after.predict(x) for x in xs) / len(xs)
+    assert agree >= 0.9, agree
+
+    changes = [json.loads(r.value) for r in read_topic(settings, settings.topic("segment-changes"))]
+    assert changes, "segment changes were emitted"
+    versions = {c["model_version"] for c in changes}
+    assert versions <= set(range(1, current_version(client, prefix) + 1))
+    updates = [c for c in changes if c["reason"] == "model_update"]
+    checked = 0
+    h = settings.segment_hysteresis
+    for change in updates:
+        fields = current[change["customer_id"]]
+        # Only where the profile still is what the re-score saw.
+        if (
+            int(fields["segment_version"]) != change["model_version"]
+            or int(fields["segment"]) != change["segment"]
+        ):
+            continue
+        ts = int(
+            time.mktime(time.strptime(change["ts"][:19], "%Y-%m-%dT%H:%M:%S")) * 1000
+            - time.timezone * 1000
+        )
+        x = features(fields, ts + int(change["ts"][20:23]), settings.profile_config.half_life_ms)
+        new_model = model(client, prefix, change["model_version"])
+        prev = change["previous_segment"]
+        assert new_model.assign(x, prev, h) == change["segment"]
+        checked += 1
+    print(
+        f"{len(changes)} changes, {len(updates)} model_update, {checked} re-checked; agreement {agree:.3f}"
+    )
