@@ -8,6 +8,7 @@ learner topic, the group assignment and the model in Redis are the point.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import time
@@ -138,11 +139,8 @@ def test_two_workers_one_model_stable_ids(isolated_env: dict[str, str], tmp_path
             or int(fields["segment"]) != change["segment"]
         ):
             continue
-        ts = int(
-            time.mktime(time.strptime(change["ts"][:19], "%Y-%m-%dT%H:%M:%S")) * 1000
-            - time.timezone * 1000
-        )
-        x = features(fields, ts + int(change["ts"][20:23]), settings.profile_config.half_life_ms)
+        ts = dt.datetime.fromisoformat(change["ts"].replace("Z", "+00:00")).timestamp() * 1000
+        x = features(fields, ts, settings.profile_config.half_life_ms)
         new_model = model(client, prefix, change["model_version"])
         prev = change["previous_segment"]
         assert new_model.assign(x, prev, h) == change["segment"]
