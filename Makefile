@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export PATRONAGE_PYTHON := $(abspath $(PY))
 
-.PHONY: install services services-down services-status lint format typecheck unit test bench demo demo-stop schemas clean
+.PHONY: chromium install services services-down services-status lint format typecheck unit test bench demo demo-stop schemas clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -38,8 +38,14 @@ typecheck: install
 unit: install
 	$(VENV)/bin/pytest tests/unit -q
 
-# The whole suite: real Kafka and Redis are started first.
-test: services
+# Debian's Chromium, for the dashboard's browser test.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi; }
+
+# The whole suite: real Kafka and Redis (and Chromium) are set up first.
+test: services chromium
 	$(VENV)/bin/pytest -q
 
 bench: services

@@ -247,12 +247,18 @@ def _alert_line(topic: str, value: bytes | None) -> str:
 async def _lag(settings: Settings) -> None:
     from patronage.streams.lag import group_lag
 
-    rows = await group_lag(settings)
-    print(f"{'topic':<32} {'partition':>9} {'committed':>10} {'end':>10} {'lag':>8}")
+    rows = await group_lag(settings, waiting=True)
+    print(f"consumer group {settings.group_id}")
+    header = f"{'topic':<32} {'partition':>9} {'committed':>10} {'end':>10} {'lag':>8}"
+    print(header + f" {'waiting(s)':>11}")
     for row in rows:
         committed = "-" if row.committed is None else str(row.committed)
-        print(f"{row.topic:<32} {row.partition:>9} {committed:>10} {row.end:>10} {row.lag:>8}")
-    print(f"{'total':<32} {'':>9} {'':>10} {'':>10} {sum(r.lag for r in rows):>8}")
+        print(
+            f"{row.topic:<32} {row.partition:>9} {committed:>10} {row.end:>10} {row.lag:>8} "
+            f"{row.oldest_waiting_s:>11.1f}"
+        )
+    worst = max((r.oldest_waiting_s for r in rows), default=0.0)
+    print(f"{'total':<32} {'':>9} {'':>10} {'':>10} {sum(r.lag for r in rows):>8} {worst:>11.1f}")
 
 
 def _schema(out: Path | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +20,19 @@ class PartitionLag:
     partition: int
     committed: int | None  # None: the group never committed here
     end: int
+    start: int = 0  # log start offset (retention may have removed older records)
+    oldest_waiting_s: float = 0.0  # age of the first record not yet committed
 
     @property
     def lag(self) -> int:
-        return self.end - (self.committed or 0)
+        return self.end - max(self.committed or 0, self.start)
 
 
-async def group_lag(settings: Settings, topics: list[str] | None = None) -> list[PartitionLag]:
+async def group_lag(
+    settings: Settings, topics: list[str] | None = None, waiting: bool = False
+) -> list[PartitionLag]:
+    """Lag per partition; with `waiting`, also how long the oldest unprocessed
+    record has waited (one small fetch per partition that has a backlog)."""
     topics = topics or list(settings.input_topics)
     kwargs = settings.kafka_client_kwargs()
     admin = AIOKafkaAdminClient(**kwargs)
@@ -42,15 +49,33 @@ async def group_lag(settings: Settings, topics: list[str] | None = None) -> list
             )
         ]
         ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
         rows = []
         for tp in partitions:
             meta = committed.get(tp)
             offset = meta.offset if meta is not None and meta.offset >= 0 else None
-            rows.append(PartitionLag(tp.topic, tp.partition, offset, ends[tp]))
+            row = PartitionLag(tp.topic, tp.partition, offset, ends[tp], starts[tp])
+            if waiting and row.lag > 0:
+                row = await _with_wait(consumer, tp, row)
+            rows.append(row)
         return rows
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def _with_wait(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, row: PartitionLag
+) -> PartitionLag:
+    first = max(row.committed or 0, row.start)
+    consumer.assign([tp])
+    consumer.seek(tp, first)
+    batch = await consumer.getmany(tp, timeout_ms=2000, max_records=1)
+    records = batch.get(tp, [])
+    if not records:
+        return row
+    waited = max(0.0, time.time() - records[0].timestamp / 1000)
+    return PartitionLag(row.topic, row.partition, row.committed, row.end, row.start, waited)
 
 
 async def _committed(admin: AIOKafkaAdminClient, group_id: str) -> dict[TopicPartition, Any]:

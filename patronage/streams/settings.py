@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     data_dir: str = ".patronage"
     log_level: Literal["debug", "info", "warn", "error"] = "info"
     redis_retry_max_s: float = Field(5.0, gt=0, le=300)
+    lag_interval_s: float = Field(5.0, gt=0, le=3600)
+    web_token: SecretStr | None = None
 
     # Profile semantics
     default_zone: str = "UTC"

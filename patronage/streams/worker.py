@@ -19,6 +19,7 @@ import redis.exceptions
 
 from patronage.models.batch import PreparedBatch, Record, prepare_batch
 from patronage.models.lapse import finding_from_json, to_alert
+from patronage.streams.lag import PartitionLag, group_lag
 from patronage.streams.segmenting import Learner, Segmenter, feature_message
 from patronage.streams.settings import Settings
 from patronage.streams.store import ApplyResult, ProfileStore, make_redis
@@ -47,6 +48,12 @@ class Runtime:
         self.segmenter = Segmenter(settings, self.redis)
         self.learner = Learner(settings, self.segmenter.models)
         self.rescoring: asyncio.Task[None] | None = None
+        self.lag_rows: list[PartitionLag] = []
+        self.kafka_ok_at = 0.0
+        self.segment_sizes: dict[int, int] = {}
+        self.script_seconds_sum = 0.0
+        self.script_calls = 0
+        self.started_at = time.time()
         self.sweeper = LapseSweeper(
             self.store,
             settings.profile_config,
@@ -55,6 +62,44 @@ class Runtime:
             settings.lapse_event_lateness_s,
             self.send_findings,
         )
+
+    async def sample_lag(self) -> None:
+        try:
+            self.lag_rows = await group_lag(self.settings, waiting=True)
+            self.kafka_ok_at = time.monotonic()
+        except Exception as exc:  # any Kafka failure means "not ready", never a crash
+            log.warning("lag sample failed: %s", exc)
+        try:
+            self.segment_sizes = await self.segmenter.models.sizes()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            self.redis_ok = False
+
+    async def readiness(self, app: faust.App) -> tuple[bool, dict[str, str]]:
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(self.redis.ping(), 1.0)
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"unreachable: {exc}"
+        fresh = time.monotonic() - self.kafka_ok_at < 3 * self.settings.lag_interval_s + 5
+        checks["kafka"] = "ok" if fresh else "no successful broker round trip recently"
+        inputs = set(self.settings.input_topics)
+        owned = [tp for tp in app.consumer.assignment() if tp.topic in inputs]
+        checks["partitions"] = f"{len(owned)} assigned" if owned else "none assigned yet"
+        if checks["redis"] == "ok":
+            promoted = await self.segmenter.models.current_version()
+            loaded = self.segmenter.model.version if self.segmenter.model else 0
+            if promoted and not loaded:
+                checks["model"] = f"version {promoted} promoted but not loaded"
+            else:
+                checks["model"] = f"version {loaded}" if loaded else "none promoted yet"
+        ok = (
+            checks["redis"] == "ok"
+            and checks["kafka"] == "ok"
+            and bool(owned)
+            and "not loaded" not in checks.get("model", "")
+        )
+        return ok, checks
 
     async def process(self, app: faust.App, records: list[Record]) -> None:
         now_ms = int(time.time() * 1000)
@@ -137,9 +182,12 @@ class Runtime:
         delay = 0.1
         while True:
             try:
+                started = time.perf_counter()
                 result = await self.store.apply_batch(
                     batch.by_customer, batch.partition_of, batch.watermarks
                 )
+                self.script_seconds_sum += time.perf_counter() - started
+                self.script_calls += 1
                 if not self.redis_ok:
                     log.warning("redis is back; resuming")
                 self.redis_ok = True
@@ -253,6 +301,10 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
             await runtime.refresh_model(owned)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             log.warning("model refresh skipped: redis unavailable (%s)", exc)
+
+    @app.timer(interval=settings.lag_interval_s)  # type: ignore[untyped-decorator]
+    async def lag_sample() -> None:
+        await runtime.sample_lag()
 
     from patronage.streams import web
 
