@@ -160,7 +160,12 @@ def _check_basket(
             continue
         if not item.category:
             corrections.append("missing_category")
-            item = item.model_copy(update={"category": "uncategorized"})
+            item = Item.model_construct(
+                sku=item.sku,
+                category="uncategorized",
+                quantity=item.quantity,
+                unit_price=item.unit_price,
+            )
         kept.append(item)
     if not kept:
         raise _Reject("empty_basket", "no item lines with a non-zero quantity")
@@ -169,6 +174,11 @@ def _check_basket(
         # Lines are what was sold; a disagreeing total is a till/shop rounding
         # or summing bug, so trust the lines and count the correction.
         corrections.append("total_mismatch")
+    if len(kept) == len(event.items) and all(
+        a is b for a, b in zip(kept, event.items, strict=True)
+    ):
+        if item_sum == event.total:
+            return event  # the common case: nothing to correct, no copy
     return event.model_copy(update={"items": kept, "total": item_sum})
 
 

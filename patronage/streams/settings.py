@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     segment_promote_interval_s: float = Field(30.0, gt=0, le=86_400)
     segment_refresh_interval_s: float = Field(2.0, gt=0, le=3600)
     segment_seed: int = 42
+    # Share of profile updates sent to the learner (deterministic by customer
+    # and update count): clustering needs a sample, not every update.
+    segment_learn_sample: float = Field(0.2, gt=0, le=1)
     topic_segment_features: str = "segment-features"
 
     # Validation

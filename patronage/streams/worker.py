@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+import zlib
 from collections import Counter
 from typing import Any
 
@@ -130,8 +131,9 @@ class Runtime:
         await self.segmenter.commit(decisions, result.profiles, now, self.send)
         topic = self.settings.topic(self.settings.topic_segment_features)
         half_life = self.settings.profile_config.half_life_ms
+        sample = self.settings.segment_learn_sample
         for customer_id, fields in result.profiles.items():
-            if "last_seen" in fields:
+            if "last_seen" in fields and sampled(customer_id, fields, sample):
                 # Not awaited one by one: a lost vector only slows learning.
                 await self.send(
                     topic, customer_id.encode(), feature_message(fields, now, half_life)
@@ -211,6 +213,13 @@ class Runtime:
             self.last_event_ts[tp] = max(self.last_event_ts.get(tp, 0), ts)
         self.batch_sizes.append(len(records))
         del self.batch_sizes[:-1000]
+
+
+def sampled(customer_id: str, fields: dict[str, float | str], share: float) -> bool:
+    if share >= 1:
+        return True
+    key = f"{customer_id}:{fields.get('events_applied', 0)}".encode()
+    return zlib.crc32(key) / 0xFFFFFFFF < share
 
 
 def build_app(settings: Settings) -> tuple[faust.App, Runtime]:

@@ -37,8 +37,18 @@ local function fmt(x)
 end
 -- Hashes arrive as 8 hex digits; they are stored as 4 raw bytes.
 local function unhex(hex) return (string.gsub(hex, '..', function(cc) return string.char(tonumber(cc, 16)) end)) end
-local function num(f) local v = h[f]; if v then return tonumber(v) end; return 0 end
-local function put(f, x) h[f] = fmt(x); changed[f] = true end
+-- Numbers are parsed once and formatted once (at the end), not on every put.
+local nums = {}
+local function num(f)
+  local x = nums[f]
+  if x == nil then
+    local v = h[f]
+    x = (v and v ~= true) and tonumber(v) or 0
+    nums[f] = x
+  end
+  return x
+end
+local function put(f, x) nums[f] = x; h[f] = true; changed[f] = true end
 
 local eids = redis.call('GET', EIDS) or ''
 local eids_changed = false
@@ -92,7 +102,7 @@ local function next_day(pos, day0)
 end
 
 local function add_day(day)
-  local day0 = h['day0'] and tonumber(h['day0'])
+  local day0 = h['day0'] and num('day0')
   if day0 == nil then
     day0 = day - (day % 8)
     put('day0', day0)
@@ -197,8 +207,7 @@ end
 local applied, dup_offset, dup_event = 0, 0, 0
 for _, d in ipairs(deltas) do
   local offset_field = 'o:' .. d.src
-  local last_offset = h[offset_field]
-  if last_offset and d.off <= tonumber(last_offset) then
+  if h[offset_field] and d.off <= num(offset_field) then
     dup_offset = dup_offset + 1
   else
     put(offset_field, d.off)
@@ -259,6 +268,10 @@ for _, d in ipairs(deltas) do
   end
 end
 
+for f, _ in pairs(changed) do
+  local x = nums[f]
+  if x ~= nil and h[f] == true then h[f] = fmt(x) end
+end
 local args = {}
 for f, _ in pairs(changed) do
   args[#args + 1] = f
@@ -269,4 +282,10 @@ if #removed > 0 then redis.call('HDEL', P, unpack(removed)) end
 if eids_changed then redis.call('SET', EIDS, eids) end
 -- Pending findings go back on every call, redeliveries included, so a crash
 -- between this script and the Kafka send cannot lose an alert.
-return {applied, dup_offset, dup_event, redis.call('LRANGE', OUT, 0, -1), redis.call('HGETALL', P)}
+-- The profile as it now is, from the table already in memory (no second HGETALL).
+local flat = {}
+for f, v in pairs(h) do
+  flat[#flat + 1] = f
+  flat[#flat + 1] = v
+end
+return {applied, dup_offset, dup_event, redis.call('LRANGE', OUT, 0, -1), flat}
