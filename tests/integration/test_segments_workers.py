@@ -73,6 +73,7 @@ def test_two_workers_one_model_stable_ids(isolated_env: dict[str, str], tmp_path
         "PATRONAGE_COMMIT_INTERVAL_S": "0.3",
         "PATRONAGE_SESSION_TIMEOUT_S": "6",
         "PATRONAGE_BATCH_MAX": "300",
+        "PATRONAGE_SEGMENT_LEARN_SAMPLE": "1",
     }
     settings = settings_for(env)
     prefix = settings.key_prefix
