@@ -174,11 +174,11 @@ def _check_basket(
         # Lines are what was sold; a disagreeing total is a till/shop rounding
         # or summing bug, so trust the lines and count the correction.
         corrections.append("total_mismatch")
-    if len(kept) == len(event.items) and all(
+    unchanged = len(kept) == len(event.items) and all(
         a is b for a, b in zip(kept, event.items, strict=True)
-    ):
-        if item_sum == event.total:
-            return event  # the common case: nothing to correct, no copy
+    )
+    if unchanged and item_sum == event.total:
+        return event  # the common case: nothing to correct, no copy
     return event.model_copy(update={"items": kept, "total": item_sum})
 
 
