@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from patronage.models.batch import Record, prepare_batch
 from patronage.models.simulate import DAY_MS, generate
@@ -80,7 +81,7 @@ async def memory(customers: int, days: int) -> dict[str, float]:
         await client.aclose()
 
 
-def throughput(events_target: int) -> dict[str, float]:
+def throughput(events_target: int, module: str = "patronage.streams.cli") -> dict[str, float]:
     """Events/s of one worker process draining a backlog end to end (Kafka -> Redis)."""
     run = uuid.uuid4().hex[:6]
     env = {
@@ -106,8 +107,9 @@ def throughput(events_target: int) -> dict[str, float]:
     asyncio.run(publish_file(settings, Path(handle.name)))
     os.unlink(handle.name)
 
+    command = [sys.executable, "-m", module] + (["worker"] if module.endswith("cli") else [])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "patronage.streams.cli", "worker"],
+        command,
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -207,6 +209,136 @@ async def sweep_cost(scheduled: int, due: int, repeats: int = 5) -> dict[str, fl
         await client.aclose()
 
 
+def latency(rate: int, seconds: float) -> dict[str, float]:
+    """Producer ack -> profile visible in Redis, at an offered load (0 = as fast as possible).
+
+    Background events come from the simulator; every 50th event is a probe for
+    a fresh customer, whose profile key appears in Redis when it is applied."""
+    from aiokafka import AIOKafkaProducer
+
+    run = uuid.uuid4().hex[:6]
+    env = {
+        "PATRONAGE_TOPIC_PREFIX": f"lat{run}-",
+        "PATRONAGE_GROUP_ID": f"lat{run}",
+        "PATRONAGE_KEY_PREFIX": f"lat{run}",
+        "PATRONAGE_LOG_LEVEL": "warn",
+        "PATRONAGE_WEB_PORT": "6098",
+        "PATRONAGE_DATA_DIR": f"/tmp/patronage-lat-{run}",
+        "PATRONAGE_BATCH_WITHIN_S": "0.02",
+    }
+    settings = _settings(**env)
+    from patronage.streams.cli import create_topics
+
+    asyncio.run(create_topics(settings))
+    now_ms = int(time.time() * 1000)
+    total = int(rate * seconds) if rate else 150_000
+    stream, _ = generate(
+        max(100, total // 15), 30, seed=4, start_ms=(now_ms // DAY_MS - 30) * DAY_MS
+    )
+    stream = stream[:total]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "patronage.streams.cli", "worker"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def run_load() -> dict[str, float]:
+        client = make_redis(settings.redis_url)
+        store = ProfileStore(client, settings.key_prefix, settings.profile_config)
+        producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all", linger_ms=2)
+        await producer.start()
+        acked: dict[str, float] = {}
+        seen: dict[str, float] = {}
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            while not done.is_set() or len(seen) < len(acked):
+                pending = [c for c in acked if c not in seen]
+                if pending:
+                    async with client.pipeline(transaction=False) as pipe:
+                        for c in pending:
+                            pipe.exists(store.keys(c)[0])
+                        found = await pipe.execute()
+                    t = time.perf_counter()
+                    for c, hit in zip(pending, found, strict=True):
+                        if hit:
+                            seen[c] = t
+                await asyncio.sleep(0.002)
+
+        def on_ack(customer: str) -> Any:
+            return lambda _fut: acked.__setitem__(customer, time.perf_counter())
+
+        try:
+            # Wait for the worker to own its partitions: one warm-up probe.
+            warm = {
+                "type": "click",
+                "event_id": "warm",
+                "customer_id": "warm",
+                "ts": now_ms,
+                "session_id": "w",
+                "page_type": "home",
+            }
+            await producer.send_and_wait(
+                settings.topic_for_kind["click"], json.dumps(warm).encode(), key=b"warm"
+            )
+            while not await client.exists(store.keys("warm")[0]):
+                await asyncio.sleep(0.1)
+            watcher = asyncio.create_task(watch())
+            started = time.perf_counter()
+            for i, event in enumerate(stream):
+                if i % 50 == 0:
+                    probe = f"probe{i}"
+                    event = {
+                        "type": "click",
+                        "event_id": f"p{i}",
+                        "customer_id": probe,
+                        "ts": now_ms,
+                        "session_id": probe,
+                        "page_type": "home",
+                    }
+                    future = await producer.send(
+                        settings.topic_for_kind["click"],
+                        json.dumps(event).encode(),
+                        key=probe.encode(),
+                    )
+                    future.add_done_callback(on_ack(probe))
+                else:
+                    await producer.send(
+                        settings.topic_for_kind[event["type"]],
+                        json.dumps(event).encode(),
+                        key=event["customer_id"].encode(),
+                    )
+                if rate:
+                    ahead = (i + 1) / rate - (time.perf_counter() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+            await producer.flush()
+            offered = len(stream) / (time.perf_counter() - started)
+            done.set()
+            await asyncio.wait_for(watcher, 120)
+        finally:
+            await producer.stop()
+            await store.delete_prefix()
+            await client.aclose()
+        waits = sorted((seen[c] - acked[c]) * 1000 for c in acked if c in seen)
+        return {
+            "offered_events_per_second": round(offered),
+            "probes": len(waits),
+            "p50_ms": waits[len(waits) // 2],
+            "p99_ms": waits[min(len(waits) - 1, int(len(waits) * 0.99))],
+            "max_ms": waits[-1],
+        }
+
+    try:
+        result = asyncio.run(run_load())
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    result["target_rate"] = rate or "max"  # type: ignore[assignment]
+    return result
+
+
 def _child_cpu(pid: int) -> float | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -227,8 +359,13 @@ async def _cleanup(settings: Settings) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m patronage.bench")
     parser.add_argument(
-        "which", nargs="?", default="all", choices=["all", "memory", "throughput", "sweep"]
+        "which",
+        nargs="?",
+        default="all",
+        choices=["all", "memory", "throughput", "sweep", "latency"],
     )
+    parser.add_argument("--rates", type=int, nargs="+", default=[1000, 5000, 10000, 0])
+    parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--events", type=int, default=200_000)
@@ -239,7 +376,15 @@ def main() -> None:
         for scheduled in (10_000, 1_000_000):
             print("sweep:", json.dumps(asyncio.run(sweep_cost(scheduled, 1000)), indent=1))
     if args.which in ("all", "throughput"):
-        print("throughput:", json.dumps(throughput(args.events), indent=1))
+        ours = throughput(args.events)
+        print("throughput (patronage worker):", json.dumps(ours, indent=1))
+        naive = throughput(args.events, "patronage.bench_naive")
+        print("throughput (naive per-event agent):", json.dumps(naive, indent=1))
+        ratio = ours["events_per_second"] / naive["events_per_second"]
+        print(f"speed-up over the naive baseline: {ratio:.1f}x")
+    if args.which in ("all", "latency"):
+        for rate in args.rates:
+            print("latency:", json.dumps(latency(rate, args.seconds), indent=1))
     print(f"bench peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -73,6 +73,19 @@ def main(argv: list[str] | None = None) -> None:
     segments.add_argument("action", choices=["show"])
     segments.add_argument("--json", action="store_true")
 
+    replay = sub.add_parser("replay", help="backfill order history (CSV or Parquet) in time order")
+    replay.add_argument("file", type=Path)
+    replay.add_argument(
+        "--map",
+        required=True,
+        help="column mapping, e.g. customer_id=cust,ts=date,amount=total,order_id=order,"
+        "sku=sku,category=cat,quantity=qty,unit_price=price,store=store,channel=channel",
+    )
+    replay.add_argument("--format", choices=["csv", "parquet"], help="default: by file suffix")
+    replay.add_argument("--currency", default=None, help="when no currency column (default: first)")
+    replay.add_argument("--pace-days", type=float, help="wait for the workers every N days")
+    replay.add_argument("--dry-run", action="store_true", help="convert and report, send nothing")
+
     sub.add_parser("lag", help="consumer-group lag per topic-partition, read from Kafka")
 
     profile = sub.add_parser("profile", help="read profiles")
@@ -132,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
             for row in view["segments"]:
                 print(f"  [{row['segment']}] {row['customers']:>7} customers  {row['label']}")
                 print(f"      {row['description']}")
+    elif args.command == "replay":
+        _replay(settings, args)
     elif args.command == "lag":
         asyncio.run(_lag(settings))
     elif args.command == "profile":
@@ -261,6 +276,76 @@ async def _lag(settings: Settings) -> None:
     print(f"{'total':<32} {'':>9} {'':>10} {'':>10} {sum(r.lag for r in rows):>8} {worst:>11.1f}")
 
 
+def _replay(settings: Settings, args: argparse.Namespace) -> None:
+    import tempfile
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from patronage.models.replay import convert, parse_mapping
+
+    console = Console(stderr=True)
+    try:
+        mapping = parse_mapping(args.map)
+    except ValueError as exc:
+        raise SystemExit(f"patronage replay: --map: {exc}") from None
+    rows = _read_rows(args.file, args.format or args.file.suffix.lstrip(".").lower())
+    currency = args.currency or next(iter(settings.currencies))
+    converted = convert(rows, mapping, settings.rules, int(time.time() * 1000), currency)
+    sent = 0
+    if converted.events and not args.dry_run:
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
+            for event in converted.events:
+                handle.write(json.dumps(event) + "\n")
+        path = Path(handle.name)
+        try:
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            ) as progress:
+                task = progress.add_task("replaying", total=len(converted.events))
+                counts = asyncio.run(
+                    publish_file(
+                        settings,
+                        path,
+                        None,
+                        args.pace_days,
+                        on_sent=lambda n: progress.update(task, advance=n),
+                    )
+                )
+            sent = sum(n for t, n in counts.items() if not t.startswith("!"))
+        finally:
+            path.unlink()
+    print(f"rows read: {converted.rows}")
+    print(f"events {'converted' if args.dry_run else 'sent'}: {sent or len(converted.events)}")
+    rejected = sum(converted.rejected.values())
+    print(f"rows rejected: {rejected}")
+    for code, count in converted.rejected.most_common():
+        print(f"  {count:>8}  {code}  (e.g. {converted.examples[code]})")
+
+
+def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
+    import csv
+
+    if fmt == "csv":
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return list(csv.DictReader(handle))
+    if fmt == "parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise SystemExit(
+                "patronage replay: reading Parquet needs pyarrow: pip install 'patronage[parquet]'"
+            ) from None
+        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+        return rows
+    raise SystemExit(f"patronage replay: unknown format {fmt!r}; use --format csv or parquet")
+
+
 def _schema(out: Path | None) -> None:
     from patronage.models.contracts import EVENT_MODELS
 
@@ -326,7 +411,11 @@ async def _wait_for_group_coordinator(admin: Any, group_id: str, timeout_s: floa
 
 
 async def publish_file(
-    settings: Settings, path: Path, topic: str | None = None, pace_days: float | None = None
+    settings: Settings,
+    path: Path,
+    topic: str | None = None,
+    pace_days: float | None = None,
+    on_sent: Any = None,
 ) -> Counter[str]:
     from aiokafka import AIOKafkaProducer
 
@@ -362,6 +451,8 @@ async def publish_file(
                             chunk_end = int(ts + pace_ms)
                         elif ts >= chunk_end:
                             await asyncio.gather(*pending)
+                            if on_sent is not None:
+                                on_sent(len(pending))
                             pending = []
                             await wait_caught_up(settings)
                             while ts >= chunk_end:
@@ -370,8 +461,12 @@ async def publish_file(
                 counts[target] += 1
                 if len(pending) >= 5000:
                     await asyncio.gather(*pending)
+                    if on_sent is not None:
+                        on_sent(len(pending))
                     pending = []
         await asyncio.gather(*pending)
+        if on_sent is not None:
+            on_sent(len(pending))
     finally:
         await producer.stop()
     return counts
