@@ -1,0 +1,236 @@
+"""Crashes and hostile input on the real services.
+
+A mock would not show any of this: what is tested is Kafka redelivering
+uncommitted records to a new process after SIGKILL, and Redis's atomic
+script refusing to count them twice.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from patronage.models.validate import Rejected, Rules, validate
+from tests.integration.harness import (
+    Worker,
+    drained,
+    prepare_topics,
+    read_topic,
+    settings_for,
+    wait_for,
+)
+from tests.integration.test_end_to_end import (
+    bad_messages,
+    build_stream,
+    close,
+    export,
+    publish_with_metadata,
+    recompute,
+)
+
+RESULTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "reliability.jsonl"
+
+
+def record(name: str, **figures: Any) -> None:
+    RESULTS.parent.mkdir(exist_ok=True)
+    with RESULTS.open("a") as handle:
+        handle.write(json.dumps({"test": name, **figures}) + "\n")
+
+
+def test_kill_9_mid_stream_loses_and_doubles_nothing(
+    isolated_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        **isolated_env,
+        "PATRONAGE_COMMIT_INTERVAL_S": "0.5",
+        "PATRONAGE_SESSION_TIMEOUT_S": "6",
+        "PATRONAGE_BATCH_MAX": "500",
+    }
+    settings = settings_for(env)
+    prepare_topics(settings)
+    now_ms = int(time.time() * 1000)
+    good, stream = build_stream(now_ms)
+    bad = bad_messages(now_ms)
+    rng = random.Random(31)
+    mixed = list(stream)
+    for message in bad:
+        mixed.insert(rng.randrange(len(mixed) + 1), message)
+
+    parts = 6
+    size = len(mixed) // parts + 1
+    kills = 0
+    recoveries = []
+    bad_coordinates = set()
+    bad_values = {value for _, _, value in bad}
+    worker = Worker(env, name="crash-0").start()
+    try:
+        for part in range(parts):
+            chunk = mixed[part * size : (part + 1) * size]
+            metadata = publish_with_metadata(settings, chunk)
+            bad_coordinates |= {
+                meta
+                for meta, (_, _, value) in zip(metadata, chunk, strict=True)
+                if value in bad_values
+            }
+            if part < parts - 1:
+                # Let it get somewhere, then pull the plug at a random moment.
+                time.sleep(rng.uniform(0.3, 2.0))
+                worker.kill()
+                kills += 1
+                started = time.monotonic()
+                worker = Worker(env, name=f"crash-{kills}").start()
+                recoveries.append(time.monotonic() - started)
+        started = time.monotonic()
+        wait_for(lambda: drained(settings), 180, "drain after the last restart", worker.check_alive)
+        drain_s = time.monotonic() - started
+    finally:
+        worker.stop()
+
+    profiles = export(env, tmp_path / "after-crashes.jsonl")
+    expected = recompute(good)
+    assert set(profiles) == set(expected)
+    for customer_id, want in expected.items():
+        for field, value in want.items():
+            close(profiles[customer_id][field], value, f"{customer_id}.{field}")
+    letters = [json.loads(r.value) for r in read_topic(settings, settings.topic("events-dlq"))]
+    assert {(d["source_topic"], d["partition"], d["offset"]) for d in letters} == bad_coordinates
+    record(
+        "kill -9 mid-stream",
+        events=len(mixed),
+        good=len(good),
+        bad=len(bad),
+        kills=kills,
+        restart_to_web_ready_s=[round(r, 2) for r in recoveries],
+        final_drain_s=round(drain_s, 2),
+        dlq_messages=len(letters),
+        dlq_distinct=len({d["event_id"] for d in letters}),
+    )
+
+
+# --- hostile input ---------------------------------------------------------
+
+JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+)
+WEIRD_TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=40
+) | st.sampled_from(["\u202e", "\ufeff", "\u0000", "e\u0301", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "🛒" * 20])
+
+
+def _object(keys: st.SearchStrategy[str]) -> st.SearchStrategy[bytes]:
+    return st.dictionaries(keys, JSON_SCALARS | WEIRD_TEXT, max_size=8).map(
+        lambda d: json.dumps(d).encode()
+    )
+
+
+HOSTILE = st.one_of(
+    st.binary(max_size=64),  # not JSON, maybe not UTF-8
+    st.text(max_size=64).map(lambda t: ("{" + t).encode("utf-8", "surrogatepass")),
+    _object(st.sampled_from(["event_id", "ts", "session_id", "page_type", "items", "total"])),
+    _object(WEIRD_TEXT),  # wrong keys
+    st.builds(
+        lambda n: ('{"customer_id": ' + "[" * n + "]" * n + "}").encode(),
+        st.integers(min_value=50, max_value=5000),
+    ),  # deep nesting
+    st.builds(
+        lambda cid, n: json.dumps({"event_id": "e", "customer_id": cid, "ts": "x" * n}).encode(),
+        WEIRD_TEXT.filter(lambda s: s.strip() != ""),
+        st.integers(min_value=100, max_value=200_000),
+    ),  # huge strings
+    st.sampled_from(
+        [
+            b'{"event_id":"e","customer_id":"c","ts":NaN}',
+            b'{"event_id":"e","customer_id":"c","ts":Infinity}',
+            b'{"event_id":"e","customer_id":"c","ts":-Infinity,"session_id":"s"}',
+            b'\xff\xfe{"a":1}',
+            b"null",
+            b"[]",
+            b'"just a string"',
+            b"",
+        ]
+    ),
+    st.builds(
+        lambda cid, t: json.dumps({"event_id": 1, "customer_id": cid, "ts": t}).encode(),
+        st.one_of(st.integers(), st.lists(st.integers(), max_size=3), st.none()),
+        JSON_SCALARS,
+    ),  # wrong types
+)
+
+
+def collect_hostile(count: int) -> list[bytes]:
+    rules = Rules()
+    found: list[bytes] = []
+
+    @settings(
+        max_examples=count * 2,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(HOSTILE)
+    def gather(payload: bytes) -> None:
+        if len(found) < count and isinstance(validate(payload, "click", 0, rules), Rejected):
+            found.append(payload)
+
+    while len(found) < count:
+        gather()
+    return found
+
+
+def test_hostile_input_never_stops_the_worker(isolated_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**isolated_env, "PATRONAGE_COMMIT_INTERVAL_S": "0.5"}
+    settings = settings_for(env)
+    prepare_topics(settings)
+    hostile = collect_hostile(10_000)
+    now_ms = int(time.time() * 1000)
+    good, stream = build_stream(now_ms)
+    good_ids = {e["event_id"] for e in good}
+    rng = random.Random(5)
+    mixed: list[tuple[str, str | None, bytes]] = list(stream)
+    for payload in hostile:
+        mixed.insert(
+            rng.randrange(len(mixed) + 1), ("clicks", f"c{rng.randrange(250):06d}", payload)
+        )
+    worker = Worker(env, name="hostile").start()
+    pid = worker.proc.pid if worker.proc else None
+    try:
+        started = time.monotonic()
+        publish_with_metadata(settings, mixed)
+        wait_for(lambda: drained(settings), 300, "drain of hostile input", worker.check_alive)
+        elapsed = time.monotonic() - started
+        assert worker.proc is not None and worker.proc.pid == pid and worker.proc.poll() is None
+        status, body = worker.http("/metrics")
+        assert status == 200
+    finally:
+        worker.stop()
+    letters = [json.loads(r.value) for r in read_topic(settings, settings.topic("events-dlq"), 15)]
+    assert len({d["event_id"] for d in letters}) == len(hostile)
+    assert all(d["reason"] and d["error"] for d in letters)
+    profiles = export(env, tmp_path / "hostile.jsonl")
+    expected = recompute(good)
+    assert set(profiles) == set(expected)
+    for customer_id, want in expected.items():
+        for field, value in want.items():
+            close(profiles[customer_id][field], value, f"{customer_id}.{field}")
+    assert sum(p["events_applied"] for p in profiles.values()) == len(good_ids)
+    reasons: dict[str, int] = {}
+    for d in letters:
+        reasons[d["error"]] = reasons.get(d["error"], 0) + 1
+    record(
+        "hostile input",
+        payloads=len(hostile),
+        good_events=len(good),
+        seconds=round(elapsed, 1),
+        worker_restarts=0,
+        dlq_reasons=reasons,
+    )
