@@ -86,6 +86,17 @@ def main(argv: list[str] | None = None) -> None:
     replay.add_argument("--pace-days", type=float, help="wait for the workers every N days")
     replay.add_argument("--dry-run", action="store_true", help="convert and report, send nothing")
 
+    customer = sub.add_parser("customer", help="customer data requests")
+    customer_sub = customer.add_subparsers(dest="action", required=True)
+    erase_cmd = customer_sub.add_parser("erase", help="erase every stored trace of a customer")
+    erase_cmd.add_argument("customer_id")
+    erase_cmd.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the worker's confirmation (0: just send the request)",
+    )
+
     sub.add_parser("lag", help="consumer-group lag per topic-partition, read from Kafka")
 
     profile = sub.add_parser("profile", help="read profiles")
@@ -147,6 +158,12 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"      {row['description']}")
     elif args.command == "replay":
         _replay(settings, args)
+    elif args.command == "customer":
+        confirmation = asyncio.run(_erase(settings, args.customer_id, args.wait))
+        if confirmation is None and args.wait:
+            print("erasure requested; no confirmation yet (is a worker running?)", file=sys.stderr)
+            raise SystemExit(1)
+        print(json.dumps(confirmation) if confirmation else "erasure requested")
     elif args.command == "lag":
         asyncio.run(_lag(settings))
     elif args.command == "profile":
@@ -535,6 +552,51 @@ async def _segments(settings: Settings) -> dict[str, Any]:
         return await segments_view(ModelStore(client, settings.key_prefix))
     finally:
         await client.aclose()
+
+
+async def _erase(settings: Settings, customer_id: str, wait_s: float) -> dict[str, Any] | None:
+    import time
+    import uuid
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    request_id = uuid.uuid4().hex
+    confirmations = settings.topic(settings.topic_erasure_confirmations)
+    consumer = AIOKafkaConsumer(
+        confirmations, **settings.kafka_client_kwargs(), auto_offset_reset="latest"
+    )
+    if wait_s:
+        await consumer.start()
+        await consumer.seek_to_end()
+    producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all")
+    await producer.start()
+    try:
+        request = {
+            "request_id": request_id,
+            "customer_id": customer_id,
+            "ts": int(time.time() * 1000),
+        }
+        await producer.send_and_wait(
+            settings.topic(settings.topic_erasure_requests),
+            json.dumps(request).encode(),
+            key=customer_id.encode(),
+        )
+        if not wait_s:
+            return None
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    doc = json.loads(record.value or b"{}")
+                    if doc.get("request_id") == request_id:
+                        confirmation: dict[str, Any] = doc
+                        return confirmation
+        return None
+    finally:
+        await producer.stop()
+        if wait_s:
+            await consumer.stop()
 
 
 async def _reset(settings: Settings) -> int:

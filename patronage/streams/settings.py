@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     topic_dlq: str = "events-dlq"
     topic_segment_changes: str = "segment-changes"
     topic_lapse_alerts: str = "lapse-alerts"
+    topic_erasure_requests: str = "erasure-requests"
+    topic_erasure_confirmations: str = "erasure-confirmations"
     partitions: int = Field(8, ge=1, le=1024)
     replication_factor: int = Field(1, ge=1, le=16)
 
@@ -55,6 +57,9 @@ class Settings(BaseSettings):
     redis_retry_max_s: float = Field(5.0, gt=0, le=300)
     lag_interval_s: float = Field(5.0, gt=0, le=3600)
     web_token: SecretStr | None = None
+
+    # Inactive profiles expire after this many days without an update (0 = never).
+    retention_days: float = Field(0.0, ge=0, le=36_500)
 
     # Profile semantics
     default_zone: str = "UTC"
@@ -172,6 +177,8 @@ class Settings(BaseSettings):
             self.topic(self.topic_dlq),
             self.topic(self.topic_segment_changes),
             self.topic(self.topic_lapse_alerts),
+            self.topic(self.topic_erasure_requests),
+            self.topic(self.topic_erasure_confirmations),
         ]
 
     @cached_property

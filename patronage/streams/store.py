@@ -43,14 +43,18 @@ class ApplyResult:
 
 
 class ProfileStore:
-    def __init__(self, client: aioredis.Redis, prefix: str, cfg: ProfileConfig) -> None:
+    def __init__(
+        self, client: aioredis.Redis, prefix: str, cfg: ProfileConfig, retention_ms: int = 0
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.cfg = cfg
+        self.retention_ms = retention_ms
         self._apply = client.register_script(_lua("apply"))
         self._watermark = client.register_script(_lua("watermark"))
         self._reschedule = client.register_script(_lua("reschedule"))
         self._mark_lapsed = client.register_script(_lua("mark_lapsed"))
+        self._erase = client.register_script(_lua("erase"))
 
     def keys(self, customer_id: str) -> list[str]:
         base = f"{self.prefix}:{{{customer_id}}}:"
@@ -93,7 +97,9 @@ class ProfileStore:
             for customer_id, deltas in by_customer.items():
                 payload = json.dumps([d.to_wire() for d in deltas], separators=(",", ":"))
                 await self._apply(
-                    keys=self.keys(customer_id), args=[*static_args, payload], client=pipe
+                    keys=self.keys(customer_id),
+                    args=[*static_args, payload, self.retention_ms],
+                    client=pipe,
                 )
                 activity = [d.t for d in deltas if d.k != "a"]
                 if partition_of is not None and customer_id in partition_of and activity:
@@ -116,6 +122,15 @@ class ProfileStore:
                 flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)
             }
         return result
+
+    async def erase(self, customer_id: str, partition: int) -> tuple[int, int | None]:
+        """Remove every key of one customer and its lapse due entry."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            await self._erase(keys=self.keys(customer_id), args=[], client=pipe)
+            pipe.zrem(self.due_key(partition), customer_id)
+            removed, _ = await pipe.execute()
+        segment = int(removed[1]) if removed[1] else None
+        return int(removed[0]), segment
 
     async def ack_outbox(self, items: dict[str, list[bytes]]) -> None:
         """Drop findings Kafka acknowledged (by value: others may have arrived)."""

@@ -36,7 +36,12 @@ class Runtime:
         self.settings = settings
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
         self.redis = make_redis(settings.redis_url, password)
-        self.store = ProfileStore(self.redis, settings.key_prefix, settings.profile_config)
+        self.store = ProfileStore(
+            self.redis,
+            settings.key_prefix,
+            settings.profile_config,
+            retention_ms=int(settings.retention_days * 86_400_000),
+        )
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[tuple[str, str]] = Counter()
         self.corrected: Counter[tuple[str, str]] = Counter()
@@ -112,6 +117,47 @@ class Runtime:
         await self.send_findings(result.outbox)
         await self._segment(result, batch, now_ms)
         self._record(records, batch, result)
+
+    async def erase(self, message: Any) -> None:
+        """Handle one erasure request: remove the customer, confirm on Kafka."""
+        try:
+            request = json.loads(message.value or b"")
+            customer_id = str(request["customer_id"]).strip()
+            request_id = str(request.get("request_id") or f"{message.partition}:{message.offset}")
+            if not customer_id:
+                raise ValueError("customer_id is empty")
+        except (ValueError, KeyError, TypeError) as exc:
+            record = Record(
+                message.topic, message.partition, message.offset, message.key, message.value
+            )
+            batch = PreparedBatch()
+            from patronage.models.batch import _dead
+
+            _dead(
+                batch,
+                record,
+                "bad_erasure_request",
+                f"erasure request unusable: {exc}",
+                int(time.time() * 1000),
+            )
+            assert self.app is not None
+            await self._send_dead_letters(self.app, batch)
+            return
+        removed, segment = await self.store.erase(customer_id, message.partition)
+        if segment is not None:
+            await self.redis.hincrby(self.segmenter.models.sizes_key, str(segment), -1)
+        confirmation = {
+            "event_id": f"erased:{customer_id}:{request_id}",
+            "customer_id": customer_id,
+            "request_id": request_id,
+            "keys_removed": removed,
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        topic = self.settings.topic(self.settings.topic_erasure_confirmations)
+        future = await self.send(topic, customer_id.encode(), json.dumps(confirmation).encode())
+        await future
+        self.counters["erasures"] += 1
+        log.info("erased a customer on request %s (%d keys)", request_id, removed)
 
     def clock_ms(self, watermarks: dict[int, int], wall_ms: float) -> float:
         if self.settings.lapse_clock == "event" and watermarks:
@@ -314,6 +360,17 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.timer(interval=settings.lag_interval_s)  # type: ignore[untyped-decorator]
     async def lag_sample() -> None:
         await runtime.sample_lag()
+
+    erasures = app.topic(
+        settings.topic(settings.topic_erasure_requests),
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    @app.agent(erasures, name="erase")
+    async def erase(stream: Any) -> None:
+        async for event in stream.events():
+            await runtime.erase(event.message)
 
     from patronage.streams import web
 

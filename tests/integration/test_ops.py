@@ -28,9 +28,10 @@ from tests.integration.test_end_to_end import TYPE_TOPIC, publish_with_metadata
 
 
 class PrivateRedis:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
         self.port = free_port()
         self.dir = directory
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -47,6 +48,7 @@ class PrivateRedis:
                 "yes",
                 "--save",
                 "",
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -54,8 +56,12 @@ class PrivateRedis:
         wait_for(self._answers, 10, "private redis")
 
     def _answers(self) -> bool:
+        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
         out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True, check=False
+            ["redis-cli", "-p", str(self.port), *auth, "ping"],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         return out.stdout.strip() == "PONG"
 

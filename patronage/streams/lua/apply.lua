@@ -9,6 +9,7 @@
 -- ARGV[4] dedupe window  ARGV[5..8] lapse rules: min visits, min tenure days,
 --                        min gap days, gap multiplier
 -- ARGV[9] JSON list of deltas (in offset order per source)
+-- ARGV[10] retention ms: keys expire after this long without an update (0 = never)
 -- Returns {applied, duplicate offsets, duplicate event ids, outbox items, profile (HGETALL)}
 
 local P, DAYS, SESS, EIDS, OUT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -21,6 +22,7 @@ local min_tenure_days = tonumber(ARGV[6])
 local min_gap_days = tonumber(ARGV[7])
 local gap_multiplier = tonumber(ARGV[8])
 local deltas = cjson.decode(ARGV[9])
+local retention_ms = tonumber(ARGV[10] or '0')
 local DAY_MS = 86400000
 
 local h = {}
@@ -280,6 +282,9 @@ end
 if #args > 0 then redis.call('HSET', P, unpack(args)) end
 if #removed > 0 then redis.call('HDEL', P, unpack(removed)) end
 if eids_changed then redis.call('SET', EIDS, eids) end
+if retention_ms > 0 and applied > 0 then
+  for _, key in ipairs({P, DAYS, SESS, EIDS}) do redis.call('PEXPIRE', key, retention_ms) end
+end
 -- Pending findings go back on every call, redeliveries included, so a crash
 -- between this script and the Kafka send cannot lose an alert.
 -- The profile as it now is, from the table already in memory (no second HGETALL).

@@ -1,0 +1,9 @@
+-- Erase one customer: every key under their hash tag.
+-- KEYS: the customer's keys   Returns the number of keys removed and the
+-- segment they were in (so the caller can fix the segment sizes).
+local segment = redis.call('HGET', KEYS[1], 'segment')
+local removed = 0
+for _, key in ipairs(KEYS) do
+  removed = removed + redis.call('DEL', key)
+end
+return {removed, segment or false}

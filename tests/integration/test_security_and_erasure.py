@@ -1,0 +1,109 @@
+"""Redis AUTH, erasure and retention against real servers.
+
+A mock would not check what matters here: that the real server refuses the
+worker without the password (and the worker says so on /readyz), that the
+secret never reaches the logs, and that erasure removes every real key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from patronage.models.simulate import DAY_MS, generate
+from tests.integration.harness import Worker, drained, prepare_topics, settings_for, wait_for
+from tests.integration.test_end_to_end import TYPE_TOPIC, publish_with_metadata
+from tests.integration.test_ops import PrivateRedis
+
+SECRET = "s3cret-patronage-pw"
+
+
+def test_redis_auth_erasure_and_retention(isolated_env: dict[str, str], tmp_path: Path) -> None:
+    server = PrivateRedis(tmp_path, password=SECRET)
+    server.start()
+    base = {
+        **isolated_env,
+        "PATRONAGE_REDIS_URL": f"redis://127.0.0.1:{server.port}/0",
+        "PATRONAGE_COMMIT_INTERVAL_S": "0.3",
+        "PATRONAGE_LOG_LEVEL": "debug",
+    }
+    try:
+        settings = settings_for(base)
+        prepare_topics(settings)
+        now = int(time.time() * 1000)
+        events, _ = generate(customers=40, days=20, seed=2, start_ms=(now // DAY_MS - 21) * DAY_MS)
+        publish_with_metadata(
+            settings,
+            [(TYPE_TOPIC[e["type"]], e["customer_id"], json.dumps(e).encode()) for e in events],
+        )
+
+        # Without the password the server refuses us, and /readyz says so.
+        refused = Worker(base, name="noauth").start()
+        try:
+            wait_for(lambda: refused.http("/readyz")[0] == 503, 15, "/readyz 503 without AUTH")
+            reason = json.loads(refused.http("/readyz")[1])["checks"]["redis"]
+            assert "auth" in reason.lower(), reason
+        finally:
+            refused.stop()
+
+        env = {**base, "PATRONAGE_REDIS_PASSWORD": SECRET}
+        worker = Worker(env, name="auth").start()
+        try:
+            wait_for(lambda: drained(settings), 60, "drain with AUTH", worker.check_alive)
+            wait_for(lambda: worker.http("/readyz")[0] == 200, 20, "ready with AUTH")
+            client = redis.Redis(port=server.port, password=SECRET)
+            prefix = settings.key_prefix
+            victim = events[0]["customer_id"]
+            assert client.exists(f"{prefix}:{{{victim}}}:p")
+            assert worker.http(f"/profiles/{victim}")[0] == 200
+
+            out = subprocess.run(
+                [sys.executable, "-m", "patronage.streams.cli", "customer", "erase", victim],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            )
+            confirmation = json.loads(out.stdout)
+            assert confirmation["customer_id"] == victim and confirmation["keys_removed"] >= 2
+            assert client.keys(f"{prefix}:{{{victim}}}:*") == []
+            due = [k for k in client.scan_iter(match=f"{prefix}:{{lapse-*}}:due")]
+            assert all(client.zscore(k, victim) is None for k in due)
+            assert worker.http(f"/profiles/{victim}")[0] == 404
+        finally:
+            worker.stop()
+        log = worker.log_path.read_text(errors="replace") + refused.log_path.read_text(
+            errors="replace"
+        )
+        assert SECRET not in log
+
+        # Retention: profiles not updated for the retention time disappear.
+        short = {
+            **env,
+            "PATRONAGE_RETENTION_DAYS": str(2 / 86_400),
+            "PATRONAGE_GROUP_ID": env["PATRONAGE_GROUP_ID"] + "-r",
+            "PATRONAGE_KEY_PREFIX": prefix + "r",
+        }
+        retained = Worker(short, name="retention").start()
+        try:
+            short_settings = settings_for(short)
+            wait_for(lambda: drained(short_settings), 60, "drain (retention)", retained.check_alive)
+            keys_now = list(client.scan_iter(match=f"{prefix}r:{{*}}:p"))
+            assert keys_now, "profiles were written"
+            assert all(0 < client.pttl(k) <= 2000 for k in keys_now)
+            wait_for(
+                lambda: not list(client.scan_iter(match=f"{prefix}r:{{*}}:p")),
+                10,
+                "inactive profiles to expire",
+            )
+        finally:
+            retained.stop()
+    finally:
+        server.stop()
