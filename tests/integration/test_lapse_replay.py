@@ -7,13 +7,14 @@ lapse-alerts topic with the alerts computed independently from the events.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from patronage.models.simulate import generate
@@ -26,7 +27,11 @@ from tests.integration.harness import (
     settings_for,
     wait_for,
 )
-from tests.integration.test_end_to_end import TYPE_TOPIC, publish_with_metadata
+from tests.integration.test_end_to_end import (
+    TYPE_TOPIC,
+    publish_with_metadata,
+)
+from tests.integration.test_reliability import record
 
 DAY_MS = 86_400_000
 CHUNK_DAYS = 2
@@ -88,8 +93,9 @@ def sweeps_done(settings: Settings, client: redis.Redis, partitions: set[int]) -
     return not any(True for _ in client.scan_iter(match=f"{prefix}:*:x", count=1000))
 
 
+@pytest.mark.parametrize("scenario", ["kill -9 mid-replay", "rebalance 1-2-1"])
 def test_replayed_history_gives_the_alerts_history_would_have(
-    isolated_env: dict[str, str],
+    isolated_env: dict[str, str], scenario: str, tmp_path: Path
 ) -> None:
     env = {
         **isolated_env,
@@ -112,8 +118,8 @@ def test_replayed_history_gives_the_alerts_history_would_have(
 
     partition_of: dict[str, int] = {}
     client = redis.Redis.from_url(env["PATRONAGE_REDIS_URL"])
-    worker = Worker(env, name="lapse-1").start()
-    kills = 0
+    workers = [Worker(env, name="lapse-1").start()]
+    faults = []
     try:
         for number, chunk in enumerate(chunks):
             if not chunk:
@@ -121,20 +127,29 @@ def test_replayed_history_gives_the_alerts_history_would_have(
             metadata = publish_with_metadata(settings, chunk)
             for (_, customer, _), (_, partition, _) in zip(chunk, metadata, strict=True):
                 partition_of[customer or ""] = partition
-            if number == len(chunks) // 2:
-                worker.kill()  # mid-replay, no goodbye
-                kills += 1
-                worker = Worker(env, name="lapse-2").start()
-            wait_for(lambda: drained(settings), 120, f"chunk {number} to drain", worker.check_alive)
+            if scenario.startswith("kill") and number == len(chunks) // 2:
+                workers[0].kill()  # mid-replay, no goodbye
+                workers[0] = Worker(env, name="lapse-2").start()
+                faults.append(f"kill at chunk {number}")
+            if scenario.startswith("rebalance") and number == len(chunks) // 3:
+                workers.append(Worker(env, name="lapse-second").start())
+                faults.append(f"second worker joins at chunk {number}")
+            if scenario.startswith("rebalance") and number == 2 * len(chunks) // 3:
+                workers.pop(0).stop()  # the first leaves; its partitions move
+                faults.append(f"first worker leaves at chunk {number}")
+            wait_for(
+                lambda: drained(settings), 120, f"chunk {number} to drain", workers[0].check_alive
+            )
         wait_for(
             lambda: sweeps_done(settings, client, set(partition_of.values())),
             60,
             "final sweeps",
-            worker.check_alive,
+            workers[0].check_alive,
         )
     finally:
-        worker.stop()
-    assert kills == 1
+        for worker in workers:
+            worker.stop()
+    assert len(faults) == (1 if scenario.startswith("kill") else 2)
 
     expected = expected_alerts(events, partition_of)
     kinds = {k[1] for k in expected}
@@ -160,5 +175,11 @@ def test_replayed_history_gives_the_alerts_history_would_have(
         a["event_id"] == f"lapse:{a['customer_id']}:{a['kind']}:{parse(a['last_seen'])}"
         for a in alerts
     )
-    print(f"alerts: {len(by_id)} distinct, {len(alerts)} messages (re-sends after the kill)")
-    asyncio.run(asyncio.sleep(0))
+    record(
+        f"lapse alerts, {scenario}",
+        events=len(events),
+        faults=faults,
+        expected_alerts=len(expected),
+        distinct_alert_ids=len(by_id),
+        alert_messages=len(alerts),
+    )
