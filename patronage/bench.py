@@ -22,18 +22,25 @@ from typing import Any
 
 from patronage.models.batch import Record, prepare_batch
 from patronage.models.simulate import DAY_MS, generate
-from patronage.streams.settings import Settings
+from patronage.streams.settings import Settings, settings_with
 from patronage.streams.store import ProfileStore, make_redis
 
 
 def _settings(**env: str) -> Settings:
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        return Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    return settings_with(env)
+
+
+def _run_env(kind: str, web_port: int) -> dict[str, str]:
+    """Own topics, group, keys and port for one benchmark run."""
+    run = f"{kind}{uuid.uuid4().hex[:6]}"
+    return {
+        "PATRONAGE_TOPIC_PREFIX": f"{run}-",
+        "PATRONAGE_GROUP_ID": run,
+        "PATRONAGE_KEY_PREFIX": run,
+        "PATRONAGE_LOG_LEVEL": "warn",
+        "PATRONAGE_WEB_PORT": str(web_port),
+        "PATRONAGE_DATA_DIR": f"/tmp/patronage-{run}",
+    }
 
 
 async def memory(customers: int, days: int) -> dict[str, float]:
@@ -83,15 +90,7 @@ async def memory(customers: int, days: int) -> dict[str, float]:
 
 def throughput(events_target: int, module: str = "patronage.streams.cli") -> dict[str, float]:
     """Events/s of one worker process draining a backlog end to end (Kafka -> Redis)."""
-    run = uuid.uuid4().hex[:6]
-    env = {
-        "PATRONAGE_TOPIC_PREFIX": f"bench{run}-",
-        "PATRONAGE_GROUP_ID": f"bench{run}",
-        "PATRONAGE_KEY_PREFIX": f"bench{run}",
-        "PATRONAGE_LOG_LEVEL": "warn",
-        "PATRONAGE_WEB_PORT": "6099",
-        "PATRONAGE_DATA_DIR": f"/tmp/patronage-bench-{run}",
-    }
+    env = _run_env("bench", 6099)
     settings = _settings(**env)
     from patronage.streams.cli import create_topics, publish_file
     from patronage.streams.lag import group_lag
@@ -216,16 +215,7 @@ def latency(rate: int, seconds: float) -> dict[str, float]:
     a fresh customer, whose profile key appears in Redis when it is applied."""
     from aiokafka import AIOKafkaProducer
 
-    run = uuid.uuid4().hex[:6]
-    env = {
-        "PATRONAGE_TOPIC_PREFIX": f"lat{run}-",
-        "PATRONAGE_GROUP_ID": f"lat{run}",
-        "PATRONAGE_KEY_PREFIX": f"lat{run}",
-        "PATRONAGE_LOG_LEVEL": "warn",
-        "PATRONAGE_WEB_PORT": "6098",
-        "PATRONAGE_DATA_DIR": f"/tmp/patronage-lat-{run}",
-        "PATRONAGE_BATCH_WITHIN_S": "0.02",
-    }
+    env = {**_run_env("lat", 6098), "PATRONAGE_BATCH_WITHIN_S": "0.02"}
     settings = _settings(**env)
     from patronage.streams.cli import create_topics
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import zoneinfo
+from collections.abc import Mapping
 from decimal import Decimal
 from functools import cached_property
 from typing import Literal
@@ -230,6 +232,17 @@ class Settings(BaseSettings):
 
 class SettingsError(SystemExit):
     pass
+
+
+def settings_with(env: Mapping[str, str]) -> Settings:
+    """Settings as if these PATRONAGE_* variables were set (tests, benchmarks)."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def load_settings() -> Settings:

@@ -18,19 +18,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from patronage.streams.cli import create_topics
 from patronage.streams.lag import group_lag
-from patronage.streams.settings import Settings
+from patronage.streams.settings import Settings, settings_with
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 def settings_for(env: dict[str, str]) -> Settings:
-    old = dict(os.environ)
-    os.environ.update(env)
-    try:
-        return Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
+    return settings_with(env)
 
 
 def free_port() -> int:

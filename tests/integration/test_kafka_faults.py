@@ -18,8 +18,8 @@ from tests.conftest import IN_CI
 from tests.integration.harness import Worker, drained, prepare_topics, settings_for, wait_for
 from tests.integration.private_kafka import LIBS, PrivateKafka
 from tests.integration.test_end_to_end import (
+    assert_profiles_match,
     build_stream,
-    close,
     export,
     publish_with_metadata,
     recompute,
@@ -79,10 +79,7 @@ def test_broker_restart_mid_stream(
     assert pid_unchanged, "the worker had to be restarted by hand"
     profiles = export(env, tmp_path / "after-broker-restart.jsonl")
     expected = recompute(good)
-    assert set(profiles) == set(expected)
-    for customer_id, want in expected.items():
-        for field, value in want.items():
-            close(profiles[customer_id][field], value, f"{customer_id}.{field}")
+    assert_profiles_match(profiles, expected)
     record(
         "kafka broker restart",
         events=len(stream),
