@@ -220,5 +220,51 @@ def _online_visit(
         )
 
 
-def to_jsonl(events: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in events)
+BAD_VARIANTS = (
+    "missing_customer",
+    "unknown_currency",
+    "future_ts",
+    "absurd_quantity",
+    "bad_page_type",
+    "wrong_types",
+)
+
+
+def with_bad_events(
+    events: list[dict[str, Any]], rate: float, seed: int
+) -> list[dict[str, Any] | str]:
+    """Insert bad events (dicts that break the contract, or raw non-JSON text)
+    after a `rate` share of the events; deterministic by seed."""
+    rng = random.Random(seed * 7919 + 1)
+    out: list[dict[str, Any] | str] = []
+    for n, event in enumerate(events):
+        out.append(event)
+        if rate <= 0 or rng.random() >= rate:
+            continue
+        variant = BAD_VARIANTS[rng.randrange(len(BAD_VARIANTS))]
+        bad = dict(event)
+        bad["event_id"] = f"bad-{seed}-{n}"
+        if variant == "missing_customer":
+            del bad["customer_id"]
+        elif variant == "unknown_currency" and "currency" in bad:
+            bad["currency"] = "XXX"
+        elif variant == "future_ts":
+            bad["ts"] = event["ts"] + 400 * DAY_MS
+        elif variant == "absurd_quantity" and "items" in bad:
+            bad["items"] = [{**bad["items"][0], "quantity": 10**6}]
+        elif variant == "bad_page_type" or "items" not in bad:
+            bad["page_type"] = "basement" if bad["type"] == "click" else bad.get("page_type")
+            if bad["type"] != "click":
+                bad.pop("customer_id", None)
+        if variant == "wrong_types":
+            bad["customer_id"] = 12345
+            bad["ts"] = [bad["ts"]]
+        out.append(bad)
+    return out
+
+
+def to_jsonl(events: list[dict[str, Any]] | list[dict[str, Any] | str]) -> str:
+    return "".join(
+        (e if isinstance(e, str) else json.dumps(e, sort_keys=True, separators=(",", ":"))) + "\n"
+        for e in events
+    )

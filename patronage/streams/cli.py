@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,18 @@ def main(argv: list[str] | None = None) -> None:
         "--start", help="start of history (RFC 3339; default: DAYS days before now)"
     )
     simulate.add_argument("--out", type=Path, help="write JSON lines here instead of publishing")
+    simulate.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="events per second when publishing (0: as fast as possible)",
+    )
+    simulate.add_argument(
+        "--bad-rate",
+        type=float,
+        default=0.0,
+        help="share of extra bad events (0..1), for DLQ demos",
+    )
     simulate.add_argument(
         "--personas-out", type=Path, help="also write customer_id -> hidden persona (JSON)"
     )
@@ -189,17 +202,17 @@ def _worker(settings: Settings) -> None:
 
 def _simulate(settings: Settings, args: argparse.Namespace) -> None:
     import tempfile
-    import time
 
     from patronage.models.contracts import parse_ts
-    from patronage.models.simulate import DAY_MS, generate, to_jsonl
+    from patronage.models.simulate import DAY_MS, generate, to_jsonl, with_bad_events
 
     if args.start:
         start_ms = parse_ts(args.start)
     else:
         # Whole days back from now, so "now" sits at the end of the history.
         start_ms = (int(time.time() * 1000) // DAY_MS - args.days) * DAY_MS
-    events, personas = generate(args.customers, args.days, args.seed, start_ms)
+    clean, personas = generate(args.customers, args.days, args.seed, start_ms)
+    events = with_bad_events(clean, args.bad_rate, args.seed)
     if args.personas_out:
         args.personas_out.write_text(json.dumps(personas, indent=1, sort_keys=True) + "\n")
     if args.out:
@@ -208,7 +221,7 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> None:
         return
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
         handle.write(to_jsonl(events))
-    sent = asyncio.run(publish_file(settings, Path(handle.name)))
+    sent = asyncio.run(publish_file(settings, Path(handle.name), rate=args.rate or None))
     Path(handle.name).unlink()
     print(f"published {sum(sent.values())} events for {args.customers} customers")
 
@@ -221,7 +234,6 @@ async def _tail_alerts(
     since_ms: int | None = None,
     only: str | None = None,
 ) -> None:
-    import time
 
     from aiokafka import AIOKafkaConsumer
 
@@ -295,7 +307,6 @@ async def _lag(settings: Settings) -> None:
 
 def _replay(settings: Settings, args: argparse.Namespace) -> None:
     import tempfile
-    import time
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -412,7 +423,6 @@ async def _wait_for_group_coordinator(admin: Any, group_id: str, timeout_s: floa
     """A new broker creates __consumer_offsets on the first group request and
     answers "coordinator not available" until it exists: wait it out here so
     "services up" means a broker that can serve consumer groups."""
-    import time
 
     from aiokafka.errors import CoordinatorNotAvailableError
 
@@ -433,6 +443,7 @@ async def publish_file(
     topic: str | None = None,
     pace_days: float | None = None,
     on_sent: Any = None,
+    rate: float | None = None,
 ) -> Counter[str]:
     from aiokafka import AIOKafkaProducer
 
@@ -441,6 +452,7 @@ async def publish_file(
 
     pace_ms = pace_days * 86_400_000 if pace_days else None
     chunk_end: int | None = None
+    started = time.monotonic()
 
     counts: Counter[str] = Counter()
     producer = AIOKafkaProducer(
@@ -476,6 +488,12 @@ async def publish_file(
                                 chunk_end += int(pace_ms)
                 pending.append(await producer.send(target, line, key=key))
                 counts[target] += 1
+                if rate:
+                    # Offered load: hold to `rate` events per second overall.
+                    sent_so_far = sum(n for t, n in counts.items() if not t.startswith("!"))
+                    ahead = sent_so_far / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
                 if len(pending) >= 5000:
                     await asyncio.gather(*pending)
                     if on_sent is not None:
@@ -555,7 +573,6 @@ async def _segments(settings: Settings) -> dict[str, Any]:
 
 
 async def _erase(settings: Settings, customer_id: str, wait_s: float) -> dict[str, Any] | None:
-    import time
     import uuid
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer

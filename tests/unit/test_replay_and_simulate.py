@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -175,3 +176,17 @@ def test_simulated_personas_and_lapses() -> None:
     assert all(events[i]["ts"] <= events[i + 1]["ts"] for i in range(len(events) - 1))
     receipts = [e for e in events if e["type"] == "store_receipt"]
     assert all(e["loyalty_card"] for e in receipts)
+
+
+def test_simulated_bad_events_are_all_rejected() -> None:
+    from patronage.models.simulate import with_bad_events
+    from patronage.models.validate import Rejected, validate
+
+    events, _ = generate(80, 60, 4, NOW - 61 * 86_400_000)
+    mixed = with_bad_events(events, 0.05, 4)
+    bad = [e for e in mixed if isinstance(e, dict) and str(e["event_id"]).startswith("bad-")]
+    assert len(bad) > 0.03 * len(events)
+    for event in bad:
+        raw = json.dumps(event).encode()
+        assert isinstance(validate(raw, event["type"], NOW, Rules()), Rejected), event
+    assert with_bad_events(events, 0.05, 4) == mixed  # deterministic
