@@ -60,9 +60,12 @@ class Worker:
             tail = self.log_path.read_text(errors="replace")[-3000:]
             raise AssertionError(f"worker exited with {self.proc.returncode}:\n{tail}")
 
-    def http(self, path: str) -> tuple[int, bytes]:
+    def http(self, path: str, token: str | None = None) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
+            with urllib.request.urlopen(request, timeout=5) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as err:
             return err.code, err.read()

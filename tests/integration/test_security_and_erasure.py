@@ -22,6 +22,7 @@ from tests.integration.test_end_to_end import TYPE_TOPIC, publish_with_metadata
 from tests.integration.test_ops import PrivateRedis
 
 SECRET = "s3cret-patronage-pw"
+TOKEN = "web-t0ken-for-tests"
 
 
 def test_redis_auth_erasure_and_retention(isolated_env: dict[str, str], tmp_path: Path) -> None:
@@ -52,16 +53,22 @@ def test_redis_auth_erasure_and_retention(isolated_env: dict[str, str], tmp_path
         finally:
             refused.stop()
 
-        env = {**base, "PATRONAGE_REDIS_PASSWORD": SECRET}
+        env = {**base, "PATRONAGE_REDIS_PASSWORD": SECRET, "PATRONAGE_WEB_TOKEN": TOKEN}
         worker = Worker(env, name="auth").start()
         try:
             wait_for(lambda: drained(settings), 60, "drain with AUTH", worker.check_alive)
             wait_for(lambda: worker.http("/readyz")[0] == 200, 20, "ready with AUTH")
+            # The web token guards data endpoints; probes stay open.
+            assert worker.http("/metrics")[0] == 401
+            assert worker.http("/metrics", token="wrong")[0] == 401
+            assert worker.http("/metrics", token=TOKEN)[0] == 200
+            assert worker.http("/healthz")[0] == 200
             client = redis.Redis(port=server.port, password=SECRET)
             prefix = settings.key_prefix
             victim = events[0]["customer_id"]
             assert client.exists(f"{prefix}:{{{victim}}}:p")
-            assert worker.http(f"/profiles/{victim}")[0] == 200
+            assert worker.http(f"/profiles/{victim}")[0] == 401
+            assert worker.http(f"/profiles/{victim}", token=TOKEN)[0] == 200
 
             out = subprocess.run(
                 [sys.executable, "-m", "patronage.streams.cli", "customer", "erase", victim],
@@ -76,13 +83,13 @@ def test_redis_auth_erasure_and_retention(isolated_env: dict[str, str], tmp_path
             assert client.keys(f"{prefix}:{{{victim}}}:*") == []
             due = [k for k in client.scan_iter(match=f"{prefix}:{{lapse-*}}:due")]
             assert all(client.zscore(k, victim) is None for k in due)
-            assert worker.http(f"/profiles/{victim}")[0] == 404
+            assert worker.http(f"/profiles/{victim}", token=TOKEN)[0] == 404
         finally:
             worker.stop()
         log = worker.log_path.read_text(errors="replace") + refused.log_path.read_text(
             errors="replace"
         )
-        assert SECRET not in log
+        assert SECRET not in log and TOKEN not in log
 
         # Retention: profiles not updated for the retention time disappear.
         short = {
