@@ -47,6 +47,28 @@ def redis_up() -> str:
     return REDIS_URL
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of one node of a real 3-master Redis Cluster (started once per run)."""
+    from tests.integration.redis_cluster import RedisCluster3, require_redis_server
+
+    require_redis_server()
+    cluster = RedisCluster3(tmp_path_factory.mktemp("redis-cluster")).start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def backend_env(request: pytest.FixtureRequest, isolated_env: dict[str, str]) -> dict[str, str]:
+    """The same test on a single Redis and on a 3-master Redis Cluster."""
+    if request.param == "redis":
+        return isolated_env
+    url = request.getfixturevalue("redis_cluster")
+    return {**isolated_env, "PATRONAGE_REDIS_URL": url, "PATRONAGE_REDIS_CLUSTER": "true"}
+
+
 @pytest.fixture
 def isolated_env(kafka_up: str, redis_up: str) -> Iterator[dict[str, str]]:
     """Settings for one test: its own topics, consumer group and Redis keys."""

@@ -536,7 +536,7 @@ def _route(settings: Settings, line: bytes, topic: str | None) -> tuple[str, byt
 async def _show(settings: Settings, customer_id: str) -> dict[str, object] | None:
     from patronage.streams.store import ProfileStore, make_redis
 
-    client = make_redis(settings.redis_url, _password(settings))
+    client = make_redis(settings.redis_url, _password(settings), settings.redis_cluster)
     try:
         return await ProfileStore(client, settings.key_prefix, settings.profile_config).profile(
             customer_id
@@ -548,7 +548,7 @@ async def _show(settings: Settings, customer_id: str) -> dict[str, object] | Non
 async def _export(settings: Settings, out: Path) -> int:
     from patronage.streams.store import ProfileStore, make_redis
 
-    client = make_redis(settings.redis_url, _password(settings))
+    client = make_redis(settings.redis_url, _password(settings), settings.redis_cluster)
     count = 0
     try:
         store = ProfileStore(client, settings.key_prefix, settings.profile_config)
@@ -565,7 +565,7 @@ async def _segments(settings: Settings) -> dict[str, Any]:
     from patronage.streams.segmenting import ModelStore, segments_view
     from patronage.streams.store import make_redis
 
-    client = make_redis(settings.redis_url, _password(settings))
+    client = make_redis(settings.redis_url, _password(settings), settings.redis_cluster)
     try:
         return await segments_view(ModelStore(client, settings.key_prefix))
     finally:
@@ -619,7 +619,7 @@ async def _erase(settings: Settings, customer_id: str, wait_s: float) -> dict[st
 async def _reset(settings: Settings) -> int:
     from patronage.streams.store import ProfileStore, make_redis
 
-    client = make_redis(settings.redis_url, _password(settings))
+    client = make_redis(settings.redis_url, _password(settings), settings.redis_cluster)
     try:
         store = ProfileStore(client, settings.key_prefix, settings.profile_config)
         return await store.delete_prefix()

@@ -53,7 +53,8 @@ class ModelStore:
         return FrozenModel.from_json(json.loads(raw)) if raw else None
 
     async def promote(self, model: FrozenModel, trainer: SegmentTrainer) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
+        # Same hash tag, executed in order: the version is set last.
+        async with self.client.pipeline(transaction=False) as pipe:
             pipe.set(self.model_key(model.version), json.dumps(model.to_json()))
             pipe.set(self.trainer_key, pickle.dumps(trainer))
             pipe.set(self.version_key, model.version)

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     # Redis
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretStr | None = None
+    redis_cluster: bool = False  # PATRONAGE_REDIS_URL names one node of the cluster
     key_prefix: str = "patronage"
 
     # Worker

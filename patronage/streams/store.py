@@ -14,12 +14,16 @@ script never crosses slots on Redis Cluster):
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from patronage.models.profile import Delta, ProfileConfig, profile_view
 
@@ -55,6 +59,84 @@ class ProfileStore:
         self._reschedule = client.register_script(_lua("reschedule"))
         self._mark_lapsed = client.register_script(_lua("mark_lapsed"))
         self._erase = client.register_script(_lua("erase"))
+        # A cluster pipeline does not load scripts by itself: load them on
+        # every primary first (and again after NOSCRIPT, e.g. a node restart).
+        self.cluster = type(client).__name__ == "RedisCluster"
+        self._scripts_loaded = not self.cluster
+        self._nodes: dict[str, aioredis.Redis] = {}
+
+    async def ensure_scripts(self, force: bool = False) -> None:
+        if self._scripts_loaded and not force:
+            return
+        for script in (
+            self._apply,
+            self._watermark,
+            self._reschedule,
+            self._mark_lapsed,
+            self._erase,
+        ):
+            await self.client.script_load(script.script)
+        self._scripts_loaded = True
+
+    async def _pipelined(self, ops: Sequence[tuple[str, Callable[[Any], Any]]]) -> list[Any]:
+        """Run ops (routing key, adds one command to a pipeline) in one round
+        trip; on a cluster, one pipeline per owning node, concurrently.
+
+        redis-py refuses EVALSHA in cluster pipelines, so cluster mode uses a
+        plain pipeline to each node; every op touches one slot. On MOVED (a
+        resharding) the slot map is refreshed and the whole batch retried,
+        which is safe: applying a batch twice changes nothing."""
+        if not ops:
+            return []
+        if not self.cluster:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for _, add in ops:
+                    added = add(pipe)
+                    if inspect.isawaitable(added):
+                        await added
+                return list(await pipe.execute())
+        for attempt in range(3):
+            groups: dict[str, list[int]] = {}
+            for index, (key, _) in enumerate(ops):
+                node = self.client.get_node_from_key(key)  # type: ignore[attr-defined]
+                groups.setdefault(f"{node.host}:{node.port}", []).append(index)
+
+            async def run(address: str, indexes: list[int]) -> tuple[list[int], list[Any]]:
+                async with self._node(address).pipeline(transaction=False) as pipe:
+                    for index in indexes:
+                        added = ops[index][1](pipe)
+                        if inspect.isawaitable(added):
+                            await added
+                    return indexes, list(await pipe.execute())
+
+            try:
+                done = await asyncio.gather(*(run(a, ix) for a, ix in groups.items()))
+            except redis.exceptions.ResponseError as exc:
+                if attempt < 2 and str(exc).startswith(("MOVED", "ASK")):
+                    await self.client.initialize()
+                    continue
+                raise
+            results: list[Any] = [None] * len(ops)
+            for indexes, replies in done:
+                for index, reply in zip(indexes, replies, strict=True):
+                    results[index] = reply
+            return results
+        raise AssertionError("unreachable")
+
+    def _node(self, address: str) -> aioredis.Redis:
+        client = self._nodes.get(address)
+        if client is None:
+            host, _, port = address.rpartition(":")
+            kwargs = getattr(self.client, "connection_kwargs", {})
+            client = aioredis.Redis(
+                host=host,
+                port=int(port),
+                password=kwargs.get("password"),
+                socket_timeout=10,
+                socket_connect_timeout=5,
+            )
+            self._nodes[address] = client
+        return client
 
     def keys(self, customer_id: str) -> list[str]:
         base = f"{self.prefix}:{{{customer_id}}}:"
@@ -79,6 +161,7 @@ class ProfileStore:
         gap, never later than the true lapse moment); the sweep re-checks the
         rule and moves the entry to the exact moment. ZADD LT keeps the earliest
         bound, so a redelivered batch cannot push a due time later."""
+        await self.ensure_scripts()
         if not by_customer:
             return ApplyResult()
         rules = self.cfg.lapse
@@ -93,23 +176,23 @@ class ProfileStore:
             rules.gap_multiplier,
         ]
         due: dict[int, dict[str, float]] = {}
-        async with self.client.pipeline(transaction=False) as pipe:
-            for customer_id, deltas in by_customer.items():
-                payload = json.dumps([d.to_wire() for d in deltas], separators=(",", ":"))
-                await self._apply(
-                    keys=self.keys(customer_id),
-                    args=[*static_args, payload, self.retention_ms],
-                    client=pipe,
-                )
-                activity = [d.t for d in deltas if d.k != "a"]
-                if partition_of is not None and customer_id in partition_of and activity:
-                    early = max(activity) + rules.min_gap_days * DAY_MS
-                    due.setdefault(partition_of[customer_id], {})[customer_id] = early
-            for partition, scores in due.items():
-                pipe.zadd(self.due_key(partition), scores, lt=True)
-            for partition, ts in (watermarks or {}).items():
-                await self._watermark(keys=[self.watermark_key(partition)], args=[ts], client=pipe)
-            replies = await pipe.execute()
+        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        for customer_id, deltas in by_customer.items():
+            keys = self.keys(customer_id)
+            payload = json.dumps([d.to_wire() for d in deltas], separators=(",", ":"))
+            args = [*static_args, payload, self.retention_ms]
+            ops.append((keys[0], _script(self._apply, keys, args)))
+            activity = [d.t for d in deltas if d.k != "a"]
+            if partition_of is not None and customer_id in partition_of and activity:
+                early = max(activity) + rules.min_gap_days * DAY_MS
+                due.setdefault(partition_of[customer_id], {})[customer_id] = early
+        for partition, scores in due.items():
+            key = self.due_key(partition)
+            ops.append((key, _command("zadd", key, scores, lt=True)))
+        for partition, ts in (watermarks or {}).items():
+            key = self.watermark_key(partition)
+            ops.append((key, _script(self._watermark, [key], [ts])))
+        replies = await self._pipelined(ops)
         result = ApplyResult()
         for customer_id, reply in zip(by_customer, replies, strict=False):
             result.applied += int(reply[0])
@@ -125,10 +208,15 @@ class ProfileStore:
 
     async def erase(self, customer_id: str, partition: int) -> tuple[int, int | None]:
         """Remove every key of one customer and its lapse due entry."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            await self._erase(keys=self.keys(customer_id), args=[], client=pipe)
-            pipe.zrem(self.due_key(partition), customer_id)
-            removed, _ = await pipe.execute()
+        await self.ensure_scripts()
+        keys = self.keys(customer_id)
+        due = self.due_key(partition)
+        removed, _ = await self._pipelined(
+            [
+                (keys[0], _script(self._erase, keys, [])),
+                (due, _command("zrem", due, customer_id)),
+            ]
+        )
         segment = int(removed[1]) if removed[1] else None
         return int(removed[0]), segment
 
@@ -136,11 +224,12 @@ class ProfileStore:
         """Drop findings Kafka acknowledged (by value: others may have arrived)."""
         if not items:
             return
-        async with self.client.pipeline(transaction=False) as pipe:
-            for customer_id, raw_items in items.items():
-                for raw in raw_items:
-                    pipe.lrem(self.keys(customer_id)[4], 1, raw)  # type: ignore[arg-type]
-            await pipe.execute()
+        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        for customer_id, raw_items in items.items():
+            key = self.keys(customer_id)[4]
+            for raw in raw_items:
+                ops.append((key, _command("lrem", key, 1, raw)))
+        await self._pipelined(ops)
 
     async def watermark(self, partition: int) -> int:
         value = await self.client.get(self.watermark_key(partition))
@@ -172,18 +261,18 @@ class ProfileStore:
 
     async def mark_lapsed(self, marks: list[tuple[str, str, str]]) -> dict[str, list[bytes]]:
         """(customer, last_seen as read, finding JSON) -> pending outbox per customer."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for customer_id, last_seen, item in marks:
-                keys = self.keys(customer_id)
-                await self._mark_lapsed(
-                    keys=[keys[0], keys[4]], args=[last_seen, item], client=pipe
-                )
-            replies = await pipe.execute()
+        await self.ensure_scripts()
+        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        for customer_id, last_seen, item in marks:
+            keys = self.keys(customer_id)
+            ops.append((keys[0], _script(self._mark_lapsed, [keys[0], keys[4]], [last_seen, item])))
+        replies = await self._pipelined(ops)
         return {m[0]: list(r) for m, r in zip(marks, replies, strict=True) if r}
 
     async def reschedule(
         self, partition: int, moves: list[tuple[str, float, float | None]]
     ) -> None:
+        await self.ensure_scripts()
         if not moves:
             return
         args: list[str | float] = []
@@ -242,6 +331,20 @@ class ProfileStore:
         return removed
 
 
+def _script(script: Any, keys: list[str], args: list[Any]) -> Callable[[Any], Any]:
+    def add(pipe: Any) -> Any:
+        return script(keys=keys, args=args, client=pipe)
+
+    return add
+
+
+def _command(name: str, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+    def add(pipe: Any) -> Any:
+        return getattr(pipe, name)(*args, **kwargs)
+
+    return add
+
+
 def _decode(fields: Mapping[bytes | str, bytes | str]) -> dict[str, float | str]:
     out: dict[str, float | str] = {}
     for key, value in fields.items():
@@ -258,7 +361,15 @@ def group_by_customer(pairs: Iterable[tuple[str, Delta]]) -> dict[str, list[Delt
     return grouped
 
 
-def make_redis(url: str, password: str | None = None) -> aioredis.Redis:
+def make_redis(url: str, password: str | None = None, cluster: bool = False) -> aioredis.Redis:
+    """A Redis client; with `cluster`, a Redis Cluster client seeded from `url`."""
+    if cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        client: aioredis.Redis = RedisCluster.from_url(  # type: ignore[assignment]
+            url, password=password, socket_timeout=10, socket_connect_timeout=5
+        )
+        return client
     return aioredis.Redis.from_url(
         url,
         password=password,

@@ -35,7 +35,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        self.redis = make_redis(settings.redis_url, password)
+        self.redis = make_redis(settings.redis_url, password, settings.redis_cluster)
         self.store = ProfileStore(
             self.redis,
             settings.key_prefix,
@@ -240,6 +240,10 @@ class Runtime:
                     log.warning("redis is back; resuming")
                 self.redis_ok = True
                 return result
+            except redis.exceptions.NoScriptError:
+                # A (cluster) node restarted and forgot our scripts: load them again.
+                await self.store.ensure_scripts(force=True)
+                self.counters["redis_retries"] += 1
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 self.redis_ok = False
                 self.counters["redis_retries"] += 1

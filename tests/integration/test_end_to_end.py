@@ -277,9 +277,9 @@ def publish_with_metadata(
 
 
 def test_profiles_equal_recomputation_and_survive_rewind(
-    isolated_env: dict[str, str], tmp_path: Path
+    backend_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = {**isolated_env, "PATRONAGE_COMMIT_INTERVAL_S": "0.5"}
+    env = {**backend_env, "PATRONAGE_COMMIT_INTERVAL_S": "0.5"}
     settings = settings_for(env)
     prepare_topics(settings)
     now_ms = int(time.time() * 1000)

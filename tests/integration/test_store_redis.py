@@ -25,7 +25,7 @@ from patronage.models.profile import (
     profile_view,
     short_hash,
 )
-from patronage.streams.store import ProfileStore, group_by_customer
+from patronage.streams.store import ProfileStore, group_by_customer, make_redis
 
 T0 = 1_767_225_600_000
 # Small windows and lapse rules, so 120 random events exercise every branch.
@@ -116,9 +116,9 @@ def assert_views_close(actual: dict[str, object], expected: dict[str, object]) -
 
 
 async def _roundtrip(
-    redis_url: str, batches: list[list[Delta]], customer: str
+    redis_url: str, batches: list[list[Delta]], customer: str, cluster: bool = False
 ) -> tuple[dict[str, object], list[Finding]]:
-    client = aioredis.Redis.from_url(redis_url)
+    client = make_redis(redis_url, cluster=cluster)
     store = ProfileStore(client, f"test{uuid.uuid4().hex[:8]}", CFG)
     try:
         outbox: list[bytes] = []
@@ -135,6 +135,16 @@ async def _roundtrip(
 
 @pytest.mark.parametrize("seed", range(30))
 def test_lua_matches_python_reference(redis_up: str, seed: int) -> None:
+    check_against_reference(redis_up, seed)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lua_matches_python_reference_on_redis_cluster(redis_cluster: str, seed: int) -> None:
+    """Same contract on a 3-master cluster: every script touches one slot."""
+    check_against_reference(redis_cluster, seed, cluster=True)
+
+
+def check_against_reference(url: str, seed: int, cluster: bool = False) -> None:
     rng = random.Random(seed)
     deltas = random_deltas(rng, "c1", rng.randint(1, 120))
     # Split into batches of random size, and redeliver a random suffix.
@@ -145,7 +155,7 @@ def test_lua_matches_python_reference(redis_up: str, seed: int) -> None:
         batches.append(deltas[i : i + size])
         i += size
     redelivered = deltas[rng.randrange(len(deltas)) :]
-    actual, outbox = asyncio.run(_roundtrip(redis_up, [*batches, redelivered], "c1"))
+    actual, outbox = asyncio.run(_roundtrip(url, [*batches, redelivered], "c1", cluster))
     reference = fold(deltas, CFG)
     assert_views_close(actual, profile_view("c1", reference.fields))
     assert len(outbox) == len(reference.outbox)

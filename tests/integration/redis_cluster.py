@@ -1,0 +1,122 @@
+"""A real 3-master Redis Cluster on 127.0.0.1, started by the tests themselves."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IN_CI
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _ports(count: int) -> list[int]:
+    """Ports whose cluster-bus port (+10000) is free too."""
+    found: list[int] = []
+    port = 21000
+    while len(found) < count and port < 29000:
+        if _free(port) and _free(port + 10000):
+            found.append(port)
+        port += 7
+    return found
+
+
+class RedisCluster3:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.ports = _ports(3)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> RedisCluster3:
+        for port in self.ports:
+            node_dir = self.dir / str(port)
+            node_dir.mkdir(parents=True, exist_ok=True)
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        "redis-server",
+                        "--bind",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--dir",
+                        str(node_dir),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for port in self.ports:
+            self._wait(lambda p=port: self._cli(p, "ping") == "PONG", "node up")
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{p}" for p in self.ports],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        for port in self.ports:
+            self._wait(
+                lambda p=port: "cluster_state:ok" in self._cli(p, "cluster", "info"),
+                "cluster state ok",
+            )
+        return self
+
+    def _cli(self, port: int, *args: str) -> str:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, check=False
+        )
+        return out.stdout.strip()
+
+    def _wait(self, condition: object, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():  # type: ignore[operator]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"redis cluster: timed out waiting for {what}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(10)
+        self.procs = []
+
+
+def require_redis_server() -> None:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        message = "redis-server/redis-cli not installed; run `make services`"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
