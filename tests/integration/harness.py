@@ -106,6 +106,13 @@ def prepare_topics(settings: Settings) -> None:
     asyncio.run(create_topics(settings))
 
 
+def settings_with_topics(env: dict[str, str]) -> Settings:
+    """Settings for a test, with its topics created."""
+    settings = settings_for(env)
+    prepare_topics(settings)
+    return settings
+
+
 def publish_raw(settings: Settings, messages: Iterable[tuple[str, bytes | None, bytes]]) -> int:
     """Send (topic, key, value) in order; returns how many were acknowledged."""
 

@@ -24,8 +24,7 @@ from tests.integration.harness import (
     ARTIFACTS,
     Worker,
     free_port,
-    prepare_topics,
-    settings_for,
+    settings_with_topics,
     wait_for,
 )
 from tests.integration.test_end_to_end import TYPE_TOPIC, publish_with_metadata
@@ -65,8 +64,7 @@ def chromium_binary() -> str:
 def test_dashboard_in_headless_chromium(isolated_env: dict[str, str], tmp_path: Path) -> None:
     binary = chromium_binary()
     env = {**isolated_env, "PATRONAGE_LAG_INTERVAL_S": "1", "PATRONAGE_COMMIT_INTERVAL_S": "0.3"}
-    settings = settings_for(env)
-    prepare_topics(settings)
+    settings = settings_with_topics(env)
     now = int(time.time() * 1000)
     events, _ = generate(customers=120, days=60, seed=6, start_ms=(now // DAY_MS - 61) * DAY_MS)
     messages = [(TYPE_TOPIC[e["type"]], e["customer_id"], json.dumps(e).encode()) for e in events]

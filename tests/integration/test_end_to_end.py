@@ -30,9 +30,8 @@ from patronage.streams.settings import Settings
 from tests.integration.harness import (
     Worker,
     drained,
-    prepare_topics,
     read_topic,
-    settings_for,
+    settings_with_topics,
     wait_for,
 )
 
@@ -280,8 +279,7 @@ def test_profiles_equal_recomputation_and_survive_rewind(
     backend_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = {**backend_env, "PATRONAGE_COMMIT_INTERVAL_S": "0.5"}
-    settings = settings_for(env)
-    prepare_topics(settings)
+    settings = settings_with_topics(env)
     now_ms = int(time.time() * 1000)
     good, stream = build_stream(now_ms)
     bad = bad_messages(now_ms)

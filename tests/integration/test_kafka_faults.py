@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import IN_CI
-from tests.integration.harness import Worker, drained, prepare_topics, settings_for, wait_for
+from tests.integration.harness import (
+    Worker,
+    drained,
+    prepare_topics,
+    settings_for,
+    settings_with_topics,
+    wait_for,
+)
 from tests.integration.private_kafka import LIBS, PrivateKafka
 from tests.integration.test_end_to_end import (
     assert_profiles_match,
@@ -53,8 +60,7 @@ def test_broker_restart_mid_stream(
         "PATRONAGE_COMMIT_INTERVAL_S": "0.5",
         "PATRONAGE_LAG_INTERVAL_S": "1",
     }
-    settings = settings_for(env)
-    prepare_topics(settings)
+    settings = settings_with_topics(env)
     now_ms = int(time.time() * 1000)
     good, stream = build_stream(now_ms)
     half = len(stream) // 2
@@ -102,8 +108,7 @@ def test_sasl_plain(isolated_env: dict[str, str], tmp_path: Path, kafka_jars: Pa
             "PATRONAGE_KAFKA_SASL_PASSWORD": "p-pw",
             "PATRONAGE_COMMIT_INTERVAL_S": "0.5",
         }
-        settings = settings_for(env)
-        prepare_topics(settings)
+        settings = settings_with_topics(env)
         now_ms = int(time.time() * 1000)
         _, stream = build_stream(now_ms)
         publish_with_metadata(settings, stream[:1500])

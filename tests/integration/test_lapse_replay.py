@@ -22,9 +22,8 @@ from patronage.streams.settings import Settings
 from tests.integration.harness import (
     Worker,
     drained,
-    prepare_topics,
     read_topic,
-    settings_for,
+    settings_with_topics,
     wait_for,
 )
 from tests.integration.test_end_to_end import (
@@ -105,8 +104,7 @@ def test_replayed_history_gives_the_alerts_history_would_have(
         "PATRONAGE_COMMIT_INTERVAL_S": "0.2",
         "PATRONAGE_SESSION_TIMEOUT_S": "6",
     }
-    settings = settings_for(env)
-    prepare_topics(settings)
+    settings = settings_with_topics(env)
     now_ms = int(time.time() * 1000)
     days = 200
     start_ms = (now_ms // DAY_MS - days) * DAY_MS

@@ -23,7 +23,12 @@ import pytest
 
 from patronage.models.simulate import DAY_MS, generate
 from tests.conftest import IN_CI
-from tests.integration.harness import Worker, free_port, prepare_topics, settings_for, wait_for
+from tests.integration.harness import (
+    Worker,
+    free_port,
+    settings_with_topics,
+    wait_for,
+)
 from tests.integration.test_end_to_end import TYPE_TOPIC, publish_with_metadata
 
 
@@ -112,8 +117,7 @@ def test_backlog_is_reported_and_drains(
         "PATRONAGE_COMMIT_INTERVAL_S": "0.3",
         "PATRONAGE_REDIS_RETRY_MAX_S": "1",
     }
-    settings = settings_for(env)
-    prepare_topics(settings)
+    settings = settings_with_topics(env)
     now = int(time.time() * 1000)
     events, _ = generate(customers=60, days=30, seed=4, start_ms=(now // DAY_MS - 31) * DAY_MS)
     published = publish_with_metadata(

@@ -20,9 +20,8 @@ from patronage.models.validate import Rejected, Rules, validate
 from tests.integration.harness import (
     Worker,
     drained,
-    prepare_topics,
     read_topic,
-    settings_for,
+    settings_with_topics,
     wait_for,
 )
 from tests.integration.test_end_to_end import (
@@ -52,8 +51,7 @@ def test_kill_9_mid_stream_loses_and_doubles_nothing(
         "PATRONAGE_SESSION_TIMEOUT_S": "6",
         "PATRONAGE_BATCH_MAX": "500",
     }
-    settings = settings_for(env)
-    prepare_topics(settings)
+    settings = settings_with_topics(env)
     now_ms = int(time.time() * 1000)
     good, stream = build_stream(now_ms)
     bad = bad_messages(now_ms)
@@ -195,8 +193,7 @@ def collect_hostile(count: int) -> list[bytes]:
 
 def test_hostile_input_never_stops_the_worker(isolated_env: dict[str, str], tmp_path: Path) -> None:
     env = {**isolated_env, "PATRONAGE_COMMIT_INTERVAL_S": "0.5"}
-    settings = settings_for(env)
-    prepare_topics(settings)
+    settings = settings_with_topics(env)
     hostile = collect_hostile(10_000)
     now_ms = int(time.time() * 1000)
     good, stream = build_stream(now_ms)

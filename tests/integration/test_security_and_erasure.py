@@ -17,7 +17,13 @@ from pathlib import Path
 import redis
 
 from patronage.models.simulate import DAY_MS, generate
-from tests.integration.harness import Worker, drained, prepare_topics, settings_for, wait_for
+from tests.integration.harness import (
+    Worker,
+    drained,
+    settings_for,
+    settings_with_topics,
+    wait_for,
+)
 from tests.integration.test_end_to_end import TYPE_TOPIC, publish_with_metadata
 from tests.integration.test_ops import PrivateRedis
 
@@ -35,8 +41,7 @@ def test_redis_auth_erasure_and_retention(isolated_env: dict[str, str], tmp_path
         "PATRONAGE_LOG_LEVEL": "debug",
     }
     try:
-        settings = settings_for(base)
-        prepare_topics(settings)
+        settings = settings_with_topics(base)
         now = int(time.time() * 1000)
         events, _ = generate(customers=40, days=20, seed=2, start_ms=(now // DAY_MS - 21) * DAY_MS)
         publish_with_metadata(

@@ -23,9 +23,8 @@ from patronage.models.simulate import DAY_MS, generate
 from tests.integration.harness import (
     Worker,
     drained,
-    prepare_topics,
     read_topic,
-    settings_for,
+    settings_with_topics,
     wait_for,
 )
 from tests.integration.test_end_to_end import TYPE_TOPIC, publish_with_metadata
@@ -75,9 +74,8 @@ def test_two_workers_one_model_stable_ids(isolated_env: dict[str, str], tmp_path
         "PATRONAGE_BATCH_MAX": "300",
         "PATRONAGE_SEGMENT_LEARN_SAMPLE": "1",
     }
-    settings = settings_for(env)
+    settings = settings_with_topics(env)
     prefix = settings.key_prefix
-    prepare_topics(settings)
     client = redis.Redis.from_url(env["PATRONAGE_REDIS_URL"])
     now_ms = int(time.time() * 1000)
     events, _ = generate(customers=300, days=90, seed=9, start_ms=(now_ms // DAY_MS - 91) * DAY_MS)
