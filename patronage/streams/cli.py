@@ -534,9 +534,9 @@ def _route(settings: Settings, line: bytes, topic: str | None) -> tuple[str, byt
 
 
 async def _show(settings: Settings, customer_id: str) -> dict[str, object] | None:
-    from patronage.streams.store import ProfileStore, make_redis
+    from patronage.streams.store import ProfileStore, redis_for
 
-    client = make_redis(settings.redis_url, _password(settings), settings.redis_cluster)
+    client = redis_for(settings)
     try:
         return await ProfileStore(client, settings.key_prefix, settings.profile_config).profile(
             customer_id
@@ -546,9 +546,9 @@ async def _show(settings: Settings, customer_id: str) -> dict[str, object] | Non
 
 
 async def _export(settings: Settings, out: Path) -> int:
-    from patronage.streams.store import ProfileStore, make_redis
+    from patronage.streams.store import ProfileStore, redis_for
 
-    client = make_redis(settings.redis_url, _password(settings), settings.redis_cluster)
+    client = redis_for(settings)
     count = 0
     try:
         store = ProfileStore(client, settings.key_prefix, settings.profile_config)
@@ -563,9 +563,9 @@ async def _export(settings: Settings, out: Path) -> int:
 
 async def _segments(settings: Settings) -> dict[str, Any]:
     from patronage.streams.segmenting import ModelStore, segments_view
-    from patronage.streams.store import make_redis
+    from patronage.streams.store import redis_for
 
-    client = make_redis(settings.redis_url, _password(settings), settings.redis_cluster)
+    client = redis_for(settings)
     try:
         return await segments_view(ModelStore(client, settings.key_prefix))
     finally:
@@ -617,18 +617,14 @@ async def _erase(settings: Settings, customer_id: str, wait_s: float) -> dict[st
 
 
 async def _reset(settings: Settings) -> int:
-    from patronage.streams.store import ProfileStore, make_redis
+    from patronage.streams.store import ProfileStore, redis_for
 
-    client = make_redis(settings.redis_url, _password(settings), settings.redis_cluster)
+    client = redis_for(settings)
     try:
         store = ProfileStore(client, settings.key_prefix, settings.profile_config)
         return await store.delete_prefix()
     finally:
         await client.aclose()
-
-
-def _password(settings: Settings) -> str | None:
-    return settings.redis_password.get_secret_value() if settings.redis_password else None
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretStr | None = None
     redis_cluster: bool = False  # PATRONAGE_REDIS_URL names one node of the cluster
+    redis_tls_ca_file: str | None = None  # CA to verify a rediss:// server against
     key_prefix: str = "patronage"
 
     # Worker
@@ -135,6 +136,13 @@ class Settings(BaseSettings):
             host, _, port = part.strip().rpartition(":")
             if not host or not port.isdigit():
                 raise ValueError(f"{part!r} is not host:port")
+        return value
+
+    @field_validator("redis_tls_ca_file")
+    @classmethod
+    def _ca_exists(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isfile(value):
+            raise ValueError(f"no such file: {value}")
         return value
 
     @field_validator("redis_url")

@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from patronage.models.profile import Delta, ProfileConfig, profile_view
+from patronage.streams.settings import Settings
 
 
 def _lua(name: str) -> str:
@@ -361,13 +362,17 @@ def group_by_customer(pairs: Iterable[tuple[str, Delta]]) -> dict[str, list[Delt
     return grouped
 
 
-def make_redis(url: str, password: str | None = None, cluster: bool = False) -> aioredis.Redis:
-    """A Redis client; with `cluster`, a Redis Cluster client seeded from `url`."""
+def make_redis(
+    url: str, password: str | None = None, cluster: bool = False, ca_file: str | None = None
+) -> aioredis.Redis:
+    """A Redis client; with `cluster`, a Redis Cluster client seeded from `url`;
+    a rediss:// URL is TLS, verified against `ca_file` when given."""
+    tls: dict[str, Any] = {"ssl_ca_certs": ca_file} if ca_file and url.startswith("rediss") else {}
     if cluster:
         from redis.asyncio.cluster import RedisCluster
 
         client: aioredis.Redis = RedisCluster.from_url(  # type: ignore[assignment]
-            url, password=password, socket_timeout=10, socket_connect_timeout=5
+            url, password=password, socket_timeout=10, socket_connect_timeout=5, **tls
         )
         return client
     return aioredis.Redis.from_url(
@@ -376,4 +381,13 @@ def make_redis(url: str, password: str | None = None, cluster: bool = False) -> 
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=15,
+        **tls,
+    )
+
+
+def redis_for(settings: Settings) -> aioredis.Redis:
+    """The Redis client the settings describe (password, cluster, TLS)."""
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return make_redis(
+        settings.redis_url, password, settings.redis_cluster, settings.redis_tls_ca_file
     )

@@ -23,7 +23,7 @@ from patronage.models.lapse import finding_from_json, to_alert
 from patronage.streams.lag import PartitionLag, group_lag
 from patronage.streams.segmenting import Learner, Segmenter, feature_message
 from patronage.streams.settings import Settings
-from patronage.streams.store import ApplyResult, ProfileStore, make_redis
+from patronage.streams.store import ApplyResult, ProfileStore, redis_for
 from patronage.streams.sweeper import LapseSweeper
 
 log = logging.getLogger("patronage.worker")
@@ -34,8 +34,7 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        self.redis = make_redis(settings.redis_url, password, settings.redis_cluster)
+        self.redis = redis_for(settings)
         self.store = ProfileStore(
             self.redis,
             settings.key_prefix,

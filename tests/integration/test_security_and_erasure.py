@@ -20,11 +20,12 @@ from patronage.models.simulate import DAY_MS, generate
 from tests.integration.harness import (
     Worker,
     drained,
+    free_port,
     settings_for,
     settings_with_topics,
     wait_for,
 )
-from tests.integration.test_end_to_end import TYPE_TOPIC, publish_with_metadata
+from tests.integration.test_end_to_end import TYPE_TOPIC, export, publish_with_metadata
 from tests.integration.test_ops import PrivateRedis
 
 SECRET = "s3cret-patronage-pw"
@@ -119,3 +120,137 @@ def test_redis_auth_erasure_and_retention(isolated_env: dict[str, str], tmp_path
             retained.stop()
     finally:
         server.stop()
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=patronage-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    )
+    (directory / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    )
+    return directory / "ca.crt", directory / "server.crt", directory / "server.key"
+
+
+def test_redis_over_tls(isolated_env: dict[str, str], tmp_path: Path) -> None:
+    """The worker talks to a TLS-only redis-server, verifying it against a CA."""
+    ca, cert, key = make_certificates(tmp_path)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(ca),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"rediss://127.0.0.1:{port}/0"
+        wait_for(
+            lambda: (
+                subprocess.run(
+                    ["redis-cli", "--tls", "--cacert", str(ca), "-p", str(port), "ping"],
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
+                == "PONG"
+            ),
+            15,
+            "TLS redis",
+        )
+        env = {
+            **isolated_env,
+            "PATRONAGE_REDIS_URL": url,
+            "PATRONAGE_REDIS_TLS_CA_FILE": str(ca),
+            "PATRONAGE_COMMIT_INTERVAL_S": "0.3",
+        }
+        settings = settings_with_topics(env)
+        now = int(time.time() * 1000)
+        events, _ = generate(customers=30, days=20, seed=3, start_ms=(now // DAY_MS - 21) * DAY_MS)
+        publish_with_metadata(
+            settings,
+            [(TYPE_TOPIC[e["type"]], e["customer_id"], json.dumps(e).encode()) for e in events],
+        )
+        # Without the CA the server's certificate cannot be verified: not ready.
+        untrusted = Worker(
+            {k: v for k, v in env.items() if k != "PATRONAGE_REDIS_TLS_CA_FILE"},
+            name="tls-untrusted",
+        ).start()
+        try:
+            wait_for(lambda: untrusted.http("/readyz")[0] == 503, 15, "/readyz 503 without the CA")
+            assert (
+                "certificate" in json.loads(untrusted.http("/readyz")[1])["checks"]["redis"].lower()
+            )
+        finally:
+            untrusted.stop()
+        worker = Worker(env, name="tls").start()
+        try:
+            wait_for(lambda: drained(settings), 60, "drain over TLS", worker.check_alive)
+        finally:
+            worker.stop()
+        profiles = export(env, tmp_path / "tls.jsonl")
+        assert sum(p["events_applied"] for p in profiles.values()) == len(events)
+    finally:
+        server.terminate()
+        server.wait(10)
