@@ -49,12 +49,14 @@ def prepare_batch(
     for record in records:
         kind = kinds.get(record.topic)
         if kind is None:
-            _dead(batch, record, "unknown_topic", f"no event type for topic {record.topic}", now_ms)
+            dead_letter(
+                batch, record, "unknown_topic", f"no event type for topic {record.topic}", now_ms
+            )
             continue
         raw = record.value if record.value is not None else b""
         outcome = validate(raw, kind, now_ms, rules)  # type: ignore[arg-type]
         if not isinstance(outcome, Accepted):
-            _dead(batch, record, outcome.code, outcome.reason, now_ms)
+            dead_letter(batch, record, outcome.code, outcome.reason, now_ms)
             continue
         delta = to_delta(
             outcome.event,
@@ -78,7 +80,7 @@ def prepare_batch(
     return batch
 
 
-def _dead(batch: PreparedBatch, record: Record, code: str, reason: str, now_ms: int) -> None:
+def dead_letter(batch: PreparedBatch, record: Record, code: str, reason: str, now_ms: int) -> None:
     raw = record.value if record.value is not None else b""
     try:
         payload, encoding = raw.decode("utf-8"), "utf-8"

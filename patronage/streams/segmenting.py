@@ -108,18 +108,31 @@ class Segmenter:
                 del self._by_version[old]
         return self._by_version[version]
 
-    async def score(
+    def features_of(
         self, profiles: dict[str, dict[str, float | str]], now_ms: float
+    ) -> dict[str, dict[str, float]]:
+        """Feature vectors of the profiles that have activity (computed once per batch)."""
+        half_life = self.settings.profile_config.half_life_ms
+        return {
+            cid: features(fields, now_ms, half_life)
+            for cid, fields in profiles.items()
+            if "last_seen" in fields
+        }
+
+    async def score(
+        self,
+        profiles: dict[str, dict[str, float | str]],
+        now_ms: float,
+        xs: dict[str, dict[str, float]] | None = None,
     ) -> dict[str, SegmentDecision]:
         model = self.model
         if model is None:
             return {}
+        if xs is None:
+            xs = self.features_of(profiles, now_ms)
         decisions = {}
-        half_life = self.settings.profile_config.half_life_ms
-        for customer_id, fields in profiles.items():
-            if "last_seen" not in fields:
-                continue
-            x = features(fields, now_ms, half_life)
+        for customer_id, x in xs.items():
+            fields = profiles[customer_id]
             scored_by = await self._scored_by(fields)
             decision = decide(fields, x, model, scored_by, self.settings.segment_hysteresis)
             if decision is not None:
@@ -300,8 +313,5 @@ class Learner:
         return model
 
 
-def feature_message(fields: dict[str, float | str], now_ms: float, half_life_ms: float) -> bytes:
-    return json.dumps(
-        {"x": features(fields, now_ms, half_life_ms), "cat": top_category(fields)},
-        separators=(",", ":"),
-    ).encode()
+def feature_message(x: dict[str, float], fields: dict[str, float | str]) -> bytes:
+    return json.dumps({"x": x, "cat": top_category(fields)}, separators=(",", ":")).encode()

@@ -18,7 +18,7 @@ from typing import Any
 import faust
 import redis.exceptions
 
-from patronage.models.batch import PreparedBatch, Record, prepare_batch
+from patronage.models.batch import PreparedBatch, Record, dead_letter, prepare_batch
 from patronage.models.lapse import finding_from_json, to_alert
 from patronage.streams.lag import PartitionLag, group_lag
 from patronage.streams.segmenting import Learner, Segmenter, feature_message
@@ -130,9 +130,7 @@ class Runtime:
                 message.topic, message.partition, message.offset, message.key, message.value
             )
             batch = PreparedBatch()
-            from patronage.models.batch import _dead
-
-            _dead(
+            dead_letter(
                 batch,
                 record,
                 "bad_erasure_request",
@@ -172,17 +170,16 @@ class Runtime:
         if not result.profiles or self.app is None:
             return
         now = self.clock_ms(batch.watermarks, wall_ms)
-        decisions = await self.segmenter.score(result.profiles, now)
+        xs = self.segmenter.features_of(result.profiles, now)
+        decisions = await self.segmenter.score(result.profiles, now, xs)
         await self.segmenter.commit(decisions, result.profiles, now, self.send)
         topic = self.settings.topic(self.settings.topic_segment_features)
-        half_life = self.settings.profile_config.half_life_ms
         sample = self.settings.segment_learn_sample
-        for customer_id, fields in result.profiles.items():
-            if "last_seen" in fields and sampled(customer_id, fields, sample):
+        for customer_id, x in xs.items():
+            fields = result.profiles[customer_id]
+            if sampled(customer_id, fields, sample):
                 # Not awaited one by one: a lost vector only slows learning.
-                await self.send(
-                    topic, customer_id.encode(), feature_message(fields, now, half_life)
-                )
+                await self.send(topic, customer_id.encode(), feature_message(x, fields))
 
     async def refresh_model(self, owned: set[int]) -> None:
         if not await self.segmenter.refresh() or not owned:

@@ -27,7 +27,7 @@ from tests.integration.harness import (
     settings_with_topics,
     wait_for,
 )
-from tests.integration.test_end_to_end import TYPE_TOPIC, publish_with_metadata
+from tests.integration.test_end_to_end import as_messages, publish_with_metadata
 
 
 class DevTools:
@@ -67,7 +67,7 @@ def test_dashboard_in_headless_chromium(isolated_env: dict[str, str], tmp_path: 
     settings = settings_with_topics(env)
     now = int(time.time() * 1000)
     events, _ = generate(customers=120, days=60, seed=6, start_ms=(now // DAY_MS - 61) * DAY_MS)
-    messages = [(TYPE_TOPIC[e["type"]], e["customer_id"], json.dumps(e).encode()) for e in events]
+    messages = as_messages(events)
     half = len(messages) // 2
     publish_with_metadata(settings, messages[:half])
 

@@ -45,6 +45,11 @@ TYPE_TOPIC = {
 }
 
 
+def as_messages(events: list[dict[str, Any]]) -> list[tuple[str, str | None, bytes]]:
+    """Contract events -> (topic, key, value) as a shop would publish them."""
+    return [(TYPE_TOPIC[e["type"]], e["customer_id"], json.dumps(e).encode()) for e in events]
+
+
 def build_stream(now_ms: int) -> tuple[list[dict[str, Any]], list[tuple[str, str | None, bytes]]]:
     """Good events (unique) and the full publish list (with dups, disorder, bad ones)."""
     rng = random.Random(2026)
@@ -57,7 +62,7 @@ def build_stream(now_ms: int) -> tuple[list[dict[str, Any]], list[tuple[str, str
         if event["type"] in ("purchase", "store_receipt") and rng.random() < 0.05:
             event["total"] = event["total"] + 7  # a till bug: corrected, not rejected
 
-    unique = [(TYPE_TOPIC[e["type"]], e["customer_id"], json.dumps(e).encode()) for e in events]
+    unique = as_messages(events)
     # Out of order: shuffle within blocks, and hold some events back to the end.
     shuffled: list[tuple[str, str | None, bytes]] = []
     late: list[tuple[str, str | None, bytes]] = []

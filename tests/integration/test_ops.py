@@ -29,7 +29,7 @@ from tests.integration.harness import (
     settings_with_topics,
     wait_for,
 )
-from tests.integration.test_end_to_end import TYPE_TOPIC, publish_with_metadata
+from tests.integration.test_end_to_end import as_messages, publish_with_metadata
 
 
 class PrivateRedis:
@@ -122,7 +122,7 @@ def test_backlog_is_reported_and_drains(
     events, _ = generate(customers=60, days=30, seed=4, start_ms=(now // DAY_MS - 31) * DAY_MS)
     published = publish_with_metadata(
         settings,
-        [(TYPE_TOPIC[e["type"]], e["customer_id"], json.dumps(e).encode()) for e in events],
+        as_messages(events),
     )
     time.sleep(2)
 

@@ -25,7 +25,7 @@ from tests.integration.harness import (
     settings_with_topics,
     wait_for,
 )
-from tests.integration.test_end_to_end import TYPE_TOPIC, export, publish_with_metadata
+from tests.integration.test_end_to_end import as_messages, export, publish_with_metadata
 from tests.integration.test_ops import PrivateRedis
 
 SECRET = "s3cret-patronage-pw"
@@ -47,7 +47,7 @@ def test_redis_auth_erasure_and_retention(isolated_env: dict[str, str], tmp_path
         events, _ = generate(customers=40, days=20, seed=2, start_ms=(now // DAY_MS - 21) * DAY_MS)
         publish_with_metadata(
             settings,
-            [(TYPE_TOPIC[e["type"]], e["customer_id"], json.dumps(e).encode()) for e in events],
+            as_messages(events),
         )
 
         # Without the password the server refuses us, and /readyz says so.
@@ -230,7 +230,7 @@ def test_redis_over_tls(isolated_env: dict[str, str], tmp_path: Path) -> None:
         events, _ = generate(customers=30, days=20, seed=3, start_ms=(now // DAY_MS - 21) * DAY_MS)
         publish_with_metadata(
             settings,
-            [(TYPE_TOPIC[e["type"]], e["customer_id"], json.dumps(e).encode()) for e in events],
+            as_messages(events),
         )
         # Without the CA the server's certificate cannot be verified: not ready.
         untrusted = Worker(

@@ -13,7 +13,6 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import redis
 
@@ -27,7 +26,7 @@ from tests.integration.harness import (
     settings_with_topics,
     wait_for,
 )
-from tests.integration.test_end_to_end import TYPE_TOPIC, publish_with_metadata
+from tests.integration.test_end_to_end import as_messages, publish_with_metadata
 
 VERSION = re.compile(rb"^patronage_segment_model_version (\d+)$", re.M)
 
@@ -57,10 +56,6 @@ def profiles(client: redis.Redis, prefix: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def messages(events: list[dict[str, Any]]) -> list[tuple[str, str | None, bytes]]:
-    return [(TYPE_TOPIC[e["type"]], e["customer_id"], json.dumps(e).encode()) for e in events]
-
-
 def test_two_workers_one_model_stable_ids(isolated_env: dict[str, str], tmp_path: Path) -> None:
     env = {
         **isolated_env,
@@ -83,7 +78,7 @@ def test_two_workers_one_model_stable_ids(isolated_env: dict[str, str], tmp_path
 
     workers = [Worker(env, name="seg-a").start(), Worker(env, name="seg-b").start()]
     try:
-        publish_with_metadata(settings, messages(first))
+        publish_with_metadata(settings, as_messages(first))
         wait_for(lambda: drained(settings), 120, "first half drained", workers[0].check_alive)
         wait_for(lambda: current_version(client, prefix) >= 2, 60, "two promotions")
         time.sleep(3)  # the learner may promote once more on its interval
@@ -100,7 +95,7 @@ def test_two_workers_one_model_stable_ids(isolated_env: dict[str, str], tmp_path
         for i, name in enumerate(("seg-a2", "seg-b2")):
             workers[i].stop()
             workers[i] = Worker(env, name=name).start()
-        publish_with_metadata(settings, messages(second))
+        publish_with_metadata(settings, as_messages(second))
         wait_for(lambda: drained(settings), 120, "second half drained", workers[0].check_alive)
         wait_for(lambda: current_version(client, prefix) > version, 60, "a promotion after restart")
         time.sleep(3)
