@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import zoneinfo
 from collections.abc import Mapping
 from decimal import Decimal
@@ -28,6 +29,13 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    # TLS (SSL / SASL_SSL): CA to verify the brokers against (system CAs when
+    # unset); a client certificate + key when the brokers require mutual TLS.
+    kafka_ssl_ca_file: str | None = None
+    kafka_ssl_cert_file: str | None = None
+    kafka_ssl_key_file: str | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
     group_id: str = "patronage"
     topic_prefix: str = ""
     topic_clicks: str = "clicks"
@@ -138,7 +146,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"{part!r} is not host:port")
         return value
 
-    @field_validator("redis_tls_ca_file")
+    @field_validator(
+        "redis_tls_ca_file", "kafka_ssl_ca_file", "kafka_ssl_cert_file", "kafka_ssl_key_file"
+    )
     @classmethod
     def _ca_exists(cls, value: str | None) -> str | None:
         if value is not None and not os.path.isfile(value):
@@ -160,6 +170,28 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PATRONAGE_KAFKA_SECURITY_PROTOCOL is SASL_*: set PATRONAGE_KAFKA_SASL_USERNAME "
                 "and PATRONAGE_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _kafka_tls_consistent(self) -> Settings:
+        tls_files = {
+            "PATRONAGE_KAFKA_SSL_CA_FILE": self.kafka_ssl_ca_file,
+            "PATRONAGE_KAFKA_SSL_CERT_FILE": self.kafka_ssl_cert_file,
+            "PATRONAGE_KAFKA_SSL_KEY_FILE": self.kafka_ssl_key_file,
+        }
+        given = [name for name, value in tls_files.items() if value]
+        if given and not self.kafka_uses_tls:
+            # A CA file with PLAINTEXT is almost always a forgotten protocol
+            # setting: refusing beats silently talking in clear text.
+            raise ValueError(
+                f"{', '.join(given)} set but PATRONAGE_KAFKA_SECURITY_PROTOCOL is "
+                f"{self.kafka_security_protocol}: use SSL or SASL_SSL"
+            )
+        if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
+            raise ValueError(
+                "PATRONAGE_KAFKA_SSL_CERT_FILE and PATRONAGE_KAFKA_SSL_KEY_FILE go together "
+                "(client certificate for mutual TLS)"
             )
         return self
 
@@ -223,12 +255,33 @@ class Settings(BaseSettings):
             ),
         )
 
+    @property
+    def kafka_uses_tls(self) -> bool:
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+    def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for the brokers, or None when the protocol has no TLS."""
+        if not self.kafka_uses_tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.kafka_ssl_ca_file)
+        context.check_hostname = self.kafka_ssl_check_hostname
+        if self.kafka_ssl_cert_file:
+            password = self.kafka_ssl_key_password
+            context.load_cert_chain(
+                self.kafka_ssl_cert_file,
+                self.kafka_ssl_key_file,
+                password=password.get_secret_value() if password else None,
+            )
+        return context
+
     def kafka_client_kwargs(self) -> dict[str, object]:
         """Connection arguments shared by every aiokafka client we create."""
         kwargs: dict[str, object] = {
             "bootstrap_servers": self.kafka_bootstrap,
             "security_protocol": self.kafka_security_protocol,
         }
+        if self.kafka_uses_tls:
+            kwargs["ssl_context"] = self.kafka_ssl_context()
         if self.kafka_security_protocol.startswith("SASL"):
             assert self.kafka_sasl_password is not None
             kwargs.update(

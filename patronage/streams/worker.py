@@ -288,13 +288,18 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         "producer_acks": -1,
         "stream_buffer_maxsize": max(4096, settings.batch_max * 2),
     }
+    ssl_context = settings.kafka_ssl_context()
     if settings.kafka_security_protocol.startswith("SASL"):
         assert settings.kafka_sasl_password is not None
+        # An ssl_context turns faust's SASL credentials into SASL_SSL.
         app_kwargs["broker_credentials"] = faust.SASLCredentials(
             username=settings.kafka_sasl_username,
             password=settings.kafka_sasl_password.get_secret_value(),
             mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=ssl_context,
         )
+    elif ssl_context is not None:
+        app_kwargs["broker_credentials"] = faust.SSLCredentials(ssl_context)
     app = faust.App(settings.group_id, **app_kwargs)
     runtime.app = app
 

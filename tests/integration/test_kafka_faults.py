@@ -1,4 +1,4 @@
-"""Kafka broker restart and Kafka SASL/PLAIN, on a private real broker.
+"""Kafka broker restart, SASL (PLAIN, SCRAM) and TLS, on a private real broker.
 
 The shared broker of `make services` is never touched: these tests start
 their own Apache Kafka (same jars) on free ports.
@@ -7,14 +7,18 @@ their own Apache Kafka (same jars) on free ports.
 from __future__ import annotations
 
 import json
+import logging
 import random
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 from tests.conftest import IN_CI
+from tests.integration.certificates import make_certificates
 from tests.integration.harness import (
     Worker,
     drained,
@@ -23,7 +27,7 @@ from tests.integration.harness import (
     settings_with_topics,
     wait_for,
 )
-from tests.integration.private_kafka import LIBS, PrivateKafka
+from tests.integration.private_kafka import LIBS, Listener, PrivateKafka
 from tests.integration.test_end_to_end import (
     assert_profiles_match,
     build_stream,
@@ -96,7 +100,11 @@ def test_broker_restart_mid_stream(
 
 
 def test_sasl_plain(isolated_env: dict[str, str], tmp_path: Path, kafka_jars: Path) -> None:
-    broker = PrivateKafka(tmp_path / "sasl", sasl_users={"admin": "admin-pw", "patronage": "p-pw"})
+    broker = PrivateKafka(
+        tmp_path / "sasl",
+        listeners=(Listener("CLIENT", "SASL_PLAINTEXT", "PLAIN"),),
+        users={"admin": "admin-pw", "patronage": "p-pw"},
+    )
     broker.start()
     try:
         env = {
@@ -128,3 +136,115 @@ def test_sasl_plain(isolated_env: dict[str, str], tmp_path: Path, kafka_jars: Pa
     finally:
         broker.stop()
     print(json.dumps({"sasl_profiles": len(profiles)}))
+
+
+SCRAM_PASSWORD = "scram-pw-for-tests"
+KEY_PASSWORD = "client-key-pw"
+
+
+@pytest.mark.parametrize("listener", ["SASL_SSL+SCRAM-SHA-256", "SSL+client-certificate"])
+def test_kafka_over_tls(
+    isolated_env: dict[str, str],
+    tmp_path: Path,
+    kafka_jars: Path,
+    listener: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The worker and every client the CLI makes talk TLS to a real broker.
+
+    A mock would not show what can go wrong here: the broker's certificate
+    verified against our CA (and refused without it), the SCRAM exchange,
+    the client certificate a mutual-TLS listener insists on, and secrets kept
+    out of the logs.
+    """
+    certificates = make_certificates(tmp_path / "certs")
+    # The client key is stored encrypted, as it would be in production.
+    encrypted_key = tmp_path / "certs" / "client-encrypted.key"
+    subprocess.run(
+        [
+            "openssl", "pkey", "-in", str(certificates.client_key), "-aes256",
+            "-passout", f"pass:{KEY_PASSWORD}", "-out", str(encrypted_key),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    scram = listener.startswith("SASL_SSL")
+    broker = PrivateKafka(
+        tmp_path / "kafka",
+        listeners=(
+            Listener("SECURE", "SASL_SSL", "SCRAM-SHA-256")
+            if scram
+            else Listener("SECURE", "SSL", client_auth=True),
+        ),
+        users={"patronage": SCRAM_PASSWORD},
+        certificates=certificates,
+    ).start()
+    secure = {
+        "PATRONAGE_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "PATRONAGE_KAFKA_SSL_CA_FILE": str(certificates.ca),
+    }
+    if scram:
+        secure |= {
+            "PATRONAGE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "PATRONAGE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+            "PATRONAGE_KAFKA_SASL_USERNAME": "patronage",
+            "PATRONAGE_KAFKA_SASL_PASSWORD": SCRAM_PASSWORD,
+        }
+    else:
+        secure |= {
+            "PATRONAGE_KAFKA_SECURITY_PROTOCOL": "SSL",
+            "PATRONAGE_KAFKA_SSL_CERT_FILE": str(certificates.client_cert),
+            "PATRONAGE_KAFKA_SSL_KEY_FILE": str(encrypted_key),
+            "PATRONAGE_KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD,
+        }
+    try:
+        env = {**isolated_env, **secure, "PATRONAGE_COMMIT_INTERVAL_S": "0.5"}
+        settings = settings_with_topics(env)
+        good, stream = build_stream(int(time.time() * 1000))
+        publish_with_metadata(settings, stream)
+        worker = Worker(env, name="kafka-tls").start()
+        try:
+            started = time.monotonic()
+            wait_for(lambda: drained(settings), 180, "drain over TLS", worker.check_alive)
+            drain_s = time.monotonic() - started
+        finally:
+            worker.stop()
+        assert_profiles_match(export(env, tmp_path / "tls.jsonl"), recompute(good))
+        log = worker.log_path.read_text(errors="replace")
+        assert SCRAM_PASSWORD not in log and KEY_PASSWORD not in log
+
+        # The same settings minus one piece of trust must be refused, and
+        # aiokafka's log must say why (the exception only says "bootstrap").
+        without_ca = {k: v for k, v in env.items() if k != "PATRONAGE_KAFKA_SSL_CA_FILE"}
+        refusals = {"untrusted broker certificate": (without_ca, "CERTIFICATE_VERIFY_FAILED")}
+        if scram:
+            wrong = {**env, "PATRONAGE_KAFKA_SASL_PASSWORD": "nope"}
+            refusals["wrong SCRAM password"] = (wrong, "SaslAuthenticationFailed")
+        else:
+            anonymous = {
+                k: v
+                for k, v in env.items()
+                if k not in ("PATRONAGE_KAFKA_SSL_CERT_FILE", "PATRONAGE_KAFKA_SSL_KEY_FILE")
+            }
+            # The broker ends the handshake of a client without a certificate.
+            refusals["no client certificate"] = (anonymous, "closed")
+        errors = {}
+        for why, (refused, reason) in refusals.items():
+            caplog.clear()
+            with (
+                caplog.at_level(logging.WARNING, logger="aiokafka"),
+                pytest.raises(KafkaConnectionError, match=r"(?i)unable to bootstrap"),
+            ):
+                prepare_topics(settings_for(refused))
+                pytest.fail(f"connected despite: {why}")
+            logged = " | ".join(r.getMessage() for r in caplog.records)
+            assert reason in logged, (why, logged)
+            errors[why] = logged[:200]
+    finally:
+        broker.stop()
+    record(
+        f"kafka over TLS ({listener})",
+        events=len(stream),
+        drain_s=round(drain_s, 1),
+        refused=errors,
+    )

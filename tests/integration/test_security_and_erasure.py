@@ -17,6 +17,7 @@ from pathlib import Path
 import redis
 
 from patronage.models.simulate import DAY_MS, generate
+from tests.integration.certificates import make_certificates
 from tests.integration.harness import (
     Worker,
     drained,
@@ -122,63 +123,10 @@ def test_redis_auth_erasure_and_retention(isolated_env: dict[str, str], tmp_path
         server.stop()
 
 
-def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A throw-away CA and a server certificate for 127.0.0.1 (openssl)."""
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=patronage-test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    )
-    openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    )
-    (directory / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.crt",
-    )
-    return directory / "ca.crt", directory / "server.crt", directory / "server.key"
-
-
 def test_redis_over_tls(isolated_env: dict[str, str], tmp_path: Path) -> None:
     """The worker talks to a TLS-only redis-server, verifying it against a CA."""
-    ca, cert, key = make_certificates(tmp_path)
+    certificates = make_certificates(tmp_path)
+    ca, cert, key = certificates.ca, certificates.server_cert, certificates.server_key
     port = free_port()
     server = subprocess.Popen(
         [

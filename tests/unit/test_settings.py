@@ -37,3 +37,44 @@ def test_secret_is_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "hunter2-secret" not in repr(settings)
     assert settings.redis_password is not None
     assert settings.redis_password.get_secret_value() == "hunter2-secret"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"PATRONAGE_KAFKA_SSL_CA_FILE": "/no/such/ca.pem"},
+            "PATRONAGE_KAFKA_SSL_CA_FILE",
+        ),
+        (
+            {"PATRONAGE_KAFKA_SSL_CA_FILE": __file__},
+            "PATRONAGE_KAFKA_SSL_CA_FILE set but PATRONAGE_KAFKA_SECURITY_PROTOCOL is PLAINTEXT",
+        ),
+        (
+            {"PATRONAGE_KAFKA_SECURITY_PROTOCOL": "SSL", "PATRONAGE_KAFKA_SSL_CERT_FILE": __file__},
+            "PATRONAGE_KAFKA_SSL_CERT_FILE and PATRONAGE_KAFKA_SSL_KEY_FILE go together",
+        ),
+        (
+            {"PATRONAGE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+            "set PATRONAGE_KAFKA_SASL_USERNAME and PATRONAGE_KAFKA_SASL_PASSWORD",
+        ),
+    ],
+)
+def test_inconsistent_kafka_tls_settings_are_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert message in str(info.value)
+
+
+def test_kafka_tls_context_only_for_tls_protocols(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().kafka_ssl_context() is None
+    monkeypatch.setenv("PATRONAGE_KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("PATRONAGE_KAFKA_SSL_CHECK_HOSTNAME", "false")
+    settings = load_settings()
+    context = settings.kafka_ssl_context()
+    assert context is not None and context.check_hostname is False
+    assert settings.kafka_client_kwargs()["security_protocol"] == "SSL"
