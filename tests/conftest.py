@@ -4,11 +4,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.integration.private_redis import PrivateRedis
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 KAFKA = os.environ.get("PATRONAGE_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
@@ -83,3 +89,19 @@ def isolated_env(kafka_up: str, redis_up: str) -> Iterator[dict[str, str]]:
         "PATRONAGE_DATA_DIR": f"/tmp/patronage-test-{run}",
     }
     yield env
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own, which it may stop and start."""
+    from tests.integration.private_redis import PrivateRedis
+
+    if shutil.which("redis-server") is None:
+        message = "redis-server not installed; run `make services`"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -159,3 +160,20 @@ def read_topic(settings: Settings, topic: str, timeout: float = 5.0) -> list[Any
         return out
 
     return asyncio.run(run())
+
+
+def cli_lag(env: dict[str, str]) -> tuple[int, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "patronage.streams.cli", "lag"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    total = next(line for line in out.splitlines() if line.startswith("total")).split()
+    return int(total[1]), float(total[2])
+
+
+def metric_sum(body: bytes, name: str) -> float:
+    pattern = re.compile(rb"^" + name.encode() + rb"(?:\{[^}]*\})? ([0-9.e+-]+)$", re.M)
+    return sum(float(v) for v in pattern.findall(body))

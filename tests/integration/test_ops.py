@@ -10,101 +10,12 @@ must go to zero once the worker can apply again.
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from patronage.models.simulate import DAY_MS, generate
-from tests.conftest import IN_CI
-from tests.integration.harness import (
-    Worker,
-    free_port,
-    settings_with_topics,
-    wait_for,
-)
+from tests.integration.harness import Worker, cli_lag, metric_sum, settings_with_topics, wait_for
+from tests.integration.private_redis import PrivateRedis
 from tests.integration.test_end_to_end import as_messages, publish_with_metadata
-
-
-class PrivateRedis:
-    def __init__(self, directory: Path, password: str | None = None) -> None:
-        self.port = free_port()
-        self.dir = directory
-        self.password = password
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.dir),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                *(["--requirepass", self.password] if self.password else []),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(self._answers, 10, "private redis")
-
-    def _answers(self) -> bool:
-        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
-        out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *auth, "ping"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return out.stdout.strip() == "PONG"
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        message = "redis-server not installed; run `make services`"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-def cli_lag(env: dict[str, str]) -> tuple[int, float]:
-    out = subprocess.run(
-        [sys.executable, "-m", "patronage.streams.cli", "lag"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    total = next(line for line in out.splitlines() if line.startswith("total")).split()
-    return int(total[1]), float(total[2])
-
-
-def metric_sum(body: bytes, name: str) -> float:
-    pattern = re.compile(rb"^" + name.encode() + rb"(?:\{[^}]*\})? ([0-9.e+-]+)$", re.M)
-    return sum(float(v) for v in pattern.findall(body))
 
 
 def test_backlog_is_reported_and_drains(

@@ -19,11 +19,14 @@ from hypothesis import strategies as st
 from patronage.models.validate import Rejected, Rules, validate
 from tests.integration.harness import (
     Worker,
+    cli_lag,
     drained,
+    metric_sum,
     read_topic,
     settings_with_topics,
     wait_for,
 )
+from tests.integration.private_redis import PrivateRedis
 from tests.integration.test_end_to_end import (
     assert_profiles_match,
     bad_messages,
@@ -105,6 +108,72 @@ def test_kill_9_mid_stream_loses_and_doubles_nothing(
         final_drain_s=round(drain_s, 2),
         dlq_messages=len(letters),
         dlq_distinct=len({d["event_id"] for d in letters}),
+    )
+
+
+def test_redis_outage_mid_stream_commits_nothing_unapplied(
+    isolated_env: dict[str, str], private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """Redis stopped while the worker is applying a stream, started again later.
+
+    Only a real server shows the failure modes that matter: connections
+    dropped mid-pipeline, the worker's retry with backoff against a refused
+    port, and offsets that must not move while nothing can be applied.
+    """
+    env = {
+        **isolated_env,
+        "PATRONAGE_REDIS_URL": f"redis://127.0.0.1:{private_redis.port}/0",
+        "PATRONAGE_COMMIT_INTERVAL_S": "0.3",
+        "PATRONAGE_REDIS_RETRY_MAX_S": "1",
+        "PATRONAGE_LAG_INTERVAL_S": "1",
+        "PATRONAGE_BATCH_MAX": "200",
+    }
+    settings = settings_with_topics(env)
+    good, stream = build_stream(int(time.time() * 1000))
+    half = len(stream) // 2
+    worker = Worker(env, name="redis-outage").start()
+    try:
+        publish_with_metadata(settings, stream[:half])
+        wait_for(
+            lambda: metric_sum(worker.http("/metrics")[1], "patronage_events_applied_total") > 0,
+            60,
+            "the worker to be applying",
+            worker.check_alive,
+        )
+        private_redis.stop()  # mid-stream: the first half is being applied
+        down_at = time.monotonic()
+        publish_with_metadata(settings, stream[half:])  # the shops keep selling
+        wait_for(lambda: worker.http("/readyz")[0] == 503, 15, "/readyz 503 with Redis down")
+        time.sleep(2)  # offsets of batches applied before the stop may still commit
+        lag_while_down = cli_lag(env)[0]
+        time.sleep(5)
+        assert cli_lag(env)[0] == lag_while_down, "offsets moved while nothing could be applied"
+        # Work applied before the stop was committed; the rest all waits.
+        assert len(stream) - half <= lag_while_down < len(stream)
+        private_redis.start()
+        down_s = time.monotonic() - down_at
+        back_at = time.monotonic()
+        wait_for(lambda: worker.http("/readyz")[0] == 200, 30, "/readyz 200 again")
+        ready_after_s = time.monotonic() - back_at
+        wait_for(lambda: drained(settings), 120, "drain after Redis returned", worker.check_alive)
+        drain_s = time.monotonic() - back_at
+        _, body = worker.http("/metrics")
+        retries = metric_sum(body, "patronage_redis_retries_total")
+        pid_unchanged = worker.proc is not None and worker.proc.poll() is None
+    finally:
+        worker.stop()
+    assert pid_unchanged, "the worker had to be restarted by hand"
+    assert retries >= 1
+    # Every field of every profile, not just counts.
+    assert_profiles_match(export(env, tmp_path / "after-outage.jsonl"), recompute(good))
+    record(
+        "redis outage mid-stream",
+        events=len(stream),
+        redis_down_s=round(down_s, 1),
+        uncommitted_while_down=lag_while_down,
+        ready_after_redis_back_s=round(ready_after_s, 1),
+        drain_after_redis_back_s=round(drain_s, 1),
+        redis_retries=int(retries),
     )
 
 

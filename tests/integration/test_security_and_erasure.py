@@ -26,8 +26,8 @@ from tests.integration.harness import (
     settings_with_topics,
     wait_for,
 )
+from tests.integration.private_redis import PrivateRedis
 from tests.integration.test_end_to_end import as_messages, export, publish_with_metadata
-from tests.integration.test_ops import PrivateRedis
 
 SECRET = "s3cret-patronage-pw"
 TOKEN = "web-t0ken-for-tests"
