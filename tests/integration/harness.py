@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from redis.cluster import RedisCluster
 
 from patronage.streams.cli import create_topics
 from patronage.streams.lag import group_lag
@@ -177,3 +179,16 @@ def cli_lag(env: dict[str, str]) -> tuple[int, float]:
 def metric_sum(body: bytes, name: str) -> float:
     pattern = re.compile(rb"^" + name.encode() + rb"(?:\{[^}]*\})? ([0-9.e+-]+)$", re.M)
     return sum(float(v) for v in pattern.findall(body))
+
+
+def redis_client(env: dict[str, str]) -> redis.Redis:
+    """A plain client for a test's own checks, on Redis or Redis Cluster as the
+    settings say (a cluster client's SCAN walks every master)."""
+    if env.get("PATRONAGE_REDIS_CLUSTER", "").lower() == "true":
+        return RedisCluster.from_url(env["PATRONAGE_REDIS_URL"])  # type: ignore[return-value]
+    return redis.Redis.from_url(env["PATRONAGE_REDIS_URL"])
+
+
+def on_cluster(env: dict[str, str]) -> str:
+    """A label for recorded figures: which Redis the run used."""
+    return " (redis cluster)" if env.get("PATRONAGE_REDIS_CLUSTER", "").lower() == "true" else ""

@@ -22,7 +22,9 @@ from patronage.streams.settings import Settings
 from tests.integration.harness import (
     Worker,
     drained,
+    on_cluster,
     read_topic,
+    redis_client,
     settings_with_topics,
     wait_for,
 )
@@ -94,10 +96,10 @@ def sweeps_done(settings: Settings, client: redis.Redis, partitions: set[int]) -
 
 @pytest.mark.parametrize("scenario", ["kill -9 mid-replay", "rebalance 1-2-1"])
 def test_replayed_history_gives_the_alerts_history_would_have(
-    isolated_env: dict[str, str], scenario: str, tmp_path: Path
+    backend_env: dict[str, str], scenario: str, tmp_path: Path
 ) -> None:
     env = {
-        **isolated_env,
+        **backend_env,
         "PATRONAGE_LAPSE_CLOCK": "event",
         "PATRONAGE_LAPSE_EVENT_LATENESS_S": str(LATENESS_S),
         "PATRONAGE_LAPSE_SWEEP_INTERVAL_S": "0.3",
@@ -115,7 +117,7 @@ def test_replayed_history_gives_the_alerts_history_would_have(
         chunks[index].append((TYPE_TOPIC[e["type"]], e["customer_id"], json.dumps(e).encode()))
 
     partition_of: dict[str, int] = {}
-    client = redis.Redis.from_url(env["PATRONAGE_REDIS_URL"])
+    client = redis_client(env)
     workers = [Worker(env, name="lapse-1").start()]
     faults = []
     try:
@@ -174,7 +176,7 @@ def test_replayed_history_gives_the_alerts_history_would_have(
         for a in alerts
     )
     record(
-        f"lapse alerts, {scenario}",
+        f"lapse alerts, {scenario}" + on_cluster(env),
         events=len(events),
         faults=faults,
         expected_alerts=len(expected),

@@ -22,6 +22,7 @@ from tests.integration.harness import (
     Worker,
     drained,
     free_port,
+    redis_client,
     settings_for,
     settings_with_topics,
     wait_for,
@@ -33,7 +34,7 @@ SECRET = "s3cret-patronage-pw"
 TOKEN = "web-t0ken-for-tests"
 
 
-def test_redis_auth_erasure_and_retention(isolated_env: dict[str, str], tmp_path: Path) -> None:
+def test_redis_auth_and_web_token(isolated_env: dict[str, str], tmp_path: Path) -> None:
     server = PrivateRedis(tmp_path, password=SECRET)
     server.start()
     base = {
@@ -46,10 +47,7 @@ def test_redis_auth_erasure_and_retention(isolated_env: dict[str, str], tmp_path
         settings = settings_with_topics(base)
         now = int(time.time() * 1000)
         events, _ = generate(customers=40, days=20, seed=2, start_ms=(now // DAY_MS - 21) * DAY_MS)
-        publish_with_metadata(
-            settings,
-            as_messages(events),
-        )
+        publish_with_metadata(settings, as_messages(events))
 
         # Without the password the server refuses us, and /readyz says so.
         refused = Worker(base, name="noauth").start()
@@ -70,57 +68,79 @@ def test_redis_auth_erasure_and_retention(isolated_env: dict[str, str], tmp_path
             assert worker.http("/metrics", token="wrong")[0] == 401
             assert worker.http("/metrics", token=TOKEN)[0] == 200
             assert worker.http("/healthz")[0] == 200
-            client = redis.Redis(port=server.port, password=SECRET)
-            prefix = settings.key_prefix
-            victim = events[0]["customer_id"]
-            assert client.exists(f"{prefix}:{{{victim}}}:p")
-            assert worker.http(f"/profiles/{victim}")[0] == 401
-            assert worker.http(f"/profiles/{victim}", token=TOKEN)[0] == 200
-
-            out = subprocess.run(
-                [sys.executable, "-m", "patronage.streams.cli", "customer", "erase", victim],
-                env={**os.environ, **env},
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=60,
+            customer = events[0]["customer_id"]
+            assert redis.Redis(port=server.port, password=SECRET).exists(
+                f"{settings.key_prefix}:{{{customer}}}:p"
             )
-            confirmation = json.loads(out.stdout)
-            assert confirmation["customer_id"] == victim and confirmation["keys_removed"] >= 2
-            assert client.keys(f"{prefix}:{{{victim}}}:*") == []
-            due = [k for k in client.scan_iter(match=f"{prefix}:{{lapse-*}}:due")]
-            assert all(client.zscore(k, victim) is None for k in due)
-            assert worker.http(f"/profiles/{victim}", token=TOKEN)[0] == 404
+            assert worker.http(f"/profiles/{customer}")[0] == 401
+            assert worker.http(f"/profiles/{customer}", token=TOKEN)[0] == 200
         finally:
             worker.stop()
         log = worker.log_path.read_text(errors="replace") + refused.log_path.read_text(
             errors="replace"
         )
         assert SECRET not in log and TOKEN not in log
-
-        # Retention: profiles not updated for the retention time disappear.
-        short = {
-            **env,
-            "PATRONAGE_RETENTION_DAYS": str(2 / 86_400),
-            "PATRONAGE_GROUP_ID": env["PATRONAGE_GROUP_ID"] + "-r",
-            "PATRONAGE_KEY_PREFIX": prefix + "r",
-        }
-        retained = Worker(short, name="retention").start()
-        try:
-            short_settings = settings_for(short)
-            wait_for(lambda: drained(short_settings), 60, "drain (retention)", retained.check_alive)
-            keys_now = list(client.scan_iter(match=f"{prefix}r:{{*}}:p"))
-            assert keys_now, "profiles were written"
-            assert all(0 < client.pttl(k) <= 2000 for k in keys_now)
-            wait_for(
-                lambda: not list(client.scan_iter(match=f"{prefix}r:{{*}}:p")),
-                10,
-                "inactive profiles to expire",
-            )
-        finally:
-            retained.stop()
     finally:
         server.stop()
+
+
+def test_erasure_and_retention(backend_env: dict[str, str]) -> None:
+    """Every key of an erased customer is gone, on one Redis and on a cluster
+    (where the customer's keys and the lapse due set live on different masters)."""
+    env = {**backend_env, "PATRONAGE_COMMIT_INTERVAL_S": "0.3"}
+    settings = settings_with_topics(env)
+    now = int(time.time() * 1000)
+    events, _ = generate(customers=40, days=20, seed=2, start_ms=(now // DAY_MS - 21) * DAY_MS)
+    publish_with_metadata(settings, as_messages(events))
+    client = redis_client(env)
+    prefix = settings.key_prefix
+    victim = events[0]["customer_id"]
+    worker = Worker(env, name="erasure").start()
+    try:
+        wait_for(lambda: drained(settings), 60, "drain", worker.check_alive)
+        assert client.exists(f"{prefix}:{{{victim}}}:p")
+        due = list(client.scan_iter(match=f"{prefix}:{{lapse-*}}:due"))
+        assert any(client.zscore(k, victim) is not None for k in due), "victim has a due time"
+
+        out = subprocess.run(
+            [sys.executable, "-m", "patronage.streams.cli", "customer", "erase", victim],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        confirmation = json.loads(out.stdout)
+        assert confirmation["customer_id"] == victim and confirmation["keys_removed"] >= 2
+        assert list(client.scan_iter(match=f"{prefix}:{{{victim}}}:*")) == []
+        assert all(client.zscore(k, victim) is None for k in due)
+        assert worker.http(f"/profiles/{victim}")[0] == 404
+        other = events[-1]["customer_id"]
+        assert other != victim and worker.http(f"/profiles/{other}")[0] == 200
+    finally:
+        worker.stop()
+
+    # Retention: profiles not updated for the retention time disappear.
+    short = {
+        **env,
+        "PATRONAGE_RETENTION_DAYS": str(2 / 86_400),
+        "PATRONAGE_GROUP_ID": env["PATRONAGE_GROUP_ID"] + "-r",
+        "PATRONAGE_KEY_PREFIX": prefix + "r",
+    }
+    retained = Worker(short, name="retention").start()
+    try:
+        short_settings = settings_for(short)
+        wait_for(lambda: drained(short_settings), 60, "drain (retention)", retained.check_alive)
+        keys_now = list(client.scan_iter(match=f"{prefix}r:{{*}}:p"))
+        assert keys_now, "profiles were written"
+        assert all(0 < client.pttl(k) <= 2000 for k in keys_now)
+        wait_for(
+            lambda: not list(client.scan_iter(match=f"{prefix}r:{{*}}:p")),
+            10,
+            "inactive profiles to expire",
+        )
+    finally:
+        retained.stop()
 
 
 def test_redis_over_tls(isolated_env: dict[str, str], tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from tests.integration.harness import (
     Worker,
     drained,
     read_topic,
+    redis_client,
     settings_with_topics,
     wait_for,
 )
@@ -56,9 +57,9 @@ def profiles(client: redis.Redis, prefix: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def test_two_workers_one_model_stable_ids(isolated_env: dict[str, str], tmp_path: Path) -> None:
+def test_two_workers_one_model_stable_ids(backend_env: dict[str, str], tmp_path: Path) -> None:
     env = {
-        **isolated_env,
+        **backend_env,
         "PATRONAGE_SEGMENTS": "4",
         "PATRONAGE_SEGMENT_WARMUP": "150",
         "PATRONAGE_SEGMENT_PROMOTE_EVERY": "400",
@@ -71,7 +72,7 @@ def test_two_workers_one_model_stable_ids(isolated_env: dict[str, str], tmp_path
     }
     settings = settings_with_topics(env)
     prefix = settings.key_prefix
-    client = redis.Redis.from_url(env["PATRONAGE_REDIS_URL"])
+    client = redis_client(env)
     now_ms = int(time.time() * 1000)
     events, _ = generate(customers=300, days=90, seed=9, start_ms=(now_ms // DAY_MS - 91) * DAY_MS)
     first, second = events[: len(events) // 2], events[len(events) // 2 :]
