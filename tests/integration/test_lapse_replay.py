@@ -30,7 +30,10 @@ from tests.integration.harness import (
 )
 from tests.integration.test_end_to_end import (
     TYPE_TOPIC,
+    assert_profiles_match,
+    export,
     publish_with_metadata,
+    recompute,
 )
 from tests.integration.test_reliability import record
 
@@ -150,6 +153,8 @@ def test_replayed_history_gives_the_alerts_history_would_have(
         for worker in workers:
             worker.stop()
     assert len(faults) == (1 if scenario.startswith("kill") else 2)
+    # Handing partitions over (or crashing) must not lose or double any event.
+    assert_profiles_match(export(env, tmp_path / "after-replay.jsonl"), recompute(events))
 
     expected = expected_alerts(events, partition_of)
     kinds = {k[1] for k in expected}
