@@ -23,7 +23,7 @@ from typing import Any
 from patronage.models.batch import Record, prepare_batch
 from patronage.models.simulate import DAY_MS, generate
 from patronage.streams.settings import Settings, settings_with
-from patronage.streams.store import ProfileStore, make_redis
+from patronage.streams.store import ProfileStore, redis_for
 
 
 def _settings(**env: str) -> Settings:
@@ -47,7 +47,7 @@ async def memory(customers: int, days: int) -> dict[str, float]:
     """Redis bytes per profile for a simulated population (applied through the real script)."""
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     settings = _settings(PATRONAGE_KEY_PREFIX=prefix)
-    client = make_redis(settings.redis_url)
+    client = redis_for(settings)
     store = ProfileStore(client, prefix, settings.profile_config)
     now_ms = int(time.time() * 1000)
     start_ms = (now_ms // DAY_MS - days) * DAY_MS
@@ -152,7 +152,7 @@ async def sweep_cost(scheduled: int, due: int, repeats: int = 5) -> dict[str, fl
 
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     settings = _settings(PATRONAGE_KEY_PREFIX=prefix)
-    client = make_redis(settings.redis_url)
+    client = redis_for(settings)
     store = ProfileStore(client, prefix, settings.profile_config)
     now_ms = time.time() * 1000
     sent: list[int] = []
@@ -234,7 +234,7 @@ def latency(rate: int, seconds: float) -> dict[str, float]:
     )
 
     async def run_load() -> dict[str, float]:
-        client = make_redis(settings.redis_url)
+        client = redis_for(settings)
         store = ProfileStore(client, settings.key_prefix, settings.profile_config)
         producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all", linger_ms=2)
         await producer.start()
@@ -339,7 +339,7 @@ def _child_cpu(pid: int) -> float | None:
 
 
 async def _cleanup(settings: Settings) -> None:
-    client = make_redis(settings.redis_url)
+    client = redis_for(settings)
     try:
         await ProfileStore(client, settings.key_prefix, settings.profile_config).delete_prefix()
     finally:

@@ -15,7 +15,7 @@ import faust
 
 from patronage.models.batch import Record, prepare_batch
 from patronage.streams.settings import load_settings
-from patronage.streams.store import ProfileStore, make_redis
+from patronage.streams.store import ProfileStore, redis_for
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     async def naive(stream: Any) -> None:
         if "store" not in state:
             state["store"] = ProfileStore(
-                make_redis(settings.redis_url), settings.key_prefix, settings.profile_config
+                redis_for(settings), settings.key_prefix, settings.profile_config
             )
         store: ProfileStore = state["store"]
         async for event in stream.events():

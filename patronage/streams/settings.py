@@ -52,6 +52,7 @@ class Settings(BaseSettings):
 
     # Redis
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_username: str | None = None  # a Redis ACL user; the default user when unset
     redis_password: SecretStr | None = None
     redis_cluster: bool = False  # PATRONAGE_REDIS_URL names one node of the cluster
     redis_tls_ca_file: str | None = None  # CA to verify a rediss:// server against

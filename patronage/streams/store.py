@@ -363,31 +363,37 @@ def group_by_customer(pairs: Iterable[tuple[str, Delta]]) -> dict[str, list[Delt
 
 
 def make_redis(
-    url: str, password: str | None = None, cluster: bool = False, ca_file: str | None = None
+    url: str,
+    password: str | None = None,
+    cluster: bool = False,
+    ca_file: str | None = None,
+    username: str | None = None,
 ) -> aioredis.Redis:
     """A Redis client; with `cluster`, a Redis Cluster client seeded from `url`;
-    a rediss:// URL is TLS, verified against `ca_file` when given."""
-    tls: dict[str, Any] = {"ssl_ca_certs": ca_file} if ca_file and url.startswith("rediss") else {}
+    a rediss:// URL is TLS, verified against `ca_file` when given; `username`
+    is a Redis ACL user (default user when None)."""
+    options: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5}
+    if ca_file and url.startswith("rediss"):
+        options["ssl_ca_certs"] = ca_file
+    if password is not None:
+        options["password"] = password
+    if username is not None:
+        options["username"] = username
     if cluster:
         from redis.asyncio.cluster import RedisCluster
 
-        client: aioredis.Redis = RedisCluster.from_url(  # type: ignore[assignment]
-            url, password=password, socket_timeout=10, socket_connect_timeout=5, **tls
-        )
+        client: aioredis.Redis = RedisCluster.from_url(url, **options)  # type: ignore[assignment]
         return client
-    return aioredis.Redis.from_url(
-        url,
-        password=password,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=15,
-        **tls,
-    )
+    return aioredis.Redis.from_url(url, health_check_interval=15, **options)
 
 
 def redis_for(settings: Settings) -> aioredis.Redis:
-    """The Redis client the settings describe (password, cluster, TLS)."""
+    """The Redis client the settings describe (ACL user, password, cluster, TLS)."""
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     return make_redis(
-        settings.redis_url, password, settings.redis_cluster, settings.redis_tls_ca_file
+        settings.redis_url,
+        password,
+        settings.redis_cluster,
+        settings.redis_tls_ca_file,
+        settings.redis_username,
     )

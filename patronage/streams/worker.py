@@ -116,6 +116,14 @@ class Runtime:
         await self.send_findings(result.outbox)
         await self._segment(result, batch, now_ms)
         self._record(records, batch, result)
+        if log.isEnabledFor(logging.DEBUG):
+            # Customer ids are personal data: only ever logged at debug level.
+            log.debug(
+                "batch of %d: applied for customers %s; %d dead letters",
+                len(records),
+                sorted(result.profiles),
+                len(batch.dead_letters),
+            )
 
     async def erase(self, message: Any) -> None:
         """Handle one erasure request: remove the customer, confirm on Kafka."""
@@ -155,6 +163,7 @@ class Runtime:
         await future
         self.counters["erasures"] += 1
         log.info("erased a customer on request %s (%d keys)", request_id, removed)
+        log.debug("erasure request %s was for customer %s", request_id, customer_id)
 
     def clock_ms(self, watermarks: dict[int, int], wall_ms: float) -> float:
         if self.settings.lapse_clock == "event" and watermarks:

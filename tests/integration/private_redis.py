@@ -10,10 +10,20 @@ from tests.integration.harness import free_port, wait_for
 
 
 class PrivateRedis:
-    def __init__(self, directory: Path, password: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        password: str | None = None,
+        acl_user: str | None = None,
+        acl_keys: str = "*",
+    ) -> None:
+        """With `acl_user`, the default user is off and only that ACL user
+        (with `password`) may log in, to keys matching `acl_keys` only."""
         self.port = free_port()
         self.dir = directory
         self.password = password
+        self.acl_user = acl_user
+        self.acl_keys = acl_keys
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -30,15 +40,24 @@ class PrivateRedis:
                 "yes",
                 "--save",
                 "",
-                *(["--requirepass", self.password] if self.password else []),
+                *self._auth_arguments(),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         wait_for(self._answers, 10, "private redis")
 
+    def _auth_arguments(self) -> list[str]:
+        if self.acl_user:
+            assert self.password
+            rules = [self.acl_user, "on", f">{self.password}", f"~{self.acl_keys}"]
+            return ["--user", "default", "off", "--user", *rules, "+@all", "-@dangerous"]
+        return ["--requirepass", self.password] if self.password else []
+
     def _answers(self) -> bool:
         auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        if self.acl_user:
+            auth = ["--user", self.acl_user, *auth]
         out = subprocess.run(
             ["redis-cli", "-p", str(self.port), *auth, "ping"],
             capture_output=True,

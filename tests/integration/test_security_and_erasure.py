@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from patronage.models.simulate import DAY_MS, generate
@@ -34,8 +35,13 @@ SECRET = "s3cret-patronage-pw"
 TOKEN = "web-t0ken-for-tests"
 
 
-def test_redis_auth_and_web_token(isolated_env: dict[str, str], tmp_path: Path) -> None:
-    server = PrivateRedis(tmp_path, password=SECRET)
+@pytest.mark.parametrize("auth", ["requirepass", "acl user"])
+def test_redis_auth_and_web_token(isolated_env: dict[str, str], tmp_path: Path, auth: str) -> None:
+    """The ACL user may only touch keys under the worker's key prefix and no
+    @dangerous command: the worker must need nothing more."""
+    acl_user = "patronage-worker" if auth == "acl user" else None
+    prefix = isolated_env["PATRONAGE_KEY_PREFIX"]
+    server = PrivateRedis(tmp_path, password=SECRET, acl_user=acl_user, acl_keys=f"{prefix}:*")
     server.start()
     base = {
         **isolated_env,
@@ -59,6 +65,8 @@ def test_redis_auth_and_web_token(isolated_env: dict[str, str], tmp_path: Path) 
             refused.stop()
 
         env = {**base, "PATRONAGE_REDIS_PASSWORD": SECRET, "PATRONAGE_WEB_TOKEN": TOKEN}
+        if acl_user:
+            env["PATRONAGE_REDIS_USERNAME"] = acl_user
         worker = Worker(env, name="auth").start()
         try:
             wait_for(lambda: drained(settings), 60, "drain with AUTH", worker.check_alive)
@@ -69,9 +77,13 @@ def test_redis_auth_and_web_token(isolated_env: dict[str, str], tmp_path: Path) 
             assert worker.http("/metrics", token=TOKEN)[0] == 200
             assert worker.http("/healthz")[0] == 200
             customer = events[0]["customer_id"]
-            assert redis.Redis(port=server.port, password=SECRET).exists(
-                f"{settings.key_prefix}:{{{customer}}}:p"
-            )
+            client = redis.Redis(port=server.port, username=acl_user, password=SECRET)
+            assert client.exists(f"{settings.key_prefix}:{{{customer}}}:p")
+            assert worker.http("/readyz")[0] == 200
+            assert "NOPERM" not in worker.log_path.read_text(errors="replace")
+            if acl_user:  # the restriction is real
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    client.set("elsewhere", 1)
             assert worker.http(f"/profiles/{customer}")[0] == 401
             assert worker.http(f"/profiles/{customer}", token=TOKEN)[0] == 200
         finally:
@@ -80,6 +92,9 @@ def test_redis_auth_and_web_token(isolated_env: dict[str, str], tmp_path: Path) 
             errors="replace"
         )
         assert SECRET not in log and TOKEN not in log
+        # Debug level names customers (for troubleshooting); see the erasure
+        # test for info level, which must not.
+        assert customer in worker.log_path.read_text(errors="replace")
     finally:
         server.stop()
 
@@ -119,6 +134,9 @@ def test_erasure_and_retention(backend_env: dict[str, str]) -> None:
         assert other != victim and worker.http(f"/profiles/{other}")[0] == 200
     finally:
         worker.stop()
+    # At the default (info) level the log never names a customer.
+    log = worker.log_path.read_text(errors="replace")
+    assert not {e["customer_id"] for e in events if e["customer_id"] in log}
 
     # Retention: profiles not updated for the retention time disappear.
     short = {
