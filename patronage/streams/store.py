@@ -125,17 +125,23 @@ class ProfileStore:
         raise AssertionError("unreachable")
 
     def _node(self, address: str) -> aioredis.Redis:
+        """A plain client for one cluster node, with the cluster client's
+        credentials and TLS settings (ACL user, password, CA)."""
         client = self._nodes.get(address)
         if client is None:
             host, _, port = address.rpartition(":")
             kwargs = getattr(self.client, "connection_kwargs", {})
-            client = aioredis.Redis(
+            connection_class = kwargs.get("connection_class", aioredis.Connection)
+            wanted = _NODE_CONNECTION_KWARGS
+            if issubclass(connection_class, aioredis.SSLConnection):
+                wanted = wanted + tuple(k for k in kwargs if k.startswith("ssl_"))
+            pool = aioredis.ConnectionPool(
+                connection_class=connection_class,
                 host=host,
                 port=int(port),
-                password=kwargs.get("password"),
-                socket_timeout=10,
-                socket_connect_timeout=5,
+                **{k: kwargs[k] for k in wanted if kwargs.get(k) is not None},
             )
+            client = aioredis.Redis(connection_pool=pool)
             self._nodes[address] = client
         return client
 
@@ -362,6 +368,26 @@ def group_by_customer(pairs: Iterable[tuple[str, Delta]]) -> dict[str, list[Delt
     return grouped
 
 
+_NODE_CONNECTION_KWARGS = (
+    "username",
+    "password",
+    "credential_provider",
+    "socket_timeout",
+    "socket_connect_timeout",
+)
+
+# What a healthy Redis or Redis Cluster recovers from by itself: retry the
+# batch (it is idempotent), report not-ready, never crash the worker.
+REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,  # incl. LOADING while a restarted node reads its AOF
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterError,  # CLUSTERDOWN / MASTERDOWN while a master is missing
+    redis.exceptions.TryAgainError,  # a slot being migrated
+    redis.exceptions.ReadOnlyError,  # a failover demoted the node we wrote to
+    redis.exceptions.SlotNotCoveredError,
+)
+
+
 def make_redis(
     url: str,
     password: str | None = None,
@@ -385,6 +411,14 @@ def make_redis(
         client: aioredis.Redis = RedisCluster.from_url(url, **options)  # type: ignore[assignment]
         return client
     return aioredis.Redis.from_url(url, health_check_interval=15, **options)
+
+
+async def ping_every_master(client: aioredis.Redis, cluster: bool) -> None:
+    """PING; on a cluster, every master (a cluster client pings one node only)."""
+    if cluster:
+        await client.ping(target_nodes="primaries")
+    else:
+        await client.ping()
 
 
 def redis_for(settings: Settings) -> aioredis.Redis:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 import zlib
 from collections import Counter
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
 import faust
 import redis.exceptions
@@ -23,10 +25,32 @@ from patronage.models.lapse import finding_from_json, to_alert
 from patronage.streams.lag import PartitionLag, group_lag
 from patronage.streams.segmenting import Learner, Segmenter, feature_message
 from patronage.streams.settings import Settings
-from patronage.streams.store import ApplyResult, ProfileStore, redis_for
+from patronage.streams.store import (
+    REDIS_UNAVAILABLE,
+    ApplyResult,
+    ProfileStore,
+    ping_every_master,
+    redis_for,
+)
 from patronage.streams.sweeper import LapseSweeper
 
 log = logging.getLogger("patronage.worker")
+T = TypeVar("T")
+
+
+def stop_the_worker(agent: str) -> NoReturn:
+    """An agent failed in a way it cannot recover from. A worker whose agent
+    died would stay up consuming nothing; exiting lets the supervisor start a
+    fresh one, and Kafka redelivers everything not yet committed."""
+    log.critical("agent %s failed; stopping the worker", agent, exc_info=True)
+    logging.shutdown()
+    os._exit(70)
+
+
+def _report_rescoring(task: asyncio.Task[Any]) -> None:
+    # A failed pass is repeated by the next model refresh; say why it failed.
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("re-scoring after a promotion failed: %s", task.exception())
 
 
 class Runtime:
@@ -76,14 +100,15 @@ class Runtime:
             log.warning("lag sample failed: %s", exc)
         try:
             self.segment_sizes = await self.segmenter.models.sizes()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            self.redis_ok = False
+        except REDIS_UNAVAILABLE as exc:
+            log.warning("segment sizes not refreshed: redis unavailable (%s)", exc)
 
     async def readiness(self, app: faust.App) -> tuple[bool, dict[str, str]]:
         checks: dict[str, str] = {}
         try:
-            await asyncio.wait_for(self.redis.ping(), 1.0)
-            checks["redis"] = "ok"
+            await asyncio.wait_for(ping_every_master(self.redis, self.settings.redis_cluster), 1.0)
+            # redis_ok is False only while a batch is stuck retrying.
+            checks["redis"] = "ok" if self.redis_ok else "unavailable: a batch is being retried"
         except Exception as exc:
             checks["redis"] = f"unreachable: {exc}"
         fresh = time.monotonic() - self.kafka_ok_at < 3 * self.settings.lag_interval_s + 5
@@ -148,9 +173,14 @@ class Runtime:
             assert self.app is not None
             await self._send_dead_letters(self.app, batch)
             return
-        removed, segment = await self.store.erase(customer_id, message.partition)
+        removed, segment = await self.with_redis_retry(
+            "erasure", lambda: self.store.erase(customer_id, message.partition)
+        )
         if segment is not None:
-            await self.redis.hincrby(self.segmenter.models.sizes_key, str(segment), -1)
+            sizes = self.segmenter.models.sizes_key
+            await self.with_redis_retry(
+                "segment size", lambda: self.redis.hincrby(sizes, str(segment), -1)
+            )
         confirmation = {
             "event_id": f"erased:{customer_id}:{request_id}",
             "customer_id": customer_id,
@@ -202,6 +232,7 @@ class Runtime:
         self.rescoring = asyncio.create_task(
             self.segmenter.rescore_partitions(owned, self.settings.partitions, now, self.send)  # type: ignore[arg-type]
         )
+        self.rescoring.add_done_callback(_report_rescoring)
 
     async def send_findings(self, outbox: dict[str, list[bytes]]) -> None:
         """Publish pending lapse findings as alerts, then drop them from Redis."""
@@ -232,15 +263,24 @@ class Runtime:
         await asyncio.gather(*pending)
 
     async def _apply_with_retry(self, batch: PreparedBatch) -> ApplyResult:
+        async def apply() -> ApplyResult:
+            started = time.perf_counter()
+            result = await self.store.apply_batch(
+                batch.by_customer, batch.partition_of, batch.watermarks
+            )
+            self.script_seconds_sum += time.perf_counter() - started
+            self.script_calls += 1
+            return result
+
+        return await self.with_redis_retry("batch", apply)
+
+    async def with_redis_retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run an idempotent Redis call until it succeeds, backing off while
+        Redis (or a cluster master) is unavailable; never gives up, never drops."""
         delay = 0.1
         while True:
             try:
-                started = time.perf_counter()
-                result = await self.store.apply_batch(
-                    batch.by_customer, batch.partition_of, batch.watermarks
-                )
-                self.script_seconds_sum += time.perf_counter() - started
-                self.script_calls += 1
+                result = await call()
                 if not self.redis_ok:
                     log.warning("redis is back; resuming")
                 self.redis_ok = True
@@ -249,10 +289,10 @@ class Runtime:
                 # A (cluster) node restarted and forgot our scripts: load them again.
                 await self.store.ensure_scripts(force=True)
                 self.counters["redis_retries"] += 1
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except REDIS_UNAVAILABLE as exc:
                 self.redis_ok = False
                 self.counters["redis_retries"] += 1
-                log.warning("redis unavailable (%s); retrying batch in %.1fs", exc, delay)
+                log.warning("redis unavailable (%s); retrying %s in %.1fs", exc, what, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.redis_retry_max_s)
 
@@ -321,20 +361,25 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     @app.agent(source, name="ingest")
     async def ingest(stream: Any) -> None:
-        async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
-            records = [
-                Record(
-                    e.message.topic,
-                    e.message.partition,
-                    e.message.offset,
-                    e.message.key,
-                    e.message.value,
-                )
-                for e in events
-            ]
-            await runtime.process(app, records)
-            for event in events:
-                await stream.ack(event)
+        try:
+            async for events in stream.noack_take(
+                settings.batch_max, within=settings.batch_within_s
+            ):
+                records = [
+                    Record(
+                        e.message.topic,
+                        e.message.partition,
+                        e.message.offset,
+                        e.message.key,
+                        e.message.value,
+                    )
+                    for e in events
+                ]
+                await runtime.process(app, records)
+                for event in events:
+                    await stream.ack(event)
+        except Exception:
+            stop_the_worker("ingest")
 
     input_topics = set(settings.input_topics)
 
@@ -346,8 +391,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
             return
         try:
             await runtime.sweeper.sweep(owned)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            runtime.redis_ok = False
+        except REDIS_UNAVAILABLE as exc:
             log.warning("lapse sweep skipped: redis unavailable (%s)", exc)
 
     features_topic = app.topic(
@@ -361,14 +405,18 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def learn(stream: Any) -> None:
         # Only the one worker that owns the single partition receives vectors.
         async for values in stream.take(1000, within=1.0):
-            await runtime.learner.learn(json.loads(v) for v in values)
+            try:
+                await runtime.learner.learn(json.loads(v) for v in values)
+            except REDIS_UNAVAILABLE as exc:
+                # The vectors are learnt in memory; the promotion waits for Redis.
+                log.warning("segment learner: redis unavailable (%s)", exc)
 
     @app.timer(interval=settings.segment_refresh_interval_s)  # type: ignore[untyped-decorator]
     async def segment_model_refresh() -> None:
         owned = {tp.partition for tp in app.consumer.assignment() if tp.topic in input_topics}
         try:
             await runtime.refresh_model(owned)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning("model refresh skipped: redis unavailable (%s)", exc)
 
     @app.timer(interval=settings.lag_interval_s)  # type: ignore[untyped-decorator]
@@ -383,8 +431,11 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     @app.agent(erasures, name="erase")
     async def erase(stream: Any) -> None:
-        async for event in stream.events():
-            await runtime.erase(event.message)
+        try:
+            async for event in stream.events():
+                await runtime.erase(event.message)
+        except Exception:
+            stop_the_worker("erase")
 
     from patronage.streams import web
 

@@ -51,7 +51,9 @@ class PrivateRedis:
         if self.acl_user:
             assert self.password
             rules = [self.acl_user, "on", f">{self.password}", f"~{self.acl_keys}"]
-            return ["--user", "default", "off", "--user", *rules, "+@all", "-@dangerous"]
+            # Default user kept, with another password: see redis_cluster.py.
+            default = ["default", "on", f">{self.password}-admin", "~*", "+@all"]
+            return ["--user", *default, "--user", *rules, "+@all", "-@dangerous"]
         return ["--requirepass", self.password] if self.password else []
 
     def _answers(self) -> bool:

@@ -28,6 +28,7 @@ from tests.integration.harness import (
     wait_for,
 )
 from tests.integration.private_redis import PrivateRedis
+from tests.integration.redis_cluster import RedisCluster3, require_redis_server
 from tests.integration.test_end_to_end import (
     assert_profiles_match,
     bad_messages,
@@ -176,6 +177,88 @@ def test_redis_outage_mid_stream_commits_nothing_unapplied(
         uncommitted_while_down=lag_while_down,
         ready_after_redis_back_s=round(ready_after_s, 1),
         drain_after_redis_back_s=round(drain_s, 1),
+        redis_retries=int(retries),
+    )
+
+
+def test_redis_cluster_master_outage_mid_stream(
+    isolated_env: dict[str, str], tmp_path: Path
+) -> None:
+    """One of three masters stopped mid-stream, started again later.
+
+    Only a real cluster shows this: a batch is one pipeline per master, so
+    the other masters apply their part while the stopped one refuses; the
+    whole batch is retried (and must not double the parts already applied),
+    the restarted master has forgotten the Lua scripts, and the client must
+    find the node again.
+    """
+    require_redis_server()
+    # With an ACL user: the per-master pipelines must log in like the cluster client.
+    acl = ("patronage-worker", "cluster-secret")
+    cluster = RedisCluster3(tmp_path / "cluster", durable=True, acl=acl).start()
+    env = {
+        **isolated_env,
+        "PATRONAGE_REDIS_URL": cluster.url,
+        "PATRONAGE_REDIS_CLUSTER": "true",
+        "PATRONAGE_REDIS_USERNAME": acl[0],
+        "PATRONAGE_REDIS_PASSWORD": acl[1],
+        "PATRONAGE_COMMIT_INTERVAL_S": "0.3",
+        "PATRONAGE_REDIS_RETRY_MAX_S": "1",
+        "PATRONAGE_LAG_INTERVAL_S": "1",
+        "PATRONAGE_BATCH_MAX": "200",
+    }
+    try:
+        settings = settings_with_topics(env)
+        good, stream = build_stream(int(time.time() * 1000))
+        half = len(stream) // 2
+        worker = Worker(env, name="cluster-outage").start()
+        try:
+            publish_with_metadata(settings, stream[:half])
+            wait_for(
+                lambda: (
+                    metric_sum(worker.http("/metrics")[1], "patronage_events_applied_total") > 0
+                ),
+                60,
+                "the worker to be applying",
+                worker.check_alive,
+            )
+            cluster.stop_node(0)  # the node the settings name, to be harsh
+            down_at = time.monotonic()
+            publish_with_metadata(settings, stream[half:])
+            time.sleep(3)  # offsets of batches applied before the stop may still commit
+            lag_while_down = cli_lag(env)[0]
+            time.sleep(5)
+            assert cli_lag(env)[0] == lag_while_down, "offsets moved while a master was down"
+            assert len(stream) - half <= lag_while_down < len(stream)
+            readiness_while_down = worker.http("/readyz")[0]
+            assert readiness_while_down == 503
+            cluster.start_node(0)
+            down_s = time.monotonic() - down_at
+            back_at = time.monotonic()
+            wait_for(
+                lambda: drained(settings),
+                120,
+                "drain after the master returned",
+                worker.check_alive,
+            )
+            drain_s = time.monotonic() - back_at
+            _, body = worker.http("/metrics")
+            retries = metric_sum(body, "patronage_redis_retries_total")
+            pid_unchanged = worker.proc is not None and worker.proc.poll() is None
+        finally:
+            worker.stop()
+        assert pid_unchanged, "the worker had to be restarted by hand"
+        assert retries >= 1
+        assert_profiles_match(export(env, tmp_path / "after-cluster-outage.jsonl"), recompute(good))
+    finally:
+        cluster.stop()
+    record(
+        "redis cluster: one master down mid-stream",
+        events=len(stream),
+        master_down_s=round(down_s, 1),
+        uncommitted_while_down=lag_while_down,
+        readyz_while_down=readiness_while_down,
+        drain_after_master_back_s=round(drain_s, 1),
         redis_retries=int(retries),
     )
 

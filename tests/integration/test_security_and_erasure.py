@@ -7,6 +7,7 @@ secret never reaches the logs, and that erasure removes every real key.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ from patronage.models.simulate import DAY_MS, generate
 from tests.integration.certificates import make_certificates
 from tests.integration.harness import (
     Worker,
+    cli_lag,
     drained,
     free_port,
     redis_client,
@@ -102,7 +104,7 @@ def test_redis_auth_and_web_token(isolated_env: dict[str, str], tmp_path: Path, 
 def test_erasure_and_retention(backend_env: dict[str, str]) -> None:
     """Every key of an erased customer is gone, on one Redis and on a cluster
     (where the customer's keys and the lapse due set live on different masters)."""
-    env = {**backend_env, "PATRONAGE_COMMIT_INTERVAL_S": "0.3"}
+    env = {**backend_env, "PATRONAGE_COMMIT_INTERVAL_S": "0.3", "PATRONAGE_LOG_LEVEL": "info"}
     settings = settings_with_topics(env)
     now = int(time.time() * 1000)
     events, _ = generate(customers=40, days=20, seed=2, start_ms=(now // DAY_MS - 21) * DAY_MS)
@@ -240,3 +242,40 @@ def test_redis_over_tls(isolated_env: dict[str, str], tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_unrecoverable_redis_error_stops_the_worker(
+    isolated_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Redis refusing our keys for good (an ACL without the key prefix) is
+    not an outage to wait out. Before the fix the ingest agent died and the
+    worker stayed up consuming nothing; now it exits, so its supervisor shows
+    a crash loop, and it commits nothing it did not apply."""
+    acl_user = "patronage-worker"
+    server = PrivateRedis(tmp_path, password=SECRET, acl_user=acl_user, acl_keys="elsewhere:*")
+    server.start()
+    env = {
+        **isolated_env,
+        "PATRONAGE_REDIS_URL": f"redis://127.0.0.1:{server.port}/0",
+        "PATRONAGE_REDIS_USERNAME": acl_user,
+        "PATRONAGE_REDIS_PASSWORD": SECRET,
+        "PATRONAGE_COMMIT_INTERVAL_S": "0.3",
+    }
+    worker = Worker(env, name="noperm")
+    try:
+        settings = settings_with_topics(env)
+        now = int(time.time() * 1000)
+        events, _ = generate(customers=20, days=10, seed=8, start_ms=(now // DAY_MS - 11) * DAY_MS)
+        published = publish_with_metadata(settings, as_messages(events))
+        with contextlib.suppress(AssertionError):
+            worker.start()  # it may exit before its web port answers
+        assert worker.proc is not None
+        wait_for(lambda: worker.proc is not None and worker.proc.poll() is not None, 60, "exit")
+        exit_code = worker.proc.returncode
+    finally:
+        worker.stop()
+        server.stop()
+    log = worker.log_path.read_text(errors="replace")
+    assert exit_code == 70, log[-2000:]
+    assert "no permissions" in log and "stopping the worker" in log
+    assert cli_lag(env)[0] == len(published)
