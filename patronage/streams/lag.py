@@ -33,24 +33,74 @@ async def group_lag(
 ) -> list[PartitionLag]:
     """Lag per partition; with `waiting`, also how long the oldest unprocessed
     record has waited (one small fetch per partition that has a backlog)."""
-    topics = topics or list(settings.input_topics)
-    kwargs = settings.kafka_client_kwargs()
-    admin = AIOKafkaAdminClient(**kwargs)
-    consumer = AIOKafkaConsumer(**kwargs, enable_auto_commit=False)
-    await admin.start()
-    await consumer.start()
+    reader = LagReader(settings)
     try:
-        committed = await _committed(admin, settings.group_id)
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(
-                consumer.partitions_for_topic(topic) or await _partitions(consumer, topic)
-            )
-        ]
-        ends = await consumer.end_offsets(partitions)
-        starts = await consumer.beginning_offsets(partitions)
-        rows = []
+        return await reader.sample(topics, waiting)
+    finally:
+        await reader.close()
+
+
+class LagReader:
+    """Repeated lag samples over one admin client and one consumer: the worker
+    samples every few seconds, and new connections each time cost the broker
+    more than the reads. After a failure the next sample reconnects."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._clients: tuple[AIOKafkaAdminClient, AIOKafkaConsumer] | None = None
+
+    async def sample(
+        self, topics: list[str] | None = None, waiting: bool = False
+    ) -> list[PartitionLag]:
+        if self._clients is None:
+            kwargs = self.settings.kafka_client_kwargs()
+            admin = AIOKafkaAdminClient(**kwargs)
+            consumer = AIOKafkaConsumer(**kwargs, enable_auto_commit=False)
+            try:
+                await admin.start()
+                await consumer.start()
+            except BaseException:
+                await _close(admin, consumer)
+                raise
+            self._clients = (admin, consumer)
+        admin, consumer = self._clients
+        try:
+            return await _read(admin, consumer, self.settings, topics, waiting)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._clients is not None:
+            clients, self._clients = self._clients, None
+            await _close(*clients)
+
+
+async def _close(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer) -> None:
+    try:
+        await consumer.stop()
+    finally:
+        await admin.close()
+
+
+async def _read(
+    admin: AIOKafkaAdminClient,
+    consumer: AIOKafkaConsumer,
+    settings: Settings,
+    topics: list[str] | None,
+    waiting: bool,
+) -> list[PartitionLag]:
+    topics = topics or list(settings.input_topics)
+    committed = await _committed(admin, settings.group_id)
+    partitions = [
+        TopicPartition(topic, p)
+        for topic in topics
+        for p in sorted(consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))
+    ]
+    ends = await consumer.end_offsets(partitions)
+    starts = await consumer.beginning_offsets(partitions)
+    rows = []
+    try:
         for tp in partitions:
             meta = committed.get(tp)
             offset = meta.offset if meta is not None and meta.offset >= 0 else None
@@ -58,10 +108,10 @@ async def group_lag(
             if waiting and row.lag > 0:
                 row = await _with_wait(consumer, tp, row)
             rows.append(row)
-        return rows
     finally:
-        await consumer.stop()
-        await admin.close()
+        # A kept consumer must not go on fetching the last partition it peeked at.
+        consumer.unsubscribe()
+    return rows
 
 
 async def _with_wait(

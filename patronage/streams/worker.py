@@ -22,7 +22,7 @@ import redis.exceptions
 
 from patronage.models.batch import PreparedBatch, Record, dead_letter, prepare_batch
 from patronage.models.lapse import finding_from_json, to_alert
-from patronage.streams.lag import PartitionLag, group_lag
+from patronage.streams.lag import LagReader, PartitionLag
 from patronage.streams.segmenting import Learner, Segmenter, feature_message
 from patronage.streams.settings import Settings
 from patronage.streams.store import (
@@ -78,6 +78,7 @@ class Runtime:
         self.learner = Learner(settings, self.segmenter.models)
         self.rescoring: asyncio.Task[None] | None = None
         self.lag_rows: list[PartitionLag] = []
+        self.lag_reader = LagReader(settings)
         self.kafka_ok_at = 0.0
         self.segment_sizes: dict[int, int] = {}
         self.script_seconds_sum = 0.0
@@ -94,7 +95,7 @@ class Runtime:
 
     async def sample_lag(self) -> None:
         try:
-            self.lag_rows = await group_lag(self.settings, waiting=True)
+            self.lag_rows = await self.lag_reader.sample(waiting=True)
             self.kafka_ok_at = time.monotonic()
         except Exception as exc:  # any Kafka failure means "not ready", never a crash
             log.warning("lag sample failed: %s", exc)
@@ -422,6 +423,11 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.timer(interval=settings.lag_interval_s)  # type: ignore[untyped-decorator]
     async def lag_sample() -> None:
         await runtime.sample_lag()
+
+    # faust's Signal typing rejects this receiver; faust calls it (sender, signal=…) and awaits it.
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def close_lag_reader(sender: Any, **kwargs: Any) -> None:
+        await runtime.lag_reader.close()
 
     erasures = app.topic(
         settings.topic(settings.topic_erasure_requests),
