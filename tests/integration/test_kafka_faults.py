@@ -142,7 +142,9 @@ SCRAM_PASSWORD = "scram-pw-for-tests"
 KEY_PASSWORD = "client-key-pw"
 
 
-@pytest.mark.parametrize("listener", ["SASL_SSL+SCRAM-SHA-256", "SSL+client-certificate"])
+@pytest.mark.parametrize(
+    "listener", ["SASL_SSL+SCRAM-SHA-256", "SASL_SSL+SCRAM-SHA-512", "SSL+client-certificate"]
+)
 def test_kafka_over_tls(
     isolated_env: dict[str, str],
     tmp_path: Path,
@@ -169,10 +171,11 @@ def test_kafka_over_tls(
         capture_output=True,
     )  # fmt: skip
     scram = listener.startswith("SASL_SSL")
+    mechanism = listener.partition("+")[2]
     broker = PrivateKafka(
         tmp_path / "kafka",
         listeners=(
-            Listener("SECURE", "SASL_SSL", "SCRAM-SHA-256")
+            Listener("SECURE", "SASL_SSL", mechanism)
             if scram
             else Listener("SECURE", "SSL", client_auth=True),
         ),
@@ -186,7 +189,7 @@ def test_kafka_over_tls(
     if scram:
         secure |= {
             "PATRONAGE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-            "PATRONAGE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+            "PATRONAGE_KAFKA_SASL_MECHANISM": mechanism,
             "PATRONAGE_KAFKA_SASL_USERNAME": "patronage",
             "PATRONAGE_KAFKA_SASL_PASSWORD": SCRAM_PASSWORD,
         }
