@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,72 @@ def test_kill_9_mid_stream_loses_and_doubles_nothing(
     )
 
 
+OUTAGE_SETTINGS = {
+    "PATRONAGE_COMMIT_INTERVAL_S": "0.3",
+    "PATRONAGE_REDIS_RETRY_MAX_S": "1",
+    "PATRONAGE_LAG_INTERVAL_S": "1",
+    "PATRONAGE_BATCH_MAX": "200",
+}
+
+
+def outage_mid_stream(
+    env: dict[str, str],
+    name: str,
+    tmp_path: Path,
+    stop: Callable[[], None],
+    start: Callable[[], None],
+) -> dict[str, float]:
+    """Publish half the stream, `stop` (part of) Redis once the worker is
+    applying, publish the rest, `start` it again; check that nothing was
+    committed while down, /readyz said so, the same worker recovered and every
+    field of every profile is exact. Returns the figures."""
+    settings = settings_with_topics(env)
+    good, stream = build_stream(int(time.time() * 1000))
+    half = len(stream) // 2
+    worker = Worker(env, name=name).start()
+    try:
+        publish_with_metadata(settings, stream[:half])
+        wait_for(
+            lambda: metric_sum(worker.http("/metrics")[1], "patronage_events_applied_total") > 0,
+            60,
+            "the worker to be applying",
+            worker.check_alive,
+        )
+        stop()  # mid-stream: the first half is being applied
+        down_at = time.monotonic()
+        publish_with_metadata(settings, stream[half:])  # the shops keep selling
+        wait_for(lambda: worker.http("/readyz")[0] == 503, 15, "/readyz 503 while Redis is down")
+        time.sleep(3)  # offsets of batches applied before the stop may still commit
+        lag_while_down = cli_lag(env)[0]
+        time.sleep(5)
+        assert cli_lag(env)[0] == lag_while_down, "offsets moved while nothing could be applied"
+        # Work applied before the stop was committed; the rest all waits.
+        assert len(stream) - half <= lag_while_down < len(stream)
+        start()
+        down_s = time.monotonic() - down_at
+        back_at = time.monotonic()
+        wait_for(lambda: worker.http("/readyz")[0] == 200, 30, "/readyz 200 again")
+        ready_after_s = time.monotonic() - back_at
+        wait_for(lambda: drained(settings), 120, "drain after Redis returned", worker.check_alive)
+        drain_s = time.monotonic() - back_at
+        retries = metric_sum(worker.http("/metrics")[1], "patronage_redis_retries_total")
+        pid_unchanged = worker.proc is not None and worker.proc.poll() is None
+    finally:
+        worker.stop()
+    assert pid_unchanged, "the worker had to be restarted by hand"
+    assert retries >= 1
+    # Every field of every profile, not just counts.
+    assert_profiles_match(export(env, tmp_path / f"after-{name}.jsonl"), recompute(good))
+    return {
+        "events": len(stream),
+        "down_s": round(down_s, 1),
+        "uncommitted_while_down": lag_while_down,
+        "ready_after_back_s": round(ready_after_s, 1),
+        "drain_after_back_s": round(drain_s, 1),
+        "redis_retries": int(retries),
+    }
+
+
 def test_redis_outage_mid_stream_commits_nothing_unapplied(
     isolated_env: dict[str, str], private_redis: PrivateRedis, tmp_path: Path
 ) -> None:
@@ -126,59 +193,13 @@ def test_redis_outage_mid_stream_commits_nothing_unapplied(
     """
     env = {
         **isolated_env,
+        **OUTAGE_SETTINGS,
         "PATRONAGE_REDIS_URL": f"redis://127.0.0.1:{private_redis.port}/0",
-        "PATRONAGE_COMMIT_INTERVAL_S": "0.3",
-        "PATRONAGE_REDIS_RETRY_MAX_S": "1",
-        "PATRONAGE_LAG_INTERVAL_S": "1",
-        "PATRONAGE_BATCH_MAX": "200",
     }
-    settings = settings_with_topics(env)
-    good, stream = build_stream(int(time.time() * 1000))
-    half = len(stream) // 2
-    worker = Worker(env, name="redis-outage").start()
-    try:
-        publish_with_metadata(settings, stream[:half])
-        wait_for(
-            lambda: metric_sum(worker.http("/metrics")[1], "patronage_events_applied_total") > 0,
-            60,
-            "the worker to be applying",
-            worker.check_alive,
-        )
-        private_redis.stop()  # mid-stream: the first half is being applied
-        down_at = time.monotonic()
-        publish_with_metadata(settings, stream[half:])  # the shops keep selling
-        wait_for(lambda: worker.http("/readyz")[0] == 503, 15, "/readyz 503 with Redis down")
-        time.sleep(2)  # offsets of batches applied before the stop may still commit
-        lag_while_down = cli_lag(env)[0]
-        time.sleep(5)
-        assert cli_lag(env)[0] == lag_while_down, "offsets moved while nothing could be applied"
-        # Work applied before the stop was committed; the rest all waits.
-        assert len(stream) - half <= lag_while_down < len(stream)
-        private_redis.start()
-        down_s = time.monotonic() - down_at
-        back_at = time.monotonic()
-        wait_for(lambda: worker.http("/readyz")[0] == 200, 30, "/readyz 200 again")
-        ready_after_s = time.monotonic() - back_at
-        wait_for(lambda: drained(settings), 120, "drain after Redis returned", worker.check_alive)
-        drain_s = time.monotonic() - back_at
-        _, body = worker.http("/metrics")
-        retries = metric_sum(body, "patronage_redis_retries_total")
-        pid_unchanged = worker.proc is not None and worker.proc.poll() is None
-    finally:
-        worker.stop()
-    assert pid_unchanged, "the worker had to be restarted by hand"
-    assert retries >= 1
-    # Every field of every profile, not just counts.
-    assert_profiles_match(export(env, tmp_path / "after-outage.jsonl"), recompute(good))
-    record(
-        "redis outage mid-stream",
-        events=len(stream),
-        redis_down_s=round(down_s, 1),
-        uncommitted_while_down=lag_while_down,
-        ready_after_redis_back_s=round(ready_after_s, 1),
-        drain_after_redis_back_s=round(drain_s, 1),
-        redis_retries=int(retries),
+    figures = outage_mid_stream(
+        env, "redis-outage", tmp_path, private_redis.stop, private_redis.start
     )
+    record("redis outage mid-stream", **figures)
 
 
 def test_redis_cluster_master_outage_mid_stream(
@@ -198,69 +219,24 @@ def test_redis_cluster_master_outage_mid_stream(
     cluster = RedisCluster3(tmp_path / "cluster", durable=True, acl=acl).start()
     env = {
         **isolated_env,
+        **OUTAGE_SETTINGS,
         "PATRONAGE_REDIS_URL": cluster.url,
         "PATRONAGE_REDIS_CLUSTER": "true",
         "PATRONAGE_REDIS_USERNAME": acl[0],
         "PATRONAGE_REDIS_PASSWORD": acl[1],
-        "PATRONAGE_COMMIT_INTERVAL_S": "0.3",
-        "PATRONAGE_REDIS_RETRY_MAX_S": "1",
-        "PATRONAGE_LAG_INTERVAL_S": "1",
-        "PATRONAGE_BATCH_MAX": "200",
     }
     try:
-        settings = settings_with_topics(env)
-        good, stream = build_stream(int(time.time() * 1000))
-        half = len(stream) // 2
-        worker = Worker(env, name="cluster-outage").start()
-        try:
-            publish_with_metadata(settings, stream[:half])
-            wait_for(
-                lambda: (
-                    metric_sum(worker.http("/metrics")[1], "patronage_events_applied_total") > 0
-                ),
-                60,
-                "the worker to be applying",
-                worker.check_alive,
-            )
-            cluster.stop_node(0)  # the node the settings name, to be harsh
-            down_at = time.monotonic()
-            publish_with_metadata(settings, stream[half:])
-            time.sleep(3)  # offsets of batches applied before the stop may still commit
-            lag_while_down = cli_lag(env)[0]
-            time.sleep(5)
-            assert cli_lag(env)[0] == lag_while_down, "offsets moved while a master was down"
-            assert len(stream) - half <= lag_while_down < len(stream)
-            readiness_while_down = worker.http("/readyz")[0]
-            assert readiness_while_down == 503
-            cluster.start_node(0)
-            down_s = time.monotonic() - down_at
-            back_at = time.monotonic()
-            wait_for(
-                lambda: drained(settings),
-                120,
-                "drain after the master returned",
-                worker.check_alive,
-            )
-            drain_s = time.monotonic() - back_at
-            _, body = worker.http("/metrics")
-            retries = metric_sum(body, "patronage_redis_retries_total")
-            pid_unchanged = worker.proc is not None and worker.proc.poll() is None
-        finally:
-            worker.stop()
-        assert pid_unchanged, "the worker had to be restarted by hand"
-        assert retries >= 1
-        assert_profiles_match(export(env, tmp_path / "after-cluster-outage.jsonl"), recompute(good))
+        # Node 0 is the one the settings name, to be harsh.
+        figures = outage_mid_stream(
+            env,
+            "cluster-outage",
+            tmp_path,
+            lambda: cluster.stop_node(0),
+            lambda: cluster.start_node(0),
+        )
     finally:
         cluster.stop()
-    record(
-        "redis cluster: one master down mid-stream",
-        events=len(stream),
-        master_down_s=round(down_s, 1),
-        uncommitted_while_down=lag_while_down,
-        readyz_while_down=readiness_while_down,
-        drain_after_master_back_s=round(drain_s, 1),
-        redis_retries=int(retries),
-    )
+    record("redis cluster: one master down mid-stream", **figures)
 
 
 # --- hostile input ---------------------------------------------------------
