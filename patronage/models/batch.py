@@ -2,19 +2,27 @@
 
 Pure and synchronous, so the whole ingest decision can be tested without a
 broker: I/O (consume, Redis, produce) wraps it in streams/worker.py.
+
+Isolation is per record: whatever one record makes validation, correction,
+hashing or key building raise turns that record, and only it, into a dead
+letter whose reason names the exception. Nothing a record contains can reach
+the agent as an exception.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from patronage.models.contracts import DeadLetter, format_ts
 from patronage.models.profile import Delta, to_delta
-from patronage.models.validate import Accepted, Rules, validate
+from patronage.models.validate import Accepted, LineProblem, Rules, validate
 
 
 @dataclass(frozen=True)
@@ -33,9 +41,13 @@ class PreparedBatch:
     accepted: Counter[str] = field(default_factory=Counter)  # per topic
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, code)
     corrected: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, correction)
+    lines_dropped: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, code)
     max_event_ts: dict[tuple[str, int], int] = field(default_factory=dict)  # per (topic, partition)
     partition_of: dict[str, int] = field(default_factory=dict)  # customer -> partition
     watermarks: dict[int, int] = field(default_factory=dict)  # partition -> latest activity ts
+    # customer -> the records behind its deltas (to dead-letter them if Redis
+    # refuses that customer's update as poison)
+    records_of: dict[str, list[Record]] = field(default_factory=dict)
 
 
 def prepare_batch(
@@ -47,56 +59,125 @@ def prepare_batch(
 ) -> PreparedBatch:
     batch = PreparedBatch()
     for record in records:
-        kind = kinds.get(record.topic)
-        if kind is None:
-            dead_letter(
-                batch, record, "unknown_topic", f"no event type for topic {record.topic}", now_ms
-            )
-            continue
-        raw = record.value if record.value is not None else b""
-        outcome = validate(raw, kind, now_ms, rules)  # type: ignore[arg-type]
-        if not isinstance(outcome, Accepted):
-            dead_letter(batch, record, outcome.code, outcome.reason, now_ms)
-            continue
-        delta = to_delta(
-            outcome.event,
-            outcome.ts_ms,
-            f"{record.topic}:{record.partition}",
-            record.offset,
-            rules.currencies,
-            zone,
-        )
-        batch.by_customer.setdefault(outcome.event.customer_id, []).append(delta)
-        batch.partition_of[outcome.event.customer_id] = record.partition
-        if delta.k != "a":
-            batch.watermarks[record.partition] = max(
-                batch.watermarks.get(record.partition, 0), delta.t
-            )
-        batch.accepted[record.topic] += 1
-        for correction in outcome.corrections:
-            batch.corrected[(record.topic, correction)] += 1
-        tp = (record.topic, record.partition)
-        batch.max_event_ts[tp] = max(batch.max_event_ts.get(tp, 0), outcome.ts_ms)
+        try:
+            _prepare_one(batch, record, kinds, rules, now_ms, zone)
+        except Exception as exc:  # the per-record guard: see the module docstring
+            dead_letter(batch, record, "unprocessable", describe_exception(exc), now_ms, rules)
     return batch
 
 
-def dead_letter(batch: PreparedBatch, record: Record, code: str, reason: str, now_ms: int) -> None:
+def describe_exception(exc: BaseException) -> str:
+    text = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
+    return f"{type(exc).__name__} while preparing the record: {text}"[:500]
+
+
+def _prepare_one(
+    batch: PreparedBatch,
+    record: Record,
+    kinds: Mapping[str, str],
+    rules: Rules,
+    now_ms: int,
+    zone: dt.tzinfo,
+) -> None:
+    kind = kinds.get(record.topic)
+    if kind is None:
+        reason = f"no event type for topic {record.topic}"
+        dead_letter(batch, record, "unknown_topic", reason, now_ms, rules)
+        return
     raw = record.value if record.value is not None else b""
+    outcome = validate(raw, kind, now_ms, rules)  # type: ignore[arg-type]
+    if not isinstance(outcome, Accepted):
+        dead_letter(batch, record, outcome.code, outcome.reason, now_ms, rules)
+        return
+    # Everything that can raise happens before the batch is touched.
+    delta = to_delta(
+        outcome.event,
+        outcome.ts_ms,
+        f"{record.topic}:{record.partition}",
+        record.offset,
+        rules.currencies,
+        zone,
+    )
+    line_letters = [
+        _line_letter(record, problem, now_ms, rules) for problem in outcome.dropped_lines
+    ]
+    customer_id = outcome.event.customer_id
+    batch.by_customer.setdefault(customer_id, []).append(delta)
+    batch.records_of.setdefault(customer_id, []).append(record)
+    batch.partition_of[customer_id] = record.partition
+    if delta.k != "a":
+        batch.watermarks[record.partition] = max(batch.watermarks.get(record.partition, 0), delta.t)
+    batch.accepted[record.topic] += 1
+    for correction in outcome.corrections:
+        batch.corrected[(record.topic, correction)] += 1
+    for problem, letter in zip(outcome.dropped_lines, line_letters, strict=True):
+        batch.dead_letters.append((record.key, letter))
+        batch.lines_dropped[(record.topic, problem.code)] += 1
+    tp = (record.topic, record.partition)
+    batch.max_event_ts[tp] = max(batch.max_event_ts.get(tp, 0), outcome.ts_ms)
+
+
+def bounded_payload(raw: bytes, limit: int) -> dict[str, Any]:
+    """The payload fields of a dead letter: at most `limit` bytes of the
+    original (UTF-8 text when it is, base64 otherwise), its length and digest."""
+    cut = raw[:limit]
     try:
-        payload, encoding = raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+        payload, encoding = cut.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError as exc:
+        if len(cut) < len(raw) and exc.start >= len(cut) - 3:
+            # Cut inside a multi-byte character: drop the partial character.
+            payload, encoding = cut[: exc.start].decode("utf-8", "replace"), "utf-8"
+        else:
+            payload, encoding = base64.b64encode(cut).decode("ascii"), "base64"
+    return {
+        "payload": payload,
+        "payload_encoding": encoding,
+        "payload_bytes": len(raw),
+        "payload_sha256": hashlib.sha256(raw).hexdigest(),
+        "payload_truncated": len(cut) < len(raw),
+    }
+
+
+def dead_letter(
+    batch: PreparedBatch,
+    record: Record,
+    code: str,
+    reason: str,
+    now_ms: int,
+    rules: Rules,
+) -> None:
+    raw = record.value if record.value is not None else b""
     letter = DeadLetter(
         # Deterministic: a redelivered bad record yields the same DLQ id.
         event_id=f"dlq:{record.topic}:{record.partition}:{record.offset}",
         source_topic=record.topic,
         partition=record.partition,
         offset=record.offset,
-        reason=reason,
+        reason=_printable(reason),
         error=code,
-        payload=payload,
-        payload_encoding=encoding,
         detected_at=format_ts(now_ms),
+        **bounded_payload(raw, rules.dlq_payload_max_bytes),
     )
     batch.dead_letters.append((record.key, letter))
     batch.rejected[(record.topic, code)] += 1
+
+
+def _line_letter(record: Record, problem: LineProblem, now_ms: int, rules: Rules) -> DeadLetter:
+    """A line-level letter: the line dropped from a receipt that was kept."""
+    raw = json.dumps(problem.line, ensure_ascii=True, default=str).encode("ascii")
+    return DeadLetter(
+        event_id=f"dlq:{record.topic}:{record.partition}:{record.offset}:line:{problem.index}",
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        reason=_printable(f"line dropped, rest of the receipt kept: {problem.reason}"),
+        error=problem.code,
+        detected_at=format_ts(now_ms),
+        line=problem.index,
+        **bounded_payload(raw, rules.dlq_payload_max_bytes),
+    )
+
+
+def _printable(text: str) -> str:
+    # A reason may quote the input; a lone surrogate in it cannot be encoded.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

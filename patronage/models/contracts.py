@@ -51,7 +51,7 @@ def parse_ts(value: Any, default_zone: dt.tzinfo = UTC) -> int:
         text = value.strip()
         if not text:
             raise ValueError("ts is empty")
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             return int(text)
         try:
             parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
@@ -71,19 +71,54 @@ def format_ts(epoch_ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _strip(value: Any) -> Any:
-    return value.strip() if isinstance(value, str) else value
+MAX_ID_LENGTH = 128
 
 
-Ident = Annotated[str, BeforeValidator(_strip), Field(min_length=1, max_length=128)]
-ShortText = Annotated[str, BeforeValidator(_strip), Field(max_length=128)]
+def text_problem(value: str) -> str | None:
+    """Why a string cannot be stored or keyed as it is, or None if it can.
+
+    JSON allows lone surrogates ("\\ud800") and control characters; neither
+    survives UTF-8 encoding into Redis and Lua, so they are refused here rather
+    than raising deep in the apply path."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (a lone surrogate)"
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in value):
+        return "contains control characters"
+    return None
+
+
+def _clean_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(f"text {problem}")
+    return value
+
+
+def _customer_key(value: Any) -> Any:
+    value = _clean_text(value)
+    if isinstance(value, str) and ("{" in value or "}" in value):
+        # Customer ids become Redis hash tags ({id}): a brace would split the tag.
+        raise ValueError("customer_id must not contain { or }")
+    return value
+
+
+Ident = Annotated[str, BeforeValidator(_clean_text), Field(min_length=1, max_length=MAX_ID_LENGTH)]
+CustomerId = Annotated[
+    str, BeforeValidator(_customer_key), Field(min_length=1, max_length=MAX_ID_LENGTH)
+]
+ShortText = Annotated[str, BeforeValidator(_clean_text), Field(max_length=MAX_ID_LENGTH)]
 
 
 class _Event(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     event_id: Ident
-    customer_id: Ident
+    customer_id: CustomerId
     # Kept raw here; validation turns it into epoch ms with the configured zone.
     ts: int | float | str
 
@@ -109,16 +144,15 @@ class Item(BaseModel):
 
     sku: Ident
     category: ShortText | None = None
-    quantity: int
+    # Decimal: weighed goods (0.532 kg) and fuel (41.27 l) are sold by measure.
+    quantity: Decimal = Field(allow_inf_nan=False)
     unit_price: Decimal = Field(allow_inf_nan=False)
 
-    @field_validator("quantity", mode="before")
+    @field_validator("quantity", "unit_price", mode="before")
     @classmethod
-    def _whole_quantity(cls, value: Any) -> Any:
+    def _not_bool(cls, value: Any) -> Any:
         if isinstance(value, bool):
-            raise ValueError("quantity must be a whole number")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+            raise ValueError("must be a number, not a boolean")
         return value
 
 
@@ -222,4 +256,11 @@ class DeadLetter(BaseModel):
     error: str
     payload: str
     payload_encoding: Literal["utf-8", "base64"]
+    # The payload is cut past a setting so a letter always fits the broker's
+    # message limit; length and digest identify the original.
+    payload_bytes: int
+    payload_sha256: str
+    payload_truncated: bool
     detected_at: str
+    # Set when one line of a receipt was dropped and the rest kept.
+    line: int | None = None

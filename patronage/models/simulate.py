@@ -225,7 +225,7 @@ BAD_VARIANTS = (
     "unknown_currency",
     "future_ts",
     "absurd_quantity",
-    "bad_page_type",
+    "bad_customer_id",
     "wrong_types",
 )
 
@@ -252,10 +252,9 @@ def with_bad_events(
             bad["ts"] = event["ts"] + 400 * DAY_MS
         elif variant == "absurd_quantity" and "items" in bad:
             bad["items"] = [{**bad["items"][0], "quantity": 10**6}]
-        elif variant == "bad_page_type" or "items" not in bad:
-            bad["page_type"] = "basement" if bad["type"] == "click" else bad.get("page_type")
-            if bad["type"] != "click":
-                bad.pop("customer_id", None)
+        elif variant == "bad_customer_id" or "items" not in bad:
+            # Braces would split the Redis hash tag the id becomes.
+            bad["customer_id"] = "{" + str(bad.get("customer_id")) + "}"
         if variant == "wrong_types":
             bad["customer_id"] = 12345
             bad["ts"] = [bad["ts"]]

@@ -1,16 +1,22 @@
 """Validate and correct raw event bytes before they touch a profile.
 
 Each decision is either a correction (the event is kept, the fix is named so a
-metric can count it) or a rejection (the event goes to the DLQ with a reason a
-person can act on). Pure: `now_ms` is an argument.
+metric can count it), a dropped line (the rest of the receipt is kept, the
+line goes to the DLQ with its reason) or a rejection (the event goes to the
+DLQ with a reason a person can act on). Good data is never lost for the sake
+of bad data beside it: an unknown optional label becomes `other`, a broken
+line leaves the receipt, an unusable `total` is recomputed from the lines.
+Pure: `now_ms` is an argument.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,34 +24,53 @@ from pydantic import ValidationError
 from patronage.models.contracts import (
     EVENT_MODELS,
     KNOWN_ATTRIBUTES,
+    MAX_ID_LENGTH,
     UTC,
     AttributeValue,
+    Channel,
     CustomerAttributes,
     Event,
     EventKind,
     Item,
+    PageType,
     Purchase,
     StoreReceipt,
     parse_ts,
+    text_problem,
 )
 
-YEAR_2000_MS = 946_684_800_000
+YEAR_1990_MS = 631_152_000_000
+# Money and quantities are kept to this many decimal places (a millionth of a
+# unit): enough for any real price or weight, and it keeps exponents sane.
+DECIMAL_PLACES = Decimal("0.000001")
 
 
 @dataclass(frozen=True)
 class Rules:
-    """Validation limits; every one is a setting."""
+    """Validation limits; every one is a setting (see streams/settings.py)."""
 
     currencies: dict[str, float] = field(default_factory=lambda: {"EUR": 1.0})
     default_zone: dt.tzinfo = UTC
     max_future_ms: int = 5 * 60 * 1000
-    min_ts_ms: int = YEAR_2000_MS
+    min_ts_ms: int = YEAR_1990_MS
     max_payload_bytes: int = 64 * 1024
     max_items: int = 500
-    max_quantity: int = 1000
-    max_unit_price: Decimal = Decimal("1000000")
+    max_quantity: Decimal = Decimal(1000)
+    max_unit_price: Decimal = Decimal(1_000_000)
     # A total within this much of the item sum is rounding, not an error.
     total_tolerance: Decimal = Decimal("0.01")
+    # Dead letters keep at most this much of the original payload.
+    dlq_payload_max_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class LineProblem:
+    """A receipt line that was dropped while the rest of the receipt counts."""
+
+    index: int
+    code: str
+    reason: str
+    line: Any  # the line as sent (a JSON value)
 
 
 @dataclass(frozen=True)
@@ -54,6 +79,7 @@ class Accepted:
     event: Event
     ts_ms: int
     corrections: tuple[str, ...] = ()
+    dropped_lines: tuple[LineProblem, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,6 +95,19 @@ class _Reject(Exception):
         self.reason = reason
 
 
+# Optional labels that fall back to `other` when a shop sends a value we do
+# not know, and free-text labels that are cleaned or dropped, never fatal.
+ENUM_LABELS: dict[str, dict[str, type[StrEnum]]] = {
+    "click": {"page_type": PageType, "channel": Channel},
+    "purchase": {"channel": Channel},
+}
+FREE_LABELS: dict[str, tuple[str, ...]] = {
+    "click": ("product_id", "category", "device"),
+    "purchase": ("payment_method",),
+    "store_receipt": ("payment_method", "loyalty_card"),
+}
+
+
 def validate(raw: bytes, kind: EventKind, now_ms: int, rules: Rules) -> Accepted | Rejected:
     try:
         return _validate(raw, kind, now_ms, rules)
@@ -76,11 +115,13 @@ def validate(raw: bytes, kind: EventKind, now_ms: int, rules: Rules) -> Accepted
         return Rejected(rej.code, rej.reason)
 
 
-def _validate(raw: bytes, kind: EventKind, now_ms: int, rules: Rules) -> Accepted:
+def decode_object(raw: bytes, rules: Rules) -> dict[str, Any]:
+    """Bytes -> a JSON object, or a _Reject saying why not."""
     if len(raw) > rules.max_payload_bytes:
         raise _Reject(
             "payload_too_large",
-            f"payload is {len(raw)} bytes; the limit is {rules.max_payload_bytes}",
+            f"payload is {len(raw)} bytes; the limit is {rules.max_payload_bytes} "
+            "(PATRONAGE_MAX_PAYLOAD_BYTES)",
         )
     try:
         text = raw.decode("utf-8")
@@ -94,6 +135,23 @@ def _validate(raw: bytes, kind: EventKind, now_ms: int, rules: Rules) -> Accepte
         raise _Reject("invalid_json", f"payload is not valid JSON: {exc}"[:300]) from exc
     if not isinstance(doc, dict):
         raise _Reject("not_an_object", f"payload must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _validate(raw: bytes, kind: EventKind, now_ms: int, rules: Rules) -> Accepted:
+    doc = decode_object(raw, rules)
+    corrections: list[str] = []
+    dropped: list[LineProblem] = []
+    _clean_labels(doc, kind, corrections)
+    basket = kind in ("purchase", "store_receipt")
+    lines: list[Item] = []
+    claimed_total: Decimal | None = None
+    if basket:
+        lines, dropped = _check_lines(doc.get("items"), rules, corrections)
+        claimed_total = _usable_decimal(doc.get("total"))
+        # Lines are what was sold: the model sees the good lines and a
+        # placeholder total, which is replaced by the sum of those lines.
+        doc = {**doc, "items": [], "total": 0}
 
     model = EVENT_MODELS[kind]
     try:
@@ -101,22 +159,32 @@ def _validate(raw: bytes, kind: EventKind, now_ms: int, rules: Rules) -> Accepte
     except ValidationError as exc:
         raise _Reject("schema", _describe(exc, kind)) from exc
 
-    try:
-        ts_ms = parse_ts(event.ts, rules.default_zone)
-    except ValueError as exc:
-        raise _Reject("bad_timestamp", str(exc)) from exc
-    if ts_ms > now_ms + rules.max_future_ms:
-        ahead_s = (ts_ms - now_ms) / 1000
-        raise _Reject("future_timestamp", f"ts is {ahead_s:.0f}s in the future")
-    if ts_ms < rules.min_ts_ms:
-        raise _Reject("ancient_timestamp", "ts is before 2000-01-01")
-
-    corrections: list[str] = []
+    ts_ms = _event_time(event, now_ms, rules)
     if isinstance(event, Purchase | StoreReceipt):
-        event = _check_basket(event, rules, corrections)
+        event = _settle_basket(event, lines, dropped, claimed_total, rules, corrections)
     elif isinstance(event, CustomerAttributes):
         event = _check_attributes(event, ts_ms, corrections)
-    return Accepted(kind, event, ts_ms, tuple(corrections))
+    return Accepted(kind, event, ts_ms, tuple(corrections), tuple(dropped))
+
+
+def _event_time(event: Event, now_ms: int, rules: Rules) -> int:
+    try:
+        ts_ms = parse_ts(event.ts, rules.default_zone)
+    except (ValueError, OverflowError) as exc:
+        raise _Reject("bad_timestamp", str(exc)[:300]) from exc
+    if ts_ms > now_ms + rules.max_future_ms:
+        ahead_s = (ts_ms - now_ms) / 1000
+        raise _Reject(
+            "future_timestamp",
+            f"ts is {ahead_s:.0f}s in the future; the limit is {rules.max_future_ms // 1000}s "
+            "(PATRONAGE_MAX_FUTURE_S)",
+        )
+    if ts_ms < rules.min_ts_ms:
+        earliest = dt.datetime.fromtimestamp(rules.min_ts_ms / 1000, tz=UTC).date()
+        raise _Reject(
+            "ancient_timestamp", f"ts is before {earliest} (PATRONAGE_EARLIEST_EVENT_TIME)"
+        )
+    return ts_ms
 
 
 def _no_constant(name: str) -> Any:
@@ -133,53 +201,148 @@ def _describe(exc: ValidationError, kind: str) -> str:
     return f"not a valid {kind}: " + "; ".join(parts) + suffix
 
 
-def _check_basket(
-    event: Purchase | StoreReceipt, rules: Rules, corrections: list[str]
+def _clean_labels(doc: dict[str, Any], kind: str, corrections: list[str]) -> None:
+    for name, enum in ENUM_LABELS.get(kind, {}).items():
+        if name in doc and doc[name] is not None:
+            doc[name] = _enum_label(doc[name], enum, name, corrections)
+    for name in FREE_LABELS.get(kind, ()):
+        if name in doc:
+            doc[name] = free_label(doc[name], name, corrections)
+
+
+def _enum_label(value: Any, enum: type[StrEnum], name: str, corrections: list[str]) -> str:
+    if isinstance(value, str):
+        normal = value.strip().lower()
+        if normal in enum.__members__:
+            return normal
+    corrections.append(f"unknown_{name}")
+    return "other"
+
+
+def free_label(value: Any, name: str, corrections: list[str]) -> str | None:
+    """An optional free-text label, usable as it is, or cleaned, or dropped."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        corrections.append(f"{name}_dropped")
+        return None
+    if not isinstance(value, str):
+        corrections.append(f"{name}_coerced")  # a numeric product id is still an id
+        value = str(value)
+    value = value.strip()
+    if text_problem(value):
+        corrections.append(f"{name}_dropped")
+        return None
+    if len(value) > MAX_ID_LENGTH:
+        corrections.append(f"{name}_truncated")
+        value = value[:MAX_ID_LENGTH]
+    return value or None
+
+
+def _usable_decimal(value: Any) -> Decimal | None:
+    """A finite, sanely sized number from JSON (number or numeric string)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = Decimal(value.strip() if isinstance(value, str) else str(value))
+    except (InvalidOperation, ValueError):
+        return None
+    if not number.is_finite() or number.adjusted() > 15:
+        return None
+    return number.quantize(DECIMAL_PLACES)
+
+
+def _check_lines(
+    raw_lines: Any, rules: Rules, corrections: list[str]
+) -> tuple[list[Item], list[LineProblem]]:
+    if not isinstance(raw_lines, list):
+        raise _Reject("schema", "items: must be a list of lines")
+    if len(raw_lines) > rules.max_items:
+        raise _Reject(
+            "too_many_items",
+            f"{len(raw_lines)} lines; the limit is {rules.max_items} (PATRONAGE_MAX_ITEMS)",
+        )
+    kept: list[Item] = []
+    dropped: list[LineProblem] = []
+    for index, line in enumerate(raw_lines):
+        try:
+            item = _check_line(line, index, rules, corrections)
+        except _Reject as rej:
+            dropped.append(LineProblem(index, rej.code, rej.reason, line))
+            continue
+        if item is not None:
+            kept.append(item)
+    return kept, dropped
+
+
+def _check_line(line: Any, index: int, rules: Rules, corrections: list[str]) -> Item | None:
+    where = f"items.{index}"
+    if not isinstance(line, dict):
+        raise _Reject("line_not_an_object", f"{where} must be an object")
+    line = {**line, "category": free_label(line.get("category"), "category", corrections)}
+    quantity = _usable_decimal(line.get("quantity"))
+    price = _usable_decimal(line.get("unit_price"))
+    if quantity is None:
+        raise _Reject("line_quantity", f"{where}.quantity is not a usable number")
+    if price is None:
+        raise _Reject("line_price", f"{where}.unit_price is not a usable number")
+    try:
+        item = Item.model_validate({**line, "quantity": quantity, "unit_price": price})
+    except ValidationError as exc:
+        raise _Reject("line_schema", _describe(exc, "line").replace("line: ", "", 1)) from exc
+    if abs(item.quantity) > rules.max_quantity:
+        raise _Reject(
+            "absurd_quantity",
+            f"{where}.quantity {item.quantity} exceeds ±{rules.max_quantity} "
+            "(PATRONAGE_MAX_QUANTITY)",
+        )
+    if item.unit_price < 0:
+        raise _Reject("negative_price", f"{where}.unit_price is negative")
+    if item.unit_price > rules.max_unit_price:
+        raise _Reject(
+            "absurd_price",
+            f"{where}.unit_price {item.unit_price} exceeds {rules.max_unit_price} "
+            "(PATRONAGE_MAX_UNIT_PRICE)",
+        )
+    if item.quantity == 0:
+        corrections.append("zero_quantity_line_dropped")
+        return None
+    if not item.category:
+        corrections.append("missing_category")
+        item = item.model_copy(update={"category": "uncategorized"})
+    return item
+
+
+def _settle_basket(
+    event: Purchase | StoreReceipt,
+    kept: list[Item],
+    dropped: list[LineProblem],
+    claimed_total: Decimal | None,
+    rules: Rules,
+    corrections: list[str],
 ) -> Purchase | StoreReceipt:
     if event.currency not in rules.currencies:
         known = ", ".join(sorted(rules.currencies))
-        raise _Reject("unknown_currency", f"currency {event.currency} is not configured ({known})")
-    if len(event.items) > rules.max_items:
-        raise _Reject("too_many_items", f"{len(event.items)} lines; the limit is {rules.max_items}")
-    kept: list[Item] = []
-    for index, item in enumerate(event.items):
-        if abs(item.quantity) > rules.max_quantity:
-            raise _Reject(
-                "absurd_quantity",
-                f"items.{index}.quantity {item.quantity} exceeds ±{rules.max_quantity}",
-            )
-        if item.unit_price < 0:
-            raise _Reject("negative_price", f"items.{index}.unit_price is negative")
-        if item.unit_price > rules.max_unit_price:
-            raise _Reject(
-                "absurd_price",
-                f"items.{index}.unit_price {item.unit_price} exceeds {rules.max_unit_price}",
-            )
-        if item.quantity == 0:
-            corrections.append("zero_quantity_line_dropped")
-            continue
-        if not item.category:
-            corrections.append("missing_category")
-            item = Item.model_construct(
-                sku=item.sku,
-                category="uncategorized",
-                quantity=item.quantity,
-                unit_price=item.unit_price,
-            )
-        kept.append(item)
+        raise _Reject(
+            "unknown_currency",
+            f"currency {event.currency} is not configured ({known}; PATRONAGE_CURRENCIES)",
+        )
     if not kept:
+        if dropped:
+            problems = "; ".join(p.reason for p in dropped[:3])
+            raise _Reject("no_usable_lines", f"no usable item line: {problems}")
         raise _Reject("empty_basket", "no item lines with a non-zero quantity")
     item_sum = sum((i.unit_price * i.quantity for i in kept), Decimal(0))
-    if abs(item_sum - event.total) > rules.total_tolerance:
-        # Lines are what was sold; a disagreeing total is a till/shop rounding
-        # or summing bug, so trust the lines and count the correction.
+    if claimed_total is None:
+        corrections.append("total_unusable")
+    elif not dropped and abs(item_sum - claimed_total) > rules.total_tolerance:
+        # A till or shop rounding/summing bug: trust the lines, count it.
         corrections.append("total_mismatch")
-    unchanged = len(kept) == len(event.items) and all(
-        a is b for a, b in zip(kept, event.items, strict=True)
-    )
-    if unchanged and item_sum == event.total:
-        return event  # the common case: nothing to correct, no copy
+    # Items and total as kept: a copy without validation (both are checked).
     return event.model_copy(update={"items": kept, "total": item_sum})
+
+
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,6}")
 
 
 def _check_attributes(
@@ -195,17 +358,10 @@ def _check_attributes(
         if value is None:
             cleaned[name] = None  # an explicit null clears the attribute
             continue
-        if int in accepted and isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value.strip())
-            corrections.append("attribute_coerced")
-        if isinstance(value, bool) and bool not in accepted:
+        value = _coerce_attribute(value, accepted, corrections)
+        if value is None:
             corrections.append("attribute_type_dropped")
             continue
-        if not isinstance(value, accepted):
-            corrections.append("attribute_type_dropped")
-            continue
-        if isinstance(value, str):
-            value = value.strip()[:64]
         if name == "birth_year" and not (1900 <= int(value) <= year):
             corrections.append("attribute_range_dropped")
             continue
@@ -216,3 +372,26 @@ def _check_attributes(
     if not cleaned:
         raise _Reject("no_known_attributes", "no known attribute with a usable value")
     return event.model_copy(update={"attributes": cleaned})
+
+
+def _coerce_attribute(
+    value: AttributeValue, accepted: tuple[type, ...], corrections: list[str]
+) -> AttributeValue:
+    """The value in an accepted type, or None when it has none."""
+    if isinstance(value, bool):
+        return value if bool in accepted else None
+    if int in accepted:
+        # Only ASCII digits: "²" and "٣" are digits to str.isdigit() but not years.
+        if isinstance(value, str) and _WHOLE_NUMBER.fullmatch(value.strip()):
+            corrections.append("attribute_coerced")
+            return int(value.strip())
+        if isinstance(value, float) and value.is_integer() and abs(value) < 1e6:
+            corrections.append("attribute_coerced")
+            return int(value)
+    if not isinstance(value, accepted):
+        return None
+    if isinstance(value, str):
+        value = value.strip()[:64]
+        if text_problem(value):
+            return None
+    return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import ssl
 import zoneinfo
@@ -112,8 +113,15 @@ class Settings(BaseSettings):
     max_future_s: int = Field(300, ge=0, le=86_400 * 7)
     max_payload_bytes: int = Field(65_536, ge=256, le=10 * 1024 * 1024)
     max_items: int = Field(500, ge=1, le=100_000)
-    max_quantity: int = Field(1000, ge=1, le=10_000_000)
-    max_unit_price: float = Field(1_000_000, gt=0)
+    # Bounds of a receipt line; a line outside them is dropped (with a
+    # line-level dead letter), the rest of its receipt still counts.
+    max_quantity: float = Field(1000, gt=0, le=10_000_000)
+    max_unit_price: float = Field(1_000_000, gt=0, le=1e12)
+    # Events before this are refused (historical imports: set it earlier).
+    earliest_event_time: dt.datetime = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
+    # A dead letter keeps at most this much of the original payload (plus its
+    # length and SHA-256), so it always fits the broker's 1 MB message limit.
+    dlq_payload_max_bytes: int = Field(65_536, ge=256, le=131_072)
 
     @field_validator("default_zone")
     @classmethod
@@ -137,6 +145,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"rate for {code} must be > 0, got {rate}")
             cleaned[code.upper()] = rate
         return cleaned
+
+    @field_validator("earliest_event_time")
+    @classmethod
+    def _aware(cls, value: dt.datetime) -> dt.datetime:
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -237,8 +250,10 @@ class Settings(BaseSettings):
             max_future_ms=self.max_future_s * 1000,
             max_payload_bytes=self.max_payload_bytes,
             max_items=self.max_items,
-            max_quantity=self.max_quantity,
+            max_quantity=Decimal(str(self.max_quantity)),
             max_unit_price=Decimal(str(self.max_unit_price)),
+            min_ts_ms=int(self.earliest_event_time.timestamp() * 1000),
+            dlq_payload_max_bytes=self.dlq_payload_max_bytes,
         )
 
     @cached_property

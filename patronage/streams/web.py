@@ -136,6 +136,13 @@ def render_metrics(runtime: Runtime) -> str:
         lines.append(
             f'patronage_events_corrected_total{{topic="{topic}",correction="{code}"}} {count}'
         )
+    family(
+        "patronage_lines_dropped_total",
+        "counter",
+        "Receipt lines dropped (line-level dead letters) from receipts that were kept.",
+    )
+    for (topic, code), count in sorted(runtime.lines_dropped.items()):
+        lines.append(f'patronage_lines_dropped_total{{topic="{topic}",reason="{code}"}} {count}')
     family("patronage_batch_size", "summary", "Records per processed batch.")
     sizes = runtime.batch_sizes
     lines.append(f"patronage_batch_size_sum {sum(sizes)}")

@@ -68,6 +68,7 @@ class Runtime:
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[tuple[str, str]] = Counter()
         self.corrected: Counter[tuple[str, str]] = Counter()
+        self.lines_dropped: Counter[tuple[str, str]] = Counter()
         self.consumed: Counter[str] = Counter()
         self.last_event_ts: dict[tuple[str, int], int] = {}
         self.redis_ok = True
@@ -170,6 +171,7 @@ class Runtime:
                 "bad_erasure_request",
                 f"erasure request unusable: {exc}",
                 int(time.time() * 1000),
+                self.settings.rules,
             )
             assert self.app is not None
             await self._send_dead_letters(self.app, batch)
@@ -305,6 +307,7 @@ class Runtime:
         self.counters["duplicate_events"] += result.duplicate_events
         self.rejected.update(batch.rejected)
         self.corrected.update(batch.corrected)
+        self.lines_dropped.update(batch.lines_dropped)
         for tp, ts in batch.max_event_ts.items():
             self.last_event_ts[tp] = max(self.last_event_ts.get(tp, 0), ts)
         self.batch_sizes.append(len(records))

@@ -100,7 +100,7 @@ def bad_messages(now_ms: int) -> list[tuple[str, str | None, bytes]]:
         ("clicks", b"{not json"),
         ("clicks", b""),
         ("clicks", b"\x00\xff\xfe garbage"),
-        ("clicks", json.dumps({**base, "session_id": "s", "page_type": "basement"}).encode()),
+        ("clicks", json.dumps({**base, "session_id": {"s": 1}, "page_type": "home"}).encode()),
         (
             "clicks",
             json.dumps(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -45,15 +46,21 @@ REJECTIONS = [
     (purchase(currency="XYZ"), "unknown_currency"),
     (purchase(currency="E1R"), "schema"),
     (purchase(ts="2026-01-01T01:00:00Z"), "future_timestamp"),
-    (purchase(ts="1999-12-31T23:00:00Z"), "ancient_timestamp"),
+    (purchase(ts="1989-12-31T23:00:00Z"), "ancient_timestamp"),
     (purchase(ts="yesterday"), "bad_timestamp"),
     (purchase(ts=True), "schema"),
     (purchase(items=[]), "empty_basket"),
     (purchase(items=[{"sku": "a", "quantity": 0, "unit_price": 1}]), "empty_basket"),
-    (purchase(items=[{"sku": "a", "quantity": 5000, "unit_price": 1}]), "absurd_quantity"),
-    (purchase(items=[{"sku": "a", "quantity": 1, "unit_price": -1}]), "negative_price"),
-    (purchase(items=[{"sku": "a", "quantity": 1, "unit_price": 1e9}]), "absurd_price"),
-    (purchase(items=[{"sku": "a", "quantity": 1.5, "unit_price": 1}]), "schema"),
+    # A receipt whose every line is unusable has nothing left to count.
+    (purchase(items=[{"sku": "a", "quantity": 5000, "unit_price": 1}]), "no_usable_lines"),
+    (purchase(items=[{"sku": "a", "quantity": 1, "unit_price": -1}]), "no_usable_lines"),
+    (purchase(items=[{"sku": "a", "quantity": 1, "unit_price": 1e9}]), "no_usable_lines"),
+    (purchase(items="3 apples"), "schema"),
+    (purchase(customer_id="\ud800"), "schema"),  # valid JSON, not valid Unicode
+    (purchase(customer_id="{c1}"), "schema"),  # would split the Redis hash tag
+    (purchase(customer_id="c" * 129), "schema"),
+    (purchase(customer_id="c\u0000"), "schema"),
+    (purchase(event_id="e\u001b[31m"), "schema"),
     (purchase(items=[{"sku": "a", "quantity": 1, "unit_price": 1}] * 501), "too_many_items"),
     (purchase(padding="x" * 70_000), "payload_too_large"),
     (
@@ -159,3 +166,103 @@ TIMESTAMPS = [
 @pytest.mark.parametrize(("value", "expected"), TIMESTAMPS)
 def test_parse_ts(value: Any, expected: int) -> None:
     assert parse_ts(value) == expected
+
+
+LINE_DROPS = [
+    # (bad line, code): the good line beside it still counts.
+    (
+        {"sku": "fuel", "category": "KIOSK-GAS", "quantity": 4349, "unit_price": 0},
+        "absurd_quantity",
+    ),
+    ({"sku": "b", "quantity": 1, "unit_price": -1}, "negative_price"),
+    ({"sku": "b", "quantity": 1, "unit_price": 1e9}, "absurd_price"),
+    ({"quantity": 1, "unit_price": 1}, "line_schema"),
+    ({"sku": "\ud800", "quantity": 1, "unit_price": 1}, "line_schema"),
+    ({"sku": "b", "quantity": "abc", "unit_price": 1}, "line_quantity"),
+    ({"sku": "b", "quantity": "1E+999999999", "unit_price": 1}, "line_quantity"),
+    ({"sku": "b", "quantity": 1, "unit_price": "NaN"}, "line_price"),
+    ({"sku": "b", "quantity": True, "unit_price": 1}, "line_quantity"),
+    ("3 x milk", "line_not_an_object"),
+    ([1, 2], "line_not_an_object"),
+]
+
+
+@pytest.mark.parametrize(("line", "code"), LINE_DROPS)
+def test_a_bad_line_is_dropped_and_the_receipt_kept(line: Any, code: str) -> None:
+    good = {"sku": "a", "category": "dairy", "quantity": 2, "unit_price": 1.25}
+    outcome = run(purchase(items=[good, line], total=2.5))
+    assert isinstance(outcome, Accepted), outcome
+    assert isinstance(outcome.event, Purchase)
+    assert outcome.event.total == Decimal("2.5")
+    assert [i.sku for i in outcome.event.items] == ["a"]
+    assert [(p.index, p.code) for p in outcome.dropped_lines] == [(1, code)]
+    assert outcome.dropped_lines[0].reason
+
+
+def test_weighed_goods_keep_their_decimal_quantity() -> None:
+    line = {"sku": "bananas", "category": "fruit", "quantity": 0.532, "unit_price": 2.19}
+    outcome = run(purchase(items=[line], total=1.17))
+    assert isinstance(outcome, Accepted), outcome
+    assert outcome.event.items[0].quantity == Decimal("0.532")  # type: ignore[union-attr]
+    assert outcome.event.total == Decimal("1.16508")  # type: ignore[union-attr]
+    assert outcome.corrections == ()
+
+
+LABELS = [
+    # (field, value sent, value kept, correction)
+    ("channel", "web", "other", "unknown_channel"),
+    ("channel", " Email ", "email", None),
+    ("channel", 7, "other", "unknown_channel"),
+    ("payment_method", 12, "12", "payment_method_coerced"),
+    ("payment_method", "\ud800", None, "payment_method_dropped"),
+    ("payment_method", "card\u0007", None, "payment_method_dropped"),
+    ("payment_method", {"type": "card"}, None, "payment_method_dropped"),
+    ("payment_method", "x" * 300, "x" * 128, "payment_method_truncated"),
+]
+
+
+@pytest.mark.parametrize(("name", "sent", "kept", "correction"), LABELS)
+def test_an_unusable_optional_label_is_corrected_not_fatal(
+    name: str, sent: Any, kept: Any, correction: str | None
+) -> None:
+    outcome = run(purchase(**{name: sent}))
+    assert isinstance(outcome, Accepted), outcome
+    assert getattr(outcome.event, name) == kept
+    assert outcome.corrections == ((correction,) if correction else ())
+
+
+def test_an_unknown_page_type_is_other() -> None:
+    click = {
+        "event_id": "e",
+        "customer_id": "c",
+        "ts": NOW - 1000,
+        "session_id": "s",
+        "page_type": "store-locator",
+        "device": "\ud83d",
+    }
+    outcome = run(click, "click")
+    assert isinstance(outcome, Accepted), outcome
+    assert outcome.event.page_type == "other"  # type: ignore[union-attr]
+    assert outcome.event.device is None  # type: ignore[union-attr]
+    assert sorted(outcome.corrections) == ["device_dropped", "unknown_page_type"]
+
+
+@pytest.mark.parametrize("total", ["1E+999999999", "abc", None, [3], 1e308])
+def test_an_unusable_total_is_recomputed_from_the_lines(total: Any) -> None:
+    outcome = run(purchase(total=total))
+    assert isinstance(outcome, Accepted), outcome
+    assert outcome.event.total == Decimal("3")  # type: ignore[union-attr]
+    assert outcome.corrections in (("total_unusable",), ("total_mismatch",))
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663", "19\u00b280", "1e3", "--1", 1980.5])
+def test_attribute_numbers_must_be_plain_digits(value: Any) -> None:
+    body = {
+        "event_id": "a1",
+        "customer_id": "c1",
+        "ts": NOW - 1000,
+        "attributes": {"birth_year": value, "children": value, "gender": "f"},
+    }
+    outcome = run(body, "customer_attributes")
+    assert isinstance(outcome, Accepted), outcome
+    assert outcome.event.attributes == {"gender": "f"}  # type: ignore[union-attr]
