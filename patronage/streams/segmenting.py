@@ -26,6 +26,7 @@ from patronage.models.contracts import SegmentChange, format_ts
 from patronage.models.features import features, top_category
 from patronage.models.segments import FrozenModel, SegmentDecision, SegmentTrainer, decide
 from patronage.streams.settings import Settings
+from patronage.streams.store import ProfileStore
 
 log = logging.getLogger("patronage.segments")
 
@@ -74,9 +75,10 @@ class ModelStore:
 
 
 class Segmenter:
-    def __init__(self, settings: Settings, client: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, client: aioredis.Redis, store: ProfileStore) -> None:
         self.settings = settings
         self.client = client
+        self.store = store
         self.models = ModelStore(client, settings.key_prefix)
         self.model: FrozenModel | None = None
         self._by_version: dict[int, FrozenModel] = {}
@@ -173,22 +175,28 @@ class Segmenter:
                 await send(topic, customer_id.encode(), change.model_dump_json().encode())
             )
         await asyncio.gather(*pending)
-        prefix = self.settings.key_prefix
-        async with self.client.pipeline(transaction=False) as pipe:
-            for customer_id, d in decisions.items():
-                mapping: dict[str, str | int] = {
-                    "segment_version": model.version,
-                    "rfm_r": d.rfm[0],
-                    "rfm_f": d.rfm[1],
-                    "rfm_m": d.rfm[2],
-                }
-                if d.changed:
-                    mapping.update(segment=d.segment, segment_since=int(now_ms))
-                    pipe.hincrby(self.models.sizes_key, str(d.segment), 1)
-                    if d.previous is not None:
-                        pipe.hincrby(self.models.sizes_key, str(d.previous), -1)
-                pipe.hset(f"{prefix}:{{{customer_id}}}:p", mapping=mapping)  # type: ignore[arg-type]
-            await pipe.execute()
+        writes: dict[str, dict[str, str | int]] = {}
+        for customer_id, d in decisions.items():
+            mapping: dict[str, str | int] = {
+                "segment_version": model.version,
+                "rfm_r": d.rfm[0],
+                "rfm_f": d.rfm[1],
+                "rfm_m": d.rfm[2],
+            }
+            if d.changed:
+                mapping.update(segment=d.segment, segment_since=int(now_ms))
+            writes[customer_id] = mapping
+        written = await self.store.store_segments(writes)
+        moved = [
+            (d.segment, d.previous) for c, d in decisions.items() if d.changed and c in written
+        ]
+        if moved:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for segment, previous in moved:
+                    pipe.hincrby(self.models.sizes_key, str(segment), 1)
+                    if previous is not None:
+                        pipe.hincrby(self.models.sizes_key, str(previous), -1)
+                await pipe.execute()
 
     async def rescore_partitions(
         self, partitions: set[int], partition_count: int, now_ms: float, send: Any

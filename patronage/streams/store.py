@@ -23,9 +23,9 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
-import redis.exceptions
 
 from patronage.models.profile import Delta, ProfileConfig, profile_view
+from patronage.streams.errors import classify, needs_slot_refresh
 from patronage.streams.settings import Settings
 
 
@@ -45,6 +45,8 @@ class ApplyResult:
     outbox: dict[str, list[bytes]] = field(default_factory=dict)
     # customer -> profile fields after the update (for scoring)
     profiles: dict[str, dict[str, float | str]] = field(default_factory=dict)
+    # customer -> why Redis refused its update (poison: the records go to the DLQ)
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 class ProfileStore:
@@ -60,6 +62,7 @@ class ProfileStore:
         self._reschedule = client.register_script(_lua("reschedule"))
         self._mark_lapsed = client.register_script(_lua("mark_lapsed"))
         self._erase = client.register_script(_lua("erase"))
+        self._segment = client.register_script(_lua("segment"))
         # A cluster pipeline does not load scripts by itself: load them on
         # every primary first (and again after NOSCRIPT, e.g. a node restart).
         self.cluster = type(client).__name__ == "RedisCluster"
@@ -75,6 +78,7 @@ class ProfileStore:
             self._reschedule,
             self._mark_lapsed,
             self._erase,
+            self._segment,
         ):
             await self.client.script_load(script.script)
         self._scripts_loaded = True
@@ -83,10 +87,12 @@ class ProfileStore:
         """Run ops (routing key, adds one command to a pipeline) in one round
         trip; on a cluster, one pipeline per owning node, concurrently.
 
-        redis-py refuses EVALSHA in cluster pipelines, so cluster mode uses a
-        plain pipeline to each node; every op touches one slot. On MOVED (a
-        resharding) the slot map is refreshed and the whole batch retried,
-        which is safe: applying a batch twice changes nothing."""
+        Replies come back in op order, and a reply may be the exception Redis
+        answered for that op: the caller decides by the error policy
+        (streams/errors.py) whether that is transient or poison for one
+        customer. redis-py refuses EVALSHA in cluster pipelines, so cluster mode
+        uses a plain pipeline to each node; every op touches one slot. A MOVED
+        or ASK reply refreshes the slot map, so the retry goes to the new owner."""
         if not ops:
             return []
         if not self.cluster:
@@ -95,34 +101,30 @@ class ProfileStore:
                     added = add(pipe)
                     if inspect.isawaitable(added):
                         await added
-                return list(await pipe.execute())
-        for attempt in range(3):
-            groups: dict[str, list[int]] = {}
-            for index, (key, _) in enumerate(ops):
-                node = self.client.get_node_from_key(key)  # type: ignore[attr-defined]
-                groups.setdefault(f"{node.host}:{node.port}", []).append(index)
+                return list(await pipe.execute(raise_on_error=False))
+        groups: dict[str, list[int]] = {}
+        for index, (key, _) in enumerate(ops):
+            node = self.client.get_node_from_key(key)  # type: ignore[attr-defined]
+            groups.setdefault(f"{node.host}:{node.port}", []).append(index)
 
-            async def run(address: str, indexes: list[int]) -> tuple[list[int], list[Any]]:
-                async with self._node(address).pipeline(transaction=False) as pipe:
-                    for index in indexes:
-                        added = ops[index][1](pipe)
-                        if inspect.isawaitable(added):
-                            await added
-                    return indexes, list(await pipe.execute())
+        async def run(address: str, indexes: list[int]) -> tuple[list[int], list[Any]]:
+            async with self._node(address).pipeline(transaction=False) as pipe:
+                for index in indexes:
+                    added = ops[index][1](pipe)
+                    if inspect.isawaitable(added):
+                        await added
+                return indexes, list(await pipe.execute(raise_on_error=False))
 
-            try:
-                done = await asyncio.gather(*(run(a, ix) for a, ix in groups.items()))
-            except redis.exceptions.ResponseError as exc:
-                if attempt < 2 and str(exc).startswith(("MOVED", "ASK")):
-                    await self.client.initialize()
-                    continue
-                raise
-            results: list[Any] = [None] * len(ops)
-            for indexes, replies in done:
-                for index, reply in zip(indexes, replies, strict=True):
-                    results[index] = reply
-            return results
-        raise AssertionError("unreachable")
+        done = await asyncio.gather(*(run(a, ix) for a, ix in groups.items()))
+        results: list[Any] = [None] * len(ops)
+        for indexes, replies in done:
+            for index, reply in zip(indexes, replies, strict=True):
+                results[index] = reply
+        if any(isinstance(r, Exception) and needs_slot_refresh(r) for r in results):
+            # RedisCluster.initialize() is a no-op once initialised: refresh
+            # the slot map through the nodes manager itself.
+            await self.client.nodes_manager.initialize()  # type: ignore[attr-defined]
+        return results
 
     def _node(self, address: str) -> aioredis.Redis:
         """A plain client for one cluster node, with the cluster client's
@@ -200,8 +202,14 @@ class ProfileStore:
             key = self.watermark_key(partition)
             ops.append((key, _script(self._watermark, [key], [ts])))
         replies = await self._pipelined(ops)
+        raise_unless_poison(replies)
         result = ApplyResult()
         for customer_id, reply in zip(by_customer, replies, strict=False):
+            if isinstance(reply, Exception):
+                # Redis refused this customer's update (nothing else of the
+                # batch): its records become dead letters.
+                result.failed[customer_id] = f"{type(reply).__name__}: {reply}"[:300]
+                continue
             result.applied += int(reply[0])
             result.duplicate_offsets += int(reply[1])
             result.duplicate_events += int(reply[2])
@@ -218,14 +226,28 @@ class ProfileStore:
         await self.ensure_scripts()
         keys = self.keys(customer_id)
         due = self.due_key(partition)
-        removed, _ = await self._pipelined(
-            [
-                (keys[0], _script(self._erase, keys, [])),
-                (due, _command("zrem", due, customer_id)),
-            ]
+        removed, _ = checked(
+            await self._pipelined(
+                [
+                    (keys[0], _script(self._erase, keys, [])),
+                    (due, _command("zrem", due, customer_id)),
+                ]
+            )
         )
         segment = int(removed[1]) if removed[1] else None
         return int(removed[0]), segment
+
+    async def store_segments(self, writes: Mapping[str, Mapping[str, str | int]]) -> set[str]:
+        """Write scoring decisions to the profiles that still exist; returns
+        the customers written (an erased one is not brought back)."""
+        await self.ensure_scripts()
+        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        for customer_id, mapping in writes.items():
+            key = self.keys(customer_id)[0]
+            flat = [part for pair in mapping.items() for part in pair]
+            ops.append((key, _script(self._segment, [key], flat)))
+        replies = checked(await self._pipelined(ops))
+        return {cid for cid, reply in zip(writes, replies, strict=True) if int(reply) == 1}
 
     async def ack_outbox(self, items: dict[str, list[bytes]]) -> None:
         """Drop findings Kafka acknowledged (by value: others may have arrived)."""
@@ -236,7 +258,7 @@ class ProfileStore:
             key = self.keys(customer_id)[4]
             for raw in raw_items:
                 ops.append((key, _command("lrem", key, 1, raw)))
-        await self._pipelined(ops)
+        checked(await self._pipelined(ops))
 
     async def watermark(self, partition: int) -> int:
         value = await self.client.get(self.watermark_key(partition))
@@ -273,7 +295,7 @@ class ProfileStore:
         for customer_id, last_seen, item in marks:
             keys = self.keys(customer_id)
             ops.append((keys[0], _script(self._mark_lapsed, [keys[0], keys[4]], [last_seen, item])))
-        replies = await self._pipelined(ops)
+        replies = checked(await self._pipelined(ops))
         return {m[0]: list(r) for m, r in zip(marks, replies, strict=True) if r}
 
     async def reschedule(
@@ -338,6 +360,21 @@ class ProfileStore:
         return removed
 
 
+def raise_unless_poison(replies: list[Any]) -> None:
+    """Raise the first transient or fatal error among pipeline replies."""
+    for reply in replies:
+        if isinstance(reply, Exception) and classify(reply) != "poison":
+            raise reply
+
+
+def checked(replies: list[Any]) -> list[Any]:
+    """The replies, or the first error among them raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 def _script(script: Any, keys: list[str], args: list[Any]) -> Callable[[Any], Any]:
     def add(pipe: Any) -> Any:
         return script(keys=keys, args=args, client=pipe)
@@ -374,17 +411,6 @@ _NODE_CONNECTION_KWARGS = (
     "credential_provider",
     "socket_timeout",
     "socket_connect_timeout",
-)
-
-# What a healthy Redis or Redis Cluster recovers from by itself: retry the
-# batch (it is idempotent), report not-ready, never crash the worker.
-REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
-    redis.exceptions.ConnectionError,  # incl. LOADING while a restarted node reads its AOF
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ClusterError,  # CLUSTERDOWN / MASTERDOWN while a master is missing
-    redis.exceptions.TryAgainError,  # a slot being migrated
-    redis.exceptions.ReadOnlyError,  # a failover demoted the node we wrote to
-    redis.exceptions.SlotNotCoveredError,
 )
 
 

@@ -22,11 +22,11 @@ import redis.exceptions
 
 from patronage.models.batch import PreparedBatch, Record, dead_letter, prepare_batch
 from patronage.models.lapse import finding_from_json, to_alert
+from patronage.streams.errors import FatalRedisError, classify, fatal_message
 from patronage.streams.lag import LagReader, PartitionLag
 from patronage.streams.segmenting import Learner, Segmenter, feature_message
 from patronage.streams.settings import Settings
 from patronage.streams.store import (
-    REDIS_UNAVAILABLE,
     ApplyResult,
     ProfileStore,
     ping_every_master,
@@ -38,11 +38,14 @@ log = logging.getLogger("patronage.worker")
 T = TypeVar("T")
 
 
-def stop_the_worker(agent: str) -> NoReturn:
+def stop_the_worker(agent: str, why: str = "") -> NoReturn:
     """An agent failed in a way it cannot recover from. A worker whose agent
     died would stay up consuming nothing; exiting lets the supervisor start a
     fresh one, and Kafka redelivers everything not yet committed."""
-    log.critical("agent %s failed; stopping the worker", agent, exc_info=True)
+    if why:
+        log.critical("%s failed: %s; stopping the worker", agent, why)
+    else:
+        log.critical("agent %s failed; stopping the worker", agent, exc_info=True)
     logging.shutdown()
     os._exit(70)
 
@@ -75,7 +78,7 @@ class Runtime:
         self.batch_sizes: list[int] = []
         self.alerts: Counter[str] = Counter()
         self.app: faust.App | None = None
-        self.segmenter = Segmenter(settings, self.redis)
+        self.segmenter = Segmenter(settings, self.redis, self.store)
         self.learner = Learner(settings, self.segmenter.models)
         self.rescoring: asyncio.Task[None] | None = None
         self.lag_rows: list[PartitionLag] = []
@@ -100,10 +103,10 @@ class Runtime:
             self.kafka_ok_at = time.monotonic()
         except Exception as exc:  # any Kafka failure means "not ready", never a crash
             log.warning("lag sample failed: %s", exc)
-        try:
-            self.segment_sizes = await self.segmenter.models.sizes()
-        except REDIS_UNAVAILABLE as exc:
-            log.warning("segment sizes not refreshed: redis unavailable (%s)", exc)
+        await self.guarded("segment sizes", self._refresh_sizes)
+
+    async def _refresh_sizes(self) -> None:
+        self.segment_sizes = await self.segmenter.models.sizes()
 
     async def readiness(self, app: faust.App) -> tuple[bool, dict[str, str]]:
         checks: dict[str, str] = {}
@@ -138,10 +141,16 @@ class Runtime:
         batch = prepare_batch(
             records, self.settings.input_topics, self.settings.rules, now_ms, self.settings.zone
         )
-        await self._send_dead_letters(app, batch)
         result = await self._apply_with_retry(batch)
-        await self.send_findings(result.outbox)
-        await self._segment(result, batch, now_ms)
+        for customer_id, why in result.failed.items():
+            for record in batch.records_of.get(customer_id, []):
+                reason = f"Redis refused the update of this record's customer: {why}"
+                dead_letter(batch, record, "redis_refused", reason, now_ms, self.settings.rules)
+        await self._send_dead_letters(app, batch)
+        # Alerts and segment changes carry deterministic ids, so a retry after
+        # a Redis failure re-sends duplicates consumers can drop, never gaps.
+        await self.with_redis_retry("lapse alerts", lambda: self.send_findings(result.outbox))
+        await self.with_redis_retry("segments", lambda: self._segment(result, batch, now_ms))
         self._record(records, batch, result)
         if log.isEnabledFor(logging.DEBUG):
             # Customer ids are personal data: only ever logged at debug level.
@@ -278,26 +287,46 @@ class Runtime:
         return await self.with_redis_retry("batch", apply)
 
     async def with_redis_retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run an idempotent Redis call until it succeeds, backing off while
-        Redis (or a cluster master) is unavailable; never gives up, never drops."""
+        """Run an idempotent call until it succeeds. Transient Redis errors
+        back off (not ready, nothing committed, never dropped); fatal ones stop
+        the worker naming the setting; anything else is raised to the caller."""
         delay = 0.1
         while True:
             try:
                 result = await call()
-                if not self.redis_ok:
-                    log.warning("redis is back; resuming")
-                self.redis_ok = True
-                return result
-            except redis.exceptions.NoScriptError:
-                # A (cluster) node restarted and forgot our scripts: load them again.
-                await self.store.ensure_scripts(force=True)
-                self.counters["redis_retries"] += 1
-            except REDIS_UNAVAILABLE as exc:
+            except Exception as exc:
+                kind = classify(exc)
+                if kind == "fatal":
+                    raise FatalRedisError(fatal_message(exc)) from exc
+                if kind == "poison":
+                    raise
                 self.redis_ok = False
                 self.counters["redis_retries"] += 1
                 log.warning("redis unavailable (%s); retrying %s in %.1fs", exc, what, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.redis_retry_max_s)
+                if isinstance(exc, redis.exceptions.NoScriptError):
+                    # A (cluster) node restarted and forgot our scripts.
+                    await self.guarded("script load", self.store.ensure_scripts, True)
+                continue
+            if not self.redis_ok:
+                log.warning("redis is back; resuming")
+            self.redis_ok = True
+            return result
+
+    async def guarded(self, what: str, call: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """One run of a timer's work: a transient Redis error skips this run
+        (the next tick tries again), a fatal one stops the worker."""
+        try:
+            await call(*args)
+        except Exception as exc:
+            kind = classify(exc)
+            if kind == "fatal":
+                stop_the_worker(what, fatal_message(exc))
+            if kind == "transient":
+                log.warning("%s skipped: redis unavailable (%s)", what, exc)
+            else:
+                log.error("%s failed; trying again on the next run", what, exc_info=True)
 
     def _record(self, records: list[Record], batch: PreparedBatch, result: ApplyResult) -> None:
         for record in records:
@@ -382,6 +411,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 await runtime.process(app, records)
                 for event in events:
                     await stream.ack(event)
+        except FatalRedisError as exc:
+            stop_the_worker("ingest", str(exc))
         except Exception:
             stop_the_worker("ingest")
 
@@ -393,10 +424,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         owned = {tp.partition for tp in app.consumer.assignment() if tp.topic in input_topics}
         if not owned:
             return
-        try:
-            await runtime.sweeper.sweep(owned)
-        except REDIS_UNAVAILABLE as exc:
-            log.warning("lapse sweep skipped: redis unavailable (%s)", exc)
+        await runtime.guarded("lapse sweep", runtime.sweeper.sweep, owned)
 
     features_topic = app.topic(
         settings.topic(settings.topic_segment_features),
@@ -409,19 +437,14 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def learn(stream: Any) -> None:
         # Only the one worker that owns the single partition receives vectors.
         async for values in stream.take(1000, within=1.0):
-            try:
-                await runtime.learner.learn(json.loads(v) for v in values)
-            except REDIS_UNAVAILABLE as exc:
-                # The vectors are learnt in memory; the promotion waits for Redis.
-                log.warning("segment learner: redis unavailable (%s)", exc)
+            # The vectors are learnt in memory; a promotion waits for Redis.
+            vectors = [json.loads(v) for v in values]
+            await runtime.guarded("segment learner", runtime.learner.learn, vectors)
 
     @app.timer(interval=settings.segment_refresh_interval_s)  # type: ignore[untyped-decorator]
     async def segment_model_refresh() -> None:
         owned = {tp.partition for tp in app.consumer.assignment() if tp.topic in input_topics}
-        try:
-            await runtime.refresh_model(owned)
-        except REDIS_UNAVAILABLE as exc:
-            log.warning("model refresh skipped: redis unavailable (%s)", exc)
+        await runtime.guarded("model refresh", runtime.refresh_model, owned)
 
     @app.timer(interval=settings.lag_interval_s)  # type: ignore[untyped-decorator]
     async def lag_sample() -> None:
@@ -443,6 +466,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         try:
             async for event in stream.events():
                 await runtime.erase(event.message)
+        except FatalRedisError as exc:
+            stop_the_worker("erase", str(exc))
         except Exception:
             stop_the_worker("erase")
 

@@ -115,6 +115,30 @@ class RedisCluster3:
         self._spawn(self.ports[index])
         self.wait_ok()
 
+    def node_id(self, index: int) -> str:
+        return self._cli(self.ports[index], "cluster", "myid")
+
+    def migrate_slot(self, slot: int, source: int, target: int, batch: int = 20) -> int:
+        """Move one slot and its keys between masters the way resharding does:
+        IMPORTING/MIGRATING, MIGRATE in small batches (clients meanwhile get
+        ASK and TRYAGAIN), then SETSLOT NODE everywhere (clients get MOVED).
+        Returns how many keys moved."""
+        src, dst = self.ports[source], self.ports[target]
+        self._cli(dst, "cluster", "setslot", str(slot), "importing", self.node_id(source))
+        self._cli(src, "cluster", "setslot", str(slot), "migrating", self.node_id(target))
+        moved = 0
+        auth = ["AUTH2", *self.acl] if self.acl else []
+        while True:
+            keys = self._cli(src, "cluster", "getkeysinslot", str(slot), str(batch)).split()
+            if not keys:
+                break
+            self._cli(src, "migrate", "127.0.0.1", str(dst), "", "0", "5000", *auth, "keys", *keys)
+            moved += len(keys)
+            time.sleep(0.05)  # let clients run into the half-moved slot
+        for port in self.ports:
+            self._cli(port, "cluster", "setslot", str(slot), "node", self.node_id(target))
+        return moved
+
     def _acl_arguments(self) -> list[str]:
         if self.acl is None:
             return []

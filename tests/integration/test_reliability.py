@@ -462,3 +462,111 @@ def test_schema_fuzzed_records_never_stop_the_worker(
         worker_restarts=0,
         dlq_reasons=reasons,
     )
+
+
+def test_redis_at_maxmemory_with_noeviction_blocks_then_resumes(
+    isolated_env: dict[str, str], private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """A single Redis that runs out of memory (maxmemory, noeviction) mid-stream.
+
+    Only a real server answers OOM to a write, and only a real server shows
+    that a Lua script without a shebang fails at its first write *after*
+    earlier ones landed: the worker must back off (not ready, nothing
+    committed) and apply every event exactly once when memory is freed."""
+    env = {
+        **isolated_env,
+        **OUTAGE_SETTINGS,
+        "PATRONAGE_REDIS_URL": f"redis://127.0.0.1:{private_redis.port}/0",
+    }
+
+    def config(*args: str) -> None:
+        import subprocess
+
+        subprocess.run(
+            ["redis-cli", "-p", str(private_redis.port), "config", "set", *args],
+            check=True,
+            capture_output=True,
+        )
+
+    def full() -> None:
+        config("maxmemory-policy", "noeviction")
+        config("maxmemory", "1")  # every write is now over the limit
+
+    figures = outage_mid_stream(env, "redis-oom", tmp_path, full, lambda: config("maxmemory", "0"))
+    record("redis at maxmemory (noeviction) mid-stream", **figures)
+
+
+def test_redis_cluster_slot_migration_while_the_worker_runs(
+    isolated_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Slots holding customers' keys move between masters mid-stream.
+
+    A mock cannot produce this: during MIGRATE the source answers ASK and
+    TRYAGAIN for a half-moved slot, afterwards every node answers MOVED, and
+    redis-py strips the error code from the message (the old check on the
+    message text never matched, so MOVED was never retried)."""
+    require_redis_server()
+    cluster = RedisCluster3(tmp_path / "cluster").start()
+    env = {
+        **isolated_env,
+        **OUTAGE_SETTINGS,
+        "PATRONAGE_REDIS_URL": cluster.url,
+        "PATRONAGE_REDIS_CLUSTER": "true",
+    }
+    try:
+        settings = settings_with_topics(env)
+        good, stream = build_stream(int(time.time() * 1000))
+        half = len(stream) // 2
+        worker = Worker(env, name="slot-migration").start()
+        try:
+            publish_with_metadata(settings, stream[:half])
+            wait_for(
+                lambda: (
+                    metric_sum(worker.http("/metrics")[1], "patronage_events_applied_total") > 500
+                ),
+                60,
+                "the worker to be applying",
+                worker.check_alive,
+            )
+            import threading
+
+            from redis.crc import key_slot
+
+            def publish_slowly() -> None:
+                rest = stream[half:]
+                for start in range(0, len(rest), len(rest) // 20 + 1):
+                    publish_with_metadata(settings, rest[start : start + len(rest) // 20 + 1])
+                    time.sleep(0.4)
+
+            publisher = threading.Thread(target=publish_slowly)
+            publisher.start()
+            # The slots of customers being updated right now that master 0
+            # (slots 0..5460) owns: moved, keys and all, while events arrive.
+            prefix = env["PATRONAGE_KEY_PREFIX"]
+            slots = sorted(
+                {
+                    key_slot(f"{prefix}:{{c{n:06d}}}:p".encode())
+                    for n in range(250)
+                    if key_slot(f"{prefix}:{{c{n:06d}}}:p".encode()) <= 5460
+                }
+            )
+            moved_keys = sum(cluster.migrate_slot(slot, 0, 1, batch=2) for slot in slots)
+            publisher.join()
+            wait_for(lambda: drained(settings), 180, "drain after migration", worker.check_alive)
+            retries = metric_sum(worker.http("/metrics")[1], "patronage_redis_retries_total")
+            assert worker.proc is not None and worker.proc.poll() is None
+        finally:
+            worker.stop()
+        assert moved_keys > 0
+        assert retries > 0, "the worker never met a moved slot: the test did not test"
+        assert_profiles_match(export(env, tmp_path / "migrated.jsonl"), recompute(good))
+        record(
+            "redis cluster slot migration mid-stream",
+            events=len(stream),
+            slots_moved=len(slots),
+            keys_moved=moved_keys,
+            redis_retries=int(retries),
+            worker_restarts=0,
+        )
+    finally:
+        cluster.stop()

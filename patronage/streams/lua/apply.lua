@@ -1,3 +1,6 @@
+#!lua
+-- (A shebang: Redis refuses the whole script up front when over maxmemory,
+-- instead of failing at its first write and leaving the earlier ones.)
 -- Apply one customer's events atomically. Mirrors patronage/models/profile.py
 -- (apply); tests hold the two equal. Touches only this customer's keys, which
 -- share one hash tag, so it runs unchanged on Redis Cluster.

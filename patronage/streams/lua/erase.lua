@@ -1,3 +1,5 @@
+#!lua flags=allow-oom
+-- (Erasure frees memory, so it runs even when Redis is over maxmemory.)
 -- Erase one customer: every key under their hash tag.
 -- KEYS: the customer's keys   Returns the number of keys removed and the
 -- segment they were in (so the caller can fix the segment sizes).

@@ -1,3 +1,6 @@
+#!lua
+-- (A shebang: Redis refuses the whole script up front when over maxmemory,
+-- instead of failing at its first write and leaving the earlier ones.)
 -- Record a lapse alert for one customer if the episode is still current:
 -- the profile's last_seen is the one the sweep judged, and not yet alerted.
 -- KEYS[1] profile hash   KEYS[2] lapse outbox

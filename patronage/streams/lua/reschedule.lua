@@ -1,3 +1,6 @@
+#!lua
+-- (A shebang: Redis refuses the whole script up front when over maxmemory,
+-- instead of failing at its first write and leaving the earlier ones.)
 -- Move or drop swept due entries, but only those nobody rescheduled since the
 -- sweep read them (an ingest may have lowered the score meanwhile).
 -- KEYS[1] due zset   ARGV: triples member, score read, new score ('' = drop)
