@@ -10,11 +10,16 @@ of events applied, not their order:
   late event is decayed from its own ts to the reference;
 * visit days are a set, so visits and the gap statistics follow from it.
 
-Three bounded windows trade exact order-independence for bounded memory; each
+Counting once: orders and receipts are deduplicated by their natural key
+(`order_id`; `store_id` + `receipt_id`) for the life of the profile; other
+events by event id within `dedupe_window_ms` of event time (however many
+events come between), keeping at most `dedupe_max_events` ids. Tokens are
+64-bit hashes.
+
+Two bounded windows trade exact order-independence for bounded memory; each
 is exact unless its window overflows (documented in the README): sessions
-(the newest `session_window` sessions), dedupe of redelivered event ids (the
-last `dedupe_window` per customer), and the capped category/channel/device/
-payment maps (the first `map_cap` keys, the rest go to `_other`).
+(the newest `session_window` sessions) and the capped category/channel/
+device/payment maps (the first `map_cap` keys, the rest go to `_other`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from patronage.models.contracts import (
 from patronage.models.lapse import Finding, LapseRules, on_new_visit
 
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 OTHER = "_other"
 MAP_PREFIXES = ("cat:", "ch:", "dev:", "pay:")
@@ -54,7 +60,8 @@ class ProfileConfig:
     half_life_ms: int = 30 * DAY_MS
     map_cap: int = 32
     session_window: int = 32
-    dedupe_window: int = 32
+    dedupe_window_ms: int = 7 * DAY_MS
+    dedupe_max_events: int = 4096
     lapse: LapseRules = field(default_factory=LapseRules)
 
 
@@ -64,7 +71,7 @@ class Delta:
 
     src: str  # source topic:partition
     off: int  # Kafka offset in src
-    eid: str  # 8-hex hash of event_id
+    eid: str  # 16-hex (64-bit) hash of event_id
     t: int  # event time, epoch ms
     day: int  # visit day index (days since 1970-01-01 in the customer's zone)
     k: Literal["c", "o", "a"]
@@ -78,6 +85,9 @@ class Delta:
     cats: tuple[tuple[str, float], ...] = ()
     pm: str | None = None
     at: tuple[tuple[str, str], ...] = ()  # attribute name -> JSON value
+    # orders: 16-hex hash of the natural key (order_id; store_id + receipt_id),
+    # deduplicated for the life of the profile instead of by event id
+    nk: str | None = None
 
     def to_wire(self) -> dict[str, object]:
         wire: dict[str, object] = {
@@ -88,7 +98,7 @@ class Delta:
             "day": self.day,
             "k": self.k,
         }
-        for name in ("sid", "mc", "dv", "origin", "pm"):
+        for name in ("sid", "mc", "dv", "origin", "pm", "nk"):
             value = getattr(self, name)
             if value is not None:
                 wire[name] = value
@@ -100,7 +110,20 @@ class Delta:
 
 
 def short_hash(text: str) -> str:
+    """32-bit token: sessions only (a collision merges two of one customer's sessions)."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=4).hexdigest()
+
+
+def token(text: str) -> str:
+    """64-bit token for event ids and natural keys (16 hex digits)."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def natural_key(event: Purchase | StoreReceipt) -> str:
+    if isinstance(event, StoreReceipt):
+        # Tills number receipts per store: the store is part of the key.
+        return f"receipt:{event.store_id}/{event.receipt_id}"
+    return f"order:{event.order_id}"
 
 
 def day_index(ts_ms: int, zone: dt.tzinfo = UTC) -> int:
@@ -118,7 +141,7 @@ def to_delta(
     base = {
         "src": src,
         "off": offset,
-        "eid": short_hash(event.event_id),
+        "eid": token(event.event_id),
         "t": ts_ms,
         "day": day_index(ts_ms, zone),
     }
@@ -153,6 +176,7 @@ def to_delta(
             cats=tuple((c, float(v)) for c, v in sorted(per_category.items())),
             pm=event.payment_method or None,
             mc=event.channel.value if isinstance(event, Purchase) and event.channel else None,
+            nk=token(natural_key(event)),
             **base,  # type: ignore[arg-type]
         )
     assert isinstance(event, CustomerAttributes)
@@ -174,7 +198,9 @@ class ProfileState:
     fields: dict[str, float | str] = field(default_factory=dict)
     days: list[int] = field(default_factory=list)  # sorted visit days
     sessions: dict[str, int] = field(default_factory=dict)  # session hash -> first ts
-    eids: list[str] = field(default_factory=list)  # recent event-id hashes, oldest first
+    # (event-id token, event hour) within the dedupe window, in arrival order
+    eids: list[tuple[str, int]] = field(default_factory=list)
+    order_keys: list[str] = field(default_factory=list)  # natural-key tokens, for life
     outbox: list[Finding] = field(default_factory=list)  # lapse findings not yet sent
 
     def copy(self) -> ProfileState:
@@ -183,6 +209,7 @@ class ProfileState:
             list(self.days),
             dict(self.sessions),
             list(self.eids),
+            list(self.order_keys),
             list(self.outbox),
         )
 
@@ -201,10 +228,8 @@ def apply(state: ProfileState, d: Delta, cfg: ProfileConfig) -> tuple[ProfileSta
     if last_offset is not None and d.off <= float(last_offset):
         return state, "dup_offset"
     f[offset_field] = float(d.off)
-    if d.eid in s.eids:
+    if not _first_time(s, d, cfg):
         return s, "dup_event"
-    s.eids.append(d.eid)
-    del s.eids[: max(0, len(s.eids) - cfg.dedupe_window)]
     f["events_applied"] = _num(f, "events_applied") + 1
 
     if d.k == "a":
@@ -247,6 +272,32 @@ def apply(state: ProfileState, d: Delta, cfg: ProfileConfig) -> tuple[ProfileSta
     if d.mc is not None:
         _inc_capped(f, "ch:", d.mc, 1.0, cfg.map_cap)
     return s, "applied"
+
+
+def _first_time(s: ProfileState, d: Delta, cfg: ProfileConfig) -> bool:
+    """Record the event's identity; False if it was seen before (a re-send).
+
+    An order counts once for life by its natural key. Another event counts
+    once within the dedupe window of event time: ids older than the newest
+    seen minus the window are forgotten (and one arriving that late is not
+    remembered), and at most `dedupe_max_events` are kept, oldest first out."""
+    if d.nk is not None:
+        if d.nk in s.order_keys:
+            return False
+        s.order_keys.append(d.nk)
+        return True
+    if any(seen == d.eid for seen, _ in s.eids):
+        return False
+    hour = d.t // HOUR_MS
+    window_hours = cfg.dedupe_window_ms // HOUR_MS
+    newest = max((h for _, h in s.eids), default=hour)
+    if hour < newest - window_hours:
+        return True
+    s.eids.append((d.eid, hour))
+    if hour > newest:
+        s.eids = [(e, h) for e, h in s.eids if h >= hour - window_hours]
+    del s.eids[: max(0, len(s.eids) - cfg.dedupe_max_events)]
+    return True
 
 
 def _touch(s: ProfileState, d: Delta, cfg: ProfileConfig) -> None:

@@ -80,7 +80,11 @@ class Settings(BaseSettings):
     half_life_days: float = Field(30.0, gt=0, le=3650)
     map_cap: int = Field(32, ge=1, le=1000)
     session_window: int = Field(32, ge=1, le=10_000)
-    dedupe_window: int = Field(32, ge=1, le=10_000)
+    # Events other than orders count once within this much event time (orders
+    # and receipts count once for life, by order_id / store_id + receipt_id).
+    dedupe_window_days: float = Field(7.0, gt=0, le=3650)
+    # ... keeping at most this many event ids per customer (12 bytes each).
+    dedupe_max_events: int = Field(4096, ge=16, le=1_000_000)
 
     # Lapse alerts
     lapse_min_visits: int = Field(6, ge=2, le=1000)
@@ -262,7 +266,8 @@ class Settings(BaseSettings):
             half_life_ms=int(self.half_life_days * DAY_MS),
             map_cap=self.map_cap,
             session_window=self.session_window,
-            dedupe_window=self.dedupe_window,
+            dedupe_window_ms=int(self.dedupe_window_days * DAY_MS),
+            dedupe_max_events=self.dedupe_max_events,
             lapse=LapseRules(
                 min_visits=self.lapse_min_visits,
                 min_tenure_days=self.lapse_min_tenure_days,

@@ -6,8 +6,9 @@ script never crosses slots on Redis Cluster):
     <prefix>:{<customer_id>}:p     hash   profile fields (see README)
     <prefix>:{<customer_id>}:d     string visit-day bitmap
     <prefix>:{<customer_id>}:s     zset   recent sessions (session hash -> first ts)
-    <prefix>:{<customer_id>}:e     string recent event-id hashes (dedupe window)
+    <prefix>:{<customer_id>}:e     string event ids within the dedupe window (12-byte records)
     <prefix>:{<customer_id>}:x     list   lapse findings not yet acknowledged by Kafka
+    <prefix>:{<customer_id>}:k     string natural keys of orders and receipts (8-byte tokens)
     <prefix>:{lapse-<p>}:due       zset   customer -> lapse due time, for partition p
     <prefix>:{lapse-<p>}:wm        string event-time watermark of partition p
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from patronage.models.profile import Delta, ProfileConfig, profile_view
+from patronage.models.profile import HOUR_MS, Delta, ProfileConfig, profile_view
 from patronage.streams.errors import classify, needs_slot_refresh
 from patronage.streams.settings import Settings
 
@@ -149,7 +150,7 @@ class ProfileStore:
 
     def keys(self, customer_id: str) -> list[str]:
         base = f"{self.prefix}:{{{customer_id}}}:"
-        return [base + "p", base + "d", base + "s", base + "e", base + "x"]
+        return [base + "p", base + "d", base + "s", base + "e", base + "x", base + "k"]
 
     def due_key(self, partition: int) -> str:
         return f"{self.prefix}:{{lapse-{partition}}}:due"
@@ -178,7 +179,7 @@ class ProfileStore:
             self.cfg.half_life_ms,
             self.cfg.map_cap,
             self.cfg.session_window,
-            self.cfg.dedupe_window,
+            self.cfg.dedupe_window_ms // HOUR_MS,
             rules.min_visits,
             rules.min_tenure_days,
             rules.min_gap_days,
@@ -189,7 +190,7 @@ class ProfileStore:
         for customer_id, deltas in by_customer.items():
             keys = self.keys(customer_id)
             payload = json.dumps([d.to_wire() for d in deltas], separators=(",", ":"))
-            args = [*static_args, payload, self.retention_ms]
+            args = [*static_args, payload, self.retention_ms, self.cfg.dedupe_max_events]
             ops.append((keys[0], _script(self._apply, keys, args)))
             activity = [d.t for d in deltas if d.k != "a"]
             if partition_of is not None and customer_id in partition_of and activity:

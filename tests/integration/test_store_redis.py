@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import struct
 import uuid
 
 import pytest
@@ -24,6 +25,7 @@ from patronage.models.profile import (
     fold,
     profile_view,
     short_hash,
+    token,
 )
 from patronage.streams.store import ProfileStore, group_by_customer, make_redis
 
@@ -32,7 +34,8 @@ T0 = 1_767_225_600_000
 CFG = ProfileConfig(
     map_cap=4,
     session_window=5,
-    dedupe_window=8,
+    dedupe_window_ms=2 * DAY_MS,
+    dedupe_max_events=16,
     lapse=LapseRules(min_visits=3, min_tenure_days=20, min_gap_days=5, gap_multiplier=2.0),
 )
 
@@ -49,7 +52,7 @@ def random_deltas(rng: random.Random, customer: str, count: int) -> list[Delta]:
         base = {
             "src": src,
             "off": off,
-            "eid": short_hash(f"{customer}/{src}/{off}"),
+            "eid": token(f"{customer}/{src}/{off}"),
             "t": t,
             "day": t // DAY_MS,
         }
@@ -74,6 +77,8 @@ def random_deltas(rng: random.Random, customer: str, count: int) -> list[Delta]:
                     cats=cats,
                     pm=rng.choice(["card", "cash", None]),
                     mc=rng.choice(["email", None]),
+                    # Few distinct orders: many are re-sends under a new event id.
+                    nk=token(f"order-{customer}-{rng.randrange(40)}"),
                     **base,
                 )
             )  # type: ignore[arg-type]
@@ -117,7 +122,7 @@ def assert_views_close(actual: dict[str, object], expected: dict[str, object]) -
 
 async def _roundtrip(
     redis_url: str, batches: list[list[Delta]], customer: str, cluster: bool = False
-) -> tuple[dict[str, object], list[Finding]]:
+) -> tuple[dict[str, object], list[Finding], bytes, bytes]:
     client = make_redis(redis_url, cluster=cluster)
     store = ProfileStore(client, f"test{uuid.uuid4().hex[:8]}", CFG)
     try:
@@ -127,7 +132,10 @@ async def _roundtrip(
             outbox = result.outbox.get(customer, [])
         view = await store.profile(customer)
         assert view is not None
-        return view, [finding_from_json(raw) for raw in outbox]
+        keys = store.keys(customer)
+        eids = await client.get(keys[3]) or b""
+        orders = await client.get(keys[5]) or b""
+        return view, [finding_from_json(raw) for raw in outbox], eids, orders
     finally:
         await store.delete_prefix()
         await client.aclose()
@@ -155,9 +163,14 @@ def check_against_reference(url: str, seed: int, cluster: bool = False) -> None:
         batches.append(deltas[i : i + size])
         i += size
     redelivered = deltas[rng.randrange(len(deltas)) :]
-    actual, outbox = asyncio.run(_roundtrip(url, [*batches, redelivered], "c1", cluster))
+    actual, outbox, eids, orders = asyncio.run(
+        _roundtrip(url, [*batches, redelivered], "c1", cluster)
+    )
     reference = fold(deltas, CFG)
     assert_views_close(actual, profile_view("c1", reference.fields))
+    # The dedupe state itself, byte for byte: not only what it lets through.
+    assert eids == b"".join(bytes.fromhex(t) + struct.pack(">I", h) for t, h in reference.eids)
+    assert orders == b"".join(bytes.fromhex(k) for k in reference.order_keys)
     assert len(outbox) == len(reference.outbox)
     for got, want in zip(outbox, reference.outbox, strict=True):
         assert (got.kind, got.episode, got.ts, got.segment) == (
@@ -176,7 +189,10 @@ def test_redelivery_and_duplicate_ids_counted_once(redis_up: str) -> None:
     """A redelivered batch (same offsets) and a re-published event (new offset,
     same event id) must both leave the profile as it was."""
     rng = random.Random(99)
-    deltas = random_deltas(rng, "c2", 30)
+    deltas = [
+        Delta(**{**d.__dict__, "nk": token(f"order-{i}") if d.nk else None})
+        for i, d in enumerate(random_deltas(rng, "c2", 30))
+    ]
 
     async def run() -> tuple[object, object, list[int]]:
         client = aioredis.Redis.from_url(redis_up)
@@ -200,24 +216,73 @@ def test_redelivery_and_duplicate_ids_counted_once(redis_up: str) -> None:
 
 
 def test_memory_per_profile_is_bounded(redis_up: str) -> None:
-    """Thousands of events for one customer over years: memory stays bounded."""
-    rng = random.Random(5)
+    """Thousands of events for one customer over years: memory stays bounded.
 
-    async def run() -> tuple[int, int]:
+    What may grow is the dedupe state, and only as defined: 12 bytes per event
+    id within the window (at most `dedupe_max_events`) and 8 bytes per
+    distinct order, for life. Everything else is fixed-size."""
+    rng = random.Random(5)
+    rounds = []
+    for round_ in range(2):
+        deltas = random_deltas(rng, "c3", 2500)
+        rounds.append([Delta(**{**d.__dict__, "off": d.off + round_ * 10_000}) for d in deltas])
+
+    async def run() -> list[int]:
         client = aioredis.Redis.from_url(redis_up)
         store = ProfileStore(client, f"test{uuid.uuid4().hex[:8]}", ProfileConfig())
         try:
             sizes = []
-            for round_ in range(2):
-                deltas = random_deltas(rng, "c3", 2500)
-                deltas = [Delta(**{**d.__dict__, "off": d.off + round_ * 10_000}) for d in deltas]
+            for deltas in rounds:
                 await store.apply_batch({"c3": deltas})
                 sizes.append(await store.memory_usage("c3"))
-            return sizes[0], sizes[1]
+            return sizes
         finally:
             await store.delete_prefix()
             await client.aclose()
 
     after_2500, after_5000 = asyncio.run(run())
-    assert after_5000 <= after_2500 * 1.1 + 64
+    first, both = fold(rounds[0], ProfileConfig()), fold(rounds[0] + rounds[1], ProfileConfig())
+    dedupe_growth = 12 * (len(both.eids) - len(first.eids)) + 8 * (
+        len(both.order_keys) - len(first.order_keys)
+    )
+    assert after_5000 - after_2500 <= dedupe_growth * 1.25 + 128
     assert after_5000 < 8192
+
+
+def test_an_order_resent_10000_events_later_counts_once(redis_up: str) -> None:
+    """Natural keys are kept for life and event ids for a window of event time,
+    not for the last N events: a re-send after 10,000 other events (a shop's
+    retry queue replayed, a CSV imported twice) still counts once."""
+    cfg = ProfileConfig(dedupe_max_events=20_000)
+    t0 = 1_767_225_600_000
+
+    def delta(n: int, kind: str, off: int, t: int) -> Delta:
+        extra = (
+            {"origin": "online", "b": 10.0, "n": 10.0, "nk": token("order-A")}
+            if kind == "o"
+            else {}
+        )
+        return Delta(src="p:0", off=off, eid=token(f"e{n}"), t=t, day=t // DAY_MS, k=kind, **extra)  # type: ignore[arg-type]
+
+    first_order = delta(0, "o", 0, t0)
+    click = delta(1, "c", 1, t0 + 1000)
+    between = [delta(n, "c", n, t0 + n * 10) for n in range(2, 10_002)]
+    # Re-sent under new event ids and offsets, as a producer retry would.
+    again = [delta(20_000, "o", 20_000, t0 + 5), Delta(**{**click.__dict__, "off": 20_001})]
+
+    async def run() -> tuple[int, int, dict[str, object] | None]:
+        client = aioredis.Redis.from_url(redis_up)
+        store = ProfileStore(client, f"test{uuid.uuid4().hex[:8]}", cfg)
+        try:
+            await store.apply_batch({"c": [first_order, click]})
+            for start in range(0, len(between), 1000):
+                await store.apply_batch({"c": between[start : start + 1000]})
+            result = await store.apply_batch({"c": again})
+            return result.applied, result.duplicate_events, await store.profile("c")
+        finally:
+            await store.delete_prefix()
+            await client.aclose()
+
+    applied, duplicates, view = asyncio.run(run())
+    assert (applied, duplicates) == (0, 2)
+    assert view is not None and view["orders"] == 1 and view["clicks"] == 10_001

@@ -6,26 +6,31 @@
 -- share one hash tag, so it runs unchanged on Redis Cluster.
 --
 -- KEYS[1] profile hash   KEYS[2] visit-day bitmap
--- KEYS[3] session zset   KEYS[4] recent event-id hashes (string of 4-byte tokens)
+-- KEYS[3] session zset
+-- KEYS[4] event ids within the dedupe window: 12-byte records, an 8-byte token
+--         and the event hour (4 bytes, big-endian), in arrival order
 -- KEYS[5] lapse outbox (list of findings not yet acknowledged by Kafka)
+-- KEYS[6] natural keys of orders and receipts, for life: 8-byte tokens
 -- ARGV[1] half-life ms   ARGV[2] map cap   ARGV[3] session window
--- ARGV[4] dedupe window  ARGV[5..8] lapse rules: min visits, min tenure days,
---                        min gap days, gap multiplier
+-- ARGV[4] dedupe window, hours   ARGV[5..8] lapse rules: min visits, min
+--                        tenure days, min gap days, gap multiplier
 -- ARGV[9] JSON list of deltas (in offset order per source)
 -- ARGV[10] retention ms: keys expire after this long without an update (0 = never)
+-- ARGV[11] most event ids kept for dedupe
 -- Returns {applied, duplicate offsets, duplicate event ids, outbox items, profile (HGETALL)}
 
-local P, DAYS, SESS, EIDS, OUT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local P, DAYS, SESS, EIDS, OUT, ORDERS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local half_life = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 local session_window = tonumber(ARGV[3])
-local dedupe_window = tonumber(ARGV[4])
+local window_hours = tonumber(ARGV[4])
 local min_visits = tonumber(ARGV[5])
 local min_tenure_days = tonumber(ARGV[6])
 local min_gap_days = tonumber(ARGV[7])
 local gap_multiplier = tonumber(ARGV[8])
 local deltas = cjson.decode(ARGV[9])
 local retention_ms = tonumber(ARGV[10] or '0')
+local max_events = tonumber(ARGV[11])
 local DAY_MS = 86400000
 
 local h = {}
@@ -55,16 +60,63 @@ local function num(f)
 end
 local function put(f, x) nums[f] = x; h[f] = true; changed[f] = true end
 
+-- Count once (mirrors profile.py _first_time): orders by natural key for
+-- life, other events by id within the dedupe window of event time.
+local EREC = 12
 local eids = redis.call('GET', EIDS) or ''
 local eids_changed = false
-local function seen_eid(token)
+local newest_hour = nil
+local order_keys = nil
+local orders_changed = false
+local function has_record(s, token, size)
   local from = 1
   while true do
-    local at = string.find(eids, token, from, true)
+    local at = string.find(s, token, from, true)
     if not at then return false end
-    if (at - 1) % 4 == 0 then return true end
+    if (at - 1) % size == 0 then return true end
     from = at + 1
   end
+end
+local function load_newest()
+  if newest_hour ~= nil then return end
+  newest_hour = -1
+  for i = 1, #eids, EREC do
+    local hour = struct.unpack('>I4', eids, i + 8)
+    if hour > newest_hour then newest_hour = hour end
+  end
+end
+local function first_time(d)
+  if d.nk then
+    if order_keys == nil then order_keys = redis.call('GET', ORDERS) or '' end
+    local token = unhex(d.nk)
+    if has_record(order_keys, token, 8) then return false end
+    order_keys = order_keys .. token
+    orders_changed = true
+    return true
+  end
+  local token = unhex(d.eid)
+  if has_record(eids, token, EREC) then return false end
+  local hour = math.floor(d.t / 3600000)
+  load_newest()
+  if newest_hour < 0 then newest_hour = hour end
+  if hour < newest_hour - window_hours then return true end
+  eids = eids .. token .. struct.pack('>I4', hour)
+  eids_changed = true
+  if hour > newest_hour then
+    newest_hour = hour
+    local kept = {}
+    for i = 1, #eids, EREC do
+      if struct.unpack('>I4', eids, i + 8) >= hour - window_hours then
+        kept[#kept + 1] = string.sub(eids, i, i + EREC - 1)
+      end
+    end
+    eids = table.concat(kept)
+  end
+  if #eids > max_events * EREC then
+    eids = string.sub(eids, -max_events * EREC)
+    newest_hour = nil
+  end
+  return true
 end
 
 local function inc_capped(prefix, key, by)
@@ -216,13 +268,9 @@ for _, d in ipairs(deltas) do
     dup_offset = dup_offset + 1
   else
     put(offset_field, d.off)
-    local eid = unhex(d.eid)
-    if seen_eid(eid) then
+    if not first_time(d) then
       dup_event = dup_event + 1
     else
-      eids = eids .. eid
-      if #eids > dedupe_window * 4 then eids = string.sub(eids, -dedupe_window * 4) end
-      eids_changed = true
       put('events_applied', num('events_applied') + 1)
       applied = applied + 1
       if d.k == 'a' then
@@ -285,8 +333,9 @@ end
 if #args > 0 then redis.call('HSET', P, unpack(args)) end
 if #removed > 0 then redis.call('HDEL', P, unpack(removed)) end
 if eids_changed then redis.call('SET', EIDS, eids) end
+if orders_changed then redis.call('SET', ORDERS, order_keys) end
 if retention_ms > 0 and applied > 0 then
-  for _, key in ipairs({P, DAYS, SESS, EIDS}) do redis.call('PEXPIRE', key, retention_ms) end
+  for _, key in ipairs({P, DAYS, SESS, EIDS, ORDERS}) do redis.call('PEXPIRE', key, retention_ms) end
 end
 -- Pending findings go back on every call, redeliveries included, so a crash
 -- between this script and the Kafka send cannot lose an alert.
