@@ -12,9 +12,10 @@ of events applied, not their order:
 
 Counting once: orders and receipts are deduplicated by their natural key
 (`order_id`; `store_id` + `receipt_id`) for the life of the profile; other
-events by event id within `dedupe_window_ms` of event time (however many
-events come between), keeping at most `dedupe_max_events` ids. Tokens are
-64-bit hashes.
+events by event id within `dedupe_window_ms` of sending (the Kafka record
+timestamp: a re-send arrives after the original, whatever the event's own
+time), however many events come between, keeping at most `dedupe_max_events`
+ids. Tokens are 64-bit hashes.
 
 Two bounded windows trade exact order-independence for bounded memory; each
 is exact unless its window overflows (documented in the README): sessions
@@ -88,6 +89,8 @@ class Delta:
     # orders: 16-hex hash of the natural key (order_id; store_id + receipt_id),
     # deduplicated for the life of the profile instead of by event id
     nk: str | None = None
+    # when the record was sent (Kafka timestamp, epoch ms); 0 = unknown, use t
+    rt: int = 0
 
     def to_wire(self) -> dict[str, object]:
         wire: dict[str, object] = {
@@ -102,6 +105,8 @@ class Delta:
             value = getattr(self, name)
             if value is not None:
                 wire[name] = value
+        if self.rt:
+            wire["rt"] = self.rt
         if self.k == "o":
             wire.update(b=self.b, r=self.r, n=self.n, cats=[list(c) for c in self.cats])
         if self.k == "a":
@@ -137,10 +142,12 @@ def to_delta(
     offset: int,
     currencies: Mapping[str, float],
     zone: dt.tzinfo = UTC,
+    sent_ms: int = 0,
 ) -> Delta:
     base = {
         "src": src,
         "off": offset,
+        "rt": sent_ms,
         "eid": token(event.event_id),
         "t": ts_ms,
         "day": day_index(ts_ms, zone),
@@ -198,7 +205,7 @@ class ProfileState:
     fields: dict[str, float | str] = field(default_factory=dict)
     days: list[int] = field(default_factory=list)  # sorted visit days
     sessions: dict[str, int] = field(default_factory=dict)  # session hash -> first ts
-    # (event-id token, event hour) within the dedupe window, in arrival order
+    # (event-id token, hour it was sent) within the dedupe window, in arrival order
     eids: list[tuple[str, int]] = field(default_factory=list)
     order_keys: list[str] = field(default_factory=list)  # natural-key tokens, for life
     outbox: list[Finding] = field(default_factory=list)  # lapse findings not yet sent
@@ -278,9 +285,9 @@ def _first_time(s: ProfileState, d: Delta, cfg: ProfileConfig) -> bool:
     """Record the event's identity; False if it was seen before (a re-send).
 
     An order counts once for life by its natural key. Another event counts
-    once within the dedupe window of event time: ids older than the newest
-    seen minus the window are forgotten (and one arriving that late is not
-    remembered), and at most `dedupe_max_events` are kept, oldest first out."""
+    once within the dedupe window of sending time: ids sent longer than the
+    window before the newest are forgotten (and one sent that much earlier is
+    not remembered), and at most `dedupe_max_events` are kept, oldest first out."""
     if d.nk is not None:
         if d.nk in s.order_keys:
             return False
@@ -288,7 +295,7 @@ def _first_time(s: ProfileState, d: Delta, cfg: ProfileConfig) -> bool:
         return True
     if any(seen == d.eid for seen, _ in s.eids):
         return False
-    hour = d.t // HOUR_MS
+    hour = (d.rt or d.t) // HOUR_MS
     window_hours = cfg.dedupe_window_ms // HOUR_MS
     newest = max((h for _, h in s.eids), default=hour)
     if hour < newest - window_hours:

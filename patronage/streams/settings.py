@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import ssl
 import zoneinfo
 from collections.abc import Mapping
@@ -71,6 +72,9 @@ class Settings(BaseSettings):
     redis_retry_max_s: float = Field(5.0, gt=0, le=300)
     lag_interval_s: float = Field(5.0, gt=0, le=3600)
     web_token: SecretStr | None = None
+    # "none" opens the web endpoints (personal data under /profiles) on a
+    # non-loopback address without a token: only ever on purpose.
+    web_auth: Literal["token", "none"] = "token"
 
     # Inactive profiles expire after this many days without an update (0 = never).
     retention_days: float = Field(0.0, ge=0, le=36_500)
@@ -80,8 +84,9 @@ class Settings(BaseSettings):
     half_life_days: float = Field(30.0, gt=0, le=3650)
     map_cap: int = Field(32, ge=1, le=1000)
     session_window: int = Field(32, ge=1, le=10_000)
-    # Events other than orders count once within this much event time (orders
-    # and receipts count once for life, by order_id / store_id + receipt_id).
+    # Events other than orders count once if re-sent within this long (by the
+    # Kafka record timestamp); orders and receipts count once for life, by
+    # order_id / store_id + receipt_id.
     dedupe_window_days: float = Field(7.0, gt=0, le=3650)
     # ... keeping at most this many event ids per customer (12 bytes each).
     dedupe_max_events: int = Field(4096, ge=16, le=1_000_000)
@@ -179,6 +184,29 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _plain_prefix(cls, value: str) -> str:
+        # The prefix is used in SCAN patterns (`patronage reset`, exports): a
+        # glob character would match, and delete, other applications' keys.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+            raise ValueError(
+                "use 1-64 letters, digits, '_', '.' or '-' (no glob characters, braces "
+                "or ':'), starting with a letter or digit"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _web_not_open_by_accident(self) -> Settings:
+        loopback = self.web_host in ("localhost", "::1") or self.web_host.startswith("127.")
+        if not loopback and self.web_token is None and self.web_auth != "none":
+            raise ValueError(
+                f"PATRONAGE_WEB_HOST is {self.web_host} (not loopback) and PATRONAGE_WEB_TOKEN "
+                "is not set: /profiles would serve personal data to anyone who can reach it. "
+                "Set PATRONAGE_WEB_TOKEN, or PATRONAGE_WEB_AUTH=none if that is really wanted"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:

@@ -23,6 +23,7 @@ import redis.exceptions
 from patronage.models.batch import PreparedBatch, Record, dead_letter, prepare_batch
 from patronage.models.lapse import finding_from_json, to_alert
 from patronage.streams.errors import FatalRedisError, classify, fatal_message
+from patronage.streams.kafka_transport import App as ReadCommittedApp
 from patronage.streams.lag import LagReader, PartitionLag
 from patronage.streams.segmenting import Learner, Segmenter, feature_message
 from patronage.streams.settings import Settings
@@ -382,7 +383,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         )
     elif ssl_context is not None:
         app_kwargs["broker_credentials"] = faust.SSLCredentials(ssl_context)
-    app = faust.App(settings.group_id, **app_kwargs)
+    app = ReadCommittedApp(settings.group_id, **app_kwargs)
     runtime.app = app
 
     source = app.topic(
@@ -405,6 +406,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
                         e.message.offset,
                         e.message.key,
                         e.message.value,
+                        int(e.message.timestamp * 1000) if e.message.timestamp else None,
                     )
                     for e in events
                 ]

@@ -17,6 +17,13 @@ from patronage.streams.settings import SettingsError, load_settings
         ("PATRONAGE_KAFKA_BOOTSTRAP", "localhost", "not host:port"),
         ("PATRONAGE_REDIS_URL", "http://x", "must start with redis://"),
         ("PATRONAGE_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT", "PATRONAGE_KAFKA_SASL_USERNAME"),
+        ("PATRONAGE_KEY_PREFIX", "patronage*", "no glob characters"),
+        ("PATRONAGE_KEY_PREFIX", "shop:{eu}", "no glob characters"),
+        ("PATRONAGE_KEY_PREFIX", "", "no glob characters"),
+        ("PATRONAGE_MAX_QUANTITY", "0", "greater than 0"),
+        ("PATRONAGE_EARLIEST_EVENT_TIME", "last tuesday", "datetime"),
+        ("PATRONAGE_DLQ_PAYLOAD_MAX_BYTES", "2000000", "less than or equal to 131072"),
+        ("PATRONAGE_DEDUPE_WINDOW_DAYS", "0", "greater than 0"),
     ],
 )
 def test_bad_setting_names_itself(
@@ -29,6 +36,40 @@ def test_bad_setting_names_itself(
     assert message in text
     if "SASL" not in name:
         assert name in text
+
+
+def test_a_public_web_address_needs_a_token_or_a_deliberate_choice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATRONAGE_WEB_HOST", "0.0.0.0")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "PATRONAGE_WEB_TOKEN" in str(info.value) and "PATRONAGE_WEB_AUTH=none" in str(info.value)
+    monkeypatch.setenv("PATRONAGE_WEB_TOKEN", "s3cret-token")
+    assert load_settings().web_host == "0.0.0.0"
+    monkeypatch.delenv("PATRONAGE_WEB_TOKEN")
+    monkeypatch.setenv("PATRONAGE_WEB_AUTH", "none")
+    assert load_settings().web_auth == "none"
+
+
+def test_the_worker_refuses_to_start_open_on_a_public_address() -> None:
+    """The real command, as an operator would start it: a clear message, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATRONAGE_WEB_HOST": "0.0.0.0"}
+    env.pop("PATRONAGE_WEB_TOKEN", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "patronage.streams.cli", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "PATRONAGE_WEB_TOKEN" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
 
 
 def test_secret_is_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@
 -- KEYS[1] profile hash   KEYS[2] visit-day bitmap
 -- KEYS[3] session zset
 -- KEYS[4] event ids within the dedupe window: 12-byte records, an 8-byte token
---         and the event hour (4 bytes, big-endian), in arrival order
+--         and the hour it was sent (4 bytes, big-endian), in arrival order
 -- KEYS[5] lapse outbox (list of findings not yet acknowledged by Kafka)
 -- KEYS[6] natural keys of orders and receipts, for life: 8-byte tokens
 -- ARGV[1] half-life ms   ARGV[2] map cap   ARGV[3] session window
@@ -61,7 +61,7 @@ end
 local function put(f, x) nums[f] = x; h[f] = true; changed[f] = true end
 
 -- Count once (mirrors profile.py _first_time): orders by natural key for
--- life, other events by id within the dedupe window of event time.
+-- life, other events by id within the dedupe window of sending time.
 local EREC = 12
 local eids = redis.call('GET', EIDS) or ''
 local eids_changed = false
@@ -96,7 +96,7 @@ local function first_time(d)
   end
   local token = unhex(d.eid)
   if has_record(eids, token, EREC) then return false end
-  local hour = math.floor(d.t / 3600000)
+  local hour = math.floor((d.rt or d.t) / 3600000)
   load_newest()
   if newest_hour < 0 then newest_hour = hour end
   if hour < newest_hour - window_hours then return true end
