@@ -28,6 +28,9 @@ class Converted:
     rows: int = 0
     rejected: Counter[str] = field(default_factory=Counter)  # reason code -> rows
     examples: dict[str, str] = field(default_factory=dict)  # reason code -> one full reason
+    # Kept events: corrections the worker will make, and lines it will drop.
+    corrected: Counter[str] = field(default_factory=Counter)
+    lines_dropped: Counter[str] = field(default_factory=Counter)
 
 
 def parse_mapping(spec: str) -> dict[str, str]:
@@ -69,7 +72,8 @@ def convert(
         customer = col(row, "customer_id")
         try:
             amount = Decimal(col(row, "amount"))
-            quantity = int(Decimal(col(row, "quantity"))) if col(row, "quantity") else 1
+            # Decimal: weighed goods and fuel are sold by measure.
+            quantity = Decimal(col(row, "quantity")) if col(row, "quantity") else Decimal(1)
             unit = Decimal(col(row, "unit_price")) if col(row, "unit_price") else None
         except (InvalidOperation, ValueError):
             out.rejected["not_a_number"] += 1
@@ -106,7 +110,7 @@ def convert(
             {
                 "sku": col(row, "sku") or "unknown",
                 "category": col(row, "category") or None,
-                "quantity": quantity,
+                "quantity": int(quantity) if quantity == int(quantity) else float(quantity),
                 "unit_price": float(unit),
             }
         )
@@ -120,6 +124,10 @@ def convert(
         if isinstance(outcome, Accepted):
             event["ts"] = outcome.ts_ms
             out.events.append(event)
+            out.corrected.update(outcome.corrections)
+            for problem in outcome.dropped_lines:
+                out.lines_dropped[problem.code] += 1
+                out.examples.setdefault(problem.code, f"{event['event_id']}: {problem.reason}")
         else:
             out.rejected[outcome.code] += order_rows[key]
             out.examples.setdefault(outcome.code, f"{event['event_id']}: {outcome.reason}")

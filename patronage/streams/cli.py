@@ -354,6 +354,12 @@ def _replay(settings: Settings, args: argparse.Namespace) -> None:
     print(f"rows rejected: {rejected}")
     for code, count in converted.rejected.most_common():
         print(f"  {count:>8}  {code}  (e.g. {converted.examples[code]})")
+    print(f"lines dropped from kept receipts: {sum(converted.lines_dropped.values())}")
+    for code, count in converted.lines_dropped.most_common():
+        print(f"  {count:>8}  {code}  (e.g. {converted.examples[code]})")
+    print(f"corrections: {sum(converted.corrected.values())}")
+    for code, count in converted.corrected.most_common():
+        print(f"  {count:>8}  {code}")
 
 
 def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
