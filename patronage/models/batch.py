@@ -22,6 +22,7 @@ from typing import Any
 
 from patronage.models.contracts import DeadLetter, format_ts
 from patronage.models.profile import Delta, to_delta
+from patronage.models.sources import source_label
 from patronage.models.validate import Accepted, LineProblem, Rules, validate
 
 
@@ -59,11 +60,15 @@ def prepare_batch(
     rules: Rules,
     now_ms: int,
     zone: dt.tzinfo,
+    epochs: Mapping[tuple[str, int], int] | None = None,
 ) -> PreparedBatch:
+    """`epochs`: the current epoch of each topic partition (models/sources.py);
+    absent means epoch 0."""
     batch = PreparedBatch()
     for record in records:
         try:
-            _prepare_one(batch, record, kinds, rules, now_ms, zone)
+            epoch = epochs.get((record.topic, record.partition), 0) if epochs else 0
+            _prepare_one(batch, record, kinds, rules, now_ms, zone, epoch)
         except Exception as exc:  # the per-record guard: see the module docstring
             dead_letter(batch, record, "unprocessable", describe_exception(exc), now_ms, rules)
     return batch
@@ -81,6 +86,7 @@ def _prepare_one(
     rules: Rules,
     now_ms: int,
     zone: dt.tzinfo,
+    epoch: int = 0,
 ) -> None:
     kind = kinds.get(record.topic)
     if kind is None:
@@ -96,7 +102,7 @@ def _prepare_one(
     delta = to_delta(
         outcome.event,
         outcome.ts_ms,
-        f"{record.topic}:{record.partition}",
+        source_label(record.topic, record.partition, epoch),
         record.offset,
         rules.currencies,
         zone,

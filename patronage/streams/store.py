@@ -9,6 +9,7 @@ script never crosses slots on Redis Cluster):
     <prefix>:{<customer_id>}:e     string event ids within the dedupe window (12-byte records)
     <prefix>:{<customer_id>}:x     list   lapse findings not yet acknowledged by Kafka
     <prefix>:{<customer_id>}:k     string natural keys of orders and receipts (8-byte tokens)
+    <prefix>:{sources}             hash   topic:partition -> epoch:highest offset seen
     <prefix>:{lapse-<p>}:due       zset   customer -> lapse due time, for partition p
     <prefix>:{lapse-<p>}:wm        string event-time watermark of partition p
 """
@@ -26,6 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from patronage.models.profile import HOUR_MS, Delta, ProfileConfig, profile_view
+from patronage.models.sources import SourceState
 from patronage.streams.errors import classify, needs_slot_refresh
 from patronage.streams.settings import Settings
 
@@ -64,6 +66,8 @@ class ProfileStore:
         self._mark_lapsed = client.register_script(_lua("mark_lapsed"))
         self._erase = client.register_script(_lua("erase"))
         self._segment = client.register_script(_lua("segment"))
+        self._sources = client.register_script(_lua("sources"))
+        self.sources_key = f"{prefix}:{{sources}}"
         # A cluster pipeline does not load scripts by itself: load them on
         # every primary first (and again after NOSCRIPT, e.g. a node restart).
         self.cluster = type(client).__name__ == "RedisCluster"
@@ -80,6 +84,7 @@ class ProfileStore:
             self._mark_lapsed,
             self._erase,
             self._segment,
+            self._sources,
         ):
             await self.client.script_load(script.script)
         self._scripts_loaded = True
@@ -163,6 +168,7 @@ class ProfileStore:
         by_customer: dict[str, list[Delta]],
         partition_of: dict[str, int] | None = None,
         watermarks: dict[int, int] | None = None,
+        sources: Mapping[tuple[str, int], SourceState] | None = None,
     ) -> ApplyResult:
         """Apply every customer's deltas, and schedule their lapse checks, in
         one pipelined round trip.
@@ -202,6 +208,11 @@ class ProfileStore:
         for partition, ts in (watermarks or {}).items():
             key = self.watermark_key(partition)
             ops.append((key, _script(self._watermark, [key], [ts])))
+        if sources:
+            marks: list[str | int] = []
+            for (topic, partition), state in sources.items():
+                marks.extend([f"{topic}:{partition}", state.epoch, state.max_offset])
+            ops.append((self.sources_key, _script(self._sources, [self.sources_key], marks)))
         replies = await self._pipelined(ops)
         raise_unless_poison(replies)
         result = ApplyResult()
@@ -221,6 +232,20 @@ class ProfileStore:
                 flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)
             }
         return result
+
+    async def source_states(
+        self, sources: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], SourceState]:
+        """What was seen of these topic partitions (epoch, highest offset)."""
+        if not sources:
+            return {}
+        values = await self.client.hmget(self.sources_key, [f"{t}:{p}" for t, p in sources])
+        return {
+            tp: SourceState.decode(v.decode() if isinstance(v, bytes) else v)
+            if v
+            else SourceState()
+            for tp, v in zip(sources, values, strict=True)
+        }
 
     async def erase(self, customer_id: str, partition: int) -> tuple[int, int | None]:
         """Remove every key of one customer and its lapse due entry."""

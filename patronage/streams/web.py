@@ -153,6 +153,12 @@ def render_metrics(runtime: Runtime) -> str:
     family("patronage_redis_apply_seconds", "summary", "Time of one batch's Redis round trip.")
     lines.append(f"patronage_redis_apply_seconds_sum {runtime.script_seconds_sum:.6f}")
     lines.append(f"patronage_redis_apply_seconds_count {runtime.script_calls}")
+    family(
+        "patronage_source_resets_total",
+        "counter",
+        "Topic partitions whose offsets restarted (re-created topic, truncated log).",
+    )
+    lines.append(f"patronage_source_resets_total {runtime.counters['source_resets']}")
     family("patronage_redis_retries_total", "counter", "Batches retried because Redis failed.")
     lines.append(f"patronage_redis_retries_total {runtime.counters['redis_retries']}")
     family("patronage_redis_up", "gauge", "1 if the last Redis round trip succeeded.")

@@ -19,9 +19,11 @@ from typing import Any, NoReturn, TypeVar
 
 import faust
 import redis.exceptions
+from faust.types import TP
 
 from patronage.models.batch import PreparedBatch, Record, dead_letter, prepare_batch
 from patronage.models.lapse import finding_from_json, to_alert
+from patronage.models.sources import SourceState, observe
 from patronage.streams.errors import FatalRedisError, classify, fatal_message
 from patronage.streams.kafka_transport import App as ReadCommittedApp
 from patronage.streams.lag import LagReader, PartitionLag
@@ -139,10 +141,16 @@ class Runtime:
 
     async def process(self, app: faust.App, records: list[Record]) -> None:
         now_ms = int(time.time() * 1000)
+        sources = await self.with_redis_retry("sources", lambda: self._sources(app, records))
         batch = prepare_batch(
-            records, self.settings.input_topics, self.settings.rules, now_ms, self.settings.zone
+            records,
+            self.settings.input_topics,
+            self.settings.rules,
+            now_ms,
+            self.settings.zone,
+            {tp: state.epoch for tp, state in sources.items()},
         )
-        result = await self._apply_with_retry(batch)
+        result = await self._apply_with_retry(batch, sources)
         for customer_id, why in result.failed.items():
             for record in batch.records_of.get(customer_id, []):
                 reason = f"Redis refused the update of this record's customer: {why}"
@@ -275,11 +283,42 @@ class Runtime:
         # its offset can be committed.
         await asyncio.gather(*pending)
 
-    async def _apply_with_retry(self, batch: PreparedBatch) -> ApplyResult:
+    async def _sources(
+        self, app: faust.App, records: list[Record]
+    ) -> dict[tuple[str, int], SourceState]:
+        """The epoch of each topic partition in the batch; a log that ends at
+        or below an offset already seen was reset (re-created, truncated):
+        its records from now on are a new source, never taken for redeliveries."""
+        highest: dict[tuple[str, int], int] = {}
+        for record in records:
+            tp = (record.topic, record.partition)
+            highest[tp] = max(highest.get(tp, -1), record.offset)
+        seen = await self.store.source_states(list(highest))
+        states = {}
+        for tp, top in highest.items():
+            log_end = app.consumer.highwater(TP(*tp))
+            states[tp] = observe(seen[tp], top, log_end)
+            if states[tp].epoch != seen[tp].epoch:
+                log.warning(
+                    "offsets of %s partition %d restarted: the log ends at %s but offset %d was "
+                    "already seen (a re-created topic, a truncated log or a mirror failover); "
+                    "its records are applied as a new source (epoch %d), not as redeliveries",
+                    tp[0],
+                    tp[1],
+                    log_end,
+                    seen[tp].max_offset,
+                    states[tp].epoch,
+                )
+                self.counters["source_resets"] += 1
+        return states
+
+    async def _apply_with_retry(
+        self, batch: PreparedBatch, sources: dict[tuple[str, int], SourceState]
+    ) -> ApplyResult:
         async def apply() -> ApplyResult:
             started = time.perf_counter()
             result = await self.store.apply_batch(
-                batch.by_customer, batch.partition_of, batch.watermarks
+                batch.by_customer, batch.partition_of, batch.watermarks, sources
             )
             self.script_seconds_sum += time.perf_counter() - started
             self.script_calls += 1

@@ -6,6 +6,7 @@ their own Apache Kafka (same jars) on free ports.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -17,11 +18,14 @@ from pathlib import Path
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
+from patronage.models.simulate import generate
+from patronage.streams.cli import create_topics
 from tests.conftest import IN_CI
 from tests.integration.certificates import make_certificates
 from tests.integration.harness import (
     Worker,
     drained,
+    metric_sum,
     prepare_topics,
     settings_for,
     settings_with_topics,
@@ -29,6 +33,8 @@ from tests.integration.harness import (
 )
 from tests.integration.private_kafka import LIBS, Listener, PrivateKafka
 from tests.integration.test_end_to_end import (
+    DAY_MS,
+    as_messages,
     assert_profiles_match,
     build_stream,
     export,
@@ -251,3 +257,66 @@ def test_kafka_over_tls(
         drain_s=round(drain_s, 1),
         refused=errors,
     )
+
+
+def test_topic_recreated_while_the_worker_runs(
+    isolated_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A topic deleted and created again (or a truncated log, a mirror
+    failover) restarts its offsets at 0. The per-source "last offset applied"
+    of every profile would then take each new event for a redelivery and drop
+    it silently; the worker must see that the log ends below offsets it has
+    already seen, treat the partition as a new source and apply everything.
+    Only a real broker shows how the consumer meets the new incarnation (an
+    offset out of range, reset to the earliest record)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    env = {**isolated_env, "PATRONAGE_COMMIT_INTERVAL_S": "0.5", "PATRONAGE_PARTITIONS": "2"}
+    settings = settings_with_topics(env)
+    now_ms = int(time.time() * 1000)
+    events, _ = generate(customers=30, days=20, seed=3, start_ms=now_ms - 21 * DAY_MS)
+    clicks = [e for e in events if e["type"] == "click"]
+    before, after = clicks[: len(clicks) // 2], clicks[len(clicks) // 2 :]
+    # More before than after, so the new log ends below offsets already seen.
+    before, after = before + after[: len(after) // 2], after[len(after) // 2 :]
+    clicks_topic = settings.topic("clicks")
+
+    async def recreate() -> None:
+        admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())  # type: ignore[arg-type]
+        await admin.start()
+        try:
+            await admin.delete_topics([clicks_topic])
+            for _ in range(100):
+                if clicks_topic not in set(await admin.list_topics()):
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await admin.close()
+        await create_topics(settings)
+
+    def applied(worker: Worker) -> float:
+        return metric_sum(worker.http("/metrics")[1], "patronage_events_applied_total")
+
+    worker = Worker(env, name="recreate").start()
+    try:
+        publish_with_metadata(settings, as_messages(before))
+        wait_for(
+            lambda: applied(worker) == len(before), 90, "first stream applied", worker.check_alive
+        )
+        asyncio.run(recreate())
+        publish_with_metadata(settings, as_messages(after))
+        wait_for(
+            lambda: applied(worker) == len(before) + len(after),
+            120,
+            "events of the re-created topic applied",
+            worker.check_alive,
+        )
+        resets = metric_sum(worker.http("/metrics")[1], "patronage_source_resets_total")
+    finally:
+        worker.stop()
+    assert resets >= 1
+    profiles = export(env, tmp_path / "recreated.jsonl")
+    expected = recompute(before + after)
+    assert {c: profiles[c]["clicks"] for c in expected} == {
+        c: row["clicks"] for c, row in expected.items()
+    }
