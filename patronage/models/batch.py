@@ -48,7 +48,8 @@ class PreparedBatch:
     lines_dropped: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, code)
     max_event_ts: dict[tuple[str, int], int] = field(default_factory=dict)  # per (topic, partition)
     partition_of: dict[str, int] = field(default_factory=dict)  # customer -> partition
-    watermarks: dict[int, int] = field(default_factory=dict)  # partition -> latest activity ts
+    # partition -> topic -> newest activity time (the partition's event clock)
+    newest: dict[int, dict[str, int]] = field(default_factory=dict)
     # customer -> the records behind its deltas (to dead-letter them if Redis
     # refuses that customer's update as poison)
     records_of: dict[str, list[Record]] = field(default_factory=dict)
@@ -116,7 +117,8 @@ def _prepare_one(
     batch.records_of.setdefault(customer_id, []).append(record)
     batch.partition_of[customer_id] = record.partition
     if delta.k != "a":
-        batch.watermarks[record.partition] = max(batch.watermarks.get(record.partition, 0), delta.t)
+        newest = batch.newest.setdefault(record.partition, {})
+        newest[record.topic] = max(newest.get(record.topic, delta.t), delta.t)
     batch.accepted[record.topic] += 1
     for correction in outcome.corrections:
         batch.corrected[(record.topic, correction)] += 1

@@ -6,8 +6,9 @@ visit days. A regular customer is *lapsed* when the time since the last visit
 is more than max(`min_gap_days`, `gap_multiplier` * usual gap).
 
 `lapse_moment` is the instant a profile becomes lapsed if nothing else
-happens; `evaluate(fields, now)` says whether to alert now. Both read the
-profile fields (Redis strings or numbers) and never the clock.
+happens; `judge(edges, fields, clock)` decides the gaps between visit days
+that the event clock has passed (see its docstring). Both read the profile
+fields (Redis strings or numbers) and never the clock.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 from patronage.models.contracts import LapseAlert, format_ts
@@ -70,58 +72,118 @@ def lapse_moment(fields: Mapping[str, float | str], rules: LapseRules) -> float 
     return max(by_gap, by_tenure)
 
 
-def is_lapsed(fields: Mapping[str, float | str], now_ms: float, rules: LapseRules) -> bool:
-    moment = lapse_moment(fields, rules)
-    return moment is not None and now_ms > moment
+@dataclass(frozen=True)
+class Judgement:
+    """What judging a profile's visit gaps against the clock decided."""
+
+    findings: list[Finding]
+    decided_days: list[int]  # days whose outgoing gap is decided for good
+    lapse_day: int | None  # the day whose gap has a `lapsed` awaiting its `reactivated`
+    due: float | None  # the clock at which judging again can decide more
 
 
-def already_alerted(fields: Mapping[str, float | str]) -> bool:
-    return "lapse_episode" in fields and _num(fields, "lapse_episode") == _num(fields, "last_seen")
-
-
-def finding(
-    fields: Mapping[str, float | str],
-    kind: Literal["lapsed", "reactivated"],
-    episode: float,
-    ts: float,
-) -> Finding:
-    segment = fields.get("segment")
-    return Finding(
-        kind=kind,
-        episode=int(episode),
-        ts=int(ts),
-        usual_gap_days=usual_gap_days(fields) or 0.0,
-        spend_total=_num(fields, "spend_total"),
-        span_days=_num(fields, "last_day") - _num(fields, "first_day"),
-        segment=int(float(segment)) if segment is not None else None,
-    )
-
-
-def evaluate(fields: Mapping[str, float | str], now_ms: float, rules: LapseRules) -> Finding | None:
-    """A `lapsed` finding if the customer is lapsed at `now` and not yet alerted."""
-    if already_alerted(fields) or not is_lapsed(fields, now_ms, rules):
+def moment_at(
+    last_seen: float,
+    visits: float,
+    first_day: float,
+    day: float,
+    first_seen: float,
+    rules: LapseRules,
+) -> float | None:
+    """The lapse moment of a profile whose last visit day is `day` (last
+    activity `last_seen`) after `visits` visit days from `first_day`."""
+    if visits < rules.min_visits:
         return None
-    moment = lapse_moment(fields, rules)
-    assert moment is not None
-    return finding(fields, "lapsed", _num(fields, "last_seen"), moment)
+    gap = (day - first_day) / (visits - 1) if visits >= 2 else 0.0
+    threshold = max(rules.min_gap_days, rules.gap_multiplier * gap)
+    return max(last_seen + threshold * DAY_MS, first_seen + rules.min_tenure_days * DAY_MS)
 
 
-def on_new_visit(fields: Mapping[str, float | str], t: float, rules: LapseRules) -> list[Finding]:
-    """Findings caused by an activity at `t` later than last_seen, judged on
-    the profile *before* that activity: the return of an alerted customer, or
-    a lapse (and return) that no sweep caught in time."""
-    if "last_seen" not in fields or t <= _num(fields, "last_seen"):
-        return []
-    episode = _num(fields, "last_seen")
-    if already_alerted(fields):
-        return [finding(fields, "reactivated", episode, t)]
-    moment = lapse_moment(fields, rules)
-    if moment is not None and t > moment:
-        return [
-            finding(fields, "lapsed", episode, moment),
-            finding(fields, "reactivated", episode, t),
-        ]
-    return []
+def _gap_finding(
+    kind: Literal["lapsed", "reactivated"],
+    ts: float,
+    episode: float,
+    usual_gap_days: float,
+    spend_total: float,
+    span_days: float,
+    segment: int | None,
+) -> Finding:
+    return Finding(kind, int(episode), int(ts), usual_gap_days, spend_total, span_days, segment)
+
+
+def judge(
+    edges: Mapping[int, tuple[float, float]],
+    fields: Mapping[str, float | str],
+    clock: float,
+    rules: LapseRules,
+) -> Judgement:
+    """Decide the gaps between visit days that the event clock has passed.
+
+    `edges` holds, for every visit day not yet decided, its first and last
+    activity (epoch ms). A gap from day d (last activity `hi`) to the next
+    visit day (first activity `lo`) is a lapse when the lapse moment of the
+    profile as it stood at `hi` comes before `lo`. Nothing is decided before
+    the clock has passed it: a `lapsed` needs clock > moment (no activity
+    between `hi` and the moment can still arrive), a `reactivated` or a
+    no-lapse decision needs clock >= lo. So an activity that a slower topic
+    delivers later can never turn into a false alert while it is within the
+    lateness the clock allows for. Pure; the same in Lua (apply.lua)."""
+    days = sorted(edges)
+    total = _num(fields, "visits")
+    first_day = _num(fields, "first_day")
+    first_seen = _num(fields, "first_seen")
+    lapse_day = int(_num(fields, "lapse_day")) if "lapse_day" in fields else None
+    findings: list[Finding] = []
+    decided: list[int] = []
+    due: float | None = None
+    for i, day in enumerate(days):
+        hi = edges[day][1]
+        visits = total - (len(days) - 1 - i)
+        moment = moment_at(hi, visits, first_day, day, first_seen, rules)
+        gap_days = (day - first_day) / (visits - 1) if visits >= 2 else 0.0
+
+        segment = fields.get("segment")
+        found = partial(
+            _gap_finding,
+            episode=hi,
+            usual_gap_days=gap_days,
+            spend_total=_num(fields, "spend_total"),
+            span_days=day - first_day,
+            segment=int(float(segment)) if segment is not None else None,
+        )
+
+        if i == len(days) - 1:  # the open gap after the last visit
+            if moment is not None and lapse_day != day:
+                if clock > moment:
+                    findings.append(found("lapsed", moment))
+                    lapse_day = day
+                else:
+                    due = moment
+            break
+        lo = edges[days[i + 1]][0]
+        if moment is not None and moment < lo:
+            if lapse_day != day:
+                if clock <= moment:
+                    due = moment
+                    break
+                findings.append(found("lapsed", moment))
+                lapse_day = day
+            if lo > clock:
+                due = lo
+                break
+            findings.append(found("reactivated", lo))
+            lapse_day = None
+        else:
+            if lo > clock:
+                due = lo
+                break
+            if lapse_day == day:
+                # A late activity shows the customer came back before the
+                # moment an alert was sent for: close that episode.
+                findings.append(found("reactivated", lo))
+                lapse_day = None
+        decided.append(day)
+    return Judgement(findings, decided, lapse_day, due)
 
 
 def value_at_risk(f: Finding) -> float:

@@ -45,7 +45,7 @@ from patronage.models.contracts import (
     StoreReceipt,
     format_ts,
 )
-from patronage.models.lapse import Finding, LapseRules, on_new_visit
+from patronage.models.lapse import Finding, LapseRules, judge
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -209,6 +209,9 @@ class ProfileState:
     eids: list[tuple[str, int]] = field(default_factory=list)
     order_keys: list[str] = field(default_factory=list)  # natural-key tokens, for life
     outbox: list[Finding] = field(default_factory=list)  # lapse findings not yet sent
+    # visit day -> (first, last activity ms), for the days whose gaps the
+    # event clock has not yet decided (see lapse.judge)
+    edges: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def copy(self) -> ProfileState:
         return ProfileState(
@@ -218,6 +221,7 @@ class ProfileState:
             list(self.eids),
             list(self.order_keys),
             list(self.outbox),
+            dict(self.edges),
         )
 
 
@@ -243,12 +247,8 @@ def apply(state: ProfileState, d: Delta, cfg: ProfileConfig) -> tuple[ProfileSta
         _apply_attributes(f, d)
         return s, "applied"
 
-    findings = on_new_visit(f, d.t, cfg.lapse)
-    if findings:
-        s.outbox.extend(findings)
-    if "lapse_episode" in f and d.t > _num(f, "last_seen"):
-        del f["lapse_episode"]  # the alerted episode ends with this visit
     _touch(s, d, cfg)
+    _add_edge(s, d)
     weight = 2.0 ** (-(_num(f, "last_seen") - d.t) / cfg.half_life_ms)
     if d.k == "c":
         f["clicks"] = _num(f, "clicks") + 1
@@ -324,6 +324,32 @@ def _touch(s: ProfileState, d: Delta, cfg: ProfileConfig) -> None:
     _add_day(s, d.day)
 
 
+def _add_edge(s: ProfileState, d: Delta) -> None:
+    """Keep the first and last activity of each visit day not yet judged; an
+    activity on a day already judged is late (beyond the clock's lateness)."""
+    judged = s.fields.get("judged_day")
+    if judged is not None and d.day < float(judged):
+        return
+    lo, hi = s.edges.get(d.day, (d.t, d.t))
+    s.edges[d.day] = (min(lo, d.t), max(hi, d.t))
+
+
+def judge_lapses(state: ProfileState, clock: float, cfg: ProfileConfig) -> float | None:
+    """Judge the visit gaps the clock has passed (in place): findings go to
+    the outbox, decided days leave `edges`. Returns when to judge again."""
+    verdict = judge(state.edges, state.fields, clock, cfg.lapse)
+    state.outbox.extend(verdict.findings)
+    for day in verdict.decided_days:
+        del state.edges[day]
+    if verdict.decided_days:
+        state.fields["judged_day"] = float(min(state.edges))
+    if verdict.lapse_day is None:
+        state.fields.pop("lapse_day", None)
+    else:
+        state.fields["lapse_day"] = float(verdict.lapse_day)
+    return verdict.due
+
+
 def _add_day(s: ProfileState, day: int) -> None:
     f = s.fields
     pos = bisect.bisect_left(s.days, day)
@@ -384,10 +410,13 @@ def _newer(t: int, value: str, current: str) -> bool:
     return (t, value.encode()) > (int(cur_t), cur_value.encode())
 
 
-def fold(deltas: list[Delta], cfg: ProfileConfig) -> ProfileState:
+def fold(deltas: list[Delta], cfg: ProfileConfig, clock: float | None = None) -> ProfileState:
+    """All deltas applied; with a `clock`, lapses judged against it at the end."""
     state = ProfileState()
     for d in deltas:
         state, _ = apply(state, d, cfg)
+    if clock is not None:
+        judge_lapses(state, clock, cfg)
     return state
 
 
@@ -468,7 +497,9 @@ def profile_view(customer_id: str, fields: Mapping[str, float | str]) -> dict[st
         if "rfm_r" in fields
         else None
     )
-    view["lapsed_since_last_seen"] = "lapse_episode" in fields
+    view["lapsed_since_last_seen"] = "lapse_day" in fields and _num(fields, "lapse_day") == _num(
+        fields, "last_day"
+    )
     return view
 
 

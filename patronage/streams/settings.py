@@ -94,12 +94,17 @@ class Settings(BaseSettings):
     # Lapse alerts
     lapse_min_visits: int = Field(6, ge=2, le=1000)
     lapse_min_tenure_days: float = Field(90.0, ge=0, le=3650)
-    lapse_min_gap_days: float = Field(14.0, gt=0, le=3650)
+    # Lapses are judged between visit days: a threshold under a day is not one.
+    lapse_min_gap_days: float = Field(14.0, ge=1, le=3650)
     lapse_gap_multiplier: float = Field(3.0, gt=0, le=100)
     lapse_clock: Literal["wall", "event"] = "wall"
-    # Event clock: sweep at watermark minus this, so events still in flight on
-    # other topics of the same partition are applied before anyone is judged.
+    # Event clock (models/clock.py): a partition's clock is the slowest of its
+    # activity topics; lapses are judged at that clock minus this lateness,
+    # for disorder within one topic (a till uploading late, a retry queue).
     lapse_event_lateness_s: float = Field(86_400.0, ge=0, le=86_400 * 30)
+    # An activity topic that delivered nothing for this long stops holding its
+    # partitions' clocks back (a shop without tills, a quiet night).
+    lapse_input_idle_s: float = Field(300.0, gt=0, le=86_400)
     lapse_sweep_interval_s: float = Field(5.0, gt=0, le=3600)
     lapse_sweep_batch: int = Field(1000, ge=1, le=100_000)
 
@@ -254,6 +259,11 @@ class Settings(BaseSettings):
             self.topic(self.topic_store_receipts): "store_receipt",
             self.topic(self.topic_customer_attributes): "customer_attributes",
         }
+
+    @cached_property
+    def activity_topics(self) -> list[str]:
+        """Input topics whose events are visits (they drive the event clock)."""
+        return [t for t, kind in self.input_topics.items() if kind != "customer_attributes"]
 
     @cached_property
     def topic_for_kind(self) -> dict[str, str]:

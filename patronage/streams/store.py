@@ -9,9 +9,10 @@ script never crosses slots on Redis Cluster):
     <prefix>:{<customer_id>}:e     string event ids within the dedupe window (12-byte records)
     <prefix>:{<customer_id>}:x     list   lapse findings not yet acknowledged by Kafka
     <prefix>:{<customer_id>}:k     string natural keys of orders and receipts (8-byte tokens)
+    <prefix>:{<customer_id>}:v     hash   visit days not yet judged for lapses -> first:last ms
     <prefix>:{sources}             hash   topic:partition -> epoch:highest offset seen
-    <prefix>:{lapse-<p>}:due       zset   customer -> lapse due time, for partition p
-    <prefix>:{lapse-<p>}:wm        string event-time watermark of partition p
+    <prefix>:{lapse-<p>}:due       zset   customer -> when to judge its lapses again, partition p
+    <prefix>:{lapse-<p>}:clock     hash   event-clock marks of partition p (models/clock.py)
 """
 
 from __future__ import annotations
@@ -34,9 +35,6 @@ from patronage.streams.settings import Settings
 
 def _lua(name: str) -> str:
     return resources.files("patronage.streams").joinpath(f"lua/{name}.lua").read_text("utf-8")
-
-
-DAY_MS = 86_400_000
 
 
 @dataclass
@@ -63,7 +61,6 @@ class ProfileStore:
         self._apply = client.register_script(_lua("apply"))
         self._watermark = client.register_script(_lua("watermark"))
         self._reschedule = client.register_script(_lua("reschedule"))
-        self._mark_lapsed = client.register_script(_lua("mark_lapsed"))
         self._erase = client.register_script(_lua("erase"))
         self._segment = client.register_script(_lua("segment"))
         self._sources = client.register_script(_lua("sources"))
@@ -81,7 +78,6 @@ class ProfileStore:
             self._apply,
             self._watermark,
             self._reschedule,
-            self._mark_lapsed,
             self._erase,
             self._segment,
             self._sources,
@@ -155,33 +151,26 @@ class ProfileStore:
 
     def keys(self, customer_id: str) -> list[str]:
         base = f"{self.prefix}:{{{customer_id}}}:"
-        return [base + "p", base + "d", base + "s", base + "e", base + "x", base + "k"]
+        return [
+            base + "p",
+            base + "d",
+            base + "s",
+            base + "e",
+            base + "x",
+            base + "k",
+            base + "v",
+        ]
 
     def due_key(self, partition: int) -> str:
         return f"{self.prefix}:{{lapse-{partition}}}:due"
 
-    def watermark_key(self, partition: int) -> str:
-        return f"{self.prefix}:{{lapse-{partition}}}:wm"
+    def clock_key(self, partition: int) -> str:
+        return f"{self.prefix}:{{lapse-{partition}}}:clock"
 
-    async def apply_batch(
-        self,
-        by_customer: dict[str, list[Delta]],
-        partition_of: dict[str, int] | None = None,
-        watermarks: dict[int, int] | None = None,
-        sources: Mapping[tuple[str, int], SourceState] | None = None,
-    ) -> ApplyResult:
-        """Apply every customer's deltas, and schedule their lapse checks, in
-        one pipelined round trip.
-
-        The due time written is an early bound (latest event + the minimum lapse
-        gap, never later than the true lapse moment); the sweep re-checks the
-        rule and moves the entry to the exact moment. ZADD LT keeps the earliest
-        bound, so a redelivered batch cannot push a due time later."""
-        await self.ensure_scripts()
-        if not by_customer:
-            return ApplyResult()
+    def _apply_args(self, deltas: Sequence[Delta], clock: float) -> list[Any]:
         rules = self.cfg.lapse
-        static_args = [
+        payload = json.dumps([d.to_wire() for d in deltas], separators=(",", ":"))
+        return [
             self.cfg.half_life_ms,
             self.cfg.map_cap,
             self.cfg.session_window,
@@ -190,29 +179,57 @@ class ProfileStore:
             rules.min_tenure_days,
             rules.min_gap_days,
             rules.gap_multiplier,
+            payload,
+            self.retention_ms,
+            self.cfg.dedupe_max_events,
+            repr(float(clock)),
         ]
+
+    async def apply_batch(
+        self,
+        by_customer: dict[str, list[Delta]],
+        partition_of: dict[str, int] | None = None,
+        clocks: Mapping[int, float] | None = None,
+        marks: Mapping[int, Mapping[str, int]] | None = None,
+        sources: Mapping[tuple[str, int], SourceState] | None = None,
+        wall_ms: int = 0,
+    ) -> ApplyResult:
+        """Apply every customer's deltas, judge their lapses against their
+        partition's event clock (`clocks`), record the batch on the clock marks
+        (`marks`: partition -> topic -> newest event time) and the sources, in
+        one pipelined round trip.
+
+        The due time written is an early bound (the earliest activity of the
+        batch: no gap it opens can be decided before the clock passes it); the
+        sweep judges again and moves the entry to the exact time. ZADD LT keeps
+        the earliest bound, so a redelivered batch cannot push a due time later."""
+        await self.ensure_scripts()
+        if not by_customer:
+            return ApplyResult()
         due: dict[int, dict[str, float]] = {}
         ops: list[tuple[str, Callable[[Any], Any]]] = []
         for customer_id, deltas in by_customer.items():
             keys = self.keys(customer_id)
-            payload = json.dumps([d.to_wire() for d in deltas], separators=(",", ":"))
-            args = [*static_args, payload, self.retention_ms, self.cfg.dedupe_max_events]
-            ops.append((keys[0], _script(self._apply, keys, args)))
+            partition = partition_of.get(customer_id) if partition_of else None
+            clock = clocks.get(partition, 0.0) if clocks and partition is not None else 0.0
+            ops.append((keys[0], _script(self._apply, keys, self._apply_args(deltas, clock))))
             activity = [d.t for d in deltas if d.k != "a"]
-            if partition_of is not None and customer_id in partition_of and activity:
-                early = max(activity) + rules.min_gap_days * DAY_MS
-                due.setdefault(partition_of[customer_id], {})[customer_id] = early
+            if partition is not None and activity:
+                due.setdefault(partition, {})[customer_id] = min(activity)
         for partition, scores in due.items():
             key = self.due_key(partition)
             ops.append((key, _command("zadd", key, scores, lt=True)))
-        for partition, ts in (watermarks or {}).items():
-            key = self.watermark_key(partition)
-            ops.append((key, _script(self._watermark, [key], [ts])))
+        for partition, newest in (marks or {}).items():
+            key = self.clock_key(partition)
+            args: list[str | int] = [wall_ms]
+            for topic, ts in newest.items():
+                args.extend([topic, ts])
+            ops.append((key, _script(self._watermark, [key], args)))
         if sources:
-            marks: list[str | int] = []
+            seen: list[str | int] = []
             for (topic, partition), state in sources.items():
-                marks.extend([f"{topic}:{partition}", state.epoch, state.max_offset])
-            ops.append((self.sources_key, _script(self._sources, [self.sources_key], marks)))
+                seen.extend([f"{topic}:{partition}", state.epoch, state.max_offset])
+            ops.append((self.sources_key, _script(self._sources, [self.sources_key], seen)))
         replies = await self._pipelined(ops)
         raise_unless_poison(replies)
         result = ApplyResult()
@@ -232,6 +249,28 @@ class ProfileStore:
                 flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)
             }
         return result
+
+    async def judge(
+        self, customers: Mapping[str, float]
+    ) -> dict[str, tuple[list[bytes], float | None]]:
+        """Judge the lapses of these customers (-> the clock to judge at), with
+        no new events: (pending findings, when to judge again) per customer."""
+        await self.ensure_scripts()
+        ops = [
+            (self.keys(c)[0], _script(self._apply, self.keys(c), self._apply_args([], clock)))
+            for c, clock in customers.items()
+        ]
+        replies = checked(await self._pipelined(ops))
+        return {
+            c: (list(r[3]), float(r[5]) if r[5] else None)
+            for c, r in zip(customers, replies, strict=True)
+        }
+
+    async def clock_marks(self, partitions: Sequence[int]) -> dict[int, dict[str, str]]:
+        """The event-clock marks of these partitions (one round trip)."""
+        ops = [(self.clock_key(p), _command("hgetall", self.clock_key(p))) for p in partitions]
+        replies = checked(await self._pipelined(ops))
+        return {p: _decode(r) for p, r in zip(partitions, replies, strict=True)}  # type: ignore[misc]
 
     async def source_states(
         self, sources: Sequence[tuple[str, int]]
@@ -286,10 +325,6 @@ class ProfileStore:
                 ops.append((key, _command("lrem", key, 1, raw)))
         checked(await self._pipelined(ops))
 
-    async def watermark(self, partition: int) -> int:
-        value = await self.client.get(self.watermark_key(partition))
-        return int(float(value)) if value else 0
-
     async def due_customers(
         self, partition: int, now_ms: float, limit: int
     ) -> list[tuple[str, float]]:
@@ -302,27 +337,6 @@ class ProfileStore:
                 (member.decode() if isinstance(member, bytes) else str(member), float(score))
             )
         return out
-
-    async def read_for_sweep(
-        self, customer_ids: Sequence[str]
-    ) -> list[tuple[dict[str, float | str], list[bytes]]]:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for customer_id in customer_ids:
-                keys = self.keys(customer_id)
-                pipe.hgetall(keys[0])
-                pipe.lrange(keys[4], 0, -1)
-            replies = await pipe.execute()
-        return [(_decode(replies[i]), list(replies[i + 1])) for i in range(0, len(replies), 2)]
-
-    async def mark_lapsed(self, marks: list[tuple[str, str, str]]) -> dict[str, list[bytes]]:
-        """(customer, last_seen as read, finding JSON) -> pending outbox per customer."""
-        await self.ensure_scripts()
-        ops: list[tuple[str, Callable[[Any], Any]]] = []
-        for customer_id, last_seen, item in marks:
-            keys = self.keys(customer_id)
-            ops.append((keys[0], _script(self._mark_lapsed, [keys[0], keys[4]], [last_seen, item])))
-        replies = checked(await self._pipelined(ops))
-        return {m[0]: list(r) for m, r in zip(marks, replies, strict=True) if r}
 
     async def reschedule(
         self, partition: int, moves: list[tuple[str, float, float | None]]

@@ -22,6 +22,7 @@ import redis.exceptions
 from faust.types import TP
 
 from patronage.models.batch import PreparedBatch, Record, dead_letter, prepare_batch
+from patronage.models.clock import with_batch
 from patronage.models.lapse import finding_from_json, to_alert
 from patronage.models.sources import SourceState, observe
 from patronage.streams.errors import FatalRedisError, classify, fatal_message
@@ -93,10 +94,11 @@ class Runtime:
         self.started_at = time.time()
         self.sweeper = LapseSweeper(
             self.store,
-            settings.profile_config,
             settings.lapse_clock,
             settings.lapse_sweep_batch,
             settings.lapse_event_lateness_s,
+            settings.lapse_input_idle_s,
+            settings.activity_topics,
             self.send_findings,
         )
 
@@ -150,7 +152,8 @@ class Runtime:
             self.settings.zone,
             {tp: state.epoch for tp, state in sources.items()},
         )
-        result = await self._apply_with_retry(batch, sources)
+        clocks = await self.with_redis_retry("clock", lambda: self._clocks(batch, now_ms))
+        result = await self._apply_with_retry(batch, sources, clocks, now_ms)
         for customer_id, why in result.failed.items():
             for record in batch.records_of.get(customer_id, []):
                 reason = f"Redis refused the update of this record's customer: {why}"
@@ -216,11 +219,6 @@ class Runtime:
         log.info("erased a customer on request %s (%d keys)", request_id, removed)
         log.debug("erasure request %s was for customer %s", request_id, customer_id)
 
-    def clock_ms(self, watermarks: dict[int, int], wall_ms: float) -> float:
-        if self.settings.lapse_clock == "event" and watermarks:
-            return float(max(watermarks.values()))
-        return wall_ms
-
     async def send(self, topic: str, key: bytes | None, value: bytes) -> Any:
         assert self.app is not None
         return await self.app.producer.send(topic, key, value, None, None, None)
@@ -229,7 +227,10 @@ class Runtime:
         """Score the updated profiles and feed the learner."""
         if not result.profiles or self.app is None:
             return
-        now = self.clock_ms(batch.watermarks, wall_ms)
+        now = wall_ms
+        if self.settings.lapse_clock == "event" and batch.newest:
+            # Replays: recency is measured at the newest event time applied.
+            now = float(max(max(topics.values()) for topics in batch.newest.values()))
         xs = self.segmenter.features_of(result.profiles, now)
         decisions = await self.segmenter.score(result.profiles, now, xs)
         await self.segmenter.commit(decisions, result.profiles, now, self.send)
@@ -248,8 +249,9 @@ class Runtime:
             return  # the running pass will be followed by the next refresh
         now = time.time() * 1000
         if self.settings.lapse_clock == "event":
-            marks = [await self.store.watermark(p) for p in owned]
-            now = float(max(marks)) if any(marks) else now
+            marks = await self.store.clock_marks(sorted(owned))
+            newest = [float(v) for m in marks.values() for k, v in m.items() if k.startswith("hw:")]
+            now = max(newest) if newest else now
         self.rescoring = asyncio.create_task(
             self.segmenter.rescore_partitions(owned, self.settings.partitions, now, self.send)  # type: ignore[arg-type]
         )
@@ -312,13 +314,36 @@ class Runtime:
                 self.counters["source_resets"] += 1
         return states
 
+    async def _clocks(self, batch: PreparedBatch, wall_ms: int) -> dict[int, float]:
+        """The clock each partition's lapses are judged against, this batch's
+        events included (models/clock.py)."""
+        partitions = sorted(set(batch.partition_of.values()))
+        if self.settings.lapse_clock != "event":
+            return dict.fromkeys(partitions, float(wall_ms))
+        marks = await self.store.clock_marks(partitions)
+        return {
+            p: self.sweeper.clock_of(
+                with_batch(marks[p], batch.newest.get(p, {}), wall_ms), wall_ms
+            )
+            for p in partitions
+        }
+
     async def _apply_with_retry(
-        self, batch: PreparedBatch, sources: dict[tuple[str, int], SourceState]
+        self,
+        batch: PreparedBatch,
+        sources: dict[tuple[str, int], SourceState],
+        clocks: dict[int, float],
+        wall_ms: int,
     ) -> ApplyResult:
         async def apply() -> ApplyResult:
             started = time.perf_counter()
             result = await self.store.apply_batch(
-                batch.by_customer, batch.partition_of, batch.watermarks, sources
+                batch.by_customer,
+                batch.partition_of,
+                clocks,
+                batch.newest,
+                sources,
+                wall_ms,
             )
             self.script_seconds_sum += time.perf_counter() - started
             self.script_calls += 1

@@ -22,7 +22,10 @@ from patronage.models.profile import (
     DAY_MS,
     Delta,
     ProfileConfig,
+    ProfileState,
+    apply,
     fold,
+    judge_lapses,
     profile_view,
     short_hash,
     token,
@@ -123,21 +126,36 @@ def assert_views_close(actual: dict[str, object], expected: dict[str, object]) -
 
 
 async def _roundtrip(
-    redis_url: str, batches: list[list[Delta]], customer: str, cluster: bool = False
-) -> tuple[dict[str, object], list[Finding], bytes, bytes]:
+    redis_url: str,
+    batches: list[tuple[list[Delta], float]],
+    customer: str,
+    cluster: bool = False,
+) -> tuple[
+    dict[str, object], list[Finding], bytes, bytes, dict[int, tuple[int, int]], dict[str, str]
+]:
+    """Apply (batch, event clock) pairs; the view, the pending findings and the
+    raw dedupe and lapse state."""
     client = make_redis(redis_url, cluster=cluster)
     store = ProfileStore(client, f"test{uuid.uuid4().hex[:8]}", CFG)
     try:
         outbox: list[bytes] = []
-        for batch in batches:
-            result = await store.apply_batch(group_by_customer((customer, d) for d in batch))
-            outbox = result.outbox.get(customer, [])
+        for batch, clock in batches:
+            result = await store.apply_batch(
+                group_by_customer((customer, d) for d in batch), {customer: 0}, {0: clock}
+            )
+            outbox = result.outbox.get(customer, outbox)
         view = await store.profile(customer)
         assert view is not None
         keys = store.keys(customer)
         eids = await client.get(keys[3]) or b""
         orders = await client.get(keys[5]) or b""
-        return view, [finding_from_json(raw) for raw in outbox], eids, orders
+        edges = {
+            int(day): tuple(int(float(x)) for x in edge.decode().split(":"))
+            for day, edge in (await client.hgetall(keys[6])).items()
+        }
+        fields = {k.decode(): v.decode() for k, v in (await client.hgetall(keys[0])).items()}
+        findings = [finding_from_json(item) for item in outbox]
+        return view, findings, eids, orders, edges, fields  # type: ignore[return-value]
     finally:
         await store.delete_prefix()
         await client.aclose()
@@ -165,11 +183,22 @@ def check_against_reference(url: str, seed: int, cluster: bool = False) -> None:
         batches.append(deltas[i : i + size])
         i += size
     redelivered = deltas[rng.randrange(len(deltas)) :]
-    actual, outbox, eids, orders = asyncio.run(
-        _roundtrip(url, [*batches, redelivered], "c1", cluster)
-    )
-    reference = fold(deltas, CFG)
+    # An event clock that moves forward between batches (sometimes past
+    # events still to come: late ones), judged after every batch.
+    clocks = sorted(T0 + rng.randrange(0, 450 * DAY_MS) for _ in range(len(batches) + 1))
+    schedule = [*zip(batches, clocks, strict=False), (redelivered, clocks[-1])]
+    actual, outbox, eids, orders, edges, raw = asyncio.run(_roundtrip(url, schedule, "c1", cluster))
+    reference = ProfileState()
+    for batch, clock in schedule:
+        for d in batch:
+            reference, _ = apply(reference, d, CFG)
+        judge_lapses(reference, clock, CFG)
     assert_views_close(actual, profile_view("c1", reference.fields))
+    assert edges == reference.edges
+    for name in ("judged_day", "lapse_day"):
+        want = reference.fields.get(name)
+        assert (raw.get(name) is None) == (want is None), name
+        assert want is None or float(raw[name]) == want, name
     # The dedupe state itself, byte for byte: not only what it lets through.
     assert eids == b"".join(bytes.fromhex(t) + struct.pack(">I", h) for t, h in reference.eids)
     assert orders == b"".join(bytes.fromhex(k) for k in reference.order_keys)
@@ -235,7 +264,10 @@ def test_memory_per_profile_is_bounded(redis_up: str) -> None:
         try:
             sizes = []
             for deltas in rounds:
-                await store.apply_batch({"c3": deltas})
+                # The event clock past every event: visit days are judged and
+                # leave the lapse state (it holds only days the clock has not passed).
+                clock = max(d.t for d in deltas) + DAY_MS
+                await store.apply_batch({"c3": deltas}, {"c3": 0}, {0: clock})
                 sizes.append(await store.memory_usage("c3"))
             return sizes
         finally:

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from patronage.models.lapse import (
     DAY_MS,
     Finding,
     LapseRules,
-    evaluate,
     finding_from_json,
     finding_to_json,
     lapse_moment,
-    on_new_visit,
     to_alert,
     value_at_risk,
 )
-from patronage.models.profile import Delta, ProfileConfig, ProfileState, apply, short_hash
+from patronage.models.profile import (
+    Delta,
+    ProfileConfig,
+    ProfileState,
+    apply,
+    judge_lapses,
+    short_hash,
+)
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 RULES = LapseRules()
@@ -74,58 +82,84 @@ CASES = [
 ]
 
 
+def judged(state: ProfileState, clock_day: float) -> list[tuple[str, float]]:
+    """Judge at the clock; the new findings as (kind, ts)."""
+    before = len(state.outbox)
+    judge_lapses(state, at(clock_day), CFG)
+    return [(f.kind, f.ts) for f in state.outbox[before:]]
+
+
+def visits(state: ProfileState, *days: float) -> ProfileState:
+    for n, day in enumerate(days):
+        state, _ = apply(state, visit(1000 + n + int(day * 10), day), CFG)
+    return state
+
+
 @pytest.mark.parametrize(
     ("name", "days", "now_day", "lapsed_at_day"), CASES, ids=[c[0] for c in CASES]
 )
-def test_evaluate(
+def test_lapse_at_the_clock(
     name: str, days: list[float], now_day: float, lapsed_at_day: float | None
 ) -> None:
-    fields = profile(days).fields
-    found = evaluate(fields, at(now_day), RULES)
+    state = profile(days)
+    found = judged(state, now_day)
     if lapsed_at_day is None:
-        assert found is None
+        assert found == []
     else:
-        assert found is not None and found.kind == "lapsed"
-        assert math.isclose(found.ts, at(lapsed_at_day), abs_tol=1)
-        assert found.episode == T0 + round(max(days) * DAY_MS)
+        [(kind, ts)] = found
+        assert kind == "lapsed" and math.isclose(ts, at(lapsed_at_day), abs_tol=1)
+        assert state.outbox[-1].episode == T0 + round(max(days) * DAY_MS)
 
 
 def test_one_alert_per_episode() -> None:
-    fields = dict(profile(WEEKLY).fields)
-    found = evaluate(fields, at(200), RULES)
-    assert found is not None
-    fields["lapse_episode"] = float(found.episode)  # what the sweep records
-    assert evaluate(fields, at(300), RULES) is None
+    state = profile(WEEKLY)
+    assert judged(state, 200) == [("lapsed", at(112))]
+    assert judged(state, 300) == []
 
 
 def test_visit_after_alert_reactivates_once() -> None:
     state = profile(WEEKLY)
-    state.fields["lapse_episode"] = state.fields["last_seen"]
-    back, _ = apply(state, visit(100, 130), CFG)
-    assert [f.kind for f in back.outbox] == ["reactivated"]
-    assert back.outbox[0].ts == at(130)
-    assert "lapse_episode" not in back.fields
-    again, _ = apply(back, visit(101, 131), CFG)
-    assert [f.kind for f in again.outbox] == ["reactivated"]  # nothing new
+    assert judged(state, 120) == [("lapsed", at(112))]
+    state = visits(state, 130)
+    assert judged(state, 140) == [("reactivated", at(130))]
+    assert state.outbox[-1].episode == at(91)
+    state = visits(state, 131)
+    assert judged(state, 141) == []
 
 
 def test_late_event_after_alert_is_not_a_return() -> None:
     state = profile(WEEKLY)
-    state.fields["lapse_episode"] = state.fields["last_seen"]
-    late, _ = apply(state, visit(100, 50.5), CFG)  # happened long ago, arrived now
-    assert late.outbox == []
-    assert late.fields["lapse_episode"] == state.fields["last_seen"]
+    assert judged(state, 120) == [("lapsed", at(112))]
+    state = visits(state, 50.5)  # happened long ago, arrived after the clock passed it
+    assert judged(state, 125) == []
+    assert state.fields["lapse_day"] == T0 // DAY_MS + 91
 
 
-def test_return_without_a_sweep_emits_lapse_and_return() -> None:
-    state = profile(WEEKLY)
-    back, _ = apply(state, visit(100, 150), CFG)
-    assert [(f.kind, f.ts) for f in back.outbox] == [("lapsed", at(112)), ("reactivated", at(150))]
-    assert {f.episode for f in back.outbox} == {at(91)}
+def test_return_seen_only_after_the_fact_emits_lapse_and_return() -> None:
+    state = visits(profile(WEEKLY), 150)
+    assert judged(state, 160) == [("lapsed", at(112)), ("reactivated", at(150))]
+    assert {f.episode for f in state.outbox} == {at(91)}
 
 
 def test_return_within_threshold_is_nothing() -> None:
-    assert on_new_visit(profile(WEEKLY).fields, at(112), RULES) == []
+    assert judged(visits(profile(WEEKLY), 112), 120) == []
+
+
+def test_a_slower_topic_cannot_cause_a_false_lapse() -> None:
+    """The clicks topic is at day 150 while the store receipts are only at
+    day 95: the visits in between are not applied yet, so the gap 91 -> 150
+    must not be judged. The old new-visit rule alerted here."""
+    state = visits(profile(WEEKLY), 150)  # from the fast topic
+    assert judged(state, 95) == []  # the clock is the slower topic's
+    state = visits(state, *(98.0 + 7 * w for w in range(8)))  # the slow topic catches up
+    assert judged(state, 160) == []
+    assert state.outbox == []
+
+
+def test_judging_twice_with_the_same_clock_changes_nothing() -> None:
+    state = visits(profile(WEEKLY), 150)
+    first = judged(state, 160)
+    assert judged(state, 160) == [] and first
 
 
 def test_lapse_moment_needs_enough_visits() -> None:
@@ -148,9 +182,9 @@ def test_value_at_risk(spend: float, span: float, gap: float, expected: float) -
 
 
 def test_alert_content_and_deterministic_id() -> None:
-    fields = profile(WEEKLY).fields
-    found = evaluate(fields, at(200), RULES)
-    assert found is not None
+    state = profile(WEEKLY)
+    judged(state, 200)
+    [found] = state.outbox
     alert = to_alert("c7", found)
     assert alert.event_id == f"lapse:c7:lapsed:{found.episode}"
     assert alert.days_since_last_visit == pytest.approx(21.0)
@@ -158,3 +192,68 @@ def test_alert_content_and_deterministic_id() -> None:
     assert alert.value_at_risk == pytest.approx(140 / 91 * 7, abs=0.01)
     assert alert.last_seen == "2026-04-02T00:00:00.000Z"
     assert finding_from_json(finding_to_json(found)) == found
+
+
+def truth(times: list[int], clock: float, rules: LapseRules) -> set[tuple[str, int, int]]:
+    """(kind, episode, ts) from the definitions, walking the activity in time
+    order; written apart from lapse.judge."""
+    out: set[tuple[str, int, int]] = set()
+    days: set[int] = set()
+    first = last = None
+
+    def moment() -> float | None:
+        if len(days) < rules.min_visits:
+            return None
+        gap = (max(days) - min(days)) / (len(days) - 1)
+        threshold = max(rules.min_gap_days, rules.gap_multiplier * gap)
+        return max(last + threshold * DAY_MS, first + rules.min_tenure_days * DAY_MS)  # type: ignore[operator]
+
+    for t in sorted(times):
+        if last is not None and t > last:
+            m = moment()
+            if m is not None and t > m:
+                out |= {("lapsed", last, int(m)), ("reactivated", last, t)}
+        days.add(t // DAY_MS)
+        first = t if first is None else min(first, t)
+        last = t if last is None else max(last, t)
+    m = moment()
+    if m is not None and clock > m:
+        out.add(("lapsed", last, int(m)))  # type: ignore[arg-type]
+    return out
+
+
+SMALL_RULES = LapseRules(min_visits=3, min_tenure_days=10, min_gap_days=4, gap_multiplier=2.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 200 * 24), min_size=1, max_size=40),  # activity hours
+    st.randoms(use_true_random=False),
+    st.integers(1, 6),
+)
+def test_judging_out_of_order_arrival_matches_the_definitions(
+    hours: list[int], rng: Any, batches: int
+) -> None:
+    """Events arrive in any order, in batches; after each batch the clock is
+    whatever every event not yet applied is still later than (what the
+    partition clock guarantees). The alerts equal the ones history gives."""
+    cfg = ProfileConfig(lapse=SMALL_RULES)
+    times = sorted({T0 + h * 3_600_000 for h in hours})
+    order = list(times)
+    rng.shuffle(order)
+    cuts = sorted(rng.sample(range(1, len(order) + 1), min(batches, len(order))))
+    state = ProfileState()
+    start = 0
+    for cut in [*cuts, len(order)]:
+        for n, t in enumerate(order[start:cut]):
+            delta = Delta(src="s:0", off=start + n, eid=f"{t:016x}", t=t, day=t // DAY_MS, k="c")  # type: ignore[arg-type]
+            state, _ = apply(state, delta, cfg)
+        start = cut
+        pending = order[cut:]
+        clock = min(pending) - 1 if pending else max(times)
+        judge_lapses(state, clock, cfg)
+    end = max(times) + 400 * DAY_MS
+    judge_lapses(state, end, cfg)
+    found = {(f.kind, f.episode, f.ts) for f in state.outbox}
+    assert found == truth(times, end, SMALL_RULES)
+    assert len(found) == len(state.outbox)  # nothing twice

@@ -11,15 +11,19 @@
 --         and the hour it was sent (4 bytes, big-endian), in arrival order
 -- KEYS[5] lapse outbox (list of findings not yet acknowledged by Kafka)
 -- KEYS[6] natural keys of orders and receipts, for life: 8-byte tokens
+-- KEYS[7] visit days not yet judged for lapses: day -> "first ms:last ms"
 -- ARGV[1] half-life ms   ARGV[2] map cap   ARGV[3] session window
 -- ARGV[4] dedupe window, hours   ARGV[5..8] lapse rules: min visits, min
 --                        tenure days, min gap days, gap multiplier
 -- ARGV[9] JSON list of deltas (in offset order per source)
 -- ARGV[10] retention ms: keys expire after this long without an update (0 = never)
 -- ARGV[11] most event ids kept for dedupe
--- Returns {applied, duplicate offsets, duplicate event ids, outbox items, profile (HGETALL)}
+-- ARGV[12] the event clock (epoch ms) to judge lapses against, after the deltas
+-- Returns {applied, duplicate offsets, duplicate event ids, outbox items,
+--          profile (HGETALL), when to judge again ('' = nothing pending)}
 
-local P, DAYS, SESS, EIDS, OUT, ORDERS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local P, DAYS, SESS, EIDS, OUT, ORDERS, EDGES =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local half_life = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 local session_window = tonumber(ARGV[3])
@@ -31,6 +35,7 @@ local gap_multiplier = tonumber(ARGV[8])
 local deltas = cjson.decode(ARGV[9])
 local retention_ms = tonumber(ARGV[10] or '0')
 local max_events = tonumber(ARGV[11])
+local clock = tonumber(ARGV[12])
 local DAY_MS = 86400000
 
 local h = {}
@@ -214,44 +219,113 @@ local function touch(d)
   add_day(d.day)
 end
 
--- Lapse rules: mirror patronage/models/lapse.py (lapse_moment, on_new_visit).
-local function usual_gap()
-  local visits = num('visits')
-  if visits < 2 then return 0 end
-  return (num('last_day') - num('first_day')) / (visits - 1)
+-- Lapse judging: mirrors patronage/models/lapse.py (judge) and profile.py
+-- (_add_edge, judge_lapses). EDGES holds, per visit day not yet judged, its
+-- first and last activity ("lo:hi"); a gap is decided only once the event
+-- clock has passed it, so a slower topic cannot cause a false alert.
+local edges = nil
+local edges_changed = {}
+local edges_removed = {}
+local function load_edges()
+  if edges ~= nil then return end
+  edges = {}
+  local raw_edges = redis.call('HGETALL', EDGES)
+  for i = 1, #raw_edges, 2 do
+    local lo, hi = string.match(raw_edges[i + 1], '^(%-?[%d.e+]+):(%-?[%d.e+]+)$')
+    edges[tonumber(raw_edges[i])] = {tonumber(lo), tonumber(hi)}
+  end
+end
+local function add_edge(d)
+  if h['judged_day'] and d.day < num('judged_day') then return end
+  load_edges()
+  local edge = edges[d.day]
+  if edge == nil then
+    edges[d.day] = {d.t, d.t}
+  else
+    edges[d.day] = {math.min(edge[1], d.t), math.max(edge[2], d.t)}
+  end
+  edges_changed[d.day] = true
 end
 
-local function lapse_moment()
-  if h['last_seen'] == nil or num('visits') < min_visits then return nil end
-  local threshold = math.max(min_gap_days, gap_multiplier * usual_gap())
-  return math.max(num('last_seen') + threshold * DAY_MS, num('first_seen') + min_tenure_days * DAY_MS)
+local function moment_at(hi, visits, day)
+  if visits < min_visits then return nil end
+  local gap = 0
+  if visits >= 2 then gap = (day - num('first_day')) / (visits - 1) end
+  local threshold = math.max(min_gap_days, gap_multiplier * gap)
+  return math.max(hi + threshold * DAY_MS, num('first_seen') + min_tenure_days * DAY_MS)
 end
 
-local function push_finding(kind, episode, ts)
+local function push_finding(kind, episode, ts, gap, span)
   local segment = h['segment'] or 'null'
   redis.call('RPUSH', OUT, '{"k":"' .. kind .. '","e":' .. fmt(math.floor(episode))
-    .. ',"ts":' .. fmt(math.floor(ts)) .. ',"g":' .. fmt(usual_gap())
-    .. ',"s":' .. fmt(num('spend_total')) .. ',"sp":' .. fmt(num('last_day') - num('first_day'))
+    .. ',"ts":' .. fmt(math.floor(ts)) .. ',"g":' .. fmt(gap)
+    .. ',"s":' .. fmt(num('spend_total')) .. ',"sp":' .. fmt(span)
     .. ',"seg":' .. segment .. '}')
 end
 
-local function on_new_visit(t)
-  if h['last_seen'] == nil or t <= num('last_seen') then return end
-  local episode = num('last_seen')
-  if h['lapse_episode'] and tonumber(h['lapse_episode']) == episode then
-    push_finding('reactivated', episode, t)
-  else
-    local moment = lapse_moment()
-    if moment ~= nil and t > moment then
-      push_finding('lapsed', episode, moment)
-      push_finding('reactivated', episode, t)
+-- Returns when judging again can decide more (nil: nothing pending).
+local function judge(clock)
+  load_edges()
+  local days = {}
+  for day, _ in pairs(edges) do days[#days + 1] = day end
+  if #days == 0 then return nil end
+  table.sort(days)
+  local total = num('visits')
+  local lapse_day = h['lapse_day'] and num('lapse_day') or nil
+  local first_day = num('first_day')
+  local due = nil
+  local decided = 0
+  for i, day in ipairs(days) do
+    local hi = edges[day][2]
+    local visits = total - (#days - i)
+    local moment = moment_at(hi, visits, day)
+    local gap = 0
+    if visits >= 2 then gap = (day - first_day) / (visits - 1) end
+    local span = day - first_day
+    if i == #days then
+      if moment ~= nil and lapse_day ~= day then
+        if clock > moment then
+          push_finding('lapsed', hi, moment, gap, span)
+          lapse_day = day
+        else
+          due = moment
+        end
+      end
+      break
     end
+    local lo = edges[days[i + 1]][1]
+    if moment ~= nil and moment < lo then
+      if lapse_day ~= day then
+        if clock <= moment then due = moment; break end
+        push_finding('lapsed', hi, moment, gap, span)
+        lapse_day = day
+      end
+      if lo > clock then due = lo; break end
+      push_finding('reactivated', hi, lo, gap, span)
+      lapse_day = nil
+    else
+      if lo > clock then due = lo; break end
+      if lapse_day == day then
+        push_finding('reactivated', hi, lo, gap, span)
+        lapse_day = nil
+      end
+    end
+    edges[day] = nil
+    edges_changed[day] = nil
+    edges_removed[#edges_removed + 1] = day
+    decided = decided + 1
   end
-  if h['lapse_episode'] then
-    h['lapse_episode'] = nil
-    changed['lapse_episode'] = nil
-    removed[#removed + 1] = 'lapse_episode'
+  if decided > 0 then put('judged_day', days[decided + 1]) end
+  if lapse_day == nil then
+    if h['lapse_day'] then
+      h['lapse_day'] = nil
+      changed['lapse_day'] = nil
+      removed[#removed + 1] = 'lapse_day'
+    end
+  else
+    put('lapse_day', lapse_day)
   end
+  return due
 end
 
 local function newer(t, value, current)
@@ -283,8 +357,8 @@ for _, d in ipairs(deltas) do
           end
         end
       else
-        on_new_visit(d.t)
         touch(d)
+        add_edge(d)
         local weight = 2 ^ (-(num('last_seen') - d.t) / half_life)
         if d.k == 'c' then
           put('clicks', num('clicks') + 1)
@@ -321,6 +395,8 @@ for _, d in ipairs(deltas) do
   end
 end
 
+local due = judge(clock)
+
 for f, _ in pairs(changed) do
   local x = nums[f]
   if x ~= nil and h[f] == true then h[f] = fmt(x) end
@@ -334,8 +410,17 @@ if #args > 0 then redis.call('HSET', P, unpack(args)) end
 if #removed > 0 then redis.call('HDEL', P, unpack(removed)) end
 if eids_changed then redis.call('SET', EIDS, eids) end
 if orders_changed then redis.call('SET', ORDERS, order_keys) end
+local edge_args = {}
+for day, _ in pairs(edges_changed) do
+  edge_args[#edge_args + 1] = day
+  edge_args[#edge_args + 1] = fmt(edges[day][1]) .. ':' .. fmt(edges[day][2])
+end
+if #edge_args > 0 then redis.call('HSET', EDGES, unpack(edge_args)) end
+if #edges_removed > 0 then redis.call('HDEL', EDGES, unpack(edges_removed)) end
 if retention_ms > 0 and applied > 0 then
-  for _, key in ipairs({P, DAYS, SESS, EIDS, ORDERS}) do redis.call('PEXPIRE', key, retention_ms) end
+  for _, key in ipairs({P, DAYS, SESS, EIDS, ORDERS, EDGES}) do
+    redis.call('PEXPIRE', key, retention_ms)
+  end
 end
 -- Pending findings go back on every call, redeliveries included, so a crash
 -- between this script and the Kafka send cannot lose an alert.
@@ -345,4 +430,5 @@ for f, v in pairs(h) do
   flat[#flat + 1] = f
   flat[#flat + 1] = v
 end
-return {applied, dup_offset, dup_event, redis.call('LRANGE', OUT, 0, -1), flat}
+return {applied, dup_offset, dup_event, redis.call('LRANGE', OUT, 0, -1), flat,
+  due and fmt(due) or ''}

@@ -1,12 +1,13 @@
 #!lua
--- (A shebang: Redis refuses the whole script up front when over maxmemory,
--- instead of failing at its first write and leaving the earlier ones.)
--- Raise a partition's event-time watermark (never lower it).
--- KEYS[1] watermark string   ARGV[1] candidate epoch ms
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local candidate = tonumber(ARGV[1])
-if candidate > current then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return candidate
+-- Record a batch on a partition's event-clock marks (models/clock.py): per
+-- activity topic the newest event time (never lowered) and the wall time it
+-- was last heard from; `since`, when the partition first delivered anything.
+-- KEYS[1] clock hash   ARGV[1] wall ms   ARGV[2..] pairs: topic, newest event ms
+redis.call('HSETNX', KEYS[1], 'since', ARGV[1])
+for i = 2, #ARGV, 2 do
+  local field = 'hw:' .. ARGV[i]
+  local current = tonumber(redis.call('HGET', KEYS[1], field) or '-1')
+  if tonumber(ARGV[i + 1]) > current then redis.call('HSET', KEYS[1], field, ARGV[i + 1]) end
+  redis.call('HSET', KEYS[1], 'seen:' .. ARGV[i], ARGV[1])
 end
-return current
+return 0
