@@ -43,7 +43,7 @@ LATENESS_S = 3 * 86_400  # more than one chunk: every in-flight event lands firs
 
 
 def expected_alerts(
-    events: list[dict[str, Any]], partition_of: dict[str, int]
+    events: list[dict[str, Any]], partition_of: dict[str, int], lateness_s: float = LATENESS_S
 ) -> dict[tuple[str, str, int], int]:
     """(customer, kind, episode) -> alert time, from the definitions."""
     by_customer: dict[str, list[int]] = defaultdict(list)
@@ -74,7 +74,7 @@ def expected_alerts(
             days.add(t // DAY_MS)
             first = t if first is None else min(first, t)
             last = t if last is None else max(last, t)
-        now = watermark[partition_of[customer]] - LATENESS_S * 1000
+        now = watermark[partition_of[customer]] - lateness_s * 1000
         m = moment(days, first, last)  # type: ignore[arg-type]
         if m is not None and now > m:
             alerts[(customer, "lapsed", last)] = int(m)  # type: ignore[index]
@@ -85,7 +85,9 @@ def parse(ts: str) -> int:
     return int(dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def sweeps_done(settings: Settings, client: redis.Redis, partitions: set[int]) -> bool:
+def sweeps_done(
+    settings: Settings, client: redis.Redis, partitions: set[int], lateness_s: float = LATENESS_S
+) -> bool:
     prefix = settings.key_prefix
     for p in partitions:
         marks = client.hgetall(f"{prefix}:{{lapse-{p}}}:clock")
@@ -93,7 +95,7 @@ def sweeps_done(settings: Settings, client: redis.Redis, partitions: set[int]) -
         if not newest:
             return False
         # Once every topic is idle, the clock is the newest event time seen.
-        horizon = max(newest) - LATENESS_S * 1000
+        horizon = max(newest) - lateness_s * 1000
         if client.zcount(f"{prefix}:{{lapse-{p}}}:due", "-inf", horizon) > 0:
             return False
     return not any(True for _ in client.scan_iter(match=f"{prefix}:*:x", count=1000))
@@ -189,4 +191,78 @@ def test_replayed_history_gives_the_alerts_history_would_have(
         expected_alerts=len(expected),
         distinct_alert_ids=len(by_id),
         alert_messages=len(alerts),
+    )
+
+
+@pytest.mark.parametrize("held_back", [None, "store-receipts"], ids=["one backlog", "held back"])
+def test_unpaced_backlog_gives_the_alerts_history_would_have(
+    isolated_env: dict[str, str], held_back: str | None, tmp_path: Path
+) -> None:
+    """A whole history published at once, as after a day of downtime, and
+    drained as fast as the worker can: the topics drain at their own speed
+    (one of them, in the second case, is only published a minute later), so
+    a visit on a fast topic is applied long before the slower topics' visits
+    of the same weeks. The event clock (the slowest topic) must keep every
+    gap undecided until all of them are in: no false `lapsed`, none missed,
+    the exact moments, and each alert id once."""
+    idle_s = 90 if held_back else 5
+    env = {
+        **isolated_env,
+        "PATRONAGE_LAPSE_CLOCK": "event",
+        "PATRONAGE_LAPSE_EVENT_LATENESS_S": "3600",
+        "PATRONAGE_LAPSE_INPUT_IDLE_S": str(idle_s),
+        "PATRONAGE_LAPSE_SWEEP_INTERVAL_S": "0.5",
+        "PATRONAGE_COMMIT_INTERVAL_S": "0.5",
+    }
+    settings = settings_with_topics(env)
+    now_ms = int(time.time() * 1000)
+    days = 200
+    start_ms = (now_ms // DAY_MS - days - 1) * DAY_MS
+    events, _ = generate(customers=160, days=days, seed=12, start_ms=start_ms, lapse_share=0.35)
+    messages = [(TYPE_TOPIC[e["type"]], e["customer_id"], json.dumps(e).encode()) for e in events]
+    first = [m for m in messages if m[0] != held_back]
+    later = [m for m in messages if m[0] == held_back]
+    client = redis_client(env)
+    worker = Worker(env, name="backlog").start()
+    partition_of: dict[str, int] = {}
+    try:
+        metadata = publish_with_metadata(settings, first)
+        if later:
+            time.sleep(60)  # the others drain meanwhile
+            metadata += publish_with_metadata(settings, later)
+        for (_, customer, _), (_, partition, _) in zip(first + later, metadata, strict=True):
+            partition_of[customer or ""] = partition
+        wait_for(lambda: drained(settings), 240, "the backlog to drain", worker.check_alive)
+        time.sleep(idle_s + 2)  # every topic idle: the clock reaches the newest event
+        wait_for(
+            lambda: sweeps_done(settings, client, set(partition_of.values()), 3600),
+            120,
+            "final sweeps",
+            worker.check_alive,
+        )
+    finally:
+        worker.stop()
+    expected = expected_alerts(events, partition_of, lateness_s=3600)
+    assert {k[1] for k in expected} == {"lapsed", "reactivated"}
+    alerts = [json.loads(r.value) for r in read_topic(settings, settings.topic("lapse-alerts"))]
+    by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for alert in alerts:
+        by_id[alert["event_id"]].append(alert)
+    assert all(all(a == copies[0] for a in copies) for copies in by_id.values()), "an id reused"
+    actual = {
+        (a["customer_id"], a["kind"], parse(a["last_seen"])): parse(a["ts"])
+        for a in (copies[0] for copies in by_id.values())
+    }
+    false_alerts = set(actual) - set(expected)
+    missed = set(expected) - set(actual)
+    assert not false_alerts and not missed, (len(false_alerts), len(missed))
+    assert actual == expected
+    record(
+        "lapse alerts, unpaced backlog" + (f", {held_back} held back 60 s" if held_back else ""),
+        events=len(events),
+        expected_alerts=len(expected),
+        alert_ids=len(by_id),
+        alert_messages=len(alerts),
+        false_alerts=len(false_alerts),
+        missed=len(missed),
     )
