@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from patronage.models.profile import DAY_MS, gap_stats
+from patronage.models.profile import DAY_MS, gap_stats, map_entries
 
 FEATURES = (
     "recency_log_days",  # log1p(days since last activity)
@@ -41,11 +41,7 @@ def features(
     orders = _num(fields, "orders")
     clicks = _num(fields, "clicks")
     bought = _num(fields, "basket_sum")
-    category_spend = [
-        max(0.0, float(v))
-        for k, v in fields.items()
-        if k.startswith("cat:") and not k.endswith("#")
-    ]
+    category_spend = [max(0.0, v) for v in map_entries(fields, "cat:").values()]
     total_category = sum(category_spend)
     concentration = (
         sum((v / total_category) ** 2 for v in category_spend) if total_category > 0 else 0.0
@@ -70,9 +66,9 @@ def features(
 
 def top_category(fields: Mapping[str, float | str]) -> str | None:
     best: tuple[float, str] | None = None
-    for key, value in fields.items():
-        if key.startswith("cat:") and not key.endswith("#") and key != "cat:_other":
-            candidate = (float(value), key[4:])
+    for key, value in map_entries(fields, "cat:").items():
+        if key != "_other":
+            candidate = (value, key)
             if best is None or candidate > best:
                 best = candidate
     return best[1] if best is not None and best[0] > 0 else None

@@ -385,14 +385,34 @@ def _add_session(s: ProfileState, sid: str, t: int, window: int) -> None:
         del s.sessions[oldest]
 
 
+def distinct_field(prefix: str) -> str:
+    """The count of a capped map's distinct keys: a name no key can reach
+    (keys are stored as `prefix + key`; this starts with '#')."""
+    return "#" + prefix
+
+
+def map_entries(fields: Mapping[str, float | str], prefix: str) -> dict[str, float]:
+    """A capped map's keys and values. Profiles written before the count got
+    its own name kept it at `prefix + '#'`: that field is the count there."""
+    legacy = prefix + "#" if distinct_field(prefix) not in fields else None
+    return {
+        name[len(prefix) :]: float(value)
+        for name, value in fields.items()
+        if name.startswith(prefix) and name != legacy
+    }
+
+
 def _inc_capped(f: dict[str, float | str], prefix: str, key: str, by: float, cap: int) -> None:
     name = prefix + key
+    counter = distinct_field(prefix)
+    if counter not in f and prefix + "#" in f:
+        f[counter] = f.pop(prefix + "#")  # the count moves to its own name
     if name not in f and key != OTHER:
-        distinct = _num(f, prefix + "#")
+        distinct = _num(f, counter)
         if distinct >= cap:
             name = prefix + OTHER
         else:
-            f[prefix + "#"] = distinct + 1
+            f[counter] = distinct + 1
     f[name] = _num(f, name) + by
 
 
@@ -473,15 +493,11 @@ def profile_view(customer_id: str, fields: Mapping[str, float | str]) -> dict[st
     mean, std = gap_stats(fields)
     view["visit_gap_mean_days"] = mean
     view["visit_gap_std_days"] = std
-    maps: dict[str, dict[str, float]] = {p: {} for p in MAP_PREFIXES}
+    maps = {prefix: map_entries(fields, prefix) for prefix in MAP_PREFIXES}
     attributes: dict[str, object] = {}
     for name, value in fields.items():
         if name.startswith("a:"):
             attributes[name[2:]] = json.loads(str(value).partition("|")[2])
-            continue
-        for prefix in MAP_PREFIXES:
-            if name.startswith(prefix) and not name.endswith("#"):
-                maps[prefix][name[len(prefix) :]] = float(value)
     view["categories"] = dict(sorted(maps["cat:"].items()))
     view["channels"] = {k: int(v) for k, v in sorted(maps["ch:"].items())}
     view["devices"] = {k: int(v) for k, v in sorted(maps["dev:"].items())}

@@ -67,7 +67,10 @@ def random_deltas(rng: random.Random, customer: str, count: int) -> list[Delta]:
             cats = tuple(
                 sorted(
                     {
-                        (rng.choice("abcdefg"), round(rng.uniform(-5, 90), 2))
+                        (
+                            rng.choice(["a", "b", "c", "d", "e", "#", "C#"]),
+                            round(rng.uniform(-5, 90), 2),
+                        )
                         for _ in range(rng.randint(1, 3))
                     }
                 )

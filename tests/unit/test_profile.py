@@ -244,3 +244,22 @@ def test_same_events_any_order_same_profile(deltas: list[Delta], rnd: random.Ran
 @given(event_sets())
 def test_replaying_everything_twice_changes_nothing(deltas: list[Delta]) -> None:
     close_views(view(deltas), view(deltas + deltas))
+
+
+def test_a_category_named_like_the_internal_count_is_just_a_category() -> None:
+    """Categories come from shops: "#", "C#" or "x#" must neither hide nor
+    move the distinct-key count that keeps the map capped."""
+    cfg = ProfileConfig(map_cap=3)
+    cats = ("#", "C#", "books", "toys", "food")
+    state = fold([order(i, i, basket=1.0, cats=((c, 1.0),)) for i, c in enumerate(cats)], cfg)
+    view = profile_view("c", state.fields)
+    assert view["categories"] == {"#": 1.0, "C#": 1.0, "books": 1.0, "_other": 2.0}
+
+
+def test_a_legacy_count_is_moved_not_doubled() -> None:
+    """Profiles written before the count had its own name kept it at 'cat:#'."""
+    state = fold([order(0, 0, cats=(("food", 10.0),))], CFG)
+    state.fields["cat:#"] = state.fields.pop("#cat:")
+    assert profile_view("c", state.fields)["categories"] == {"food": 10.0}
+    later, _ = apply(state, order(1, 1, cats=(("toys", 5.0),)), CFG)
+    assert later.fields["#cat:"] == 2 and "cat:#" not in later.fields

@@ -124,14 +124,24 @@ local function first_time(d)
   return true
 end
 
+-- A capped map's distinct-key count lives at '#' .. prefix, a name no key
+-- can reach (mirrors profile.py _inc_capped, incl. moving a legacy count).
 local function inc_capped(prefix, key, by)
   local name = prefix .. key
+  local counter = '#' .. prefix
+  if h[counter] == nil and h[prefix .. '#'] ~= nil then
+    put(counter, num(prefix .. '#'))
+    h[prefix .. '#'] = nil
+    changed[prefix .. '#'] = nil
+    nums[prefix .. '#'] = nil
+    removed[#removed + 1] = prefix .. '#'
+  end
   if h[name] == nil and key ~= '_other' then
-    local distinct = num(prefix .. '#')
+    local distinct = num(counter)
     if distinct >= cap then
       name = prefix .. '_other'
     else
-      put(prefix .. '#', distinct + 1)
+      put(counter, distinct + 1)
     end
   end
   put(name, num(name) + by)
