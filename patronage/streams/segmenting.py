@@ -29,6 +29,8 @@ from patronage.streams.settings import Settings
 from patronage.streams.store import ProfileStore
 
 log = logging.getLogger("patronage.segments")
+# Model versions kept in Redis (and cached by each worker); older ones are deleted.
+KEPT_VERSIONS = 8
 
 
 class ModelStore:
@@ -54,11 +56,15 @@ class ModelStore:
         return FrozenModel.from_json(json.loads(raw)) if raw else None
 
     async def promote(self, model: FrozenModel, trainer: SegmentTrainer) -> None:
-        # Same hash tag, executed in order: the version is set last.
+        # Same hash tag, executed in order: the version is set last, and the
+        # version that falls out of the kept window goes (workers cache the
+        # same number of versions, so none is still scoring with it).
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.set(self.model_key(model.version), json.dumps(model.to_json()))
             pipe.set(self.trainer_key, pickle.dumps(trainer))
             pipe.set(self.version_key, model.version)
+            if model.version > KEPT_VERSIONS:
+                pipe.delete(self.model_key(model.version - KEPT_VERSIONS))
             await pipe.execute()
 
     async def load_trainer(self) -> SegmentTrainer | None:
@@ -106,7 +112,7 @@ class Segmenter:
             if model is None:
                 return None
             self._by_version[version] = model
-            for old in sorted(self._by_version)[:-8]:
+            for old in sorted(self._by_version)[:-KEPT_VERSIONS]:
                 del self._by_version[old]
         return self._by_version[version]
 

@@ -323,3 +323,27 @@ def test_an_order_resent_10000_events_later_counts_once(redis_up: str) -> None:
     applied, duplicates, view = asyncio.run(run())
     assert (applied, duplicates) == (0, 2)
     assert view is not None and view["orders"] == 1 and view["clicks"] == 10_001
+
+
+def test_a_scoring_write_never_recreates_an_erased_profile(redis_up: str) -> None:
+    """An erasure (or a retention expiry) can land between a batch's apply and
+    its segment write. A plain HSET would bring the hash back, without TTL;
+    only a real server runs the check and the write as one script."""
+
+    async def run() -> tuple[set[str], int]:
+        client = aioredis.Redis.from_url(redis_up)
+        store = ProfileStore(client, f"test{uuid.uuid4().hex[:8]}", CFG)
+        try:
+            deltas = random_deltas(random.Random(3), "gone", 5)
+            await store.apply_batch({"gone": deltas, "kept": deltas})
+            await store.erase("gone", 0)
+            written = await store.store_segments(
+                {"gone": {"segment": 2, "segment_version": 1}, "kept": {"segment": 1}}
+            )
+            return written, int(await client.exists(store.keys("gone")[0]))
+        finally:
+            await store.delete_prefix()
+            await client.aclose()
+
+    written, exists = asyncio.run(run())
+    assert written == {"kept"} and exists == 0
