@@ -81,6 +81,15 @@ def expected_alerts(
     return alerts
 
 
+def history(seed: int, days: int = 200) -> tuple[int, list[dict[str, Any]]]:
+    """(start, events): 160 customers over `days` days, a third of them
+    lapsing; it ends before today (a history running into later today would
+    be "in the future")."""
+    start_ms = (int(time.time() * 1000) // DAY_MS - days - 1) * DAY_MS
+    events, _ = generate(customers=160, days=days, seed=seed, start_ms=start_ms, lapse_share=0.35)
+    return start_ms, events
+
+
 def parse(ts: str) -> int:
     return int(dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
 
@@ -116,11 +125,8 @@ def test_replayed_history_gives_the_alerts_history_would_have(
         "PATRONAGE_SESSION_TIMEOUT_S": "6",
     }
     settings = settings_with_topics(env)
-    now_ms = int(time.time() * 1000)
     days = 200
-    # Ends before today: a history running into later today would be "in the future".
-    start_ms = (now_ms // DAY_MS - days - 1) * DAY_MS
-    events, _ = generate(customers=160, days=days, seed=5, start_ms=start_ms, lapse_share=0.35)
+    start_ms, events = history(seed=5, days=days)
     chunks: list[list[tuple[str, str | None, bytes]]] = [[] for _ in range(days // CHUNK_DAYS + 1)]
     for e in events:
         index = (e["ts"] - start_ms) // (CHUNK_DAYS * DAY_MS)
@@ -215,10 +221,7 @@ def test_unpaced_backlog_gives_the_alerts_history_would_have(
         "PATRONAGE_COMMIT_INTERVAL_S": "0.5",
     }
     settings = settings_with_topics(env)
-    now_ms = int(time.time() * 1000)
-    days = 200
-    start_ms = (now_ms // DAY_MS - days - 1) * DAY_MS
-    events, _ = generate(customers=160, days=days, seed=12, start_ms=start_ms, lapse_share=0.35)
+    _, events = history(seed=12)
     messages = [(TYPE_TOPIC[e["type"]], e["customer_id"], json.dumps(e).encode()) for e in events]
     first = [m for m in messages if m[0] != held_back]
     later = [m for m in messages if m[0] == held_back]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -357,9 +358,7 @@ def test_hostile_input_never_stops_the_worker(isolated_env: dict[str, str], tmp_
     expected = recompute(good)
     assert_profiles_match(profiles, expected)
     assert sum(p["events_applied"] for p in profiles.values()) == len(good_ids)
-    reasons: dict[str, int] = {}
-    for d in letters:
-        reasons[d["error"]] = reasons.get(d["error"], 0) + 1
+    reasons = Counter(d["error"] for d in letters)
     record(
         "hostile input",
         payloads=len(hostile),
@@ -448,9 +447,7 @@ def test_schema_fuzzed_records_never_stop_the_worker(
     good_profiles = {cid: p for cid, p in profiles.items() if not cid.startswith("fz")}
     expected = recompute(good)
     assert_profiles_match({c: good_profiles.get(c, {}) for c in expected}, expected)
-    reasons: dict[str, int] = {}
-    for d in letters:
-        reasons[d["error"]] = reasons.get(d["error"], 0) + 1
+    reasons = Counter(d["error"] for d in letters)
     record(
         "schema-fuzzed input",
         fuzzed_records=len(fuzzed),
