@@ -161,7 +161,7 @@ async def sweep_cost(scheduled: int, due: int, repeats: int = 5) -> dict[str, fl
         sent.append(sum(len(v) for v in outbox.values()))
         await store.ack_outbox(outbox)
 
-    sweeper = LapseSweeper(store, settings.profile_config, "wall", due, 0.0, send)
+    sweeper = LapseSweeper(store, "wall", due, 0.0, 300.0, settings.activity_topics, send)
     try:
         key = store.due_key(0)
         chunk = 50_000
@@ -180,20 +180,25 @@ async def sweep_cost(scheduled: int, due: int, repeats: int = 5) -> dict[str, fl
             # `due` customers whose profiles say: lapsed long ago.
             async with client.pipeline(transaction=False) as pipe:
                 for i in range(due):
+                    # a new episode (last visit day) each repeat, so every sweep alerts
+                    last_day = 190 + repeat
+                    last_seen = now_ms - (200 - repeat) * DAY_MS
                     fields = {
-                        # a new episode each repeat, so every sweep alerts
-                        "last_seen": now_ms - 200 * DAY_MS - repeat * 1000,
+                        "last_seen": last_seen,
                         "first_seen": now_ms - 400 * DAY_MS,
-                        "visits": 20,
+                        "visits": 20 + repeat,
                         "first_day": 0,
-                        "last_day": 190,
+                        "last_day": last_day,
                         "spend_total": 500,
                     }
-                    pipe.hset(store.keys(f"d{i}")[0], mapping=fields)
+                    keys = store.keys(f"d{i}")
+                    pipe.hset(keys[0], mapping=fields)
+                    pipe.delete(keys[6])
+                    pipe.hset(keys[6], str(last_day), f"{last_seen}:{last_seen}")
                     pipe.zadd(key, {f"d{i}": now_ms - 1000})
                 await pipe.execute()
             started = time.perf_counter()
-            examined = await sweeper.sweep_partition(0)
+            examined = await sweeper.sweep_partition(0, now_ms)
             timings.append(time.perf_counter() - started)
             assert examined == due, examined
         return {
