@@ -19,7 +19,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from river import base, stats
+from river import base
 from scipy.optimize import linear_sum_assignment
 
 from patronage.models.features import FEATURES
@@ -67,6 +67,47 @@ class StableKMeans(base.Clusterer):
             delta = value - self.mean[i]
             self.mean[i] += delta / self.n
             self.m2[i] += delta * (value - self.mean[i])
+
+    # -- checkpoint (plain JSON values, no pickle) -----------------------------
+    def state(self) -> dict[str, Any]:
+        version, internal, gauss = self._rng.getstate()
+        return {
+            "n_clusters": self.n_clusters,
+            "warmup": self.warmup,
+            "step_floor": self.step_floor,
+            "lloyd_iterations": self.lloyd_iterations,
+            "restarts": self.restarts,
+            "seed": self.seed,
+            "rng": [version, list(internal), gauss],
+            "keys": list(self.keys) if self.keys is not None else None,
+            "n": self.n,
+            "mean": self.mean,
+            "m2": self.m2,
+            "centers": self.centers,
+            "counts": self.counts,
+            "buffer": self._buffer,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> StableKMeans:
+        model = cls(
+            state["n_clusters"],
+            state["warmup"],
+            state["step_floor"],
+            state["lloyd_iterations"],
+            state["restarts"],
+            state["seed"],
+        )
+        version, internal, gauss = state["rng"]
+        model._rng.setstate((version, tuple(internal), gauss))
+        model.keys = tuple(state["keys"]) if state["keys"] is not None else None
+        model.n = state["n"]
+        model.mean = list(state["mean"])
+        model.m2 = list(state["m2"])
+        model.centers = [list(c) for c in state["centers"]]
+        model.counts = list(state["counts"])
+        model._buffer = [list(v) for v in state["buffer"]]
+        return model
 
     def std(self) -> list[float]:
         if self.n < 2:
@@ -273,6 +314,73 @@ def match_ids(
     return order
 
 
+class P2Quantile:
+    """A streaming quantile in constant memory: the P² algorithm (Jain &
+    Chlamtac, 1985), five markers. Its state is five numbers a marker, so a
+    checkpoint is plain JSON."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+        self.heights: list[float] = []  # the first five values, then the markers
+        self.positions = [0.0, 1.0, 2.0, 3.0, 4.0]
+        self.desired = [0.0, 2 * p, 4 * p, 2 + 2 * p, 4.0]
+        self.steps = [0.0, p / 2, p, (1 + p) / 2, 1.0]
+
+    def update(self, x: float) -> None:
+        q = self.heights
+        if len(q) < 5:
+            q.append(x)
+            q.sort()
+            return
+        if x < q[0]:
+            q[0], k = x, 0
+        elif x >= q[4]:
+            q[4], k = x, 3
+        else:
+            k = next(i for i in range(4) if q[i] <= x < q[i + 1])
+        n = self.positions
+        for i in range(k + 1, 5):
+            n[i] += 1
+        for i in range(5):
+            self.desired[i] += self.steps[i]
+        for i in (1, 2, 3):
+            d = self.desired[i] - n[i]
+            if (d >= 1 and n[i + 1] - n[i] > 1) or (d <= -1 and n[i - 1] - n[i] < -1):
+                step = 1.0 if d > 0 else -1.0
+                parabolic = q[i] + step / (n[i + 1] - n[i - 1]) * (
+                    (n[i] - n[i - 1] + step) * (q[i + 1] - q[i]) / (n[i + 1] - n[i])
+                    + (n[i + 1] - n[i] - step) * (q[i] - q[i - 1]) / (n[i] - n[i - 1])
+                )
+                if q[i - 1] < parabolic < q[i + 1]:
+                    q[i] = parabolic
+                else:
+                    j = i + int(step)
+                    q[i] = q[i] + step * (q[j] - q[i]) / (n[j] - n[i])
+                n[i] += step
+
+    def get(self) -> float | None:
+        if not self.heights:
+            return None
+        if len(self.heights) < 5:
+            return self.heights[min(len(self.heights) - 1, int(self.p * len(self.heights)))]
+        return self.heights[2]
+
+    def state(self) -> dict[str, Any]:
+        return {"p": self.p, "q": self.heights, "n": self.positions, "d": self.desired}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> P2Quantile:
+        quantile = cls(state["p"])
+        quantile.heights = list(state["q"])
+        quantile.positions = list(state["n"])
+        quantile.desired = list(state["d"])
+        return quantile
+
+
+CHECKPOINT_FORMAT = "patronage.segment-trainer"
+CHECKPOINT_VERSION = 1
+
+
 @dataclass
 class SegmentTrainer:
     """The single learner: online clusterer + RFM quantiles + persona stats."""
@@ -284,14 +392,14 @@ class SegmentTrainer:
     version: int = 0
     updates: int = 0
     clusterer: StableKMeans = field(init=False)
-    quantiles: dict[str, list[stats.Quantile]] = field(init=False)
+    quantiles: dict[str, list[P2Quantile]] = field(init=False)
     categories: list[Counter[str]] = field(init=False)
     previous: FrozenModel | None = None
 
     def __post_init__(self) -> None:
         self.clusterer = StableKMeans(self.n_clusters, self.warmup, self.step_floor, seed=self.seed)
         self.quantiles = {
-            name: [stats.Quantile(q) for q in (0.2, 0.4, 0.6, 0.8)]
+            name: [P2Quantile(q) for q in (0.2, 0.4, 0.6, 0.8)]
             for name in ("recency", "frequency", "monetary")
         }
         self.categories = [Counter() for _ in range(self.n_clusters)]
@@ -340,6 +448,43 @@ class SegmentTrainer:
         )
         self.previous = model
         return model
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The learner's whole state as versioned JSON (never pickle: a
+        checkpoint read from Redis must not be able to run code)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "n_clusters": self.n_clusters,
+            "warmup": self.warmup,
+            "step_floor": self.step_floor,
+            "seed": self.seed,
+            "model_version": self.version,
+            "updates": self.updates,
+            "clusterer": self.clusterer.state(),
+            "quantiles": {n: [q.state() for q in qs] for n, qs in self.quantiles.items()},
+            "categories": [dict(c) for c in self.categories],
+            "previous": self.previous.to_json() if self.previous else None,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, doc: Mapping[str, Any]) -> SegmentTrainer:
+        if doc.get("format") != CHECKPOINT_FORMAT or doc.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(
+                f"not a version {CHECKPOINT_VERSION} segment-trainer checkpoint: "
+                f"{doc.get('format')!r} v{doc.get('version')!r}"
+            )
+        trainer = cls(doc["n_clusters"], doc["warmup"], doc["step_floor"], doc["seed"])
+        trainer.version = doc["model_version"]
+        trainer.updates = doc["updates"]
+        trainer.clusterer = StableKMeans.from_state(doc["clusterer"])
+        trainer.quantiles = {
+            n: [P2Quantile.from_state(q) for q in qs] for n, qs in doc["quantiles"].items()
+        }
+        trainer.categories = [Counter(c) for c in doc["categories"]]
+        previous = doc["previous"]
+        trainer.previous = FrozenModel.from_json(previous) if previous else None
+        return trainer
 
 
 def rfm_values(x: Mapping[str, float]) -> dict[str, float]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import pickle
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -61,19 +60,24 @@ class ModelStore:
         # same number of versions, so none is still scoring with it).
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.set(self.model_key(model.version), json.dumps(model.to_json()))
-            pipe.set(self.trainer_key, pickle.dumps(trainer))
+            pipe.set(self.trainer_key, json.dumps(trainer.to_checkpoint()))
             pipe.set(self.version_key, model.version)
             if model.version > KEPT_VERSIONS:
                 pipe.delete(self.model_key(model.version - KEPT_VERSIONS))
             await pipe.execute()
 
     async def load_trainer(self) -> SegmentTrainer | None:
+        """The learner's JSON checkpoint; None when there is none or it is not
+        one this version reads (an old pickled one is never unpickled: learning
+        then starts again, continuing the promoted versions)."""
         raw = await self.client.get(self.trainer_key)
         if not raw:
             return None
-        # Written only by patronage workers of this deployment.
-        trainer: SegmentTrainer = pickle.loads(raw if isinstance(raw, bytes) else raw.encode())
-        return trainer
+        try:
+            return SegmentTrainer.from_checkpoint(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("segment learner checkpoint not used (%s); learning starts again", exc)
+            return None
 
     async def sizes(self) -> dict[int, int]:
         raw = await self.client.hgetall(self.sizes_key)
@@ -301,6 +305,9 @@ class Learner:
                     step_floor=s.segment_step_floor,
                     seed=s.segment_seed,
                 )
+                # Versions continue, and ids match the promoted model's.
+                trainer.version = version
+                trainer.previous = await self.models.load(version) if version else None
             self.trainer = trainer
             self.loaded_version = version
         return self.trainer

@@ -204,3 +204,43 @@ def test_features_of_a_profile() -> None:
     assert f["category_concentration"] == pytest.approx(0.75**2 + 0.25**2)
     assert f["regularity"] == pytest.approx(1.0)  # gaps 5 and 5
     assert f["return_rate"] == pytest.approx(0.1)
+
+
+def test_trainer_checkpoint_is_json_and_resumes_identically() -> None:
+    """The learner's checkpoint lives in Redis: JSON only (a pickle read from
+    Redis could run code), and a resumed learner learns exactly as if it had
+    never stopped."""
+    import json
+
+    from patronage.models.segments import SegmentTrainer
+
+    trainer = SegmentTrainer(n_clusters=4, warmup=100, seed=3)
+    stream = points(600, seed=11)
+    for x in stream[:400]:
+        trainer.learn(x, "food")
+    first = trainer.freeze(1)
+    clone = SegmentTrainer.from_checkpoint(json.loads(json.dumps(trainer.to_checkpoint())))
+    for x in stream[400:]:
+        trainer.learn(x, "toys")
+        clone.learn(x, "toys")
+    a, b = trainer.freeze(2), clone.freeze(2)
+    assert first is not None and a is not None and b is not None
+    assert a.to_json() == b.to_json()
+    with pytest.raises(ValueError, match="segment-trainer"):
+        SegmentTrainer.from_checkpoint({"format": "something else", "version": 1})
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
+def test_p2_quantile_tracks_the_exact_quantile(p: float) -> None:
+    import random
+
+    from patronage.models.segments import P2Quantile
+
+    rng = random.Random(7)
+    values = [rng.lognormvariate(3, 1) for _ in range(20_000)]
+    estimate = P2Quantile(p)
+    for v in values:
+        estimate.update(v)
+    exact = sorted(values)[int(p * len(values))]
+    got = estimate.get()
+    assert got is not None and abs(got - exact) / exact < 0.03
