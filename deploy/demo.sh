@@ -17,6 +17,8 @@ export PATRONAGE_KEY_PREFIX="${PATRONAGE_KEY_PREFIX:-demo}"
 # time, and publish in time order, letting the worker keep up every two days.
 export PATRONAGE_LAPSE_CLOCK="${PATRONAGE_LAPSE_CLOCK:-event}"
 export PATRONAGE_LAPSE_SWEEP_INTERVAL_S="${PATRONAGE_LAPSE_SWEEP_INTERVAL_S:-1}"
+# A paced replay moves every topic together: a quiet topic is idle after 5 s.
+export PATRONAGE_LAPSE_INPUT_IDLE_S="${PATRONAGE_LAPSE_INPUT_IDLE_S:-5}"
 export PATRONAGE_COMMIT_INTERVAL_S="${PATRONAGE_COMMIT_INTERVAL_S:-0.2}"
 export PATRONAGE_SEGMENT_PROMOTE_INTERVAL_S="${PATRONAGE_SEGMENT_PROMOTE_INTERVAL_S:-5}"
 cli() { "$PY" -m patronage.streams.cli "$@"; }
@@ -96,7 +98,9 @@ echo "[demo] segment changes (a few):"
 cli alerts tail --only segments --since "$demo_started_ms" --timeout 3 --limit 6 | sed 's/^/  /'
 echo
 echo "[demo] lapse alerts (regulars who stopped coming, judged by their own rhythm):"
-sleep "${PATRONAGE_LAPSE_SWEEP_INTERVAL_S:-5}"
+# Once every topic is idle the event clock reaches the newest event: the
+# lapses at the end of the history are judged on the next sweep.
+sleep "$(( ${PATRONAGE_LAPSE_INPUT_IDLE_S%.*} + 2 ))"
 cli alerts tail --only lapse --since "$demo_started_ms" --timeout 3 --limit 12 | sed 's/^/  /'
 echo
 echo "[demo] follow alerts live: .venv/bin/patronage alerts tail"
