@@ -44,14 +44,17 @@ def main() -> None:
         store: ProfileStore = state["store"]
         async for event in stream.events():
             m = event.message
+            now_ms = int(time.time() * 1000)
             batch = prepare_batch(
                 [Record(m.topic, m.partition, m.offset, m.key, m.value)],
                 settings.input_topics,
                 settings.rules,
-                int(time.time() * 1000),
+                now_ms,
                 settings.zone,
             )
-            await store.apply_batch(batch.by_customer, batch.partition_of, batch.watermarks)
+            await store.apply_batch(
+                batch.by_customer, batch.partition_of, marks=batch.newest, wall_ms=now_ms
+            )
 
     sys.argv = [sys.argv[0], "worker", "--loglevel", "warn"]
     app.main()

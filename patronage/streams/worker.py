@@ -76,6 +76,8 @@ class Runtime:
         self.rejected: Counter[tuple[str, str]] = Counter()
         self.corrected: Counter[tuple[str, str]] = Counter()
         self.lines_dropped: Counter[tuple[str, str]] = Counter()
+        self.sources_seen: dict[tuple[str, int], SourceState] = {}
+        self.sources_assignment: frozenset[Any] = frozenset()
         self.consumed: Counter[str] = Counter()
         self.last_event_ts: dict[tuple[str, int], int] = {}
         self.redis_ok = True
@@ -295,7 +297,17 @@ class Runtime:
         for record in records:
             tp = (record.topic, record.partition)
             highest[tp] = max(highest.get(tp, -1), record.offset)
-        seen = await self.store.source_states(list(highest))
+        # Kept between batches while this worker's assignment stands (no
+        # round trip per batch); read again from Redis after a rebalance,
+        # when another worker may have moved a partition's epoch on.
+        assignment = frozenset(app.consumer.assignment())
+        if assignment != self.sources_assignment:
+            self.sources_seen.clear()
+            self.sources_assignment = assignment
+        missing = [tp for tp in highest if tp not in self.sources_seen]
+        if missing:
+            self.sources_seen.update(await self.store.source_states(missing))
+        seen = {tp: self.sources_seen[tp] for tp in highest}
         states = {}
         for tp, top in highest.items():
             log_end = app.consumer.highwater(TP(*tp))
@@ -312,6 +324,7 @@ class Runtime:
                     states[tp].epoch,
                 )
                 self.counters["source_resets"] += 1
+        self.sources_seen.update(states)
         return states
 
     async def _clocks(self, batch: PreparedBatch, wall_ms: int) -> dict[int, float]:
