@@ -33,9 +33,6 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
-    # The record's Kafka timestamp (epoch ms): when it was sent, so a
-    # producer's re-send arrives later than the original.
-    timestamp_ms: int | None = None
 
 
 @dataclass
@@ -107,7 +104,6 @@ def _prepare_one(
         record.offset,
         rules.currencies,
         zone,
-        record.timestamp_ms or now_ms,
     )
     line_letters = [
         _line_letter(record, problem, now_ms, rules) for problem in outcome.dropped_lines

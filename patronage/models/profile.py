@@ -12,10 +12,11 @@ of events applied, not their order:
 
 Counting once: orders and receipts are deduplicated by their natural key
 (`order_id`; `store_id` + `receipt_id`) for the life of the profile; other
-events by event id within `dedupe_window_ms` of sending (the Kafka record
-timestamp: a re-send arrives after the original, whatever the event's own
-time), however many events come between, keeping at most `dedupe_max_events`
-ids. Tokens are 64-bit hashes.
+events by event id within `dedupe_window_ms` of event time before the
+customer's newest event, however many events come between (an older, late
+event while it is among the customer's last `LATE_KEPT` arrivals: a
+producer's retry follows its event closely), keeping at most
+`dedupe_max_events` ids. Tokens are 64-bit hashes.
 
 Two bounded windows trade exact order-independence for bounded memory; each
 is exact unless its window overflows (documented in the README): sessions
@@ -49,6 +50,8 @@ from patronage.models.lapse import Finding, LapseRules, judge
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
+# Late event ids (older than the dedupe window) kept among the latest arrivals.
+LATE_KEPT = 32
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 OTHER = "_other"
 MAP_PREFIXES = ("cat:", "ch:", "dev:", "pay:")
@@ -89,8 +92,6 @@ class Delta:
     # orders: 16-hex hash of the natural key (order_id; store_id + receipt_id),
     # deduplicated for the life of the profile instead of by event id
     nk: str | None = None
-    # when the record was sent (Kafka timestamp, epoch ms); 0 = unknown, use t
-    rt: int = 0
 
     def to_wire(self) -> dict[str, object]:
         wire: dict[str, object] = {
@@ -105,8 +106,6 @@ class Delta:
             value = getattr(self, name)
             if value is not None:
                 wire[name] = value
-        if self.rt:
-            wire["rt"] = self.rt
         if self.k == "o":
             wire.update(b=self.b, r=self.r, n=self.n, cats=[list(c) for c in self.cats])
         if self.k == "a":
@@ -142,12 +141,10 @@ def to_delta(
     offset: int,
     currencies: Mapping[str, float],
     zone: dt.tzinfo = UTC,
-    sent_ms: int = 0,
 ) -> Delta:
     base = {
         "src": src,
         "off": offset,
-        "rt": sent_ms,
         "eid": token(event.event_id),
         "t": ts_ms,
         "day": day_index(ts_ms, zone),
@@ -205,7 +202,7 @@ class ProfileState:
     fields: dict[str, float | str] = field(default_factory=dict)
     days: list[int] = field(default_factory=list)  # sorted visit days
     sessions: dict[str, int] = field(default_factory=dict)  # session hash -> first ts
-    # (event-id token, hour it was sent) within the dedupe window, in arrival order
+    # (event-id token, event hour) within the dedupe window, in arrival order
     eids: list[tuple[str, int]] = field(default_factory=list)
     order_keys: list[str] = field(default_factory=list)  # natural-key tokens, for life
     outbox: list[Finding] = field(default_factory=list)  # lapse findings not yet sent
@@ -285,9 +282,10 @@ def _first_time(s: ProfileState, d: Delta, cfg: ProfileConfig) -> bool:
     """Record the event's identity; False if it was seen before (a re-send).
 
     An order counts once for life by its natural key. Another event counts
-    once within the dedupe window of sending time: ids sent longer than the
-    window before the newest are forgotten (and one sent that much earlier is
-    not remembered), and at most `dedupe_max_events` are kept, oldest first out."""
+    once within the dedupe window of event time before the newest event seen;
+    an id older than that is kept while it is among the last LATE_KEPT
+    arrivals (a producer's retry follows its event closely, however late the
+    event); at most `dedupe_max_events` are kept, oldest first out."""
     if d.nk is not None:
         if d.nk in s.order_keys:
             return False
@@ -295,14 +293,16 @@ def _first_time(s: ProfileState, d: Delta, cfg: ProfileConfig) -> bool:
         return True
     if any(seen == d.eid for seen, _ in s.eids):
         return False
-    hour = (d.rt or d.t) // HOUR_MS
+    hour = d.t // HOUR_MS
     window_hours = cfg.dedupe_window_ms // HOUR_MS
     newest = max((h for _, h in s.eids), default=hour)
-    if hour < newest - window_hours:
-        return True
     s.eids.append((d.eid, hour))
-    if hour > newest:
-        s.eids = [(e, h) for e, h in s.eids if h >= hour - window_hours]
+    if hour > newest or hour < newest - window_hours:
+        # Keep what is within the window of the newest event, and the last
+        # LATE_KEPT arrivals whatever their time (a retry follows its event).
+        horizon = max(newest, hour) - window_hours
+        recent = len(s.eids) - LATE_KEPT
+        s.eids = [(e, h) for i, (e, h) in enumerate(s.eids) if h >= horizon or i >= recent]
     del s.eids[: max(0, len(s.eids) - cfg.dedupe_max_events)]
     return True
 

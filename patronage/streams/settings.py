@@ -84,9 +84,9 @@ class Settings(BaseSettings):
     half_life_days: float = Field(30.0, gt=0, le=3650)
     map_cap: int = Field(32, ge=1, le=1000)
     session_window: int = Field(32, ge=1, le=10_000)
-    # Events other than orders count once if re-sent within this long (by the
-    # Kafka record timestamp); orders and receipts count once for life, by
-    # order_id / store_id + receipt_id.
+    # Events other than orders count once if re-sent within this much event
+    # time of the customer's newest event; orders and receipts count once for
+    # life, by order_id / store_id + receipt_id.
     dedupe_window_days: float = Field(7.0, gt=0, le=3650)
     # ... keeping at most this many event ids per customer (12 bytes each).
     dedupe_max_events: int = Field(4096, ge=16, le=1_000_000)

@@ -27,7 +27,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from patronage.models.profile import HOUR_MS, Delta, ProfileConfig, profile_view
+from patronage.models.profile import HOUR_MS, LATE_KEPT, Delta, ProfileConfig, profile_view
 from patronage.models.sources import SourceState
 from patronage.streams.errors import classify, needs_slot_refresh
 from patronage.streams.settings import Settings
@@ -183,6 +183,7 @@ class ProfileStore:
             self.retention_ms,
             self.cfg.dedupe_max_events,
             repr(float(clock)),
+            LATE_KEPT,
         ]
 
     async def apply_batch(

@@ -483,7 +483,6 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
                         e.message.offset,
                         e.message.key,
                         e.message.value,
-                        int(e.message.timestamp * 1000) if e.message.timestamp else None,
                     )
                     for e in events
                 ]

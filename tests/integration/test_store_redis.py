@@ -56,8 +56,6 @@ def random_deltas(rng: random.Random, customer: str, count: int) -> list[Delta]:
             "src": src,
             "off": off,
             "eid": token(f"{customer}/{src}/{off}"),
-            # Sent up to 3 days after the event (a catch-up), or unknown (0).
-            "rt": rng.choice([0, t + rng.randrange(0, 3 * DAY_MS)]),
             "t": t,
             "day": t // DAY_MS,
         }

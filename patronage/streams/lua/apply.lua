@@ -8,7 +8,7 @@
 -- KEYS[1] profile hash   KEYS[2] visit-day bitmap
 -- KEYS[3] session zset
 -- KEYS[4] event ids within the dedupe window: 12-byte records, an 8-byte token
---         and the hour it was sent (4 bytes, big-endian), in arrival order
+--         and the event hour (4 bytes, big-endian), in arrival order
 -- KEYS[5] lapse outbox (list of findings not yet acknowledged by Kafka)
 -- KEYS[6] natural keys of orders and receipts, for life: 8-byte tokens
 -- KEYS[7] visit days not yet judged for lapses: day -> "first ms:last ms"
@@ -19,6 +19,7 @@
 -- ARGV[10] retention ms: keys expire after this long without an update (0 = never)
 -- ARGV[11] most event ids kept for dedupe
 -- ARGV[12] the event clock (epoch ms) to judge lapses against, after the deltas
+-- ARGV[13] late event ids kept among the latest arrivals (profile.py LATE_KEPT)
 -- Returns {applied, duplicate offsets, duplicate event ids, outbox items,
 --          profile (HGETALL), when to judge again ('' = nothing pending)}
 
@@ -66,8 +67,9 @@ end
 local function put(f, x) nums[f] = x; h[f] = true; changed[f] = true end
 
 -- Count once (mirrors profile.py _first_time): orders by natural key for
--- life, other events by id within the dedupe window of sending time.
+-- life, other events by id within the dedupe window of event time.
 local EREC = 12
+local LATE_KEPT = tonumber(ARGV[13])
 local eids = redis.call('GET', EIDS) or ''
 local eids_changed = false
 local newest_hour = nil
@@ -101,22 +103,26 @@ local function first_time(d)
   end
   local token = unhex(d.eid)
   if has_record(eids, token, EREC) then return false end
-  local hour = math.floor((d.rt or d.t) / 3600000)
+  local hour = math.floor(d.t / 3600000)
   load_newest()
   if newest_hour < 0 then newest_hour = hour end
-  if hour < newest_hour - window_hours then return true end
   eids = eids .. token .. struct.pack('>I4', hour)
   eids_changed = true
-  if hour > newest_hour then
-    newest_hour = hour
+  if hour > newest_hour or hour < newest_hour - window_hours then
+    -- keep the window of the newest event, and the last LATE_KEPT arrivals
+    local horizon = math.max(newest_hour, hour) - window_hours
+    local count = #eids / EREC
     local kept = {}
+    local index = 0
     for i = 1, #eids, EREC do
-      if struct.unpack('>I4', eids, i + 8) >= hour - window_hours then
+      if index >= count - LATE_KEPT or struct.unpack('>I4', eids, i + 8) >= horizon then
         kept[#kept + 1] = string.sub(eids, i, i + EREC - 1)
       end
+      index = index + 1
     end
     eids = table.concat(kept)
   end
+  if hour > newest_hour then newest_hour = hour end
   if #eids > max_events * EREC then
     eids = string.sub(eids, -max_events * EREC)
     newest_hour = nil
