@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from patronage.models.batch import Record, prepare_batch
-from patronage.models.simulate import DAY_MS, generate
+from patronage.models.simulate import generate
+from patronage.models.timeunits import DAY_MS
 from patronage.streams.settings import Settings, settings_with
 from patronage.streams.store import ProfileStore, redis_for
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from patronage.models.profile import DAY_MS, gap_stats, map_entries
+from patronage.models.profile import gap_stats, map_entries
+from patronage.models.timeunits import DAY_MS
 
 FEATURES = (
     "recency_log_days",  # log1p(days since last activity)

@@ -20,8 +20,7 @@ from functools import partial
 from typing import Literal
 
 from patronage.models.contracts import LapseAlert, format_ts
-
-DAY_MS = 86_400_000
+from patronage.models.timeunits import DAY_MS
 
 
 @dataclass(frozen=True)

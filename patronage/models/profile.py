@@ -47,9 +47,8 @@ from patronage.models.contracts import (
     format_ts,
 )
 from patronage.models.lapse import Finding, LapseRules, judge
+from patronage.models.timeunits import DAY_MS, HOUR_MS
 
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 # Late event ids (older than the dedupe window) kept among the latest arrivals.
 LATE_KEPT = 32
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-DAY_MS = 86_400_000
+from patronage.models.timeunits import DAY_MS
 
 CATEGORIES = (
     "fresh_food",

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from patronage.models.timeunits import DAY_MS
 from patronage.streams.settings import Settings, load_settings
 
 KIND_BY_TYPE = {
@@ -204,7 +205,7 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> None:
     import tempfile
 
     from patronage.models.contracts import parse_ts
-    from patronage.models.simulate import DAY_MS, generate, to_jsonl, with_bad_events
+    from patronage.models.simulate import generate, to_jsonl, with_bad_events
 
     if args.start:
         start_ms = parse_ts(args.start)
@@ -456,7 +457,7 @@ async def publish_file(
     from patronage.models.contracts import parse_ts
     from patronage.streams.lag import wait_caught_up
 
-    pace_ms = pace_days * 86_400_000 if pace_days else None
+    pace_ms = pace_days * DAY_MS if pace_days else None
     chunk_end: int | None = None
     started = time.monotonic()
 

@@ -16,7 +16,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from patronage.models.lapse import LapseRules
-from patronage.models.profile import DAY_MS, ProfileConfig
+from patronage.models.profile import ProfileConfig
+from patronage.models.timeunits import DAY_MS
 from patronage.models.validate import Rules
 
 INPUT_KINDS = ("click", "purchase", "store_receipt", "customer_attributes")

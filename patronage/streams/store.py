@@ -27,8 +27,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from patronage.models.profile import HOUR_MS, LATE_KEPT, Delta, ProfileConfig, profile_view
+from patronage.models.profile import LATE_KEPT, Delta, ProfileConfig, profile_view
 from patronage.models.sources import SourceState
+from patronage.models.timeunits import HOUR_MS
 from patronage.streams.errors import classify, needs_slot_refresh
 from patronage.streams.settings import Settings
 

@@ -25,6 +25,7 @@ from patronage.models.batch import PreparedBatch, Record, dead_letter, prepare_b
 from patronage.models.clock import with_batch
 from patronage.models.lapse import finding_from_json, to_alert
 from patronage.models.sources import SourceState, observe
+from patronage.models.timeunits import DAY_MS
 from patronage.streams.errors import FatalRedisError, classify, fatal_message
 from patronage.streams.kafka_transport import App as ReadCommittedApp
 from patronage.streams.lag import LagReader, PartitionLag
@@ -70,7 +71,7 @@ class Runtime:
             self.redis,
             settings.key_prefix,
             settings.profile_config,
-            retention_ms=int(settings.retention_days * 86_400_000),
+            retention_ms=int(settings.retention_days * DAY_MS),
         )
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[tuple[str, str]] = Counter()

@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from patronage.models.simulate import DAY_MS, generate
+from patronage.models.simulate import generate
+from patronage.models.timeunits import DAY_MS
 from tests.conftest import IN_CI
 from tests.integration.harness import (
     ARTIFACTS,

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import time
 
-from patronage.models.simulate import DAY_MS, generate
+from patronage.models.simulate import generate
+from patronage.models.timeunits import DAY_MS
 from tests.integration.harness import Worker, cli_lag, metric_sum, settings_with_topics, wait_for
 from tests.integration.private_redis import PrivateRedis
 from tests.integration.test_end_to_end import as_messages, publish_with_metadata

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from patronage.models.simulate import DAY_MS, generate
+from patronage.models.simulate import generate
+from patronage.models.timeunits import DAY_MS
 from tests.integration.certificates import make_certificates
 from tests.integration.harness import (
     Worker,

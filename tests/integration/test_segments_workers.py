@@ -18,7 +18,8 @@ import redis
 
 from patronage.models.features import features
 from patronage.models.segments import FrozenModel
-from patronage.models.simulate import DAY_MS, generate
+from patronage.models.simulate import generate
+from patronage.models.timeunits import DAY_MS
 from tests.integration.harness import (
     Worker,
     drained,

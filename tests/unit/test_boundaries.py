@@ -1,0 +1,58 @@
+"""`patronage/models` is the pure core: no I/O library, no clock.
+
+A change that makes a model reach Redis, Kafka, the network or the event
+loop fails here, before it can make the core untestable without servers."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+MODELS = Path(__file__).resolve().parents[2] / "patronage" / "models"
+IO_MODULES = {
+    "faust",
+    "mode",
+    "redis",
+    "aiokafka",
+    "asyncio",
+    "aiohttp",
+    "socket",
+    "ssl",
+    "subprocess",
+    "urllib",
+    "http",
+    "requests",
+    "patronage.streams",
+}
+CLOCK_CALLS = {("time", "time"), ("time", "monotonic"), ("datetime", "now"), ("date", "today")}
+
+
+def imported(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted(MODELS.glob("*.py")), ids=lambda p: p.name)
+def test_models_import_no_io_and_read_no_clock(path: Path) -> None:
+    tree = ast.parse(path.read_text(), str(path))
+    bad = {
+        name
+        for name in imported(tree)
+        if any(name == io or name.startswith(io + ".") for io in IO_MODULES)
+    }
+    assert not bad, f"{path.name} imports {sorted(bad)}"
+    calls = {
+        (node.func.value.id, node.func.attr)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+    }
+    assert not calls & CLOCK_CALLS, f"{path.name} reads the clock: {sorted(calls & CLOCK_CALLS)}"
