@@ -25,12 +25,12 @@ services-status:
 	deploy/services.sh status
 
 lint: install
-	$(VENV)/bin/ruff check patronage tests
-	$(VENV)/bin/ruff format --check patronage tests
+	$(VENV)/bin/ruff check patronage tests benchmarks
+	$(VENV)/bin/ruff format --check patronage tests benchmarks
 
 format: install
-	$(VENV)/bin/ruff format patronage tests
-	$(VENV)/bin/ruff check --fix patronage tests
+	$(VENV)/bin/ruff format patronage tests benchmarks
+	$(VENV)/bin/ruff check --fix patronage tests benchmarks
 
 typecheck: install
 	$(VENV)/bin/mypy patronage/models patronage/streams
@@ -49,7 +49,7 @@ test: services chromium
 	$(VENV)/bin/pytest -q
 
 bench: services
-	$(PY) -m patronage.bench
+	$(PY) -m benchmarks.bench
 
 schemas: install
 	$(PY) -m patronage.streams.cli schema --out schemas

@@ -56,3 +56,11 @@ def test_models_import_no_io_and_read_no_clock(path: Path) -> None:
         and isinstance(node.func.value, ast.Name)
     }
     assert not calls & CLOCK_CALLS, f"{path.name} reads the clock: {sorted(calls & CLOCK_CALLS)}"
+
+
+@pytest.mark.parametrize("name", ["bench", "bench_naive", "bench_segments"])
+def test_benchmarks_live_outside_the_package_and_import(name: str) -> None:
+    import importlib
+
+    assert not (MODELS.parent / f"{name}.py").exists()
+    importlib.import_module(f"benchmarks.{name}")

@@ -1,6 +1,6 @@
 """Segment quality on a replayed synthetic mixture with known segments.
 
-    python -m patronage.bench_segments [--customers 3000] [--updates 20] [--k 5] [--seed 1]
+    python -m benchmarks.bench_segments [--customers 3000] [--updates 20] [--k 5] [--seed 1]
 
 Customers belong to hidden segments (Gaussian blobs in feature space); the
 stream replays each customer several times (each update a fresh noisy draw
@@ -95,7 +95,7 @@ def main() -> None:
     from sklearn.metrics import adjusted_rand_score
     from sklearn.preprocessing import StandardScaler
 
-    parser = argparse.ArgumentParser(prog="python -m patronage.bench_segments")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_segments")
     parser.add_argument("--customers", type=int, default=3000)
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--k", type=int, default=5)

@@ -1,8 +1,8 @@
 """The naive baseline for the benchmark: a plain Faust agent that handles one
 event at a time and makes one Redis round trip per event (same validation,
-same Lua script). `python -m patronage.bench` runs it beside the real worker.
+same Lua script). `python -m benchmarks.bench` runs it beside the real worker.
 
-    python -m patronage.bench_naive   (settings from PATRONAGE_* as usual)
+    python -m benchmarks.bench_naive   (settings from PATRONAGE_* as usual)
 """
 
 from __future__ import annotations

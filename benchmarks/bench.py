@@ -1,8 +1,8 @@
 """Benchmarks on the real local Kafka + Redis. Prints its figures; rerun freely.
 
-python -m patronage.bench memory --customers 100000
-python -m patronage.bench throughput --events 200000
-python -m patronage.bench            # both, default sizes
+python -m benchmarks.bench memory --customers 100000
+python -m benchmarks.bench throughput --events 200000
+python -m benchmarks.bench            # both, default sizes
 """
 
 from __future__ import annotations
@@ -356,7 +356,7 @@ async def _cleanup(settings: Settings) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m patronage.bench")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench")
     parser.add_argument(
         "which",
         nargs="?",
@@ -377,7 +377,7 @@ def main() -> None:
     if args.which in ("all", "throughput"):
         ours = throughput(args.events)
         print("throughput (patronage worker):", json.dumps(ours, indent=1))
-        naive = throughput(args.events, "patronage.bench_naive")
+        naive = throughput(args.events, "benchmarks.bench_naive")
         print("throughput (naive per-event agent):", json.dumps(naive, indent=1))
         ratio = ours["events_per_second"] / naive["events_per_second"]
         print(f"speed-up over the naive baseline: {ratio:.1f}x")
