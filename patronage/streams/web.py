@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
+from patronage.streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+
 if TYPE_CHECKING:
     from patronage.streams.worker import Runtime
 
@@ -63,7 +65,7 @@ def register(app: faust.App, runtime: Runtime) -> None:
     async def metrics(web: Any, request: Any) -> Any:
         if (refused := denied(web, request)) is not None:
             return refused
-        return web.text(render_metrics(runtime), content_type="text/plain; version=0.0.4")
+        return web.bytes(runtime.metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
     @app.page("/dashboard")
     async def dashboard(web: Any, request: Any) -> Any:
@@ -110,104 +112,5 @@ def snapshot(runtime: Runtime) -> dict[str, Any]:
 
 
 def render_metrics(runtime: Runtime) -> str:
-    """Prometheus text exposition of the worker's counters and gauges."""
-    lines: list[str] = []
-
-    def family(name: str, kind: str, help_text: str) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-
-    family("patronage_events_consumed_total", "counter", "Records read from input topics.")
-    for topic, count in sorted(runtime.consumed.items()):
-        lines.append(f'patronage_events_consumed_total{{topic="{topic}"}} {count}')
-    family("patronage_events_applied_total", "counter", "Events applied to a profile.")
-    lines.append(f"patronage_events_applied_total {runtime.counters['applied']}")
-    family("patronage_events_deduplicated_total", "counter", "Redelivered or duplicate events.")
-    lines.append(
-        f'patronage_events_deduplicated_total{{kind="offset"}} '
-        f"{runtime.counters['duplicate_offsets']}"
-    )
-    lines.append(
-        f'patronage_events_deduplicated_total{{kind="event_id"}} '
-        f"{runtime.counters['duplicate_events']}"
-    )
-    family("patronage_events_rejected_total", "counter", "Events sent to the DLQ, by reason.")
-    for (topic, code), count in sorted(runtime.rejected.items()):
-        lines.append(f'patronage_events_rejected_total{{topic="{topic}",reason="{code}"}} {count}')
-    family("patronage_events_corrected_total", "counter", "Corrections made to kept events.")
-    for (topic, code), count in sorted(runtime.corrected.items()):
-        lines.append(
-            f'patronage_events_corrected_total{{topic="{topic}",correction="{code}"}} {count}'
-        )
-    family(
-        "patronage_lines_dropped_total",
-        "counter",
-        "Receipt lines dropped (line-level dead letters) from receipts that were kept.",
-    )
-    for (topic, code), count in sorted(runtime.lines_dropped.items()):
-        lines.append(f'patronage_lines_dropped_total{{topic="{topic}",reason="{code}"}} {count}')
-    family("patronage_batch_size", "summary", "Records per processed batch.")
-    sizes = runtime.batch_sizes
-    lines.append(f"patronage_batch_size_sum {sum(sizes)}")
-    lines.append(f"patronage_batch_size_count {len(sizes)}")
-    family("patronage_redis_apply_seconds", "summary", "Time of one batch's Redis round trip.")
-    lines.append(f"patronage_redis_apply_seconds_sum {runtime.script_seconds_sum:.6f}")
-    lines.append(f"patronage_redis_apply_seconds_count {runtime.script_calls}")
-    family(
-        "patronage_source_resets_total",
-        "counter",
-        "Topic partitions whose offsets restarted (re-created topic, truncated log).",
-    )
-    lines.append(f"patronage_source_resets_total {runtime.counters['source_resets']}")
-    family("patronage_redis_retries_total", "counter", "Batches retried because Redis failed.")
-    lines.append(f"patronage_redis_retries_total {runtime.counters['redis_retries']}")
-    family("patronage_redis_up", "gauge", "1 if the last Redis round trip succeeded.")
-    lines.append(f"patronage_redis_up {1 if runtime.redis_ok else 0}")
-
-    now = time.time()
-    family(
-        "patronage_consumer_lag_records",
-        "gauge",
-        "Log end offset minus the group's committed offset (whole group, read from Kafka).",
-    )
-    family(
-        "patronage_consumer_oldest_waiting_seconds",
-        "gauge",
-        "How long the oldest record not yet committed has waited in the partition.",
-    )
-    for row in runtime.lag_rows:
-        labels = f'topic="{row.topic}",partition="{row.partition}"'
-        lines.append(f"patronage_consumer_lag_records{{{labels}}} {row.lag}")
-        lines.append(
-            f"patronage_consumer_oldest_waiting_seconds{{{labels}}} {row.oldest_waiting_s:.3f}"
-        )
-    family(
-        "patronage_event_time_lag_seconds",
-        "gauge",
-        "Now minus the event time of the last event applied by this worker, per partition.",
-    )
-    family(
-        "patronage_last_event_timestamp_seconds",
-        "gauge",
-        "Event time of the newest applied event per partition.",
-    )
-    for (topic, partition), ts in sorted(runtime.last_event_ts.items()):
-        labels = f'topic="{topic}",partition="{partition}"'
-        lines.append(f"patronage_event_time_lag_seconds{{{labels}}} {now - ts / 1000:.3f}")
-        lines.append(f"patronage_last_event_timestamp_seconds{{{labels}}} {ts / 1000:.3f}")
-
-    family("patronage_lapse_alerts_total", "counter", "Lapse alerts sent, by kind.")
-    for kind in ("lapsed", "reactivated"):
-        lines.append(f'patronage_lapse_alerts_total{{kind="{kind}"}} {runtime.alerts[kind]}')
-    family("patronage_lapse_sweep_duration_seconds", "gauge", "Duration of the last lapse sweep.")
-    lines.append(f"patronage_lapse_sweep_duration_seconds {runtime.sweeper.last_duration_s:.6f}")
-    family("patronage_segment_changes_total", "counter", "Segment changes sent, by reason.")
-    for reason, count in sorted(runtime.segmenter.changes.items()):
-        lines.append(f'patronage_segment_changes_total{{reason="{reason}"}} {count}')
-    family("patronage_segment_model_version", "gauge", "Model version this worker scores with.")
-    model = runtime.segmenter.model
-    lines.append(f"patronage_segment_model_version {model.version if model else 0}")
-    family("patronage_segment_customers", "gauge", "Customers per segment (whole deployment).")
-    for segment, count in sorted(runtime.segment_sizes.items()):
-        lines.append(f'patronage_segment_customers{{segment="{segment}"}} {count}')
-    return "\n".join(lines) + "\n"
+    """Prometheus text exposition of the worker's metrics (streams/metrics.py)."""
+    return runtime.metrics.render().decode("utf-8")

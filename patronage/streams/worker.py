@@ -29,6 +29,7 @@ from patronage.models.timeunits import DAY_MS
 from patronage.streams.errors import FatalRedisError, classify, fatal_message
 from patronage.streams.kafka_transport import App as ReadCommittedApp
 from patronage.streams.lag import LagReader, PartitionLag
+from patronage.streams.metrics import WorkerMetrics
 from patronage.streams.segmenting import Learner, Segmenter, feature_message
 from patronage.streams.settings import Settings
 from patronage.streams.store import (
@@ -82,7 +83,6 @@ class Runtime:
         self.consumed: Counter[str] = Counter()
         self.last_event_ts: dict[tuple[str, int], int] = {}
         self.redis_ok = True
-        self.batch_sizes: list[int] = []
         self.alerts: Counter[str] = Counter()
         self.app: faust.App | None = None
         self.segmenter = Segmenter(settings, self.redis, self.store)
@@ -92,8 +92,7 @@ class Runtime:
         self.lag_reader = LagReader(settings)
         self.kafka_ok_at = 0.0
         self.segment_sizes: dict[int, int] = {}
-        self.script_seconds_sum = 0.0
-        self.script_calls = 0
+        self.metrics = WorkerMetrics()
         self.started_at = time.time()
         self.sweeper = LapseSweeper(
             self.store,
@@ -104,6 +103,7 @@ class Runtime:
             settings.activity_topics,
             self.send_findings,
         )
+        self.metrics.attach(self)
 
     async def sample_lag(self) -> None:
         try:
@@ -359,8 +359,7 @@ class Runtime:
                 sources,
                 wall_ms,
             )
-            self.script_seconds_sum += time.perf_counter() - started
-            self.script_calls += 1
+            self.metrics.redis_apply_seconds.observe(time.perf_counter() - started)
             return result
 
         return await self.with_redis_retry("batch", apply)
@@ -418,8 +417,7 @@ class Runtime:
         self.lines_dropped.update(batch.lines_dropped)
         for tp, ts in batch.max_event_ts.items():
             self.last_event_ts[tp] = max(self.last_event_ts.get(tp, 0), ts)
-        self.batch_sizes.append(len(records))
-        del self.batch_sizes[:-1000]
+        self.metrics.batch_size.observe(len(records))
 
 
 def sampled(customer_id: str, fields: dict[str, float | str], share: float) -> bool:

@@ -1,0 +1,185 @@
+"""Prometheus metrics of one worker, with prometheus_client.
+
+Counts the worker keeps anyway (per topic, per reason) are read at scrape time
+by a collector, so the hot path does no extra bookkeeping; distributions
+(batch size, Redis round-trip time) are real histograms, observed per batch,
+whose `_count` and `_sum` only ever grow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from patronage.streams.worker import Runtime
+
+# The 0.0.4 text format every Prometheus reads; aiohttp adds the charset itself.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4.replace("; charset=utf-8", "")
+# No `*_created` series: a timestamp per family only doubles what dashboards read.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class WorkerMetrics:
+    """The registry /metrics exposes, and the histograms the worker observes."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.batch_size = Histogram(
+            "patronage_batch_size",
+            "Records per processed batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10_000),
+            registry=self.registry,
+        )
+        self.redis_apply_seconds = Histogram(
+            "patronage_redis_apply_seconds",
+            "Time of one batch's Redis round trip.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+
+    def attach(self, runtime: Runtime) -> None:
+        self.registry.register(_RuntimeCollector(runtime))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, labels=list(labels))
+
+
+def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+class _RuntimeCollector(Collector):
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._events()
+        yield from self._redis()
+        yield from self._lag()
+        yield from self._lapse_and_segments()
+
+    def _events(self) -> Iterator[Metric]:
+        r = self.runtime
+        consumed = _counter(
+            "patronage_events_consumed", "Records read from input topics.", ("topic",)
+        )
+        for topic, count in sorted(r.consumed.items()):
+            consumed.add_metric([topic], count)
+        yield consumed
+        applied = _counter("patronage_events_applied", "Events applied to a profile.")
+        applied.add_metric([], r.counters["applied"])
+        yield applied
+        dedup = _counter(
+            "patronage_events_deduplicated", "Redelivered or duplicate events.", ("kind",)
+        )
+        dedup.add_metric(["offset"], r.counters["duplicate_offsets"])
+        dedup.add_metric(["event_id"], r.counters["duplicate_events"])
+        yield dedup
+        for name, doc, label, counts in (
+            ("patronage_events_rejected", "Events sent to the DLQ, by reason.", "reason",
+             r.rejected),
+            ("patronage_events_corrected", "Corrections made to kept events.", "correction",
+             r.corrected),
+            ("patronage_lines_dropped",
+             "Receipt lines dropped (line-level dead letters) from receipts that were kept.",
+             "reason", r.lines_dropped),
+        ):  # fmt: skip
+            family = _counter(name, doc, ("topic", label))
+            for (topic, code), count in sorted(counts.items()):
+                family.add_metric([topic, code], count)
+            yield family
+        resets = _counter(
+            "patronage_source_resets",
+            "Topic partitions whose offsets restarted (re-created topic, truncated log).",
+        )
+        resets.add_metric([], r.counters["source_resets"])
+        yield resets
+
+    def _redis(self) -> Iterator[Metric]:
+        retries = _counter("patronage_redis_retries", "Batches retried because Redis failed.")
+        retries.add_metric([], self.runtime.counters["redis_retries"])
+        yield retries
+        up = _gauge("patronage_redis_up", "1 if the last Redis round trip succeeded.")
+        up.add_metric([], 1 if self.runtime.redis_ok else 0)
+        yield up
+
+    def _lag(self) -> Iterator[Metric]:
+        r = self.runtime
+        labels = ("topic", "partition")
+        lag = _gauge(
+            "patronage_consumer_lag_records",
+            "Log end offset minus the group's committed offset (whole group, read from Kafka).",
+            labels,
+        )
+        waiting = _gauge(
+            "patronage_consumer_oldest_waiting_seconds",
+            "How long the oldest record not yet committed has waited in the partition.",
+            labels,
+        )
+        for row in r.lag_rows:
+            lag.add_metric([row.topic, str(row.partition)], row.lag)
+            waiting.add_metric([row.topic, str(row.partition)], row.oldest_waiting_s)
+        yield lag
+        yield waiting
+        now = time.time()
+        behind = _gauge(
+            "patronage_event_time_lag_seconds",
+            "Now minus the event time of the last event applied by this worker, per partition.",
+            labels,
+        )
+        newest = _gauge(
+            "patronage_last_event_timestamp_seconds",
+            "Event time of the newest applied event per partition.",
+            labels,
+        )
+        for (topic, partition), ts in sorted(r.last_event_ts.items()):
+            behind.add_metric([topic, str(partition)], now - ts / 1000)
+            newest.add_metric([topic, str(partition)], ts / 1000)
+        yield behind
+        yield newest
+
+    def _lapse_and_segments(self) -> Iterator[Metric]:
+        r = self.runtime
+        alerts = _counter("patronage_lapse_alerts", "Lapse alerts sent, by kind.", ("kind",))
+        for kind in ("lapsed", "reactivated"):
+            alerts.add_metric([kind], r.alerts[kind])
+        yield alerts
+        sweep = _gauge(
+            "patronage_lapse_sweep_duration_seconds", "Duration of the last lapse sweep."
+        )
+        sweep.add_metric([], r.sweeper.last_duration_s)
+        yield sweep
+        changes = _counter(
+            "patronage_segment_changes", "Segment changes sent, by reason.", ("reason",)
+        )
+        for reason, count in sorted(r.segmenter.changes.items()):
+            changes.add_metric([reason], count)
+        yield changes
+        version = _gauge(
+            "patronage_segment_model_version", "Model version this worker scores with."
+        )
+        model = r.segmenter.model
+        version.add_metric([], model.version if model else 0)
+        yield version
+        sizes = _gauge(
+            "patronage_segment_customers", "Customers per segment (whole deployment).", ("segment",)
+        )
+        for segment, count in sorted(r.segment_sizes.items()):
+            sizes.add_metric([str(segment)], count)
+        yield sizes
