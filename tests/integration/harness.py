@@ -176,6 +176,18 @@ def cli_lag(env: dict[str, str]) -> tuple[int, float]:
     return int(total[1]), float(total[2])
 
 
+def metric_value(body: bytes, name: str, **labels: str) -> float:
+    """Sum of a sample's values whose labels include `labels` (any label order)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
 def metric_sum(body: bytes, name: str) -> float:
     pattern = re.compile(rb"^" + name.encode() + rb"(?:\{[^}]*\})? ([0-9.e+-]+)$", re.M)
     return sum(float(v) for v in pattern.findall(body))
