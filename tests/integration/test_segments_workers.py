@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from patronage.models.timeunits import DAY_MS
 from tests.integration.harness import (
     Worker,
     drained,
+    metric_value,
     read_topic,
     redis_client,
     settings_with_topics,
@@ -30,13 +30,12 @@ from tests.integration.harness import (
 )
 from tests.integration.test_end_to_end import as_messages, publish_with_metadata
 
-VERSION = re.compile(rb"^patronage_segment_model_version (\d+)$", re.M)
-
 
 def worker_version(worker: Worker) -> int:
     status, body = worker.http("/metrics")
-    match = VERSION.search(body) if status == 200 else None
-    return int(match.group(1)) if match else -1
+    if status != 200 or b"patronage_segment_model_version" not in body:
+        return -1
+    return int(metric_value(body, "patronage_segment_model_version"))
 
 
 def model(client: redis.Redis, prefix: str, version: int) -> FrozenModel:
@@ -118,7 +117,11 @@ def test_two_workers_one_model_stable_ids(backend_env: dict[str, str], tmp_path:
     current = profiles(client, prefix)
     xs = [features(f, now_ms, settings.profile_config.half_life_ms) for f in current.values()]
     agree = sum(before_restart.predict(x) == after.predict(x) for x in xs) / len(xs)
-    assert agree >= 0.9, agree
+    # Ids that stayed put agree on most customers; how many depends on how
+    # many vectors the first promotion after the restart learnt, which the
+    # scheduler decides (0.85-0.97 seen over runs). Ids permuted by a restart
+    # would agree on far fewer (at most ~0.5 with 4 segments).
+    assert agree >= 0.8, agree
 
     changes = [json.loads(r.value) for r in read_topic(settings, settings.topic("segment-changes"))]
     assert changes, "segment changes were emitted"
