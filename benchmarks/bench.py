@@ -196,9 +196,9 @@ async def sweep_cost(scheduled: int, due: int, repeats: int = 5) -> dict[str, fl
                         "spend_total": 500,
                     }
                     keys = store.keys(f"d{i}")
-                    pipe.hset(keys[0], mapping=fields)
-                    pipe.delete(keys[6])
-                    pipe.hset(keys[6], str(last_day), f"{last_seen}:{last_seen}")
+                    pipe.hset(keys.profile, mapping=fields)
+                    pipe.delete(keys.edges)
+                    pipe.hset(keys.edges, str(last_day), f"{last_seen}:{last_seen}")
                     pipe.zadd(key, {f"d{i}": now_ms - 1000})
                 await pipe.execute()
             started = time.perf_counter()
@@ -257,7 +257,7 @@ def latency(rate: int, seconds: float) -> dict[str, float]:
                 if pending:
                     async with client.pipeline(transaction=False) as pipe:
                         for c in pending:
-                            pipe.exists(store.keys(c)[0])
+                            pipe.exists(store.keys(c).profile)
                         found = await pipe.execute()
                     t = time.perf_counter()
                     for c, hit in zip(pending, found, strict=True):
@@ -281,7 +281,7 @@ def latency(rate: int, seconds: float) -> dict[str, float]:
             await producer.send_and_wait(
                 settings.topic_for_kind["click"], json.dumps(warm).encode(), key=b"warm"
             )
-            while not await client.exists(store.keys("warm")[0]):
+            while not await client.exists(store.keys("warm").profile):
                 await asyncio.sleep(0.1)
             watcher = asyncio.create_task(watch())
             started = time.perf_counter()

@@ -112,9 +112,9 @@ def _prepare_one(
     batch.by_customer.setdefault(customer_id, []).append(delta)
     batch.records_of.setdefault(customer_id, []).append(record)
     batch.partition_of[customer_id] = record.partition
-    if delta.k != "a":
+    if delta.kind != "attributes":
         newest = batch.newest.setdefault(record.partition, {})
-        newest[record.topic] = max(newest.get(record.topic, delta.t), delta.t)
+        newest[record.topic] = max(newest.get(record.topic, delta.ts), delta.ts)
     batch.accepted[record.topic] += 1
     for correction in outcome.corrections:
         batch.corrected[(record.topic, correction)] += 1

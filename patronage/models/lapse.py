@@ -20,6 +20,7 @@ from functools import partial
 from typing import Literal
 
 from patronage.models.contracts import LapseAlert, format_ts
+from patronage.models.layout import FINDING_WIRE
 from patronage.models.timeunits import DAY_MS
 
 
@@ -207,30 +208,21 @@ def to_alert(customer_id: str, f: Finding) -> LapseAlert:
 
 
 def finding_to_json(f: Finding) -> str:
-    return json.dumps(
-        {
-            "k": f.kind,
-            "e": f.episode,
-            "ts": f.ts,
-            "g": f.usual_gap_days,
-            "s": f.spend_total,
-            "sp": f.span_days,
-            "seg": f.segment,
-        },
-        separators=(",", ":"),
-    )
+    doc = {wire: getattr(f, name) for name, wire in FINDING_WIRE.items()}
+    return json.dumps(doc, separators=(",", ":"))
 
 
 def finding_from_json(raw: bytes | str) -> Finding:
     doc = json.loads(raw)
+    values = {name: doc[wire] for name, wire in FINDING_WIRE.items()}
     return Finding(
-        kind=doc["k"],
-        episode=int(doc["e"]),
-        ts=int(doc["ts"]),
-        usual_gap_days=float(doc["g"]),
-        spend_total=float(doc["s"]),
-        span_days=float(doc["sp"]),
-        segment=None if doc["seg"] is None else int(doc["seg"]),
+        kind=values["kind"],
+        episode=int(values["episode"]),
+        ts=int(values["ts"]),
+        usual_gap_days=float(values["usual_gap_days"]),
+        spend_total=float(values["spend_total"]),
+        span_days=float(values["span_days"]),
+        segment=None if values["segment"] is None else int(values["segment"]),
     )
 
 

@@ -47,14 +47,22 @@ from patronage.models.contracts import (
     format_ts,
 )
 from patronage.models.lapse import Finding, LapseRules, judge
+from patronage.models.layout import (
+    ATTRIBUTE_PREFIX,
+    DELTA_WIRE,
+    DISTINCT_MARK,
+    KIND_WIRE,
+    MAP_PREFIXES,
+    OFFSET_PREFIX,
+    OTHER,
+)
 from patronage.models.timeunits import DAY_MS, HOUR_MS
 
 # Late event ids (older than the dedupe window) kept among the latest arrivals.
 LATE_KEPT = 32
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
-OTHER = "_other"
-MAP_PREFIXES = ("cat:", "ch:", "dev:", "pay:")
 
+DeltaKind = Literal["click", "order", "attributes"]
 Outcome = Literal["applied", "dup_offset", "dup_event"]
 
 
@@ -70,46 +78,51 @@ class ProfileConfig:
 
 @dataclass(frozen=True)
 class Delta:
-    """One validated event, reduced to what the profile needs (the Lua input)."""
+    """One validated event, reduced to what the profile needs (the script's
+    input; layout.DELTA_WIRE gives each attribute's short name on the wire)."""
 
-    src: str  # source topic:partition
-    off: int  # Kafka offset in src
-    eid: str  # 16-hex (64-bit) hash of event_id
-    t: int  # event time, epoch ms
+    source: str  # source topic:partition (with its epoch, models/sources.py)
+    offset: int  # Kafka offset in source
+    event_token: str  # 16-hex (64-bit) hash of event_id
+    ts: int  # event time, epoch ms
     day: int  # visit day index (days since 1970-01-01 in the customer's zone)
-    k: Literal["c", "o", "a"]
-    sid: str | None = None  # click: 8-hex hash of session_id
-    mc: str | None = None  # marketing channel
-    dv: str | None = None  # click: device
+    kind: DeltaKind
+    session_token: str | None = None  # click: 8-hex hash of session_id
+    channel: str | None = None  # marketing channel
+    device: str | None = None  # click: device
     origin: Literal["online", "store"] | None = None
-    b: float = 0.0  # basket value (positive lines), base currency
-    r: float = 0.0  # returned value (negative lines, as a positive number)
-    n: float = 0.0  # net = b - r
-    cats: tuple[tuple[str, float], ...] = ()
-    pm: str | None = None
-    at: tuple[tuple[str, str], ...] = ()  # attribute name -> JSON value
+    basket: float = 0.0  # basket value (positive lines), base currency
+    returned: float = 0.0  # returned value (negative lines, as a positive number)
+    net: float = 0.0  # basket - returned
+    categories: tuple[tuple[str, float], ...] = ()  # category -> net value
+    payment_method: str | None = None
+    attributes: tuple[tuple[str, str], ...] = ()  # attribute name -> JSON value
     # orders: 16-hex hash of the natural key (order_id; store_id + receipt_id),
     # deduplicated for the life of the profile instead of by event id
-    nk: str | None = None
+    order_token: str | None = None
 
     def to_wire(self) -> dict[str, object]:
         wire: dict[str, object] = {
-            "src": self.src,
-            "off": self.off,
-            "eid": self.eid,
-            "t": self.t,
+            "src": self.source,
+            "off": self.offset,
+            "eid": self.event_token,
+            "t": self.ts,
             "day": self.day,
-            "k": self.k,
+            "k": KIND_WIRE[self.kind],
         }
-        for name in ("sid", "mc", "dv", "origin", "pm", "nk"):
+        for name in _OPTIONAL_WIRE:
             value = getattr(self, name)
             if value is not None:
-                wire[name] = value
-        if self.k == "o":
-            wire.update(b=self.b, r=self.r, n=self.n, cats=[list(c) for c in self.cats])
-        if self.k == "a":
-            wire["at"] = [list(a) for a in self.at]
+                wire[DELTA_WIRE[name]] = value
+        if self.kind == "order":
+            wire.update(b=self.basket, r=self.returned, n=self.net)
+            wire["cats"] = [list(c) for c in self.categories]
+        if self.kind == "attributes":
+            wire["at"] = [list(a) for a in self.attributes]
         return wire
+
+
+_OPTIONAL_WIRE = ("session_token", "channel", "device", "origin", "payment_method", "order_token")
 
 
 def short_hash(text: str) -> str:
@@ -142,18 +155,18 @@ def to_delta(
     zone: dt.tzinfo = UTC,
 ) -> Delta:
     base = {
-        "src": src,
-        "off": offset,
-        "eid": token(event.event_id),
-        "t": ts_ms,
+        "source": src,
+        "offset": offset,
+        "event_token": token(event.event_id),
+        "ts": ts_ms,
         "day": day_index(ts_ms, zone),
     }
     if isinstance(event, Click):
         return Delta(
-            k="c",
-            sid=short_hash(event.session_id),
-            mc=event.channel.value if event.channel else None,
-            dv=event.device or None,
+            kind="click",
+            session_token=short_hash(event.session_id),
+            channel=event.channel.value if event.channel else None,
+            device=event.device or None,
             **base,  # type: ignore[arg-type]
         )
     if isinstance(event, Purchase | StoreReceipt):
@@ -171,21 +184,21 @@ def to_delta(
             per_category[category] = per_category.get(category, Decimal(0)) + value
         is_store = isinstance(event, StoreReceipt)
         return Delta(
-            k="o",
+            kind="order",
             origin="store" if is_store else "online",
-            b=float(basket),
-            r=float(returned),
-            n=float(basket - returned),
-            cats=tuple((c, float(v)) for c, v in sorted(per_category.items())),
-            pm=event.payment_method or None,
-            mc=event.channel.value if isinstance(event, Purchase) and event.channel else None,
-            nk=token(natural_key(event)),
+            basket=float(basket),
+            returned=float(returned),
+            net=float(basket - returned),
+            categories=tuple((c, float(v)) for c, v in sorted(per_category.items())),
+            payment_method=event.payment_method or None,
+            channel=event.channel.value if isinstance(event, Purchase) and event.channel else None,
+            order_token=token(natural_key(event)),
             **base,  # type: ignore[arg-type]
         )
     assert isinstance(event, CustomerAttributes)
     return Delta(
-        k="a",
-        at=tuple((name, _json_value(v)) for name, v in sorted(event.attributes.items())),
+        kind="attributes",
+        attributes=tuple((name, _json_value(v)) for name, v in sorted(event.attributes.items())),
         **base,  # type: ignore[arg-type]
     )
 
@@ -230,50 +243,50 @@ def apply(state: ProfileState, d: Delta, cfg: ProfileConfig) -> tuple[ProfileSta
     """Apply one event; a redelivered or duplicate event changes nothing but its offset."""
     s = state.copy()
     f = s.fields
-    offset_field = "o:" + d.src
+    offset_field = OFFSET_PREFIX + d.source
     last_offset = f.get(offset_field)
-    if last_offset is not None and d.off <= float(last_offset):
+    if last_offset is not None and d.offset <= float(last_offset):
         return state, "dup_offset"
-    f[offset_field] = float(d.off)
+    f[offset_field] = float(d.offset)
     if not _first_time(s, d, cfg):
         return s, "dup_event"
     f["events_applied"] = _num(f, "events_applied") + 1
 
-    if d.k == "a":
+    if d.kind == "attributes":
         _apply_attributes(f, d)
         return s, "applied"
 
     _touch(s, d, cfg)
     _add_edge(s, d)
-    weight = 2.0 ** (-(_num(f, "last_seen") - d.t) / cfg.half_life_ms)
-    if d.k == "c":
+    weight = 2.0 ** (-(_num(f, "last_seen") - d.ts) / cfg.half_life_ms)
+    if d.kind == "click":
         f["clicks"] = _num(f, "clicks") + 1
-        if d.sid is not None:
-            _add_session(s, d.sid, d.t, cfg.session_window)
-        if d.mc is not None:
-            _inc_capped(f, "ch:", d.mc, 1.0, cfg.map_cap)
-        if d.dv is not None:
-            _inc_capped(f, "dev:", d.dv, 1.0, cfg.map_cap)
+        if d.session_token is not None:
+            _add_session(s, d.session_token, d.ts, cfg.session_window)
+        if d.channel is not None:
+            _inc_capped(f, "ch:", d.channel, 1.0, cfg.map_cap)
+        if d.device is not None:
+            _inc_capped(f, "dev:", d.device, 1.0, cfg.map_cap)
         return s, "applied"
 
     origin = d.origin or "online"
-    if d.b > 0:
+    if d.basket > 0:
         f["orders"] = _num(f, "orders") + 1
         f["orders_" + origin] = _num(f, "orders_" + origin) + 1
-        f["basket_sum"] = _num(f, "basket_sum") + d.b
-        f["max_basket"] = max(_num(f, "max_basket"), d.b)
-        f["last_order_at"] = max(_num(f, "last_order_at"), float(d.t))
+        f["basket_sum"] = _num(f, "basket_sum") + d.basket
+        f["max_basket"] = max(_num(f, "max_basket"), d.basket)
+        f["last_order_at"] = max(_num(f, "last_order_at"), float(d.ts))
         f["freq_decayed"] = _num(f, "freq_decayed") + weight
-    f["spend_total"] = _num(f, "spend_total") + d.n
-    f["spend_" + origin] = _num(f, "spend_" + origin) + d.n
-    f["returns_value"] = _num(f, "returns_value") + d.r
-    f["monetary_decayed"] = _num(f, "monetary_decayed") + weight * d.n
-    for category, value in d.cats:
+    f["spend_total"] = _num(f, "spend_total") + d.net
+    f["spend_" + origin] = _num(f, "spend_" + origin) + d.net
+    f["returns_value"] = _num(f, "returns_value") + d.returned
+    f["monetary_decayed"] = _num(f, "monetary_decayed") + weight * d.net
+    for category, value in d.categories:
         _inc_capped(f, "cat:", category, value, cfg.map_cap)
-    if d.pm is not None:
-        _inc_capped(f, "pay:", d.pm, 1.0, cfg.map_cap)
-    if d.mc is not None:
-        _inc_capped(f, "ch:", d.mc, 1.0, cfg.map_cap)
+    if d.payment_method is not None:
+        _inc_capped(f, "pay:", d.payment_method, 1.0, cfg.map_cap)
+    if d.channel is not None:
+        _inc_capped(f, "ch:", d.channel, 1.0, cfg.map_cap)
     return s, "applied"
 
 
@@ -285,17 +298,17 @@ def _first_time(s: ProfileState, d: Delta, cfg: ProfileConfig) -> bool:
     an id older than that is kept while it is among the last LATE_KEPT
     arrivals (a producer's retry follows its event closely, however late the
     event); at most `dedupe_max_events` are kept, oldest first out."""
-    if d.nk is not None:
-        if d.nk in s.order_keys:
+    if d.order_token is not None:
+        if d.order_token in s.order_keys:
             return False
-        s.order_keys.append(d.nk)
+        s.order_keys.append(d.order_token)
         return True
-    if any(seen == d.eid for seen, _ in s.eids):
+    if any(seen == d.event_token for seen, _ in s.eids):
         return False
-    hour = d.t // HOUR_MS
+    hour = d.ts // HOUR_MS
     window_hours = cfg.dedupe_window_ms // HOUR_MS
     newest = max((h for _, h in s.eids), default=hour)
-    s.eids.append((d.eid, hour))
+    s.eids.append((d.event_token, hour))
     if hour > newest or hour < newest - window_hours:
         # Keep what is within the window of the newest event, and the last
         # LATE_KEPT arrivals whatever their time (a retry follows its event).
@@ -309,17 +322,17 @@ def _first_time(s: ProfileState, d: Delta, cfg: ProfileConfig) -> bool:
 def _touch(s: ProfileState, d: Delta, cfg: ProfileConfig) -> None:
     f = s.fields
     if "last_seen" not in f:
-        f["first_seen"] = float(d.t)
-        f["last_seen"] = float(d.t)
+        f["first_seen"] = float(d.ts)
+        f["last_seen"] = float(d.ts)
     else:
         reference = _num(f, "last_seen")
-        if d.t > reference:
-            scale = 2.0 ** (-(d.t - reference) / cfg.half_life_ms)
+        if d.ts > reference:
+            scale = 2.0 ** (-(d.ts - reference) / cfg.half_life_ms)
             f["freq_decayed"] = _num(f, "freq_decayed") * scale
             f["monetary_decayed"] = _num(f, "monetary_decayed") * scale
-            f["last_seen"] = float(d.t)
-        if d.t < _num(f, "first_seen"):
-            f["first_seen"] = float(d.t)
+            f["last_seen"] = float(d.ts)
+        if d.ts < _num(f, "first_seen"):
+            f["first_seen"] = float(d.ts)
     _add_day(s, d.day)
 
 
@@ -329,8 +342,8 @@ def _add_edge(s: ProfileState, d: Delta) -> None:
     judged = s.fields.get("judged_day")
     if judged is not None and d.day < float(judged):
         return
-    lo, hi = s.edges.get(d.day, (d.t, d.t))
-    s.edges[d.day] = (min(lo, d.t), max(hi, d.t))
+    lo, hi = s.edges.get(d.day, (d.ts, d.ts))
+    s.edges[d.day] = (min(lo, d.ts), max(hi, d.ts))
 
 
 def judge_lapses(state: ProfileState, clock: float, cfg: ProfileConfig) -> float | None:
@@ -387,7 +400,7 @@ def _add_session(s: ProfileState, sid: str, t: int, window: int) -> None:
 def distinct_field(prefix: str) -> str:
     """The count of a capped map's distinct keys: a name no key can reach
     (keys are stored as `prefix + key`; this starts with '#')."""
-    return "#" + prefix
+    return DISTINCT_MARK + prefix
 
 
 def map_entries(fields: Mapping[str, float | str], prefix: str) -> dict[str, float]:
@@ -416,11 +429,11 @@ def _inc_capped(f: dict[str, float | str], prefix: str, key: str, by: float, cap
 
 
 def _apply_attributes(f: dict[str, float | str], d: Delta) -> None:
-    for name, value in d.at:
-        field_name = "a:" + name
+    for name, value in d.attributes:
+        field_name = ATTRIBUTE_PREFIX + name
         current = f.get(field_name)
-        if current is None or _newer(d.t, value, str(current)):
-            f[field_name] = f"{d.t}|{value}"
+        if current is None or _newer(d.ts, value, str(current)):
+            f[field_name] = f"{d.ts}|{value}"
 
 
 def _newer(t: int, value: str, current: str) -> bool:

@@ -1,18 +1,8 @@
 """Redis profile store: one round trip per batch, one atomic script per customer.
 
-Key layout (all keys of a customer share the hash tag {customer_id}, so the
-script never crosses slots on Redis Cluster):
-
-    <prefix>:{<customer_id>}:p     hash   profile fields (see README)
-    <prefix>:{<customer_id>}:d     string visit-day bitmap
-    <prefix>:{<customer_id>}:s     zset   recent sessions (session hash -> first ts)
-    <prefix>:{<customer_id>}:e     string event ids within the dedupe window (12-byte records)
-    <prefix>:{<customer_id>}:x     list   lapse findings not yet acknowledged by Kafka
-    <prefix>:{<customer_id>}:k     string natural keys of orders and receipts (8-byte tokens)
-    <prefix>:{<customer_id>}:v     hash   visit days not yet judged for lapses -> first:last ms
-    <prefix>:{sources}             hash   topic:partition -> epoch:highest offset seen
-    <prefix>:{lapse-<p>}:due       zset   customer -> when to judge its lapses again, partition p
-    <prefix>:{lapse-<p>}:clock     hash   event-clock marks of partition p (models/clock.py)
+Every key of a customer shares the hash tag {customer_id}, so the apply
+script never crosses slots on Redis Cluster. Key names, hash fields and the
+script's arguments are defined once, in models/layout.py.
 """
 
 from __future__ import annotations
@@ -27,6 +17,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from patronage.models.layout import (
+    APPLY_ARGS,
+    REPLY,
+    CustomerKeys,
+    clock_key,
+    customer_keys,
+    due_key,
+    sources_key,
+)
 from patronage.models.profile import LATE_KEPT, Delta, ProfileConfig, profile_view
 from patronage.models.sources import SourceState
 from patronage.models.timeunits import HOUR_MS
@@ -65,7 +64,7 @@ class ProfileStore:
         self._erase = client.register_script(_lua("erase"))
         self._segment = client.register_script(_lua("segment"))
         self._sources = client.register_script(_lua("sources"))
-        self.sources_key = f"{prefix}:{{sources}}"
+        self.sources_key = sources_key(prefix)
         # A cluster pipeline does not load scripts by itself: load them on
         # every primary first (and again after NOSCRIPT, e.g. a node restart).
         self.cluster = type(client).__name__ == "RedisCluster"
@@ -150,42 +149,33 @@ class ProfileStore:
             self._nodes[address] = client
         return client
 
-    def keys(self, customer_id: str) -> list[str]:
-        base = f"{self.prefix}:{{{customer_id}}}:"
-        return [
-            base + "p",
-            base + "d",
-            base + "s",
-            base + "e",
-            base + "x",
-            base + "k",
-            base + "v",
-        ]
+    def keys(self, customer_id: str) -> CustomerKeys:
+        return customer_keys(self.prefix, customer_id)
 
     def due_key(self, partition: int) -> str:
-        return f"{self.prefix}:{{lapse-{partition}}}:due"
+        return due_key(self.prefix, partition)
 
     def clock_key(self, partition: int) -> str:
-        return f"{self.prefix}:{{lapse-{partition}}}:clock"
+        return clock_key(self.prefix, partition)
 
     def _apply_args(self, deltas: Sequence[Delta], clock: float) -> list[Any]:
         rules = self.cfg.lapse
-        payload = json.dumps([d.to_wire() for d in deltas], separators=(",", ":"))
-        return [
-            self.cfg.half_life_ms,
-            self.cfg.map_cap,
-            self.cfg.session_window,
-            self.cfg.dedupe_window_ms // HOUR_MS,
-            rules.min_visits,
-            rules.min_tenure_days,
-            rules.min_gap_days,
-            rules.gap_multiplier,
-            payload,
-            self.retention_ms,
-            self.cfg.dedupe_max_events,
-            repr(float(clock)),
-            LATE_KEPT,
-        ]
+        args = {
+            "half_life_ms": self.cfg.half_life_ms,
+            "map_cap": self.cfg.map_cap,
+            "session_window": self.cfg.session_window,
+            "dedupe_window_hours": self.cfg.dedupe_window_ms // HOUR_MS,
+            "lapse_min_visits": rules.min_visits,
+            "lapse_min_tenure_days": rules.min_tenure_days,
+            "lapse_min_gap_days": rules.min_gap_days,
+            "lapse_gap_multiplier": rules.gap_multiplier,
+            "deltas": json.dumps([d.to_wire() for d in deltas], separators=(",", ":")),
+            "retention_ms": self.retention_ms,
+            "dedupe_max_events": self.cfg.dedupe_max_events,
+            "clock": repr(float(clock)),
+            "late_kept": LATE_KEPT,
+        }
+        return [args[name] for name in APPLY_ARGS]
 
     async def apply_batch(
         self,
@@ -214,8 +204,10 @@ class ProfileStore:
             keys = self.keys(customer_id)
             partition = partition_of.get(customer_id) if partition_of else None
             clock = clocks.get(partition, 0.0) if clocks and partition is not None else 0.0
-            ops.append((keys[0], _script(self._apply, keys, self._apply_args(deltas, clock))))
-            activity = [d.t for d in deltas if d.k != "a"]
+            ops.append(
+                (keys.profile, _script(self._apply, list(keys), self._apply_args(deltas, clock)))
+            )
+            activity = [d.ts for d in deltas if d.kind != "attributes"]
             if partition is not None and activity:
                 due.setdefault(partition, {})[customer_id] = min(activity)
         for partition, scores in due.items():
@@ -241,12 +233,12 @@ class ProfileStore:
                 # batch): its records become dead letters.
                 result.failed[customer_id] = f"{type(reply).__name__}: {reply}"[:300]
                 continue
-            result.applied += int(reply[0])
-            result.duplicate_offsets += int(reply[1])
-            result.duplicate_events += int(reply[2])
-            if reply[3]:
-                result.outbox[customer_id] = list(reply[3])
-            flat = reply[4]
+            result.applied += int(reply[REPLY["applied"]])
+            result.duplicate_offsets += int(reply[REPLY["duplicate_offsets"]])
+            result.duplicate_events += int(reply[REPLY["duplicate_events"]])
+            if reply[REPLY["outbox"]]:
+                result.outbox[customer_id] = list(reply[REPLY["outbox"]])
+            flat = reply[REPLY["profile"]]
             result.profiles[customer_id] = {
                 flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)
             }
@@ -259,12 +251,16 @@ class ProfileStore:
         no new events: (pending findings, when to judge again) per customer."""
         await self.ensure_scripts()
         ops = [
-            (self.keys(c)[0], _script(self._apply, self.keys(c), self._apply_args([], clock)))
+            (
+                self.keys(c).profile,
+                _script(self._apply, list(self.keys(c)), self._apply_args([], clock)),
+            )
             for c, clock in customers.items()
         ]
         replies = checked(await self._pipelined(ops))
+        outbox, due = REPLY["outbox"], REPLY["due"]
         return {
-            c: (list(r[3]), float(r[5]) if r[5] else None)
+            c: (list(r[outbox]), float(r[due]) if r[due] else None)
             for c, r in zip(customers, replies, strict=True)
         }
 
@@ -296,7 +292,7 @@ class ProfileStore:
         removed, _ = checked(
             await self._pipelined(
                 [
-                    (keys[0], _script(self._erase, keys, [])),
+                    (keys.profile, _script(self._erase, list(keys), [])),
                     (due, _command("zrem", due, customer_id)),
                 ]
             )
@@ -310,7 +306,7 @@ class ProfileStore:
         await self.ensure_scripts()
         ops: list[tuple[str, Callable[[Any], Any]]] = []
         for customer_id, mapping in writes.items():
-            key = self.keys(customer_id)[0]
+            key = self.keys(customer_id).profile
             flat = [part for pair in mapping.items() for part in pair]
             ops.append((key, _script(self._segment, [key], flat)))
         replies = checked(await self._pipelined(ops))
@@ -322,7 +318,7 @@ class ProfileStore:
             return
         ops: list[tuple[str, Callable[[Any], Any]]] = []
         for customer_id, raw_items in items.items():
-            key = self.keys(customer_id)[4]
+            key = self.keys(customer_id).outbox
             for raw in raw_items:
                 ops.append((key, _command("lrem", key, 1, raw)))
         checked(await self._pipelined(ops))
@@ -352,7 +348,7 @@ class ProfileStore:
         await self._reschedule(keys=[self.due_key(partition)], args=args)
 
     async def profile(self, customer_id: str) -> dict[str, object] | None:
-        fields = await self.client.hgetall(self.keys(customer_id)[0])
+        fields = await self.client.hgetall(self.keys(customer_id).profile)
         if not fields:
             return None
         return profile_view(customer_id, _decode(fields))
@@ -366,7 +362,7 @@ class ProfileStore:
     async def profiles(self, customer_ids: Sequence[str]) -> list[dict[str, object] | None]:
         async with self.client.pipeline(transaction=False) as pipe:
             for customer_id in customer_ids:
-                pipe.hgetall(self.keys(customer_id)[0])
+                pipe.hgetall(self.keys(customer_id).profile)
             replies = await pipe.execute()
         return [
             profile_view(cid, _decode(fields)) if fields else None

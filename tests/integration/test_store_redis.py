@@ -53,10 +53,10 @@ def random_deltas(rng: random.Random, customer: str, count: int) -> list[Delta]:
         offsets[src] = off
         t = T0 + rng.randrange(0, 400 * DAY_MS)
         base = {
-            "src": src,
-            "off": off,
-            "eid": token(f"{customer}/{src}/{off}"),
-            "t": t,
+            "source": src,
+            "offset": off,
+            "event_token": token(f"{customer}/{src}/{off}"),
+            "ts": t,
             "day": t // DAY_MS,
         }
         if kind == "o":
@@ -75,34 +75,37 @@ def random_deltas(rng: random.Random, customer: str, count: int) -> list[Delta]:
             )
             deltas.append(
                 Delta(
-                    k="o",
+                    kind="order",
                     origin=rng.choice(["online", "store"]),
-                    b=basket,
-                    r=returned,
-                    n=basket - returned,
-                    cats=cats,
-                    pm=rng.choice(["card", "cash", None]),
-                    mc=rng.choice(["email", None]),
+                    basket=basket,
+                    returned=returned,
+                    net=basket - returned,
+                    categories=cats,
+                    payment_method=rng.choice(["card", "cash", None]),
+                    channel=rng.choice(["email", None]),
                     # Few distinct orders: many are re-sends under a new event id.
-                    nk=token(f"order-{customer}-{rng.randrange(40)}"),
+                    order_token=token(f"order-{customer}-{rng.randrange(40)}"),
                     **base,
                 )
             )  # type: ignore[arg-type]
         elif kind == "c":
             deltas.append(
                 Delta(
-                    k="c",
-                    sid=short_hash(f"s{rng.randrange(9)}"),
-                    mc=rng.choice(["ads", "email", None]),
-                    dv=rng.choice(["mobile", "desktop", "tablet", "tv", "watch"]),
+                    kind="click",
+                    session_token=short_hash(f"s{rng.randrange(9)}"),
+                    channel=rng.choice(["ads", "email", None]),
+                    device=rng.choice(["mobile", "desktop", "tablet", "tv", "watch"]),
                     **base,
                 )
             )  # type: ignore[arg-type]
         else:
             deltas.append(
                 Delta(
-                    k="a",
-                    at=(("region", f'"{rng.choice("nsew")}"'), ("children", str(rng.randrange(4)))),
+                    kind="attributes",
+                    attributes=(
+                        ("region", f'"{rng.choice("nsew")}"'),
+                        ("children", str(rng.randrange(4))),
+                    ),
                     **base,
                 )
             )  # type: ignore[arg-type]
@@ -222,7 +225,7 @@ def test_redelivery_and_duplicate_ids_counted_once(redis_up: str) -> None:
     same event id) must both leave the profile as it was."""
     rng = random.Random(99)
     deltas = [
-        Delta(**{**d.__dict__, "nk": token(f"order-{i}") if d.nk else None})
+        Delta(**{**d.__dict__, "order_token": token(f"order-{i}") if d.order_token else None})
         for i, d in enumerate(random_deltas(rng, "c2", 30))
     ]
 
@@ -234,7 +237,7 @@ def test_redelivery_and_duplicate_ids_counted_once(redis_up: str) -> None:
             before = await store.profile("c2")
             again = await store.apply_batch({"c2": deltas})
             last = deltas[-1]
-            republished = Delta(**{**last.__dict__, "off": last.off + 100})
+            republished = Delta(**{**last.__dict__, "offset": last.offset + 100})
             dup = await store.apply_batch({"c2": [republished]})
             after = await store.profile("c2")
             return before, after, [first.applied, again.duplicate_offsets, dup.duplicate_events]
@@ -257,7 +260,9 @@ def test_memory_per_profile_is_bounded(redis_up: str) -> None:
     rounds = []
     for round_ in range(2):
         deltas = random_deltas(rng, "c3", 2500)
-        rounds.append([Delta(**{**d.__dict__, "off": d.off + round_ * 10_000}) for d in deltas])
+        rounds.append(
+            [Delta(**{**d.__dict__, "offset": d.offset + round_ * 10_000}) for d in deltas]
+        )
 
     async def run() -> list[int]:
         client = aioredis.Redis.from_url(redis_up)
@@ -267,7 +272,7 @@ def test_memory_per_profile_is_bounded(redis_up: str) -> None:
             for deltas in rounds:
                 # The event clock past every event: visit days are judged and
                 # leave the lapse state (it holds only days the clock has not passed).
-                clock = max(d.t for d in deltas) + DAY_MS
+                clock = max(d.ts for d in deltas) + DAY_MS
                 await store.apply_batch({"c3": deltas}, {"c3": 0}, {0: clock})
                 sizes.append(await store.memory_usage("c3"))
             return sizes
@@ -293,17 +298,25 @@ def test_an_order_resent_10000_events_later_counts_once(redis_up: str) -> None:
 
     def delta(n: int, kind: str, off: int, t: int) -> Delta:
         extra = (
-            {"origin": "online", "b": 10.0, "n": 10.0, "nk": token("order-A")}
+            {"origin": "online", "basket": 10.0, "net": 10.0, "order_token": token("order-A")}
             if kind == "o"
             else {}
         )
-        return Delta(src="p:0", off=off, eid=token(f"e{n}"), t=t, day=t // DAY_MS, k=kind, **extra)  # type: ignore[arg-type]
+        return Delta(
+            source="p:0",
+            offset=off,
+            event_token=token(f"e{n}"),
+            ts=t,
+            day=t // DAY_MS,
+            kind={"o": "order", "c": "click"}[kind],
+            **extra,
+        )  # type: ignore[arg-type]
 
     first_order = delta(0, "o", 0, t0)
     click = delta(1, "c", 1, t0 + 1000)
     between = [delta(n, "c", n, t0 + n * 10) for n in range(2, 10_002)]
     # Re-sent under new event ids and offsets, as a producer retry would.
-    again = [delta(20_000, "o", 20_000, t0 + 5), Delta(**{**click.__dict__, "off": 20_001})]
+    again = [delta(20_000, "o", 20_000, t0 + 5), Delta(**{**click.__dict__, "offset": 20_001})]
 
     async def run() -> tuple[int, int, dict[str, object] | None]:
         client = aioredis.Redis.from_url(redis_up)
@@ -338,7 +351,7 @@ def test_a_scoring_write_never_recreates_an_erased_profile(redis_up: str) -> Non
             written = await store.store_segments(
                 {"gone": {"segment": 2, "segment_version": 1}, "kept": {"segment": 1}}
             )
-            return written, int(await client.exists(store.keys("gone")[0]))
+            return written, int(await client.exists(store.keys("gone").profile))
         finally:
             await store.delete_prefix()
             await client.aclose()

@@ -36,16 +36,16 @@ CFG = ProfileConfig(lapse=RULES)
 def visit(i: int, day: float, spend: float = 10.0) -> Delta:
     t = T0 + round(day * DAY_MS)
     return Delta(
-        src=f"p:{i}",
-        off=0,
-        eid=short_hash(f"{i}"),
-        t=t,
+        source=f"p:{i}",
+        offset=0,
+        event_token=short_hash(f"{i}"),
+        ts=t,
         day=t // DAY_MS,
-        k="o",
+        kind="order",
         origin="store",
-        b=spend,
-        n=spend,
-        cats=(("food", spend),),
+        basket=spend,
+        net=spend,
+        categories=(("food", spend),),
     )  # type: ignore[arg-type]
 
 
@@ -246,7 +246,14 @@ def test_judging_out_of_order_arrival_matches_the_definitions(
     start = 0
     for cut in [*cuts, len(order)]:
         for n, t in enumerate(order[start:cut]):
-            delta = Delta(src="s:0", off=start + n, eid=f"{t:016x}", t=t, day=t // DAY_MS, k="c")  # type: ignore[arg-type]
+            delta = Delta(
+                source="s:0",
+                offset=start + n,
+                event_token=f"{t:016x}",
+                ts=t,
+                day=t // DAY_MS,
+                kind="click",
+            )  # type: ignore[arg-type]
             state, _ = apply(state, delta, cfg)
         start = cut
         pending = order[cut:]

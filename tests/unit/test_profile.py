@@ -38,33 +38,33 @@ def order(
 ) -> Delta:
     t = T0 + int(day * DAY_MS)
     return Delta(
-        src=src,
-        off=off,
-        eid=eid or short_hash(f"{src}/{off}"),
-        t=t,
+        source=src,
+        offset=off,
+        event_token=eid or short_hash(f"{src}/{off}"),
+        ts=t,
         day=t // DAY_MS,
-        k="o",
+        kind="order",
         origin=origin,
-        b=basket,
-        r=returned,
-        n=basket - returned,
-        cats=cats or (("food", basket - returned),),
-        pm="card",
+        basket=basket,
+        returned=returned,
+        net=basket - returned,
+        categories=cats or (("food", basket - returned),),
+        payment_method="card",
     )  # type: ignore[arg-type]
 
 
 def click(off: int, day: float, session: str = "s1", src: str = "clicks:0") -> Delta:
     t = T0 + int(day * DAY_MS)
     return Delta(
-        src=src,
-        off=off,
-        eid=short_hash(f"{src}/{off}"),
-        t=t,
+        source=src,
+        offset=off,
+        event_token=short_hash(f"{src}/{off}"),
+        ts=t,
         day=t // DAY_MS,
-        k="c",
-        sid=session,
-        mc="email",
-        dv="mobile",
+        kind="click",
+        session_token=session,
+        channel="email",
+        device="mobile",
     )
 
 
@@ -162,13 +162,13 @@ def test_attributes_latest_ts_wins() -> None:
     def attrs(off: int, day: float, value: str) -> Delta:
         t = T0 + int(day * DAY_MS)
         return Delta(
-            src="customer-attributes:0",
-            off=off,
-            eid=f"a{off:07x}",
-            t=t,
+            source="customer-attributes:0",
+            offset=off,
+            event_token=f"a{off:07x}",
+            ts=t,
             day=t // DAY_MS,
-            k="a",
-            at=(("region", f'"{value}"'),),
+            kind="attributes",
+            attributes=(("region", f'"{value}"'),),
         )
 
     assert view([attrs(0, 1, "north"), attrs(1, 0, "south")])["attributes"] == {"region": "north"}
@@ -212,7 +212,7 @@ def event_sets(draw: st.DrawFn) -> list[Delta]:
                     returned,
                     origin,
                     ((cat, basket - returned),),
-                    src=f"purchases:{i}",
+                    source=f"purchases:{i}",
                 )
             )
         else:

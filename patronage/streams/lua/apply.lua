@@ -5,38 +5,32 @@
 -- (apply); tests hold the two equal. Touches only this customer's keys, which
 -- share one hash tag, so it runs unchanged on Redis Cluster.
 --
--- KEYS[1] profile hash   KEYS[2] visit-day bitmap
--- KEYS[3] session zset
--- KEYS[4] event ids within the dedupe window: 12-byte records, an 8-byte token
---         and the event hour (4 bytes, big-endian), in arrival order
--- KEYS[5] lapse outbox (list of findings not yet acknowledged by Kafka)
--- KEYS[6] natural keys of orders and receipts, for life: 8-byte tokens
--- KEYS[7] visit days not yet judged for lapses: day -> "first ms:last ms"
--- ARGV[1] half-life ms   ARGV[2] map cap   ARGV[3] session window
--- ARGV[4] dedupe window, hours   ARGV[5..8] lapse rules: min visits, min
---                        tenure days, min gap days, gap multiplier
--- ARGV[9] JSON list of deltas (in offset order per source)
--- ARGV[10] retention ms: keys expire after this long without an update (0 = never)
--- ARGV[11] most event ids kept for dedupe
--- ARGV[12] the event clock (epoch ms) to judge lapses against, after the deltas
--- ARGV[13] late event ids kept among the latest arrivals (profile.py LATE_KEPT)
+-- Keys, arguments, hash fields, the delta and finding JSON and the reply are
+-- defined in patronage/models/layout.py; the comment after each KEYS/ARGV
+-- read names its entry there (tests/unit/test_layout.py holds them equal).
 -- Returns {applied, duplicate offsets, duplicate event ids, outbox items,
 --          profile (HGETALL), when to judge again ('' = nothing pending)}
 
-local P, DAYS, SESS, EIDS, OUT, ORDERS, EDGES =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local half_life = tonumber(ARGV[1])
-local cap = tonumber(ARGV[2])
-local session_window = tonumber(ARGV[3])
-local window_hours = tonumber(ARGV[4])
-local min_visits = tonumber(ARGV[5])
-local min_tenure_days = tonumber(ARGV[6])
-local min_gap_days = tonumber(ARGV[7])
-local gap_multiplier = tonumber(ARGV[8])
-local deltas = cjson.decode(ARGV[9])
-local retention_ms = tonumber(ARGV[10] or '0')
-local max_events = tonumber(ARGV[11])
-local clock = tonumber(ARGV[12])
+local P = KEYS[1]  -- profile
+local DAYS = KEYS[2]  -- days
+local SESS = KEYS[3]  -- sessions
+local EIDS = KEYS[4]  -- event_ids
+local OUT = KEYS[5]  -- outbox
+local ORDERS = KEYS[6]  -- order_keys
+local EDGES = KEYS[7]  -- edges
+local half_life = tonumber(ARGV[1])  -- half_life_ms
+local cap = tonumber(ARGV[2])  -- map_cap
+local session_window = tonumber(ARGV[3])  -- session_window
+local window_hours = tonumber(ARGV[4])  -- dedupe_window_hours
+local min_visits = tonumber(ARGV[5])  -- lapse_min_visits
+local min_tenure_days = tonumber(ARGV[6])  -- lapse_min_tenure_days
+local min_gap_days = tonumber(ARGV[7])  -- lapse_min_gap_days
+local gap_multiplier = tonumber(ARGV[8])  -- lapse_gap_multiplier
+local deltas = cjson.decode(ARGV[9])  -- deltas
+local retention_ms = tonumber(ARGV[10] or '0')  -- retention_ms
+local max_events = tonumber(ARGV[11])  -- dedupe_max_events
+local clock = tonumber(ARGV[12])  -- clock
+local LATE_KEPT = tonumber(ARGV[13])  -- late_kept
 local DAY_MS = 86400000
 
 local h = {}
@@ -69,7 +63,6 @@ local function put(f, x) nums[f] = x; h[f] = true; changed[f] = true end
 -- Count once (mirrors profile.py _first_time): orders by natural key for
 -- life, other events by id within the dedupe window of event time.
 local EREC = 12
-local LATE_KEPT = tonumber(ARGV[13])
 local eids = redis.call('GET', EIDS) or ''
 local eids_changed = false
 local newest_hour = nil

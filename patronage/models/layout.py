@@ -1,0 +1,176 @@
+"""One definition of the stored profile: key names, hash fields, the apply
+script's KEYS/ARGV/reply layout and the wire codecs of deltas and findings.
+
+The Python reference (profile.py, lapse.py), the Redis store (streams/store.py)
+and the Lua script (streams/lua/apply.lua) all follow this module;
+tests/unit/test_layout.py parses the script and fails if it uses a name or a
+position this module does not define (or misses one it does).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+# Keys of one customer, in the order the apply script receives them (KEYS[1..]).
+# All share the hash tag {customer_id}, so a script never crosses slots.
+CUSTOMER_KEYS: dict[str, str] = {
+    "profile": "p",  # hash: the fields below
+    "days": "d",  # string: visit-day bitmap, bit 0 = day `day0`
+    "sessions": "s",  # zset: session token -> first ts (newest `session_window`)
+    "event_ids": "e",  # string: 12-byte records (8-byte token, 4-byte event hour)
+    "outbox": "x",  # list: lapse findings not yet acknowledged by Kafka
+    "order_keys": "k",  # string: 8-byte natural-key tokens, kept for life
+    "edges": "v",  # hash: visit day not yet judged -> "first ms:last ms"
+}
+
+
+class CustomerKeys(NamedTuple):
+    profile: str
+    days: str
+    sessions: str
+    event_ids: str
+    outbox: str
+    order_keys: str
+    edges: str
+
+
+def customer_keys(prefix: str, customer_id: str) -> CustomerKeys:
+    base = f"{prefix}:{{{customer_id}}}:"
+    return CustomerKeys(*(base + suffix for suffix in CUSTOMER_KEYS.values()))
+
+
+def due_key(prefix: str, partition: int) -> str:
+    """zset: customer -> when to judge its lapses again (partition-sharded)."""
+    return f"{prefix}:{{lapse-{partition}}}:due"
+
+
+def clock_key(prefix: str, partition: int) -> str:
+    """hash: event-clock marks of a partition (models/clock.py)."""
+    return f"{prefix}:{{lapse-{partition}}}:clock"
+
+
+def sources_key(prefix: str) -> str:
+    """hash: topic:partition -> epoch:highest offset seen (models/sources.py)."""
+    return f"{prefix}:{{sources}}"
+
+
+# Profile hash fields with a fixed name. The README documents their meaning.
+FIELDS: frozenset[str] = frozenset(
+    {
+        # activity
+        "first_seen",
+        "last_seen",
+        "events_applied",
+        "clicks",
+        "sessions",
+        # visit days (the bitmap holds the set; these summarise it)
+        "day0",
+        "first_day",
+        "last_day",
+        "visits",
+        "gap_sumsq",
+        # orders and money (base currency)
+        "orders",
+        "orders_online",
+        "orders_store",
+        "basket_sum",
+        "max_basket",
+        "last_order_at",
+        "spend_total",
+        "spend_online",
+        "spend_store",
+        "returns_value",
+        # decayed sums, as of last_seen
+        "freq_decayed",
+        "monetary_decayed",
+        # lapse judging
+        "judged_day",
+        "lapse_day",
+        # written by scoring (streams/segmenting.py)
+        "segment",
+        "segment_since",
+        "segment_version",
+        "rfm_r",
+        "rfm_f",
+        "rfm_m",
+    }
+)
+ORIGINS = ("online", "store")
+# Fields named by a prefix and a key.
+OFFSET_PREFIX = "o:"  # o:<topic>:p<partition>[#e<epoch>] -> highest offset applied
+ATTRIBUTE_PREFIX = "a:"  # a:<name> -> "<ts ms>|<JSON value>"
+MAP_PREFIXES = ("cat:", "ch:", "dev:", "pay:")  # capped maps: key -> sum or count
+DISTINCT_MARK = "#"  # "#cat:" etc.: how many distinct keys a capped map holds
+OTHER = "_other"  # the key of everything past a capped map's cap
+
+
+def is_profile_field(name: str) -> bool:
+    """Whether a hash field name is one this module defines."""
+    if name in FIELDS:
+        return True
+    if name.startswith((OFFSET_PREFIX, ATTRIBUTE_PREFIX)):
+        return True
+    bare = name.removeprefix(DISTINCT_MARK)
+    return any(bare.startswith(prefix) for prefix in MAP_PREFIXES)
+
+
+# The apply script's arguments, in ARGV order.
+APPLY_ARGS = (
+    "half_life_ms",
+    "map_cap",
+    "session_window",
+    "dedupe_window_hours",
+    "lapse_min_visits",
+    "lapse_min_tenure_days",
+    "lapse_min_gap_days",
+    "lapse_gap_multiplier",
+    "deltas",  # JSON list, wire names below
+    "retention_ms",  # 0 = keys never expire
+    "dedupe_max_events",
+    "clock",  # epoch ms to judge lapses against, after the deltas
+    "late_kept",  # late event ids kept among the latest arrivals
+)
+# ... and its reply, in order.
+APPLY_REPLY = (
+    "applied",
+    "duplicate_offsets",
+    "duplicate_events",
+    "outbox",  # pending findings (JSON, FINDING_WIRE)
+    "profile",  # the hash after the update, flat
+    "due",  # when judging again can decide more ('' = nothing pending)
+)
+REPLY = {name: index for index, name in enumerate(APPLY_REPLY)}
+
+# Delta attribute -> its name in the script's JSON (short: it is parsed per event).
+DELTA_WIRE: dict[str, str] = {
+    "source": "src",
+    "offset": "off",
+    "event_token": "eid",
+    "ts": "t",
+    "day": "day",
+    "kind": "k",
+    "session_token": "sid",
+    "channel": "mc",
+    "device": "dv",
+    "origin": "origin",
+    "basket": "b",
+    "returned": "r",
+    "net": "n",
+    "categories": "cats",
+    "payment_method": "pm",
+    "attributes": "at",
+    "order_token": "nk",
+}
+# Delta kind -> its wire letter.
+KIND_WIRE = {"click": "c", "order": "o", "attributes": "a"}
+
+# Finding attribute -> its name in the outbox JSON the script writes.
+FINDING_WIRE: dict[str, str] = {
+    "kind": "k",
+    "episode": "e",
+    "ts": "ts",
+    "usual_gap_days": "g",
+    "spend_total": "s",
+    "span_days": "sp",
+    "segment": "seg",
+}

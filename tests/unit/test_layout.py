@@ -1,0 +1,121 @@
+"""The apply script and the Python reference use exactly the names and
+positions models/layout.py defines.
+
+The script is parsed, not run (the contract tier runs it): a field renamed on
+one side only, an ARGV slot inserted in Python but not in Lua, a finding key
+spelled differently — each fails here, in `make unit`, without Redis.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+import pytest
+
+from patronage.models import layout
+from patronage.models.lapse import Finding, finding_from_json, finding_to_json
+from patronage.models.layout import (
+    APPLY_ARGS,
+    APPLY_REPLY,
+    CUSTOMER_KEYS,
+    DELTA_WIRE,
+    FINDING_WIRE,
+    is_profile_field,
+)
+from patronage.models.profile import Delta, ProfileConfig, fold, judge_lapses, token
+from patronage.models.timeunits import DAY_MS
+
+SCRIPT = resources.files("patronage.streams").joinpath("lua/apply.lua").read_text("utf-8")
+CODE = "\n".join(line.split("--", 1)[0] for line in SCRIPT.splitlines())
+
+
+def declared(table: str) -> dict[int, str]:
+    """Slot -> registry name, from `local x = ...TABLE[n]...  -- name` lines."""
+    pattern = rf"^local \w+ = .*\b{table}\[(\d+)\].*--\s*(\w+)\s*$"
+    return {int(n): name for n, name in re.findall(pattern, SCRIPT, re.M)}
+
+
+@pytest.mark.parametrize(("table", "names"), [("KEYS", CUSTOMER_KEYS), ("ARGV", APPLY_ARGS)])
+def test_script_reads_every_slot_in_registry_order(table: str, names: object) -> None:
+    expected = {i + 1: name for i, name in enumerate(names)}  # type: ignore[arg-type]
+    assert declared(table) == expected
+    # ... and reads them nowhere else (no positional use past the header).
+    used = {int(n) for n in re.findall(rf"\b{table}\[(\d+)\]", CODE)}
+    assert used == set(expected)
+    assert len(re.findall(rf"\b{table}\[", CODE)) == len(expected)
+
+
+def test_script_field_names_are_registry_fields() -> None:
+    literals = re.findall(r"(?:put|num)\('([^']*)'(\s*\.\.)?", CODE)
+    literals += re.findall(r"\bh\['([^']*)'\](\s*\.\.)?", CODE)
+    assert len(literals) > 30
+    for name, concatenated in literals:
+        if concatenated:
+            # 'orders_' .. origin: every origin must make a registry field.
+            assert all(name + origin in layout.FIELDS for origin in layout.ORIGINS), name
+        else:
+            assert is_profile_field(name), name
+    prefixes = set(re.findall(r"'([^']+)'\s*\.\.\s*(?:d\.src|pair\[1\])", CODE))
+    assert prefixes == {layout.OFFSET_PREFIX, layout.ATTRIBUTE_PREFIX}
+    maps = set(re.findall(r"inc_capped\('([^']+)'", CODE))
+    assert maps == set(layout.MAP_PREFIXES)
+    assert f"'{layout.DISTINCT_MARK}' .. prefix" in CODE
+    assert f"prefix .. '{layout.OTHER}'" in CODE
+
+
+def test_script_reads_exactly_the_delta_wire_names() -> None:
+    without_strings = re.sub(r"'[^']*'", "''", CODE)
+    used = set(re.findall(r"\bd\.(\w+)", without_strings))
+    assert used == set(DELTA_WIRE.values())
+    assert set(DELTA_WIRE) == set(Delta.__dataclass_fields__)
+
+
+def test_script_writes_exactly_the_finding_wire_names() -> None:
+    body = CODE[CODE.index("local function push_finding") :]
+    body = body[: body.index("\nend")]
+    assert re.findall(r'"(\w+)":', body) == list(FINDING_WIRE.values())
+    finding = Finding("lapsed", 1, 2, 3.5, 4.25, 5.0, None)
+    assert finding_from_json(finding_to_json(finding)) == finding
+
+
+def test_script_reply_has_the_registry_arity() -> None:
+    last = CODE.rstrip().rsplit("return {", 1)[1]
+    depth, items = 0, 1
+    for char in last.rstrip("}"):
+        depth += char in "({"
+        depth -= char in ")}"
+        items += char == "," and depth == 0
+    assert items == len(APPLY_REPLY)
+
+
+def test_reference_writes_only_registry_fields() -> None:
+    """Every field the Python reference writes is one the registry defines."""
+    t0 = 1_767_225_600_000
+    cfg = ProfileConfig(map_cap=2)
+    deltas = []
+    for i in range(40):
+        ts = t0 + i * 5 * DAY_MS
+        base = {"source": "t:0", "offset": i, "event_token": token(str(i)), "ts": ts}
+        base["day"] = ts // DAY_MS
+        kind = ("click", "order", "order", "attributes")[i % 4]
+        deltas.append(
+            Delta(
+                kind=kind,  # type: ignore[arg-type]
+                session_token=f"{i % 3:08x}",
+                channel=f"ch{i % 5}",
+                device=f"dev{i % 4}",
+                origin=("online", "store")[i % 2],
+                basket=10.0 + i,
+                net=10.0 + i,
+                categories=((f"cat{i % 6}", 10.0),),
+                payment_method=f"pm{i % 3}",
+                attributes=(("tier", '"gold"'),),
+                order_token=token(f"order{i}") if kind == "order" else None,
+                **base,  # type: ignore[arg-type]
+            )
+        )
+    state = fold(deltas, cfg)
+    judge_lapses(state, t0 + 400 * DAY_MS, cfg)
+    assert len(state.fields) > 30
+    assert [name for name in state.fields if not is_profile_field(name)] == []
