@@ -212,7 +212,7 @@ def event_sets(draw: st.DrawFn) -> list[Delta]:
                     returned,
                     origin,
                     ((cat, basket - returned),),
-                    source=f"purchases:{i}",
+                    src=f"purchases:{i}",
                 )
             )
         else:
