@@ -23,7 +23,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from patronage.streams.worker import Runtime
+    from patronage.streams.pipeline import Pipeline
+    from patronage.streams.worker import Monitor
 
 # The 0.0.4 text format every Prometheus reads; aiohttp adds the charset itself.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4.replace("; charset=utf-8", "")
@@ -49,8 +50,9 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
-    def attach(self, runtime: Runtime) -> None:
-        self.registry.register(_RuntimeCollector(runtime))
+    def attach(self, pipeline: Pipeline, monitor: Monitor) -> None:
+        """Expose what the pipeline counted and the monitor sampled, read at scrape time."""
+        self.registry.register(_Collector(pipeline, monitor))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -64,9 +66,11 @@ def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFami
     return GaugeMetricFamily(name, doc, labels=list(labels))
 
 
-class _RuntimeCollector(Collector):
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+class _Collector(Collector):
+    def __init__(self, pipeline: Pipeline, monitor: Monitor) -> None:
+        self.pipeline = pipeline
+        self.stats = pipeline.stats
+        self.monitor = monitor
 
     def collect(self) -> Iterator[Metric]:
         yield from self._events()
@@ -75,7 +79,7 @@ class _RuntimeCollector(Collector):
         yield from self._lapse_and_segments()
 
     def _events(self) -> Iterator[Metric]:
-        r = self.runtime
+        r = self.stats
         consumed = _counter(
             "patronage_events_consumed", "Records read from input topics.", ("topic",)
         )
@@ -113,14 +117,14 @@ class _RuntimeCollector(Collector):
 
     def _redis(self) -> Iterator[Metric]:
         retries = _counter("patronage_redis_retries", "Batches retried because Redis failed.")
-        retries.add_metric([], self.runtime.counters["redis_retries"])
+        retries.add_metric([], self.stats.counters["redis_retries"])
         yield retries
         up = _gauge("patronage_redis_up", "1 if the last Redis round trip succeeded.")
-        up.add_metric([], 1 if self.runtime.redis_ok else 0)
+        up.add_metric([], 1 if self.pipeline.retry.ok else 0)
         yield up
 
     def _lag(self) -> Iterator[Metric]:
-        r = self.runtime
+        r = self.monitor
         labels = ("topic", "partition")
         lag = _gauge(
             "patronage_consumer_lag_records",
@@ -148,17 +152,17 @@ class _RuntimeCollector(Collector):
             "Event time of the newest applied event per partition.",
             labels,
         )
-        for (topic, partition), ts in sorted(r.last_event_ts.items()):
+        for (topic, partition), ts in sorted(self.stats.last_event_ts.items()):
             behind.add_metric([topic, str(partition)], now - ts / 1000)
             newest.add_metric([topic, str(partition)], ts / 1000)
         yield behind
         yield newest
 
     def _lapse_and_segments(self) -> Iterator[Metric]:
-        r = self.runtime
+        r = self.pipeline
         alerts = _counter("patronage_lapse_alerts", "Lapse alerts sent, by kind.", ("kind",))
         for kind in ("lapsed", "reactivated"):
-            alerts.add_metric([kind], r.alerts[kind])
+            alerts.add_metric([kind], self.stats.alerts[kind])
         yield alerts
         sweep = _gauge(
             "patronage_lapse_sweep_duration_seconds", "Duration of the last lapse sweep."
@@ -180,6 +184,6 @@ class _RuntimeCollector(Collector):
         sizes = _gauge(
             "patronage_segment_customers", "Customers per segment (whole deployment).", ("segment",)
         )
-        for segment, count in sorted(r.segment_sizes.items()):
+        for segment, count in sorted(self.monitor.segment_sizes.items()):
             sizes.add_metric([str(segment)], count)
         yield sizes

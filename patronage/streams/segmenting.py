@@ -15,7 +15,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -25,7 +26,9 @@ from patronage.models.contracts import SegmentChange, format_ts
 from patronage.models.features import features, top_category
 from patronage.models.segments import FrozenModel, SegmentDecision, SegmentTrainer, decide
 from patronage.streams.settings import Settings
-from patronage.streams.store import ProfileStore
+from patronage.streams.types import ModelStoreT, ProfileStoreT
+
+Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]
 
 log = logging.getLogger("patronage.segments")
 # Model versions kept in Redis (and cached by each worker); older ones are deleted.
@@ -83,13 +86,21 @@ class ModelStore:
         raw = await self.client.hgetall(self.sizes_key)
         return {int(k): int(v) for k, v in raw.items()}
 
+    async def adjust_sizes(self, changes: Mapping[int, int]) -> None:
+        changes = {segment: by for segment, by in changes.items() if by}
+        if not changes:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for segment, by in changes.items():
+                pipe.hincrby(self.sizes_key, str(segment), by)
+            await pipe.execute()
+
 
 class Segmenter:
-    def __init__(self, settings: Settings, client: aioredis.Redis, store: ProfileStore) -> None:
+    def __init__(self, settings: Settings, models: ModelStoreT, store: ProfileStoreT) -> None:
         self.settings = settings
-        self.client = client
         self.store = store
-        self.models = ModelStore(client, settings.key_prefix)
+        self.models = models
         self.model: FrozenModel | None = None
         self._by_version: dict[int, FrozenModel] = {}
         self.changes: dict[str, int] = {"profile": 0, "model_update": 0}
@@ -156,7 +167,7 @@ class Segmenter:
         decisions: dict[str, SegmentDecision],
         profiles: dict[str, dict[str, float | str]],
         now_ms: float,
-        send: Any,
+        send: Send,
     ) -> None:
         """Emit segment changes (acked by Kafka first), then store them."""
         model = self.model
@@ -197,32 +208,22 @@ class Segmenter:
                 mapping.update(segment=d.segment, segment_since=int(now_ms))
             writes[customer_id] = mapping
         written = await self.store.store_segments(writes)
-        moved = [
-            (d.segment, d.previous) for c, d in decisions.items() if d.changed and c in written
-        ]
-        if moved:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for segment, previous in moved:
-                    pipe.hincrby(self.models.sizes_key, str(segment), 1)
-                    if previous is not None:
-                        pipe.hincrby(self.models.sizes_key, str(previous), -1)
-                await pipe.execute()
+        moved: Counter[int] = Counter()
+        for customer_id, d in decisions.items():
+            if d.changed and customer_id in written:
+                moved[d.segment] += 1
+                if d.previous is not None:
+                    moved[d.previous] -= 1
+        await self.models.adjust_sizes(moved)
 
     async def rescore_partitions(
-        self, partitions: set[int], partition_count: int, now_ms: float, send: Any
+        self, partitions: set[int], partition_count: int, now_ms: float, send: Send
     ) -> int:
         """Re-score every customer of the owned partitions with the current model."""
-        prefix = self.settings.key_prefix
-        pattern = f"{prefix}:{{*}}:p"
         batch: list[str] = []
         seen = 0
-        async for key in self.client.scan_iter(match=pattern, count=1000, _type="hash"):
-            name = key.decode() if isinstance(key, bytes) else key
-            customer_id = name[len(prefix) + 2 : -3]
-            if (
-                customer_id == "model"
-                or partition_for(customer_id, partition_count) not in partitions
-            ):
+        async for customer_id in self.store.customer_ids():
+            if partition_for(customer_id, partition_count) not in partitions:
                 continue
             batch.append(customer_id)
             if len(batch) >= 500:
@@ -233,23 +234,14 @@ class Segmenter:
         self.rescored += seen
         return seen
 
-    async def _rescore(self, customer_ids: list[str], now_ms: float, send: Any) -> int:
-        prefix = self.settings.key_prefix
-        async with self.client.pipeline(transaction=False) as pipe:
-            for customer_id in customer_ids:
-                pipe.hgetall(f"{prefix}:{{{customer_id}}}:p")
-            replies = await pipe.execute()
-        profiles = {
-            cid: {k.decode(): v.decode() for k, v in reply.items()}
-            for cid, reply in zip(customer_ids, replies, strict=True)
-            if reply
-        }
+    async def _rescore(self, customer_ids: list[str], now_ms: float, send: Send) -> int:
+        profiles = await self.store.fields_of(customer_ids)
         decisions = await self.score(profiles, now_ms)
         await self.commit(decisions, profiles, now_ms, send)
         return len(profiles)
 
 
-async def segments_view(models: ModelStore) -> dict[str, Any]:
+async def segments_view(models: ModelStoreT) -> dict[str, Any]:
     """What /segments and `patronage segments show` print."""
     version = await models.current_version()
     model = await models.load(version) if version else None
@@ -284,7 +276,7 @@ def partition_for(customer_id: str, partitions: int) -> int:
 class Learner:
     """The single learner (owner of the segment-features partition)."""
 
-    def __init__(self, settings: Settings, models: ModelStore) -> None:
+    def __init__(self, settings: Settings, models: ModelStoreT) -> None:
         self.settings = settings
         self.models = models
         self.trainer: SegmentTrainer | None = None

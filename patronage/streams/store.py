@@ -11,7 +11,6 @@ import asyncio
 import inspect
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -31,23 +30,11 @@ from patronage.models.sources import SourceState
 from patronage.models.timeunits import HOUR_MS
 from patronage.streams.errors import classify, needs_slot_refresh
 from patronage.streams.settings import Settings
+from patronage.streams.types import ApplyResult, Fields
 
 
 def _lua(name: str) -> str:
     return resources.files("patronage.streams").joinpath(f"lua/{name}.lua").read_text("utf-8")
-
-
-@dataclass
-class ApplyResult:
-    applied: int = 0
-    duplicate_offsets: int = 0
-    duplicate_events: int = 0
-    # customer -> pending lapse findings (raw outbox items, JSON)
-    outbox: dict[str, list[bytes]] = field(default_factory=dict)
-    # customer -> profile fields after the update (for scoring)
-    profiles: dict[str, dict[str, float | str]] = field(default_factory=dict)
-    # customer -> why Redis refused its update (poison: the records go to the DLQ)
-    failed: dict[str, str] = field(default_factory=dict)
 
 
 class ProfileStore:
@@ -359,15 +346,21 @@ class ProfileStore:
             name = key.decode() if isinstance(key, bytes) else key
             yield name[len(self.prefix) + 2 : -3]
 
-    async def profiles(self, customer_ids: Sequence[str]) -> list[dict[str, object] | None]:
+    async def fields_of(self, customer_ids: Sequence[str]) -> dict[str, Fields]:
+        """The stored fields of these customers (those with a profile)."""
         async with self.client.pipeline(transaction=False) as pipe:
             for customer_id in customer_ids:
                 pipe.hgetall(self.keys(customer_id).profile)
             replies = await pipe.execute()
-        return [
-            profile_view(cid, _decode(fields)) if fields else None
+        return {
+            cid: _decode(fields)
             for cid, fields in zip(customer_ids, replies, strict=True)
-        ]
+            if fields
+        }
+
+    async def profiles(self, customer_ids: Sequence[str]) -> list[dict[str, object] | None]:
+        found = await self.fields_of(customer_ids)
+        return [profile_view(cid, found[cid]) if cid in found else None for cid in customer_ids]
 
     async def export(self, chunk: int = 500) -> AsyncIterator[dict[str, object]]:
         batch: list[str] = []

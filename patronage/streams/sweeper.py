@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from patronage.models.clock import event_clock
-from patronage.streams.store import ProfileStore
+from patronage.streams.types import ProfileStoreT
 
 SendFindings = Callable[[dict[str, list[bytes]]], Awaitable[None]]
 
@@ -23,15 +23,17 @@ SendFindings = Callable[[dict[str, list[bytes]]], Awaitable[None]]
 class LapseSweeper:
     def __init__(
         self,
-        store: ProfileStore,
+        store: ProfileStoreT,
         clock: str,
         batch: int,
         lateness_s: float,
         idle_s: float,
         activity_topics: Sequence[str],
         send: SendFindings,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.wall = wall
         self.clock = clock
         self.batch = batch
         self.lateness_ms = lateness_s * 1000
@@ -52,7 +54,7 @@ class LapseSweeper:
         return clock - self.lateness_ms if clock is not None else 0.0
 
     async def clocks(self, partitions: Iterable[int]) -> dict[int, float]:
-        wall_ms = time.time() * 1000
+        wall_ms = self.wall() * 1000
         owned = sorted(partitions)
         if self.clock != "event":
             return dict.fromkeys(owned, wall_ms)

@@ -1,15 +1,19 @@
-"""HTTP views on the worker's web port: profiles, segments, health, metrics, dashboard."""
+"""HTTP views on the worker's web port: profiles, segments, health, metrics,
+dashboard — a Faust blueprint that gets only what it needs (`WebContext`)."""
 
 from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-import faust
+from faust import web as faust_web
 
 from patronage.streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from patronage.streams.segmenting import segments_view
 
 if TYPE_CHECKING:
     from patronage.streams.worker import Runtime
@@ -17,73 +21,89 @@ if TYPE_CHECKING:
 DASHBOARD_HTML = resources.files("patronage.streams").joinpath("dashboard.html").read_text("utf-8")
 
 
-def register(app: faust.App, runtime: Runtime) -> None:
-    token = runtime.settings.web_token.get_secret_value() if runtime.settings.web_token else None
+@dataclass(frozen=True)
+class WebContext:
+    token: str | None
+    profile: Callable[[str], Awaitable[dict[str, object] | None]]
+    segments: Callable[[], Awaitable[dict[str, Any]]]
+    readiness: Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
+    metrics: Callable[[], bytes]
+    snapshot: Callable[[], dict[str, Any]]
+
+
+def context_of(runtime: Runtime) -> WebContext:
+    token = runtime.settings.web_token
+    return WebContext(
+        token=token.get_secret_value() if token else None,
+        profile=runtime.store.profile,
+        segments=lambda: segments_view(runtime.pipeline.segmenter.models),
+        readiness=lambda: runtime.monitor.readiness(runtime.owned()),
+        metrics=runtime.metrics.render,
+        snapshot=lambda: snapshot(runtime),
+    )
+
+
+def blueprint(ctx: WebContext) -> faust_web.Blueprint:
+    views = faust_web.Blueprint("patronage")
 
     def denied(web: Any, request: Any) -> Any | None:
         """Bearer-token check (probes /healthz and /readyz stay open)."""
-        if token is None:
+        if ctx.token is None:
             return None
         given = request.headers.get("Authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        if hmac.compare_digest(given.encode(), f"Bearer {ctx.token}".encode()):
             return None
         return web.json({"error": "unauthorized"}, status=401)
 
-    @app.page("/profiles/{customer_id}")
+    @views.route("/profiles/{customer_id}")
     async def profile(web: Any, request: Any, customer_id: str) -> Any:
         if (refused := denied(web, request)) is not None:
             return refused
-        view = await runtime.store.profile(customer_id)
+        view = await ctx.profile(customer_id)
         if view is None:
-            return web.json(
-                {"error": "not_found", "message": f"no profile for customer {customer_id!r}"},
-                status=404,
-            )
+            message = f"no profile for customer {customer_id!r}"
+            return web.json({"error": "not_found", "message": message}, status=404)
         return web.json(view)
 
-    @app.page("/segments")
+    @views.route("/segments")
     async def segments(web: Any, request: Any) -> Any:
-        if (refused := denied(web, request)) is not None:
-            return refused
-        from patronage.streams.segmenting import segments_view
+        return denied(web, request) or web.json(await ctx.segments())
 
-        return web.json(await segments_view(runtime.segmenter.models))
-
-    @app.page("/healthz")
+    @views.route("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         return web.json({"status": "ok"})
 
-    @app.page("/readyz")
+    @views.route("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
-        ok, checks = await runtime.readiness(app)
+        ok, checks = await ctx.readiness()
         if denied(web, request) is not None:
             # Probes need the verdict, not the exception text (hosts, users).
             checks = {name: text.split(":", 1)[0] for name, text in checks.items()}
         return web.json({"ready": ok, "checks": checks}, status=200 if ok else 503)
 
-    @app.page("/metrics")
+    @views.route("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        if (refused := denied(web, request)) is not None:
-            return refused
-        return web.bytes(runtime.metrics.render(), content_type=METRICS_CONTENT_TYPE)
+        refused = denied(web, request)
+        return refused or web.bytes(ctx.metrics(), content_type=METRICS_CONTENT_TYPE)
 
-    @app.page("/dashboard")
+    @views.route("/dashboard")
     async def dashboard(web: Any, request: Any) -> Any:
         return web.html(DASHBOARD_HTML)
 
-    @app.page("/dashboard/data")
+    @views.route("/dashboard/data")
     async def dashboard_data(web: Any, request: Any) -> Any:
-        if (refused := denied(web, request)) is not None:
-            return refused
-        return web.json(snapshot(runtime))
+        return denied(web, request) or web.json(ctx.snapshot())
+
+    return views
 
 
 def snapshot(runtime: Runtime) -> dict[str, Any]:
     """What the dashboard polls: the same numbers as /metrics, as JSON."""
     now = time.time()
+    stats, monitor = runtime.pipeline.stats, runtime.monitor
     partitions = []
-    for row in runtime.lag_rows:
-        applied = runtime.last_event_ts.get((row.topic, row.partition))
+    for row in monitor.lag_rows:
+        applied = stats.last_event_ts.get((row.topic, row.partition))
         partitions.append(
             {
                 "topic": row.topic,
@@ -93,20 +113,20 @@ def snapshot(runtime: Runtime) -> dict[str, Any]:
                 "event_time_lag_seconds": round(now - applied / 1000, 3) if applied else None,
             }
         )
-    model = runtime.segmenter.model
+    segmenter = runtime.pipeline.segmenter
+    model = segmenter.model
     return {
         "time": now,
-        "consumed": sum(runtime.consumed.values()),
-        "applied": runtime.counters["applied"],
-        "rejected": sum(runtime.rejected.values()),
-        "deduplicated": runtime.counters["duplicate_offsets"]
-        + runtime.counters["duplicate_events"],
-        "lapse_alerts": dict(runtime.alerts),
-        "segment_changes": dict(runtime.segmenter.changes),
-        "segment_sizes": {str(k): v for k, v in sorted(runtime.segment_sizes.items())},
+        "consumed": sum(stats.consumed.values()),
+        "applied": stats.counters["applied"],
+        "rejected": sum(stats.rejected.values()),
+        "deduplicated": stats.counters["duplicate_offsets"] + stats.counters["duplicate_events"],
+        "lapse_alerts": dict(stats.alerts),
+        "segment_changes": dict(segmenter.changes),
+        "segment_sizes": {str(k): v for k, v in sorted(monitor.segment_sizes.items())},
         "segment_labels": [p.label for p in model.personas] if model else [],
         "model_version": model.version if model else 0,
-        "redis_up": runtime.redis_ok,
+        "redis_up": runtime.pipeline.retry.ok,
         "partitions": partitions,
     }
 

@@ -31,6 +31,7 @@ from patronage.models.profile import (
     token,
 )
 from patronage.streams.store import ProfileStore, group_by_customer, make_redis
+from tests.compare import assert_views_close
 
 T0 = 1_767_225_600_000
 # Small windows and lapse rules, so 120 random events exercise every branch.
@@ -110,23 +111,6 @@ def random_deltas(rng: random.Random, customer: str, count: int) -> list[Delta]:
                 )
             )  # type: ignore[arg-type]
     return deltas
-
-
-def assert_views_close(actual: dict[str, object], expected: dict[str, object]) -> None:
-    assert actual.keys() == expected.keys()
-    for key, want in expected.items():
-        got = actual[key]
-        if isinstance(want, float):
-            assert isinstance(got, float) and math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9), (
-                key,
-                got,
-                want,
-            )
-        elif isinstance(want, dict):
-            assert isinstance(got, dict)
-            assert_views_close(got, want)
-        else:
-            assert got == want, (key, got, want)
 
 
 async def _roundtrip(

@@ -35,9 +35,10 @@ def test_batch_size_is_a_histogram_whose_count_and_sum_only_grow() -> None:
 
 def test_counts_are_exposed_with_their_labels() -> None:
     runtime = Runtime(Settings())
-    runtime.counters["applied"] += 7
-    runtime.rejected[("clicks", "schema")] += 2
-    runtime.lines_dropped[("store-receipts", "absurd_quantity")] += 3
+    stats = runtime.pipeline.stats
+    stats.counters["applied"] += 7
+    stats.rejected[("clicks", "schema")] += 2
+    stats.lines_dropped[("store-receipts", "absurd_quantity")] += 3
     seen = families(runtime)
     assert seen["patronage_events_applied_total"][""] == 7
     assert seen["patronage_events_rejected_total"]["reason=schema,topic=clicks"] == 2

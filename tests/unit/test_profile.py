@@ -20,6 +20,7 @@ from patronage.models.profile import (
     profile_view,
     short_hash,
 )
+from tests.compare import assert_views_close
 
 CFG = ProfileConfig()
 T0 = 1_767_225_600_000  # 2026-01-01
@@ -220,30 +221,18 @@ def event_sets(draw: st.DrawFn) -> list[Delta]:
     return deltas
 
 
-def close_views(a: dict[str, object], b: dict[str, object]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        x, y = a[key], b[key]
-        if isinstance(x, float) and isinstance(y, float):
-            assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9), key
-        elif isinstance(x, dict) and isinstance(y, dict):
-            close_views(x, y)
-        else:
-            assert x == y, key
-
-
 @settings(max_examples=200, deadline=None)
 @given(event_sets(), st.randoms(use_true_random=False))
 def test_same_events_any_order_same_profile(deltas: list[Delta], rnd: random.Random) -> None:
     shuffled = list(deltas)
     rnd.shuffle(shuffled)
-    close_views(view(deltas), view(shuffled))
+    assert_views_close(view(deltas), view(shuffled))
 
 
 @settings(max_examples=100, deadline=None)
 @given(event_sets())
 def test_replaying_everything_twice_changes_nothing(deltas: list[Delta]) -> None:
-    close_views(view(deltas), view(deltas + deltas))
+    assert_views_close(view(deltas), view(deltas + deltas))
 
 
 def test_a_category_named_like_the_internal_count_is_just_a_category() -> None:

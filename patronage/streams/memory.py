@@ -1,0 +1,250 @@
+"""In-memory implementations of the pipeline's I/O (streams/types.py).
+
+`MemoryProfileStore` is the pure reference (models/profile.py) behind the
+same interface as the Redis store, so the whole pipeline runs in a unit test
+without Redis or Kafka; the contract tier (tests/contract/) holds the Redis
+store's stored state equal to this one's. Not for production: no retention,
+nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from typing import Any
+
+from patronage.models.clock import with_batch
+from patronage.models.lapse import finding_to_json
+from patronage.models.profile import (
+    Delta,
+    ProfileConfig,
+    ProfileState,
+    apply,
+    judge_lapses,
+    profile_view,
+)
+from patronage.models.segments import FrozenModel, SegmentTrainer
+from patronage.models.sources import SourceState
+from patronage.streams.types import ApplyResult, Fields
+
+
+def stored_text(value: float | str) -> str:
+    """A field value as Redis holds it: numbers in the apply script's format
+    (the shortest of %.15g and %.17g that reads back exactly)."""
+    if isinstance(value, str):
+        return value
+    short = f"{value:.15g}"
+    return short if float(short) == value else f"{value:.17g}"
+
+
+class MemoryProfileStore:
+    def __init__(self, cfg: ProfileConfig) -> None:
+        self.cfg = cfg
+        self.states: dict[str, ProfileState] = {}
+        self.due: dict[int, dict[str, float]] = {}
+        self.marks: dict[int, dict[str, str | float]] = {}
+        self.sources: dict[tuple[str, int], SourceState] = {}
+
+    async def ensure_scripts(self, force: bool = False) -> None:
+        return None
+
+    async def apply_batch(
+        self,
+        by_customer: dict[str, list[Delta]],
+        partition_of: dict[str, int] | None = None,
+        clocks: Mapping[int, float] | None = None,
+        marks: Mapping[int, Mapping[str, int]] | None = None,
+        sources: Mapping[tuple[str, int], SourceState] | None = None,
+        wall_ms: int = 0,
+    ) -> ApplyResult:
+        result = ApplyResult()
+        for customer_id, deltas in by_customer.items():
+            partition = (partition_of or {}).get(customer_id)
+            clock = (clocks or {}).get(partition, 0.0) if partition is not None else 0.0
+            state = self.states.get(customer_id, ProfileState())
+            for delta in deltas:
+                state, outcome = apply(state, delta, self.cfg)
+                result.applied += outcome == "applied"
+                result.duplicate_offsets += outcome == "dup_offset"
+                result.duplicate_events += outcome == "dup_event"
+            judge_lapses(state, clock, self.cfg)
+            if state.fields:
+                self.states[customer_id] = state
+            if state.outbox:
+                result.outbox[customer_id] = _outbox(state)
+            result.profiles[customer_id] = self._fields(state)
+            activity = [d.ts for d in deltas if d.kind != "attributes"]
+            if partition is not None and activity:
+                due = self.due.setdefault(partition, {})
+                due[customer_id] = min(due.get(customer_id, float("inf")), min(activity))
+        for partition, newest in (marks or {}).items():
+            self.marks[partition] = with_batch(self.marks.get(partition, {}), newest, wall_ms)
+        for tp, seen in (sources or {}).items():
+            current = self.sources.get(tp, SourceState())
+            if (seen.epoch, seen.max_offset) > (current.epoch, current.max_offset):
+                self.sources[tp] = seen
+        return result
+
+    async def judge(
+        self, customers: Mapping[str, float]
+    ) -> dict[str, tuple[list[bytes], float | None]]:
+        verdicts: dict[str, tuple[list[bytes], float | None]] = {}
+        for customer_id, clock in customers.items():
+            state = self.states.get(customer_id)
+            if state is None:
+                verdicts[customer_id] = ([], None)
+                continue
+            due = judge_lapses(state, clock, self.cfg)
+            verdicts[customer_id] = (_outbox(state), due)
+        return verdicts
+
+    async def clock_marks(self, partitions: Sequence[int]) -> dict[int, dict[str, str]]:
+        return {
+            p: {k: stored_text(v) for k, v in self.marks.get(p, {}).items()} for p in partitions
+        }
+
+    async def source_states(
+        self, sources: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], SourceState]:
+        return {tp: self.sources.get(tp, SourceState()) for tp in sources}
+
+    async def erase(self, customer_id: str, partition: int) -> tuple[int, int | None]:
+        state = self.states.pop(customer_id, None)
+        self.due.get(partition, {}).pop(customer_id, None)
+        if state is None:
+            return 0, None
+        held = (
+            state.fields,
+            state.days,
+            state.sessions,
+            state.eids,
+            state.outbox,
+            state.order_keys,
+            state.edges,
+        )
+        segment = state.fields.get("segment")
+        return sum(1 for part in held if part), None if segment is None else int(segment)
+
+    async def store_segments(self, writes: Mapping[str, Mapping[str, str | int]]) -> set[str]:
+        written = set()
+        for customer_id, mapping in writes.items():
+            state = self.states.get(customer_id)
+            if state is not None:
+                state.fields.update({k: str(v) for k, v in mapping.items()})
+                written.add(customer_id)
+        return written
+
+    async def ack_outbox(self, items: dict[str, list[bytes]]) -> None:
+        for customer_id, raw_items in items.items():
+            state = self.states.get(customer_id)
+            for raw in raw_items:
+                if state is None:
+                    continue
+                encoded = [finding_to_json(f).encode() for f in state.outbox]
+                if raw in encoded:
+                    del state.outbox[encoded.index(raw)]
+
+    async def due_customers(
+        self, partition: int, now_ms: float, limit: int
+    ) -> list[tuple[str, float]]:
+        entries = sorted(self.due.get(partition, {}).items(), key=lambda kv: (kv[1], kv[0]))
+        return [(c, score) for c, score in entries if score <= now_ms][:limit]
+
+    async def reschedule(
+        self, partition: int, moves: list[tuple[str, float, float | None]]
+    ) -> None:
+        due = self.due.setdefault(partition, {})
+        for member, seen, new in moves:
+            if due.get(member) == seen:
+                if new is None:
+                    del due[member]
+                else:
+                    due[member] = new
+
+    async def profile(self, customer_id: str) -> dict[str, object] | None:
+        state = self.states.get(customer_id)
+        return profile_view(customer_id, self._fields(state)) if state else None
+
+    async def customer_ids(self, count: int = 1000) -> AsyncIterator[str]:
+        for customer_id in list(self.states):
+            yield customer_id
+
+    async def fields_of(self, customer_ids: Sequence[str]) -> dict[str, Fields]:
+        return {c: self._fields(self.states[c]) for c in customer_ids if c in self.states}
+
+    @staticmethod
+    def _fields(state: ProfileState) -> Fields:
+        return {name: stored_text(value) for name, value in state.fields.items()}
+
+
+def _outbox(state: ProfileState) -> list[bytes]:
+    return [finding_to_json(f).encode() for f in state.outbox]
+
+
+class MemoryModelStore:
+    """Promoted models kept as their JSON, as Redis keeps them."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.models: dict[int, str] = {}
+        self.trainer: str | None = None
+        self.segment_sizes: Counter[int] = Counter()
+
+    async def current_version(self) -> int:
+        return self.version
+
+    async def load(self, version: int) -> FrozenModel | None:
+        raw = self.models.get(version)
+        return FrozenModel.from_json(json.loads(raw)) if raw else None
+
+    async def promote(self, model: FrozenModel, trainer: SegmentTrainer) -> None:
+        self.models[model.version] = json.dumps(model.to_json())
+        self.trainer = json.dumps(trainer.to_checkpoint())
+        self.version = model.version
+
+    async def load_trainer(self) -> SegmentTrainer | None:
+        return SegmentTrainer.from_checkpoint(json.loads(self.trainer)) if self.trainer else None
+
+    async def sizes(self) -> dict[int, int]:
+        return dict(self.segment_sizes)
+
+    async def adjust_sizes(self, changes: Mapping[int, int]) -> None:
+        self.segment_sizes.update(changes)
+
+
+class RecordingProducer:
+    """A producer that keeps what it is sent, acked at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
+        self.sent.append((topic, key, value))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def on(self, topic: str) -> list[dict[str, Any]]:
+        """The JSON values sent to a topic, in order."""
+        return [json.loads(value) for t, _, value in self.sent if t == topic]
+
+
+class StaticLog:
+    """Input partitions as a test declares them (log end offsets unknown
+    unless given)."""
+
+    def __init__(
+        self,
+        assigned: frozenset[tuple[str, int]] = frozenset(),
+        log_ends: Mapping[tuple[str, int], int] | None = None,
+    ) -> None:
+        self.assigned = assigned
+        self.log_ends = dict(log_ends or {})
+
+    def assignment(self) -> frozenset[tuple[str, int]]:
+        return self.assigned
+
+    def highwater(self, topic: str, partition: int) -> int | None:
+        return self.log_ends.get((topic, partition))

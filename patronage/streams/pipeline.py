@@ -1,0 +1,341 @@
+"""The batch path, with its I/O passed in: validate -> dead letters -> apply
+-> lapse alerts -> segments, plus erasure, lapse sweeps and model refreshes.
+
+`Pipeline` takes a profile store, a model store, a producer and a clock
+(streams/types.py); Faust only wires it to topics, timers and the web
+(streams/worker.py). With the in-memory store (streams/memory.py) the whole
+pipeline runs synchronously in a unit test: `Pipeline.test(batches)`.
+
+Ordering is what makes it effectively once: dead letters are acked by Kafka
+before the batch's offsets can be committed; lapse alerts and segment
+changes carry deterministic ids, so a retry after a failure re-sends
+duplicates consumers can drop, never gaps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from patronage.models.batch import PreparedBatch, Record, dead_letter, prepare_batch
+from patronage.models.clock import with_batch
+from patronage.models.lapse import finding_from_json, to_alert
+from patronage.models.sources import SourceState, observe
+from patronage.streams.metrics import WorkerMetrics
+from patronage.streams.retry import Retry
+from patronage.streams.segmenting import Learner, Segmenter, feature_message
+from patronage.streams.settings import Settings
+from patronage.streams.sweeper import LapseSweeper
+from patronage.streams.types import (
+    ApplyResult,
+    InputLog,
+    ModelStoreT,
+    Producer,
+    ProfileStoreT,
+)
+
+log = logging.getLogger("patronage.worker")
+
+
+@dataclass
+class PipelineStats:
+    """What the pipeline counted (read by /metrics and the dashboard)."""
+
+    counters: Counter[str] = field(default_factory=Counter)
+    consumed: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
+    corrected: Counter[tuple[str, str]] = field(default_factory=Counter)
+    lines_dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    alerts: Counter[str] = field(default_factory=Counter)
+    # (topic, partition) -> newest event time applied, epoch ms
+    last_event_ts: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def record(self, records: list[Record], batch: PreparedBatch, result: ApplyResult) -> None:
+        for record in records:
+            self.consumed[record.topic] += 1
+        self.counters["applied"] += result.applied
+        self.counters["duplicate_offsets"] += result.duplicate_offsets
+        self.counters["duplicate_events"] += result.duplicate_events
+        self.rejected.update(batch.rejected)
+        self.corrected.update(batch.corrected)
+        self.lines_dropped.update(batch.lines_dropped)
+        for tp, ts in batch.max_event_ts.items():
+            self.last_event_ts[tp] = max(self.last_event_ts.get(tp, 0), ts)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ProfileStoreT,
+        models: ModelStoreT,
+        producer: Producer,
+        clock: Callable[[], float] = time.time,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.producer = producer
+        self.clock = clock
+        self.stats = PipelineStats()
+        self.metrics = metrics or WorkerMetrics()
+        self.retry = Retry(settings.redis_retry_max_s, self.stats.counters, store.ensure_scripts)
+        self.segmenter = Segmenter(settings, models, store)
+        self.learner = Learner(settings, models)
+        self.sweeper = LapseSweeper(
+            store,
+            settings.lapse_clock,
+            settings.lapse_sweep_batch,
+            settings.lapse_event_lateness_s,
+            settings.lapse_input_idle_s,
+            settings.activity_topics,
+            self.send_findings,
+            wall=clock,
+        )
+        self.rescoring: asyncio.Task[int] | None = None
+        # Sources kept between batches while the assignment stands.
+        self._sources_seen: dict[tuple[str, int], SourceState] = {}
+        self._sources_assignment: frozenset[tuple[str, int]] = frozenset()
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> Any:
+        return await self.producer.send(topic, key, value)
+
+    async def process(self, records: list[Record], inputs: InputLog) -> None:
+        """One batch of input records, from validation to segment scoring."""
+        now_ms = self.now_ms()
+        sources = await self.retry("sources", lambda: self._sources(records, inputs))
+        batch = prepare_batch(
+            records,
+            self.settings.input_topics,
+            self.settings.rules,
+            now_ms,
+            self.settings.zone,
+            {tp: state.epoch for tp, state in sources.items()},
+        )
+        clocks = await self.retry("clock", lambda: self._clocks(batch, now_ms))
+        result = await self.retry("batch", lambda: self._apply(batch, sources, clocks, now_ms))
+        for customer_id, why in result.failed.items():
+            for record in batch.records_of.get(customer_id, []):
+                reason = f"Redis refused the update of this record's customer: {why}"
+                dead_letter(batch, record, "redis_refused", reason, now_ms, self.settings.rules)
+        await self._send_dead_letters(batch)
+        await self.retry("lapse alerts", lambda: self.send_findings(result.outbox))
+        await self.retry("segments", lambda: self._segment(result, batch, now_ms))
+        self.stats.record(records, batch, result)
+        self.metrics.batch_size.observe(len(records))
+        if log.isEnabledFor(logging.DEBUG):
+            # Customer ids are personal data: only ever logged at debug level.
+            log.debug(
+                "batch of %d: applied for customers %s; %d dead letters",
+                len(records),
+                sorted(result.profiles),
+                len(batch.dead_letters),
+            )
+
+    async def _apply(
+        self,
+        batch: PreparedBatch,
+        sources: dict[tuple[str, int], SourceState],
+        clocks: dict[int, float],
+        wall_ms: int,
+    ) -> ApplyResult:
+        started = time.perf_counter()
+        result = await self.store.apply_batch(
+            batch.by_customer, batch.partition_of, clocks, batch.newest, sources, wall_ms
+        )
+        self.metrics.redis_apply_seconds.observe(time.perf_counter() - started)
+        return result
+
+    async def erase(self, record: Record) -> None:
+        """One erasure request: remove the customer, confirm on Kafka; an
+        unusable request becomes a dead letter."""
+        try:
+            request = json.loads(record.value or b"")
+            customer_id = str(request["customer_id"]).strip()
+            request_id = str(request.get("request_id") or f"{record.partition}:{record.offset}")
+            if not customer_id:
+                raise ValueError("customer_id is empty")
+        except (ValueError, KeyError, TypeError) as exc:
+            batch = PreparedBatch()
+            why = f"erasure request unusable: {exc}"
+            dead_letter(
+                batch, record, "bad_erasure_request", why, self.now_ms(), self.settings.rules
+            )
+            await self._send_dead_letters(batch)
+            return
+        removed, segment = await self.retry(
+            "erasure", lambda: self.store.erase(customer_id, record.partition)
+        )
+        if segment is not None:
+            models = self.segmenter.models
+            await self.retry("segment size", lambda: models.adjust_sizes({segment: -1}))
+        confirmation = {
+            "event_id": f"erased:{customer_id}:{request_id}",
+            "customer_id": customer_id,
+            "request_id": request_id,
+            "keys_removed": removed,
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())),
+        }
+        topic = self.settings.topic(self.settings.topic_erasure_confirmations)
+        await (await self.send(topic, customer_id.encode(), json.dumps(confirmation).encode()))
+        self.stats.counters["erasures"] += 1
+        log.info("erased a customer on request %s (%d keys)", request_id, removed)
+        log.debug("erasure request %s was for customer %s", request_id, customer_id)
+
+    async def send_findings(self, outbox: dict[str, list[bytes]]) -> None:
+        """Publish pending lapse findings as alerts, then drop them from the store."""
+        if not outbox:
+            return
+        topic = self.settings.topic(self.settings.topic_lapse_alerts)
+        pending = []
+        for customer_id, items in outbox.items():
+            for raw in items:
+                alert = to_alert(customer_id, finding_from_json(raw))
+                value = alert.model_dump_json().encode("utf-8")
+                pending.append(await self.send(topic, customer_id.encode("utf-8"), value))
+                self.stats.alerts[alert.kind] += 1
+        await asyncio.gather(*pending)
+        await self.store.ack_outbox(outbox)
+
+    async def refresh_model(self, owned: set[int]) -> None:
+        """Load a newly promoted model; re-score the owned partitions with it."""
+        if not await self.segmenter.refresh() or not owned:
+            return
+        if self.rescoring is not None and not self.rescoring.done():
+            return  # the running pass will be followed by the next refresh
+        now = float(self.now_ms())
+        if self.settings.lapse_clock == "event":
+            marks = await self.store.clock_marks(sorted(owned))
+            newest = [float(v) for m in marks.values() for k, v in m.items() if k.startswith("hw:")]
+            now = max(newest) if newest else now
+        self.rescoring = asyncio.create_task(
+            self.segmenter.rescore_partitions(owned, self.settings.partitions, now, self.send)
+        )
+        self.rescoring.add_done_callback(_report_rescoring)
+
+    async def _segment(self, result: ApplyResult, batch: PreparedBatch, wall_ms: float) -> None:
+        """Score the updated profiles and feed the learner."""
+        if not result.profiles:
+            return
+        now = wall_ms
+        if self.settings.lapse_clock == "event" and batch.newest:
+            # Replays: recency is measured at the newest event time applied.
+            now = float(max(max(topics.values()) for topics in batch.newest.values()))
+        xs = self.segmenter.features_of(result.profiles, now)
+        decisions = await self.segmenter.score(result.profiles, now, xs)
+        await self.segmenter.commit(decisions, result.profiles, now, self.send)
+        topic = self.settings.topic(self.settings.topic_segment_features)
+        share = self.settings.segment_learn_sample
+        for customer_id, x in xs.items():
+            fields = result.profiles[customer_id]
+            if sampled(customer_id, fields, share):
+                # Not awaited one by one: a lost vector only slows learning.
+                await self.send(topic, customer_id.encode(), feature_message(x, fields))
+
+    async def _send_dead_letters(self, batch: PreparedBatch) -> None:
+        if not batch.dead_letters:
+            return
+        topic = self.settings.topic(self.settings.topic_dlq)
+        pending = []
+        for key, letter in batch.dead_letters:
+            value = letter.model_dump_json().encode("utf-8")
+            pending.append(await self.send(topic, key, value))
+        # Wait for the broker's ack: a bad event must be on the DLQ before
+        # its offset can be committed.
+        await asyncio.gather(*pending)
+
+    async def _sources(
+        self, records: list[Record], inputs: InputLog
+    ) -> dict[tuple[str, int], SourceState]:
+        """The epoch of each topic partition in the batch; a log that ends at
+        or below an offset already seen was reset (re-created, truncated):
+        its records from now on are a new source, never taken for redeliveries."""
+        highest: dict[tuple[str, int], int] = {}
+        for record in records:
+            tp = (record.topic, record.partition)
+            highest[tp] = max(highest.get(tp, -1), record.offset)
+        # Kept while this worker's assignment stands (no round trip per
+        # batch); read again after a rebalance, when another worker may have
+        # moved a partition's epoch on.
+        assignment = inputs.assignment()
+        if assignment != self._sources_assignment:
+            self._sources_seen.clear()
+            self._sources_assignment = assignment
+        missing = [tp for tp in highest if tp not in self._sources_seen]
+        if missing:
+            self._sources_seen.update(await self.store.source_states(missing))
+        states = {}
+        for tp, top in highest.items():
+            seen = self._sources_seen[tp]
+            log_end = inputs.highwater(*tp)
+            states[tp] = observe(seen, top, log_end)
+            if states[tp].epoch != seen.epoch:
+                _warn_reset(tp, log_end, seen, states[tp])
+                self.stats.counters["source_resets"] += 1
+        self._sources_seen.update(states)
+        return states
+
+    async def _clocks(self, batch: PreparedBatch, wall_ms: int) -> dict[int, float]:
+        """The clock each partition's lapses are judged against, this batch's
+        events included (models/clock.py)."""
+        partitions = sorted(set(batch.partition_of.values()))
+        if self.settings.lapse_clock != "event":
+            return dict.fromkeys(partitions, float(wall_ms))
+        marks = await self.store.clock_marks(partitions)
+        return {
+            p: self.sweeper.clock_of(
+                with_batch(marks[p], batch.newest.get(p, {}), wall_ms), wall_ms
+            )
+            for p in partitions
+        }
+
+    def test(self, batches: Iterable[list[Record]], inputs: InputLog | None = None) -> None:
+        """Run batches to the end, synchronously (tests, with in-memory I/O)."""
+        from patronage.streams.memory import StaticLog
+
+        async def run() -> None:
+            for records in batches:
+                await self.process(records, inputs or StaticLog())
+            if self.rescoring is not None:
+                await self.rescoring
+
+        asyncio.run(run())
+
+
+def sampled(customer_id: str, fields: dict[str, float | str], share: float) -> bool:
+    """Whether this profile state feeds the learner (deterministic per state)."""
+    if share >= 1:
+        return True
+    key = f"{customer_id}:{fields.get('events_applied', 0)}".encode()
+    return zlib.crc32(key) / 0xFFFFFFFF < share
+
+
+def _warn_reset(
+    tp: tuple[str, int], log_end: int | None, seen: SourceState, now: SourceState
+) -> None:
+    log.warning(
+        "offsets of %s partition %d restarted: the log ends at %s but offset %d was "
+        "already seen (a re-created topic, a truncated log or a mirror failover); "
+        "its records are applied as a new source (epoch %d), not as redeliveries",
+        tp[0],
+        tp[1],
+        log_end,
+        seen.max_offset,
+        now.epoch,
+    )
+
+
+def _report_rescoring(task: asyncio.Task[Any]) -> None:
+    # A failed pass is repeated by the next model refresh; say why it failed.
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("re-scoring after a promotion failed: %s", task.exception())

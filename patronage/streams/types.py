@@ -1,0 +1,110 @@
+"""Interfaces between the pipeline and its I/O (a leaf module, like faust/types/).
+
+The pipeline (streams/pipeline.py) talks only to these: Redis implements the
+stores in streams/store.py and streams/segmenting.py, memory in
+streams/memory.py; Faust's producer and consumer implement `Producer` and
+`InputLog` in streams/worker.py, a list and a dict in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from patronage.models.profile import Delta
+from patronage.models.segments import FrozenModel, SegmentTrainer
+from patronage.models.sources import SourceState
+
+Fields = dict[str, float | str]
+
+
+@dataclass
+class ApplyResult:
+    applied: int = 0
+    duplicate_offsets: int = 0
+    duplicate_events: int = 0
+    # customer -> pending lapse findings (raw outbox items, JSON)
+    outbox: dict[str, list[bytes]] = field(default_factory=dict)
+    # customer -> profile fields after the update (for scoring)
+    profiles: dict[str, Fields] = field(default_factory=dict)
+    # customer -> why the store refused its update (its records go to the DLQ)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class ProfileStoreT(Protocol):
+    """Profiles, their lapse schedule, event-clock marks and sources."""
+
+    async def ensure_scripts(self, force: bool = False) -> None: ...
+
+    async def apply_batch(
+        self,
+        by_customer: dict[str, list[Delta]],
+        partition_of: dict[str, int] | None = None,
+        clocks: Mapping[int, float] | None = None,
+        marks: Mapping[int, Mapping[str, int]] | None = None,
+        sources: Mapping[tuple[str, int], SourceState] | None = None,
+        wall_ms: int = 0,
+    ) -> ApplyResult: ...
+
+    async def judge(
+        self, customers: Mapping[str, float]
+    ) -> dict[str, tuple[list[bytes], float | None]]: ...
+
+    async def clock_marks(self, partitions: Sequence[int]) -> dict[int, dict[str, str]]: ...
+
+    async def source_states(
+        self, sources: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], SourceState]: ...
+
+    async def erase(self, customer_id: str, partition: int) -> tuple[int, int | None]: ...
+
+    async def store_segments(self, writes: Mapping[str, Mapping[str, str | int]]) -> set[str]: ...
+
+    async def ack_outbox(self, items: dict[str, list[bytes]]) -> None: ...
+
+    async def due_customers(
+        self, partition: int, now_ms: float, limit: int
+    ) -> list[tuple[str, float]]: ...
+
+    async def reschedule(
+        self, partition: int, moves: list[tuple[str, float, float | None]]
+    ) -> None: ...
+
+    async def profile(self, customer_id: str) -> dict[str, object] | None: ...
+
+    def customer_ids(self, count: int = 1000) -> AsyncIterator[str]: ...
+
+    async def fields_of(self, customer_ids: Sequence[str]) -> dict[str, Fields]: ...
+
+
+class ModelStoreT(Protocol):
+    """Promoted segment models, the learner's checkpoint and segment sizes."""
+
+    async def current_version(self) -> int: ...
+
+    async def load(self, version: int) -> FrozenModel | None: ...
+
+    async def promote(self, model: FrozenModel, trainer: SegmentTrainer) -> None: ...
+
+    async def load_trainer(self) -> SegmentTrainer | None: ...
+
+    async def sizes(self) -> dict[int, int]: ...
+
+    async def adjust_sizes(self, changes: Mapping[int, int]) -> None:
+        """Add to the customer count of each segment."""
+        ...
+
+
+class Producer(Protocol):
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
+        """Queue a record; the returned awaitable resolves when the broker acked it."""
+        ...
+
+
+class InputLog(Protocol):
+    """What the pipeline needs to know of the input topics' partitions."""
+
+    def assignment(self) -> frozenset[tuple[str, int]]: ...
+
+    def highwater(self, topic: str, partition: int) -> int | None: ...

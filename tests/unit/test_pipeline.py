@@ -1,0 +1,235 @@
+"""The whole pipeline, synchronously, with in-memory I/O: events in, profiles
+and output events out (no Faust, no Kafka, no Redis).
+
+The integration tiers run the same Pipeline on real Kafka and Redis; here a
+change to the batch path (validation, dead letters, sources, lapse alerts,
+scoring, erasure) is exercised in a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+
+import pytest
+
+from patronage.models.batch import Record
+from patronage.models.profile import fold, profile_view, to_delta
+from patronage.models.simulate import generate
+from patronage.models.sources import source_label
+from patronage.models.timeunits import DAY_MS
+from patronage.models.validate import Accepted, validate
+from patronage.streams.memory import (
+    MemoryModelStore,
+    MemoryProfileStore,
+    RecordingProducer,
+    StaticLog,
+)
+from patronage.streams.pipeline import Pipeline
+from patronage.streams.segmenting import partition_for
+from patronage.streams.settings import Settings
+from tests.compare import assert_views_close
+
+START_MS = 1_767_225_600_000  # 2026-01-01
+KIND_TOPIC = {
+    "click": "clicks",
+    "purchase": "purchases",
+    "store_receipt": "store-receipts",
+    "customer_attributes": "customer-attributes",
+}
+
+
+def pipeline_for(settings: Settings, now_ms: int) -> tuple[Pipeline, MemoryProfileStore]:
+    store = MemoryProfileStore(settings.profile_config)
+    producer = RecordingProducer()
+    pipe = Pipeline(settings, store, MemoryModelStore(), producer, clock=lambda: now_ms / 1000)
+    return pipe, store
+
+
+def as_records(events: list[dict[str, Any]], partitions: int) -> list[Record]:
+    """Events as Kafka would deliver them: keyed by customer, offsets per partition."""
+    offsets: dict[tuple[str, int], int] = {}
+    records = []
+    for event in events:
+        topic = KIND_TOPIC[event["type"]]
+        partition = partition_for(event["customer_id"], partitions)
+        offset = offsets.get((topic, partition), -1) + 1
+        offsets[(topic, partition)] = offset
+        value = json.dumps(event).encode()
+        records.append(Record(topic, partition, offset, event["customer_id"].encode(), value))
+    return records
+
+
+def catch_up_batches(records: list[Record], rng: random.Random) -> list[list[Record]]:
+    """A backlog drained after downtime: partitions interleaved in chunks, out
+    of event-time order across partitions, one chunk redelivered."""
+    by_partition: dict[tuple[str, int], list[Record]] = {}
+    for record in records:
+        by_partition.setdefault((record.topic, record.partition), []).append(record)
+    chunks = []
+    for rows in by_partition.values():
+        start = 0
+        while start < len(rows):
+            size = rng.randint(20, 300)
+            chunks.append(rows[start : start + size])
+            start += size
+    rng.shuffle(chunks)
+    chunks.sort(key=lambda rows: rows[0].offset)  # each partition in offset order
+    chunks.insert(len(chunks) // 2, chunks[len(chunks) // 3])  # a redelivery
+    return chunks
+
+
+def reference_views(records: list[Record], settings: Settings) -> dict[str, dict[str, object]]:
+    """Each customer's profile folded straight from the validated events, in
+    delivery order, outside the pipeline."""
+    deltas: dict[str, list[Any]] = {}
+    for record in records:
+        kind = settings.input_topics[record.topic]
+        outcome = validate(record.value or b"", kind, START_MS + 400 * DAY_MS, settings.rules)  # type: ignore[arg-type]
+        if not isinstance(outcome, Accepted):
+            continue
+        src = source_label(record.topic, record.partition, 0)
+        delta = to_delta(
+            outcome.event, outcome.ts_ms, src, record.offset, settings.rules.currencies
+        )
+        deltas.setdefault(outcome.event.customer_id, []).append(delta)
+    cfg = settings.profile_config
+    return {cid: profile_view(cid, fold(ds, cfg).fields) for cid, ds in deltas.items()}
+
+
+def test_a_backlog_drained_out_of_order_gives_the_reference_profiles() -> None:
+    settings = Settings(lapse_clock="event")
+    events, _ = generate(customers=60, days=200, seed=7, start_ms=START_MS)
+    records = as_records(events, settings.partitions)
+    bad = [
+        Record("purchases", 0, 10_000_000, b"x", b'{"event_id": "broken", "ts": '),
+        Record("clicks", 1, 10_000_000, b"x", "\ud800".encode("utf-8", "surrogatepass")),
+    ]
+    pipe, store = pipeline_for(settings, START_MS + 400 * DAY_MS)
+    batches = catch_up_batches(records, random.Random(3))
+    batches[5] = batches[5] + bad
+    pipe.test(batches)
+
+    expected = reference_views(records, settings)
+    assert set(store.states) == set(expected)
+    for customer_id, view in expected.items():
+        got = profile_view(customer_id, store.states[customer_id].fields)
+        assert_views_close(got, view)
+    producer = pipe.producer
+    assert isinstance(producer, RecordingProducer)
+    letters = producer.on("events-dlq")
+    assert sorted(letter["offset"] for letter in letters) == [10_000_000, 10_000_000]
+    assert all(letter["reason"] for letter in letters)
+    assert pipe.stats.counters["duplicate_offsets"] == len(batches[len(batches) // 2])
+    assert pipe.stats.counters["applied"] == sum(
+        int(v["events_applied"]) for v in expected.values()
+    )  # type: ignore[call-overload]
+
+
+def test_a_regular_who_stops_gets_one_lapse_alert_and_one_reactivation() -> None:
+    """Live traffic: the wall clock follows the events, so the lapse is
+    decided by the time that passes while another customer keeps buying."""
+    settings = Settings(lapse_clock="wall")
+    events = []
+    for week in range(20):
+        if 12 <= week < 18:
+            continue  # six weeks away
+        for customer in ("regular", "steady"):
+            ts = START_MS + week * 7 * DAY_MS + (3_600_000 if customer == "steady" else 0)
+            events.append(receipt(customer, f"{customer}-{week}", ts))
+    for week in range(12, 18):  # another customer keeps the event clock moving
+        events.append(receipt("steady", f"steady-{week}", START_MS + week * 7 * DAY_MS))
+    records = as_records(sorted(events, key=lambda e: e["ts"]), 1)
+    now = [START_MS]
+    store = MemoryProfileStore(settings.profile_config)
+    producer = RecordingProducer()
+    pipe = Pipeline(settings, store, MemoryModelStore(), producer, clock=lambda: now[0] / 1000)
+
+    async def live() -> None:
+        for record in records + records[:7]:  # the first week redelivered at the end
+            now[0] = max(now[0], json.loads(record.value or b"")["ts"] + 60_000)
+            await pipe.process([record], StaticLog())
+            await pipe.sweeper.sweep({0})
+
+    asyncio.run(live())
+
+    producer = pipe.producer
+    assert isinstance(producer, RecordingProducer)
+    alerts = [a for a in producer.on("lapse-alerts") if a["customer_id"] == "regular"]
+    assert [a["kind"] for a in alerts] == ["lapsed", "reactivated"]
+    assert len({a["event_id"] for a in alerts}) == 2
+
+
+def test_a_promoted_model_segments_every_owned_customer() -> None:
+    settings = Settings(segment_warmup=50, segment_promote_every=100, segment_learn_sample=1.0)
+    events, _ = generate(customers=80, days=120, seed=11, start_ms=START_MS)
+    records = as_records(events, settings.partitions)
+    pipe, store = pipeline_for(settings, START_MS + 121 * DAY_MS)
+    pipe.test([records[i : i + 400] for i in range(0, len(records), 400)])
+    producer = pipe.producer
+    assert isinstance(producer, RecordingProducer)
+    vectors = producer.on("segment-features")
+    assert len(vectors) >= 100
+
+    async def learn_and_refresh() -> None:
+        model = await pipe.learner.learn(vectors)
+        assert model is not None and model.version == 1
+        await pipe.refresh_model(set(range(settings.partitions)))
+        assert pipe.rescoring is not None
+        await pipe.rescoring
+
+    asyncio.run(learn_and_refresh())
+    changes = producer.on("segment-changes")
+    assert {c["customer_id"] for c in changes} == set(store.states)
+    assert {c["model_version"] for c in changes} == {1}
+    assert all(c["previous_segment"] is None and c["segment_label"] for c in changes)
+    assert all(store.states[c].fields["segment_version"] == "1" for c in store.states)
+
+
+def test_erasure_removes_the_customer_and_confirms() -> None:
+    settings = Settings()
+    pipe, store = pipeline_for(settings, START_MS + DAY_MS)
+    records = as_records([receipt("gone", "r1", START_MS), receipt("kept", "r2", START_MS)], 1)
+    pipe.test([records])
+    request = json.dumps({"customer_id": "gone", "request_id": "req-1"}).encode()
+    asyncio_run(pipe.erase(Record("erasure-requests", 0, 0, b"gone", request)))
+    asyncio_run(pipe.erase(Record("erasure-requests", 0, 1, b"?", b"not json")))
+    assert set(store.states) == {"kept"}
+    producer = pipe.producer
+    assert isinstance(producer, RecordingProducer)
+    [confirmation] = producer.on("erasure-confirmations")
+    assert confirmation["request_id"] == "req-1" and confirmation["keys_removed"] >= 3
+    [letter] = producer.on("events-dlq")
+    assert letter["reason"].startswith("erasure request unusable")
+
+
+def asyncio_run(awaitable: Any) -> None:
+    async def run() -> None:
+        await awaitable
+
+    asyncio.run(run())
+
+
+def receipt(customer: str, receipt_id: str, ts: int) -> dict[str, Any]:
+    return {
+        "type": "store_receipt",
+        "event_id": f"ev-{receipt_id}",
+        "customer_id": customer,
+        "ts": ts,
+        "store_id": "berlin-mitte-004",
+        "receipt_id": receipt_id,
+        "currency": "EUR",
+        "items": [
+            {"sku": "4006381333931", "category": "dairy", "quantity": 2, "unit_price": "1.19"},
+            {"sku": "4311501645571", "category": "bakery", "quantity": "0.5", "unit_price": "3.8"},
+        ],
+        "total": "4.28",
+        "payment_method": "girocard",
+    }
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("ERROR")
