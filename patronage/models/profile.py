@@ -14,7 +14,7 @@ Counting once: orders and receipts are deduplicated by their natural key
 (`order_id`; `store_id` + `receipt_id`) for the life of the profile; other
 events by event id within `dedupe_window_ms` of event time before the
 customer's newest event, however many events come between (an older, late
-event while it is among the customer's last `LATE_KEPT` arrivals: a
+event while it is among the customer's last `late_kept` arrivals: a
 producer's retry follows its event closely), keeping at most
 `dedupe_max_events` ids. Tokens are 64-bit hashes.
 
@@ -58,8 +58,6 @@ from patronage.models.layout import (
 )
 from patronage.models.timeunits import DAY_MS, HOUR_MS
 
-# Late event ids (older than the dedupe window) kept among the latest arrivals.
-LATE_KEPT = 32
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 
 DeltaKind = Literal["click", "order", "attributes"]
@@ -73,6 +71,8 @@ class ProfileConfig:
     session_window: int = 32
     dedupe_window_ms: int = 7 * DAY_MS
     dedupe_max_events: int = 4096
+    # Late event ids (older than the dedupe window) kept among the latest arrivals.
+    late_kept: int = 32
     lapse: LapseRules = field(default_factory=LapseRules)
 
 
@@ -295,7 +295,7 @@ def _first_time(s: ProfileState, d: Delta, cfg: ProfileConfig) -> bool:
 
     An order counts once for life by its natural key. Another event counts
     once within the dedupe window of event time before the newest event seen;
-    an id older than that is kept while it is among the last LATE_KEPT
+    an id older than that is kept while it is among the last `late_kept`
     arrivals (a producer's retry follows its event closely, however late the
     event); at most `dedupe_max_events` are kept, oldest first out."""
     if d.order_token is not None:
@@ -311,9 +311,9 @@ def _first_time(s: ProfileState, d: Delta, cfg: ProfileConfig) -> bool:
     s.eids.append((d.event_token, hour))
     if hour > newest or hour < newest - window_hours:
         # Keep what is within the window of the newest event, and the last
-        # LATE_KEPT arrivals whatever their time (a retry follows its event).
+        # `late_kept` arrivals whatever their time (a retry follows its event).
         horizon = max(newest, hour) - window_hours
-        recent = len(s.eids) - LATE_KEPT
+        recent = len(s.eids) - cfg.late_kept
         s.eids = [(e, h) for i, (e, h) in enumerate(s.eids) if h >= horizon or i >= recent]
     del s.eids[: max(0, len(s.eids) - cfg.dedupe_max_events)]
     return True

@@ -176,7 +176,30 @@ class MemoryProfileStore:
 
     @staticmethod
     def _fields(state: ProfileState) -> Fields:
-        return {name: stored_text(value) for name, value in state.fields.items()}
+        return stored_fields(state)
+
+
+def stored_fields(state: ProfileState) -> Fields:
+    """The profile hash Redis holds for this state."""
+    fields: Fields = {name: stored_text(value) for name, value in state.fields.items()}
+    if state.days:
+        # The bitmap's bit 0 is a day that is a multiple of 8 (apply.lua).
+        fields["day0"] = stored_text(float(state.days[0] - state.days[0] % 8))
+    return fields
+
+
+def stored_state(state: ProfileState) -> dict[str, Any]:
+    """Everything the Redis store holds for a customer with this state, in the
+    canonical form ProfileStore.stored_state reads it back in."""
+    return {
+        "profile": stored_fields(state),
+        "days": list(state.days),
+        "sessions": dict(state.sessions),
+        "event_ids": [[token, hour] for token, hour in state.eids],
+        "order_keys": list(state.order_keys),
+        "outbox": [json.loads(finding_to_json(f)) for f in state.outbox],
+        "edges": {day: [lo, hi] for day, (lo, hi) in sorted(state.edges.items())},
+    }
 
 
 def _outbox(state: ProfileState) -> list[bytes]:

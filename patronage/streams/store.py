@@ -25,7 +25,7 @@ from patronage.models.layout import (
     due_key,
     sources_key,
 )
-from patronage.models.profile import LATE_KEPT, Delta, ProfileConfig, profile_view
+from patronage.models.profile import Delta, ProfileConfig, profile_view
 from patronage.models.sources import SourceState
 from patronage.models.timeunits import HOUR_MS
 from patronage.streams.errors import classify, needs_slot_refresh
@@ -160,7 +160,7 @@ class ProfileStore:
             "retention_ms": self.retention_ms,
             "dedupe_max_events": self.cfg.dedupe_max_events,
             "clock": repr(float(clock)),
-            "late_kept": LATE_KEPT,
+            "late_kept": self.cfg.late_kept,
         }
         return [args[name] for name in APPLY_ARGS]
 
@@ -375,6 +375,43 @@ class ProfileStore:
             for view in await self.profiles(batch):
                 if view is not None:
                     yield view
+
+    async def stored_state(self, customer_id: str) -> dict[str, Any]:
+        """Everything stored for one customer, decoded (memory.stored_state is
+        the same for the reference; the contract tests compare the two)."""
+        keys = self.keys(customer_id)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.profile)
+            pipe.get(keys.days)
+            pipe.zrange(keys.sessions, 0, -1, withscores=True)
+            pipe.get(keys.event_ids)
+            pipe.get(keys.order_keys)
+            pipe.lrange(keys.outbox, 0, -1)
+            pipe.hgetall(keys.edges)
+            fields, bitmap, sessions, eids, orders, outbox, edges = await pipe.execute()
+        profile = _decode(fields)
+        day0 = int(float(profile.get("day0", 0)))
+        bits = int.from_bytes(bitmap or b"", "big")
+        width = len(bitmap or b"") * 8
+        days = [day0 + pos for pos in range(width) if bits >> (width - 1 - pos) & 1]
+        eids = eids or b""
+        return {
+            "profile": profile,
+            "days": days,
+            "sessions": {member.hex(): int(score) for member, score in sessions},
+            "event_ids": [
+                [eids[i : i + 8].hex(), int.from_bytes(eids[i + 8 : i + 12], "big")]
+                for i in range(0, len(eids), 12)
+            ],
+            "order_keys": [
+                (orders or b"")[i : i + 8].hex() for i in range(0, len(orders or b""), 8)
+            ],
+            "outbox": [json.loads(raw) for raw in outbox],
+            "edges": {
+                int(day): [int(float(part)) for part in edge.decode().split(":")]
+                for day, edge in sorted(edges.items(), key=lambda kv: int(kv[0]))
+            },
+        }
 
     async def memory_usage(self, customer_id: str) -> int:
         total = 0

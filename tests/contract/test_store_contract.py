@@ -1,0 +1,132 @@
+"""One suite over every profile store (River's contract-test idea): what the
+pipeline relies on, checked on the in-memory reference and on real Redis.
+
+A behaviour the pipeline needs but only one implementation has (due entries
+that a stale sweep must not move, source epochs that never go back, a
+scoring write that must not recreate an erased profile) fails here for the
+other one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from patronage.models.lapse import finding_from_json
+from patronage.models.profile import Delta, token
+from patronage.models.sources import SourceState
+from patronage.models.timeunits import DAY_MS
+from patronage.streams.types import ProfileStoreT
+from tests.contract.conftest import run
+
+T0 = 1_767_225_600_000
+
+
+def receipt(n: int, day: int, offset: int | None = None) -> Delta:
+    ts = T0 + day * DAY_MS
+    return Delta(
+        "store-receipts:0",
+        n if offset is None else offset,
+        token(f"r{n}"),
+        ts,
+        ts // DAY_MS,
+        "order",
+        origin="store",
+        basket=12.5,
+        net=12.5,
+        categories=(("Molkereiprodukte", 12.5),),
+        order_token=token(f"receipt-{n}"),
+    )
+
+
+def test_a_redelivered_batch_changes_nothing(store_of: Any) -> None:
+    async def check(store: ProfileStoreT) -> tuple[Any, Any, Any, Any]:
+        batch = {"anna": [receipt(0, 0), receipt(1, 3)]}
+        first = await store.apply_batch(batch, {"anna": 0}, {0: 0.0})
+        before = await store.profile("anna")
+        again = await store.apply_batch(batch, {"anna": 0}, {0: 0.0})
+        return first, again, before, await store.profile("anna")
+
+    first, again, before, after = run(check, store_of)
+    assert (first.applied, again.applied, again.duplicate_offsets) == (2, 0, 2)
+    assert before == after and after["orders"] == 2
+
+
+def test_due_entries_move_only_if_nobody_rescheduled_them(store_of: Any) -> None:
+    async def check(store: ProfileStoreT) -> list[Any]:
+        await store.apply_batch({"anna": [receipt(0, 5)]}, {"anna": 0})
+        await store.apply_batch({"ben": [receipt(1, 2)]}, {"ben": 0})
+        due = await store.due_customers(0, T0 + 10 * DAY_MS, 10)
+        stale = [("anna", due[1][1] - 1, T0 + 50 * DAY_MS)]  # a score nobody holds
+        await store.reschedule(0, stale)
+        kept = await store.due_customers(0, T0 + 10 * DAY_MS, 10)
+        await store.reschedule(
+            0, [("anna", kept[1][1], T0 + 50 * DAY_MS), ("ben", kept[0][1], None)]
+        )
+        return [due, kept, await store.due_customers(0, T0 + 100 * DAY_MS, 10)]
+
+    due, kept, moved = run(check, store_of)
+    assert due == [("ben", float(T0 + 2 * DAY_MS)), ("anna", float(T0 + 5 * DAY_MS))]
+    assert kept == due
+    assert moved == [("anna", float(T0 + 50 * DAY_MS))]
+
+
+def test_sources_and_clock_marks_never_go_back(store_of: Any) -> None:
+    async def check(store: ProfileStoreT) -> tuple[Any, Any]:
+        tp = ("clicks", 3)
+        marks = {0: {"clicks": T0 + 1000}}
+        await store.apply_batch(
+            {"anna": [receipt(0, 0)]}, {"anna": 0}, None, marks, {tp: SourceState(1, 5)}, 111
+        )
+        older = {0: {"clicks": T0}}
+        await store.apply_batch(
+            {"anna": [receipt(1, 1)]}, {"anna": 0}, None, older, {tp: SourceState(0, 99)}, 222
+        )
+        return await store.source_states([tp, ("clicks", 4)]), await store.clock_marks([0, 1])
+
+    sources, marks = run(check, store_of)
+    assert sources == {("clicks", 3): SourceState(1, 5), ("clicks", 4): SourceState()}
+    assert float(marks[0]["hw:clicks"]) == T0 + 1000
+    assert float(marks[0]["since"]) == 111 and float(marks[0]["seen:clicks"]) == 222
+    assert marks[1] == {}
+
+
+def test_erased_stays_erased(store_of: Any) -> None:
+    async def check(store: ProfileStoreT) -> tuple[Any, ...]:
+        await store.apply_batch(
+            {"anna": [receipt(0, 0)], "ben": [receipt(1, 0)]}, {"anna": 0, "ben": 0}
+        )
+        await store.store_segments({"anna": {"segment": 2, "segment_version": 1}})
+        removed, segment = await store.erase("anna", 0)
+        written = await store.store_segments({"anna": {"segment": 3}, "ben": {"segment": 1}})
+        ids = sorted([c async for c in store.customer_ids()])
+        due = await store.due_customers(0, T0 + DAY_MS, 10)
+        return removed, segment, written, ids, await store.profile("anna"), due
+
+    removed, segment, written, ids, profile, due = run(check, store_of)
+    assert removed >= 3 and segment == 2
+    assert written == {"ben"} and ids == ["ben"] and profile is None
+    assert [c for c, _ in due] == ["ben"]
+
+
+def test_acked_findings_leave_the_outbox_and_others_stay(store_of: Any) -> None:
+    async def check(store: ProfileStoreT) -> tuple[Any, Any]:
+        visits = [receipt(n, day) for n, day in enumerate(range(0, 120, 7))]
+        late = T0 + 400 * DAY_MS
+        result = await store.apply_batch({"anna": visits}, {"anna": 0}, {0: float(late)})
+        pending = result.outbox["anna"]
+        await store.ack_outbox({"anna": pending[:1]})
+        verdicts = await store.judge({"anna": float(late)})
+        return pending, verdicts["anna"][0]
+
+    pending, left = run(check, store_of)
+    assert [finding_from_json(raw).kind for raw in pending] == ["lapsed"]
+    assert left == []
+
+
+def test_fields_of_returns_only_existing_profiles(store_of: Any) -> None:
+    async def check(store: ProfileStoreT) -> Any:
+        await store.apply_batch({"anna": [receipt(0, 0)]})
+        return await store.fields_of(["anna", "nobody"])
+
+    found = run(check, store_of)
+    assert list(found) == ["anna"] and found["anna"]["orders"] == "1"
