@@ -52,7 +52,7 @@ bench: services
 	$(PY) -m benchmarks.bench
 
 schemas: install
-	$(PY) -m patronage.streams.cli schema --out schemas
+	$(PY) -m patronage.streams.cli schemas export --out schemas
 
 demo: services
 	deploy/demo.sh

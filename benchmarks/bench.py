@@ -96,8 +96,9 @@ def throughput(events_target: int, module: str = "patronage.streams.cli") -> dic
     """Events/s of one worker process draining a backlog end to end (Kafka -> Redis)."""
     env = _run_env("bench", 6099)
     settings = _settings(**env)
-    from patronage.streams.cli import create_topics, publish_file
+    from patronage.streams.kafka_admin import create_topics
     from patronage.streams.lag import group_lag
+    from patronage.streams.publishing import publish_file
 
     asyncio.run(create_topics(settings))
     now_ms = int(time.time() * 1000)
@@ -110,7 +111,7 @@ def throughput(events_target: int, module: str = "patronage.streams.cli") -> dic
     asyncio.run(publish_file(settings, Path(handle.name)))
     os.unlink(handle.name)
 
-    command = [sys.executable, "-m", module] + (["worker"] if module.endswith("cli") else [])
+    command = [sys.executable, "-m", module] + (["worker", "run"] if module.endswith("cli") else [])
     proc = subprocess.Popen(
         command,
         env={**os.environ, **env},
@@ -226,7 +227,7 @@ def latency(rate: int, seconds: float) -> dict[str, float]:
 
     env = {**_run_env("lat", 6098), "PATRONAGE_BATCH_WITHIN_S": "0.02"}
     settings = _settings(**env)
-    from patronage.streams.cli import create_topics
+    from patronage.streams.kafka_admin import create_topics
 
     asyncio.run(create_topics(settings))
     now_ms = int(time.time() * 1000)
@@ -236,7 +237,7 @@ def latency(rate: int, seconds: float) -> dict[str, float]:
     )
     stream = stream[:total]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "patronage.streams.cli", "worker"],
+        [sys.executable, "-m", "patronage.streams.cli", "worker", "run"],
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

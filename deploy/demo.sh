@@ -25,7 +25,7 @@ cli() { "$PY" -m patronage.streams.cli "$@"; }
 
 worker_alive() {
   [[ -f "$PIDFILE" ]] && [[ -r "/proc/$(cat "$PIDFILE")/cmdline" ]] \
-    && tr '\0' ' ' <"/proc/$(cat "$PIDFILE")/cmdline" | grep -q "patronage.streams.cli worker"
+    && tr '\0' ' ' <"/proc/$(cat "$PIDFILE")/cmdline" | grep -q "patronage.streams.cli worker run"
 }
 
 if [[ "${1:-}" == "stop" ]]; then
@@ -46,10 +46,10 @@ fi
 # Each run starts from empty profiles; the group's committed offsets skip the
 # previous run's events, so nothing is counted twice.
 cli topics create >/dev/null
-cli reset --yes
+cli store reset --yes
 {
   echo "[demo] starting worker (log: $STATE/worker.log, web: http://127.0.0.1:$PORT)"
-  PATRONAGE_LOG_LEVEL="${PATRONAGE_LOG_LEVEL:-warn}" nohup "$PY" -m patronage.streams.cli worker \
+  PATRONAGE_LOG_LEVEL="${PATRONAGE_LOG_LEVEL:-warn}" nohup "$PY" -m patronage.streams.cli worker run \
     >"$STATE/worker.log" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
 }
@@ -60,7 +60,7 @@ done
 
 demo_started_ms=$(($(date +%s%N) / 1000000))
 # One sample history (seeded, so every run tells the same story), cut into waves.
-cli simulate --customers 300 --days 120 --seed 7 --out "$STATE/sample.jsonl" >/dev/null
+cli events simulate --customers 300 --days 120 --seed 7 --out "$STATE/sample.jsonl" >/dev/null
 total=$(wc -l <"$STATE/sample.jsonl")
 wave=$(( (total + 2) / 3 ))
 split -l "$wave" -d "$STATE/sample.jsonl" "$STATE/wave-"
@@ -86,7 +86,7 @@ PYEOF
 n=0
 for file in "$STATE"/wave-*; do
   n=$((n + 1))
-  echo "[demo] wave $n: $(cli publish --pace-days 2 "$file")"
+  echo "[demo] wave $n: $(cli events publish --pace-days 2 "$file")"
   show
 done
 rm -f "$STATE"/wave-*
@@ -105,5 +105,5 @@ cli alerts tail --only lapse --since "$demo_started_ms" --timeout 3 --limit 12 |
 echo
 echo "[demo] follow alerts live: .venv/bin/patronage alerts tail"
 echo "[demo] the worker keeps running: http://127.0.0.1:$PORT/profiles/c000001, /metrics"
-echo "[demo] more events: .venv/bin/patronage simulate --customers 500 --seed 8"
+echo "[demo] more events: .venv/bin/patronage events simulate --customers 500 --seed 8"
 echo "[demo] stop it with: make demo-stop   (services: make services-down)"

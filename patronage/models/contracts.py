@@ -198,13 +198,6 @@ class CustomerAttributes(_Event):
 EventKind = Literal["click", "purchase", "store_receipt", "customer_attributes"]
 Event = Click | Purchase | StoreReceipt | CustomerAttributes
 
-EVENT_MODELS: dict[EventKind, type[_Event]] = {
-    "click": Click,
-    "purchase": Purchase,
-    "store_receipt": StoreReceipt,
-    "customer_attributes": CustomerAttributes,
-}
-
 # Known attribute fields and the JSON types they accept; others are dropped
 # (and counted) so a CRM export cannot grow a profile without bound.
 KNOWN_ATTRIBUTES: dict[str, tuple[type, ...]] = {

@@ -22,7 +22,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from patronage.models.contracts import (
-    EVENT_MODELS,
     KNOWN_ATTRIBUTES,
     MAX_ID_LENGTH,
     UTC,
@@ -38,6 +37,7 @@ from patronage.models.contracts import (
     parse_ts,
     text_problem,
 )
+from patronage.models.kinds import KINDS
 
 YEAR_1990_MS = 631_152_000_000
 # Money and quantities are kept to this many decimal places (a millionth of a
@@ -153,7 +153,7 @@ def _validate(raw: bytes, kind: EventKind, now_ms: int, rules: Rules) -> Accepte
         # placeholder total, which is replaced by the sum of those lines.
         doc = {**doc, "items": [], "total": 0}
 
-    model = EVENT_MODELS[kind]
+    model = KINDS[kind].model
     try:
         event: Event = model.model_validate(doc)  # type: ignore[assignment]
     except ValidationError as exc:

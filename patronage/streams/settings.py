@@ -15,12 +15,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from patronage.models.kinds import INPUT_KINDS, KINDS
 from patronage.models.lapse import LapseRules
 from patronage.models.profile import ProfileConfig
 from patronage.models.timeunits import DAY_MS
 from patronage.models.validate import Rules
-
-INPUT_KINDS = ("click", "purchase", "store_receipt", "customer_attributes")
 
 
 class Settings(BaseSettings):
@@ -194,7 +193,7 @@ class Settings(BaseSettings):
     @field_validator("key_prefix")
     @classmethod
     def _plain_prefix(cls, value: str) -> str:
-        # The prefix is used in SCAN patterns (`patronage reset`, exports): a
+        # The prefix is used in SCAN patterns (`patronage store reset`, exports): a
         # glob character would match, and delete, other applications' keys.
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
             raise ValueError(
@@ -254,17 +253,12 @@ class Settings(BaseSettings):
     @cached_property
     def input_topics(self) -> dict[str, str]:
         """Full topic name -> event kind."""
-        return {
-            self.topic(self.topic_clicks): "click",
-            self.topic(self.topic_purchases): "purchase",
-            self.topic(self.topic_store_receipts): "store_receipt",
-            self.topic(self.topic_customer_attributes): "customer_attributes",
-        }
+        return {self.topic(getattr(self, k.topic_setting)): k.name for k in INPUT_KINDS}
 
     @cached_property
     def activity_topics(self) -> list[str]:
         """Input topics whose events are visits (they drive the event clock)."""
-        return [t for t, kind in self.input_topics.items() if kind != "customer_attributes"]
+        return [t for t, kind in self.input_topics.items() if KINDS[kind].activity]
 
     @cached_property
     def topic_for_kind(self) -> dict[str, str]:

@@ -421,7 +421,7 @@ class ProfileStore:
         return total
 
     async def delete_prefix(self) -> int:
-        """Remove every key under this prefix (tests and `patronage reset`)."""
+        """Remove every key under this prefix (tests and `patronage store reset`)."""
         removed = 0
         async for key in self.client.scan_iter(match=f"{self.prefix}:*", count=1000):
             removed += int(await self.client.delete(key))

@@ -19,7 +19,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.cluster import RedisCluster
 
-from patronage.streams.cli import create_topics
+from patronage.streams.kafka_admin import create_topics
 from patronage.streams.lag import group_lag
 from patronage.streams.settings import Settings, settings_with
 
@@ -37,7 +37,7 @@ def free_port() -> int:
 
 
 class Worker:
-    """`patronage worker` as a child process, stopped by its own PID."""
+    """`patronage worker run` as a child process, stopped by its own PID."""
 
     def __init__(self, env: dict[str, str], name: str = "worker") -> None:
         self.port = free_port()
@@ -50,7 +50,7 @@ class Worker:
     def start(self) -> Worker:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "patronage.streams.cli", "worker"],
+            [sys.executable, "-m", "patronage.streams.cli", "worker", "run"],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -166,7 +166,7 @@ def read_topic(settings: Settings, topic: str, timeout: float = 5.0) -> list[Any
 
 def cli_lag(env: dict[str, str]) -> tuple[int, float]:
     out = subprocess.run(
-        [sys.executable, "-m", "patronage.streams.cli", "lag"],
+        [sys.executable, "-m", "patronage.streams.cli", "lag", "show"],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

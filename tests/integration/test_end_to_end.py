@@ -2,7 +2,7 @@
 
 Publishes a few thousand events for a few hundred customers — with duplicates,
 out-of-order timestamps and bad events — through the real topics to a real
-`patronage worker` process, then checks the exported profiles against an
+`patronage worker run` process, then checks the exported profiles against an
 independent recomputation from the raw events, the DLQ against the bad events,
 and that rewinding the group's committed offsets and replaying changes nothing.
 """

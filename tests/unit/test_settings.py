@@ -61,7 +61,7 @@ def test_the_worker_refuses_to_start_open_on_a_public_address() -> None:
     env = {**os.environ, "PATRONAGE_WEB_HOST": "0.0.0.0"}
     env.pop("PATRONAGE_WEB_TOKEN", None)
     done = subprocess.run(
-        [sys.executable, "-m", "patronage.streams.cli", "worker"],
+        [sys.executable, "-m", "patronage.streams.cli", "worker", "run"],
         env=env,
         capture_output=True,
         text=True,
