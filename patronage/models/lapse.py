@@ -14,7 +14,7 @@ fields (Redis strings or numbers) and never the clock.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -133,57 +133,79 @@ def judge(
     first_day = _num(fields, "first_day")
     first_seen = _num(fields, "first_seen")
     lapse_day = int(_num(fields, "lapse_day")) if "lapse_day" in fields else None
+    segment = fields.get("segment")
     findings: list[Finding] = []
     decided: list[int] = []
     due: float | None = None
     for i, day in enumerate(days):
         hi = edges[day][1]
         visits = total - (len(days) - 1 - i)
-        moment = moment_at(hi, visits, first_day, day, first_seen, rules)
-        gap_days = (day - first_day) / (visits - 1) if visits >= 2 else 0.0
-
-        segment = fields.get("segment")
         found = partial(
             _gap_finding,
             episode=hi,
-            usual_gap_days=gap_days,
+            usual_gap_days=(day - first_day) / (visits - 1) if visits >= 2 else 0.0,
             spend_total=_num(fields, "spend_total"),
             span_days=day - first_day,
             segment=int(float(segment)) if segment is not None else None,
         )
-
-        if i == len(days) - 1:  # the open gap after the last visit
-            if moment is not None and lapse_day != day:
-                if clock > moment:
-                    findings.append(found("lapsed", moment))
-                    lapse_day = day
-                else:
-                    due = moment
+        step = _decide_gap(
+            day,
+            moment_at(hi, visits, first_day, day, first_seen, rules),
+            edges[days[i + 1]][0] if i + 1 < len(days) else None,
+            lapse_day,
+            clock,
+            found,
+        )
+        findings.extend(step.findings)
+        lapse_day = step.lapse_day
+        if not step.decided:
+            due = step.due
             break
-        lo = edges[days[i + 1]][0]
-        if moment is not None and moment < lo:
-            if lapse_day != day:
-                if clock <= moment:
-                    due = moment
-                    break
-                findings.append(found("lapsed", moment))
-                lapse_day = day
-            if lo > clock:
-                due = lo
-                break
-            findings.append(found("reactivated", lo))
-            lapse_day = None
-        else:
-            if lo > clock:
-                due = lo
-                break
-            if lapse_day == day:
-                # A late activity shows the customer came back before the
-                # moment an alert was sent for: close that episode.
-                findings.append(found("reactivated", lo))
-                lapse_day = None
         decided.append(day)
     return Judgement(findings, decided, lapse_day, due)
+
+
+@dataclass(frozen=True)
+class _Step:
+    findings: list[Finding]
+    lapse_day: int | None
+    due: float | None  # when the gap can be decided (not decided yet)
+    decided: bool
+
+
+def _decide_gap(
+    day: int,
+    moment: float | None,
+    lo: float | None,
+    lapse_day: int | None,
+    clock: float,
+    found: Callable[[str, float], Finding],
+) -> _Step:
+    """One gap: from visit day `day` (its lapse moment) to the next visit's
+    first activity `lo` (None: the open gap after the last visit)."""
+    if lo is None:
+        if moment is None or lapse_day == day:
+            return _Step([], lapse_day, None, False)
+        if clock > moment:
+            return _Step([found("lapsed", moment)], day, None, False)
+        return _Step([], lapse_day, moment, False)
+    out: list[Finding] = []
+    if moment is not None and moment < lo:
+        if lapse_day != day:
+            if clock <= moment:
+                return _Step(out, lapse_day, moment, False)
+            out.append(found("lapsed", moment))
+            lapse_day = day
+        if lo > clock:
+            return _Step(out, lapse_day, lo, False)
+        return _Step([*out, found("reactivated", lo)], None, None, True)
+    if lo > clock:
+        return _Step(out, lapse_day, lo, False)
+    if lapse_day == day:
+        # A late activity shows the customer came back before the moment an
+        # alert was sent for: close that episode.
+        return _Step([found("reactivated", lo)], None, None, True)
+    return _Step(out, lapse_day, None, True)
 
 
 def value_at_risk(f: Finding) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -86,26 +86,7 @@ def convert(
         store = col(row, "store")
         event = orders.get(key)
         if event is None:
-            event = {
-                "type": "store_receipt" if store else "purchase",
-                "event_id": f"replay:{order_id}"
-                if col(row, "order_id")
-                else f"replay:row-{number}",
-                "customer_id": customer,
-                "ts": _ts(col(row, "ts")),
-                "currency": (col(row, "currency") or default_currency).upper(),
-                "items": [],
-                "total": Decimal(0),
-            }
-            if store:
-                event["receipt_id"] = order_id
-                event["store_id"] = store
-            else:
-                event["order_id"] = order_id
-                channel = col(row, "channel")
-                if channel:
-                    event["channel"] = channel
-            orders[key] = event
+            event = orders[key] = _order_event(col, row, number, store, default_currency)
         event["items"].append(
             {
                 "sku": col(row, "sku") or "unknown",
@@ -118,21 +99,55 @@ def convert(
         order_rows[key] += 1
 
     for key, event in orders.items():
-        event["total"] = float(event["total"])
-        raw = json.dumps(event, default=str).encode()
-        outcome = validate(raw, event["type"], now_ms, rules)
-        if isinstance(outcome, Accepted):
-            event["ts"] = outcome.ts_ms
-            out.events.append(event)
-            out.corrected.update(outcome.corrections)
-            for problem in outcome.dropped_lines:
-                out.lines_dropped[problem.code] += 1
-                out.examples.setdefault(problem.code, f"{event['event_id']}: {problem.reason}")
-        else:
-            out.rejected[outcome.code] += order_rows[key]
-            out.examples.setdefault(outcome.code, f"{event['event_id']}: {outcome.reason}")
+        _validated(out, event, order_rows[key], rules, now_ms)
     out.events.sort(key=lambda e: (e["ts"], e["event_id"]))
     return out
+
+
+def _order_event(
+    col: Callable[[Mapping[str, Any], str], str],
+    row: Mapping[str, Any],
+    number: int,
+    store: str,
+    default_currency: str,
+) -> dict[str, Any]:
+    """A new order event from its first row (lines are added by the caller)."""
+    order_id = col(row, "order_id") or f"row-{number}"
+    event: dict[str, Any] = {
+        "type": "store_receipt" if store else "purchase",
+        "event_id": f"replay:{order_id}",
+        "customer_id": col(row, "customer_id"),
+        "ts": _ts(col(row, "ts")),
+        "currency": (col(row, "currency") or default_currency).upper(),
+        "items": [],
+        "total": Decimal(0),
+    }
+    if store:
+        event["receipt_id"] = order_id
+        event["store_id"] = store
+    else:
+        event["order_id"] = order_id
+        channel = col(row, "channel")
+        if channel:
+            event["channel"] = channel
+    return event
+
+
+def _validated(out: Converted, event: dict[str, Any], rows: int, rules: Rules, now_ms: int) -> None:
+    """Validate a converted order with the worker's rules; keep it or count why not."""
+    event["total"] = float(event["total"])
+    raw = json.dumps(event, default=str).encode()
+    outcome = validate(raw, event["type"], now_ms, rules)
+    if isinstance(outcome, Accepted):
+        event["ts"] = outcome.ts_ms
+        out.events.append(event)
+        out.corrected.update(outcome.corrections)
+        for problem in outcome.dropped_lines:
+            out.lines_dropped[problem.code] += 1
+            out.examples.setdefault(problem.code, f"{event['event_id']}: {problem.reason}")
+    else:
+        out.rejected[outcome.code] += rows
+        out.examples.setdefault(outcome.code, f"{event['event_id']}: {outcome.reason}")
 
 
 def _ts(text: str) -> str | int:

@@ -105,36 +105,50 @@ def generate(
         if persona.name == "one_off":
             t = start_ms + int(rng.uniform(0, days) * DAY_MS)
         if rng.random() < attribute_share:
-            emit(
-                min(t, end_ms - 1),
-                {
-                    "type": "customer_attributes",
-                    "customer_id": customer_id,
-                    "attributes": {
-                        "birth_year": rng.randint(1945, 2005),
-                        "gender": rng.choice(["f", "m", "x"]),
-                        "region": rng.choice(["north", "south", "east", "west"]),
-                        "consent_email": rng.random() < 0.7,
-                    },
-                },
-            )
-        session = 0
-        visits_left = 1 if persona.name == "one_off" else 10_000
-        while t < end_ms and visits_left > 0:
-            if stop_ms <= t < resume_ms:
-                t = resume_ms
-                continue
-            if t >= stop_ms and resume_ms >= end_ms:
-                break
-            visits_left -= 1
-            if rng.random() < persona.store_share:
-                _store_visit(rng, persona, customer_id, t, emit)
-            else:
-                session += 1
-                _online_visit(rng, persona, customer_id, f"{customer_id}-s{session}", t, emit)
-            t += int(max(0.5, rng.gauss(persona.gap_days, persona.gap_days * 0.25)) * DAY_MS)
+            emit(min(t, end_ms - 1), _attributes(rng, customer_id))
+        _visits(rng, persona, customer_id, t, (stop_ms, resume_ms, end_ms), emit)
     events.sort(key=lambda e: (e[0], e[1]))
     return [e for _, _, e in events], personas
+
+
+def _attributes(rng: random.Random, customer_id: str) -> dict[str, Any]:
+    return {
+        "type": "customer_attributes",
+        "customer_id": customer_id,
+        "attributes": {
+            "birth_year": rng.randint(1945, 2005),
+            "gender": rng.choice(["f", "m", "x"]),
+            "region": rng.choice(["north", "south", "east", "west"]),
+            "consent_email": rng.random() < 0.7,
+        },
+    }
+
+
+def _visits(
+    rng: random.Random,
+    persona: Persona,
+    customer_id: str,
+    t: int,
+    window: tuple[int, int, int],
+    emit: Any,
+) -> None:
+    """A customer's visits from `t`: away from stop to resume, none past end."""
+    stop_ms, resume_ms, end_ms = window
+    session = 0
+    visits_left = 1 if persona.name == "one_off" else 10_000
+    while t < end_ms and visits_left > 0:
+        if stop_ms <= t < resume_ms:
+            t = resume_ms
+            continue
+        if t >= stop_ms and resume_ms >= end_ms:
+            break
+        visits_left -= 1
+        if rng.random() < persona.store_share:
+            _store_visit(rng, persona, customer_id, t, emit)
+        else:
+            session += 1
+            _online_visit(rng, persona, customer_id, f"{customer_id}-s{session}", t, emit)
+        t += int(max(0.5, rng.gauss(persona.gap_days, persona.gap_days * 0.25)) * DAY_MS)
 
 
 def _basket(rng: random.Random, persona: Persona) -> list[dict[str, Any]]:

@@ -22,69 +22,89 @@ async def publish_file(
     path: Path,
     topic: str | None = None,
     pace_days: float | None = None,
-    on_sent: Any = None,
+    on_sent: Callable[[int], None] | None = None,
     rate: float | None = None,
 ) -> Counter[str]:
+    """Send every line of a JSON-lines file; returns lines per topic ("!why"
+    for lines skipped). `pace_days`: wait for the consumer group after each
+    so many days of event time; `rate`: at most so many events per second."""
     from aiokafka import AIOKafkaProducer
 
-    from patronage.models.contracts import parse_ts
-    from patronage.streams.lag import wait_caught_up
-
-    pace_ms = pace_days * DAY_MS if pace_days else None
-    chunk_end: int | None = None
-    started = time.monotonic()
-
     counts: Counter[str] = Counter()
+    pacer = _Pacer(settings, pace_days, rate)
     producer = AIOKafkaProducer(
-        **settings.kafka_client_kwargs(),
-        acks="all",
-        linger_ms=5,
-        max_batch_size=256 * 1024,
+        **settings.kafka_client_kwargs(), acks="all", linger_ms=5, max_batch_size=256 * 1024
     )
     await producer.start()
     try:
         pending: list[Any] = []
         with path.open("rb") as handle:
-            for line in handle:
-                line = line.rstrip(b"\r\n")
+            for line in (raw.rstrip(b"\r\n") for raw in handle):
                 if not line.strip():
                     continue
                 target, key = route(settings, line, topic)
-                if target.startswith("!"):
-                    counts[target] += 1
-                    continue
-                if pace_ms is not None:
-                    ts = line_ts(line, parse_ts)
-                    if ts is not None:
-                        if chunk_end is None:
-                            chunk_end = int(ts + pace_ms)
-                        elif ts >= chunk_end:
-                            await asyncio.gather(*pending)
-                            if on_sent is not None:
-                                on_sent(len(pending))
-                            pending = []
-                            await wait_caught_up(settings)
-                            while ts >= chunk_end:
-                                chunk_end += int(pace_ms)
-                pending.append(await producer.send(target, line, key=key))
                 counts[target] += 1
-                if rate:
-                    # Offered load: hold to `rate` events per second overall.
-                    sent_so_far = sum(n for t, n in counts.items() if not t.startswith("!"))
-                    ahead = sent_so_far / rate - (time.monotonic() - started)
-                    if ahead > 0:
-                        await asyncio.sleep(ahead)
-                if len(pending) >= 5000:
-                    await asyncio.gather(*pending)
-                    if on_sent is not None:
-                        on_sent(len(pending))
-                    pending = []
-        await asyncio.gather(*pending)
-        if on_sent is not None:
-            on_sent(len(pending))
+                if target.startswith("!"):
+                    continue
+                if pacer.must_wait(line) or len(pending) >= 5000:
+                    await _acked(pending, on_sent)
+                    await pacer.wait()
+                pending.append(await producer.send(target, line, key=key))
+                await pacer.hold(sum(n for t, n in counts.items() if not t.startswith("!")))
+        await _acked(pending, on_sent)
     finally:
         await producer.stop()
     return counts
+
+
+async def _acked(pending: list[Any], on_sent: Callable[[int], None] | None) -> None:
+    await asyncio.gather(*pending)
+    if on_sent is not None:
+        on_sent(len(pending))
+    pending.clear()
+
+
+class _Pacer:
+    """Replays wait for the workers every `pace_days` of event time; a
+    simulation offers at most `rate` events per second."""
+
+    def __init__(self, settings: Settings, pace_days: float | None, rate: float | None) -> None:
+        self.settings = settings
+        self.pace_ms = int(pace_days * DAY_MS) if pace_days else None
+        self.rate = rate
+        self.chunk_end: int | None = None
+        self.waiting = False
+        self.started = time.monotonic()
+
+    def must_wait(self, line: bytes) -> bool:
+        """Whether this line starts a new chunk of event time."""
+        from patronage.models.contracts import parse_ts
+
+        ts = line_ts(line, parse_ts) if self.pace_ms else None
+        if ts is None or self.pace_ms is None:
+            return False
+        if self.chunk_end is None:
+            self.chunk_end = ts + self.pace_ms
+            return False
+        if ts < self.chunk_end:
+            return False
+        while ts >= self.chunk_end:
+            self.chunk_end += self.pace_ms
+        self.waiting = True
+        return True
+
+    async def wait(self) -> None:
+        if self.waiting:
+            from patronage.streams.lag import wait_caught_up
+
+            await wait_caught_up(self.settings)
+            self.waiting = False
+
+    async def hold(self, sent: int) -> None:
+        if self.rate:
+            ahead = sent / self.rate - (time.monotonic() - self.started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
 
 
 def line_ts(line: bytes, parse_ts: Any) -> int | None:

@@ -185,22 +185,35 @@ class ProfileStore:
         await self.ensure_scripts()
         if not by_customer:
             return ApplyResult()
-        due: dict[int, dict[str, float]] = {}
         ops: list[tuple[str, Callable[[Any], Any]]] = []
+        due: dict[int, dict[str, float]] = {}
         for customer_id, deltas in by_customer.items():
             keys = self.keys(customer_id)
             partition = partition_of.get(customer_id) if partition_of else None
             clock = clocks.get(partition, 0.0) if clocks and partition is not None else 0.0
-            ops.append(
-                (keys.profile, _script(self._apply, list(keys), self._apply_args(deltas, clock)))
-            )
+            args = self._apply_args(deltas, clock)
+            ops.append((keys.profile, _script(self._apply, list(keys), args)))
             activity = [d.ts for d in deltas if d.kind != "attributes"]
             if partition is not None and activity:
                 due.setdefault(partition, {})[customer_id] = min(activity)
+        ops.extend(self._bookkeeping_ops(due, marks or {}, sources or {}, wall_ms))
+        replies = await self._pipelined(ops)
+        raise_unless_poison(replies)
+        return _apply_result(list(by_customer), replies)
+
+    def _bookkeeping_ops(
+        self,
+        due: Mapping[int, Mapping[str, float]],
+        marks: Mapping[int, Mapping[str, int]],
+        sources: Mapping[tuple[str, int], SourceState],
+        wall_ms: int,
+    ) -> list[tuple[str, Callable[[Any], Any]]]:
+        """The batch's lapse due entries, event-clock marks and sources."""
+        ops: list[tuple[str, Callable[[Any], Any]]] = []
         for partition, scores in due.items():
             key = self.due_key(partition)
             ops.append((key, _command("zadd", key, scores, lt=True)))
-        for partition, newest in (marks or {}).items():
+        for partition, newest in marks.items():
             key = self.clock_key(partition)
             args: list[str | int] = [wall_ms]
             for topic, ts in newest.items():
@@ -211,25 +224,7 @@ class ProfileStore:
             for (topic, partition), state in sources.items():
                 seen.extend([f"{topic}:{partition}", state.epoch, state.max_offset])
             ops.append((self.sources_key, _script(self._sources, [self.sources_key], seen)))
-        replies = await self._pipelined(ops)
-        raise_unless_poison(replies)
-        result = ApplyResult()
-        for customer_id, reply in zip(by_customer, replies, strict=False):
-            if isinstance(reply, Exception):
-                # Redis refused this customer's update (nothing else of the
-                # batch): its records become dead letters.
-                result.failed[customer_id] = f"{type(reply).__name__}: {reply}"[:300]
-                continue
-            result.applied += int(reply[REPLY["applied"]])
-            result.duplicate_offsets += int(reply[REPLY["duplicate_offsets"]])
-            result.duplicate_events += int(reply[REPLY["duplicate_events"]])
-            if reply[REPLY["outbox"]]:
-                result.outbox[customer_id] = list(reply[REPLY["outbox"]])
-            flat = reply[REPLY["profile"]]
-            result.profiles[customer_id] = {
-                flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)
-            }
-        return result
+        return ops
 
     async def judge(
         self, customers: Mapping[str, float]
@@ -426,6 +421,27 @@ class ProfileStore:
         async for key in self.client.scan_iter(match=f"{self.prefix}:*", count=1000):
             removed += int(await self.client.delete(key))
         return removed
+
+
+def _apply_result(customers: list[str], replies: list[Any]) -> ApplyResult:
+    """The apply script's replies (the first len(customers) of the batch's)."""
+    result = ApplyResult()
+    for customer_id, reply in zip(customers, replies, strict=False):
+        if isinstance(reply, Exception):
+            # Redis refused this customer's update (nothing else of the
+            # batch): its records become dead letters.
+            result.failed[customer_id] = f"{type(reply).__name__}: {reply}"[:300]
+            continue
+        result.applied += int(reply[REPLY["applied"]])
+        result.duplicate_offsets += int(reply[REPLY["duplicate_offsets"]])
+        result.duplicate_events += int(reply[REPLY["duplicate_events"]])
+        if reply[REPLY["outbox"]]:
+            result.outbox[customer_id] = list(reply[REPLY["outbox"]])
+        flat = reply[REPLY["profile"]]
+        result.profiles[customer_id] = {
+            flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)
+        }
+    return result
 
 
 def raise_unless_poison(replies: list[Any]) -> None:

@@ -64,3 +64,19 @@ def test_benchmarks_live_outside_the_package_and_import(name: str) -> None:
 
     assert not (MODELS.parent / f"{name}.py").exists()
     importlib.import_module(f"benchmarks.{name}")
+
+
+PACKAGE = MODELS.parent
+LONGEST_FUNCTION = 60
+
+
+def test_no_function_is_longer_than_a_screen() -> None:
+    """Long functions were where rules hid in several copies; keep them short."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > LONGEST_FUNCTION:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.name} ({lines} lines)")
+    assert long == []
