@@ -23,8 +23,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from patronage.streams.monitor import Monitor
     from patronage.streams.pipeline import Pipeline
-    from patronage.streams.worker import Monitor
 
 # The 0.0.4 text format every Prometheus reads; aiohttp adds the charset itself.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4.replace("; charset=utf-8", "")

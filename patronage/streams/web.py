@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 from faust import web as faust_web
 
 from patronage.streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from patronage.streams.segmenting import segments_view
 
 if TYPE_CHECKING:
-    from patronage.streams.worker import Runtime
+    from patronage.streams.monitor import Monitor
+    from patronage.streams.pipeline import Pipeline
 
 DASHBOARD_HTML = resources.files("patronage.streams").joinpath("dashboard.html").read_text("utf-8")
 
@@ -29,18 +29,6 @@ class WebContext:
     readiness: Callable[[], Awaitable[tuple[bool, dict[str, str]]]]
     metrics: Callable[[], bytes]
     snapshot: Callable[[], dict[str, Any]]
-
-
-def context_of(runtime: Runtime) -> WebContext:
-    token = runtime.settings.web_token
-    return WebContext(
-        token=token.get_secret_value() if token else None,
-        profile=runtime.store.profile,
-        segments=lambda: segments_view(runtime.pipeline.segmenter.models),
-        readiness=lambda: runtime.monitor.readiness(runtime.owned()),
-        metrics=runtime.metrics.render,
-        snapshot=lambda: snapshot(runtime),
-    )
 
 
 def blueprint(ctx: WebContext) -> faust_web.Blueprint:
@@ -97,10 +85,10 @@ def blueprint(ctx: WebContext) -> faust_web.Blueprint:
     return views
 
 
-def snapshot(runtime: Runtime) -> dict[str, Any]:
+def dashboard_snapshot(pipeline: Pipeline, monitor: Monitor) -> dict[str, Any]:
     """What the dashboard polls: the same numbers as /metrics, as JSON."""
     now = time.time()
-    stats, monitor = runtime.pipeline.stats, runtime.monitor
+    stats = pipeline.stats
     partitions = []
     for row in monitor.lag_rows:
         applied = stats.last_event_ts.get((row.topic, row.partition))
@@ -113,7 +101,7 @@ def snapshot(runtime: Runtime) -> dict[str, Any]:
                 "event_time_lag_seconds": round(now - applied / 1000, 3) if applied else None,
             }
         )
-    segmenter = runtime.pipeline.segmenter
+    segmenter = pipeline.segmenter
     model = segmenter.model
     return {
         "time": now,
@@ -126,11 +114,6 @@ def snapshot(runtime: Runtime) -> dict[str, Any]:
         "segment_sizes": {str(k): v for k, v in sorted(monitor.segment_sizes.items())},
         "segment_labels": [p.label for p in model.personas] if model else [],
         "model_version": model.version if model else 0,
-        "redis_up": runtime.pipeline.retry.ok,
+        "redis_up": pipeline.retry.ok,
         "partitions": partitions,
     }
-
-
-def render_metrics(runtime: Runtime) -> str:
-    """Prometheus text exposition of the worker's metrics (streams/metrics.py)."""
-    return runtime.metrics.render().decode("utf-8")

@@ -8,10 +8,8 @@ by Kafka. Redis being down stalls the batch with backoff; it never drops it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -22,13 +20,14 @@ from patronage.models.batch import Record
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.errors import FatalRedisError
 from patronage.streams.kafka_transport import App as ReadCommittedApp
-from patronage.streams.lag import LagReader, PartitionLag
 from patronage.streams.metrics import WorkerMetrics
+from patronage.streams.monitor import Monitor
 from patronage.streams.pipeline import Pipeline
 from patronage.streams.retry import stop_the_worker
-from patronage.streams.segmenting import ModelStore
+from patronage.streams.segmenting import ModelStore, segments_view
 from patronage.streams.settings import Settings
-from patronage.streams.store import ProfileStore, ping_every_master, redis_for
+from patronage.streams.store import ProfileStore, redis_for
+from patronage.streams.web import WebContext, blueprint, dashboard_snapshot
 
 log = logging.getLogger("patronage.worker")
 
@@ -59,58 +58,6 @@ class FaustInputs:
 
     def owned(self, topics: set[str]) -> set[int]:
         return {p for topic, p in self.assignment() if topic in topics}
-
-
-class Monitor:
-    """What ops watch that the pipeline does not compute: lag, segment sizes, readiness."""
-
-    def __init__(self, settings: Settings, pipeline: Pipeline, redis: Any) -> None:
-        self.settings = settings
-        self.pipeline = pipeline
-        self.redis = redis
-        self.lag_reader = LagReader(settings)
-        self.lag_rows: list[PartitionLag] = []
-        self.kafka_ok_at = 0.0
-        self.segment_sizes: dict[int, int] = {}
-
-    async def sample(self) -> None:
-        try:
-            self.lag_rows = await self.lag_reader.sample(waiting=True)
-            self.kafka_ok_at = time.monotonic()
-        except Exception as exc:  # any Kafka failure means "not ready", never a crash
-            log.warning("lag sample failed: %s", exc)
-        await self.pipeline.retry.guarded("segment sizes", self._refresh_sizes)
-
-    async def _refresh_sizes(self) -> None:
-        self.segment_sizes = await self.pipeline.segmenter.models.sizes()
-
-    async def readiness(self, owned: set[int]) -> tuple[bool, dict[str, str]]:
-        checks: dict[str, str] = {}
-        try:
-            await asyncio.wait_for(ping_every_master(self.redis, self.settings.redis_cluster), 1.0)
-            # retry.ok is False only while a batch is stuck retrying.
-            ok = self.pipeline.retry.ok
-            checks["redis"] = "ok" if ok else "unavailable: a batch is being retried"
-        except Exception as exc:
-            checks["redis"] = f"unreachable: {exc}"
-        fresh = time.monotonic() - self.kafka_ok_at < 3 * self.settings.lag_interval_s + 5
-        checks["kafka"] = "ok" if fresh else "no successful broker round trip recently"
-        checks["partitions"] = f"{len(owned)} assigned" if owned else "none assigned yet"
-        if checks["redis"] == "ok":
-            segmenter = self.pipeline.segmenter
-            promoted = await segmenter.models.current_version()
-            loaded = segmenter.model.version if segmenter.model else 0
-            if promoted and not loaded:
-                checks["model"] = f"version {promoted} promoted but not loaded"
-            else:
-                checks["model"] = f"version {loaded}" if loaded else "none promoted yet"
-        ready = (
-            checks["redis"] == "ok"
-            and checks["kafka"] == "ok"
-            and bool(owned)
-            and "not loaded" not in checks.get("model", "")
-        )
-        return ready, checks
 
 
 class Runtime:
@@ -144,6 +91,20 @@ class Runtime:
         return self.inputs.owned(set(self.settings.input_topics)) if self.inputs else set()
 
 
+def web_context(runtime: Runtime) -> WebContext:
+    """What the web views get: callables, not the runtime."""
+    token = runtime.settings.web_token
+    pipeline, monitor = runtime.pipeline, runtime.monitor
+    return WebContext(
+        token=token.get_secret_value() if token else None,
+        profile=runtime.store.profile,
+        segments=lambda: segments_view(pipeline.segmenter.models),
+        readiness=lambda: monitor.readiness(runtime.owned()),
+        metrics=runtime.metrics.render,
+        snapshot=lambda: dashboard_snapshot(pipeline, monitor),
+    )
+
+
 def _record(message: Any) -> Record:
     return Record(message.topic, message.partition, message.offset, message.key, message.value)
 
@@ -155,9 +116,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     _wire_timers(app, runtime)
     _wire_learner(app, runtime)
     _wire_erasure(app, runtime)
-    from patronage.streams import web
-
-    web.blueprint(web.context_of(runtime)).register(app)
+    blueprint(web_context(runtime)).register(app)
     return app, runtime
 
 

@@ -14,7 +14,6 @@ import yaml
 from pydantic import SecretStr
 
 from patronage.streams.settings import Settings
-from patronage.streams.web import render_metrics
 from patronage.streams.worker import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +75,7 @@ def test_keda_scales_on_the_group_capped_at_partitions() -> None:
 
 
 def exported_metric_families() -> set[str]:
-    text = render_metrics(Runtime(Settings()))
+    text = Runtime(Settings()).metrics.render().decode()
     return set(re.findall(r"^# TYPE (\S+) ", text, re.M))
 
 

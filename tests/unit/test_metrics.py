@@ -5,13 +5,12 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from patronage.streams.settings import Settings
-from patronage.streams.web import render_metrics
 from patronage.streams.worker import Runtime
 
 
 def families(runtime: Runtime) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
-    for family in text_string_to_metric_families(render_metrics(runtime)):
+    for family in text_string_to_metric_families(runtime.metrics.render().decode()):
         for sample in family.samples:
             key = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
             out.setdefault(sample.name, {})[key] = sample.value
