@@ -13,15 +13,15 @@ from patronage.models.profile import gap_stats, map_entries
 from patronage.models.timeunits import DAY_MS
 
 FEATURES = (
-    "recency_log_days",  # log1p(days since last activity)
-    "frequency_log",  # log1p(orders, 30-day half-life, valued at now)
-    "monetary_log",  # log1p(net spend, 30-day half-life, valued at now)
+    "visit_gap_log_days",  # log1p(mean days between visit days; 0 below two visits)
+    "frequency_log",  # log1p(orders, 30-day half-life, as of the last activity)
+    "monetary_log",  # log1p(net spend, 30-day half-life, as of the last activity)
     "avg_basket_log",  # log1p(bought value per order)
     "online_share",  # online orders / orders (browsing-only: 1)
     "browse_to_buy_log",  # log1p(clicks per order)
     "category_concentration",  # Herfindahl index of category spend, 0..1
     "regularity",  # 1 / (1 + coefficient of variation of visit gaps)
-    "tenure_log_days",  # log1p(days since first activity)
+    "tenure_log_days",  # log1p(days from first to last activity)
     "return_rate",  # returned value / bought value
 )
 
@@ -31,14 +31,11 @@ def _num(fields: Mapping[str, float | str], name: str) -> float:
     return float(value) if value is not None else 0.0
 
 
-def features(
-    fields: Mapping[str, float | str], now_ms: float, half_life_ms: float
-) -> dict[str, float]:
-    """Feature dict (keys = FEATURES) of one profile at `now_ms`."""
-    last_seen = _num(fields, "last_seen") if "last_seen" in fields else now_ms
-    first_seen = _num(fields, "first_seen") if "first_seen" in fields else now_ms
-    idle_ms = max(0.0, now_ms - last_seen)
-    decay = 2.0 ** (-idle_ms / half_life_ms)
+def features(fields: Mapping[str, float | str]) -> dict[str, float]:
+    """Feature dict (keys = FEATURES) of one profile: how the customer
+    behaves, as of their last activity — so the same profile has the same
+    vector whenever it is scored (how long ago that activity was is recency,
+    scored by RFM and watched by lapse alerts, not a behaviour)."""
     orders = _num(fields, "orders")
     clicks = _num(fields, "clicks")
     bought = _num(fields, "basket_sum")
@@ -51,18 +48,34 @@ def features(
     regularity = 0.0
     if mean_gap is not None and std_gap is not None and _num(fields, "visits") >= 3:
         regularity = 1.0 / (1.0 + std_gap / mean_gap) if mean_gap > 0 else 0.0
+    active_ms = max(0.0, _num(fields, "last_seen") - _num(fields, "first_seen"))
     return {
-        "recency_log_days": math.log1p(idle_ms / DAY_MS),
-        "frequency_log": math.log1p(max(0.0, _num(fields, "freq_decayed") * decay)),
-        "monetary_log": math.log1p(max(0.0, _num(fields, "monetary_decayed") * decay)),
+        "visit_gap_log_days": math.log1p(mean_gap or 0.0),
+        "frequency_log": math.log1p(max(0.0, _num(fields, "freq_decayed"))),
+        "monetary_log": math.log1p(max(0.0, _num(fields, "monetary_decayed"))),
         "avg_basket_log": math.log1p(bought / orders) if orders > 0 else 0.0,
         "online_share": _num(fields, "orders_online") / orders if orders > 0 else 1.0,
         "browse_to_buy_log": math.log1p(clicks / max(1.0, orders)),
         "category_concentration": concentration,
         "regularity": regularity,
-        "tenure_log_days": math.log1p(max(0.0, now_ms - first_seen) / DAY_MS),
+        "tenure_log_days": math.log1p(active_ms / DAY_MS),
         "return_rate": min(1.0, _num(fields, "returns_value") / bought) if bought > 0 else 0.0,
     }
+
+
+def rfm_inputs(
+    fields: Mapping[str, float | str], now_ms: float, half_life_ms: float
+) -> tuple[float, float, float]:
+    """Recency (days since the last activity), frequency and monetary value
+    (30-day half-life) at `now_ms`: what the RFM quintiles score."""
+    last_seen = _num(fields, "last_seen") if "last_seen" in fields else now_ms
+    idle_ms = max(0.0, now_ms - last_seen)
+    decay = 2.0 ** (-idle_ms / half_life_ms)
+    return (
+        idle_ms / DAY_MS,
+        max(0.0, _num(fields, "freq_decayed") * decay),
+        max(0.0, _num(fields, "monetary_decayed") * decay),
+    )
 
 
 def top_category(fields: Mapping[str, float | str]) -> str | None:

@@ -1,207 +1,130 @@
-"""Online segmentation: a converging k-means, frozen versions, stable ids, personas.
+"""Segmentation: a sample of customers, a k-means refit, frozen versions,
+stable ids, honest personas.
 
-* `StableKMeans` is a River `Clusterer`: online standardisation, a k-means++
-  start after a warm-up buffer, then each centre moves towards its points
-  with step max(1/n, floor) — it converges instead of chasing the last events.
-* `SegmentTrainer` (one per deployment) learns, keeps streaming RFM quintiles
-  and per-segment category counts, and `freeze()`s a `FrozenModel`: the
-  versioned, immutable thing every worker scores with.
+* The learner keeps each sampled customer's latest feature vector
+  (`CustomerSample`: a bottom-k sample by a hash of the customer id, so it is
+  a uniform sample of customers — not of events — and the same whatever the
+  arrival order). Learning from a share of *events* over-weighted early,
+  immature profiles and the customers who act most.
+* `SegmentTrainer.fit()` runs k-means on the standardised sample: warm-started
+  from the current centres (stable), or from the best of several seeded
+  k-means++ starts when that is clearly better (escapes an early, immature
+  optimum). `freeze()` makes the `FrozenModel` every worker scores with.
 * At each freeze the new centres are matched to the previous version's with
   the Hungarian assignment, so segment 3 stays segment 3.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import math
 import random
 from collections import Counter
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from river import base
+import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from patronage.models.features import FEATURES
 
 
-class StableKMeans(base.Clusterer):
-    def __init__(
-        self,
-        n_clusters: int = 5,
-        warmup: int = 500,
-        step_floor: float = 0.001,
-        lloyd_iterations: int = 20,
-        restarts: int = 10,
-        seed: int | None = None,
-    ) -> None:
-        if not 2 <= n_clusters <= 12:
-            raise ValueError(f"n_clusters must be 2..12, got {n_clusters}")
-        self.n_clusters = n_clusters
-        self.warmup = warmup
-        self.step_floor = step_floor
-        self.lloyd_iterations = lloyd_iterations
-        self.restarts = restarts
-        self.seed = seed
-        self._rng = random.Random(seed)
-        self.keys: tuple[str, ...] | None = None
-        self.n = 0
-        self.mean: list[float] = []
-        self.m2: list[float] = []
-        self.centers: list[list[float]] = []
-        self.counts: list[int] = []
-        self._buffer: list[list[float]] = []
+def customer_hash(customer_id: str) -> int:
+    """64-bit hash of a customer id (the sample keeps the smallest)."""
+    return int.from_bytes(hashlib.blake2b(customer_id.encode(), digest_size=8).digest(), "big")
 
-    # -- scaling (Welford, all points seen) --------------------------------
-    def _vector(self, x: Mapping[Hashable, Any]) -> list[float]:
-        if self.keys is None:
-            self.keys = tuple(sorted(str(k) for k in x))  # sorted: no dict/hash order
-        return [float(x.get(k, 0.0)) for k in self.keys]
 
-    def _observe(self, v: list[float]) -> None:
-        if not self.mean:
-            self.mean = [0.0] * len(v)
-            self.m2 = [0.0] * len(v)
-        self.n += 1
-        for i, value in enumerate(v):
-            delta = value - self.mean[i]
-            self.mean[i] += delta / self.n
-            self.m2[i] += delta * (value - self.mean[i])
+@dataclass
+class CustomerSample:
+    """The latest feature vector (and top category) of at most `size`
+    customers: those with the smallest id hashes seen so far."""
 
-    # -- checkpoint (plain JSON values, no pickle) -----------------------------
+    size: int = 10_000
+    vectors: dict[str, list[float]] = field(default_factory=dict)
+    categories: dict[str, str] = field(default_factory=dict)
+    _heap: list[tuple[int, str]] = field(default_factory=list)  # (-hash, id): largest first
+
+    def add(self, customer_id: str, vector: list[float], category: str | None) -> None:
+        if customer_id not in self.vectors:
+            h = customer_hash(customer_id)
+            if len(self.vectors) >= self.size:
+                if h >= -self._heap[0][0]:
+                    return
+                _, evicted = heapq.heappop(self._heap)
+                del self.vectors[evicted]
+                self.categories.pop(evicted, None)
+            heapq.heappush(self._heap, (-h, customer_id))
+        self.vectors[customer_id] = vector
+        if category:
+            self.categories[customer_id] = category
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def ordered(self) -> list[str]:
+        """The sampled ids in hash order: the same order in every process."""
+        return [c for _, c in sorted((-h, c) for h, c in self._heap)]
+
     def state(self) -> dict[str, Any]:
-        version, internal, gauss = self._rng.getstate()
-        return {
-            "n_clusters": self.n_clusters,
-            "warmup": self.warmup,
-            "step_floor": self.step_floor,
-            "lloyd_iterations": self.lloyd_iterations,
-            "restarts": self.restarts,
-            "seed": self.seed,
-            "rng": [version, list(internal), gauss],
-            "keys": list(self.keys) if self.keys is not None else None,
-            "n": self.n,
-            "mean": self.mean,
-            "m2": self.m2,
-            "centers": self.centers,
-            "counts": self.counts,
-            "buffer": self._buffer,
-        }
+        return {"size": self.size, "vectors": self.vectors, "categories": self.categories}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> StableKMeans:
-        model = cls(
-            state["n_clusters"],
-            state["warmup"],
-            state["step_floor"],
-            state["lloyd_iterations"],
-            state["restarts"],
-            state["seed"],
-        )
-        version, internal, gauss = state["rng"]
-        model._rng.setstate((version, tuple(internal), gauss))
-        model.keys = tuple(state["keys"]) if state["keys"] is not None else None
-        model.n = state["n"]
-        model.mean = list(state["mean"])
-        model.m2 = list(state["m2"])
-        model.centers = [list(c) for c in state["centers"]]
-        model.counts = list(state["counts"])
-        model._buffer = [list(v) for v in state["buffer"]]
-        return model
+    def from_state(cls, state: Mapping[str, Any]) -> CustomerSample:
+        sample = cls(int(state["size"]))
+        for customer_id, vector in state["vectors"].items():
+            sample.add(customer_id, list(vector), state["categories"].get(customer_id))
+        return sample
 
-    def std(self) -> list[float]:
-        if self.n < 2:
-            return [1.0] * len(self.mean)
-        return [math.sqrt(m2 / (self.n - 1)) or 1.0 for m2 in self.m2]
 
-    def _scale(self, v: Sequence[float]) -> list[float]:
-        if not self.mean:
-            return list(v)
-        return [(value - m) / s for value, m, s in zip(v, self.mean, self.std(), strict=True)]
+def kmeans(
+    z: np.ndarray, init: np.ndarray, iterations: int = 30
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Lloyd's iterations from `init`: (centres, labels, inertia)."""
+    centers = init.copy()
+    labels = np.zeros(len(z), dtype=int)
+    for _ in range(iterations):
+        d2 = ((z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
+        new_labels = d2.argmin(axis=1)
+        for c in range(len(centers)):
+            members = z[new_labels == c]
+            if len(members):
+                centers[c] = members.mean(axis=0)
+        if np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+    d2 = ((z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
+    labels = d2.argmin(axis=1)
+    return centers, labels, float(d2.min(axis=1).sum())
 
-    # -- River API -----------------------------------------------------------
-    def learn_one(self, x: dict[Hashable, Any]) -> None:
-        v = self._vector(x)
-        self._observe(v)
-        if not self.centers:
-            self._buffer.append(v)
-            if len(self._buffer) >= self.warmup:
-                self._initialise()
-            return
-        z = self._scale(v)
-        c = nearest(self.centers, z)
-        self.counts[c] += 1
-        step = max(1.0 / self.counts[c], self.step_floor)
-        center = self.centers[c]
-        for i, value in enumerate(z):
-            center[i] += step * (value - center[i])
 
-    def predict_one(self, x: dict[Hashable, Any]) -> int:
-        if not self.centers:
-            return 0
-        return nearest(self.centers, self._scale(self._vector(x)))
-
-    def _initialise(self) -> None:
-        # Several seeded k-means++ starts on the warm-up buffer; the lowest
-        # inertia wins (one start can merge two true groups and split a third).
-        points = [self._scale(v) for v in self._buffer]
-        best: tuple[float, list[list[float]], list[int]] | None = None
-        for _ in range(max(1, self.restarts)):
-            centers, counts = self._kmeans(points)
-            inertia = sum(min(sq_dist(p, c) for c in centers) for p in points)
-            if best is None or inertia < best[0]:
-                best = (inertia, centers, counts)
-        assert best is not None
-        self.centers = best[1]
-        self.counts = [max(1, c) for c in best[2]]
-        self._buffer = []
-
-    def _kmeans(self, points: list[list[float]]) -> tuple[list[list[float]], list[int]]:
-        k = min(self.n_clusters, len(points))
-        centers = [list(points[self._rng.randrange(len(points))])]
-        while len(centers) < k:  # k-means++: far points are likelier centres
-            d2 = [min(sq_dist(p, c) for c in centers) for p in points]
-            total = sum(d2)
-            if total == 0:
-                centers.append(list(points[self._rng.randrange(len(points))]))
-                continue
-            pick = self._rng.random() * total
-            acc = 0.0
-            for p, w in zip(points, d2, strict=True):
-                acc += w
-                if acc >= pick:
-                    centers.append(list(p))
-                    break
-        counts = [0] * k
-        for _ in range(self.lloyd_iterations):
-            sums = [[0.0] * len(points[0]) for _ in range(k)]
-            counts = [0] * k
-            for p in points:
-                c = nearest(centers, p)
-                counts[c] += 1
-                for i, value in enumerate(p):
-                    sums[c][i] += value
-            centers = [
-                [s / counts[c] for s in sums[c]] if counts[c] else centers[c] for c in range(k)
-            ]
-        return centers, counts
-
-    @property
-    def ready(self) -> bool:
-        return bool(self.centers)
+def kmeans_plus_plus(z: np.ndarray, k: int, rng: random.Random) -> np.ndarray:
+    """Greedy k-means++ seeding (as scikit-learn does it): each next centre
+    is the best of 2 + log(k) candidates drawn in proportion to the squared
+    distance to the nearest centre so far, from a seeded RNG."""
+    trials = 2 + int(math.log(k))
+    centers = [z[rng.randrange(len(z))]]
+    closest = ((z - centers[0]) ** 2).sum(axis=1)
+    while len(centers) < k:
+        total = float(closest.sum())
+        if total == 0:
+            centers.append(z[rng.randrange(len(z))])
+            continue
+        cumulative = np.cumsum(closest)
+        picks = [
+            min(int(np.searchsorted(cumulative, rng.random() * total)), len(z) - 1)
+            for _ in range(trials)
+        ]
+        candidates = [np.minimum(closest, ((z - z[i]) ** 2).sum(axis=1)) for i in picks]
+        best = min(range(trials), key=lambda t: float(candidates[t].sum()))
+        centers.append(z[picks[best]])
+        closest = candidates[best]
+    return np.array(centers, dtype=float)
 
 
 def sq_dist(a: Sequence[float], b: Sequence[float]) -> float:
     return sum((x - y) ** 2 for x, y in zip(a, b, strict=True))
-
-
-def nearest(centers: Sequence[Sequence[float]], z: Sequence[float]) -> int:
-    best, best_d = 0, math.inf
-    for i, c in enumerate(centers):
-        d = sq_dist(c, z)
-        if d < best_d:
-            best, best_d = i, d
-    return best
 
 
 # ---------------------------------------------------------------------------
@@ -211,8 +134,8 @@ def nearest(centers: Sequence[Sequence[float]], z: Sequence[float]) -> int:
 class Persona:
     label: str
     description: str
-    size: int
-    typical: dict[str, float]
+    size: int  # customers of the sample in this segment when it was frozen
+    figures: dict[str, float]  # the centroid in people's units: what the label rests on
 
 
 @dataclass(frozen=True)
@@ -230,7 +153,7 @@ class FrozenModel:
 
     def scale(self, x: Mapping[str, float]) -> list[float]:
         return [
-            (float(x.get(k, 0.0)) - m) / s
+            max(-CLIP, min(CLIP, (float(x.get(k, 0.0)) - m) / s))
             for k, m, s in zip(self.keys, self.mean, self.std, strict=True)
         ]
 
@@ -283,7 +206,10 @@ class FrozenModel:
             mean=tuple(doc["mean"]),
             std=tuple(doc["std"]),
             centers=tuple(tuple(c) for c in doc["centers"]),
-            personas=tuple(Persona(**p) for p in doc["personas"]),
+            personas=tuple(
+                Persona(p["label"], p["description"], p["size"], p.get("figures", {}))
+                for p in doc["personas"]
+            ),
             rfm_cuts={k: tuple(v) for k, v in doc["rfm_cuts"].items()},
             created_ms=int(doc["created_ms"]),
         )
@@ -378,67 +304,145 @@ class P2Quantile:
 
 
 CHECKPOINT_FORMAT = "patronage.segment-trainer"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+# A restart must beat the warm-started refit by this much to replace it:
+# small gains are not worth moving customers between segments.
+RESTART_GAIN = 0.03
+RFM_DIMENSIONS = ("recency", "frequency", "monetary")
+# Standardised values are clipped here: a handful of extreme customers (a
+# reseller's baskets, a bot's clicks) must not take a segment of their own.
+CLIP = 3.0
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A refit on the sample, its centres already matched to the previous ids."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    centers: tuple[tuple[float, ...], ...]  # standardised
+    sizes: tuple[int, ...]
+    categories: tuple[Counter[str], ...]
+    medians: dict[str, float]  # population medians of the figures (relative label rules)
+    shift: float  # largest centre move since the previous version, in std units (inf: none)
+    inertia: float
 
 
 @dataclass
 class SegmentTrainer:
-    """The single learner: online clusterer + RFM quantiles + persona stats."""
+    """The single learner: a customer sample, RFM quantiles, k-means refits."""
 
     n_clusters: int = 5
-    warmup: int = 500
-    step_floor: float = 0.001
+    warmup: int = 500  # customers sampled before the first model
     seed: int = 42
+    sample_size: int = 10_000
+    restarts: int = 10
+    # ... and the longest-active of them active for this many days: a model
+    # learnt on a young population would be re-learnt as it matures,
+    # re-labelling customers who did not change.
+    warmup_days: float = 90.0
     version: int = 0
     updates: int = 0
-    clusterer: StableKMeans = field(init=False)
+    sample: CustomerSample = field(init=False)
     quantiles: dict[str, list[P2Quantile]] = field(init=False)
-    categories: list[Counter[str]] = field(init=False)
     previous: FrozenModel | None = None
 
     def __post_init__(self) -> None:
-        self.clusterer = StableKMeans(self.n_clusters, self.warmup, self.step_floor, seed=self.seed)
+        if not 2 <= self.n_clusters <= 12:
+            raise ValueError(f"n_clusters must be 2..12, got {self.n_clusters}")
+        self.sample = CustomerSample(self.sample_size)
         self.quantiles = {
-            name: [P2Quantile(q) for q in (0.2, 0.4, 0.6, 0.8)]
-            for name in ("recency", "frequency", "monetary")
+            name: [P2Quantile(q) for q in (0.2, 0.4, 0.6, 0.8)] for name in RFM_DIMENSIONS
         }
-        self.categories = [Counter() for _ in range(self.n_clusters)]
 
-    def learn(self, x: dict[str, float], top_category: str | None = None) -> None:
-        sample: dict[Hashable, Any] = {k: v for k, v in x.items()}
-        self.clusterer.learn_one(sample)
+    def learn(
+        self,
+        customer_id: str,
+        x: Mapping[str, float],
+        top_category: str | None = None,
+        rfm: Sequence[float] | None = None,
+    ) -> None:
+        self.sample.add(customer_id, [float(x.get(k, 0.0)) for k in FEATURES], top_category)
         self.updates += 1
-        for name, value in rfm_values(x).items():
+        for name, value in zip(RFM_DIMENSIONS, rfm or (), strict=False):
             for q in self.quantiles[name]:
-                q.update(value)
-        if self.clusterer.ready and top_category:
-            self.categories[self.clusterer.predict_one(sample)][top_category] += 1
+                q.update(float(value))
 
-    def freeze(self, now_ms: int) -> FrozenModel | None:
-        km = self.clusterer
-        if not km.ready or km.keys is None:
+    def fit(self) -> Fit | None:
+        """k-means on the standardised sample; None before the warm-up."""
+        k = self.n_clusters
+        if len(self.sample) < max(self.warmup, k):
             return None
-        std = km.std()
-        raw = [
-            [c * s + m for c, s, m in zip(center, std, km.mean, strict=True)]
-            for center in km.centers
-        ]
-        order = match_ids(self.previous, raw, std)
-        # Reorder the learner itself too, so ids stay put across promotions.
-        km.centers = [km.centers[i] for i in order]
-        km.counts = [km.counts[i] for i in order]
-        self.categories = [self.categories[i] for i in order]
+        ids = self.sample.ordered()
+        raw = np.array([self.sample.vectors[c] for c in ids], dtype=float)
+        span_days = float(np.expm1(raw[:, FEATURES.index("tenure_log_days")].max()))
+        if self.previous is None and span_days < self.warmup_days:
+            return None
+        mean = raw.mean(axis=0)
+        std = raw.std(axis=0, ddof=1)
+        std[std == 0] = 1.0
+        z = np.clip((raw - mean) / std, -CLIP, CLIP)
+        rng = random.Random(f"{self.seed}:{self.version}")
+        best = min(
+            (kmeans(z, kmeans_plus_plus(z, k, rng)) for _ in range(max(1, self.restarts))),
+            key=lambda fit: fit[2],
+        )
+        previous = self.previous if self._continues(self.previous) else None
+        if previous is not None:
+            prev_raw = np.array(previous.centers) * np.array(previous.std) + previous.mean
+            warm = kmeans(z, (prev_raw - mean) / std)
+            if warm[2] <= best[2] * (1 + RESTART_GAIN):
+                best = warm
+        centers, labels, inertia = best
+        order = match_ids(previous, (centers * std + mean).tolist(), std.tolist())
+        new_id = {old: new for new, old in enumerate(order)}
+        centers = centers[order]
+        labels = np.array([new_id[int(label)] for label in labels])
+        categories: tuple[Counter[str], ...] = tuple(Counter() for _ in range(k))
+        for customer_id, label in zip(ids, labels.tolist(), strict=True):
+            if customer_id in self.sample.categories:
+                categories[label][self.sample.categories[customer_id]] += 1
+        shift = math.inf
+        if previous is not None:
+            prev_raw = np.array(previous.centers) * np.array(previous.std) + previous.mean
+            moved = (centers * std + mean - prev_raw) / std
+            shift = float(np.sqrt((moved**2).sum(axis=1)).max())
+        return Fit(
+            mean=tuple(mean.tolist()),
+            std=tuple(std.tolist()),
+            centers=tuple(tuple(c) for c in centers.tolist()),
+            sizes=tuple(int((labels == i).sum()) for i in range(k)),
+            categories=categories,
+            medians={
+                name: float(np.median(values)) for name, values in figure_columns(raw).items()
+            },
+            shift=shift,
+            inertia=inertia,
+        )
+
+    def _continues(self, model: FrozenModel | None) -> bool:
+        return (
+            model is not None and model.keys == FEATURES and len(model.centers) == self.n_clusters
+        )
+
+    def freeze(self, now_ms: int, fit: Fit | None = None) -> FrozenModel | None:
+        """The next model version from a fit (made now when not given)."""
+        fit = fit or self.fit()
+        if fit is None:
+            return None
         self.version += 1
         personas = tuple(
-            describe(km.keys, km.centers[i], km.mean, std, km.counts[i], self.categories[i])
-            for i in range(len(km.centers))
+            describe(
+                fit.centers[i], fit.mean, fit.std, fit.sizes[i], fit.categories[i], fit.medians
+            )
+            for i in range(len(fit.centers))
         )
         model = FrozenModel(
             version=self.version,
-            keys=km.keys,
-            mean=tuple(km.mean),
-            std=tuple(std),
-            centers=tuple(tuple(c) for c in km.centers),
+            keys=FEATURES,
+            mean=fit.mean,
+            std=fit.std,
+            centers=fit.centers,
             personas=personas,
             rfm_cuts={
                 name: tuple(float(q.get() or 0.0) for q in qs)
@@ -457,13 +461,14 @@ class SegmentTrainer:
             "version": CHECKPOINT_VERSION,
             "n_clusters": self.n_clusters,
             "warmup": self.warmup,
-            "step_floor": self.step_floor,
             "seed": self.seed,
+            "sample_size": self.sample_size,
+            "restarts": self.restarts,
+            "warmup_days": self.warmup_days,
             "model_version": self.version,
             "updates": self.updates,
-            "clusterer": self.clusterer.state(),
+            "sample": self.sample.state(),
             "quantiles": {n: [q.state() for q in qs] for n, qs in self.quantiles.items()},
-            "categories": [dict(c) for c in self.categories],
             "previous": self.previous.to_json() if self.previous else None,
         }
 
@@ -474,77 +479,112 @@ class SegmentTrainer:
                 f"not a version {CHECKPOINT_VERSION} segment-trainer checkpoint: "
                 f"{doc.get('format')!r} v{doc.get('version')!r}"
             )
-        trainer = cls(doc["n_clusters"], doc["warmup"], doc["step_floor"], doc["seed"])
+        trainer = cls(
+            doc["n_clusters"],
+            doc["warmup"],
+            doc["seed"],
+            doc["sample_size"],
+            doc["restarts"],
+            doc["warmup_days"],
+        )
         trainer.version = doc["model_version"]
         trainer.updates = doc["updates"]
-        trainer.clusterer = StableKMeans.from_state(doc["clusterer"])
+        trainer.sample = CustomerSample.from_state(doc["sample"])
         trainer.quantiles = {
             n: [P2Quantile.from_state(q) for q in qs] for n, qs in doc["quantiles"].items()
         }
-        trainer.categories = [Counter(c) for c in doc["categories"]]
         previous = doc["previous"]
         trainer.previous = FrozenModel.from_json(previous) if previous else None
         return trainer
 
 
-def rfm_values(x: Mapping[str, float]) -> dict[str, float]:
+def figure_columns(raw: np.ndarray) -> dict[str, np.ndarray]:
+    """Feature columns (rows = customers or centres) in the units people read."""
+    col = {name: raw[:, i] for i, name in enumerate(FEATURES)}
     return {
-        "recency": math.expm1(x.get("recency_log_days", 0.0)),
-        "frequency": math.expm1(x.get("frequency_log", 0.0)),
-        "monetary": math.expm1(x.get("monetary_log", 0.0)),
+        "orders_30d": np.expm1(col["frequency_log"]),
+        "spend_30d": np.expm1(col["monetary_log"]),
+        "avg_basket": np.expm1(col["avg_basket_log"]),
+        "days_between_visits": np.expm1(col["visit_gap_log_days"]),
+        "online_share": col["online_share"],
+        "clicks_per_order": np.expm1(col["browse_to_buy_log"]),
+        "return_rate": col["return_rate"],
+        "active_days": np.expm1(col["tenure_log_days"]),
     }
 
 
-_WORDS = {
-    "frequency_log": ("frequent", "occasional"),
-    "monetary_log": ("high-spend", "low-spend"),
-    "recency_log_days": ("lapsing", "recently active"),
-    "avg_basket_log": ("big-basket", "small-basket"),
-    "browse_to_buy_log": ("browse-heavy", None),
-    "regularity": ("regular", None),
-    "return_rate": ("returns a lot", None),
+# The rules a label term needs the centroid's figures to meet (shown on /segments).
+LABEL_RULES = {
+    "in-store": "at least 70 % of orders in store",
+    "online": "at least 70 % of orders online",
+    "omnichannel": "between the two",
+    "weekly": "visits every 9 days or more often",
+    "fortnightly": "visits every 9 to 20 days",
+    "monthly": "visits every 20 to 45 days",
+    "one-off or new": "active on 7 days or fewer in all",
+    "big-basket": "average basket at least 1.5x the median customer's",
+    "small-basket": "average basket at most 0.5x the median customer's",
+    "high-spend": "spend per 30 days at least 2x the median customer's",
+    "browse-heavy": "at least 10 clicks per order",
+    "returns a lot": "returns at least 15 % of what they buy",
+    "mostly <category>": "the top category of at least 40 % of its customers",
 }
 
 
+def label_terms(figures: Mapping[str, float], medians: Mapping[str, float]) -> list[str]:
+    """Label terms whose rule (LABEL_RULES) the figures meet."""
+    terms: list[str] = []
+    share = figures["online_share"]
+    terms.append("online" if share >= 0.7 else "in-store" if share <= 0.3 else "omnichannel")
+    gap = figures["days_between_visits"]
+    if figures["active_days"] <= 7:
+        terms.append("one-off or new")
+    elif gap <= 9:
+        terms.append("weekly")
+    elif gap <= 20:
+        terms.append("fortnightly")
+    elif gap <= 45:
+        terms.append("monthly")
+    basket, median_basket = figures["avg_basket"], medians.get("avg_basket", 0.0)
+    if median_basket > 0 and basket >= 1.5 * median_basket:
+        terms.append("big-basket")
+    elif median_basket > 0 and basket <= 0.5 * median_basket:
+        terms.append("small-basket")
+    median_spend = medians.get("spend_30d", 0.0)
+    if median_spend > 0 and figures["spend_30d"] >= 2 * median_spend:
+        terms.append("high-spend")
+    if figures["clicks_per_order"] >= 10:
+        terms.append("browse-heavy")
+    if figures["return_rate"] >= 0.15:
+        terms.append("returns a lot")
+    return terms
+
+
 def describe(
-    keys: Sequence[str],
     center: Sequence[float],
     mean: Sequence[float],
     std: Sequence[float],
     size: int,
     categories: Counter[str],
+    medians: Mapping[str, float],
 ) -> Persona:
-    """A persona from a centre read against the population (centres are in
-    standard deviations from the population mean)."""
-    z = dict(zip(keys, center, strict=True))
-    raw = {k: c * s + m for k, c, s, m in zip(keys, center, std, mean, strict=True)}
-    words: list[str] = []
-    for name in FEATURES:
-        if name not in z or name not in _WORDS:
-            continue
-        high, low = _WORDS[name]
-        if z[name] > 0.5:
-            words.append(high)
-        elif z[name] < -0.5 and low:
-            words.append(low)
-    share = raw.get("online_share", 0.5)
-    words.append("online" if share > 0.7 else "in-store" if share < 0.3 else "omnichannel")
-    if categories:
-        words.append(categories.most_common(1)[0][0].replace("_", " "))
-    typical = {
-        "orders_30d": round(math.expm1(raw.get("frequency_log", 0.0)), 2),
-        "spend_30d": round(math.expm1(raw.get("monetary_log", 0.0)), 2),
-        "avg_basket": round(math.expm1(raw.get("avg_basket_log", 0.0)), 2),
-        "days_since_visit": round(math.expm1(raw.get("recency_log_days", 0.0)), 1),
-        "online_share": round(share, 2),
-    }
-    label = ", ".join(words)
+    """A persona whose label says only what its centroid's figures support."""
+    raw = np.array([[c * s + m for c, s, m in zip(center, std, mean, strict=True)]])
+    figures = {name: round(float(v[0]), 3) for name, v in figure_columns(raw).items()}
+    terms = label_terms(figures, medians)
+    if categories and size:
+        top, count = categories.most_common(1)[0]
+        if count >= 0.4 * size:
+            terms.append(f"mostly {top.replace('_', ' ')}")
+            figures["top_category_share"] = round(count / size, 3)
+    label = ", ".join(terms)
     description = (
-        f"{label}: ~{size} customers learned; typically {typical['orders_30d']} orders and "
-        f"{typical['spend_30d']:.0f} spent per 30 days, basket {typical['avg_basket']:.0f}, "
-        f"last visit {typical['days_since_visit']:.0f} days ago, {share:.0%} of orders online"
+        f"{label}: {size} sampled customers; typically {figures['orders_30d']:.1f} orders and "
+        f"{figures['spend_30d']:.0f} spent per 30 days, basket {figures['avg_basket']:.0f}, "
+        f"a visit every {figures['days_between_visits']:.0f} days, "
+        f"{figures['online_share']:.0%} of orders online"
     )
-    return Persona(label=label, description=description, size=size, typical=typical)
+    return Persona(label=label, description=description, size=size, figures=figures)
 
 
 @dataclass(frozen=True)
@@ -562,16 +602,17 @@ def decide(
     model: FrozenModel,
     scored_by: FrozenModel | None,
     hysteresis: float,
+    rfm_now: Sequence[float] = (0.0, 0.0, 0.0),
 ) -> SegmentDecision | None:
-    """Score one profile; None when nothing stored would change.
+    """Score one profile; None when nothing stored would change. `rfm_now`:
+    recency days, frequency and monetary value at the scoring time.
 
     A move counts as `model_update` when the model that last scored the
     customer would keep them where they are on these same features: the
     model moved, not the customer."""
     current = int(float(fields["segment"])) if "segment" in fields else None
     new = model.assign(x, current, hysteresis)
-    values = rfm_values(x)
-    rfm = model.rfm(values["recency"], values["frequency"], values["monetary"])
+    rfm = model.rfm(*rfm_now)
     stored_rfm = tuple(int(float(fields.get(f"rfm_{d}", 0))) for d in "rfm")
     if new == current:
         if rfm == stored_rfm and int(float(fields.get("segment_version", 0))) == model.version:

@@ -158,6 +158,33 @@ class _Collector(Collector):
         yield behind
         yield newest
 
+    def _promotions(self) -> Iterator[Metric]:
+        learner = self.pipeline.learner
+        total = _counter(
+            "patronage_segment_promotions", "Model versions this worker promoted (the learner)."
+        )
+        total.add_metric([], learner.promoted)
+        yield total
+        hour = _gauge(
+            "patronage_segment_promotions_last_hour", "Promotions by this worker in the last hour."
+        )
+        hour.add_metric([], learner.promotions_last_hour())
+        yield hour
+        skipped = _counter(
+            "patronage_segment_promotions_skipped",
+            "Refits not promoted, by reason (small_shift: no centre moved enough).",
+            ("reason",),
+        )
+        for reason in ("small_shift",):
+            skipped.add_metric([reason], learner.skipped[reason])
+        yield skipped
+        shift = _gauge(
+            "patronage_segment_model_shift",
+            "Largest centre move of the last refit, in standard deviations.",
+        )
+        shift.add_metric([], learner.last_shift or 0.0)
+        yield shift
+
     def _lapse_and_segments(self) -> Iterator[Metric]:
         r = self.pipeline
         alerts = _counter("patronage_lapse_alerts", "Lapse alerts sent, by kind.", ("kind",))
@@ -175,6 +202,7 @@ class _Collector(Collector):
         for reason, count in sorted(r.segmenter.changes.items()):
             changes.add_metric([reason], count)
         yield changes
+        yield from self._promotions()
         version = _gauge(
             "patronage_segment_model_version", "Model version this worker scores with."
         )

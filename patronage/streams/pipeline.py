@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,7 +25,9 @@ from typing import Any
 
 from patronage.models.batch import PreparedBatch, Record, dead_letter, prepare_batch
 from patronage.models.clock import with_batch
+from patronage.models.features import rfm_inputs
 from patronage.models.lapse import finding_from_json, to_alert
+from patronage.models.segments import customer_hash
 from patronage.models.sources import SourceState, observe
 from patronage.streams.metrics import WorkerMetrics
 from patronage.streams.retry import Retry
@@ -88,7 +89,7 @@ class Pipeline:
         self.metrics = metrics or WorkerMetrics()
         self.retry = Retry(settings.redis_retry_max_s, self.stats.counters, store.ensure_scripts)
         self.segmenter = Segmenter(settings, models, store)
-        self.learner = Learner(settings, models)
+        self.learner = Learner(settings, models, clock)
         self.sweeper = LapseSweeper(
             store,
             settings.lapse_clock,
@@ -231,16 +232,19 @@ class Pipeline:
         if self.settings.lapse_clock == "event" and batch.newest:
             # Replays: recency is measured at the newest event time applied.
             now = float(max(max(topics.values()) for topics in batch.newest.values()))
-        xs = self.segmenter.features_of(result.profiles, now)
+        xs = self.segmenter.features_of(result.profiles)
         decisions = await self.segmenter.score(result.profiles, now, xs)
         await self.segmenter.commit(decisions, result.profiles, now, self.send)
         topic = self.settings.topic(self.settings.topic_segment_features)
         share = self.settings.segment_learn_sample
+        half_life = self.settings.profile_config.half_life_ms
         for customer_id, x in xs.items():
             fields = result.profiles[customer_id]
-            if sampled(customer_id, fields, share):
+            if sampled(customer_id, share):
+                rfm_now = rfm_inputs(fields, now, half_life)
+                message = feature_message(customer_id, x, fields, rfm_now)
                 # Not awaited one by one: a lost vector only slows learning.
-                await self.send(topic, customer_id.encode(), feature_message(x, fields))
+                await self.send(topic, customer_id.encode(), message)
 
     async def _send_dead_letters(self, batch: PreparedBatch) -> None:
         if not batch.dead_letters:
@@ -312,12 +316,11 @@ class Pipeline:
         asyncio.run(run())
 
 
-def sampled(customer_id: str, fields: dict[str, float | str], share: float) -> bool:
-    """Whether this profile state feeds the learner (deterministic per state)."""
-    if share >= 1:
-        return True
-    key = f"{customer_id}:{fields.get('events_applied', 0)}".encode()
-    return zlib.crc32(key) / 0xFFFFFFFF < share
+def sampled(customer_id: str, share: float) -> bool:
+    """Whether this customer feeds the learner: a fixed share of customers by
+    id hash, every update of theirs (so the learner sees each sampled
+    customer's latest state, and one-time buyers as often as regulars)."""
+    return share >= 1 or customer_hash(customer_id) < share * 2**64
 
 
 def _warn_reset(

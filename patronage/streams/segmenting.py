@@ -14,17 +14,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from aiokafka.partitioner import murmur2
 
 from patronage.models.contracts import SegmentChange, format_ts
-from patronage.models.features import features, top_category
-from patronage.models.segments import FrozenModel, SegmentDecision, SegmentTrainer, decide
+from patronage.models.features import FEATURES, features, rfm_inputs, top_category
+from patronage.models.segments import (
+    LABEL_RULES,
+    FrozenModel,
+    SegmentDecision,
+    SegmentTrainer,
+    decide,
+)
 from patronage.streams.settings import Settings
 from patronage.streams.types import ModelStoreT, ProfileStoreT
 
@@ -112,7 +119,9 @@ class Segmenter:
         if version == 0 or (self.model is not None and self.model.version == version):
             return False
         model = await self.models.load(version)
-        if model is None:
+        if model is None or model.keys != FEATURES:
+            # A version learnt on another feature set (before an upgrade) is
+            # not scored with; the learner promotes one on these features.
             return False
         self.model = model
         self._by_version[version] = model
@@ -132,15 +141,10 @@ class Segmenter:
         return self._by_version[version]
 
     def features_of(
-        self, profiles: dict[str, dict[str, float | str]], now_ms: float
+        self, profiles: dict[str, dict[str, float | str]]
     ) -> dict[str, dict[str, float]]:
         """Feature vectors of the profiles that have activity (computed once per batch)."""
-        half_life = self.settings.profile_config.half_life_ms
-        return {
-            cid: features(fields, now_ms, half_life)
-            for cid, fields in profiles.items()
-            if "last_seen" in fields
-        }
+        return {cid: features(fields) for cid, fields in profiles.items() if "last_seen" in fields}
 
     async def score(
         self,
@@ -152,12 +156,15 @@ class Segmenter:
         if model is None:
             return {}
         if xs is None:
-            xs = self.features_of(profiles, now_ms)
+            xs = self.features_of(profiles)
+        half_life = self.settings.profile_config.half_life_ms
         decisions = {}
         for customer_id, x in xs.items():
             fields = profiles[customer_id]
             scored_by = await self._scored_by(fields)
-            decision = decide(fields, x, model, scored_by, self.settings.segment_hysteresis)
+            rfm_now = rfm_inputs(fields, now_ms, half_life)
+            h = self.settings.segment_hysteresis
+            decision = decide(fields, x, model, scored_by, h, rfm_now)
             if decision is not None:
                 decisions[customer_id] = decision
         return decisions
@@ -258,11 +265,13 @@ async def segments_view(models: ModelStoreT) -> dict[str, Any]:
                 "label": p.label,
                 "description": p.description,
                 "customers": sizes.get(i, 0),
-                "learned_points": p.size,
-                "typical": p.typical,
+                "sampled_customers": p.size,
+                # The centroid in people's units: what each label term rests on.
+                "figures": p.figures,
             }
             for i, p in enumerate(model.personas)
         ],
+        "label_rules": LABEL_RULES,
         "rfm_quintile_cuts": {k: list(v) for k, v in model.rfm_cuts.items()},
     }
 
@@ -274,15 +283,27 @@ def partition_for(customer_id: str, partitions: int) -> int:
 
 
 class Learner:
-    """The single learner (owner of the segment-features partition)."""
+    """The single learner (owner of the segment-features partition).
 
-    def __init__(self, settings: Settings, models: ModelStoreT) -> None:
+    Promotion policy: the first version as soon as the warm-up sample is
+    there; after that at most one per `segment_promote_interval_s`, and only
+    when a refit moved a segment centre by at least `segment_promote_min_shift`
+    standard deviations — a model that did not move would only re-label
+    customers for nothing."""
+
+    def __init__(
+        self, settings: Settings, models: ModelStoreT, clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
         self.models = models
+        self.clock = clock
         self.trainer: SegmentTrainer | None = None
-        self.since_promotion = 0
-        self.last_promotion = time.monotonic()
+        self.last_check = -math.inf
         self.loaded_version = -1
+        self.promoted = 0  # versions this learner promoted
+        self.promotions: list[float] = []  # clock times of those in the last hour
+        self.skipped: Counter[str] = Counter()
+        self.last_shift: float | None = None
 
     async def _ensure(self) -> SegmentTrainer:
         # Reload when another worker promoted since (ownership moved and back).
@@ -294,8 +315,9 @@ class Learner:
                 trainer = SegmentTrainer(
                     n_clusters=s.segments,
                     warmup=s.segment_warmup,
-                    step_floor=s.segment_step_floor,
                     seed=s.segment_seed,
+                    sample_size=s.segment_sample_customers,
+                    warmup_days=s.segment_warmup_days,
                 )
                 # Versions continue, and ids match the promoted model's.
                 trainer.version = version
@@ -307,24 +329,37 @@ class Learner:
     async def learn(self, vectors: Iterable[dict[str, Any]]) -> FrozenModel | None:
         trainer = await self._ensure()
         for doc in vectors:
-            trainer.learn(doc["x"], doc.get("cat"))
-            self.since_promotion += 1
-        due = self.since_promotion >= self.settings.segment_promote_every or (
-            self.since_promotion > 0
-            and time.monotonic() - self.last_promotion >= self.settings.segment_promote_interval_s
-        )
-        if not due:
+            if "id" in doc:  # vectors from before the customer sample carry no id
+                trainer.learn(doc["id"], doc["x"], doc.get("cat"), doc.get("rfm"))
+        now = self.clock()
+        first = trainer.previous is None
+        if not first and now - self.last_check < self.settings.segment_promote_interval_s:
             return None
-        model = trainer.freeze(int(time.time() * 1000))
-        if model is None:
+        fit = trainer.fit()
+        if fit is None:
             return None
+        self.last_check = now
+        self.last_shift = None if first else fit.shift
+        if not first and fit.shift < self.settings.segment_promote_min_shift:
+            self.skipped["small_shift"] += 1
+            return None
+        model = trainer.freeze(int(now * 1000), fit)
+        assert model is not None
         await self.models.promote(model, trainer)
         self.loaded_version = model.version
-        self.since_promotion = 0
-        self.last_promotion = time.monotonic()
-        log.info("promoted segment model v%d", model.version)
+        self.promoted += 1
+        self.promotions = [t for t in self.promotions if now - t <= 3600] + [now]
+        log.info("promoted segment model v%d (largest centre move %.3f)", model.version, fit.shift)
         return model
 
+    def promotions_last_hour(self) -> int:
+        now = self.clock()
+        return sum(1 for t in self.promotions if now - t <= 3600)
 
-def feature_message(x: dict[str, float], fields: dict[str, float | str]) -> bytes:
-    return json.dumps({"x": x, "cat": top_category(fields)}, separators=(",", ":")).encode()
+
+def feature_message(
+    customer_id: str, x: dict[str, float], fields: dict[str, float | str], rfm_now: Sequence[float]
+) -> bytes:
+    """What the learner gets: who, their features, top category and RFM inputs."""
+    doc = {"id": customer_id, "x": x, "cat": top_category(fields), "rfm": list(rfm_now)}
+    return json.dumps(doc, separators=(",", ":")).encode()

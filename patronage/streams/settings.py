@@ -111,15 +111,22 @@ class Settings(BaseSettings):
     # Segments
     segments: int = Field(5, ge=2, le=12)
     segment_hysteresis: float = Field(0.1, ge=0, lt=1)
+    # Customers sampled before the first model, and at most in the sample.
     segment_warmup: int = Field(500, ge=10, le=1_000_000)
-    segment_step_floor: float = Field(0.001, gt=0, le=1)
-    segment_promote_every: int = Field(2000, ge=1, le=10_000_000)
-    segment_promote_interval_s: float = Field(30.0, gt=0, le=86_400)
+    segment_sample_customers: int = Field(10_000, ge=100, le=1_000_000)
+    # ... and days of activity behind the longest-active sampled customer: a
+    # model learnt on a young population re-labels customers as it matures.
+    segment_warmup_days: float = Field(90.0, ge=0, le=3650)
+    # A new version is promoted at most once per interval, and only when a
+    # segment centre moved at least this far (in standard deviations).
+    segment_promote_interval_s: float = Field(300.0, gt=0, le=86_400)
+    segment_promote_min_shift: float = Field(0.05, ge=0, le=10)
     segment_refresh_interval_s: float = Field(2.0, gt=0, le=3600)
     segment_seed: int = 42
-    # Share of profile updates sent to the learner (deterministic by customer
-    # and update count): clustering needs a sample, not every update.
-    segment_learn_sample: float = Field(0.2, gt=0, le=1)
+    # Share of customers (by id hash) whose every update feeds the learner;
+    # it keeps each sampled customer's latest state. Past ~50,000 customers a
+    # share that still yields `segment_sample_customers` saves messages.
+    segment_learn_sample: float = Field(1.0, gt=0, le=1)
     topic_segment_features: str = "segment-features"
 
     # Validation

@@ -163,7 +163,7 @@ def test_a_regular_who_stops_gets_one_lapse_alert_and_one_reactivation() -> None
 
 
 def test_a_promoted_model_segments_every_owned_customer() -> None:
-    settings = Settings(segment_warmup=50, segment_promote_every=100, segment_learn_sample=1.0)
+    settings = Settings(segment_warmup=50, segment_learn_sample=1.0)
     events, _ = generate(customers=80, days=120, seed=11, start_ms=START_MS)
     records = as_records(events, settings.partitions)
     pipe, store = pipeline_for(settings, START_MS + 121 * DAY_MS)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
-import pickle
 import random
 import subprocess
 import sys
@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from patronage.models.features import FEATURES, features
-from patronage.models.segments import FrozenModel, SegmentTrainer, StableKMeans, match_ids
+from patronage.models.features import FEATURES, features, rfm_inputs
+from patronage.models.segments import FrozenModel, SegmentTrainer, label_terms, match_ids
 
 CONFIGS = {
     "k2": {"n_clusters": 2, "warmup": 100},
     "k5-default": {"n_clusters": 5},
     "k12": {"n_clusters": 12, "warmup": 300},
-    "k5-high-floor": {"n_clusters": 5, "warmup": 200, "step_floor": 0.05},
+    "k5-small-sample": {"n_clusters": 5, "warmup": 200, "sample_size": 400},
     "k5-one-start": {"n_clusters": 5, "warmup": 200, "restarts": 1},
 }
 
@@ -35,40 +35,58 @@ def points(n: int, seed: int = 0) -> list[dict[str, float]]:
     return out
 
 
-def trained(config: dict[str, float], seed: int = 7, n: int = 1500) -> StableKMeans:
-    model = StableKMeans(seed=seed, **config)  # type: ignore[arg-type]
-    for x in points(n):
-        model.learn_one(x)
+def trained(config: dict[str, float], seed: int = 7, n: int = 1500) -> SegmentTrainer:
+    trainer = SegmentTrainer(seed=seed, warmup_days=0, **config)  # type: ignore[arg-type]
+    for i, x in enumerate(points(n)):
+        trainer.learn(f"c{i}", x, "food" if i % 3 else "toys")
+    return trainer
+
+
+def model_of(trainer: SegmentTrainer) -> FrozenModel:
+    model = trainer.freeze(1)
+    assert model is not None
     return model
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_pickle_round_trip_predicts_and_learns_identically(name: str) -> None:
-    model = trained(CONFIGS[name])
-    clone = pickle.loads(pickle.dumps(model))
-    probe = points(300, seed=99)
-    assert [model.predict_one(x) for x in probe] == [clone.predict_one(x) for x in probe]
-    for x in points(200, seed=5):
-        model.learn_one(x)
-        clone.learn_one(x)
-    assert [model.predict_one(x) for x in probe] == [clone.predict_one(x) for x in probe]
+def test_checkpoint_round_trip_fits_identically(name: str) -> None:
+    trainer = trained(CONFIGS[name])
+    clone = SegmentTrainer.from_checkpoint(json.loads(json.dumps(trainer.to_checkpoint())))
+    for i, x in enumerate(points(300, seed=5)):
+        trainer.learn(f"late{i}", x)
+        clone.learn(f"late{i}", x)
+    assert model_of(trainer).to_json() == model_of(clone).to_json()
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_input_is_not_mutated(name: str) -> None:
-    model = StableKMeans(seed=1, **CONFIGS[name])  # type: ignore[arg-type]
-    for x in points(600):
+    trainer = SegmentTrainer(seed=1, warmup_days=0, **CONFIGS[name])  # type: ignore[arg-type]
+    for i, x in enumerate(points(600)):
         before = copy.deepcopy(x)
-        model.learn_one(x)
-        model.predict_one(x)
+        trainer.learn(f"c{i}", x)
         assert x == before
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_the_sample_does_not_depend_on_arrival_order(name: str) -> None:
+    """A sample of customers, not of events: the same customers' latest
+    vectors in any arrival order give the same model."""
+    stream = [(f"c{i % 700}", x) for i, x in enumerate(points(2100, seed=3))]
+    latest = dict(stream)
+    a = SegmentTrainer(seed=2, warmup_days=0, **CONFIGS[name])  # type: ignore[arg-type]
+    for customer, x in stream:
+        a.learn(customer, x)
+    b = SegmentTrainer(seed=2, warmup_days=0, **CONFIGS[name])  # type: ignore[arg-type]
+    for customer in sorted(latest, reverse=True):
+        b.learn(customer, latest[customer])
+    assert model_of(a).to_json()["centers"] == model_of(b).to_json()["centers"]
 
 
 SCRIPT = """
 import json, sys
-from tests.unit.test_segments import CONFIGS, trained, points
-model = trained(CONFIGS[sys.argv[1]], seed=int(sys.argv[2]))
-print(json.dumps([model.predict_one(x) for x in points(300, seed=99)]))
+from tests.unit.test_segments import CONFIGS, trained, points, model_of
+model = model_of(trained(CONFIGS[sys.argv[1]], seed=int(sys.argv[2])))
+print(json.dumps([model.predict(x) for x in points(300, seed=99)]))
 """
 
 
@@ -82,26 +100,36 @@ def test_same_seed_same_segments_in_a_fresh_process(name: str) -> None:
             [sys.executable, "-c", SCRIPT, name, "11"], env=env, capture_output=True, check=True
         )
         runs.append(json.loads(out.stdout))
-    here = trained(CONFIGS[name], seed=11)
-    assert runs[0] == runs[1] == [here.predict_one(x) for x in points(300, seed=99)]
-    other_seed = trained(CONFIGS[name], seed=12)
-    # Different seeds may differ; the same seed must not.
-    assert len(set(map(tuple, runs))) == 1 and other_seed.ready
+    here = model_of(trained(CONFIGS[name], seed=11))
+    assert runs[0] == runs[1] == [here.predict(x) for x in points(300, seed=99)]
 
 
 def test_n_clusters_range_is_checked() -> None:
     with pytest.raises(ValueError, match=r"2\.\.12"):
-        StableKMeans(n_clusters=13)
+        SegmentTrainer(n_clusters=13)
+
+
+def test_no_model_before_the_warm_up() -> None:
+    young = SegmentTrainer(n_clusters=3, warmup=100, warmup_days=90)
+    for i, x in enumerate(points(500)):
+        young.learn(f"c{i}", {**x, "tenure_log_days": 3.0})  # ~19 days active
+    assert young.fit() is None
+    young.learn("veteran", {**points(1)[0], "tenure_log_days": 4.6})  # ~98 days
+    assert young.fit() is not None
+    few = SegmentTrainer(n_clusters=3, warmup=100, warmup_days=0)
+    for i, x in enumerate(points(99)):
+        few.learn(f"c{i}", x)
+    assert few.fit() is None
 
 
 def test_trainer_keeps_ids_across_promotions() -> None:
-    trainer = SegmentTrainer(n_clusters=5, warmup=200, seed=3)
+    trainer = SegmentTrainer(n_clusters=5, warmup=200, seed=3, warmup_days=0)
     data = points(4000, seed=8)
-    for x in data[:2000]:
-        trainer.learn(x, "food")
+    for i, x in enumerate(data[:2000]):
+        trainer.learn(f"c{i}", x, "food")
     first = trainer.freeze(1)
-    for x in data[2000:]:
-        trainer.learn(x, "food")
+    for i, x in enumerate(data[2000:]):
+        trainer.learn(f"d{i}", x, "food")
     second = trainer.freeze(2)
     assert first is not None and second is not None
     assert (first.version, second.version) == (1, 2)
@@ -111,9 +139,9 @@ def test_trainer_keeps_ids_across_promotions() -> None:
 
 
 def test_match_ids_undoes_a_permutation() -> None:
-    trainer = SegmentTrainer(n_clusters=4, warmup=200, seed=1)
-    for x in points(1000):
-        trainer.learn(x)
+    trainer = SegmentTrainer(n_clusters=4, warmup=200, seed=1, warmup_days=0)
+    for i, x in enumerate(points(1000)):
+        trainer.learn(f"c{i}", x)
     previous = trainer.freeze(1)
     assert previous is not None
     raw = [
@@ -126,9 +154,9 @@ def test_match_ids_undoes_a_permutation() -> None:
 
 
 def test_frozen_model_json_round_trip() -> None:
-    trainer = SegmentTrainer(n_clusters=3, warmup=100, seed=1)
-    for x in points(500):
-        trainer.learn(x, "toys")
+    trainer = SegmentTrainer(n_clusters=3, warmup=100, seed=1, warmup_days=0)
+    for i, x in enumerate(points(500)):
+        trainer.learn(f"c{i}", x, "toys")
     model = trainer.freeze(123)
     assert model is not None
     again = FrozenModel.from_json(json.loads(json.dumps(model.to_json())))
@@ -142,13 +170,13 @@ def make_model(centers: list[list[float]]) -> FrozenModel:
 
 
 HYSTERESIS = [
-    # (x, current, hysteresis) -> segment ; centres at (0,0) and (10,0)
-    ((4.0, 0.0), None, 0.1, 0),
-    ((6.0, 0.0), None, 0.1, 1),
-    ((5.2, 0.0), 0, 0.1, 0),  # barely past the border: stays
-    ((6.0, 0.0), 0, 0.1, 1),  # clearly past: moves
-    ((5.2, 0.0), 0, 0.0, 1),  # no hysteresis: moves
-    ((4.8, 0.0), 1, 0.1, 1),
+    # (x, current, hysteresis) -> segment ; centres at (0,0) and (2,0)
+    ((0.8, 0.0), None, 0.1, 0),
+    ((1.2, 0.0), None, 0.1, 1),
+    ((1.04, 0.0), 0, 0.1, 0),  # barely past the border: stays
+    ((1.2, 0.0), 0, 0.1, 1),  # clearly past: moves
+    ((1.04, 0.0), 0, 0.0, 1),  # no hysteresis: moves
+    ((0.96, 0.0), 1, 0.1, 1),
 ]
 
 
@@ -156,7 +184,7 @@ HYSTERESIS = [
 def test_hysteresis(
     x: tuple[float, float], current: int | None, hysteresis: float, expected: int
 ) -> None:
-    model = make_model([[0.0, 0.0], [10.0, 0.0]])
+    model = make_model([[0.0, 0.0], [2.0, 0.0]])
     assert model.assign({"a": x[0], "b": x[1]}, current, hysteresis) == expected
 
 
@@ -190,39 +218,80 @@ def test_features_of_a_profile() -> None:
         "monetary_decayed": "100",
         "cat:food": "75",
         "cat:toys": "25",
-        "cat:#": "2",
+        "#cat:": "2",
         "visits": "3",
         "first_day": "0",
         "last_day": "10",
         "gap_sumsq": "50",
         "returns_value": "10",
     }
-    f = features(fields, now_ms=10 * day, half_life_ms=30 * day)
+    f = features(fields)
     assert tuple(f) == FEATURES
-    assert f["recency_log_days"] == 0.0
+    assert f["visit_gap_log_days"] == pytest.approx(math.log1p(5.0))
+    assert f["frequency_log"] == pytest.approx(math.log1p(2.0))
+    assert f["tenure_log_days"] == pytest.approx(math.log1p(10.0))
     assert f["online_share"] == 0.5
     assert f["category_concentration"] == pytest.approx(0.75**2 + 0.25**2)
     assert f["regularity"] == pytest.approx(1.0)  # gaps 5 and 5
     assert f["return_rate"] == pytest.approx(0.1)
+    # RFM inputs are valued at the scoring time; the features are not.
+    recency, frequency, monetary = rfm_inputs(fields, 40 * day, 30 * day)
+    assert (recency, frequency, monetary) == pytest.approx((30.0, 1.0, 50.0))
+
+
+LABELS = [
+    # figures -> label terms (medians: basket 20, spend 60)
+    (
+        {"online_share": 0.1, "days_between_visits": 7, "active_days": 200},
+        ["in-store", "weekly"],
+    ),
+    (
+        {"online_share": 0.71, "days_between_visits": 30, "active_days": 200},
+        ["online", "monthly"],
+    ),
+    (
+        {"online_share": 0.5, "days_between_visits": 0, "active_days": 0},
+        ["omnichannel", "one-off or new"],
+    ),
+    (
+        {"online_share": 0.69, "avg_basket": 31, "spend_30d": 130},
+        ["omnichannel", "big-basket", "high-spend"],
+    ),
+    (
+        {"online_share": 0.31, "clicks_per_order": 12, "return_rate": 0.2},
+        ["omnichannel", "browse-heavy", "returns a lot"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("given", "terms"), LABELS)
+def test_a_label_term_needs_its_rule(given: dict[str, float], terms: list[str]) -> None:
+    figures = {
+        "online_share": 0.5,
+        "days_between_visits": 60.0,
+        "active_days": 100.0,
+        "avg_basket": 20.0,
+        "spend_30d": 60.0,
+        "clicks_per_order": 1.0,
+        "return_rate": 0.0,
+        **given,
+    }
+    assert label_terms(figures, {"avg_basket": 20.0, "spend_30d": 60.0}) == terms
 
 
 def test_trainer_checkpoint_is_json_and_resumes_identically() -> None:
     """The learner's checkpoint lives in Redis: JSON only (a pickle read from
     Redis could run code), and a resumed learner learns exactly as if it had
     never stopped."""
-    import json
-
-    from patronage.models.segments import SegmentTrainer
-
-    trainer = SegmentTrainer(n_clusters=4, warmup=100, seed=3)
+    trainer = SegmentTrainer(n_clusters=4, warmup=100, seed=3, warmup_days=0)
     stream = points(600, seed=11)
-    for x in stream[:400]:
-        trainer.learn(x, "food")
+    for i, x in enumerate(stream[:400]):
+        trainer.learn(f"c{i}", x, "food")
     first = trainer.freeze(1)
     clone = SegmentTrainer.from_checkpoint(json.loads(json.dumps(trainer.to_checkpoint())))
-    for x in stream[400:]:
-        trainer.learn(x, "toys")
-        clone.learn(x, "toys")
+    for i, x in enumerate(stream[400:]):
+        trainer.learn(f"d{i}", x, "toys")
+        clone.learn(f"d{i}", x, "toys")
     a, b = trainer.freeze(2), clone.freeze(2)
     assert first is not None and a is not None and b is not None
     assert a.to_json() == b.to_json()
