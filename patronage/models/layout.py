@@ -49,6 +49,11 @@ def clock_key(prefix: str, partition: int) -> str:
     return f"{prefix}:{{lapse-{partition}}}:clock"
 
 
+def members_key(prefix: str, partition: int) -> str:
+    """set: the customers of a partition (re-scoring reads only its own)."""
+    return f"{prefix}:{{members-{partition}}}"
+
+
 def sources_key(prefix: str) -> str:
     """hash: topic:partition -> epoch:highest offset seen (models/sources.py)."""
     return f"{prefix}:{{sources}}"

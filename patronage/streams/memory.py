@@ -46,6 +46,7 @@ class MemoryProfileStore:
         self.due: dict[int, dict[str, float]] = {}
         self.marks: dict[int, dict[str, str | float]] = {}
         self.sources: dict[tuple[str, int], SourceState] = {}
+        self.members: dict[int, set[str]] = {}
 
     async def ensure_scripts(self, force: bool = False) -> None:
         return None
@@ -79,6 +80,8 @@ class MemoryProfileStore:
             if partition is not None and activity:
                 due = self.due.setdefault(partition, {})
                 due[customer_id] = min(due.get(customer_id, float("inf")), min(activity))
+            if partition is not None:
+                self.members.setdefault(partition, set()).add(customer_id)
         for partition, newest in (marks or {}).items():
             self.marks[partition] = with_batch(self.marks.get(partition, {}), newest, wall_ms)
         for tp, seen in (sources or {}).items():
@@ -113,6 +116,7 @@ class MemoryProfileStore:
     async def erase(self, customer_id: str, partition: int) -> tuple[int, int | None]:
         state = self.states.pop(customer_id, None)
         self.due.get(partition, {}).pop(customer_id, None)
+        self.members.get(partition, set()).discard(customer_id)
         if state is None:
             return 0, None
         held = (
@@ -166,6 +170,16 @@ class MemoryProfileStore:
     async def profile(self, customer_id: str) -> dict[str, object] | None:
         state = self.states.get(customer_id)
         return profile_view(customer_id, self._fields(state)) if state else None
+
+    async def partition_members(
+        self, partition: int, cursor: int, count: int
+    ) -> tuple[int, list[str]]:
+        ids = sorted(self.members.get(partition, set()))
+        chunk = ids[cursor : cursor + count]
+        return (cursor + count if cursor + count < len(ids) else 0), chunk
+
+    async def forget_members(self, partition: int, customer_ids: Sequence[str]) -> None:
+        self.members.get(partition, set()).difference_update(customer_ids)
 
     async def customer_ids(self, count: int = 1000) -> AsyncIterator[str]:
         for customer_id in list(self.states):

@@ -220,7 +220,7 @@ class Pipeline:
             newest = [float(v) for m in marks.values() for k, v in m.items() if k.startswith("hw:")]
             now = max(newest) if newest else now
         self.rescoring = asyncio.create_task(
-            self.segmenter.rescore_partitions(owned, self.settings.partitions, now, self.send)
+            self.segmenter.rescore_partitions(owned, now, self.send)
         )
         self.rescoring.add_done_callback(_report_rescoring)
 

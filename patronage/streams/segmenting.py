@@ -111,7 +111,8 @@ class Segmenter:
         self.model: FrozenModel | None = None
         self._by_version: dict[int, FrozenModel] = {}
         self.changes: dict[str, int] = {"profile": 0, "model_update": 0}
-        self.rescored = 0
+        self.rescored = 0  # customers read by re-scoring passes
+        self.restarts = 0  # passes restarted by a newer model
 
     async def refresh(self) -> bool:
         """Load a newer promoted version; True if the model changed."""
@@ -223,26 +224,39 @@ class Segmenter:
                     moved[d.previous] -= 1
         await self.models.adjust_sizes(moved)
 
-    async def rescore_partitions(
-        self, partitions: set[int], partition_count: int, now_ms: float, send: Send
-    ) -> int:
-        """Re-score every customer of the owned partitions with the current model."""
-        batch: list[str] = []
+    async def rescore_partitions(self, partitions: set[int], now_ms: float, send: Send) -> int:
+        """Re-score the customers of the owned partitions (their members sets:
+        the cost follows what this worker owns, not the keyspace), in slices
+        that yield to ingest. A newer model arriving mid-pass restarts the pass
+        with it, so nobody is left on an older version (those already on the
+        newest are read, not rewritten)."""
         seen = 0
-        async for customer_id in self.store.customer_ids():
-            if partition_for(customer_id, partition_count) not in partitions:
-                continue
-            batch.append(customer_id)
-            if len(batch) >= 500:
-                seen += await self._rescore(batch, now_ms, send)
-                batch = []
-        if batch:
-            seen += await self._rescore(batch, now_ms, send)
+        while (model := self.model) is not None:
+            finished = True
+            for partition in sorted(partitions):
+                cursor = 0
+                while True:
+                    slice_size = self.settings.segment_rescore_slice
+                    cursor, ids = await self.store.partition_members(partition, cursor, slice_size)
+                    seen += await self._rescore(partition, ids, now_ms, send)
+                    await asyncio.sleep(0)  # ingest runs between slices
+                    finished = self.model is model
+                    if cursor == 0 or not finished:
+                        break
+                if not finished:
+                    break
+            if finished:
+                break
+            self.restarts += 1
         self.rescored += seen
         return seen
 
-    async def _rescore(self, customer_ids: list[str], now_ms: float, send: Send) -> int:
-        profiles = await self.store.fields_of(customer_ids)
+    async def _rescore(self, partition: int, ids: list[str], now_ms: float, send: Send) -> int:
+        if not ids:
+            return 0
+        profiles = await self.store.fields_of(ids)
+        gone = [c for c in ids if c not in profiles]
+        await self.store.forget_members(partition, gone)  # expired by retention
         decisions = await self.score(profiles, now_ms)
         await self.commit(decisions, profiles, now_ms, send)
         return len(profiles)

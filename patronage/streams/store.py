@@ -23,6 +23,7 @@ from patronage.models.layout import (
     clock_key,
     customer_keys,
     due_key,
+    members_key,
     sources_key,
 )
 from patronage.models.profile import Delta, ProfileConfig, profile_view
@@ -145,6 +146,9 @@ class ProfileStore:
     def clock_key(self, partition: int) -> str:
         return clock_key(self.prefix, partition)
 
+    def members_key(self, partition: int) -> str:
+        return members_key(self.prefix, partition)
+
     def _apply_args(self, deltas: Sequence[Delta], clock: float) -> list[Any]:
         rules = self.cfg.lapse
         args = {
@@ -187,6 +191,7 @@ class ProfileStore:
             return ApplyResult()
         ops: list[tuple[str, Callable[[Any], Any]]] = []
         due: dict[int, dict[str, float]] = {}
+        members: dict[int, list[str]] = {}
         for customer_id, deltas in by_customer.items():
             keys = self.keys(customer_id)
             partition = partition_of.get(customer_id) if partition_of else None
@@ -196,7 +201,12 @@ class ProfileStore:
             activity = [d.ts for d in deltas if d.kind != "attributes"]
             if partition is not None and activity:
                 due.setdefault(partition, {})[customer_id] = min(activity)
+            if partition is not None:
+                members.setdefault(partition, []).append(customer_id)
         ops.extend(self._bookkeeping_ops(due, marks or {}, sources or {}, wall_ms))
+        for partition, ids in members.items():
+            key = self.members_key(partition)
+            ops.append((key, _command("sadd", key, *ids)))
         replies = await self._pipelined(ops)
         raise_unless_poison(replies)
         return _apply_result(list(by_customer), replies)
@@ -271,11 +281,13 @@ class ProfileStore:
         await self.ensure_scripts()
         keys = self.keys(customer_id)
         due = self.due_key(partition)
-        removed, _ = checked(
+        members = self.members_key(partition)
+        removed, _, _ = checked(
             await self._pipelined(
                 [
                     (keys.profile, _script(self._erase, list(keys), [])),
                     (due, _command("zrem", due, customer_id)),
+                    (members, _command("srem", members, customer_id)),
                 ]
             )
         )
@@ -334,6 +346,18 @@ class ProfileStore:
         if not fields:
             return None
         return profile_view(customer_id, _decode(fields))
+
+    async def partition_members(
+        self, partition: int, cursor: int, count: int
+    ) -> tuple[int, list[str]]:
+        """One slice of a partition's customers (SSCAN): next cursor (0: done), ids."""
+        next_cursor, ids = await self.client.sscan(self.members_key(partition), cursor, count=count)
+        return int(next_cursor), [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    async def forget_members(self, partition: int, customer_ids: Sequence[str]) -> None:
+        """Drop ids whose profile is gone (expired by retention)."""
+        if customer_ids:
+            await self.client.srem(self.members_key(partition), *customer_ids)
 
     async def customer_ids(self, count: int = 1000) -> AsyncIterator[str]:
         pattern = f"{self.prefix}:{{*}}:p"

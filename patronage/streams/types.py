@@ -75,6 +75,14 @@ class ProfileStoreT(Protocol):
 
     def customer_ids(self, count: int = 1000) -> AsyncIterator[str]: ...
 
+    async def partition_members(
+        self, partition: int, cursor: int, count: int
+    ) -> tuple[int, list[str]]:
+        """A slice of a partition's customers: (next cursor, 0 when done; ids)."""
+        ...
+
+    async def forget_members(self, partition: int, customer_ids: Sequence[str]) -> None: ...
+
     async def fields_of(self, customer_ids: Sequence[str]) -> dict[str, Fields]: ...
 
 

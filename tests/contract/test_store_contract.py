@@ -130,3 +130,32 @@ def test_fields_of_returns_only_existing_profiles(store_of: Any) -> None:
 
     found = run(check, store_of)
     assert list(found) == ["anna"] and found["anna"]["orders"] == "1"
+
+
+def test_partition_members_are_read_in_slices_and_forgotten(store_of: Any) -> None:
+    async def check(store: ProfileStoreT) -> tuple[Any, ...]:
+        batch = {f"c{i:03d}": [receipt(i, 0)] for i in range(25)}
+        await store.apply_batch(batch, {c: int(c[1:]) % 2 for c in batch})
+        await store.erase("c000", 0)
+        seen: list[str] = []
+        cursor, rounds = 0, 0
+        while True:
+            cursor, ids = await store.partition_members(0, cursor, 5)
+            seen.extend(ids)
+            rounds += 1
+            if cursor == 0:
+                break
+        await store.forget_members(0, ["c002", "c004"])
+        left: list[str] = []
+        cursor = 0
+        while True:
+            cursor, ids = await store.partition_members(0, cursor, 100)
+            left.extend(ids)
+            if cursor == 0:
+                break
+        return seen, rounds, left
+
+    seen, rounds, left = run(check, store_of)
+    evens = {f"c{i:03d}" for i in range(2, 25, 2)}
+    assert set(seen) == evens and rounds >= 1  # small sets may come back in one reply
+    assert set(left) == evens - {"c002", "c004"}

@@ -233,3 +233,50 @@ def receipt(customer: str, receipt_id: str, ts: int) -> dict[str, Any]:
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("ERROR")
+
+
+def test_a_promotion_during_a_rescoring_pass_restarts_it_with_the_new_model() -> None:
+    """Nobody is left on an older version, and the pass reads the owned
+    partitions' members in slices."""
+    settings = Settings(
+        segment_warmup=50,
+        segment_warmup_days=0,
+        segment_rescore_slice=10,
+        segment_promote_min_shift=0,
+        segment_promote_interval_s=0.5,
+    )
+    events, _ = generate(customers=80, days=120, seed=11, start_ms=START_MS)
+    records = as_records(events, settings.partitions)
+    pipe, store = pipeline_for(settings, START_MS + 121 * DAY_MS)
+    pipe.test([records[i : i + 400] for i in range(0, len(records), 400)])
+    producer = pipe.producer
+    assert isinstance(producer, RecordingProducer)
+    vectors = producer.on("segment-features")
+    slices = []
+    read = store.partition_members
+
+    async def counting(partition: int, cursor: int, count: int) -> tuple[int, list[str]]:
+        slices.append(partition)
+        if len(slices) == 3:
+            # A newer version lands while the pass is under way.
+            assert await pipe.learner.learn(vectors[:5]) is not None
+            assert await pipe.segmenter.refresh()
+        return await read(partition, cursor, count)
+
+    ticks = iter(range(10**6))
+    pipe.learner.clock = lambda: float(next(ticks))  # a second per call
+
+    async def run() -> None:
+        assert await pipe.learner.learn(vectors) is not None
+        await pipe.refresh_model({0, 1, 2, 3})
+        store.partition_members = counting  # type: ignore[method-assign]
+        assert pipe.rescoring is not None
+        await pipe.rescoring
+
+    asyncio.run(run())
+    owned = {c for c in store.states if partition_for(c, settings.partitions) in {0, 1, 2, 3}}
+    assert pipe.segmenter.restarts == 1
+    assert {store.states[c].fields["segment_version"] for c in owned} == {"2"}
+    others = set(store.states) - owned
+    assert all("segment_version" not in store.states[c].fields for c in others)
+    assert set(slices) == {0, 1, 2, 3} and len(slices) > 8
