@@ -218,14 +218,32 @@ async def sweep_cost(scheduled: int, due: int, repeats: int = 5) -> dict[str, fl
         await client.aclose()
 
 
-def latency(rate: int, seconds: float) -> dict[str, float]:
+PROMOTIONS = {
+    # A model as early as possible and a promotion every 3 s (each refit is
+    # promoted), so a run crosses several promotions and re-scoring passes.
+    "on": {
+        "PATRONAGE_SEGMENT_WARMUP": "200",
+        "PATRONAGE_SEGMENT_WARMUP_DAYS": "0",
+        "PATRONAGE_SEGMENT_PROMOTE_INTERVAL_S": "3",
+        "PATRONAGE_SEGMENT_PROMOTE_MIN_SHIFT": "0",
+    },
+    # No model is ever promoted.
+    "off": {"PATRONAGE_SEGMENT_WARMUP": "1000000"},
+}
+
+
+def latency(rate: int, seconds: float, promotions: str = "on") -> dict[str, float]:
     """Producer ack -> profile visible in Redis, at an offered load (0 = as fast as possible).
 
     Background events come from the simulator; every 50th event is a probe for
     a fresh customer, whose profile key appears in Redis when it is applied."""
     from aiokafka import AIOKafkaProducer
 
-    env = {**_run_env("lat", 6098), "PATRONAGE_BATCH_WITHIN_S": "0.02"}
+    env = {
+        **_run_env("lat", 6098),
+        "PATRONAGE_BATCH_WITHIN_S": "0.02",
+        **PROMOTIONS[promotions],
+    }
     settings = _settings(**env)
     from patronage.streams.kafka_admin import create_topics
 
@@ -317,6 +335,7 @@ def latency(rate: int, seconds: float) -> dict[str, float]:
             offered = len(stream) / (time.perf_counter() - started)
             done.set()
             await asyncio.wait_for(watcher, 120)
+            version = await client.get(f"{settings.key_prefix}:{{model}}:version")
         finally:
             await producer.stop()
             await store.delete_prefix()
@@ -324,6 +343,7 @@ def latency(rate: int, seconds: float) -> dict[str, float]:
         waits = sorted((seen[c] - acked[c]) * 1000 for c in acked if c in seen)
         return {
             "offered_events_per_second": round(offered),
+            "promotions": int(version or 0),
             "probes": len(waits),
             "p50_ms": waits[len(waits) // 2],
             "p99_ms": waits[min(len(waits) - 1, int(len(waits) * 0.99))],
@@ -366,6 +386,9 @@ def main() -> None:
     )
     parser.add_argument("--rates", type=int, nargs="+", default=[1000, 5000, 10000, 0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--promotions", choices=["on", "off"], default="on", help="latency: promote models or not"
+    )
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--events", type=int, default=200_000)
@@ -384,7 +407,8 @@ def main() -> None:
         print(f"speed-up over the naive baseline: {ratio:.1f}x")
     if args.which in ("all", "latency"):
         for rate in args.rates:
-            print("latency:", json.dumps(latency(rate, args.seconds), indent=1))
+            result = latency(rate, args.seconds, args.promotions)
+            print("latency:", json.dumps(result, indent=1))
     print(f"bench peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
