@@ -1,0 +1,145 @@
+"""BG/NBD and Gamma-Gamma: the papers' results on their own data, and
+per-customer predictions against an independent implementation (lifetimes,
+the reference implementation of the buy-till-you-die papers; it is no longer
+developed, which is why patronage carries its own)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from importlib.metadata import distribution
+
+import numpy as np
+import pytest
+
+from patronage.models.predict import (
+    BGNBD,
+    GammaGamma,
+    bgnbd_log_likelihood,
+    clv,
+    expected_order_value,
+    expected_purchases,
+    expected_purchases_new,
+    fit_bgnbd,
+    fit_gamma_gamma,
+    p_alive,
+)
+
+PUBLISHED_BGNBD = BGNBD(r=0.243, alpha=4.414, a=0.793, b=2.426)
+PUBLISHED_GG = GammaGamma(p=6.25, q=3.74, gamma=15.44)
+
+
+def cdnow() -> list[dict[str, float]]:
+    """The CDNOW sample (2,357 customers, 39-week calibration) as shipped in lifetimes."""
+    path = distribution("lifetimes").locate_file(
+        "lifetimes/datasets/cdnow_customers_summary_with_transactions.csv"
+    )
+    with open(str(path), newline="") as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def test_bgnbd_fit_reproduces_the_published_cdnow_parameters() -> None:
+    rows = cdnow()
+    assert len(rows) == 2357
+    fitted = fit_bgnbd([r["x"] for r in rows], [r["t_x"] for r in rows], [r["T"] for r in rows])
+    for name in ("r", "alpha", "a", "b"):
+        assert getattr(fitted, name) == pytest.approx(getattr(PUBLISHED_BGNBD, name), rel=0.01)
+
+
+def test_gamma_gamma_fit_reproduces_the_published_cdnow_parameters() -> None:
+    rows = cdnow()
+    fitted = fit_gamma_gamma([r["x"] for r in rows], [r["zbar"] for r in rows])
+    for name in ("p", "q", "gamma"):
+        assert getattr(fitted, name) == pytest.approx(getattr(PUBLISHED_GG, name), rel=0.01)
+
+
+CUSTOMERS = [
+    # x, t_x, T (weeks)
+    (0, 0.0, 38.86),  # never came back
+    (2, 30.43, 38.86),
+    (1, 1.71, 38.86),
+    (5, 38.86, 38.86),  # bought at the end: t_x = T
+    (14, 20.0, 52.0),
+    (200, 150.0, 156.0),  # very large x
+    (3, 0.5, 1.0),  # young customer
+]
+
+
+def reference() -> object:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pandas as pd
+        from lifetimes import BetaGeoFitter
+
+    fitter = BetaGeoFitter()
+    fitter.params_ = pd.Series(PUBLISHED_BGNBD.__dict__)
+    return fitter
+
+
+@pytest.mark.parametrize(("x", "t_x", "T"), CUSTOMERS)
+def test_p_alive_and_expected_orders_match_an_independent_implementation(
+    x: int, t_x: float, T: float
+) -> None:
+    fitter = reference()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want_alive = float(np.asarray(fitter.conditional_probability_alive(x, t_x, T)).item())  # type: ignore[attr-defined]
+        want = {
+            t: float(fitter.conditional_expected_number_of_purchases_up_to_time(t, x, t_x, T))  # type: ignore[attr-defined]
+            for t in (4.3, 13.0, 52.0)
+        }
+    assert p_alive(PUBLISHED_BGNBD, x, t_x, T) == pytest.approx(want_alive, rel=1e-9)
+    for t, value in want.items():
+        assert expected_purchases(PUBLISHED_BGNBD, t, x, t_x, T) == pytest.approx(value, rel=1e-9)
+
+
+def test_literal_cases() -> None:
+    # No repeat purchase: alive for sure (nobody can drop out before buying again).
+    assert p_alive(PUBLISHED_BGNBD, 0, 0.0, 38.86) == 1.0
+    # Bought at the very end of the window: the odds term is a / (b + x - 1).
+    a, b = PUBLISHED_BGNBD.a, PUBLISHED_BGNBD.b
+    assert p_alive(PUBLISHED_BGNBD, 5, 10.0, 10.0) == pytest.approx(
+        1 / (1 + a / (b + 4)), rel=1e-12
+    )
+    # Many purchases long ago: practically gone, without overflow.
+    assert p_alive(PUBLISHED_BGNBD, 500, 1.0, 500.0) < 1e-100
+    assert expected_purchases(PUBLISHED_BGNBD, 0, 2, 30.0, 38.0) == 0.0
+    assert expected_purchases_new(PUBLISHED_BGNBD, 0) == 0.0
+
+
+def test_log_likelihood_sums_to_the_published_value() -> None:
+    """FHL 2005 report LL = -9582.4 at the published parameters."""
+    rows = cdnow()
+    total = bgnbd_log_likelihood(
+        PUBLISHED_BGNBD,
+        np.array([r["x"] for r in rows]),
+        np.array([r["t_x"] for r in rows]),
+        np.array([r["T"] for r in rows]),
+    ).sum()
+    assert total == pytest.approx(-9582.4, abs=0.5)
+
+
+@pytest.mark.parametrize(("x", "zbar"), [(0, 0.0), (1, 11.77), (2, 22.35), (30, 40.0)])
+def test_expected_order_value_matches_an_independent_implementation(x: int, zbar: float) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pandas as pd
+        from lifetimes import GammaGammaFitter
+
+        fitter = GammaGammaFitter()
+        fitter.params_ = pd.Series({"p": 6.25, "q": 3.74, "v": 15.44})
+        want = float(
+            fitter.conditional_expected_average_profit(pd.Series([x]), pd.Series([zbar])).iloc[0]
+        )
+    assert expected_order_value(PUBLISHED_GG, x, zbar) == pytest.approx(want, rel=1e-9)
+
+
+def test_clv_is_discounted_expected_orders_times_value() -> None:
+    undiscounted = clv(PUBLISHED_BGNBD, PUBLISHED_GG, 2, 30.43, 38.86, 22.35, annual_discount=0)
+    orders = expected_purchases(PUBLISHED_BGNBD, 52, 2, 30.43, 38.86)
+    value = expected_order_value(PUBLISHED_GG, 2, 22.35)
+    assert undiscounted == pytest.approx(orders * value, rel=1e-9)
+    discounted = clv(PUBLISHED_BGNBD, PUBLISHED_GG, 2, 30.43, 38.86, 22.35, annual_discount=0.1)
+    assert orders * value / 1.1 < discounted < undiscounted
+    assert not math.isnan(clv(PUBLISHED_BGNBD, PUBLISHED_GG, 0, 0, 38.86, 0))
