@@ -1,11 +1,11 @@
 """Will they buy again, and what are they worth: the buy-till-you-die models.
 
 * BG/NBD (Fader, Hardie & Lee 2005, "Counting your customers the easy way"):
-  while alive, a customer buys at a Poisson rate λ ~ Gamma(r, α); after each
+  while alive, a customer buys at a Poisson rate λ ~ Gamma(r, alpha); after each
   purchase they drop out with probability p ~ Beta(a, b).
 * Gamma-Gamma (Fader, Hardie & Lee 2005, "RFM and CLV"): the value of a
-  customer's transactions varies around their own mean, ν ~ Gamma(q, γ),
-  spend | ν ~ Gamma(p, ν); independent of the purchase process.
+  customer's transactions varies around their own mean, nu ~ Gamma(q, gamma),
+  spend | nu ~ Gamma(p, nu); independent of the purchase process.
 
 Inputs per customer, in weeks as in the papers: `x` repeat purchases (order
 days after the first), `t_x` the time of the last purchase and `T` the age,
@@ -54,7 +54,8 @@ def bgnbd_log_likelihood(
             math.log(a) - np.log(np.maximum(b + x - 1, 1e-300)) - (r + x) * np.log(alpha + t_x),
             -np.inf,
         )
-    return ln_a1 + ln_a2 + np.logaddexp(ln_a3, ln_a4)
+    out: np.ndarray = ln_a1 + ln_a2 + np.logaddexp(ln_a3, ln_a4)
+    return out
 
 
 def p_alive(params: BGNBD, x: float, t_x: float, T: float) -> float:
@@ -87,7 +88,7 @@ def expected_purchases_new(params: BGNBD, t: float) -> float:
 
 
 def fit_bgnbd(x: Sequence[float], t_x: Sequence[float], T: Sequence[float]) -> BGNBD:
-    """Maximum-likelihood r, α, a, b (optimised on their logarithms)."""
+    """Maximum-likelihood r, alpha, a, b (optimised on their logarithms)."""
     xs, txs, Ts = (np.asarray(v, dtype=float) for v in (x, t_x, T))
     scale = float(Ts.max()) or 1.0  # fit on a unit time scale, report in the data's units
 
@@ -108,7 +109,7 @@ def gamma_gamma_log_likelihood(
 ) -> np.ndarray:
     """Each repeat customer's log-likelihood of their mean spend (FHL "RFM and CLV")."""
     p, q, g = params.p, params.q, params.gamma
-    return (
+    out: np.ndarray = (
         gammaln(p * x + q)
         - gammaln(p * x)
         - gammaln(q)
@@ -117,10 +118,11 @@ def gamma_gamma_log_likelihood(
         + p * x * np.log(x)
         - (p * x + q) * np.log(g + x * zbar)
     )
+    return out
 
 
 def fit_gamma_gamma(x: Sequence[float], zbar: Sequence[float]) -> GammaGamma:
-    """Maximum-likelihood p, q, γ on the customers with repeat purchases."""
+    """Maximum-likelihood p, q, gamma on the customers with repeat purchases."""
     xs, zs = np.asarray(x, dtype=float), np.asarray(zbar, dtype=float)
     keep = (xs > 0) & (zs > 0)
     xs, zs = xs[keep], zs[keep]
@@ -158,7 +160,7 @@ def clv(
     weeks_per_step: float = 52 / 12,
 ) -> float:
     """Predicted value over the next `weeks`: expected purchases per step
-    (monthly by default) × expected order value, discounted per step."""
+    (monthly by default) times the expected order value, discounted per step."""
     value = expected_order_value(spend, x, zbar)
     step_rate = (1 + annual_discount) ** (weeks_per_step / 52) - 1
     total, before = 0.0, 0.0
