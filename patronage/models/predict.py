@@ -104,9 +104,7 @@ def fit_bgnbd(x: Sequence[float], t_x: Sequence[float], T: Sequence[float]) -> B
     return BGNBD(float(r), float(alpha * scale), float(a), float(b))
 
 
-def gamma_gamma_log_likelihood(
-    params: GammaGamma, x: np.ndarray, zbar: np.ndarray
-) -> np.ndarray:
+def gamma_gamma_log_likelihood(params: GammaGamma, x: np.ndarray, zbar: np.ndarray) -> np.ndarray:
     """Each repeat customer's log-likelihood of their mean spend (FHL "RFM and CLV")."""
     p, q, g = params.p, params.q, params.gamma
     out: np.ndarray = (
