@@ -21,6 +21,8 @@ export PATRONAGE_LAPSE_SWEEP_INTERVAL_S="${PATRONAGE_LAPSE_SWEEP_INTERVAL_S:-1}"
 export PATRONAGE_LAPSE_INPUT_IDLE_S="${PATRONAGE_LAPSE_INPUT_IDLE_S:-5}"
 export PATRONAGE_COMMIT_INTERVAL_S="${PATRONAGE_COMMIT_INTERVAL_S:-0.2}"
 export PATRONAGE_SEGMENT_PROMOTE_INTERVAL_S="${PATRONAGE_SEGMENT_PROMOTE_INTERVAL_S:-5}"
+# 300 simulated customers: the first model once half of them are sampled.
+export PATRONAGE_SEGMENT_WARMUP="${PATRONAGE_SEGMENT_WARMUP:-150}"
 cli() { "$PY" -m patronage.streams.cli "$@"; }
 
 worker_alive() {
@@ -91,7 +93,7 @@ for file in "$STATE"/wave-*; do
 done
 rm -f "$STATE"/wave-*
 echo
-echo "[demo] segments (River online clustering, promoted model):"
+echo "[demo] segments (k-means on a sample of customers, the promoted model):"
 cli segments show | sed 's/^/  /'
 echo
 echo "[demo] segment changes (a few):"
