@@ -162,14 +162,21 @@ def test_a_regular_who_stops_gets_one_lapse_alert_and_one_reactivation() -> None
     assert len({a["event_id"] for a in alerts}) == 2
 
 
-def test_a_promoted_model_segments_every_owned_customer() -> None:
-    settings = Settings(segment_warmup=50, segment_learn_sample=1.0)
+def shop_of_80_drained(
+    settings: Settings,
+) -> tuple[Pipeline, MemoryProfileStore, RecordingProducer]:
+    """120 days of a simulated shop's 80 customers through the pipeline."""
     events, _ = generate(customers=80, days=120, seed=11, start_ms=START_MS)
     records = as_records(events, settings.partitions)
     pipe, store = pipeline_for(settings, START_MS + 121 * DAY_MS)
     pipe.test([records[i : i + 400] for i in range(0, len(records), 400)])
-    producer = pipe.producer
-    assert isinstance(producer, RecordingProducer)
+    assert isinstance(pipe.producer, RecordingProducer)
+    return pipe, store, pipe.producer
+
+
+def test_a_promoted_model_segments_every_owned_customer() -> None:
+    settings = Settings(segment_warmup=50, segment_learn_sample=1.0)
+    pipe, store, producer = shop_of_80_drained(settings)
     vectors = producer.on("segment-features")
     assert len(vectors) >= 100
 
@@ -245,12 +252,7 @@ def test_a_promotion_during_a_rescoring_pass_restarts_it_with_the_new_model() ->
         segment_promote_min_shift=0,
         segment_promote_interval_s=0.5,
     )
-    events, _ = generate(customers=80, days=120, seed=11, start_ms=START_MS)
-    records = as_records(events, settings.partitions)
-    pipe, store = pipeline_for(settings, START_MS + 121 * DAY_MS)
-    pipe.test([records[i : i + 400] for i in range(0, len(records), 400)])
-    producer = pipe.producer
-    assert isinstance(producer, RecordingProducer)
+    pipe, store, producer = shop_of_80_drained(settings)
     vectors = producer.on("segment-features")
     slices = []
     read = store.partition_members
