@@ -515,6 +515,7 @@ def figure_columns(raw: np.ndarray) -> dict[str, np.ndarray]:
 
 # The rules a label term needs the centroid's figures to meet (shown on /segments).
 LABEL_RULES = {
+    "browsing, no orders": "fewer than 0.05 orders per 30 days (no channel or basket term then)",
     "in-store": "at least 70 % of orders in store",
     "online": "at least 70 % of orders online",
     "omnichannel": "between the two",
@@ -535,7 +536,11 @@ def label_terms(figures: Mapping[str, float], medians: Mapping[str, float]) -> l
     """Label terms whose rule (LABEL_RULES) the figures meet."""
     terms: list[str] = []
     share = figures["online_share"]
-    terms.append("online" if share >= 0.7 else "in-store" if share <= 0.3 else "omnichannel")
+    buys = figures["orders_30d"] >= 0.05
+    if not buys:
+        terms.append("browsing, no orders")
+    else:
+        terms.append("online" if share >= 0.7 else "in-store" if share <= 0.3 else "omnichannel")
     gap = figures["days_between_visits"]
     if figures["active_days"] <= 7:
         terms.append("one-off or new")
@@ -546,9 +551,9 @@ def label_terms(figures: Mapping[str, float], medians: Mapping[str, float]) -> l
     elif gap <= 45:
         terms.append("monthly")
     basket, median_basket = figures["avg_basket"], medians.get("avg_basket", 0.0)
-    if median_basket > 0 and basket >= 1.5 * median_basket:
+    if buys and median_basket > 0 and basket >= 1.5 * median_basket:
         terms.append("big-basket")
-    elif median_basket > 0 and basket <= 0.5 * median_basket:
+    elif buys and median_basket > 0 and basket <= 0.5 * median_basket:
         terms.append("small-basket")
     median_spend = medians.get("spend_30d", 0.0)
     if median_spend > 0 and figures["spend_30d"] >= 2 * median_spend:

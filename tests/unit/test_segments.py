@@ -261,12 +261,17 @@ LABELS = [
         {"online_share": 0.31, "clicks_per_order": 12, "return_rate": 0.2},
         ["omnichannel", "browse-heavy", "returns a lot"],
     ),
+    (
+        {"online_share": 1.0, "orders_30d": 0.0, "avg_basket": 0.0, "clicks_per_order": 40},
+        ["browsing, no orders", "browse-heavy"],
+    ),
 ]
 
 
 @pytest.mark.parametrize(("given", "terms"), LABELS)
 def test_a_label_term_needs_its_rule(given: dict[str, float], terms: list[str]) -> None:
     figures = {
+        "orders_30d": 2.0,
         "online_share": 0.5,
         "days_between_visits": 60.0,
         "active_days": 100.0,
