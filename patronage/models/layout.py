@@ -54,6 +54,11 @@ def members_key(prefix: str, partition: int) -> str:
     return f"{prefix}:{{members-{partition}}}"
 
 
+def predict_key(prefix: str) -> str:
+    """string: the fitted prediction parameters (JSON, versioned)."""
+    return f"{prefix}:{{predict}}:params"
+
+
 def sources_key(prefix: str) -> str:
     """hash: topic:partition -> epoch:highest offset seen (models/sources.py)."""
     return f"{prefix}:{{sources}}"
@@ -81,6 +86,10 @@ FIELDS: frozenset[str] = frozenset(
         "basket_sum",
         "max_basket",
         "last_order_at",
+        # the earliest order (by time, then value): the start of the
+        # purchase history the predictions (models/predict.py) read
+        "first_order_at",
+        "first_order_value",
         "spend_total",
         "spend_online",
         "spend_store",

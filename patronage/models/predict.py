@@ -17,7 +17,7 @@ fitted by maximum likelihood on the closed-form log-likelihoods.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,3 +171,102 @@ def clv(
 
 
 _PRECISE = {"xatol": 1e-10, "fatol": 1e-10, "maxiter": 20_000, "maxfev": 40_000}
+
+
+WEEK_MS = 7 * 86_400_000
+MIN_CUSTOMERS = 100  # fewer buyers than this: no parameters, predictions absent
+
+
+@dataclass(frozen=True)
+class FittedParameters:
+    """A version of the population parameters every worker predicts with."""
+
+    version: int
+    purchases: BGNBD
+    spend: GammaGamma
+    customers: int  # buyers the fit saw
+    fitted_ms: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "version": self.version,
+            "bgnbd": self.purchases.__dict__,
+            "gamma_gamma": self.spend.__dict__,
+            "customers": self.customers,
+            "fitted_ms": self.fitted_ms,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, object]) -> FittedParameters:
+        return cls(
+            version=int(doc["version"]),  # type: ignore[call-overload]
+            purchases=BGNBD(**doc["bgnbd"]),  # type: ignore[arg-type]
+            spend=GammaGamma(**doc["gamma_gamma"]),  # type: ignore[arg-type]
+            customers=int(doc["customers"]),  # type: ignore[call-overload]
+            fitted_ms=int(doc["fitted_ms"]),  # type: ignore[call-overload]
+        )
+
+
+def purchase_history(
+    fields: Mapping[str, float | str], now_ms: float
+) -> tuple[float, float, float, float] | None:
+    """(x, t_x, T, zbar) of a profile, in weeks since its first order; None
+    before the first order. x counts the orders after the first."""
+    if "first_order_at" not in fields:
+        return None
+
+    def num(name: str, default: float = 0.0) -> float:
+        return float(fields.get(name, default))
+
+    first = num("first_order_at")
+    x = max(0.0, num("orders") - 1)
+    t_x = max(0.0, num("last_order_at", first) - first) / WEEK_MS
+    age = max(t_x, (now_ms - first) / WEEK_MS)
+    repeat_value = num("basket_sum") - num("first_order_value")
+    zbar = repeat_value / x if x > 0 else 0.0
+    return x, t_x, age, zbar
+
+
+def predictions(
+    fields: dict[str, float | str],
+    now_ms: float,
+    fitted: FittedParameters | None,
+    annual_discount: float = 0.1,
+) -> dict[str, object]:
+    """What the profile view shows: the predictions at `now_ms`, or why not."""
+    if fitted is None:
+        return {"available": False, "reason": "no fitted parameters yet (see docs/predictions.md)"}
+    history = purchase_history(fields, now_ms)
+    if history is None:
+        return {"available": False, "reason": "no order yet", "parameters_version": fitted.version}
+    x, t_x, age, zbar = history
+    bg, gg = fitted.purchases, fitted.spend
+    alive = p_alive(bg, x, t_x, age)
+    rate_per_week = (bg.r + x) / (bg.alpha + age)
+    next_at = now_ms + WEEK_MS / rate_per_week if alive >= 0.5 else None
+    return {
+        "available": True,
+        "parameters_version": fitted.version,
+        "p_alive": alive,
+        "expected_orders_30d": expected_purchases(bg, 30 / 7, x, t_x, age),
+        "expected_orders_90d": expected_purchases(bg, 90 / 7, x, t_x, age),
+        "expected_next_order_at": next_at,
+        "expected_avg_order_value": expected_order_value(gg, x, zbar),
+        "predicted_clv_365d": clv(bg, gg, x, t_x, age, zbar, 365 / 7, annual_discount),
+    }
+
+
+def fit_population(
+    histories: Sequence[tuple[float, float, float, float]], version: int, now_ms: int
+) -> FittedParameters | str:
+    """Fit both models on (x, t_x, T, zbar) of the buyers; a reason when it cannot."""
+    if len(histories) < MIN_CUSTOMERS:
+        return f"{len(histories)} customers with an order; at least {MIN_CUSTOMERS} are needed"
+    x, t_x, T, zbar = (list(column) for column in zip(*histories, strict=True))
+    if sum(1 for v in x if v > 0) < MIN_CUSTOMERS // 4:
+        return "too few repeat buyers to fit the spend model"
+    purchases = fit_bgnbd(x, t_x, T)
+    spend = fit_gamma_gamma(x, zbar)
+    if spend.q <= 1:
+        return f"spend model not usable (q = {spend.q:.3f} <= 1: the mean order value diverges)"
+    return FittedParameters(version, purchases, spend, len(histories), now_ms)

@@ -276,6 +276,10 @@ def apply(state: ProfileState, d: Delta, cfg: ProfileConfig) -> tuple[ProfileSta
         f["basket_sum"] = _num(f, "basket_sum") + d.basket
         f["max_basket"] = max(_num(f, "max_basket"), d.basket)
         f["last_order_at"] = max(_num(f, "last_order_at"), float(d.ts))
+        first = (_num(f, "first_order_at"), _num(f, "first_order_value"))
+        if "first_order_at" not in f or (float(d.ts), d.basket) < first:
+            f["first_order_at"] = float(d.ts)
+            f["first_order_value"] = d.basket
         f["freq_decayed"] = _num(f, "freq_decayed") + weight
     f["spend_total"] = _num(f, "spend_total") + d.net
     f["spend_" + origin] = _num(f, "spend_" + origin) + d.net

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
+from patronage.models.profile import profile_view
 from patronage.streams.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -246,12 +248,16 @@ def profile() -> None:
 @profile.command("show")
 @click.argument("customer_id")
 def profile_show(customer_id: str) -> None:
-    """Print one customer's profile."""
+    """Print one customer's profile, with predictions valued now."""
 
     async def read(s: Settings) -> dict[str, object] | None:
+        from patronage.streams.predicting import ParameterStore, view_with_predictions
+
         async with profile_store(s) as store:
-            view: dict[str, object] | None = await store.profile(customer_id)
-            return view
+            parameters = ParameterStore(store.client, s.key_prefix)
+            now = time.time() * 1000
+            discount = s.prediction_discount_rate
+            return await view_with_predictions(store, parameters, customer_id, now, discount)
 
     view = run(read)
     if view is None:
@@ -262,18 +268,49 @@ def profile_show(customer_id: str) -> None:
 @profile.command("export")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 def profile_export(out: Path) -> None:
-    """Write every profile as JSON lines."""
+    """Write every profile as JSON lines, with predictions valued now."""
 
     async def export(s: Settings) -> int:
+        from patronage.models.predict import predictions
+        from patronage.streams.predicting import ParameterStore
+
         count = 0
         async with profile_store(s) as store:
+            fitted = await ParameterStore(store.client, s.key_prefix).current()
+            now = time.time() * 1000
             with out.open("w", encoding="utf-8") as handle:
-                async for view in store.export():
+                async for customer_id, fields in store.export_fields():
+                    view = profile_view(customer_id, fields)
+                    view["predictions"] = predictions(
+                        fields, now, fitted, s.prediction_discount_rate
+                    )
                     handle.write(json.dumps(view, ensure_ascii=False, sort_keys=True) + "\n")
                     count += 1
         return count
 
     click.echo(f"exported {run(export)} profiles to {out}")
+
+
+@main.group()
+def predictions() -> None:
+    """Purchase predictions (BG/NBD and Gamma-Gamma, docs/predictions.md)."""
+
+
+@predictions.command("fit")
+def predictions_fit() -> None:
+    """Fit the population parameters on the stored profiles; the next version."""
+
+    async def fit(s: Settings) -> Any:
+        from patronage.streams.predicting import ParameterStore, fit_stored_profiles
+
+        async with profile_store(s) as store:
+            parameters = ParameterStore(store.client, s.key_prefix)
+            return await fit_stored_profiles(store, parameters, int(time.time() * 1000))
+
+    fitted = run(fit)
+    if isinstance(fitted, str):
+        raise click.ClickException(f"not fitted: {fitted}")
+    click.echo(json.dumps(fitted.to_json(), indent=2))
 
 
 @main.group()

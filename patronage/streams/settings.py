@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     segment_learn_sample: float = Field(1.0, gt=0, le=1)
     topic_segment_features: str = "segment-features"
 
+    # Predictions: the annual rate future value is discounted at (CLV)
+    prediction_discount_rate: float = Field(0.10, ge=0, le=1)
+
     # Validation
     currencies: dict[str, float] = {"EUR": 1.0}
     max_future_s: int = Field(300, ge=0, le=86_400 * 7)

@@ -377,23 +377,17 @@ class ProfileStore:
             if fields
         }
 
-    async def profiles(self, customer_ids: Sequence[str]) -> list[dict[str, object] | None]:
-        found = await self.fields_of(customer_ids)
-        return [profile_view(cid, found[cid]) if cid in found else None for cid in customer_ids]
-
-    async def export(self, chunk: int = 500) -> AsyncIterator[dict[str, object]]:
+    async def export_fields(self, chunk: int = 500) -> AsyncIterator[tuple[str, Fields]]:
+        """Every stored profile's fields, in chunks of one round trip."""
         batch: list[str] = []
         async for customer_id in self.customer_ids():
             batch.append(customer_id)
             if len(batch) >= chunk:
-                for view in await self.profiles(batch):
-                    if view is not None:
-                        yield view
+                for item in (await self.fields_of(batch)).items():
+                    yield item
                 batch = []
-        if batch:
-            for view in await self.profiles(batch):
-                if view is not None:
-                    yield view
+        for item in (await self.fields_of(batch)).items():
+            yield item
 
     async def stored_state(self, customer_id: str) -> dict[str, Any]:
         """Everything stored for one customer, decoded (memory.stored_state is

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -23,6 +24,7 @@ from patronage.streams.kafka_transport import App as ReadCommittedApp
 from patronage.streams.metrics import WorkerMetrics
 from patronage.streams.monitor import Monitor
 from patronage.streams.pipeline import Pipeline
+from patronage.streams.predicting import ParameterStore, view_with_predictions
 from patronage.streams.retry import stop_the_worker
 from patronage.streams.segmenting import ModelStore, segments_view
 from patronage.streams.settings import Settings
@@ -84,6 +86,7 @@ class Runtime:
             metrics=self.metrics,
         )
         self.monitor = Monitor(settings, self.pipeline, self.redis)
+        self.parameters = ParameterStore(self.redis, settings.key_prefix)
         self.metrics.attach(self.pipeline, self.monitor)
 
     def owned(self) -> set[int]:
@@ -97,7 +100,13 @@ def web_context(runtime: Runtime) -> WebContext:
     pipeline, monitor = runtime.pipeline, runtime.monitor
     return WebContext(
         token=token.get_secret_value() if token else None,
-        profile=runtime.store.profile,
+        profile=lambda customer_id: view_with_predictions(
+            runtime.store,
+            runtime.parameters,
+            customer_id,
+            time.time() * 1000,
+            runtime.settings.prediction_discount_rate,
+        ),
         segments=lambda: segments_view(pipeline.segmenter.models),
         readiness=lambda: monitor.readiness(runtime.owned()),
         metrics=runtime.metrics.render,

@@ -15,6 +15,7 @@ import pytest
 
 from patronage.models.predict import (
     BGNBD,
+    FittedParameters,
     GammaGamma,
     bgnbd_log_likelihood,
     clv,
@@ -23,7 +24,10 @@ from patronage.models.predict import (
     expected_purchases_new,
     fit_bgnbd,
     fit_gamma_gamma,
+    fit_population,
     p_alive,
+    predictions,
+    purchase_history,
 )
 
 PUBLISHED_BGNBD = BGNBD(r=0.243, alpha=4.414, a=0.793, b=2.426)
@@ -143,3 +147,67 @@ def test_clv_is_discounted_expected_orders_times_value() -> None:
     discounted = clv(PUBLISHED_BGNBD, PUBLISHED_GG, 2, 30.43, 38.86, 22.35, annual_discount=0.1)
     assert orders * value / 1.1 < discounted < undiscounted
     assert not math.isnan(clv(PUBLISHED_BGNBD, PUBLISHED_GG, 0, 0, 38.86, 0))
+
+
+WEEK = 7 * 86_400_000
+
+
+def test_purchase_history_of_a_profile() -> None:
+    fields = {
+        "first_order_at": "0",
+        "first_order_value": "20",
+        "last_order_at": str(3 * WEEK),
+        "orders": "4",
+        "basket_sum": "110",
+    }
+    assert purchase_history(fields, 10 * WEEK) == (3.0, 3.0, 10.0, 30.0)
+    assert purchase_history({"clicks": "4"}, 10 * WEEK) is None
+    one = {"first_order_at": str(WEEK), "orders": "1", "basket_sum": "9", "first_order_value": "9"}
+    assert purchase_history(one, 3 * WEEK) == (0.0, 0.0, 2.0, 0.0)
+
+
+def test_predictions_say_why_they_are_absent() -> None:
+    fields = {"first_order_at": "0", "orders": "1", "basket_sum": "9", "first_order_value": "9"}
+    assert predictions(fields, WEEK, None)["reason"].startswith("no fitted parameters")
+    fitted = FittedParameters(3, PUBLISHED_BGNBD, PUBLISHED_GG, 2357, 0)
+    assert predictions({"clicks": "2"}, WEEK, fitted)["reason"] == "no order yet"
+    shown = predictions(fields, 10 * WEEK, fitted)
+    assert shown["available"] and shown["parameters_version"] == 3
+    assert shown["p_alive"] == 1.0  # no repeat order yet: nobody dropped out
+    assert shown["expected_orders_30d"] == pytest.approx(
+        expected_purchases(PUBLISHED_BGNBD, 30 / 7, 0, 0, 10), rel=1e-12
+    )
+    assert fit_population([(1.0, 1.0, 2.0, 5.0)] * 10, 1, 0) == (
+        "10 customers with an order; at least 100 are needed"
+    )
+
+
+def test_a_simulated_shop_fits_and_lapsed_buyers_look_less_alive() -> None:
+    from patronage.models.simulate import generate
+    from patronage.streams.settings import Settings
+    from tests.unit.test_pipeline import START_MS, as_records, pipeline_for
+
+    settings = Settings()
+    events, _ = generate(customers=400, days=240, seed=3, start_ms=START_MS)
+    end = START_MS + 241 * 86_400_000
+    pipe, store = pipeline_for(settings, end)
+    records = as_records(events, settings.partitions)
+    pipe.test([records[i : i + 1000] for i in range(0, len(records), 1000)])
+    fields = {c: store._fields(s) for c, s in store.states.items()}
+    histories = [h for f in fields.values() if (h := purchase_history(f, end)) is not None]
+    fitted = fit_population(histories, 1, end)
+    assert isinstance(fitted, FittedParameters), fitted
+    alive = {c: predictions(f, end, fitted) for c, f in fields.items() if "first_order_at" in f}
+    recent = [
+        a["p_alive"]
+        for c, a in alive.items()
+        if end - float(fields[c]["last_order_at"]) < 14 * 86_400_000
+    ]
+    gone = [
+        a["p_alive"]
+        for c, a in alive.items()
+        if end - float(fields[c]["last_order_at"]) > 60 * 86_400_000
+        and float(fields[c]["orders"]) > 3
+    ]
+    assert recent and gone
+    assert sum(gone) / len(gone) < 0.5 < sum(recent) / len(recent)

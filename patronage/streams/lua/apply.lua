@@ -389,6 +389,12 @@ for _, d in ipairs(deltas) do
             put('basket_sum', num('basket_sum') + d.b)
             put('max_basket', math.max(num('max_basket'), d.b))
             put('last_order_at', math.max(num('last_order_at'), d.t))
+            local first_at = num('first_order_at')
+            if h['first_order_at'] == nil or d.t < first_at
+                or (d.t == first_at and d.b < num('first_order_value')) then
+              put('first_order_at', d.t)
+              put('first_order_value', d.b)
+            end
             put('freq_decayed', num('freq_decayed') + weight)
           end
           put('spend_total', num('spend_total') + d.n)
