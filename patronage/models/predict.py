@@ -207,6 +207,16 @@ class FittedParameters:
         )
 
 
+HISTORY_FIELDS = ("first_order_at", "last_order_at", "orders", "basket_sum", "first_order_value")
+
+
+def history_record(fields: Mapping[str, float | str]) -> list[float] | None:
+    """The fields purchase_history needs, as numbers (what the learner keeps)."""
+    if "first_order_at" not in fields:
+        return None
+    return [float(fields.get(name, 0.0)) for name in HISTORY_FIELDS]
+
+
 def purchase_history(
     fields: Mapping[str, float | str], now_ms: float
 ) -> tuple[float, float, float, float] | None:
@@ -257,9 +267,13 @@ def predictions(
 
 
 def fit_population(
-    histories: Sequence[tuple[float, float, float, float]], version: int, now_ms: int
+    histories: Sequence[tuple[float, float, float, float]],
+    version: int,
+    now_ms: int,
+    previous: FittedParameters | None = None,
 ) -> FittedParameters | str:
-    """Fit both models on (x, t_x, T, zbar) of the buyers; a reason when it cannot."""
+    """Fit both models on (x, t_x, T, zbar) of the buyers; a reason when it
+    cannot, or when the fit is not better than `previous` on the same data."""
     if len(histories) < MIN_CUSTOMERS:
         return f"{len(histories)} customers with an order; at least {MIN_CUSTOMERS} are needed"
     x, t_x, T, zbar = (list(column) for column in zip(*histories, strict=True))
@@ -269,4 +283,13 @@ def fit_population(
     spend = fit_gamma_gamma(x, zbar)
     if spend.q <= 1:
         return f"spend model not usable (q = {spend.q:.3f} <= 1: the mean order value diverges)"
+    if previous is not None:
+        data = (np.asarray(x), np.asarray(t_x), np.asarray(T))
+        new = float(bgnbd_log_likelihood(purchases, *data).sum())
+        old = float(bgnbd_log_likelihood(previous.purchases, *data).sum())
+        if not math.isfinite(new) or new < old - 1e-6 * abs(old):
+            return (
+                f"the fit (log-likelihood {new:.1f}) is worse than "
+                f"version {previous.version}'s ({old:.1f}) on the same customers"
+            )
     return FittedParameters(version, purchases, spend, len(histories), now_ms)

@@ -252,9 +252,10 @@ def profile_show(customer_id: str) -> None:
 
     async def read(s: Settings) -> dict[str, object] | None:
         from patronage.streams.predicting import ParameterStore, view_with_predictions
+        from patronage.streams.segmenting import ModelStore
 
         async with profile_store(s) as store:
-            parameters = ParameterStore(store.client, s.key_prefix)
+            parameters = ParameterStore(ModelStore(store.client, s.key_prefix))
             now = time.time() * 1000
             discount = s.prediction_discount_rate
             return await view_with_predictions(store, parameters, customer_id, now, discount)
@@ -272,11 +273,11 @@ def profile_export(out: Path) -> None:
 
     async def export(s: Settings) -> int:
         from patronage.models.predict import predictions
-        from patronage.streams.predicting import ParameterStore
+        from patronage.streams.segmenting import ModelStore
 
         count = 0
         async with profile_store(s) as store:
-            fitted = await ParameterStore(store.client, s.key_prefix).current()
+            fitted = await ModelStore(store.client, s.key_prefix).load_parameters()
             now = time.time() * 1000
             with out.open("w", encoding="utf-8") as handle:
                 async for customer_id, fields in store.export_fields():
@@ -302,9 +303,10 @@ def predictions_fit() -> None:
 
     async def fit(s: Settings) -> Any:
         from patronage.streams.predicting import ParameterStore, fit_stored_profiles
+        from patronage.streams.segmenting import ModelStore
 
         async with profile_store(s) as store:
-            parameters = ParameterStore(store.client, s.key_prefix)
+            parameters = ParameterStore(ModelStore(store.client, s.key_prefix))
             return await fit_stored_profiles(store, parameters, int(time.time() * 1000))
 
     fitted = run(fit)

@@ -17,6 +17,7 @@ from typing import Any
 
 from patronage.models.clock import with_batch
 from patronage.models.lapse import finding_to_json
+from patronage.models.predict import FittedParameters
 from patronage.models.profile import (
     Delta,
     ProfileConfig,
@@ -228,6 +229,7 @@ class MemoryModelStore:
         self.models: dict[int, str] = {}
         self.trainer: str | None = None
         self.segment_sizes: Counter[int] = Counter()
+        self.parameters: str | None = None
 
     async def current_version(self) -> int:
         return self.version
@@ -246,6 +248,12 @@ class MemoryModelStore:
 
     async def sizes(self) -> dict[int, int]:
         return dict(self.segment_sizes)
+
+    async def load_parameters(self) -> FittedParameters | None:
+        return FittedParameters.from_json(json.loads(self.parameters)) if self.parameters else None
+
+    async def save_parameters(self, fitted: FittedParameters) -> None:
+        self.parameters = json.dumps(fitted.to_json())
 
     async def adjust_sizes(self, changes: Mapping[int, int]) -> None:
         self.segment_sizes.update(changes)

@@ -184,6 +184,21 @@ class _Collector(Collector):
         )
         shift.add_metric([], learner.last_shift or 0.0)
         yield shift
+        fits = _counter(
+            "patronage_prediction_fits",
+            "Refits of the prediction parameters by this worker (the learner), by outcome "
+            "(kept_previous: too few customers, unusable or worse; the log says why).",
+            ("outcome",),
+        )
+        for outcome in ("fitted", "kept_previous"):
+            fits.add_metric([outcome], learner.fits[outcome])
+        yield fits
+        version = _gauge(
+            "patronage_prediction_parameters_version",
+            "Version of the prediction parameters the learner last saw or fitted.",
+        )
+        version.add_metric([], learner.parameters_version)
+        yield version
 
     def _lapse_and_segments(self) -> Iterator[Metric]:
         r = self.pipeline

@@ -4,11 +4,8 @@ at read time (time moves even when the customer does not)."""
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
-from patronage.models.layout import predict_key
 from patronage.models.predict import (
     FittedParameters,
     fit_population,
@@ -16,27 +13,27 @@ from patronage.models.predict import (
     purchase_history,
 )
 from patronage.models.profile import profile_view
-from patronage.streams.types import ProfileStoreT
+from patronage.streams.types import ModelStoreT, ProfileStoreT
 
 # Workers re-read the parameters this often (a refit is rare).
 CACHE_S = 30.0
 
 
 class ParameterStore:
-    def __init__(self, client: Any, prefix: str) -> None:
-        self.client = client
-        self.key = predict_key(prefix)
+    """The current parameters, re-read from the model store every CACHE_S."""
+
+    def __init__(self, models: ModelStoreT) -> None:
+        self.models = models
         self._cached: tuple[float, FittedParameters | None] | None = None
 
     async def current(self) -> FittedParameters | None:
         now = time.monotonic()
         if self._cached is None or now - self._cached[0] > CACHE_S:
-            raw = await self.client.get(self.key)
-            self._cached = (now, FittedParameters.from_json(json.loads(raw)) if raw else None)
+            self._cached = (now, await self.models.load_parameters())
         return self._cached[1]
 
     async def save(self, fitted: FittedParameters) -> None:
-        await self.client.set(self.key, json.dumps(fitted.to_json()))
+        await self.models.save_parameters(fitted)
         self._cached = None
 
 
@@ -77,7 +74,8 @@ async def fit_stored_profiles(
             chunk = []
     await read(chunk)
     previous = await parameters.current()
-    fitted = fit_population(histories, (previous.version if previous else 0) + 1, now_ms)
+    version = (previous.version if previous else 0) + 1
+    fitted = fit_population(histories, version, now_ms, previous)
     if isinstance(fitted, FittedParameters):
         await parameters.save(fitted)
     return fitted

@@ -25,8 +25,17 @@ from aiokafka.partitioner import murmur2
 
 from patronage.models.contracts import SegmentChange, format_ts
 from patronage.models.features import FEATURES, features, rfm_inputs, top_category
+from patronage.models.layout import predict_key
+from patronage.models.predict import (
+    HISTORY_FIELDS,
+    FittedParameters,
+    fit_population,
+    history_record,
+    purchase_history,
+)
 from patronage.models.segments import (
     LABEL_RULES,
+    CustomerSample,
     FrozenModel,
     SegmentDecision,
     SegmentTrainer,
@@ -51,6 +60,7 @@ class ModelStore:
         self.version_key = base + "version"
         self.trainer_key = base + "trainer"
         self.sizes_key = base + "sizes"
+        self.parameters_key = predict_key(prefix)
         self.base = base
 
     def model_key(self, version: int) -> str:
@@ -92,6 +102,13 @@ class ModelStore:
     async def sizes(self) -> dict[int, int]:
         raw = await self.client.hgetall(self.sizes_key)
         return {int(k): int(v) for k, v in raw.items()}
+
+    async def load_parameters(self) -> FittedParameters | None:
+        raw = await self.client.get(self.parameters_key)
+        return FittedParameters.from_json(json.loads(raw)) if raw else None
+
+    async def save_parameters(self, fitted: FittedParameters) -> None:
+        await self.client.set(self.parameters_key, json.dumps(fitted.to_json()))
 
     async def adjust_sizes(self, changes: Mapping[int, int]) -> None:
         changes = {segment: by for segment, by in changes.items() if by}
@@ -318,6 +335,11 @@ class Learner:
         self.promotions: list[float] = []  # clock times of those in the last hour
         self.skipped: Counter[str] = Counter()
         self.last_shift: float | None = None
+        # Purchase histories of the sampled customers, for the prediction fit.
+        self.histories = CustomerSample(settings.segment_sample_customers)
+        self.last_fit = -math.inf
+        self.fits: Counter[str] = Counter()  # outcome -> count
+        self.parameters_version = 0
 
     async def _ensure(self) -> SegmentTrainer:
         # Reload when another worker promoted since (ownership moved and back).
@@ -345,7 +367,11 @@ class Learner:
         for doc in vectors:
             if "id" in doc:  # vectors from before the customer sample carry no id
                 trainer.learn(doc["id"], doc["x"], doc.get("cat"), doc.get("rfm"))
+                if "h" in doc:
+                    self.histories.add(doc["id"], doc["h"], None)
         now = self.clock()
+        if now - self.last_fit >= self.settings.prediction_refit_interval_s:
+            await self.fit_predictions(now)
         first = trainer.previous is None
         if not first and now - self.last_check < self.settings.segment_promote_interval_s:
             return None
@@ -366,6 +392,30 @@ class Learner:
         log.info("promoted segment model v%d (largest centre move %.3f)", model.version, fit.shift)
         return model
 
+    async def fit_predictions(self, now: float) -> FittedParameters | str:
+        """Refit the prediction parameters on the sampled customers' histories;
+        a failed or worse fit keeps the previous version and says why."""
+        self.last_fit = now
+        previous = await self.models.load_parameters()
+        self.parameters_version = previous.version if previous else 0
+        now_ms = int(now * 1000)
+        histories = []
+        for record in self.histories.vectors.values():
+            history = purchase_history(dict(zip(HISTORY_FIELDS, record, strict=True)), now_ms)
+            if history is not None:
+                histories.append(history)
+        version = self.parameters_version + 1
+        fitted = fit_population(histories, version, now_ms, previous)
+        if isinstance(fitted, str):
+            self.fits["kept_previous"] += 1
+            log.warning("prediction parameters not refitted: %s", fitted)
+            return fitted
+        await self.models.save_parameters(fitted)
+        self.fits["fitted"] += 1
+        self.parameters_version = fitted.version
+        log.info("prediction parameters v%d fitted on %d customers", version, fitted.customers)
+        return fitted
+
     def promotions_last_hour(self) -> int:
         now = self.clock()
         return sum(1 for t in self.promotions if now - t <= 3600)
@@ -374,6 +424,11 @@ class Learner:
 def feature_message(
     customer_id: str, x: dict[str, float], fields: dict[str, float | str], rfm_now: Sequence[float]
 ) -> bytes:
-    """What the learner gets: who, their features, top category and RFM inputs."""
-    doc = {"id": customer_id, "x": x, "cat": top_category(fields), "rfm": list(rfm_now)}
+    """What the learner gets: who, their features, top category, RFM inputs
+    and purchase history (for the prediction parameters)."""
+    doc: dict[str, Any] = {"id": customer_id, "x": x, "cat": top_category(fields)}
+    doc["rfm"] = list(rfm_now)
+    history = history_record(fields)
+    if history is not None:
+        doc["h"] = history
     return json.dumps(doc, separators=(",", ":")).encode()

@@ -131,8 +131,10 @@ class Settings(BaseSettings):
     segment_learn_sample: float = Field(1.0, gt=0, le=1)
     topic_segment_features: str = "segment-features"
 
-    # Predictions: the annual rate future value is discounted at (CLV)
+    # Predictions: the annual rate future value is discounted at (CLV), and
+    # how often the learner refits the population parameters
     prediction_discount_rate: float = Field(0.10, ge=0, le=1)
+    prediction_refit_interval_s: float = Field(3600.0, gt=0, le=7 * 86_400)
 
     # Validation
     currencies: dict[str, float] = {"EUR": 1.0}

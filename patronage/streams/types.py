@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from patronage.models.predict import FittedParameters
 from patronage.models.profile import Delta
 from patronage.models.segments import FrozenModel, SegmentTrainer
 from patronage.models.sources import SourceState
@@ -98,6 +99,10 @@ class ModelStoreT(Protocol):
     async def load_trainer(self) -> SegmentTrainer | None: ...
 
     async def sizes(self) -> dict[int, int]: ...
+
+    async def load_parameters(self) -> FittedParameters | None: ...
+
+    async def save_parameters(self, fitted: FittedParameters) -> None: ...
 
     async def adjust_sizes(self, changes: Mapping[int, int]) -> None:
         """Add to the customer count of each segment."""

@@ -86,7 +86,7 @@ class Runtime:
             metrics=self.metrics,
         )
         self.monitor = Monitor(settings, self.pipeline, self.redis)
-        self.parameters = ParameterStore(self.redis, settings.key_prefix)
+        self.parameters = ParameterStore(self.pipeline.segmenter.models)
         self.metrics.attach(self.pipeline, self.monitor)
 
     def owned(self) -> set[int]:

@@ -211,3 +211,43 @@ def test_a_simulated_shop_fits_and_lapsed_buyers_look_less_alive() -> None:
     ]
     assert recent and gone
     assert sum(gone) / len(gone) < 0.5 < sum(recent) / len(recent)
+
+
+def test_the_learner_refits_prediction_parameters_on_its_schedule() -> None:
+    import asyncio
+
+    from patronage.models.simulate import generate
+    from patronage.streams.memory import MemoryModelStore, RecordingProducer
+    from patronage.streams.settings import Settings
+    from tests.unit.test_pipeline import START_MS, as_records, pipeline_for
+
+    settings = Settings(prediction_refit_interval_s=3600)
+    events, _ = generate(customers=300, days=200, seed=4, start_ms=START_MS)
+    pipe, _ = pipeline_for(settings, START_MS + 201 * 86_400_000)
+    records = as_records(events, settings.partitions)
+    pipe.test([records[i : i + 1000] for i in range(0, len(records), 1000)])
+    assert isinstance(pipe.producer, RecordingProducer)
+    vectors = pipe.producer.on("segment-features")
+    models = pipe.learner.models
+    assert isinstance(models, MemoryModelStore)
+    clock = [START_MS / 1000 + 201 * 86_400]
+    pipe.learner.clock = lambda: clock[0]
+
+    async def run() -> list[int | None]:
+        versions = []
+        for advance in (0, 60, 3600):
+            clock[0] += advance
+            await pipe.learner.learn(vectors)
+            fitted = await models.load_parameters()
+            versions.append(fitted.version if fitted else None)
+        return versions
+
+    # Fitted at once, not again within the hour, then again (same data: as good).
+    assert asyncio.run(run()) == [1, 1, 2]
+    assert pipe.learner.fits == {"fitted": 2}
+    few = Settings(prediction_refit_interval_s=1)
+    small, _ = pipeline_for(few, START_MS)
+    small.learner.histories.add("only-one", [0.0, 0.0, 1.0, 10.0, 10.0], None)
+    reason = asyncio.run(small.learner.fit_predictions(START_MS / 1000))
+    assert reason == "1 customers with an order; at least 100 are needed"
+    assert small.learner.fits == {"kept_previous": 1}
