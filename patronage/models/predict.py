@@ -186,6 +186,9 @@ class FittedParameters:
     spend: GammaGamma
     customers: int  # buyers the fit saw
     fitted_ms: int
+    # predicted 365-day CLV at the 20th and 80th percentile of those buyers:
+    # below the first is `low_value`, from the second up `best`
+    clv_cuts: tuple[float, float] = (0.0, 0.0)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -194,6 +197,7 @@ class FittedParameters:
             "gamma_gamma": self.spend.__dict__,
             "customers": self.customers,
             "fitted_ms": self.fitted_ms,
+            "clv_cuts": list(self.clv_cuts),
         }
 
     @classmethod
@@ -204,6 +208,7 @@ class FittedParameters:
             spend=GammaGamma(**doc["gamma_gamma"]),  # type: ignore[arg-type]
             customers=int(doc["customers"]),  # type: ignore[call-overload]
             fitted_ms=int(doc["fitted_ms"]),  # type: ignore[call-overload]
+            clv_cuts=tuple(doc.get("clv_cuts", (0.0, 0.0))),  # type: ignore[arg-type]
         )
 
 
@@ -254,6 +259,8 @@ def predictions(
     alive = p_alive(bg, x, t_x, age)
     rate_per_week = (bg.r + x) / (bg.alpha + age)
     next_at = now_ms + WEEK_MS / rate_per_week if alive >= 0.5 else None
+    value = clv(bg, gg, x, t_x, age, zbar, 365 / 7, annual_discount)
+    low, best = fitted.clv_cuts
     return {
         "available": True,
         "parameters_version": fitted.version,
@@ -262,7 +269,8 @@ def predictions(
         "expected_orders_90d": expected_purchases(bg, 90 / 7, x, t_x, age),
         "expected_next_order_at": next_at,
         "expected_avg_order_value": expected_order_value(gg, x, zbar),
-        "predicted_clv_365d": clv(bg, gg, x, t_x, age, zbar, 365 / 7, annual_discount),
+        "predicted_clv_365d": value,
+        "value_tier": "best" if value >= best else "low_value" if value <= low else "regular",
     }
 
 
@@ -292,4 +300,6 @@ def fit_population(
                 f"the fit (log-likelihood {new:.1f}) is worse than "
                 f"version {previous.version}'s ({old:.1f}) on the same customers"
             )
-    return FittedParameters(version, purchases, spend, len(histories), now_ms)
+    values = sorted(clv(purchases, spend, *h, weeks=365 / 7) for h in histories)
+    cuts = (values[len(values) // 5], values[len(values) * 4 // 5])
+    return FittedParameters(version, purchases, spend, len(histories), now_ms, cuts)

@@ -251,3 +251,19 @@ def test_the_learner_refits_prediction_parameters_on_its_schedule() -> None:
     reason = asyncio.run(small.learner.fit_predictions(START_MS / 1000))
     assert reason == "1 customers with an order; at least 100 are needed"
     assert small.learner.fits == {"kept_previous": 1}
+
+
+def test_value_tiers_follow_the_fitted_quantiles() -> None:
+    fitted = FittedParameters(1, PUBLISHED_BGNBD, PUBLISHED_GG, 2357, 0, (10.0, 200.0))
+    loyal = {
+        "first_order_at": "0",
+        "first_order_value": "40",
+        "last_order_at": str(30 * WEEK),
+        "orders": "20",
+        "basket_sum": "1000",
+    }
+    gone = {**loyal, "last_order_at": str(WEEK), "orders": "2", "basket_sum": "50"}
+    assert predictions(loyal, 31 * WEEK, fitted)["value_tier"] == "best"
+    assert predictions(gone, 60 * WEEK, fitted)["value_tier"] == "low_value"
+    again = FittedParameters.from_json(fitted.to_json())
+    assert again == fitted
