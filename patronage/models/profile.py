@@ -494,6 +494,7 @@ def profile_view(customer_id: str, fields: Mapping[str, float | str]) -> dict[st
         "customer_id": customer_id,
         "first_seen": when("first_seen"),
         "last_seen": when("last_seen"),
+        "first_order_at": when("first_order_at"),
         "last_order_at": when("last_order_at"),
         "first_visit_day": day("first_day"),
         "last_visit_day": day("last_day"),
