@@ -71,7 +71,7 @@ async def populate(store: ProfileStore, customers: int, partitions: int, seed: i
                 pipe.hset(store.keys(customer).profile, mapping=profile_fields(rng))
                 members.setdefault(partition_for(customer, partitions), []).append(customer)
             for partition, ids in members.items():
-                pipe.sadd(store.members_key(partition), *ids)
+                pipe.zadd(store.members_key(partition), dict.fromkeys(ids, NOW_MS))
             await pipe.execute()
 
 

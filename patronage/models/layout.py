@@ -50,7 +50,8 @@ def clock_key(prefix: str, partition: int) -> str:
 
 
 def members_key(prefix: str, partition: int) -> str:
-    """set: the customers of a partition (re-scoring reads only its own)."""
+    """zset: the customers of a partition -> when a batch last had them
+    (re-scoring reads only its own; trimmed with the retention)."""
     return f"{prefix}:{{members-{partition}}}"
 
 

@@ -63,6 +63,8 @@ def p_alive(params: BGNBD, x: float, t_x: float, T: float) -> float:
     if x == 0:
         return 1.0
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    if b + x - 1 <= 0:
+        return 0.0  # b -> 0: every repeat purchase is followed by dropping out
     log_odds = math.log(a / (b + x - 1)) + (r + x) * math.log((alpha + T) / (alpha + t_x))
     return 1.0 / (1.0 + math.exp(log_odds)) if log_odds < 700 else 0.0
 
@@ -289,6 +291,8 @@ def fit_population(
         return "too few repeat buyers to fit the spend model"
     purchases = fit_bgnbd(x, t_x, T)
     spend = fit_gamma_gamma(x, zbar)
+    if min(purchases.__dict__.values()) < 1e-6 or abs(purchases.a - 1) < 1e-6:
+        return f"purchase model degenerate ({purchases}): the data does not identify it"
     if spend.q <= 1:
         return f"spend model not usable (q = {spend.q:.3f} <= 1: the mean order value diverges)"
     if previous is not None:
@@ -301,5 +305,7 @@ def fit_population(
                 f"version {previous.version}'s ({old:.1f}) on the same customers"
             )
     values = sorted(clv(purchases, spend, *h, weeks=365 / 7) for h in histories)
+    if not all(math.isfinite(v) for v in values):
+        return "predictions from this fit are not finite for every customer"
     cuts = (values[len(values) // 5], values[len(values) * 4 // 5])
     return FittedParameters(version, purchases, spend, len(histories), now_ms, cuts)

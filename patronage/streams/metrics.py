@@ -187,10 +187,11 @@ class _Collector(Collector):
         fits = _counter(
             "patronage_prediction_fits",
             "Refits of the prediction parameters by this worker (the learner), by outcome "
-            "(kept_previous: too few customers, unusable or worse; the log says why).",
+            "(kept_previous: too few customers, unusable or worse; failed: an error; "
+            "the log says why).",
             ("outcome",),
         )
-        for outcome in ("fitted", "kept_previous"):
+        for outcome in ("fitted", "kept_previous", "failed"):
             fits.add_metric([outcome], learner.fits[outcome])
         yield fits
         version = _gauge(

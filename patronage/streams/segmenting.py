@@ -363,15 +363,25 @@ class Learner:
         return self.trainer
 
     async def learn(self, vectors: Iterable[dict[str, Any]]) -> FrozenModel | None:
+        vectors = list(vectors)
+        model = await self._learn_segments(vectors)
+        now = self.clock()
+        if now - self.last_fit >= self.settings.prediction_refit_interval_s:
+            try:
+                await self.fit_predictions(now)
+            except Exception:  # a failed fit must never stop segment learning
+                self.fits["failed"] += 1
+                log.exception("prediction parameters: the fit failed; the previous version stays")
+        return model
+
+    async def _learn_segments(self, vectors: list[dict[str, Any]]) -> FrozenModel | None:
         trainer = await self._ensure()
         for doc in vectors:
             if "id" in doc:  # vectors from before the customer sample carry no id
                 trainer.learn(doc["id"], doc["x"], doc.get("cat"), doc.get("rfm"))
                 if "h" in doc:
-                    self.histories.add(doc["id"], doc["h"], None)
+                    self.histories.add(doc["id"], list(doc["h"]), None)
         now = self.clock()
-        if now - self.last_fit >= self.settings.prediction_refit_interval_s:
-            await self.fit_predictions(now)
         first = trainer.previous is None
         if not first and now - self.last_check < self.settings.segment_promote_interval_s:
             return None

@@ -206,7 +206,11 @@ class ProfileStore:
         ops.extend(self._bookkeeping_ops(due, marks or {}, sources or {}, wall_ms))
         for partition, ids in members.items():
             key = self.members_key(partition)
-            ops.append((key, _command("sadd", key, *ids)))
+            ops.append((key, _command("zadd", key, dict.fromkeys(ids, wall_ms))))
+            if self.retention_ms > 0:
+                # Ids of customers whose profile expired leave with it.
+                horizon = wall_ms - self.retention_ms
+                ops.append((key, _command("zremrangebyscore", key, "-inf", f"({horizon}")))
         replies = await self._pipelined(ops)
         raise_unless_poison(replies)
         return _apply_result(list(by_customer), replies)
@@ -287,7 +291,7 @@ class ProfileStore:
                 [
                     (keys.profile, _script(self._erase, list(keys), [])),
                     (due, _command("zrem", due, customer_id)),
-                    (members, _command("srem", members, customer_id)),
+                    (members, _command("zrem", members, customer_id)),
                 ]
             )
         )
@@ -350,14 +354,16 @@ class ProfileStore:
     async def partition_members(
         self, partition: int, cursor: int, count: int
     ) -> tuple[int, list[str]]:
-        """One slice of a partition's customers (SSCAN): next cursor (0: done), ids."""
-        next_cursor, ids = await self.client.sscan(self.members_key(partition), cursor, count=count)
-        return int(next_cursor), [i.decode() if isinstance(i, bytes) else i for i in ids]
+        """One slice of a partition's customers (ZSCAN): next cursor (0: done), ids."""
+        key = self.members_key(partition)
+        next_cursor, pairs = await self.client.zscan(key, cursor, count=count)
+        ids = [m.decode() if isinstance(m, bytes) else str(m) for m, _ in pairs]
+        return int(next_cursor), ids
 
     async def forget_members(self, partition: int, customer_ids: Sequence[str]) -> None:
         """Drop ids whose profile is gone (expired by retention)."""
         if customer_ids:
-            await self.client.srem(self.members_key(partition), *customer_ids)
+            await self.client.zrem(self.members_key(partition), *customer_ids)
 
     async def customer_ids(self, count: int = 1000) -> AsyncIterator[str]:
         pattern = f"{self.prefix}:{{*}}:p"

@@ -267,3 +267,30 @@ def test_value_tiers_follow_the_fitted_quantiles() -> None:
     assert predictions(gone, 60 * WEEK, fitted)["value_tier"] == "low_value"
     again = FittedParameters.from_json(fitted.to_json())
     assert again == fitted
+
+
+def test_a_degenerate_or_failing_fit_never_stops_segment_learning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from patronage.streams import segmenting
+    from patronage.streams.memory import MemoryModelStore
+    from patronage.streams.segmenting import Learner
+    from patronage.streams.settings import Settings
+
+    assert p_alive(BGNBD(0.2, 4.0, 0.8, 0.0), 1, 2.0, 5.0) == 0.0  # b + x - 1 = 0
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise FloatingPointError("the optimiser blew up")
+
+    monkeypatch.setattr(segmenting, "fit_population", broken)
+    settings = Settings(segments=2, segment_warmup=10)
+    learner = Learner(settings, MemoryModelStore(), clock=lambda: 0.0)
+    vectors = [
+        {"id": f"c{i}", "x": {"tenure_log_days": 5.0, "online_share": float(i % 2)}}
+        for i in range(40)
+    ]
+    model = asyncio.run(learner.learn(vectors))
+    assert model is not None and model.version == 1
+    assert learner.fits == {"failed": 1}
