@@ -298,8 +298,16 @@ def predictions() -> None:
 
 
 @predictions.command("fit")
-def predictions_fit() -> None:
+@click.option(
+    "--as-of",
+    help="the time the histories end (RFC 3339), e.g. the end of a backfilled "
+    "calibration period; default: now",
+)
+def predictions_fit(as_of: str | None) -> None:
     """Fit the population parameters on the stored profiles; the next version."""
+    from patronage.models.contracts import parse_ts
+
+    now_ms = parse_ts(as_of) if as_of else int(time.time() * 1000)
 
     async def fit(s: Settings) -> Any:
         from patronage.streams.predicting import ParameterStore, fit_stored_profiles
@@ -307,7 +315,7 @@ def predictions_fit() -> None:
 
         async with profile_store(s) as store:
             parameters = ParameterStore(ModelStore(store.client, s.key_prefix))
-            return await fit_stored_profiles(store, parameters, int(time.time() * 1000))
+            return await fit_stored_profiles(store, parameters, now_ms)
 
     fitted = run(fit)
     if isinstance(fitted, str):
