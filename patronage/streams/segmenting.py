@@ -366,7 +366,11 @@ class Learner:
         vectors = list(vectors)
         model = await self._learn_segments(vectors)
         now = self.clock()
-        if now - self.last_fit >= self.settings.prediction_refit_interval_s:
+        # Until a first version exists, try again as often as segments promote.
+        interval = self.settings.prediction_refit_interval_s
+        if self.parameters_version == 0:
+            interval = min(interval, self.settings.segment_promote_interval_s)
+        if now - self.last_fit >= interval:
             try:
                 await self.fit_predictions(now)
             except Exception:  # a failed fit must never stop segment learning

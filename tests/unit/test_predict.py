@@ -245,6 +245,17 @@ def test_the_learner_refits_prediction_parameters_on_its_schedule() -> None:
     # Fitted at once, not again within the hour, then again (same data: as good).
     assert asyncio.run(run()) == [1, 1, 2]
     assert pipe.learner.fits == {"fitted": 2}
+    # Before any version exists, a failed fit is retried at the promotion
+    # interval, not an hour later.
+    early = Settings(prediction_refit_interval_s=3600, segment_promote_interval_s=300)
+    young, _ = pipeline_for(early, START_MS)
+    young.learner.clock = lambda: clock[0]
+    attempts = []
+    for advance in (0, 60, 300):
+        clock[0] += advance
+        asyncio.run(young.learner.learn([]))
+        attempts.append(sum(young.learner.fits.values()))
+    assert attempts == [1, 1, 2]
     few = Settings(prediction_refit_interval_s=1)
     small, _ = pipeline_for(few, START_MS)
     small.learner.histories.add("only-one", [0.0, 0.0, 1.0, 10.0, 10.0], None)
