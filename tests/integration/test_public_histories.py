@@ -264,18 +264,23 @@ def test_grocery_baskets_replayed_through_kafka(
     assert all(d["error"] in ("no_usable_lines", "empty_basket") for d in receipt_letters)
 
 
-def test_cdnow_order_history_replayed_with_the_cli(
-    isolated_env: dict[str, str], tmp_path: Path
-) -> None:
-    """The classic 1997-98 CDNOW sample (2,357 customers), as a user replays
-    an export: a CSV, a column mapping, `patronage events replay`."""
+def cdnow_setup(isolated_env: dict[str, str]) -> tuple[dict[str, str], Any, Path]:
+    """The environment (US dollars), settings and transaction file of the CDNOW tests."""
     env = {
         **isolated_env,
         "PATRONAGE_CURRENCIES": '{"USD": 1.0}',
         "PATRONAGE_COMMIT_INTERVAL_S": "0.5",
     }
-    settings = settings_with_topics(env)
-    source = Path(str(distribution("lifetimes").locate_file("lifetimes/datasets/CDNOW_sample.txt")))
+    source = distribution("lifetimes").locate_file("lifetimes/datasets/CDNOW_sample.txt")
+    return env, settings_with_topics(env), Path(str(source))
+
+
+def test_cdnow_order_history_replayed_with_the_cli(
+    isolated_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The classic 1997-98 CDNOW sample (2,357 customers), as a user replays
+    an export: a CSV, a column mapping, `patronage events replay`."""
+    env, settings, source = cdnow_setup(isolated_env)
     export_csv = tmp_path / "cdnow.csv"
     events = []
     with export_csv.open("w", newline="") as handle:
@@ -343,13 +348,7 @@ def test_cdnow_calibration_period_through_kafka_fits_the_published_parameters(
     BG/NBD and Gamma-Gamma parameters are the published ones within 1 %.
     Fitting the summary file directly (tests/unit/test_predict.py) cannot
     catch a profile that counts orders, first orders or spend differently."""
-    env = {
-        **isolated_env,
-        "PATRONAGE_CURRENCIES": '{"USD": 1.0}',
-        "PATRONAGE_COMMIT_INTERVAL_S": "0.5",
-    }
-    settings = settings_with_topics(env)
-    source = Path(str(distribution("lifetimes").locate_file("lifetimes/datasets/CDNOW_sample.txt")))
+    env, settings, source = cdnow_setup(isolated_env)
     export_csv = tmp_path / "cdnow-calibration.csv"
     with export_csv.open("w", newline="") as handle:
         out = csv.writer(handle)
