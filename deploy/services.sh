@@ -147,7 +147,7 @@ start_kafka() {
     -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
     >"$KAFKA_DIR/kafka.log" 2>&1 </dev/null &
   echo $! >"$KAFKA_DIR/kafka.pid"
-  wait_port "$KAFKA_PORT" kafka 90 "$KAFKA_DIR/kafka.log"
+  wait_port "$KAFKA_PORT" kafka 240 "$KAFKA_DIR/kafka.log"
 }
 
 start_redis() {
