@@ -62,9 +62,13 @@ def worker() -> None:
 @worker.command("run")
 def worker_run() -> None:
     """Run a worker (Faust): consume the input topics, keep the profiles."""
+    from patronage.streams.kafka_admin import carry_control_offsets
     from patronage.streams.worker import build_app
 
     s = settings()
+    carried = asyncio.run(carry_control_offsets(s))
+    if carried:
+        click.echo(f"control topics' offsets carried over to {s.control_group_id}: {carried}")
     app, _ = build_app(s)
     # Faust owns the worker's command line; hand it the sub-command it expects.
     sys.argv = [sys.argv[0], "worker", "--loglevel", s.log_level]

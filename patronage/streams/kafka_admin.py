@@ -58,3 +58,39 @@ async def wait_for_group_coordinator(admin: Any, group_id: str, timeout_s: float
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.5)
+
+
+async def carry_control_offsets(settings: Settings) -> dict[str, int]:
+    """Once, on upgrade: the control topics (segment features, erasure
+    requests) used to be read by the input group. Their consumer now has a
+    group of its own; starting it from the earliest offset would apply every
+    retained erasure request again — erasing customers who came back since.
+    Copies the input group's committed offsets when the control group has none."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    topics = set(settings.control_topics)
+    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    await admin.start()
+    try:
+        current = await admin.list_consumer_group_offsets(settings.control_group_id)
+        if any(tp.topic in topics and meta.offset >= 0 for tp, meta in current.items()):
+            return {}
+        old = await admin.list_consumer_group_offsets(settings.group_id)
+        carried = {tp: m.offset for tp, m in old.items() if tp.topic in topics and m.offset >= 0}
+    finally:
+        await admin.close()
+    if not carried:
+        return {}
+    consumer = AIOKafkaConsumer(
+        **settings.kafka_client_kwargs(),
+        group_id=settings.control_group_id,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(carried))
+        await consumer.commit(carried)
+    finally:
+        await consumer.stop()
+    return {f"{tp.topic}-{tp.partition}": offset for tp, offset in carried.items()}

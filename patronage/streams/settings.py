@@ -279,6 +279,18 @@ class Settings(BaseSettings):
         return {kind: topic for topic, kind in self.input_topics.items()}
 
     @property
+    def control_topics(self) -> list[str]:
+        """Low-volume topics the Faust agents read (learner, erasure)."""
+        return [self.topic(self.topic_segment_features), self.topic(self.topic_erasure_requests)]
+
+    @property
+    def control_group_id(self) -> str:
+        """The Faust app's consumer group: the input topics are read by
+        `group_id` below Faust (streams/ingest.py), in a group of their own
+        because the two consumers speak different assignment protocols."""
+        return f"{self.group_id}-control"
+
+    @property
     def output_topics(self) -> list[str]:
         return [
             self.topic(self.topic_segment_features),

@@ -1,9 +1,12 @@
 """The Faust worker: wires the pipeline (streams/pipeline.py) to topics,
 timers and the web.
 
-Offsets are acked (and so committed) only after the pipeline finished the
-batch: its Redis round trip succeeded and its dead letters were acknowledged
-by Kafka. Redis being down stalls the batch with backoff; it never drops it.
+The input topics are consumed in whole fetches by `BatchIngest`
+(streams/ingest.py), a task of the app; offsets are committed only after the
+pipeline finished a batch: its Redis round trip succeeded and its dead
+letters were acknowledged by Kafka. Redis being down stalls the batch with
+backoff; it never drops it. Faust's own agents read the low-volume control
+topics (segment features, erasure requests) in the app's group.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from collections.abc import Awaitable
 from typing import Any
 
 import faust
-from faust.types import TP
 
 from patronage.models.batch import Record
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.errors import FatalRedisError
+from patronage.streams.ingest import BatchIngest
 from patronage.streams.kafka_transport import App as ReadCommittedApp
 from patronage.streams.metrics import WorkerMetrics
 from patronage.streams.monitor import Monitor
@@ -45,23 +48,6 @@ class FaustProducer:
         return sent
 
 
-class FaustInputs:
-    """The consumer's view of the input partitions, as the pipeline's `InputLog`."""
-
-    def __init__(self, app: faust.App) -> None:
-        self.app = app
-
-    def assignment(self) -> frozenset[tuple[str, int]]:
-        return frozenset((tp.topic, tp.partition) for tp in self.app.consumer.assignment())
-
-    def highwater(self, topic: str, partition: int) -> int | None:
-        end: int | None = self.app.consumer.highwater(TP(topic, partition))
-        return end
-
-    def owned(self, topics: set[str]) -> set[int]:
-        return {p for topic, p in self.assignment() if topic in topics}
-
-
 class Runtime:
     """One worker process: the pipeline on Redis and Kafka, and its monitor."""
 
@@ -76,7 +62,6 @@ class Runtime:
         )
         self.metrics = WorkerMetrics()
         self.app = app
-        self.inputs = FaustInputs(app) if app is not None else None
         producer = FaustProducer(app) if app is not None else None
         self.pipeline = Pipeline(
             settings,
@@ -85,13 +70,14 @@ class Runtime:
             producer,  # type: ignore[arg-type]
             metrics=self.metrics,
         )
+        self.ingest = BatchIngest(settings, self.pipeline)
         self.monitor = Monitor(settings, self.pipeline, self.redis)
         self.parameters = ParameterStore(self.pipeline.segmenter.models)
         self.metrics.attach(self.pipeline, self.monitor)
 
     def owned(self) -> set[int]:
         """The input partitions this worker owns (lapse sweeps and re-scoring follow them)."""
-        return self.inputs.owned(set(self.settings.input_topics)) if self.inputs else set()
+        return self.ingest.owned(set(self.settings.input_topics))
 
 
 def web_context(runtime: Runtime) -> WebContext:
@@ -119,7 +105,7 @@ def _record(message: Any) -> Record:
 
 
 def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
-    app = ReadCommittedApp(settings.group_id, **_app_options(settings))
+    app = ReadCommittedApp(settings.control_group_id, **_app_options(settings))
     runtime = Runtime(settings, app)
     _wire_ingest(app, runtime)
     _wire_timers(app, runtime)
@@ -168,23 +154,15 @@ def _raw_topic(app: faust.App, *names: str, **options: Any) -> Any:
 
 
 def _wire_ingest(app: faust.App, runtime: Runtime) -> None:
-    settings, pipeline, inputs = runtime.settings, runtime.pipeline, runtime.inputs
-    assert inputs is not None
-    source = _raw_topic(app, *settings.input_topics, allow_empty=True)
+    ingest = runtime.ingest
 
-    @app.agent(source, name="ingest")
-    async def ingest(stream: Any) -> None:
-        try:
-            async for events in stream.noack_take(
-                settings.batch_max, within=settings.batch_within_s
-            ):
-                await pipeline.process([_record(e.message) for e in events], inputs)
-                for event in events:
-                    await stream.ack(event)
-        except FatalRedisError as exc:
-            stop_the_worker("ingest", str(exc))
-        except Exception:
-            stop_the_worker("ingest")
+    @app.task  # type: ignore[untyped-decorator]
+    async def consume_inputs() -> None:
+        await ingest.run()
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def stop_ingest(sender: Any, **kwargs: Any) -> None:
+        ingest.stop()
 
 
 def _wire_timers(app: faust.App, runtime: Runtime) -> None:

@@ -1,0 +1,171 @@
+"""The input topics, consumed in whole fetches below Faust's stream layer.
+
+Faust's per-message machinery (stream buffers, per-event acks, the
+conductor) took about half of the worker's CPU; aiokafka's `getmany` hands
+over everything fetched at once, and the pipeline works in batches anyway.
+Faust keeps what it is good at: the app, the low-volume agents (learner,
+erasure), timers, the web views and the shutdown signals.
+
+Offsets are committed only for batches the pipeline finished (Redis applied
+them, their dead letters were acknowledged), every `commit_interval_s`, at a
+rebalance for the partitions given away, and at shutdown. A batch never
+overlaps a rebalance (one lock); a record redelivered after a crash or a
+failed commit is dropped by the store's per-partition offset check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from patronage.models.batch import Record
+from patronage.streams.errors import FatalRedisError
+from patronage.streams.pipeline import Pipeline
+from patronage.streams.retry import stop_the_worker
+from patronage.streams.settings import Settings
+
+log = logging.getLogger("patronage.ingest")
+
+
+def input_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """The input consumer: the worker's consumer group, committed records only."""
+    return AIOKafkaConsumer(
+        **settings.kafka_client_kwargs(),
+        group_id=settings.group_id,
+        client_id=f"{settings.group_id}-ingest",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        # A shop's transactional producer may abort; only committed records count.
+        isolation_level="read_committed",
+        max_poll_records=settings.batch_max,
+        session_timeout_ms=int(settings.session_timeout_s * 1000),
+        heartbeat_interval_ms=int(max(1.0, settings.session_timeout_s / 10) * 1000),
+    )
+
+
+class BatchIngest:
+    """Fetch -> `Pipeline.process` -> commit, one batch at a time. It is the
+    pipeline's `InputLog`: the assignment and log ends are the consumer's."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.consumer: AIOKafkaConsumer | None = None
+        self.lock = asyncio.Lock()
+        self.applied: dict[TopicPartition, int] = {}  # next offset to commit
+        self.stopping = False
+
+    # -- InputLog ------------------------------------------------------------
+    def assignment(self) -> frozenset[tuple[str, int]]:
+        if self.consumer is None:
+            return frozenset()
+        return frozenset((tp.topic, tp.partition) for tp in self.consumer.assignment())
+
+    def highwater(self, topic: str, partition: int) -> int | None:
+        if self.consumer is None:
+            return None
+        end: int | None = self.consumer.highwater(TopicPartition(topic, partition))
+        return end
+
+    def owned(self, topics: set[str]) -> set[int]:
+        return {p for topic, p in self.assignment() if topic in topics}
+
+    # -- the loop ------------------------------------------------------------
+    async def run(self) -> None:
+        """Until `stop()`; a failure the retries cannot cure stops the worker."""
+        try:
+            await self._run()
+        except FatalRedisError as exc:
+            stop_the_worker("ingest", str(exc))
+        except Exception:
+            stop_the_worker("ingest")
+
+    async def _run(self) -> None:
+        consumer = self.consumer = input_consumer(self.settings)
+        consumer.subscribe(list(self.settings.input_topics), listener=_CommitOnRevoke(self))
+        await consumer.start()
+        # Its own task: a batch stalled on Redis must not hold back the
+        # commit of the batches applied before it.
+        committer = asyncio.create_task(self._commit_every_interval())
+        wait_ms = int(self.settings.batch_within_s * 1000)
+        try:
+            while not self.stopping:
+                fetched = await consumer.getmany(
+                    timeout_ms=wait_ms, max_records=self.settings.batch_max
+                )
+                if fetched:
+                    async with self.lock:
+                        await self._process(consumer, fetched)
+        finally:
+            committer.cancel()
+            await self.commit()
+            await consumer.stop()
+
+    async def _commit_every_interval(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.commit_interval_s)
+            await self.commit()
+
+    async def _process(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:
+        # Partitions given away while the batch waited for the lock are the
+        # new owner's now; their records come back to it from the commit.
+        assigned = consumer.assignment()
+        batches = {tp: records for tp, records in fetched.items() if tp in assigned}
+        if not batches:
+            return
+        records = [
+            Record(r.topic, r.partition, r.offset, r.key, r.value)
+            for records in batches.values()
+            for r in records
+        ]
+        await self.pipeline.process(records, self)
+        for tp, done in batches.items():
+            self.applied[tp] = done[-1].offset + 1
+
+    async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Commit the finished offsets (of `partitions`, or all that are owned)."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        owned = consumer.assignment()
+        due = {
+            tp: offset
+            for tp, offset in self.applied.items()
+            if tp in owned and (partitions is None or tp in partitions)
+        }
+        if not due:
+            return
+        try:
+            await consumer.commit(due)
+        except KafkaError as exc:
+            # Redelivered records are dropped by the store: a lost commit costs time only.
+            log.warning("offset commit failed (%s); the records will be redelivered", exc)
+            return
+        for tp, offset in due.items():
+            if self.applied.get(tp) == offset:
+                del self.applied[tp]
+
+    def stop(self) -> None:
+        self.stopping = True
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions go to another worker: finish the batch in hand and
+    commit what was applied, so the new owner starts where this one stopped."""
+
+    def __init__(self, ingest: BatchIngest) -> None:
+        self.ingest = ingest
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self.ingest.lock:
+            await self.ingest.commit(set(revoked))
+            for tp in revoked:
+                self.ingest.applied.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        owned = sorted((tp.topic, tp.partition) for tp in assigned)
+        log.info("input partitions assigned: %s", owned)
