@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -89,6 +91,12 @@ def isolated_env(kafka_up: str, redis_up: str) -> Iterator[dict[str, str]]:
         "PATRONAGE_DATA_DIR": f"/tmp/patronage-test-{run}",
     }
     yield env
+    from patronage.streams.kafka_admin import delete_run_topics
+    from patronage.streams.settings import settings_with
+
+    # Best effort: a test may have stopped or replaced the broker.
+    with contextlib.suppress(Exception):
+        asyncio.run(asyncio.wait_for(delete_run_topics(settings_with(env)), 30))
 
 
 @pytest.fixture

@@ -94,3 +94,27 @@ async def carry_control_offsets(settings: Settings) -> dict[str, int]:
     finally:
         await consumer.stop()
     return {f"{tp.topic}-{tp.partition}": offset for tp, offset in carried.items()}
+
+
+async def delete_run_topics(settings: Settings) -> list[str]:
+    """Delete the topics of one test or benchmark run: those named with its
+    topic prefix, and internal ones named after its group (Quix changelogs).
+    A broker keeps every partition's files open; left behind, thousands of
+    runs' topics exhaust its file descriptors."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    if not settings.topic_prefix:
+        raise ValueError("refusing to delete topics without a run-specific topic prefix")
+    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    await admin.start()
+    try:
+        names = [
+            t
+            for t in await admin.list_topics()
+            if t.startswith(settings.topic_prefix) or settings.group_id in t
+        ]
+        if names:
+            await admin.delete_topics(names)
+        return names
+    finally:
+        await admin.close()
