@@ -389,7 +389,9 @@ class Learner:
         first = trainer.previous is None
         if not first and now - self.last_check < self.settings.segment_promote_interval_s:
             return None
-        fit = trainer.fit()
+        # k-means and the likelihood fits run in a thread: numpy and scipy
+        # release the GIL, and ingest on this worker's event loop goes on.
+        fit = await asyncio.to_thread(trainer.fit)
         if fit is None:
             return None
         self.last_check = now
@@ -419,7 +421,7 @@ class Learner:
             if history is not None:
                 histories.append(history)
         version = self.parameters_version + 1
-        fitted = fit_population(histories, version, now_ms, previous)
+        fitted = await asyncio.to_thread(fit_population, histories, version, now_ms, previous)
         if isinstance(fitted, str):
             self.fits["kept_previous"] += 1
             log.warning("prediction parameters not refitted: %s", fitted)
