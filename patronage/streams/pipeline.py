@@ -71,6 +71,16 @@ class PipelineStats:
             self.last_event_ts[tp] = max(self.last_event_ts.get(tp, 0), ts)
 
 
+@dataclass(frozen=True)
+class PreparedWork:
+    """A batch validated and turned into deltas, waiting for `Pipeline.finish`."""
+
+    records: list[Record]
+    batch: PreparedBatch
+    sources: dict[tuple[str, int], SourceState]
+    now_ms: int
+
+
 class Pipeline:
     def __init__(
         self,
@@ -113,6 +123,13 @@ class Pipeline:
 
     async def process(self, records: list[Record], inputs: InputLog) -> None:
         """One batch of input records, from validation to segment scoring."""
+        await self.finish(await self.prepare(records, inputs))
+
+    async def prepare(self, records: list[Record], inputs: InputLog) -> PreparedWork:
+        """Validation and delta building: Python only (the sources are cached
+        while the assignment stands), so the ingest loop runs it for the next
+        batch while Redis applies this one. Batches must be finished in the
+        order they were prepared."""
         now_ms = self.now_ms()
         sources = await self.retry("sources", lambda: self._sources(records, inputs))
         batch = prepare_batch(
@@ -123,6 +140,11 @@ class Pipeline:
             self.settings.zone,
             {tp: state.epoch for tp, state in sources.items()},
         )
+        return PreparedWork(records, batch, sources, now_ms)
+
+    async def finish(self, work: PreparedWork) -> None:
+        """Apply a prepared batch, then its dead letters, alerts and scores."""
+        records, batch, sources, now_ms = work.records, work.batch, work.sources, work.now_ms
         clocks = await self.retry("clock", lambda: self._clocks(batch, now_ms))
         result = await self.retry("batch", lambda: self._apply(batch, sources, clocks, now_ms))
         for customer_id, why in result.failed.items():

@@ -1,0 +1,110 @@
+"""Where a worker's time goes without Kafka: the pipeline alone on the real Redis.
+
+    python -m benchmarks.bench_pipeline [--events 100000] [--repeats 3]
+
+The simulated backlog of `bench throughput` is cut into batches of
+`PATRONAGE_BATCH_MAX` records and fed to `Pipeline` with the real Redis store
+and a producer that only records (no broker), two ways in one run:
+
+* sequential: prepare (validation, deltas) then finish (Redis apply, dead
+  letters, alerts, scoring, learner messages), batch after batch, as the
+  ingest loop does;
+* overlapped: the next batch is prepared while Redis applies the previous
+  one (measured to decide whether the ingest loop should; it did not pay).
+
+Prints events/s and the time per event spent in prepare and in finish. The
+gap between these figures and `bench throughput` is what consuming from
+Kafka costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+from benchmarks.bench_personas import records_of
+from patronage.models.batch import Record
+from patronage.models.simulate import generate
+from patronage.models.timeunits import DAY_MS
+from patronage.streams.memory import RecordingProducer, StaticLog
+from patronage.streams.pipeline import Pipeline
+from patronage.streams.segmenting import ModelStore
+from patronage.streams.settings import Settings, settings_with
+from patronage.streams.store import ProfileStore, redis_for
+
+
+def backlog(events_target: int, settings: Settings) -> list[Record]:
+    now_ms = int(time.time() * 1000)
+    customers = max(100, events_target // 60)
+    events, _ = generate(customers, 90, seed=3, start_ms=(now_ms // DAY_MS - 90) * DAY_MS)
+    return records_of(events[:events_target], settings)
+
+
+async def drain(records: list[Record], overlapped: bool) -> dict[str, Any]:
+    prefix = f"benchpipe{uuid.uuid4().hex[:6]}"
+    settings = settings_with({"PATRONAGE_KEY_PREFIX": prefix})
+    client = redis_for(settings)
+    pipe = Pipeline(
+        settings,
+        ProfileStore(client, prefix, settings.profile_config),
+        ModelStore(client, prefix),
+        RecordingProducer(),
+    )
+    size = settings.batch_max
+    prepare_s = finish_s = 0.0
+
+    async def finish(work: Any) -> None:
+        nonlocal finish_s
+        started = time.perf_counter()
+        await pipe.finish(work)
+        finish_s += time.perf_counter() - started
+
+    in_flight: asyncio.Task[None] | None = None
+    started = time.perf_counter()
+    for first in range(0, len(records), size):
+        t = time.perf_counter()
+        work = await pipe.prepare(records[first : first + size], StaticLog())
+        prepare_s += time.perf_counter() - t
+        if in_flight is not None:
+            await in_flight
+        if overlapped:
+            in_flight = asyncio.create_task(finish(work))
+            # As the ingest loop's `getmany` does: let it send its commands.
+            await asyncio.sleep(0)
+        else:
+            await finish(work)
+    if in_flight is not None:
+        await in_flight
+    elapsed = time.perf_counter() - started
+    keys = [k async for k in client.scan_iter(f"{prefix}*", count=1000)]
+    for i in range(0, len(keys), 1000):
+        await client.delete(*keys[i : i + 1000])
+    await client.aclose()
+    n = len(records)
+    return {
+        "mode": "overlapped" if overlapped else "sequential",
+        "events": n,
+        "events_per_second": round(n / elapsed),
+        "prepare_us_per_event": round(prepare_s / n * 1e6, 1),
+        # Overlapped, finish's wall time includes the prepare it waited behind.
+        "finish_wall_us_per_event": round(finish_s / n * 1e6, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_pipeline")
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    records = backlog(args.events, Settings())
+    for _ in range(args.repeats):
+        for overlapped in (False, True):
+            print(json.dumps(asyncio.run(drain(records, overlapped))))
+
+
+if __name__ == "__main__":
+    main()
