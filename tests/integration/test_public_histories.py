@@ -28,6 +28,7 @@ from importlib.metadata import distribution
 from pathlib import Path
 from typing import Any
 
+from patronage.models.predict import FittedParameters, fit_population
 from tests.integration.harness import (
     Worker,
     drained,
@@ -389,3 +390,39 @@ def test_cdnow_calibration_period_through_kafka_fits_the_published_parameters(
         assert math.isclose(fitted["gamma_gamma"][name], value, rel_tol=0.01), (name, fitted)
     # 8 customers' calibration purchases were all $0: no order, no history.
     assert fitted["customers"] == 2357 - 8
+    # Backfill = batch: the same history fitted without Kafka, Redis or profiles.
+    batch = fit_population(batch_histories(source, "19971001"), 1, AS_OF_MS)
+    assert isinstance(batch, FittedParameters), batch
+    for model, params in (("bgnbd", batch.purchases), ("gamma_gamma", batch.spend)):
+        for name, value in params.__dict__.items():
+            assert math.isclose(fitted[model][name], value, rel_tol=1e-6), (model, name, value)
+    assert fitted["customers"] == batch.customers
+
+
+AS_OF_MS = 875_577_600_000  # 1997-09-30T00:00:00Z
+
+
+def batch_histories(source: Path, holdout_from: str) -> list[tuple[float, float, float, float]]:
+    """(x, t_x, T, zbar) in weeks straight from the CDNOW rows, as the papers
+    build them: one transaction per customer and day with a positive value."""
+    days: dict[str, dict[str, Decimal]] = {}
+    for line in source.read_text().splitlines():
+        _, customer, day, _, value = line.split()
+        if day < holdout_from:
+            spent = days.setdefault(customer, {})
+            spent[day] = spent.get(day, Decimal(0)) + Decimal(value)
+    week_ms = 7 * 86_400_000
+    histories = []
+    for spent in days.values():
+        orders = sorted(
+            (int(dt.datetime.strptime(d, "%Y%m%d").replace(tzinfo=dt.UTC).timestamp() * 1000), v)
+            for d, v in spent.items()
+            if v > 0
+        )
+        if not orders:
+            continue
+        first, last, x = orders[0][0], orders[-1][0], len(orders) - 1
+        repeat_value = float(sum(v for _, v in orders[1:]))
+        zbar = repeat_value / x if x else 0.0
+        histories.append((float(x), (last - first) / week_ms, (AS_OF_MS - first) / week_ms, zbar))
+    return histories
