@@ -48,7 +48,14 @@ chromium:
 test: services chromium
 	$(VENV)/bin/pytest -q
 
-bench: services
+# The Quix Streams comparison job runs in a virtualenv of its own: quixstreams
+# pins newer pydantic and confluent-kafka than the worker uses.
+$(VENV)-quix/.installed:
+	python3 -m venv $(VENV)-quix
+	$(VENV)-quix/bin/pip install -q quixstreams==3.28.1 redis
+	touch $@
+
+bench: services $(VENV)-quix/.installed
 	$(PY) -m benchmarks.bench
 
 schemas: install

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import resource
 import subprocess
@@ -92,8 +93,51 @@ async def memory(customers: int, days: int) -> dict[str, float]:
         await client.aclose()
 
 
-def throughput(events_target: int, module: str = "patronage.streams.cli") -> dict[str, float]:
-    """Events/s of one worker process draining a backlog end to end (Kafka -> Redis)."""
+SERVICES = Path(os.environ.get("PATRONAGE_SERVICES_DIR", Path(__file__).parents[1] / ".services"))
+QUIX_PYTHON = Path(__file__).parents[1] / ".venv-quix" / "bin" / "python"
+# Profile fields that depend only on the events (not on the clock or a model).
+EXACT_FIELDS = [
+    "first_seen",
+    "last_seen",
+    "events_applied",
+    "clicks",
+    "sessions",
+    "first_day",
+    "last_day",
+    "visits",
+    "orders",
+    "orders_online",
+    "orders_store",
+    "basket_sum",
+    "max_basket",
+    "last_order_at",
+    "first_order_at",
+    "first_order_value",
+    "spend_total",
+    "spend_online",
+    "spend_store",
+    "returns_value",
+]
+
+
+def backlog(events_target: int) -> list[dict[str, Any]]:
+    """The simulated backlog every throughput run drains (same seed, same size)."""
+    now_ms = int(time.time() * 1000)
+    customers = max(100, events_target // 60)
+    stream, _ = generate(customers, 90, seed=3, start_ms=(now_ms // DAY_MS - 90) * DAY_MS)
+    return stream[:events_target]
+
+
+def throughput(
+    stream: list[dict[str, Any]], job: str = "patronage", workers: int = 1
+) -> dict[str, Any]:
+    """Events/s of one process draining the backlog end to end (Kafka -> Redis),
+    with CPU per event of the process, Redis and the broker, and the check of
+    every customer's stored result against the backlog.
+
+    `job`: "patronage" (the worker), "naive" (benchmarks/bench_naive.py),
+    "quix-at-least-once" or "quix-exactly-once" (benchmarks/quix_job.py);
+    `workers` processes of it in one consumer group."""
     env = _run_env("bench", 6099)
     settings = _settings(**env)
     from patronage.streams.kafka_admin import create_topics
@@ -101,23 +145,29 @@ def throughput(events_target: int, module: str = "patronage.streams.cli") -> dic
     from patronage.streams.publishing import publish_file
 
     asyncio.run(create_topics(settings))
-    now_ms = int(time.time() * 1000)
-    customers = max(100, events_target // 60)
-    stream, _ = generate(customers, 90, seed=3, start_ms=(now_ms // DAY_MS - 90) * DAY_MS)
-    stream = stream[:events_target]
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
         for event in stream:
             handle.write(json.dumps(event) + "\n")
     asyncio.run(publish_file(settings, Path(handle.name)))
     os.unlink(handle.name)
 
-    command = [sys.executable, "-m", module] + (["worker", "run"] if module.endswith("cli") else [])
-    proc = subprocess.Popen(
-        command,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    command = {
+        "patronage": [sys.executable, "-m", "patronage.streams.cli", "worker", "run"],
+        "naive": [sys.executable, "-m", "benchmarks.bench_naive"],
+    }.get(job, [str(QUIX_PYTHON), str(Path(__file__).with_name("quix_job.py"))])
+    if job.startswith("quix-"):
+        env["QUIX_GUARANTEE"] = job.removeprefix("quix-")
+    servers = {name: _pid(name) for name in ("redis", "kafka")}
+    servers_before = {n: _child_cpu(p) if p else None for n, p in servers.items()}
+    procs = [
+        subprocess.Popen(
+            command,
+            env={**os.environ, **env, "PATRONAGE_WEB_PORT": str(6099 + i)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(workers)
+    ]
     started = time.monotonic()
     first_progress = None
     try:
@@ -126,29 +176,121 @@ def throughput(events_target: int, module: str = "patronage.streams.cli") -> dic
             remaining = sum(r.lag for r in rows)
             if first_progress is None and remaining < len(stream):
                 first_progress = time.monotonic()
+                servers_before = {n: _child_cpu(p) if p else None for n, p in servers.items()}
             if remaining == 0:
                 break
             if time.monotonic() - started > 600:
-                raise RuntimeError("worker did not drain the backlog in 600 s")
+                raise RuntimeError(f"{job} did not drain the backlog in 600 s")
             time.sleep(0.2)
         finished = time.monotonic()
-        cpu = _child_cpu(proc.pid)
+        cpus = [_child_cpu(proc.pid) for proc in procs]
+        servers_after = {n: _child_cpu(p) if p else None for n, p in servers.items()}
     finally:
-        proc.terminate()
-        proc.wait(30)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+    cpu = None if None in cpus else sum(c for c in cpus if c is not None)
     busy = finished - (first_progress or started)
-    result = {
+    result: dict[str, Any] = {
+        "job": job if workers == 1 else f"{job} x{workers}",
         "events": len(stream),
-        "customers": customers,
-        "drain_seconds": busy,
-        "events_per_second": len(stream) / busy,
-        "worker_start_to_drained_seconds": finished - started,
+        "drain_seconds": round(busy, 2),
+        "events_per_second": round(len(stream) / busy),
     }
     if cpu is not None:
-        result["worker_cpu_seconds"] = cpu
-        result["cpu_microseconds_per_event"] = cpu / len(stream) * 1e6
+        result["process_cpu_us_per_event"] = round(cpu / len(stream) * 1e6, 1)
+    for name in servers:
+        before, after = servers_before.get(name), servers_after.get(name)
+        if before is not None and after is not None:
+            result[f"{name}_cpu_us_per_event"] = round((after - before) / len(stream) * 1e6, 1)
+    check = _check_quix if job.startswith("quix-") else _check_profiles
+    result.update(asyncio.run(check(settings, stream)))
     asyncio.run(_cleanup(settings))
     return result
+
+
+def _pid(service: str) -> int | None:
+    try:
+        return int((SERVICES / service / f"{service}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+async def _check_profiles(settings: Settings, stream: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every stored profile against the in-memory reference pipeline fed the
+    same records (same partitions and offsets as the publish)."""
+    from benchmarks.bench_personas import records_of
+    from patronage.streams.memory import (
+        MemoryModelStore,
+        MemoryProfileStore,
+        RecordingProducer,
+        StaticLog,
+    )
+    from patronage.streams.pipeline import Pipeline
+
+    reference = MemoryProfileStore(settings.profile_config)
+    pipe = Pipeline(settings, reference, MemoryModelStore(), RecordingProducer())
+    records = records_of(stream, settings)
+    for i in range(0, len(records), 2000):
+        await pipe.process(records[i : i + 2000], StaticLog())
+    client = redis_for(settings)
+    store = ProfileStore(client, settings.key_prefix, settings.profile_config)
+    try:
+        expected = await reference.fields_of(sorted(reference.states))
+        stored = await store.fields_of(sorted(expected))
+    finally:
+        await client.aclose()
+    diffs = {
+        c: {
+            f: (fields.get(f), stored.get(c, {}).get(f))
+            for f in EXACT_FIELDS
+            if not _same(fields.get(f), stored.get(c, {}).get(f))
+        }
+        for c, fields in expected.items()
+    }
+    wrong = {c: d for c, d in diffs.items() if d}
+    result: dict[str, Any] = {"customers_checked": len(expected), "customers_wrong": len(wrong)}
+    if wrong:  # one example: (expected, stored) per field
+        result["example"] = next(iter(wrong.items()))
+    return result
+
+
+def _same(expected: Any, stored: Any) -> bool:
+    """Equal, numbers to 1e-9 relative: sums of money in another batch
+    order differ in the last binary digit, never more."""
+    if expected == stored:
+        return True
+    try:
+        return math.isclose(float(expected), float(stored), rel_tol=1e-9)
+    except (TypeError, ValueError):
+        return False
+
+
+async def _check_quix(settings: Settings, stream: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Quix job's Redis copy against the same aggregate folded in order."""
+    expected: dict[str, dict[str, int]] = {}
+    for event in stream:
+        p = expected.setdefault(event["customer_id"], {"events": 0, "orders": 0, "spend_cents": 0})
+        ts = int(event["ts"])
+        p["events"] += 1
+        if event["type"] in ("purchase", "store_receipt"):
+            p["orders"] += 1
+            p["spend_cents"] += round(float(event.get("total") or 0) * 100)
+        p["first_seen"] = min(p.get("first_seen", ts), ts)
+        p["last_seen"] = max(p.get("last_seen", ts), ts)
+    client = redis_for(settings)
+    try:
+        keys = [f"{settings.key_prefix}:quix:{c}" for c in sorted(expected)]
+        values = await client.mget(keys)
+        await client.delete(*keys)
+    finally:
+        await client.aclose()
+    stored = {
+        c: json.loads(v) if v else None for c, v in zip(sorted(expected), values, strict=True)
+    }
+    wrong = [c for c, p in expected.items() if stored[c] != p]
+    return {"customers_checked": len(expected), "customers_wrong": len(wrong)}
 
 
 async def sweep_cost(scheduled: int, due: int, repeats: int = 5) -> dict[str, float]:
@@ -219,16 +361,24 @@ async def sweep_cost(scheduled: int, due: int, repeats: int = 5) -> dict[str, fl
 
 
 PROMOTIONS = {
-    # A model as early as possible and a promotion every 3 s (each refit is
-    # promoted), so a run crosses several promotions and re-scoring passes.
+    # A model as early as possible and a promotion every 8 s (each refit is
+    # promoted), so a 30 s run crosses at least two promotions and re-scoring
+    # passes of every owned customer (the default interval is 300 s).
     "on": {
         "PATRONAGE_SEGMENT_WARMUP": "200",
         "PATRONAGE_SEGMENT_WARMUP_DAYS": "0",
-        "PATRONAGE_SEGMENT_PROMOTE_INTERVAL_S": "3",
+        "PATRONAGE_SEGMENT_PROMOTE_INTERVAL_S": "8",
         "PATRONAGE_SEGMENT_PROMOTE_MIN_SHIFT": "0",
     },
-    # No model is ever promoted.
-    "off": {"PATRONAGE_SEGMENT_WARMUP": "1000000"},
+    # One model as early as possible, never another: customers are scored
+    # as with promotions on, but no re-scoring pass ever runs.
+    "off": {
+        "PATRONAGE_SEGMENT_WARMUP": "200",
+        "PATRONAGE_SEGMENT_WARMUP_DAYS": "0",
+        "PATRONAGE_SEGMENT_PROMOTE_INTERVAL_S": "86400",
+    },
+    # No model at all: nothing is scored (the floor).
+    "none": {"PATRONAGE_SEGMENT_WARMUP": "1000000"},
 }
 
 
@@ -369,11 +519,33 @@ def _child_cpu(pid: int) -> float | None:
 
 
 async def _cleanup(settings: Settings) -> None:
+    from patronage.streams.kafka_admin import delete_run_topics
+
     client = redis_for(settings)
     try:
         await ProfileStore(client, settings.key_prefix, settings.profile_config).delete_prefix()
     finally:
         await client.aclose()
+    await delete_run_topics(settings)
+
+
+def print_throughput_table(results: list[dict[str, Any]]) -> None:
+    ours = results[0]["events_per_second"]
+    columns = ("job", "events/s", "vs patronage", "process CPU/event", "Redis CPU/event")
+    print("| " + " | ".join(columns) + " | broker CPU/event | wrong after the drain |")
+    print("|---" * (len(columns) + 2) + "|")
+    for r in results:
+        wrong = "(not checked)"
+        if "customers_wrong" in r:
+            wrong = f"{r['customers_wrong']} of {r['customers_checked']}"
+        cells = [
+            r["job"],
+            f"{r['events_per_second']:,}",
+            f"{r['events_per_second'] / ours:.2f}x",
+            *(f"{r.get(f'{k}_cpu_us_per_event', '?')} µs" for k in ("process", "redis", "kafka")),
+            wrong,
+        ]
+        print("| " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -387,7 +559,10 @@ def main() -> None:
     parser.add_argument("--rates", type=int, nargs="+", default=[1000, 5000, 10000, 0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument(
-        "--promotions", choices=["on", "off"], default="on", help="latency: promote models or not"
+        "--promotions",
+        choices=sorted(PROMOTIONS),
+        default="on",
+        help="latency: promote models or not",
     )
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=90)
@@ -399,12 +574,17 @@ def main() -> None:
         for scheduled in (10_000, 1_000_000):
             print("sweep:", json.dumps(asyncio.run(sweep_cost(scheduled, 1000)), indent=1))
     if args.which in ("all", "throughput"):
-        ours = throughput(args.events)
-        print("throughput (patronage worker):", json.dumps(ours, indent=1))
-        naive = throughput(args.events, "benchmarks.bench_naive")
-        print("throughput (naive per-event agent):", json.dumps(naive, indent=1))
-        ratio = ours["events_per_second"] / naive["events_per_second"]
-        print(f"speed-up over the naive baseline: {ratio:.1f}x")
+        stream = backlog(args.events)
+        jobs = ["patronage", "naive"]
+        if QUIX_PYTHON.exists():
+            jobs += ["quix-at-least-once", "quix-exactly-once"]
+        else:
+            print(f"(no {QUIX_PYTHON}: `make bench` installs quixstreams there)")
+        results = [throughput(stream, job) for job in jobs]
+        results.append(throughput(stream, "patronage", workers=2))
+        for result in results:
+            print("throughput:", json.dumps(result))
+        print_throughput_table(results)
     if args.which in ("all", "latency"):
         for rate in args.rates:
             result = latency(rate, args.seconds, args.promotions)
