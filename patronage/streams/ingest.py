@@ -42,6 +42,9 @@ def input_consumer(settings: Settings) -> AIOKafkaConsumer:
         # A shop's transactional producer may abort; only committed records count.
         isolation_level="read_committed",
         max_poll_records=settings.batch_max,
+        # A deleted and re-created input topic is noticed at the next metadata
+        # refresh (aiokafka's default: every 5 minutes).
+        metadata_max_age_ms=5000,
         session_timeout_ms=int(settings.session_timeout_s * 1000),
         heartbeat_interval_ms=int(max(1.0, settings.session_timeout_s / 10) * 1000),
     )
