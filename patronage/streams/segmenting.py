@@ -18,7 +18,8 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from aiokafka.partitioner import murmur2
@@ -43,6 +44,8 @@ from patronage.models.segments import (
 )
 from patronage.streams.settings import Settings
 from patronage.streams.types import ModelStoreT, ProfileStoreT
+
+T = TypeVar("T")
 
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]
 
@@ -340,6 +343,15 @@ class Learner:
         self.last_fit = -math.inf
         self.fits: Counter[str] = Counter()  # outcome -> count
         self.parameters_version = 0
+        self.executor: Executor | None = None  # set by the worker (streams/worker.py)
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """k-means and the likelihood fits never run on the event loop that
+        ingests: in the worker's fit process when it has one (no GIL shared
+        with ingest), else in a thread."""
+        if self.executor is None:
+            return await asyncio.to_thread(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def _ensure(self) -> SegmentTrainer:
         # Reload when another worker promoted since (ownership moved and back).
@@ -389,9 +401,7 @@ class Learner:
         first = trainer.previous is None
         if not first and now - self.last_check < self.settings.segment_promote_interval_s:
             return None
-        # k-means and the likelihood fits run in a thread: numpy and scipy
-        # release the GIL, and ingest on this worker's event loop goes on.
-        fit = await asyncio.to_thread(trainer.fit)
+        fit = await self._off_loop(SegmentTrainer.fit, trainer)
         if fit is None:
             return None
         self.last_check = now
@@ -421,7 +431,7 @@ class Learner:
             if history is not None:
                 histories.append(history)
         version = self.parameters_version + 1
-        fitted = await asyncio.to_thread(fit_population, histories, version, now_ms, previous)
+        fitted = await self._off_loop(fit_population, histories, version, now_ms, previous)
         if isinstance(fitted, str):
             self.fits["kept_previous"] += 1
             log.warning("prediction parameters not refitted: %s", fitted)

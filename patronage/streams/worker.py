@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import time
 from collections.abc import Awaitable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import faust
@@ -70,6 +72,10 @@ class Runtime:
             producer,  # type: ignore[arg-type]
             metrics=self.metrics,
         )
+        # The learner's fits in a process of their own: in a thread they
+        # still took the GIL from ingest (scipy's optimiser is mostly Python).
+        self.fit_process = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        self.pipeline.learner.executor = self.fit_process
         self.ingest = BatchIngest(settings, self.pipeline)
         self.monitor = Monitor(settings, self.pipeline, self.redis)
         self.parameters = ParameterStore(self.pipeline.segmenter.models)
@@ -163,6 +169,7 @@ def _wire_ingest(app: faust.App, runtime: Runtime) -> None:
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def stop_ingest(sender: Any, **kwargs: Any) -> None:
         ingest.stop()
+        runtime.fit_process.shutdown(wait=False, cancel_futures=True)
 
 
 def _wire_timers(app: faust.App, runtime: Runtime) -> None:
