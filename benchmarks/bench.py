@@ -395,7 +395,7 @@ def latency(rate: int, seconds: float, promotions: str = "on") -> dict[str, floa
         **PROMOTIONS[promotions],
     }
     settings = _settings(**env)
-    from patronage.streams.kafka_admin import create_topics
+    from patronage.streams.kafka_admin import create_topics, delete_run_topics
 
     asyncio.run(create_topics(settings))
     now_ms = int(time.time() * 1000)
@@ -505,6 +505,7 @@ def latency(rate: int, seconds: float, promotions: str = "on") -> dict[str, floa
     finally:
         proc.terminate()
         proc.wait(30)
+        asyncio.run(delete_run_topics(settings))
     result["target_rate"] = rate or "max"  # type: ignore[assignment]
     return result
 
