@@ -66,7 +66,6 @@ async def carry_control_offsets(settings: Settings) -> dict[str, int]:
     group of its own; starting it from the earliest offset would apply every
     retained erasure request again — erasing customers who came back since.
     Copies the input group's committed offsets when the control group has none."""
-    from aiokafka import AIOKafkaConsumer
     from aiokafka.admin import AIOKafkaAdminClient
 
     topics = set(settings.control_topics)
@@ -82,18 +81,23 @@ async def carry_control_offsets(settings: Settings) -> dict[str, int]:
         await admin.close()
     if not carried:
         return {}
+    await commit_group_offsets(settings, settings.control_group_id, carried)
+    return {f"{tp.topic}-{tp.partition}": offset for tp, offset in carried.items()}
+
+
+async def commit_group_offsets(settings: Settings, group_id: str, offsets: dict[Any, int]) -> None:
+    """Commit `offsets` ({TopicPartition: next offset}) for a group with no live members."""
+    from aiokafka import AIOKafkaConsumer
+
     consumer = AIOKafkaConsumer(
-        **settings.kafka_client_kwargs(),
-        group_id=settings.control_group_id,
-        enable_auto_commit=False,
+        **settings.kafka_client_kwargs(), group_id=group_id, enable_auto_commit=False
     )
     await consumer.start()
     try:
-        consumer.assign(list(carried))
-        await consumer.commit(carried)
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
     finally:
         await consumer.stop()
-    return {f"{tp.topic}-{tp.partition}": offset for tp, offset in carried.items()}
 
 
 async def delete_run_topics(settings: Settings) -> list[str]:

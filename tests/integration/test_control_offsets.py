@@ -11,24 +11,12 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from patronage.streams.kafka_admin import carry_control_offsets
+from patronage.streams.kafka_admin import carry_control_offsets, commit_group_offsets
 from patronage.streams.settings import Settings
 from tests.integration.harness import settings_with_topics
-
-
-async def _commit(settings: Settings, group: str, offsets: dict[TopicPartition, int]) -> None:
-    consumer = AIOKafkaConsumer(
-        **settings.kafka_client_kwargs(), group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        consumer.assign(list(offsets))
-        await consumer.commit(offsets)
-    finally:
-        await consumer.stop()
 
 
 async def _committed(settings: Settings, group: str) -> dict[tuple[str, int], int]:
@@ -46,7 +34,9 @@ def test_control_offsets_carry_over_once(isolated_env: dict[str, str]) -> None:
     erasure = settings.topic(settings.topic_erasure_requests)
     clicks = settings.topic(settings.topic_clicks)
     old = {TopicPartition(erasure, 0): 7, TopicPartition(erasure, 3): 2}
-    asyncio.run(_commit(settings, settings.group_id, {**old, TopicPartition(clicks, 0): 40}))
+    asyncio.run(
+        commit_group_offsets(settings, settings.group_id, {**old, TopicPartition(clicks, 0): 40})
+    )
 
     carried = asyncio.run(carry_control_offsets(settings))
 
@@ -57,6 +47,8 @@ def test_control_offsets_carry_over_once(isolated_env: dict[str, str]) -> None:
         (erasure, 3): 2,
     }
     # Once: after that the control group's own progress is what counts.
-    asyncio.run(_commit(settings, settings.control_group_id, {TopicPartition(erasure, 0): 9}))
+    asyncio.run(
+        commit_group_offsets(settings, settings.control_group_id, {TopicPartition(erasure, 0): 9})
+    )
     assert asyncio.run(carry_control_offsets(settings)) == {}
     assert asyncio.run(_committed(settings, settings.control_group_id))[(erasure, 0)] == 9
