@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from patronage.models.batch import Record, prepare_batch
+from patronage.models.layout import FIELDS
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.settings import Settings, settings_with
@@ -96,28 +97,11 @@ async def memory(customers: int, days: int) -> dict[str, float]:
 SERVICES = Path(os.environ.get("PATRONAGE_SERVICES_DIR", Path(__file__).parents[1] / ".services"))
 QUIX_PYTHON = Path(__file__).parents[1] / ".venv-quix" / "bin" / "python"
 # Profile fields that depend only on the events (not on the clock or a model).
-EXACT_FIELDS = [
-    "first_seen",
-    "last_seen",
-    "events_applied",
-    "clicks",
-    "sessions",
-    "first_day",
-    "last_day",
-    "visits",
-    "orders",
-    "orders_online",
-    "orders_store",
-    "basket_sum",
-    "max_basket",
-    "last_order_at",
-    "first_order_at",
-    "first_order_value",
-    "spend_total",
-    "spend_online",
-    "spend_store",
-    "returns_value",
-]
+EXACT_FIELDS = sorted(
+    FIELDS
+    - {"segment", "segment_since", "segment_version", "rfm_r", "rfm_f", "rfm_m"}
+    - {"judged_day", "lapse_day"}
+)
 
 
 def backlog(events_target: int) -> list[dict[str, Any]]:
