@@ -63,6 +63,11 @@ class CustomerSample:
     def __len__(self) -> int:
         return len(self.vectors)
 
+    def cutoff(self) -> int | None:
+        """Once full, the largest hash kept: a customer hashing above it can
+        never enter, so its vectors need not be sent. None while not full."""
+        return -self._heap[0][0] if len(self.vectors) >= self.size else None
+
     def ordered(self) -> list[str]:
         """The sampled ids in hash order: the same order in every process."""
         return [c for _, c in sorted((-h, c) for h, c in self._heap)]
@@ -150,6 +155,8 @@ class FrozenModel:
     personas: tuple[Persona, ...]
     rfm_cuts: dict[str, tuple[float, ...]]
     created_ms: int
+    # The learner's sample cut-off when the model was made (CustomerSample.cutoff).
+    sample_cutoff: int | None = None
 
     def scale(self, x: Mapping[str, float]) -> list[float]:
         return [
@@ -196,7 +203,12 @@ class FrozenModel:
             "personas": [p.__dict__ for p in self.personas],
             "rfm_cuts": {k: list(v) for k, v in self.rfm_cuts.items()},
             "created_ms": self.created_ms,
+            "sample_cutoff": self.sample_cutoff,
         }
+
+    def feeds_learner(self, customer_id: str) -> bool:
+        """Whether this customer's vectors can still matter to the learner."""
+        return self.sample_cutoff is None or customer_hash(customer_id) <= self.sample_cutoff
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> FrozenModel:
@@ -212,6 +224,7 @@ class FrozenModel:
             ),
             rfm_cuts={k: tuple(v) for k, v in doc["rfm_cuts"].items()},
             created_ms=int(doc["created_ms"]),
+            sample_cutoff=doc.get("sample_cutoff"),
         )
 
 
@@ -449,6 +462,7 @@ class SegmentTrainer:
                 for name, qs in self.quantiles.items()
             },
             created_ms=now_ms,
+            sample_cutoff=self.sample.cutoff(),
         )
         self.previous = model
         return model

@@ -260,9 +260,12 @@ class Pipeline:
         topic = self.settings.topic(self.settings.topic_segment_features)
         share = self.settings.segment_learn_sample
         half_life = self.settings.profile_config.half_life_ms
+        model = self.segmenter.model
         for customer_id, x in xs.items():
             fields = result.profiles[customer_id]
-            if sampled(customer_id, share):
+            # Past the learner's full sample a customer's vectors are never
+            # kept: at a million customers that is nearly every message.
+            if sampled(customer_id, share) and (model is None or model.feeds_learner(customer_id)):
                 rfm_now = rfm_inputs(fields, now, half_life)
                 message = feature_message(customer_id, x, fields, rfm_now)
                 # Not awaited one by one: a lost vector only slows learning.

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -411,6 +412,11 @@ class Learner:
             return None
         model = trainer.freeze(int(now * 1000), fit)
         assert model is not None
+        # The buyers' histories are a sample of their own: vectors are
+        # skipped only past both cut-offs.
+        sample_cut, history_cut = model.sample_cutoff, self.histories.cutoff()
+        both = None if sample_cut is None or history_cut is None else max(sample_cut, history_cut)
+        model = replace(model, sample_cutoff=both)
         await self.models.promote(model, trainer)
         self.loaded_version = model.version
         self.promoted += 1

@@ -282,3 +282,68 @@ def test_a_promotion_during_a_rescoring_pass_restarts_it_with_the_new_model() ->
     others = set(store.states) - owned
     assert all("segment_version" not in store.states[c].fields for c in others)
     assert set(slices) == {0, 1, 2, 3} and len(slices) > 8
+
+
+def test_vectors_past_the_full_sample_are_not_sent_and_not_missed() -> None:
+    """At a million customers nearly every update would be a message the
+    learner throws away (its sample keeps the smallest id hashes). Once the
+    promoted model carries the sample's cut-off, only customers at or below
+    it are sent — and the learner ends with the samples it would have had
+    from every vector."""
+    from patronage.models.segments import customer_hash
+
+    settings = Settings(segment_warmup=50, segment_warmup_days=0, segment_sample_customers=100)
+    events, _ = generate(customers=400, days=120, seed=5, start_ms=START_MS)
+    # Customers who arrive after the promotion (another population, renamed).
+    newcomers, _ = generate(customers=300, days=60, seed=6, start_ms=START_MS + 60 * DAY_MS)
+    for event in newcomers:
+        event["customer_id"] = "n" + event["customer_id"]
+    half = len(events) // 2
+    records = as_records(
+        events[:half] + sorted(events[half:] + newcomers, key=lambda e: e["ts"]),
+        settings.partitions,
+    )
+    early, late = records[:half], records[half:]
+    chunks = lambda rs: [rs[i : i + 400] for i in range(0, len(rs), 400)]  # noqa: E731
+
+    def drained_first_half() -> tuple[Pipeline, RecordingProducer]:
+        pipe, _ = pipeline_for(settings, START_MS + 121 * DAY_MS)
+        pipe.test(chunks(early))
+        assert isinstance(pipe.producer, RecordingProducer)
+        return pipe, pipe.producer
+
+    async def promote(pipe: Pipeline, producer: RecordingProducer) -> int:
+        model = await pipe.learner.learn(producer.on("segment-features"))
+        assert model is not None and model.sample_cutoff is not None
+        await pipe.refresh_model(set(range(settings.partitions)))
+        assert pipe.rescoring is not None
+        await pipe.rescoring
+        return model.sample_cutoff
+
+    cut, cut_producer = drained_first_half()
+    cutoff = asyncio.run(promote(cut, cut_producer))
+    sent_before = len(cut_producer.sent)
+    cut.test(chunks(late))
+    sent = [v for t, _, v in cut_producer.sent[sent_before:] if t == "segment-features"]
+
+    # The same history and learner, never told the cut-off: it sends everything.
+    full, full_producer = drained_first_half()
+    asyncio.run(full.learner.learn(full_producer.on("segment-features")))
+
+    ids = {json.loads(v)["id"] for v in sent}
+    assert ids and all(customer_hash(c) <= cutoff for c in ids)
+    updated = {r.key.decode() for r in late if r.key}
+    assert len(ids) < len(updated)  # messages were saved
+
+    # Lossless: a learner fed every late vector keeps the same customers.
+    before = len(full_producer.sent)
+    full.test(chunks(late))
+    late_vectors = [
+        json.loads(v) for t, _, v in full_producer.sent[before:] if t == "segment-features"
+    ]
+    assert len(late_vectors) > len(sent)
+    asyncio.run(cut.learner.learn([json.loads(v) for v in sent]))
+    asyncio.run(full.learner.learn(late_vectors))
+    assert cut.learner.trainer is not None and full.learner.trainer is not None
+    assert set(cut.learner.trainer.sample.vectors) == set(full.learner.trainer.sample.vectors)
+    assert set(cut.learner.histories.vectors) == set(full.learner.histories.vectors)
