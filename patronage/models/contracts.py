@@ -227,6 +227,42 @@ class SegmentChange(BaseModel):
     reason: Literal["profile", "model_update"]
 
 
+class TierChange(BaseModel):
+    """A customer's value tier moved (on `segment-changes`, told apart from a
+    SegmentChange by `kind`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    customer_id: str
+    ts: str
+    kind: Literal["tier"] = "tier"
+    previous_tier: Literal["best", "regular", "low_value"] | None
+    tier: Literal["best", "regular", "low_value"]
+    predicted_clv_365d: float
+    parameters_version: int
+    reason: Literal["profile", "refit"]
+
+
+class RiskAlert(BaseModel):
+    """A buyer's probability of still being a customer fell below the
+    threshold with no purchase since (on `lapse-alerts`, `kind` "at_risk")."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    customer_id: str
+    ts: str  # the moment p_alive crossed the threshold
+    kind: Literal["at_risk"] = "at_risk"
+    last_order_at: str
+    p_alive: float
+    threshold: float
+    expected_orders_90d: float
+    predicted_clv_365d: float
+    segment: int | None
+    parameters_version: int
+
+
 class LapseAlert(BaseModel):
     model_config = ConfigDict(frozen=True)
 

@@ -44,6 +44,18 @@ def due_key(prefix: str, partition: int) -> str:
     return f"{prefix}:{{lapse-{partition}}}:due"
 
 
+def risk_key(prefix: str, partition: int) -> str:
+    """zset: buyer -> when their p_alive falls below the at-risk threshold
+    (models/risk.py); beside the lapse due set, partition-sharded alike."""
+    return f"{prefix}:{{lapse-{partition}}}:risk"
+
+
+def risk_version_key(prefix: str, partition: int) -> str:
+    """string: the prediction parameters version the partition's at-risk
+    moments and tiers were last judged with (a refit re-judges them)."""
+    return f"{prefix}:{{lapse-{partition}}}:riskv"
+
+
 def clock_key(prefix: str, partition: int) -> str:
     """hash: event-clock marks of a partition (models/clock.py)."""
     return f"{prefix}:{{lapse-{partition}}}:clock"
@@ -108,6 +120,10 @@ FIELDS: frozenset[str] = frozenset(
         "rfm_r",
         "rfm_f",
         "rfm_m",
+        # written by predictions (streams/predicting.py, models/risk.py)
+        "value_tier",
+        "tier_version",
+        "risk_episode",
     }
 )
 ORIGINS = ("online", "store")

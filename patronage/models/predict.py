@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy.optimize import minimize
@@ -172,6 +173,66 @@ def clv(
     return total
 
 
+def clv_many(
+    purchases: BGNBD,
+    spend: GammaGamma,
+    x: np.ndarray,
+    t_x: np.ndarray,
+    T: np.ndarray,
+    zbar: np.ndarray,
+    weeks: float = 52.0,
+    annual_discount: float = 0.1,
+    weeks_per_step: float = 52 / 12,
+) -> np.ndarray:
+    """`clv` for many customers at once (arrays): what scoring a batch costs
+    is one 2F1 call per step for the whole batch, not per customer."""
+    r, alpha, a, b = purchases.r, purchases.alpha, purchases.a, purchases.b
+    p, q, g = spend.p, spend.q, spend.gamma
+    repeat = x > 0
+    safe_x = np.where(repeat, x, 1.0)
+    value = np.where(repeat, (g + x * zbar) * p / (p * safe_x + q - 1), p * g / (q - 1))
+    alive = p_alive_many(purchases, x, t_x, T)
+    step_rate = (1 + annual_discount) ** (weeks_per_step / 52) - 1
+    total = np.zeros_like(x, dtype=float)
+    before = np.zeros_like(x, dtype=float)
+    for step in range(1, math.ceil(weeks / weeks_per_step) + 1):
+        t = min(weeks, step * weeks_per_step)
+        z = t / (alpha + T + t)
+        shape = np.exp((r + x) * np.log((alpha + T) / (alpha + T + t)))
+        body = (a + b + x - 1) / (a - 1) * (1 - shape * hyp2f1(r + x, b + x, a + b + x - 1, z))
+        cumulative = body * alive
+        total += (cumulative - before) * value / (1 + step_rate) ** step
+        before = cumulative
+    out: np.ndarray = total
+    return out
+
+
+def p_alive_many(params: BGNBD, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """`p_alive` for arrays."""
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        log_odds = np.log(a / (b + x - 1)) + (r + x) * np.log((alpha + T) / (alpha + t_x))
+        alive = np.where(log_odds < 700, 1.0 / (1.0 + np.exp(np.minimum(log_odds, 700))), 0.0)
+    out: np.ndarray = np.where(x == 0, 1.0, np.where(b + x - 1 <= 0, 0.0, alive))
+    return out
+
+
+def at_risk_age(params: BGNBD, x: float, t_x: float, threshold: float) -> float | None:
+    """The age T (weeks since the first purchase) at which p_alive falls to
+    `threshold` if no purchase comes; None when it never does. From eq. 13:
+    p_alive < theta  <=>  a/(b+x-1) * ((alpha+T)/(alpha+t_x))^(r+x) > 1/theta - 1.
+    Under BG/NBD a customer drops out only right after a purchase, so a
+    one-time buyer (x = 0) is alive for sure and never at risk."""
+    if x <= 0 or not 0 < threshold < 1:
+        return None
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    if b + x - 1 <= 0:
+        return t_x
+    ratio = float(((1 / threshold - 1) * (b + x - 1) / a) ** (1 / (r + x)))
+    # Below 1: p_alive is under the threshold right at the last purchase.
+    return max(t_x, (alpha + t_x) * ratio - alpha)
+
+
 _PRECISE = {"xatol": 1e-10, "fatol": 1e-10, "maxiter": 20_000, "maxfev": 40_000}
 
 
@@ -262,7 +323,6 @@ def predictions(
     rate_per_week = (bg.r + x) / (bg.alpha + age)
     next_at = now_ms + WEEK_MS / rate_per_week if alive >= 0.5 else None
     value = clv(bg, gg, x, t_x, age, zbar, 365 / 7, annual_discount)
-    low, best = fitted.clv_cuts
     return {
         "available": True,
         "parameters_version": fitted.version,
@@ -272,8 +332,17 @@ def predictions(
         "expected_next_order_at": next_at,
         "expected_avg_order_value": expected_order_value(gg, x, zbar),
         "predicted_clv_365d": value,
-        "value_tier": "best" if value >= best else "low_value" if value <= low else "regular",
+        "value_tier": value_tier(value, fitted.clv_cuts),
     }
+
+
+Tier = Literal["best", "regular", "low_value"]
+
+
+def value_tier(clv: float, cuts: tuple[float, float]) -> Tier:
+    """`best` from the upper cut, `low_value` up to the lower one."""
+    low, best = cuts
+    return "best" if clv >= best else "low_value" if clv <= low else "regular"
 
 
 def fit_population(

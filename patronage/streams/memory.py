@@ -28,7 +28,7 @@ from patronage.models.profile import (
 )
 from patronage.models.segments import FrozenModel, SegmentTrainer
 from patronage.models.sources import SourceState
-from patronage.streams.types import ApplyResult, Fields
+from patronage.streams.types import ApplyResult, Fields, Queue
 
 
 def stored_text(value: float | str) -> str:
@@ -48,6 +48,8 @@ class MemoryProfileStore:
         self.marks: dict[int, dict[str, str | float]] = {}
         self.sources: dict[tuple[str, int], SourceState] = {}
         self.members: dict[int, set[str]] = {}
+        self.risk: dict[int, dict[str, float]] = {}
+        self.risk_judged: dict[int, int] = {}
 
     async def ensure_scripts(self, force: bool = False) -> None:
         return None
@@ -117,6 +119,7 @@ class MemoryProfileStore:
     async def erase(self, customer_id: str, partition: int) -> tuple[int, int | None]:
         state = self.states.pop(customer_id, None)
         self.due.get(partition, {}).pop(customer_id, None)
+        self.risk.get(partition, {}).pop(customer_id, None)
         self.members.get(partition, set()).discard(customer_id)
         if state is None:
             return 0, None
@@ -151,16 +154,38 @@ class MemoryProfileStore:
                 if raw in encoded:
                     del state.outbox[encoded.index(raw)]
 
+    def _queue(self, queue: Queue) -> dict[int, dict[str, float]]:
+        return self.risk if queue == "risk" else self.due
+
     async def due_customers(
-        self, partition: int, now_ms: float, limit: int
+        self, partition: int, now_ms: float, limit: int, queue: Queue = "lapse"
     ) -> list[tuple[str, float]]:
-        entries = sorted(self.due.get(partition, {}).items(), key=lambda kv: (kv[1], kv[0]))
+        schedule = self._queue(queue).get(partition, {})
+        entries = sorted(schedule.items(), key=lambda kv: (kv[1], kv[0]))
         return [(c, score) for c, score in entries if score <= now_ms][:limit]
 
+    async def schedule_risk(self, moments: Mapping[int, Mapping[str, float | None]]) -> None:
+        for partition, by_customer in moments.items():
+            schedule = self.risk.setdefault(partition, {})
+            for customer_id, moment in by_customer.items():
+                if moment is None:
+                    schedule.pop(customer_id, None)
+                else:
+                    schedule[customer_id] = moment
+
+    async def risk_versions(self, partitions: Sequence[int]) -> dict[int, int]:
+        return {p: self.risk_judged.get(p, 0) for p in partitions}
+
+    async def set_risk_version(self, partition: int, version: int) -> None:
+        self.risk_judged[partition] = version
+
     async def reschedule(
-        self, partition: int, moves: list[tuple[str, float, float | None]]
+        self,
+        partition: int,
+        moves: list[tuple[str, float, float | None]],
+        queue: Queue = "lapse",
     ) -> None:
-        due = self.due.setdefault(partition, {})
+        due = self._queue(queue).setdefault(partition, {})
         for member, seen, new in moves:
             if due.get(member) == seen:
                 if new is None:

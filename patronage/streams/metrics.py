@@ -206,7 +206,16 @@ class _Collector(Collector):
         alerts = _counter("patronage_lapse_alerts", "Lapse alerts sent, by kind.", ("kind",))
         for kind in ("lapsed", "reactivated"):
             alerts.add_metric([kind], self.stats.alerts[kind])
+        alerts.add_metric(["at_risk"], r.predictor.at_risk_alerts)
         yield alerts
+        tiers = _counter(
+            "patronage_tier_changes",
+            "Value tier changes sent, by reason (profile: an update; refit: new parameters).",
+            ("reason",),
+        )
+        for reason in ("profile", "refit"):
+            tiers.add_metric([reason], r.predictor.tier_changes[reason])
+        yield tiers
         sweep = _gauge(
             "patronage_lapse_sweep_duration_seconds", "Duration of the last lapse sweep."
         )

@@ -55,7 +55,21 @@ def alert_line(topic: str, value: bytes | None) -> str:
         doc = json.loads(value or b"")
     except ValueError:
         return f"{topic}: {value!r}"
-    if "kind" in doc:
+    kind = doc.get("kind")
+    if kind == "at_risk":
+        return (
+            f"{doc['ts']}  at_risk     {doc['customer_id']:<12} "
+            f"last order {doc['last_order_at'][:10]}  p_alive {doc['p_alive']:.2f} "
+            f"(below {doc['threshold']:.2f})  CLV {doc['predicted_clv_365d']:.2f}"
+            f"  segment {doc['segment']}"
+        )
+    if kind == "tier":
+        return (
+            f"{doc['ts']}  tier       {doc['customer_id']:<12} "
+            f"{doc['previous_tier']} -> {doc['tier']} (CLV {doc['predicted_clv_365d']:.2f}, "
+            f"{doc['reason']}, parameters v{doc['parameters_version']})"
+        )
+    if kind is not None:
         return (
             f"{doc['ts']}  {doc['kind']:<11} {doc['customer_id']:<12} "
             f"last seen {doc['last_seen'][:10]}  {doc['days_since_last_visit']:6.1f} d "

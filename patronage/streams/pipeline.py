@@ -30,6 +30,7 @@ from patronage.models.lapse import finding_from_json, to_alert
 from patronage.models.segments import customer_hash
 from patronage.models.sources import SourceState, observe
 from patronage.streams.metrics import WorkerMetrics
+from patronage.streams.predicting import ParameterStore, Predictor
 from patronage.streams.retry import Retry
 from patronage.streams.segmenting import Learner, Segmenter, feature_message
 from patronage.streams.settings import Settings
@@ -99,6 +100,8 @@ class Pipeline:
         self.metrics = metrics or WorkerMetrics()
         self.retry = Retry(settings.redis_retry_max_s, self.stats.counters, store.ensure_scripts)
         self.segmenter = Segmenter(settings, models, store)
+        self.parameters = ParameterStore(models)
+        self.predictor = Predictor(settings, store, self.parameters, self.send)
         self.learner = Learner(settings, models, clock)
         self.sweeper = LapseSweeper(
             store,
@@ -109,6 +112,7 @@ class Pipeline:
             settings.activity_topics,
             self.send_findings,
             wall=clock,
+            also=self.predictor.sweep_partition,
         )
         self.rescoring: asyncio.Task[int] | None = None
         # Sources kept between batches while the assignment stands.
@@ -153,7 +157,17 @@ class Pipeline:
                 dead_letter(batch, record, "redis_refused", reason, now_ms, self.settings.rules)
         await self._send_dead_letters(batch)
         await self.retry("lapse alerts", lambda: self.send_findings(result.outbox))
-        await self.retry("segments", lambda: self._segment(result, batch, now_ms))
+        scored_at = self._scoring_now(batch, now_ms)
+        await self.retry("segments", lambda: self._segment(result, scored_at))
+        purchased = [
+            c for c, deltas in batch.by_customer.items() if any(d.kind == "order" for d in deltas)
+        ]
+        await self.retry(
+            "predictions",
+            lambda: self.predictor.after_apply(
+                result.profiles, batch.partition_of, purchased, scored_at
+            ),
+        )
         self.stats.record(records, batch, result)
         self.metrics.batch_size.observe(len(records))
         if log.isEnabledFor(logging.DEBUG):
@@ -246,14 +260,17 @@ class Pipeline:
         )
         self.rescoring.add_done_callback(_report_rescoring)
 
-    async def _segment(self, result: ApplyResult, batch: PreparedBatch, wall_ms: float) -> None:
+    def _scoring_now(self, batch: PreparedBatch, wall_ms: float) -> float:
+        """The time profiles are scored and valued at: now, or on the event
+        clock (replays) the newest event time applied."""
+        if self.settings.lapse_clock == "event" and batch.newest:
+            return float(max(max(topics.values()) for topics in batch.newest.values()))
+        return float(wall_ms)
+
+    async def _segment(self, result: ApplyResult, now: float) -> None:
         """Score the updated profiles and feed the learner."""
         if not result.profiles:
             return
-        now = wall_ms
-        if self.settings.lapse_clock == "event" and batch.newest:
-            # Replays: recency is measured at the newest event time applied.
-            now = float(max(max(topics.values()) for topics in batch.newest.values()))
         xs = self.segmenter.features_of(result.profiles)
         decisions = await self.segmenter.score(result.profiles, now, xs)
         await self.segmenter.commit(decisions, result.profiles, now, self.send)

@@ -4,8 +4,13 @@ at read time (time moves even when the customer does not)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Literal
 
+from patronage.models.contracts import TierChange, format_ts
 from patronage.models.predict import (
     FittedParameters,
     fit_population,
@@ -13,7 +18,11 @@ from patronage.models.predict import (
     purchase_history,
 )
 from patronage.models.profile import profile_view
-from patronage.streams.types import ModelStoreT, ProfileStoreT
+from patronage.models.risk import RISK_EPISODE, TIER, risk_alert, risk_plan, tiers
+from patronage.streams.settings import Settings
+from patronage.streams.types import Fields, ModelStoreT, ProfileStoreT
+
+Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]
 
 # Workers re-read the parameters this often (a refit is rare).
 CACHE_S = 30.0
@@ -79,3 +88,168 @@ async def fit_stored_profiles(
     if isinstance(fitted, FittedParameters):
         await parameters.save(fitted)
     return fitted
+
+
+class Predictor:
+    """Live predictions: value tiers (and their changes on `segment-changes`)
+    judged whenever a profile is applied, at-risk moments scheduled in the
+    partition's risk queue when a purchase is, `at_risk` alerts when the
+    clock passes them (swept with the lapse queue), and a pass over the
+    owned customers when a refit brings new parameters."""
+
+    def __init__(
+        self, settings: Settings, store: ProfileStoreT, parameters: ParameterStore, send: Send
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.parameters = parameters
+        self.send = send
+        self.threshold = settings.prediction_at_risk_threshold
+        self.discount = settings.prediction_discount_rate
+        self.tier_changes: Counter[str] = Counter()
+        self.at_risk_alerts = 0
+        self.passes = 0
+        self._judged_version = 0  # parameters every owned partition was judged with
+        self._pass: asyncio.Task[int] | None = None
+
+    async def after_apply(
+        self,
+        profiles: Mapping[str, Fields],
+        partition_of: Mapping[str, int],
+        purchased: Iterable[str],
+        now_ms: float,
+    ) -> None:
+        """Tiers of the applied profiles at `now_ms`; at-risk moments of the
+        customers whose batch held a purchase (only a purchase moves them)."""
+        if not self.settings.predictions_live:
+            return
+        fitted = await self.parameters.current()
+        if fitted is None:
+            return
+        await self.judge_tiers(profiles, fitted, now_ms, "profile")
+        moments: dict[int, dict[str, float | None]] = defaultdict(dict)
+        for customer_id in purchased:
+            fields = profiles.get(customer_id)
+            if fields is None or customer_id not in partition_of:
+                continue
+            plan = risk_plan(fields, fitted, self.threshold)
+            moments[partition_of[customer_id]][customer_id] = plan.moment if plan else None
+        await self.store.schedule_risk(moments)
+
+    async def judge_tiers(
+        self,
+        profiles: Mapping[str, Fields],
+        fitted: FittedParameters,
+        now_ms: float,
+        reason: Literal["profile", "refit"],
+    ) -> None:
+        """Emit the tier changes (acked by Kafka first), then store them."""
+        judged = tiers(profiles, fitted, now_ms, self.discount)
+        topic = self.settings.topic(self.settings.topic_segment_changes)
+        pending, writes = [], {}
+        for customer_id, (tier, value) in judged.items():
+            fields = profiles[customer_id]
+            previous = fields.get(TIER)
+            if previous == tier:
+                continue
+            applied = int(float(fields.get("events_applied", 0)))
+            change = TierChange(
+                # Same customer, parameters, profile state and tier -> same id.
+                event_id=f"tier:{customer_id}:{fitted.version}:{applied}:{tier}",
+                customer_id=customer_id,
+                ts=format_ts(int(now_ms)),
+                previous_tier=previous,
+                tier=tier,
+                predicted_clv_365d=round(value, 2),
+                parameters_version=fitted.version,
+                reason=reason,
+            )
+            payload = change.model_dump_json().encode()
+            pending.append(await self.send(topic, customer_id.encode(), payload))
+            writes[customer_id] = {TIER: tier, "tier_version": fitted.version}
+            self.tier_changes[reason] += 1
+        await asyncio.gather(*pending)
+        if writes:
+            await self.store.store_segments(writes)
+
+    async def sweep_partition(self, partition: int, clock: float) -> int:
+        """Send the `at_risk` alerts of the buyers due by `clock`; an entry is
+        dropped only after its alert is on Kafka (a crash re-sends it, same id)."""
+        if clock <= 0 or not self.settings.predictions_live:
+            return 0
+        due = await self.store.due_customers(
+            partition, clock, self.settings.lapse_sweep_batch, "risk"
+        )
+        if not due:
+            return 0
+        fitted = await self.parameters.current()
+        profiles = await self.store.fields_of([c for c, _ in due])
+        topic = self.settings.topic(self.settings.topic_lapse_alerts)
+        pending, marks = [], {}
+        moves: list[tuple[str, float, float | None]] = []
+        for customer_id, score in due:
+            fields = profiles.get(customer_id)
+            plan = risk_plan(fields, fitted, self.threshold) if fields and fitted else None
+            if plan is None or fitted is None or fields is None:
+                moves.append((customer_id, score, None))  # erased, expired or alerted
+            elif plan.moment >= clock:
+                moves.append((customer_id, score, plan.moment))  # moved by a refit
+            else:
+                alert = risk_alert(customer_id, fields, fitted, self.threshold, plan, self.discount)
+                payload = alert.model_dump_json().encode()
+                pending.append(await self.send(topic, customer_id.encode(), payload))
+                marks[customer_id] = {RISK_EPISODE: plan.episode}
+                moves.append((customer_id, score, None))
+        await asyncio.gather(*pending)
+        self.at_risk_alerts += len(pending)
+        if marks:
+            await self.store.store_segments(marks)
+        await self.store.reschedule(partition, moves, "risk")
+        return len(due)
+
+    async def refresh(self, owned: set[int]) -> None:
+        """After a refit: re-judge the tiers and at-risk moments of the owned
+        partitions not yet judged with the current parameters, in a task
+        (slices that yield to ingest)."""
+        if not self.settings.predictions_live or not owned:
+            return
+        fitted = await self.parameters.current()
+        if fitted is None or (self._pass is not None and not self._pass.done()):
+            return
+        judged = await self.store.risk_versions(sorted(owned))
+        stale = {p for p, version in judged.items() if version != fitted.version}
+        if stale:
+            self._pass = asyncio.create_task(self.judge_partitions(stale, fitted))
+
+    async def judge_partitions(self, partitions: set[int], fitted: FittedParameters) -> int:
+        seen = 0
+        slice_size = self.settings.segment_rescore_slice
+        for partition in sorted(partitions):
+            cursor = 0
+            while True:
+                cursor, ids = await self.store.partition_members(partition, cursor, slice_size)
+                profiles = await self.store.fields_of(ids)
+                now_ms = await self.now_of(partition)
+                await self.judge_tiers(profiles, fitted, now_ms, "refit")
+                moments: dict[str, float | None] = {}
+                for customer_id, fields in profiles.items():
+                    plan = risk_plan(fields, fitted, self.threshold)
+                    moments[customer_id] = plan.moment if plan else None
+                await self.store.schedule_risk({partition: moments})
+                seen += len(profiles)
+                await asyncio.sleep(0)  # ingest runs between slices
+                if cursor == 0:
+                    break
+            await self.store.set_risk_version(partition, fitted.version)
+        self.passes += 1
+        return seen
+
+    async def now_of(self, partition: int) -> float:
+        """What a pass values tiers at: the partition's newest event time on
+        the event clock (replays), else the wall clock."""
+        wall_ms = time.time() * 1000
+        if self.settings.lapse_clock != "event":
+            return wall_ms
+        marks = (await self.store.clock_marks([partition])).get(partition, {})
+        newest = [float(v) for k, v in marks.items() if k.startswith("hw:")]
+        return max(newest) if newest else wall_ms

@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     # how often the learner refits the population parameters
     prediction_discount_rate: float = Field(0.10, ge=0, le=1)
     prediction_refit_interval_s: float = Field(3600.0, gt=0, le=7 * 86_400)
+    # Value tiers and at-risk moments judged on every apply (off: only at read time).
+    predictions_live: bool = True
+    # A buyer is `at_risk` once p_alive falls below this with no purchase since.
+    prediction_at_risk_threshold: float = Field(0.3, gt=0, lt=1)
 
     # Validation
     currencies: dict[str, float] = {"EUR": 1.0}

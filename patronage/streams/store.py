@@ -24,6 +24,8 @@ from patronage.models.layout import (
     customer_keys,
     due_key,
     members_key,
+    risk_key,
+    risk_version_key,
     sources_key,
 )
 from patronage.models.profile import Delta, ProfileConfig, profile_view
@@ -31,7 +33,7 @@ from patronage.models.sources import SourceState
 from patronage.models.timeunits import HOUR_MS
 from patronage.streams.errors import classify, needs_slot_refresh
 from patronage.streams.settings import Settings
-from patronage.streams.types import ApplyResult, Fields
+from patronage.streams.types import ApplyResult, Fields, Queue
 
 
 def _lua(name: str) -> str:
@@ -285,12 +287,14 @@ class ProfileStore:
         await self.ensure_scripts()
         keys = self.keys(customer_id)
         due = self.due_key(partition)
+        risk = risk_key(self.prefix, partition)
         members = self.members_key(partition)
-        removed, _, _ = checked(
+        removed, _, _, _ = checked(
             await self._pipelined(
                 [
                     (keys.profile, _script(self._erase, list(keys), [])),
                     (due, _command("zrem", due, customer_id)),
+                    (risk, _command("zrem", risk, customer_id)),
                     (members, _command("zrem", members, customer_id)),
                 ]
             )
@@ -321,11 +325,16 @@ class ProfileStore:
                 ops.append((key, _command("lrem", key, 1, raw)))
         checked(await self._pipelined(ops))
 
+    def queue_key(self, partition: int, queue: Queue) -> str:
+        if queue == "risk":
+            return risk_key(self.prefix, partition)
+        return self.due_key(partition)
+
     async def due_customers(
-        self, partition: int, now_ms: float, limit: int
+        self, partition: int, now_ms: float, limit: int, queue: Queue = "lapse"
     ) -> list[tuple[str, float]]:
         rows = await self.client.zrangebyscore(
-            self.due_key(partition), "-inf", now_ms, start=0, num=limit, withscores=True
+            self.queue_key(partition, queue), "-inf", now_ms, start=0, num=limit, withscores=True
         )
         out: list[tuple[str, float]] = []
         for member, score in rows:  # type: ignore[str-unpack]
@@ -335,7 +344,10 @@ class ProfileStore:
         return out
 
     async def reschedule(
-        self, partition: int, moves: list[tuple[str, float, float | None]]
+        self,
+        partition: int,
+        moves: list[tuple[str, float, float | None]],
+        queue: Queue = "lapse",
     ) -> None:
         await self.ensure_scripts()
         if not moves:
@@ -343,7 +355,28 @@ class ProfileStore:
         args: list[str | float] = []
         for member, seen, new in moves:
             args.extend([member, repr(seen), "" if new is None else repr(new)])
-        await self._reschedule(keys=[self.due_key(partition)], args=args)
+        await self._reschedule(keys=[self.queue_key(partition, queue)], args=args)
+
+    async def schedule_risk(self, moments: Mapping[int, Mapping[str, float | None]]) -> None:
+        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        for partition, by_customer in moments.items():
+            key = risk_key(self.prefix, partition)
+            due = {c: m for c, m in by_customer.items() if m is not None}
+            gone = [c for c, m in by_customer.items() if m is None]
+            if due:
+                ops.append((key, _command("zadd", key, due)))
+            if gone:
+                ops.append((key, _command("zrem", key, *gone)))
+        if ops:
+            checked(await self._pipelined(ops))
+
+    async def risk_versions(self, partitions: Sequence[int]) -> dict[int, int]:
+        keys = [risk_version_key(self.prefix, p) for p in partitions]
+        values = checked(await self._pipelined([(k, _command("get", k)) for k in keys]))
+        return {p: int(v or 0) for p, v in zip(partitions, values, strict=True)}
+
+    async def set_risk_version(self, partition: int, version: int) -> None:
+        await self.client.set(risk_version_key(self.prefix, partition), version)
 
     async def profile(self, customer_id: str) -> dict[str, object] | None:
         fields = await self.client.hgetall(self.keys(customer_id).profile)

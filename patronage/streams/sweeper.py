@@ -18,6 +18,7 @@ from patronage.models.clock import event_clock
 from patronage.streams.types import ProfileStoreT
 
 SendFindings = Callable[[dict[str, list[bytes]]], Awaitable[None]]
+SweepPartition = Callable[[int, float], Awaitable[int]]
 
 
 class LapseSweeper:
@@ -31,6 +32,7 @@ class LapseSweeper:
         activity_topics: Sequence[str],
         send: SendFindings,
         wall: Callable[[], float] = time.time,
+        also: SweepPartition | None = None,
     ) -> None:
         self.store = store
         self.wall = wall
@@ -40,6 +42,8 @@ class LapseSweeper:
         self.idle_ms = idle_s * 1000
         self.topics = list(activity_topics)
         self.send = send
+        # Another partition-sharded queue swept at the same clocks (at-risk moments).
+        self.also = also
         self.swept = 0
         self.last_duration_s = 0.0
 
@@ -67,6 +71,8 @@ class LapseSweeper:
         examined = 0
         for partition, clock in (await self.clocks(partitions)).items():
             examined += await self.sweep_partition(partition, clock)
+            if self.also is not None:
+                examined += await self.also(partition, clock)
         self.swept += examined
         self.last_duration_s = time.monotonic() - started
         return examined

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from patronage.models.predict import FittedParameters
 from patronage.models.profile import Delta
@@ -18,6 +18,8 @@ from patronage.models.segments import FrozenModel, SegmentTrainer
 from patronage.models.sources import SourceState
 
 Fields = dict[str, float | str]
+# The partition-sharded schedules: lapse judgements, at-risk moments.
+Queue = Literal["lapse", "risk"]
 
 
 @dataclass
@@ -65,12 +67,29 @@ class ProfileStoreT(Protocol):
     async def ack_outbox(self, items: dict[str, list[bytes]]) -> None: ...
 
     async def due_customers(
-        self, partition: int, now_ms: float, limit: int
-    ) -> list[tuple[str, float]]: ...
+        self, partition: int, now_ms: float, limit: int, queue: Queue = "lapse"
+    ) -> list[tuple[str, float]]:
+        """Customers due by `now_ms` in a partition's lapse or at-risk queue."""
+        ...
 
     async def reschedule(
-        self, partition: int, moves: list[tuple[str, float, float | None]]
-    ) -> None: ...
+        self,
+        partition: int,
+        moves: list[tuple[str, float, float | None]],
+        queue: Queue = "lapse",
+    ) -> None:
+        """Move (or drop: None) swept entries nobody rescheduled since."""
+        ...
+
+    async def schedule_risk(self, moments: Mapping[int, Mapping[str, float | None]]) -> None:
+        """partition -> customer -> at-risk moment (None: none pending)."""
+        ...
+
+    async def risk_versions(self, partitions: Sequence[int]) -> dict[int, int]:
+        """The parameters version each partition was last judged with (0: never)."""
+        ...
+
+    async def set_risk_version(self, partition: int, version: int) -> None: ...
 
     async def profile(self, customer_id: str) -> dict[str, object] | None: ...
 

@@ -29,7 +29,7 @@ from patronage.streams.kafka_transport import App as ReadCommittedApp
 from patronage.streams.metrics import WorkerMetrics
 from patronage.streams.monitor import Monitor
 from patronage.streams.pipeline import Pipeline
-from patronage.streams.predicting import ParameterStore, view_with_predictions
+from patronage.streams.predicting import view_with_predictions
 from patronage.streams.retry import stop_the_worker
 from patronage.streams.segmenting import ModelStore, segments_view
 from patronage.streams.settings import Settings
@@ -78,7 +78,7 @@ class Runtime:
         self.pipeline.learner.executor = self.fit_process
         self.ingest = BatchIngest(settings, self.pipeline)
         self.monitor = Monitor(settings, self.pipeline, self.redis)
-        self.parameters = ParameterStore(self.pipeline.segmenter.models)
+        self.parameters = self.pipeline.parameters
         self.metrics.attach(self.pipeline, self.monitor)
 
     def owned(self) -> set[int]:
@@ -185,6 +185,12 @@ def _wire_timers(app: faust.App, runtime: Runtime) -> None:
     @app.timer(interval=settings.segment_refresh_interval_s)  # type: ignore[untyped-decorator]
     async def segment_model_refresh() -> None:
         await pipeline.retry.guarded("model refresh", pipeline.refresh_model, runtime.owned())
+
+    @app.timer(interval=settings.segment_refresh_interval_s)  # type: ignore[untyped-decorator]
+    async def prediction_refresh() -> None:
+        # New parameters: re-judge tiers and at-risk moments of the owned partitions.
+        owned = runtime.owned()
+        await pipeline.retry.guarded("prediction refresh", pipeline.predictor.refresh, owned)
 
     @app.timer(interval=settings.lag_interval_s)  # type: ignore[untyped-decorator]
     async def lag_sample() -> None:

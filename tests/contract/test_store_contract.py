@@ -159,3 +159,39 @@ def test_partition_members_are_read_in_slices_and_forgotten(store_of: Any) -> No
     evens = {f"c{i:03d}" for i in range(2, 25, 2)}
     assert set(seen) == evens and rounds >= 1  # small sets may come back in one reply
     assert set(left) == evens - {"c002", "c004"}
+
+
+def test_the_risk_queue_is_a_schedule_of_its_own(store_of: Any) -> None:
+    """At-risk moments: set and cleared per partition, swept by score, moved
+    only if nobody rescheduled them, versioned per partition, erased with the
+    customer, and never mixed with the lapse queue."""
+
+    async def check(store: ProfileStoreT) -> list[Any]:
+        await store.apply_batch(
+            {"anna": [receipt(0, 5)], "ben": [receipt(1, 2)]}, {"anna": 0, "ben": 0}
+        )
+        await store.schedule_risk(
+            {0: {"anna": T0 + 40 * DAY_MS, "ben": T0 + 30 * DAY_MS}, 1: {"cleo": 7.0}}
+        )
+        await store.schedule_risk({0: {"ben": None}})
+        due = await store.due_customers(0, T0 + 60 * DAY_MS, 10, "risk")
+        lapse_due = await store.due_customers(0, T0 + 60 * DAY_MS, 10)
+        await store.reschedule(0, [("anna", due[0][1] - 1, None)], "risk")  # stale: kept
+        kept = await store.due_customers(0, T0 + 60 * DAY_MS, 10, "risk")
+        await store.reschedule(0, [("anna", kept[0][1], T0 + 90 * DAY_MS)], "risk")
+        moved = await store.due_customers(0, T0 + 100 * DAY_MS, 10, "risk")
+        before = await store.risk_versions([0, 1])
+        await store.set_risk_version(1, 4)
+        after = await store.risk_versions([0, 1])
+        await store.erase("anna", 0)
+        erased = await store.due_customers(0, T0 + 100 * DAY_MS, 10, "risk")
+        other = await store.due_customers(1, T0, 10, "risk")
+        return [due, lapse_due, kept, moved, before, after, erased, other]
+
+    due, lapse_due, kept, moved, before, after, erased, other = run(check, store_of)
+    assert due == [("anna", float(T0 + 40 * DAY_MS))]
+    assert [c for c, _ in lapse_due] == ["ben", "anna"]
+    assert kept == due
+    assert moved == [("anna", float(T0 + 90 * DAY_MS))]
+    assert before == {0: 0, 1: 0} and after == {0: 0, 1: 4}
+    assert erased == [] and other == [("cleo", 7.0)]

@@ -9,6 +9,7 @@ scoring, erasure) is exercised in a second.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 from typing import Any
@@ -347,3 +348,77 @@ def test_vectors_past_the_full_sample_are_not_sent_and_not_missed() -> None:
     assert cut.learner.trainer is not None and full.learner.trainer is not None
     assert set(cut.learner.trainer.sample.vectors) == set(full.learner.trainer.sample.vectors)
     assert set(cut.learner.histories.vectors) == set(full.learner.histories.vectors)
+
+
+def test_at_risk_alerts_once_per_episode_and_tier_changes_on_updates() -> None:
+    """Live traffic with fitted parameters: a weekly buyer who stops gets one
+    `at_risk` alert at the moment p_alive crosses the threshold; when they
+    buy again the episode ends and the next one is scheduled from the new
+    purchase; a one-time buyer is never at risk. Redeliveries and repeated
+    sweeps send nothing twice (ids), tiers are judged on every update."""
+    from patronage.models.predict import at_risk_age
+    from tests.unit.test_risk import FITTED
+
+    settings = Settings(lapse_clock="wall", prediction_at_risk_threshold=0.3)
+    week = 7 * DAY_MS
+    events = [receipt("weekly", f"w-{n}", START_MS + n * week) for n in range(8)]
+    events.append(receipt("weekly", "w-back", START_MS + 30 * week))  # back after 22 weeks
+    events.append(receipt("once", "o-1", START_MS + week))
+    # Someone keeps the clock moving (and is a regular, never at risk).
+    events += [receipt("steady", f"s-{n}", START_MS + n * week + 3_600_000) for n in range(60)]
+    records = as_records(sorted(events, key=lambda e: e["ts"]), 1)
+    now = [START_MS]
+    store = MemoryProfileStore(settings.profile_config)
+    producer = RecordingProducer()
+    models = MemoryModelStore()
+    pipe = Pipeline(settings, store, models, producer, clock=lambda: now[0] / 1000)
+
+    async def live() -> None:
+        await models.save_parameters(FITTED)
+        for record in records + records[:5]:  # the first weeks redelivered at the end
+            now[0] = max(now[0], json.loads(record.value or b"")["ts"] + 60_000)
+            await pipe.process([record], StaticLog())
+            await pipe.sweeper.sweep({0})
+            await pipe.sweeper.sweep({0})
+
+    asyncio.run(live())
+
+    def moment(orders: int, first: int, last: int) -> int:
+        age = at_risk_age(FITTED.purchases, orders - 1, (last - first) / week, 0.3)
+        assert age is not None
+        return int(first + age * week)
+
+    alerts = [a for a in producer.on("lapse-alerts") if a["kind"] == "at_risk"]
+    last_first_run, back = START_MS + 7 * week, START_MS + 30 * week
+    expected = {
+        f"at_risk:weekly:{last_first_run}": moment(8, START_MS, last_first_run),
+        # The return after 22 weeks ended that episode; the next one is
+        # scheduled from the new purchase and passed before the end.
+        f"at_risk:weekly:{back}": moment(9, START_MS, back),
+    }
+    steady_first, steady_last = START_MS + 3_600_000, START_MS + 59 * week + 3_600_000
+    assert moment(60, steady_first, steady_last) > now[0]  # not yet at risk
+    by_id = {a["event_id"]: a for a in alerts}
+    assert len(by_id) == len(alerts), "an alert was sent twice"
+    assert {i: ms_of(a["ts"]) for i, a in by_id.items()} == expected
+    assert all(a["p_alive"] == pytest.approx(0.3, abs=1e-5) for a in alerts)
+    assert {a["parameters_version"] for a in alerts} == {FITTED.version}
+    assert store.states["weekly"].fields["risk_episode"] == str(back)
+    assert set(store.risk[0]) == {"steady"}  # the one-time buyer is never scheduled
+
+    tiers = [c for c in producer.on("segment-changes") if c.get("kind") == "tier"]
+    assert len({c["event_id"] for c in tiers}) == len(tiers)
+    first_tiers = {c["customer_id"]: c for c in tiers if c["previous_tier"] is None}
+    assert set(first_tiers) == {"weekly", "once", "steady"}
+    for customer_id in ("weekly", "once", "steady"):
+        mine = [c for c in tiers if c["customer_id"] == customer_id]
+        # Each change starts from the tier the one before it ended in ...
+        assert all(b["previous_tier"] == a["tier"] for a, b in itertools.pairwise(mine))
+        # ... and the profile holds the last.
+        assert store.states[customer_id].fields["value_tier"] == mine[-1]["tier"]
+
+
+def ms_of(ts: str) -> int:
+    import datetime as dt
+
+    return int(dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
