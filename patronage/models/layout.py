@@ -77,6 +77,15 @@ def sources_key(prefix: str) -> str:
     return f"{prefix}:{{sources}}"
 
 
+def stored_text(value: float | str) -> str:
+    """A field value as Redis holds it: numbers in the apply script's format
+    (the shortest of %.15g and %.17g that reads back exactly)."""
+    if isinstance(value, str):
+        return value
+    short = f"{value:.15g}"
+    return short if float(short) == value else f"{value:.17g}"
+
+
 # Profile hash fields with a fixed name. The README documents their meaning.
 FIELDS: frozenset[str] = frozenset(
     {
@@ -123,6 +132,11 @@ FIELDS: frozenset[str] = frozenset(
         # written by predictions (streams/predicting.py, models/risk.py)
         "value_tier",
         "tier_version",
+        # at-risk judging (models/risk.py): orders not yet judged as
+        # "<ts>,<value>;" entries (kept only when predictions are live), the
+        # newest judged order time, and the newest episode alerted
+        "risk_orders",
+        "risk_decided",
         "risk_episode",
     }
 )
@@ -160,6 +174,7 @@ APPLY_ARGS = (
     "dedupe_max_events",
     "clock",  # epoch ms to judge lapses against, after the deltas
     "late_kept",  # late event ids kept among the latest arrivals
+    "record_orders",  # 1: keep orders for at-risk judging (risk_orders)
 )
 # ... and its reply, in order.
 APPLY_REPLY = (

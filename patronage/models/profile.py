@@ -55,6 +55,7 @@ from patronage.models.layout import (
     MAP_PREFIXES,
     OFFSET_PREFIX,
     OTHER,
+    stored_text,
 )
 from patronage.models.timeunits import DAY_MS, HOUR_MS
 
@@ -74,6 +75,8 @@ class ProfileConfig:
     # Late event ids (older than the dedupe window) kept among the latest arrivals.
     late_kept: int = 32
     lapse: LapseRules = field(default_factory=LapseRules)
+    # Keep each order in `risk_orders` until at-risk judging decided it.
+    record_orders: bool = False
 
 
 @dataclass(frozen=True)
@@ -281,6 +284,9 @@ def apply(state: ProfileState, d: Delta, cfg: ProfileConfig) -> tuple[ProfileSta
             f["first_order_at"] = float(d.ts)
             f["first_order_value"] = d.basket
         f["freq_decayed"] = _num(f, "freq_decayed") + weight
+        if cfg.record_orders and ("risk_decided" not in f or d.ts > _num(f, "risk_decided")):
+            entry = f"{stored_text(float(d.ts))},{stored_text(d.basket)};"
+            f["risk_orders"] = str(f.get("risk_orders", "")) + entry
     f["spend_total"] = _num(f, "spend_total") + d.net
     f["spend_" + origin] = _num(f, "spend_" + origin) + d.net
     f["returns_value"] = _num(f, "returns_value") + d.returned

@@ -2,15 +2,22 @@
 
 A buyer is *at risk* from the moment their BG/NBD `p_alive` falls below a
 threshold with no purchase since; that moment is known in closed form
-(`predict.at_risk_age`) when the last purchase is applied, so it is scheduled
-like a lapse judgement instead of polled for. An *episode* is identified by
-the last purchase: a new purchase ends it (and schedules the next), and the
-alert of an episode carries the id `at_risk:<customer>:<last order ms>`.
+(`predict.at_risk_age`), so it is scheduled like a lapse judgement instead of
+polled for. An *episode* starts with a purchase and ends with the next one;
+its alert carries the id `at_risk:<customer>:<purchase ms>`.
+
+Judging is done against a clock, like lapses (models/lapse.py): the profile
+keeps the orders not yet judged (`risk_orders`), and an episode is decided
+only once the clock has passed it — at risk when the clock is past its moment
+and the next purchase (if any) came after that moment; over when the clock
+reached the next purchase. So an order a slower topic delivers late, or a
+backlog drained in big batches, gives the alerts history would have given.
 Pure functions over the profile fields; streams/predicting.py runs them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,7 +36,9 @@ from patronage.models.predict import (
 )
 
 # Profile fields written here (layout.FIELDS lists them too).
-RISK_EPISODE = "risk_episode"  # the episode (last order ms) whose alert was sent
+RISK_EPISODE = "risk_episode"  # the newest episode (its order ms) alerted
+RISK_ORDERS = "risk_orders"  # orders not yet judged: "<ts>,<value>;" each
+RISK_DECIDED = "risk_decided"  # orders up to this time are judged for good
 TIER = "value_tier"
 
 
@@ -42,14 +51,13 @@ class RiskPlan:
 def risk_plan(
     fields: Mapping[str, float | str], fitted: FittedParameters, threshold: float
 ) -> RiskPlan | None:
-    """When this buyer becomes at risk if no purchase comes; None when never
-    (no repeat purchase yet) or when this episode's alert was already sent."""
+    """When the buyer, as the fields describe them at their last purchase,
+    becomes at risk if no purchase comes; None when never (no repeat
+    purchase yet)."""
     if "first_order_at" not in fields:
         return None
     first = float(fields["first_order_at"])
     episode = int(float(fields.get("last_order_at", first)))
-    if RISK_EPISODE in fields and int(float(fields[RISK_EPISODE])) == episode:
-        return None
     history = purchase_history(fields, episode)
     assert history is not None
     x, t_x, _, _ = history
@@ -59,18 +67,85 @@ def risk_plan(
     return RiskPlan(episode, first + age * WEEK_MS)
 
 
+def order_edges(fields: Mapping[str, float | str]) -> list[tuple[float, int, float]]:
+    """The orders not yet judged: (time, orders at that time, their value), by time."""
+    merged: dict[float, tuple[int, float]] = {}
+    for entry in str(fields.get(RISK_ORDERS, "")).split(";"):
+        if entry:
+            ts_text, _, value_text = entry.partition(",")
+            count, value = merged.get(float(ts_text), (0, 0.0))
+            merged[float(ts_text)] = (count + 1, value + float(value_text))
+    return [(ts, count, value) for ts, (count, value) in sorted(merged.items())]
+
+
+@dataclass(frozen=True)
+class RiskJudgement:
+    # (plan, the purchase history as it stood in that episode) per alert due
+    findings: list[tuple[RiskPlan, dict[str, float | str]]]
+    decided: float | None  # orders up to this time are judged for good
+    due: float | None  # the clock at which judging again can decide more
+
+
+def judge_risk(
+    fields: Mapping[str, float | str],
+    fitted: FittedParameters | None,
+    threshold: float,
+    clock: float,
+) -> RiskJudgement:
+    """Decide the purchase episodes the clock has passed (see the module
+    docstring). Without parameters episodes are decided without alerts:
+    history from before the first fit is not alerted in bulk."""
+    edges = order_edges(fields)
+    if not edges or "first_order_at" not in fields:
+        return RiskJudgement([], None, None)
+
+    def num(name: str) -> float:
+        return float(fields.get(name, 0.0))
+
+    # The orders before the first unjudged one, then each unjudged one in turn.
+    orders = num("orders") - sum(count for _, count, _ in edges)
+    spent = num("basket_sum") - sum(value for _, _, value in edges)
+    alerted = num(RISK_EPISODE) if RISK_EPISODE in fields else -math.inf
+    findings: list[tuple[RiskPlan, dict[str, float | str]]] = []
+    decided: float | None = None
+    for i, (ts, count, value) in enumerate(edges):
+        orders += count
+        spent += value
+        following = edges[i + 1][0] if i + 1 < len(edges) else None
+        episode: dict[str, float | str] = {
+            "first_order_at": num("first_order_at"),
+            "first_order_value": num("first_order_value"),
+            "last_order_at": ts,
+            "orders": orders,
+            "basket_sum": spent,
+        }
+        plan = risk_plan(episode, fitted, threshold) if fitted is not None else None
+        if plan is not None and ts > alerted and (following is None or plan.moment < following):
+            if clock <= plan.moment:
+                return RiskJudgement(findings, decided, plan.moment)
+            findings.append((plan, episode))
+            alerted = ts
+        if following is None:
+            break  # the open episode: its order stays until the next one is judged
+        if clock < following:
+            return RiskJudgement(findings, decided, following)
+        decided = ts
+    return RiskJudgement(findings, decided, None)
+
+
 def risk_alert(
     customer_id: str,
-    fields: dict[str, float | str],
+    episode: dict[str, float | str],
+    segment: float | str | None,
     fitted: FittedParameters,
     threshold: float,
     plan: RiskPlan,
     annual_discount: float,
 ) -> RiskAlert:
-    """The alert of an episode, valued at its moment (the same content
-    whenever it is sent, so a re-send after a crash is a true duplicate)."""
-    at = predictions(fields, plan.moment, fitted, annual_discount)
-    segment = fields.get("segment")
+    """The alert of an episode, valued at its moment from the purchase
+    history as it stood then (the same content whenever it is sent, so a
+    re-send after a crash is a true duplicate)."""
+    at = predictions(episode, plan.moment, fitted, annual_discount)
     return RiskAlert(
         event_id=f"at_risk:{customer_id}:{plan.episode}",
         customer_id=customer_id,
@@ -107,3 +182,22 @@ def tiers(
         cid: (value_tier(float(v), fitted.clv_cuts), float(v))
         for cid, v in zip(ids, values, strict=True)
     }
+
+
+def after_judging(
+    fields: Mapping[str, float | str], decided: float | None, alerted: float | None
+) -> dict[str, float | str]:
+    """The fields a judgement changes: judged orders dropped from
+    `risk_orders`, the judged and alerted marks moved forward, never back
+    (the same in Lua: streams/lua/risk.lua)."""
+    out: dict[str, float | str] = {}
+    if decided is not None:
+        kept = [e for e in str(fields.get(RISK_ORDERS, "")).split(";") if e]
+        out[RISK_ORDERS] = "".join(f"{e};" for e in kept if float(e.partition(",")[0]) > decided)
+        if RISK_DECIDED not in fields or decided > float(fields[RISK_DECIDED]):
+            out[RISK_DECIDED] = decided
+    if alerted is not None and (
+        RISK_EPISODE not in fields or alerted > float(fields[RISK_EPISODE])
+    ):
+        out[RISK_EPISODE] = alerted
+    return out

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Any
 
 from patronage.models.clock import with_batch
 from patronage.models.lapse import finding_to_json
+from patronage.models.layout import stored_text
 from patronage.models.predict import FittedParameters
 from patronage.models.profile import (
     Delta,
@@ -26,18 +28,10 @@ from patronage.models.profile import (
     judge_lapses,
     profile_view,
 )
+from patronage.models.risk import after_judging
 from patronage.models.segments import FrozenModel, SegmentTrainer
 from patronage.models.sources import SourceState
 from patronage.streams.types import ApplyResult, Fields, Queue
-
-
-def stored_text(value: float | str) -> str:
-    """A field value as Redis holds it: numbers in the apply script's format
-    (the shortest of %.15g and %.17g that reads back exactly)."""
-    if isinstance(value, str):
-        return value
-    short = f"{value:.15g}"
-    return short if float(short) == value else f"{value:.17g}"
 
 
 class MemoryProfileStore:
@@ -164,14 +158,21 @@ class MemoryProfileStore:
         entries = sorted(schedule.items(), key=lambda kv: (kv[1], kv[0]))
         return [(c, score) for c, score in entries if score <= now_ms][:limit]
 
-    async def schedule_risk(self, moments: Mapping[int, Mapping[str, float | None]]) -> None:
+    async def schedule_risk(
+        self, moments: Mapping[int, Mapping[str, float]], keep_earlier: bool = False
+    ) -> None:
         for partition, by_customer in moments.items():
             schedule = self.risk.setdefault(partition, {})
             for customer_id, moment in by_customer.items():
-                if moment is None:
-                    schedule.pop(customer_id, None)
-                else:
-                    schedule[customer_id] = moment
+                if keep_earlier:
+                    moment = min(moment, schedule.get(customer_id, math.inf))
+                schedule[customer_id] = moment
+
+    async def record_risk(self, judged: Mapping[str, tuple[float | None, float | None]]) -> None:
+        for customer_id, (decided, alerted) in judged.items():
+            state = self.states.get(customer_id)
+            if state is not None:
+                state.fields.update(after_judging(state.fields, decided, alerted))
 
     async def risk_versions(self, partitions: Sequence[int]) -> dict[int, int]:
         return {p: self.risk_judged.get(p, 0) for p in partitions}

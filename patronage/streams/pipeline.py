@@ -159,9 +159,11 @@ class Pipeline:
         await self.retry("lapse alerts", lambda: self.send_findings(result.outbox))
         scored_at = self._scoring_now(batch, now_ms)
         await self.retry("segments", lambda: self._segment(result, scored_at))
-        purchased = [
-            c for c, deltas in batch.by_customer.items() if any(d.kind == "order" for d in deltas)
-        ]
+        purchased = {
+            customer_id: min(orders)
+            for customer_id, deltas in batch.by_customer.items()
+            if (orders := [float(d.ts) for d in deltas if d.kind == "order" and d.basket > 0])
+        }
         await self.retry(
             "predictions",
             lambda: self.predictor.after_apply(

@@ -5,9 +5,10 @@ at read time (time moves even when the customer does not)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 from patronage.models.contracts import TierChange, format_ts
@@ -18,7 +19,7 @@ from patronage.models.predict import (
     purchase_history,
 )
 from patronage.models.profile import profile_view
-from patronage.models.risk import RISK_EPISODE, TIER, risk_alert, risk_plan, tiers
+from patronage.models.risk import TIER, judge_risk, risk_alert, tiers
 from patronage.streams.settings import Settings
 from patronage.streams.types import Fields, ModelStoreT, ProfileStoreT
 
@@ -92,10 +93,10 @@ async def fit_stored_profiles(
 
 class Predictor:
     """Live predictions: value tiers (and their changes on `segment-changes`)
-    judged whenever a profile is applied, at-risk moments scheduled in the
-    partition's risk queue when a purchase is, `at_risk` alerts when the
-    clock passes them (swept with the lapse queue), and a pass over the
-    owned customers when a refit brings new parameters."""
+    judged whenever a profile is applied; purchase episodes judged against
+    the clock (models/risk.py) from the partition's risk queue, swept with
+    the lapse queue, sending `at_risk` alerts; and a pass over the owned
+    customers when a refit brings new parameters."""
 
     def __init__(
         self, settings: Settings, store: ProfileStoreT, parameters: ParameterStore, send: Send
@@ -109,31 +110,29 @@ class Predictor:
         self.tier_changes: Counter[str] = Counter()
         self.at_risk_alerts = 0
         self.passes = 0
-        self._judged_version = 0  # parameters every owned partition was judged with
         self._pass: asyncio.Task[int] | None = None
 
     async def after_apply(
         self,
         profiles: Mapping[str, Fields],
         partition_of: Mapping[str, int],
-        purchased: Iterable[str],
+        purchased: Mapping[str, float],
         now_ms: float,
     ) -> None:
-        """Tiers of the applied profiles at `now_ms`; at-risk moments of the
-        customers whose batch held a purchase (only a purchase moves them)."""
+        """Tiers of the applied profiles at `now_ms`; the customers whose batch
+        held a purchase (customer -> its earliest time) are judged again from
+        then on. That overwrites an earlier due time on purpose: a sweep that
+        read the profile before this apply then finds its entry changed and
+        leaves it, so the new orders are never judged from a stale read."""
         if not self.settings.predictions_live:
             return
         fitted = await self.parameters.current()
-        if fitted is None:
-            return
-        await self.judge_tiers(profiles, fitted, now_ms, "profile")
-        moments: dict[int, dict[str, float | None]] = defaultdict(dict)
-        for customer_id in purchased:
-            fields = profiles.get(customer_id)
-            if fields is None or customer_id not in partition_of:
-                continue
-            plan = risk_plan(fields, fitted, self.threshold)
-            moments[partition_of[customer_id]][customer_id] = plan.moment if plan else None
+        if fitted is not None:
+            await self.judge_tiers(profiles, fitted, now_ms, "profile")
+        moments: dict[int, dict[str, float]] = defaultdict(dict)
+        for customer_id, first_ts in purchased.items():
+            if customer_id in partition_of:
+                moments[partition_of[customer_id]][customer_id] = first_ts
         await self.store.schedule_risk(moments)
 
     async def judge_tiers(
@@ -173,8 +172,9 @@ class Predictor:
             await self.store.store_segments(writes)
 
     async def sweep_partition(self, partition: int, clock: float) -> int:
-        """Send the `at_risk` alerts of the buyers due by `clock`; an entry is
-        dropped only after its alert is on Kafka (a crash re-sends it, same id)."""
+        """Judge the purchase episodes of the buyers due by `clock`; the
+        judged orders leave the profile only after their alerts are on Kafka
+        (a crash re-sends them, same id, same content)."""
         if clock <= 0 or not self.settings.predictions_live:
             return 0
         due = await self.store.due_customers(
@@ -185,25 +185,35 @@ class Predictor:
         fitted = await self.parameters.current()
         profiles = await self.store.fields_of([c for c, _ in due])
         topic = self.settings.topic(self.settings.topic_lapse_alerts)
-        pending, marks = [], {}
+        pending = []
+        judged: dict[str, tuple[float | None, float | None]] = {}
         moves: list[tuple[str, float, float | None]] = []
         for customer_id, score in due:
             fields = profiles.get(customer_id)
-            plan = risk_plan(fields, fitted, self.threshold) if fields and fitted else None
-            if plan is None or fitted is None or fields is None:
-                moves.append((customer_id, score, None))  # erased, expired or alerted
-            elif plan.moment >= clock:
-                moves.append((customer_id, score, plan.moment))  # moved by a refit
-            else:
-                alert = risk_alert(customer_id, fields, fitted, self.threshold, plan, self.discount)
+            if fields is None:
+                moves.append((customer_id, score, None))  # erased or expired
+                continue
+            judgement = judge_risk(fields, fitted, self.threshold, clock)
+            for plan, episode in judgement.findings:
+                assert fitted is not None
+                alert = risk_alert(
+                    customer_id,
+                    episode,
+                    fields.get("segment"),
+                    fitted,
+                    self.threshold,
+                    plan,
+                    self.discount,
+                )
                 payload = alert.model_dump_json().encode()
                 pending.append(await self.send(topic, customer_id.encode(), payload))
-                marks[customer_id] = {RISK_EPISODE: plan.episode}
-                moves.append((customer_id, score, None))
+            alerted = judgement.findings[-1][0].episode if judgement.findings else None
+            if judgement.decided is not None or alerted is not None:
+                judged[customer_id] = (judgement.decided, alerted)
+            moves.append((customer_id, score, judgement.due))
         await asyncio.gather(*pending)
         self.at_risk_alerts += len(pending)
-        if marks:
-            await self.store.store_segments(marks)
+        await self.store.record_risk(judged)
         await self.store.reschedule(partition, moves, "risk")
         return len(due)
 
@@ -222,6 +232,8 @@ class Predictor:
             self._pass = asyncio.create_task(self.judge_partitions(stale, fitted))
 
     async def judge_partitions(self, partitions: set[int], fitted: FittedParameters) -> int:
+        """Tiers valued with the new parameters; every buyer's next at-risk
+        judgement brought forward to its new moment (an earlier one stays)."""
         seen = 0
         slice_size = self.settings.segment_rescore_slice
         for partition in sorted(partitions):
@@ -229,13 +241,13 @@ class Predictor:
             while True:
                 cursor, ids = await self.store.partition_members(partition, cursor, slice_size)
                 profiles = await self.store.fields_of(ids)
-                now_ms = await self.now_of(partition)
-                await self.judge_tiers(profiles, fitted, now_ms, "refit")
-                moments: dict[str, float | None] = {}
+                await self.judge_tiers(profiles, fitted, await self.now_of(partition), "refit")
+                moments = {}
                 for customer_id, fields in profiles.items():
-                    plan = risk_plan(fields, fitted, self.threshold)
-                    moments[customer_id] = plan.moment if plan else None
-                await self.store.schedule_risk({partition: moments})
+                    due = judge_risk(fields, fitted, self.threshold, -math.inf).due
+                    if due is not None:
+                        moments[customer_id] = due
+                await self.store.schedule_risk({partition: moments}, keep_earlier=True)
                 seen += len(profiles)
                 await asyncio.sleep(0)  # ingest runs between slices
                 if cursor == 0:

@@ -331,6 +331,7 @@ class Settings(BaseSettings):
             session_window=self.session_window,
             dedupe_window_ms=int(self.dedupe_window_days * DAY_MS),
             dedupe_max_events=self.dedupe_max_events,
+            record_orders=self.predictions_live,
             lapse=LapseRules(
                 min_visits=self.lapse_min_visits,
                 min_tenure_days=self.lapse_min_tenure_days,

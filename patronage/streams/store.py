@@ -27,6 +27,7 @@ from patronage.models.layout import (
     risk_key,
     risk_version_key,
     sources_key,
+    stored_text,
 )
 from patronage.models.profile import Delta, ProfileConfig, profile_view
 from patronage.models.sources import SourceState
@@ -54,6 +55,7 @@ class ProfileStore:
         self._erase = client.register_script(_lua("erase"))
         self._segment = client.register_script(_lua("segment"))
         self._sources = client.register_script(_lua("sources"))
+        self._risk = client.register_script(_lua("risk"))
         self.sources_key = sources_key(prefix)
         # A cluster pipeline does not load scripts by itself: load them on
         # every primary first (and again after NOSCRIPT, e.g. a node restart).
@@ -71,6 +73,7 @@ class ProfileStore:
             self._erase,
             self._segment,
             self._sources,
+            self._risk,
         ):
             await self.client.script_load(script.script)
         self._scripts_loaded = True
@@ -167,6 +170,7 @@ class ProfileStore:
             "dedupe_max_events": self.cfg.dedupe_max_events,
             "clock": repr(float(clock)),
             "late_kept": self.cfg.late_kept,
+            "record_orders": int(self.cfg.record_orders),
         }
         return [args[name] for name in APPLY_ARGS]
 
@@ -357,16 +361,24 @@ class ProfileStore:
             args.extend([member, repr(seen), "" if new is None else repr(new)])
         await self._reschedule(keys=[self.queue_key(partition, queue)], args=args)
 
-    async def schedule_risk(self, moments: Mapping[int, Mapping[str, float | None]]) -> None:
+    async def schedule_risk(
+        self, moments: Mapping[int, Mapping[str, float]], keep_earlier: bool = False
+    ) -> None:
         ops: list[tuple[str, Callable[[Any], Any]]] = []
         for partition, by_customer in moments.items():
             key = risk_key(self.prefix, partition)
-            due = {c: m for c, m in by_customer.items() if m is not None}
-            gone = [c for c, m in by_customer.items() if m is None]
-            if due:
-                ops.append((key, _command("zadd", key, due)))
-            if gone:
-                ops.append((key, _command("zrem", key, *gone)))
+            if by_customer:
+                ops.append((key, _command("zadd", key, dict(by_customer), lt=keep_earlier)))
+        if ops:
+            checked(await self._pipelined(ops))
+
+    async def record_risk(self, judged: Mapping[str, tuple[float | None, float | None]]) -> None:
+        await self.ensure_scripts()
+        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        for customer_id, (decided, alerted) in judged.items():
+            key = self.keys(customer_id).profile
+            args = ["" if v is None else stored_text(v) for v in (decided, alerted)]
+            ops.append((key, _script(self._risk, [key], args)))
         if ops:
             checked(await self._pipelined(ops))
 

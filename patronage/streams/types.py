@@ -81,8 +81,15 @@ class ProfileStoreT(Protocol):
         """Move (or drop: None) swept entries nobody rescheduled since."""
         ...
 
-    async def schedule_risk(self, moments: Mapping[int, Mapping[str, float | None]]) -> None:
-        """partition -> customer -> at-risk moment (None: none pending)."""
+    async def schedule_risk(
+        self, moments: Mapping[int, Mapping[str, float]], keep_earlier: bool = False
+    ) -> None:
+        """partition -> customer -> when to judge their at-risk episodes; with
+        `keep_earlier` an earlier time already scheduled stays."""
+        ...
+
+    async def record_risk(self, judged: Mapping[str, tuple[float | None, float | None]]) -> None:
+        """customer -> (orders judged up to, episode alerted): see models/risk.py."""
         ...
 
     async def risk_versions(self, partitions: Sequence[int]) -> dict[int, int]:

@@ -26,6 +26,7 @@ CFG = ProfileConfig(
     dedupe_max_events=12,
     late_kept=3,
     lapse=LapseRules(min_visits=3, min_tenure_days=10, min_gap_days=3, gap_multiplier=2.0),
+    record_orders=True,
 )
 
 StoreFactory = Callable[[], Any]

@@ -162,18 +162,19 @@ def test_partition_members_are_read_in_slices_and_forgotten(store_of: Any) -> No
 
 
 def test_the_risk_queue_is_a_schedule_of_its_own(store_of: Any) -> None:
-    """At-risk moments: set and cleared per partition, swept by score, moved
-    only if nobody rescheduled them, versioned per partition, erased with the
-    customer, and never mixed with the lapse queue."""
+    """At-risk judgements: scheduled per partition (an apply overwrites, a
+    refit pass only brings forward), swept by score, moved only if nobody
+    rescheduled them, versioned per partition, erased with the customer, and
+    never mixed with the lapse queue."""
 
     async def check(store: ProfileStoreT) -> list[Any]:
         await store.apply_batch(
             {"anna": [receipt(0, 5)], "ben": [receipt(1, 2)]}, {"anna": 0, "ben": 0}
         )
-        await store.schedule_risk(
-            {0: {"anna": T0 + 40 * DAY_MS, "ben": T0 + 30 * DAY_MS}, 1: {"cleo": 7.0}}
-        )
-        await store.schedule_risk({0: {"ben": None}})
+        await store.schedule_risk({0: {"anna": T0 + 40 * DAY_MS, "ben": T0 + 30 * DAY_MS}})
+        await store.schedule_risk({1: {"cleo": 7.0}})
+        await store.schedule_risk({0: {"ben": T0 + 70 * DAY_MS}})  # an apply: overwritten
+        await store.schedule_risk({0: {"anna": T0 + 45 * DAY_MS}}, keep_earlier=True)
         due = await store.due_customers(0, T0 + 60 * DAY_MS, 10, "risk")
         lapse_due = await store.due_customers(0, T0 + 60 * DAY_MS, 10)
         await store.reschedule(0, [("anna", due[0][1] - 1, None)], "risk")  # stale: kept
@@ -192,6 +193,37 @@ def test_the_risk_queue_is_a_schedule_of_its_own(store_of: Any) -> None:
     assert due == [("anna", float(T0 + 40 * DAY_MS))]
     assert [c for c, _ in lapse_due] == ["ben", "anna"]
     assert kept == due
-    assert moved == [("anna", float(T0 + 90 * DAY_MS))]
+    assert moved == [("ben", float(T0 + 70 * DAY_MS)), ("anna", float(T0 + 90 * DAY_MS))]
     assert before == {0: 0, 1: 0} and after == {0: 0, 1: 4}
-    assert erased == [] and other == [("cleo", 7.0)]
+    assert erased == [("ben", float(T0 + 70 * DAY_MS))] and other == [("cleo", 7.0)]
+
+
+def test_judged_orders_leave_the_profile_and_marks_only_move_forward(store_of: Any) -> None:
+    """Orders are kept for at-risk judging as they are applied (a redelivery
+    adds none); a judgement trims them and moves its marks forward only; an
+    erased customer is not brought back."""
+
+    async def check(store: ProfileStoreT) -> list[Any]:
+        orders = [receipt(n, day) for n, day in enumerate((0, 9, 30))]
+        await store.apply_batch({"anna": orders}, {"anna": 0})
+        await store.apply_batch({"anna": orders[:2]}, {"anna": 0})  # redelivered
+        kept = (await store.fields_of(["anna"]))["anna"]["risk_orders"]
+        await store.record_risk({"anna": (T0 + 9 * DAY_MS, T0 + 9 * DAY_MS)})
+        await store.record_risk({"anna": (T0, T0)})  # an older judgement, late
+        fields = (await store.fields_of(["anna"]))["anna"]
+        await store.apply_batch({"anna": [receipt(3, 5)]}, {"anna": 0})  # before the judged
+        late = (await store.fields_of(["anna"]))["anna"]
+        await store.erase("anna", 0)
+        await store.record_risk({"anna": (T0 + 30 * DAY_MS, None)})
+        return [kept, fields, late, await store.fields_of(["anna"])]
+
+    kept, fields, late, gone = run(check, store_of)
+    day = DAY_MS
+    assert kept == f"{T0},{receipt(0, 0).basket:g};{T0 + 9 * day},{receipt(1, 9).basket:g};" + (
+        f"{T0 + 30 * day},{receipt(2, 30).basket:g};"
+    )
+    assert fields["risk_orders"] == f"{T0 + 30 * day},{receipt(2, 30).basket:g};"
+    assert float(fields["risk_decided"]) == T0 + 9 * day
+    assert float(fields["risk_episode"]) == T0 + 9 * day
+    assert late["risk_orders"] == fields["risk_orders"] and float(late["orders"]) == 4
+    assert gone == {}

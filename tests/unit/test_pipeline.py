@@ -403,8 +403,11 @@ def test_at_risk_alerts_once_per_episode_and_tier_changes_on_updates() -> None:
     assert {i: ms_of(a["ts"]) for i, a in by_id.items()} == expected
     assert all(a["p_alive"] == pytest.approx(0.3, abs=1e-5) for a in alerts)
     assert {a["parameters_version"] for a in alerts} == {FITTED.version}
-    assert store.states["weekly"].fields["risk_episode"] == str(back)
-    assert set(store.risk[0]) == {"steady"}  # the one-time buyer is never scheduled
+    weekly = store.states["weekly"].fields
+    assert float(weekly["risk_episode"]) == back
+    assert weekly["risk_orders"] == f"{back},4.28;"  # only the open episode's order is kept
+    # Nothing left to judge for the one-time buyer (never at risk).
+    assert "once" not in store.risk[0]
 
     tiers = [c for c in producer.on("segment-changes") if c.get("kind") == "tier"]
     assert len({c["event_id"] for c in tiers}) == len(tiers)

@@ -4,12 +4,16 @@ scalar formulas."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy.optimize import brentq
 
+from patronage.models.layout import stored_text
 from patronage.models.predict import (
     FittedParameters,
     at_risk_age,
@@ -19,7 +23,15 @@ from patronage.models.predict import (
     p_alive_many,
     predictions,
 )
-from patronage.models.risk import RISK_EPISODE, risk_alert, risk_plan, tiers
+from patronage.models.risk import (
+    RISK_DECIDED,
+    RISK_ORDERS,
+    after_judging,
+    judge_risk,
+    risk_alert,
+    risk_plan,
+    tiers,
+)
 from tests.unit.test_predict import CUSTOMERS, PUBLISHED_BGNBD, PUBLISHED_GG, WEEK, reference
 
 FITTED = FittedParameters(3, PUBLISHED_BGNBD, PUBLISHED_GG, 2357, 0, (10.0, 200.0))
@@ -91,17 +103,15 @@ def buyer(orders: int, last_week: float, spent: float = 300.0) -> dict[str, floa
     }
 
 
-def test_a_plan_per_episode_and_none_once_alerted() -> None:
+def test_a_plan_per_episode() -> None:
     fields = buyer(4, 10.0)
     plan = risk_plan(fields, FITTED, 0.3)
     assert plan is not None and plan.episode == 10 * WEEK
     age = at_risk_age(PUBLISHED_BGNBD, 3, 10.0, 0.3)
     assert age is not None and plan.moment == pytest.approx(age * WEEK, rel=1e-12)
-    alerted = {**fields, RISK_EPISODE: str(10 * WEEK)}
-    assert risk_plan(alerted, FITTED, 0.3) is None
-    # A purchase starts the next episode, scheduled after it (and, BG/NBD
-    # being what it is, a frequent buyer's silence counts sooner).
-    again = risk_plan({**alerted, "last_order_at": str(12 * WEEK), "orders": "5"}, FITTED, 0.3)
+    # The next purchase starts the next episode, scheduled after it (and,
+    # BG/NBD being what it is, a frequent buyer's silence counts sooner).
+    again = risk_plan({**fields, "last_order_at": str(12 * WEEK), "orders": "5"}, FITTED, 0.3)
     assert again is not None and again.episode == 12 * WEEK
     assert 12 * WEEK < again.moment < plan.moment
     assert risk_plan(buyer(1, 0.0), FITTED, 0.3) is None  # one order only
@@ -112,13 +122,118 @@ def test_the_alert_is_valued_at_its_moment() -> None:
     fields = buyer(4, 10.0)
     plan = risk_plan(fields, FITTED, 0.3)
     assert plan is not None
-    alert = risk_alert("c-7", fields, FITTED, 0.3, plan, 0.1)
+    alert = risk_alert("c-7", fields, "2", FITTED, 0.3, plan, 0.1)
     assert alert.event_id == f"at_risk:c-7:{10 * WEEK}"
     assert alert.p_alive == pytest.approx(0.3, abs=1e-6)
     assert alert.segment == 2 and alert.parameters_version == 3
     assert alert.last_order_at == "1970-03-12T00:00:00.000Z"
     # Sent again later (after a crash): the same content.
-    assert risk_alert("c-7", dict(fields), FITTED, 0.3, plan, 0.1) == alert
+    assert risk_alert("c-7", dict(fields), "2", FITTED, 0.3, plan, 0.1) == alert
+
+
+def reference_alerts(
+    orders: list[tuple[int, float]], clock: float, threshold: float
+) -> dict[int, int]:
+    """episode (purchase ms) -> alert ms, from the definition: p_alive of the
+    history up to that purchase (lifetimes' formula, root by brentq) falls
+    below the threshold before the next purchase, and before the clock."""
+    days = sorted({ts for ts, _ in orders})
+    first = days[0]
+    out = {}
+    for i, ts in enumerate(days):
+        x = sum(1 for t, _ in orders if t <= ts) - 1
+        if x < 1:
+            continue
+        t_x = (ts - first) / WEEK
+
+        def gap(T: float, x: float = x, t_x: float = t_x) -> float:
+            return lifetimes_p_alive(x, t_x, T) - threshold
+
+        if gap(t_x) < 0:
+            moment = float(ts)
+        else:
+            moment = first + brentq(gap, t_x, t_x + 1e5, xtol=1e-10) * WEEK
+        following = days[i + 1] if i + 1 < len(days) else math.inf
+        if moment < following and moment < clock:
+            out[ts] = int(moment)
+    return out
+
+
+def applied(fields: dict[str, float | str], ts: int, value: float) -> None:
+    """An order as the apply path records it (models/profile.py, apply.lua)."""
+    fields["orders"] = float(fields.get("orders", 0)) + 1
+    fields["basket_sum"] = float(fields.get("basket_sum", 0)) + value
+    fields["last_order_at"] = max(float(fields.get("last_order_at", 0)), ts)
+    first = (
+        float(fields.get("first_order_at", math.inf)),
+        float(fields.get("first_order_value", 0)),
+    )
+    if (ts, value) < first:
+        fields["first_order_at"], fields["first_order_value"] = float(ts), value
+    if RISK_DECIDED not in fields or ts > float(fields[RISK_DECIDED]):
+        fields[RISK_ORDERS] = (
+            str(fields.get(RISK_ORDERS, "")) + f"{stored_text(float(ts))},{stored_text(value)};"
+        )
+
+
+LATENESS = 3 * 86_400_000
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    gaps=st.lists(st.integers(0, 200), min_size=1, max_size=14),
+    values=st.lists(st.sampled_from([4.99, 12.5, 23.0, 79.9, 149.0]), min_size=14, max_size=14),
+    delays=st.lists(st.integers(0, LATENESS // 3_600_000), min_size=14, max_size=14),
+    sweeps=st.lists(st.booleans(), min_size=14, max_size=14),
+    threshold=st.sampled_from([0.2, 0.3, 0.5]),
+)
+def test_judging_at_a_lagging_clock_gives_the_alerts_of_the_definition(
+    gaps: list[int], values: list[float], delays: list[int], sweeps: list[bool], threshold: float
+) -> None:
+    """Orders at day gaps, delivered out of order (each up to the lateness
+    late), judged by sweeps at (newest delivered - lateness) now and then:
+    the alerts are exactly those of the definition, none twice."""
+    start = 10_000 * 86_400_000
+    times = [start + sum(gaps[: i + 1]) * 86_400_000 for i in range(len(gaps))]
+    orders = list(zip(times, values, strict=False))
+    arrival = sorted(orders, key=lambda o: o[0] + delays[orders.index(o)] * 3_600_000)
+    fields: dict[str, float | str] = {}
+    sent: list[tuple[int, int]] = []
+    newest = 0
+
+    def sweep(clock: float) -> None:
+        judgement = judge_risk(fields, FITTED, threshold, clock)
+        sent.extend((plan.episode, int(plan.moment)) for plan, _ in judgement.findings)
+        alerted = judgement.findings[-1][0].episode if judgement.findings else None
+        fields.update(after_judging(fields, judgement.decided, alerted))
+
+    for (ts, value), judge_now in zip(arrival, sweeps, strict=False):
+        applied(fields, ts, value)
+        newest = max(newest, ts)
+        if judge_now:
+            sweep(newest - LATENESS)
+    final = times[-1] + 400 * 86_400_000  # long after: every episode decided
+    sweep(final)
+    assert len(sent) == len(set(sent)), "an episode was alerted twice"
+    assert dict(sent) == pytest.approx(reference_alerts(orders, final, threshold), abs=1)
+    # Only the open episode's order is kept.
+    assert (
+        fields[RISK_ORDERS] == f"{stored_text(float(max(times)))},{stored_text(orders[-1][1])};"
+        or times.count(max(times)) > 1
+    )
+
+
+def test_without_parameters_history_is_judged_silently() -> None:
+    fields: dict[str, float | str] = {}
+    for week in range(6):
+        applied(fields, week * WEEK, 20.0)
+    judgement = judge_risk(fields, None, 0.3, 40 * WEEK)
+    assert judgement.findings == [] and judgement.decided == 4 * WEEK and judgement.due is None
+    fields.update(after_judging(fields, judgement.decided, None))
+    assert fields[RISK_ORDERS] == f"{5 * WEEK},20;"
+    # The fit arrives: only the open episode can still be alerted.
+    later = judge_risk(fields, FITTED, 0.3, 60 * WEEK)
+    assert [plan.episode for plan, _ in later.findings] == [5 * WEEK]
 
 
 def test_batch_tiers_equal_the_profile_view() -> None:

@@ -31,6 +31,7 @@ local retention_ms = tonumber(ARGV[10] or '0')  -- retention_ms
 local max_events = tonumber(ARGV[11])  -- dedupe_max_events
 local clock = tonumber(ARGV[12])  -- clock
 local LATE_KEPT = tonumber(ARGV[13])  -- late_kept
+local record_orders = ARGV[14] == '1'  -- record_orders
 local DAY_MS = 86400000
 
 local h = {}
@@ -396,6 +397,10 @@ for _, d in ipairs(deltas) do
               put('first_order_value', d.b)
             end
             put('freq_decayed', num('freq_decayed') + weight)
+            if record_orders and (h['risk_decided'] == nil or d.t > num('risk_decided')) then
+              h['risk_orders'] = (h['risk_orders'] or '') .. fmt(d.t) .. ',' .. fmt(d.b) .. ';'
+              changed['risk_orders'] = true
+            end
           end
           put('spend_total', num('spend_total') + d.n)
           put('spend_' .. origin, num('spend_' .. origin) + d.n)
