@@ -381,6 +381,12 @@ class Learner:
         now = self.clock()
         # Until a first version exists, try again as often as segments promote.
         interval = self.settings.prediction_refit_interval_s
+        if self.last_fit == -math.inf:
+            # A restart does not refit parameters fitted less than an interval ago.
+            stored = await self.models.load_parameters()
+            if stored is not None:
+                self.parameters_version = stored.version
+                self.last_fit = stored.fitted_ms / 1000
         if self.parameters_version == 0:
             interval = min(interval, self.settings.segment_promote_interval_s)
         if now - self.last_fit >= interval:

@@ -4,8 +4,10 @@ scalar formulas."""
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from scipy.optimize import brentq
 
 from patronage.models.layout import stored_text
 from patronage.models.predict import (
+    BGNBD,
     FittedParameters,
     at_risk_age,
     clv,
@@ -37,11 +40,20 @@ from tests.unit.test_predict import CUSTOMERS, PUBLISHED_BGNBD, PUBLISHED_GG, WE
 FITTED = FittedParameters(3, PUBLISHED_BGNBD, PUBLISHED_GG, 2357, 0, (10.0, 200.0))
 
 
-def lifetimes_p_alive(x: float, t_x: float, T: float) -> float:
+@functools.cache
+def fitter_for(params: BGNBD) -> Any:
+    fitter = reference()
+    fitter.params_ = fitter.params_.copy()  # type: ignore[attr-defined]
+    for name, value in params.__dict__.items():
+        fitter.params_[name] = value  # type: ignore[attr-defined]
+    return fitter
+
+
+def lifetimes_p_alive(x: float, t_x: float, T: float, params: BGNBD = PUBLISHED_BGNBD) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        value = reference().conditional_probability_alive(x, t_x, T)  # type: ignore[attr-defined]
-    return float(np.asarray(value).item())
+        alive = fitter_for(params).conditional_probability_alive(x, t_x, T)
+    return float(np.asarray(alive).item())
 
 
 @pytest.mark.parametrize(
@@ -134,6 +146,12 @@ def test_the_alert_is_valued_at_its_moment() -> None:
 def reference_alerts(
     orders: list[tuple[int, float]], clock: float, threshold: float
 ) -> dict[int, int]:
+    return reference_alerts_with(PUBLISHED_BGNBD, orders, clock, threshold)
+
+
+def reference_alerts_with(
+    params: BGNBD, orders: list[tuple[int, float]], clock: float, threshold: float
+) -> dict[int, int]:
     """episode (purchase ms) -> alert ms, from the definition: p_alive of the
     history up to that purchase (lifetimes' formula, root by brentq) falls
     below the threshold before the next purchase, and before the clock."""
@@ -147,7 +165,7 @@ def reference_alerts(
         t_x = (ts - first) / WEEK
 
         def gap(T: float, x: float = x, t_x: float = t_x) -> float:
-            return lifetimes_p_alive(x, t_x, T) - threshold
+            return lifetimes_p_alive(x, t_x, T, params) - threshold
 
         if gap(t_x) < 0:
             moment = float(ts)
