@@ -101,6 +101,8 @@ EXACT_FIELDS = sorted(
     FIELDS
     - {"segment", "segment_since", "segment_version", "rfm_r", "rfm_f", "rfm_m"}
     - {"judged_day", "lapse_day"}
+    # judged against the clock and the prediction parameters
+    - {"value_tier", "tier_version", "risk_orders", "risk_decided", "risk_episode"}
 )
 
 
@@ -119,11 +121,17 @@ def throughput(
     with CPU per event of the process, Redis and the broker, and the check of
     every customer's stored result against the backlog.
 
-    `job`: "patronage" (the worker), "naive" (benchmarks/bench_naive.py),
-    "quix-at-least-once" or "quix-exactly-once" (benchmarks/quix_job.py);
-    `workers` processes of it in one consumer group."""
+    `job`: "patronage" (the worker, with prediction parameters in place from
+    the start: tiers and at-risk judging run on every purchase),
+    "patronage-predictions-off" (PATRONAGE_PREDICTIONS_LIVE=false), "naive"
+    (benchmarks/bench_naive.py), "quix-at-least-once" or "quix-exactly-once"
+    (benchmarks/quix_job.py); `workers` processes of it in one consumer group."""
     env = _run_env("bench", 6099)
+    if job == "patronage-predictions-off":
+        env["PATRONAGE_PREDICTIONS_LIVE"] = "false"
     settings = _settings(**env)
+    if job.startswith("patronage"):
+        asyncio.run(_save_parameters(settings))
     from patronage.streams.kafka_admin import create_topics
     from patronage.streams.lag import group_lag
     from patronage.streams.publishing import publish_file
@@ -135,8 +143,10 @@ def throughput(
     asyncio.run(publish_file(settings, Path(handle.name)))
     os.unlink(handle.name)
 
+    worker = [sys.executable, "-m", "patronage.streams.cli", "worker", "run"]
     command = {
-        "patronage": [sys.executable, "-m", "patronage.streams.cli", "worker", "run"],
+        "patronage": worker,
+        "patronage-predictions-off": worker,
         "naive": [sys.executable, "-m", "benchmarks.bench_naive"],
     }.get(job, [str(QUIX_PYTHON), str(Path(__file__).with_name("quix_job.py"))])
     if job.startswith("quix-"):
@@ -190,8 +200,29 @@ def throughput(
             result[f"{name}_cpu_us_per_event"] = round((after - before) / len(stream) * 1e6, 1)
     check = _check_quix if job.startswith("quix-") else _check_profiles
     result.update(asyncio.run(check(settings, stream)))
+    if job.startswith("patronage"):
+        result.update(asyncio.run(_outputs(settings)))
     asyncio.run(_cleanup(settings))
     return result
+
+
+async def _save_parameters(settings: Settings) -> None:
+    """The published CDNOW fit (Fader, Hardie & Lee 2005) as version 1, fresh
+    (so the learner keeps it): every purchase is then valued and judged."""
+    from patronage.models.predict import BGNBD, FittedParameters, GammaGamma
+    from patronage.streams.segmenting import ModelStore
+
+    fitted = FittedParameters(
+        1,
+        BGNBD(r=0.243, alpha=4.414, a=0.793, b=2.426),
+        GammaGamma(p=6.25, q=3.74, gamma=15.44),
+        2357,
+        int(time.time() * 1000),
+        (20.0, 150.0),
+    )
+    client = redis_for(settings)
+    await ModelStore(client, settings.key_prefix).save_parameters(fitted)
+    await client.aclose()
 
 
 def _pid(service: str) -> int | None:
@@ -503,6 +534,24 @@ def _child_cpu(pid: int) -> float | None:
         return None
 
 
+async def _outputs(settings: Settings) -> dict[str, int]:
+    """Messages the run sent on the output topics (what predictions add)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs())
+    await consumer.start()
+    try:
+        out = {}
+        for name in (settings.topic_segment_changes, settings.topic_lapse_alerts):
+            topic = settings.topic(name)
+            parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
+            ends = await consumer.end_offsets(parts)
+            out[f"{name}_messages"] = sum(ends.values())
+        return out
+    finally:
+        await consumer.stop()
+
+
 async def _cleanup(settings: Settings) -> None:
     from patronage.streams.kafka_admin import delete_run_topics
 
@@ -552,6 +601,12 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument(
+        "--jobs",
+        nargs="+",
+        help="throughput: these jobs only (patronage, patronage-predictions-off, naive, "
+        "quix-at-least-once, quix-exactly-once, patronage-x2)",
+    )
     args = parser.parse_args()
     if args.which in ("all", "memory"):
         print("memory:", json.dumps(asyncio.run(memory(args.customers, args.days)), indent=1))
@@ -565,8 +620,11 @@ def main() -> None:
             jobs += ["quix-at-least-once", "quix-exactly-once"]
         else:
             print(f"(no {QUIX_PYTHON}: `make bench` installs quixstreams there)")
-        results = [throughput(stream, job) for job in jobs]
-        results.append(throughput(stream, "patronage", workers=2))
+        jobs += ["patronage-predictions-off", "patronage-x2"]
+        results = [
+            throughput(stream, job.removesuffix("-x2"), 2 if job.endswith("-x2") else 1)
+            for job in (args.jobs or jobs)
+        ]
         for result in results:
             print("throughput:", json.dumps(result))
         print_throughput_table(results)
