@@ -270,3 +270,41 @@ def test_batch_tiers_equal_the_profile_view() -> None:
         assert tier == view["value_tier"]
         assert value == pytest.approx(view["predicted_clv_365d"], rel=1e-12)
     assert judged["loyal"][0] == "best" and judged["gone"][0] == "low_value"
+
+
+def test_alerts_tail_prints_every_kind_on_the_two_topics() -> None:
+    """`patronage alerts tail` reads lapse-alerts and segment-changes, where
+    at_risk alerts and tier changes now travel beside the older kinds."""
+    from patronage.models.contracts import TierChange
+    from patronage.streams.outputs import alert_line
+
+    fields = buyer(4, 10.0)
+    plan = risk_plan(fields, FITTED, 0.3)
+    assert plan is not None
+    risk = risk_alert("c-7", fields, "2", FITTED, 0.3, plan, 0.1).model_dump_json()
+    tier = TierChange(
+        event_id="tier:c-7:3:9:best",
+        customer_id="c-7",
+        ts="2026-11-30T10:00:00.000Z",
+        previous_tier="regular",
+        tier="best",
+        predicted_clv_365d=412.5,
+        parameters_version=3,
+        reason="profile",
+    ).model_dump_json()
+    lapse = (
+        '{"event_id": "lapse:c-7:lapsed:1", "customer_id": "c-7", "ts": "2026-10-24T00:00:00Z",'
+        ' "kind": "lapsed", "last_seen": "2026-10-03T00:00:00Z", "days_since_last_visit": 21.0,'
+        ' "usual_gap_days": 7.0, "value_at_risk": 63.5, "segment": 2}'
+    )
+    segment = (
+        '{"event_id": "seg:c-7:1:9", "customer_id": "c-7", "ts": "2026-11-30T10:00:00Z",'
+        ' "previous_segment": null, "segment": 1, "segment_label": "weekly", "model_version": 1,'
+        ' "reason": "profile"}'
+    )
+    assert "at_risk" in alert_line("lapse-alerts", risk.encode()) and "p_alive 0.30" in (
+        alert_line("lapse-alerts", risk.encode())
+    )
+    assert "regular -> best" in alert_line("segment-changes", tier.encode())
+    assert "lapsed" in alert_line("lapse-alerts", lapse.encode())
+    assert "None -> 1 weekly" in alert_line("segment-changes", segment.encode())
