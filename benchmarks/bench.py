@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -23,6 +24,8 @@ from typing import Any
 
 from patronage.models.batch import Record, prepare_batch
 from patronage.models.layout import FIELDS
+from patronage.models.predict import BGNBD, FittedParameters, GammaGamma
+from patronage.models.risk import judge_risk
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.settings import Settings, settings_with
@@ -78,6 +81,13 @@ async def memory(customers: int, days: int) -> dict[str, float]:
                 # days it has passed leave the lapse state.
                 part = {cid: grouped[cid] for cid in ids[i : i + 500]}
                 await store.apply_batch(part, dict.fromkeys(part, 0), {0: float(now_ms)})
+                # ... and so do its at-risk sweeps: judged orders leave the profile.
+                judged = {}
+                for cid, (fields, orders) in (await store.risk_inputs(list(part))).items():
+                    verdict = judge_risk(fields, orders, PUBLISHED_FIT, 0.3, now_ms)
+                    alerted = verdict.findings[-1][0].episode if verdict.findings else None
+                    judged[cid] = (verdict.decided, alerted)
+                await store.record_risk(judged)
             events += len(records)
         after = int((await client.info("memory"))["used_memory"])
         sample = [f"b{i:07d}" for i in range(0, customers, max(1, customers // 500))]
@@ -94,6 +104,15 @@ async def memory(customers: int, days: int) -> dict[str, float]:
         await client.aclose()
 
 
+# Fader, Hardie & Lee's CDNOW parameters, with illustrative tier cuts.
+PUBLISHED_FIT = FittedParameters(
+    1,
+    BGNBD(r=0.243, alpha=4.414, a=0.793, b=2.426),
+    GammaGamma(p=6.25, q=3.74, gamma=15.44),
+    2357,
+    0,
+    (20.0, 150.0),
+)
 SERVICES = Path(os.environ.get("PATRONAGE_SERVICES_DIR", Path(__file__).parents[1] / ".services"))
 QUIX_PYTHON = Path(__file__).parents[1] / ".venv-quix" / "bin" / "python"
 # Profile fields that depend only on the events (not on the clock or a model).
@@ -102,7 +121,7 @@ EXACT_FIELDS = sorted(
     - {"segment", "segment_since", "segment_version", "rfm_r", "rfm_f", "rfm_m"}
     - {"judged_day", "lapse_day"}
     # judged against the clock and the prediction parameters
-    - {"value_tier", "tier_version", "risk_orders", "risk_decided", "risk_episode"}
+    - {"value_tier", "tier_version", "risk_decided", "risk_episode"}
 )
 
 
@@ -207,19 +226,11 @@ def throughput(
 
 
 async def _save_parameters(settings: Settings) -> None:
-    """The published CDNOW fit (Fader, Hardie & Lee 2005) as version 1, fresh
-    (so the learner keeps it): every purchase is then valued and judged."""
-    from patronage.models.predict import BGNBD, FittedParameters, GammaGamma
+    """The published CDNOW fit as version 1, fresh (so the learner keeps it):
+    every purchase is then valued and judged."""
     from patronage.streams.segmenting import ModelStore
 
-    fitted = FittedParameters(
-        1,
-        BGNBD(r=0.243, alpha=4.414, a=0.793, b=2.426),
-        GammaGamma(p=6.25, q=3.74, gamma=15.44),
-        2357,
-        int(time.time() * 1000),
-        (20.0, 150.0),
-    )
+    fitted = dataclasses.replace(PUBLISHED_FIT, fitted_ms=int(time.time() * 1000))
     client = redis_for(settings)
     await ModelStore(client, settings.key_prefix).save_parameters(fitted)
     await client.aclose()

@@ -21,6 +21,9 @@ CUSTOMER_KEYS: dict[str, str] = {
     "outbox": "x",  # list: lapse findings not yet acknowledged by Kafka
     "order_keys": "k",  # string: 8-byte natural-key tokens, kept for life
     "edges": "v",  # hash: visit day not yet judged -> "first ms:last ms"
+    # string: orders not yet judged for at-risk, "<ms>,<value>;" each; gone
+    # once judged (normally right after the next sweep)
+    "risk_orders": "r",
 }
 
 
@@ -32,6 +35,7 @@ class CustomerKeys(NamedTuple):
     outbox: str
     order_keys: str
     edges: str
+    risk_orders: str
 
 
 def customer_keys(prefix: str, customer_id: str) -> CustomerKeys:
@@ -132,10 +136,8 @@ FIELDS: frozenset[str] = frozenset(
         # written by predictions (streams/predicting.py, models/risk.py)
         "value_tier",
         "tier_version",
-        # at-risk judging (models/risk.py): orders not yet judged as
-        # "<ts>,<value>;" entries (kept only when predictions are live), the
-        # newest judged order time, and the newest episode alerted
-        "risk_orders",
+        # at-risk judging (models/risk.py): the start of the first episode not
+        # yet decided (orders up to it are judged), the newest episode alerted
         "risk_decided",
         "risk_episode",
     }
@@ -174,7 +176,7 @@ APPLY_ARGS = (
     "dedupe_max_events",
     "clock",  # epoch ms to judge lapses against, after the deltas
     "late_kept",  # late event ids kept among the latest arrivals
-    "record_orders",  # 1: keep orders for at-risk judging (risk_orders)
+    "record_orders",  # 1: keep orders for at-risk judging (the risk_orders key)
 )
 # ... and its reply, in order.
 APPLY_REPLY = (

@@ -75,7 +75,7 @@ class ProfileConfig:
     # Late event ids (older than the dedupe window) kept among the latest arrivals.
     late_kept: int = 32
     lapse: LapseRules = field(default_factory=LapseRules)
-    # Keep each order in `risk_orders` until at-risk judging decided it.
+    # Keep each order (the risk_orders key) until at-risk judging decided it.
     record_orders: bool = False
 
 
@@ -224,6 +224,8 @@ class ProfileState:
     # visit day -> (first, last activity ms), for the days whose gaps the
     # event clock has not yet decided (see lapse.judge)
     edges: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # orders not yet judged for at-risk alerts (models/risk.py)
+    risk_orders: str = ""
 
     def copy(self) -> ProfileState:
         return ProfileState(
@@ -234,6 +236,7 @@ class ProfileState:
             list(self.order_keys),
             list(self.outbox),
             dict(self.edges),
+            self.risk_orders,
         )
 
 
@@ -286,7 +289,7 @@ def apply(state: ProfileState, d: Delta, cfg: ProfileConfig) -> tuple[ProfileSta
         f["freq_decayed"] = _num(f, "freq_decayed") + weight
         if cfg.record_orders and ("risk_decided" not in f or d.ts > _num(f, "risk_decided")):
             entry = f"{stored_text(float(d.ts))},{stored_text(d.basket)};"
-            f["risk_orders"] = str(f.get("risk_orders", "")) + entry
+            s.risk_orders += entry
     f["spend_total"] = _num(f, "spend_total") + d.net
     f["spend_" + origin] = _num(f, "spend_" + origin) + d.net
     f["returns_value"] = _num(f, "returns_value") + d.returned

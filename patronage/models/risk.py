@@ -6,8 +6,9 @@ threshold with no purchase since; that moment is known in closed form
 polled for. An *episode* starts with a purchase and ends with the next one;
 its alert carries the id `at_risk:<customer>:<purchase ms>`.
 
-Judging is done against a clock, like lapses (models/lapse.py): the profile
-keeps the orders not yet judged (`risk_orders`), and an episode is decided
+Judging is done against a clock, like lapses (models/lapse.py): the
+customer's `risk_orders` key keeps the orders not yet judged (normally for a
+sweep interval: then it is gone), and an episode is decided
 only once the clock has passed it — at risk when the clock is past its moment
 and the next purchase (if any) came after that moment; over when the clock
 reached the next purchase. So an order a slower topic delivers late, or a
@@ -37,8 +38,7 @@ from patronage.models.predict import (
 
 # Profile fields written here (layout.FIELDS lists them too).
 RISK_EPISODE = "risk_episode"  # the newest episode (its order ms) alerted
-RISK_ORDERS = "risk_orders"  # orders not yet judged: "<ts>,<value>;" each
-RISK_DECIDED = "risk_decided"  # orders up to this time are judged for good
+RISK_DECIDED = "risk_decided"  # the first episode not yet decided starts here
 TIER = "value_tier"
 
 
@@ -67,10 +67,11 @@ def risk_plan(
     return RiskPlan(episode, first + age * WEEK_MS)
 
 
-def order_edges(fields: Mapping[str, float | str]) -> list[tuple[float, int, float]]:
-    """The orders not yet judged: (time, orders at that time, their value), by time."""
+def order_edges(orders: str) -> list[tuple[float, int, float]]:
+    """The orders not yet judged (the risk_orders key, "<ms>,<value>;" each):
+    (time, orders at that time, their value), by time."""
     merged: dict[float, tuple[int, float]] = {}
-    for entry in str(fields.get(RISK_ORDERS, "")).split(";"):
+    for entry in orders.split(";"):
         if entry:
             ts_text, _, value_text = entry.partition(",")
             count, value = merged.get(float(ts_text), (0, 0.0))
@@ -82,42 +83,55 @@ def order_edges(fields: Mapping[str, float | str]) -> list[tuple[float, int, flo
 class RiskJudgement:
     # (plan, the purchase history as it stood in that episode) per alert due
     findings: list[tuple[RiskPlan, dict[str, float | str]]]
-    decided: float | None  # orders up to this time are judged for good
+    decided: float | None  # the first episode not decided starts here
     due: float | None  # the clock at which judging again can decide more
 
 
 def judge_risk(
     fields: Mapping[str, float | str],
+    orders: str,
     fitted: FittedParameters | None,
     threshold: float,
     clock: float,
 ) -> RiskJudgement:
     """Decide the purchase episodes the clock has passed (see the module
-    docstring). Without parameters episodes are decided without alerts:
-    history from before the first fit is not alerted in bulk."""
-    edges = order_edges(fields)
-    if not edges or "first_order_at" not in fields:
+    docstring). The episodes: the one starting at `risk_decided` (its history
+    is every order not in `orders`), then one per unjudged order. Without
+    parameters episodes are decided without alerts: history from before the
+    first fit is not alerted in bulk."""
+    if "first_order_at" not in fields:
         return RiskJudgement([], None, None)
 
     def num(name: str) -> float:
         return float(fields.get(name, 0.0))
 
-    # The orders before the first unjudged one, then each unjudged one in turn.
-    orders = num("orders") - sum(count for _, count, _ in edges)
-    spent = num("basket_sum") - sum(value for _, _, value in edges)
+    edges = order_edges(orders)
+    count = num("orders") - sum(c for _, c, _ in edges)
+    spent = num("basket_sum") - sum(v for _, _, v in edges)
+    episodes: list[tuple[float, float, float]] = []
+    if count > 0 and RISK_DECIDED in fields:
+        episodes.append((num(RISK_DECIDED), count, spent))
+    elif not edges:
+        # Orders from before at-risk judging (an upgrade, predictions off):
+        # the open episode from the profile itself.
+        episodes.append((num("last_order_at"), count, spent))
+    for ts, c, v in edges:
+        count += c
+        spent += v
+        episodes.append((ts, count, spent))
+    if clock < episodes[0][0]:
+        return RiskJudgement([], None, episodes[0][0])
     alerted = num(RISK_EPISODE) if RISK_EPISODE in fields else -math.inf
     findings: list[tuple[RiskPlan, dict[str, float | str]]] = []
-    decided: float | None = None
-    for i, (ts, count, value) in enumerate(edges):
-        orders += count
-        spent += value
-        following = edges[i + 1][0] if i + 1 < len(edges) else None
+    decided = episodes[0][0]  # nothing before the first start can still change it
+    for i, (ts, cumulative, value) in enumerate(episodes):
+        following = episodes[i + 1][0] if i + 1 < len(episodes) else None
         episode: dict[str, float | str] = {
             "first_order_at": num("first_order_at"),
             "first_order_value": num("first_order_value"),
             "last_order_at": ts,
-            "orders": orders,
-            "basket_sum": spent,
+            "orders": cumulative,
+            "basket_sum": value,
         }
         plan = risk_plan(episode, fitted, threshold) if fitted is not None else None
         if plan is not None and ts > alerted and (following is None or plan.moment < following):
@@ -126,10 +140,10 @@ def judge_risk(
             findings.append((plan, episode))
             alerted = ts
         if following is None:
-            break  # the open episode: its order stays until the next one is judged
+            break
         if clock < following:
             return RiskJudgement(findings, decided, following)
-        decided = ts
+        decided = following
     return RiskJudgement(findings, decided, None)
 
 
@@ -185,19 +199,23 @@ def tiers(
 
 
 def after_judging(
-    fields: Mapping[str, float | str], decided: float | None, alerted: float | None
-) -> dict[str, float | str]:
-    """The fields a judgement changes: judged orders dropped from
-    `risk_orders`, the judged and alerted marks moved forward, never back
-    (the same in Lua: streams/lua/risk.lua)."""
+    fields: Mapping[str, float | str],
+    orders: str,
+    decided: float | None,
+    alerted: float | None,
+) -> tuple[dict[str, float | str], str]:
+    """What a judgement changes: the profile fields (the judged and alerted
+    marks, moved forward, never back) and the unjudged orders left (those
+    after the decided start). The same in Lua: streams/lua/risk.lua."""
     out: dict[str, float | str] = {}
     if decided is not None:
-        kept = [e for e in str(fields.get(RISK_ORDERS, "")).split(";") if e]
-        out[RISK_ORDERS] = "".join(f"{e};" for e in kept if float(e.partition(",")[0]) > decided)
         if RISK_DECIDED not in fields or decided > float(fields[RISK_DECIDED]):
             out[RISK_DECIDED] = decided
+        mark = max(decided, float(fields.get(RISK_DECIDED, decided)))
+        entries = [e for e in orders.split(";") if e]
+        orders = "".join(f"{e};" for e in entries if float(e.partition(",")[0]) > mark)
     if alerted is not None and (
         RISK_EPISODE not in fields or alerted > float(fields[RISK_EPISODE])
     ):
         out[RISK_EPISODE] = alerted
-    return out
+    return out, orders

@@ -125,6 +125,7 @@ class MemoryProfileStore:
             state.outbox,
             state.order_keys,
             state.edges,
+            state.risk_orders,
         )
         segment = state.fields.get("segment")
         return sum(1 for part in held if part), None if segment is None else int(segment)
@@ -172,7 +173,17 @@ class MemoryProfileStore:
         for customer_id, (decided, alerted) in judged.items():
             state = self.states.get(customer_id)
             if state is not None:
-                state.fields.update(after_judging(state.fields, decided, alerted))
+                marks, state.risk_orders = after_judging(
+                    state.fields, state.risk_orders, decided, alerted
+                )
+                state.fields.update(marks)
+
+    async def risk_inputs(self, customer_ids: Sequence[str]) -> dict[str, tuple[Fields, str]]:
+        return {
+            c: (self._fields(self.states[c]), self.states[c].risk_orders)
+            for c in customer_ids
+            if c in self.states
+        }
 
     async def risk_versions(self, partitions: Sequence[int]) -> dict[int, int]:
         return {p: self.risk_judged.get(p, 0) for p in partitions}
@@ -240,6 +251,7 @@ def stored_state(state: ProfileState) -> dict[str, Any]:
         "order_keys": list(state.order_keys),
         "outbox": [json.loads(finding_to_json(f)) for f in state.outbox],
         "edges": {day: [lo, hi] for day, (lo, hi) in sorted(state.edges.items())},
+        "risk_orders": state.risk_orders,
     }
 
 

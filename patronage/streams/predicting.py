@@ -183,17 +183,17 @@ class Predictor:
         if not due:
             return 0
         fitted = await self.parameters.current()
-        profiles = await self.store.fields_of([c for c, _ in due])
+        inputs = await self.store.risk_inputs([c for c, _ in due])
         topic = self.settings.topic(self.settings.topic_lapse_alerts)
         pending = []
         judged: dict[str, tuple[float | None, float | None]] = {}
         moves: list[tuple[str, float, float | None]] = []
         for customer_id, score in due:
-            fields = profiles.get(customer_id)
-            if fields is None:
+            if customer_id not in inputs:
                 moves.append((customer_id, score, None))  # erased or expired
                 continue
-            judgement = judge_risk(fields, fitted, self.threshold, clock)
+            fields, orders = inputs[customer_id]
+            judgement = judge_risk(fields, orders, fitted, self.threshold, clock)
             for plan, episode in judgement.findings:
                 assert fitted is not None
                 alert = risk_alert(
@@ -240,11 +240,12 @@ class Predictor:
             cursor = 0
             while True:
                 cursor, ids = await self.store.partition_members(partition, cursor, slice_size)
-                profiles = await self.store.fields_of(ids)
+                inputs = await self.store.risk_inputs(ids)
+                profiles = {c: fields for c, (fields, _) in inputs.items()}
                 await self.judge_tiers(profiles, fitted, await self.now_of(partition), "refit")
                 moments = {}
-                for customer_id, fields in profiles.items():
-                    due = judge_risk(fields, fitted, self.threshold, -math.inf).due
+                for customer_id, (fields, orders) in inputs.items():
+                    due = judge_risk(fields, orders, fitted, self.threshold, -math.inf).due
                     if due is not None:
                         moments[customer_id] = due
                 await self.store.schedule_risk({partition: moments}, keep_earlier=True)

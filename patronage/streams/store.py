@@ -376,11 +376,25 @@ class ProfileStore:
         await self.ensure_scripts()
         ops: list[tuple[str, Callable[[Any], Any]]] = []
         for customer_id, (decided, alerted) in judged.items():
-            key = self.keys(customer_id).profile
+            keys = self.keys(customer_id)
             args = ["" if v is None else stored_text(v) for v in (decided, alerted)]
-            ops.append((key, _script(self._risk, [key], args)))
+            ops.append((keys.profile, _script(self._risk, [keys.profile, keys.risk_orders], args)))
         if ops:
             checked(await self._pipelined(ops))
+
+    async def risk_inputs(self, customer_ids: Sequence[str]) -> dict[str, tuple[Fields, str]]:
+        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        for customer_id in customer_ids:
+            keys = self.keys(customer_id)
+            ops.append((keys.profile, _command("hgetall", keys.profile)))
+            ops.append((keys.profile, _command("get", keys.risk_orders)))
+        replies = checked(await self._pipelined(ops))
+        out = {}
+        for i, customer_id in enumerate(customer_ids):
+            fields, orders = replies[2 * i], replies[2 * i + 1]
+            if fields:
+                out[customer_id] = (_decode(fields), (orders or b"").decode())
+        return out
 
     async def risk_versions(self, partitions: Sequence[int]) -> dict[int, int]:
         keys = [risk_version_key(self.prefix, p) for p in partitions]
@@ -452,7 +466,8 @@ class ProfileStore:
             pipe.get(keys.order_keys)
             pipe.lrange(keys.outbox, 0, -1)
             pipe.hgetall(keys.edges)
-            fields, bitmap, sessions, eids, orders, outbox, edges = await pipe.execute()
+            pipe.get(keys.risk_orders)
+            fields, bitmap, sessions, eids, orders, outbox, edges, risk = await pipe.execute()
         profile = _decode(fields)
         day0 = int(float(profile.get("day0", 0)))
         bits = int.from_bytes(bitmap or b"", "big")
@@ -475,6 +490,7 @@ class ProfileStore:
                 int(day): [int(float(part)) for part in edge.decode().split(":")]
                 for day, edge in sorted(edges.items(), key=lambda kv: int(kv[0]))
             },
+            "risk_orders": (risk or b"").decode(),
         }
 
     async def memory_usage(self, customer_id: str) -> int:

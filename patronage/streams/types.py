@@ -92,6 +92,10 @@ class ProfileStoreT(Protocol):
         """customer -> (orders judged up to, episode alerted): see models/risk.py."""
         ...
 
+    async def risk_inputs(self, customer_ids: Sequence[str]) -> dict[str, tuple[Fields, str]]:
+        """customer -> (profile fields, unjudged orders) of those that exist."""
+        ...
+
     async def risk_versions(self, partitions: Sequence[int]) -> dict[int, int]:
         """The parameters version each partition was last judged with (0: never)."""
         ...

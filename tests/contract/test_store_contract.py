@@ -200,30 +200,31 @@ def test_the_risk_queue_is_a_schedule_of_its_own(store_of: Any) -> None:
 
 def test_judged_orders_leave_the_profile_and_marks_only_move_forward(store_of: Any) -> None:
     """Orders are kept for at-risk judging as they are applied (a redelivery
-    adds none); a judgement trims them and moves its marks forward only; an
-    erased customer is not brought back."""
+    adds none, an order before the decided mark none); a judgement trims
+    them (the key goes when none is left) and moves its marks forward only;
+    an erased customer is not brought back."""
 
     async def check(store: ProfileStoreT) -> list[Any]:
         orders = [receipt(n, day) for n, day in enumerate((0, 9, 30))]
         await store.apply_batch({"anna": orders}, {"anna": 0})
         await store.apply_batch({"anna": orders[:2]}, {"anna": 0})  # redelivered
-        kept = (await store.fields_of(["anna"]))["anna"]["risk_orders"]
+        kept = (await store.risk_inputs(["anna"]))["anna"][1]
         await store.record_risk({"anna": (T0 + 9 * DAY_MS, T0 + 9 * DAY_MS)})
         await store.record_risk({"anna": (T0, T0)})  # an older judgement, late
-        fields = (await store.fields_of(["anna"]))["anna"]
-        await store.apply_batch({"anna": [receipt(3, 5)]}, {"anna": 0})  # before the judged
-        late = (await store.fields_of(["anna"]))["anna"]
-        await store.erase("anna", 0)
+        fields, left = (await store.risk_inputs(["anna"]))["anna"]
+        await store.apply_batch({"anna": [receipt(3, 5)]}, {"anna": 0})  # before the mark
+        late = (await store.risk_inputs(["anna"]))["anna"]
         await store.record_risk({"anna": (T0 + 30 * DAY_MS, None)})
-        return [kept, fields, late, await store.fields_of(["anna"])]
+        emptied = (await store.risk_inputs(["anna"]))["anna"][1]
+        await store.erase("anna", 0)
+        await store.record_risk({"anna": (T0 + 40 * DAY_MS, None)})
+        return [kept, fields, left, late, emptied, await store.risk_inputs(["anna"])]
 
-    kept, fields, late, gone = run(check, store_of)
-    day = DAY_MS
-    assert kept == f"{T0},{receipt(0, 0).basket:g};{T0 + 9 * day},{receipt(1, 9).basket:g};" + (
-        f"{T0 + 30 * day},{receipt(2, 30).basket:g};"
-    )
-    assert fields["risk_orders"] == f"{T0 + 30 * day},{receipt(2, 30).basket:g};"
+    kept, fields, left, late, emptied, gone = run(check, store_of)
+    day, basket = DAY_MS, f"{receipt(0, 0).basket:g}"
+    assert kept == f"{T0},{basket};{T0 + 9 * day},{basket};{T0 + 30 * day},{basket};"
+    assert left == f"{T0 + 30 * day},{basket};"
     assert float(fields["risk_decided"]) == T0 + 9 * day
     assert float(fields["risk_episode"]) == T0 + 9 * day
-    assert late["risk_orders"] == fields["risk_orders"] and float(late["orders"]) == 4
-    assert gone == {}
+    assert late[1] == left and float(late[0]["orders"]) == 4
+    assert emptied == "" and gone == {}

@@ -405,7 +405,8 @@ def test_at_risk_alerts_once_per_episode_and_tier_changes_on_updates() -> None:
     assert {a["parameters_version"] for a in alerts} == {FITTED.version}
     weekly = store.states["weekly"].fields
     assert float(weekly["risk_episode"]) == back
-    assert weekly["risk_orders"] == f"{back},4.28;"  # only the open episode's order is kept
+    assert float(weekly["risk_decided"]) == back  # the open episode's start
+    assert store.states["weekly"].risk_orders == ""  # every order judged
     # Nothing left to judge for the one-time buyer (never at risk).
     assert "once" not in store.risk[0]
 

@@ -28,7 +28,6 @@ from patronage.models.predict import (
 )
 from patronage.models.risk import (
     RISK_DECIDED,
-    RISK_ORDERS,
     after_judging,
     judge_risk,
     risk_alert,
@@ -177,27 +176,38 @@ def reference_alerts_with(
     return out
 
 
-def applied(fields: dict[str, float | str], ts: int, value: float) -> None:
-    """An order as the apply path records it (models/profile.py, apply.lua)."""
-    fields["orders"] = float(fields.get("orders", 0)) + 1
-    fields["basket_sum"] = float(fields.get("basket_sum", 0)) + value
-    fields["last_order_at"] = max(float(fields.get("last_order_at", 0)), ts)
-    first = (
-        float(fields.get("first_order_at", math.inf)),
-        float(fields.get("first_order_value", 0)),
-    )
-    if (ts, value) < first:
-        fields["first_order_at"], fields["first_order_value"] = float(ts), value
-    if RISK_DECIDED not in fields or ts > float(fields[RISK_DECIDED]):
-        fields[RISK_ORDERS] = (
-            str(fields.get(RISK_ORDERS, "")) + f"{stored_text(float(ts))},{stored_text(value)};"
-        )
+class Buyer:
+    """A profile's purchase fields and its unjudged orders, kept as the apply
+    path keeps them (models/profile.py, apply.lua) and judged as a sweep does."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, float | str] = {}
+        self.orders = ""
+        self.sent: list[tuple[int, int]] = []
+
+    def order(self, ts: int, value: float) -> None:
+        f = self.fields
+        f["orders"] = float(f.get("orders", 0)) + 1
+        f["basket_sum"] = float(f.get("basket_sum", 0)) + value
+        f["last_order_at"] = max(float(f.get("last_order_at", 0)), ts)
+        first = (float(f.get("first_order_at", math.inf)), float(f.get("first_order_value", 0)))
+        if (ts, value) < first:
+            f["first_order_at"], f["first_order_value"] = float(ts), value
+        if RISK_DECIDED not in f or ts > float(f[RISK_DECIDED]):
+            self.orders += f"{stored_text(float(ts))},{stored_text(value)};"
+
+    def sweep(self, fitted: FittedParameters | None, threshold: float, clock: float) -> None:
+        judgement = judge_risk(self.fields, self.orders, fitted, threshold, clock)
+        self.sent.extend((plan.episode, int(plan.moment)) for plan, _ in judgement.findings)
+        alerted = judgement.findings[-1][0].episode if judgement.findings else None
+        marks, self.orders = after_judging(self.fields, self.orders, judgement.decided, alerted)
+        self.fields.update(marks)
 
 
 LATENESS = 3 * 86_400_000
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     gaps=st.lists(st.integers(0, 200), min_size=1, max_size=14),
     values=st.lists(st.sampled_from([4.99, 12.5, 23.0, 79.9, 149.0]), min_size=14, max_size=14),
@@ -210,48 +220,67 @@ def test_judging_at_a_lagging_clock_gives_the_alerts_of_the_definition(
 ) -> None:
     """Orders at day gaps, delivered out of order (each up to the lateness
     late), judged by sweeps at (newest delivered - lateness) now and then:
-    the alerts are exactly those of the definition, none twice."""
+    the alerts are exactly those of the definition, none twice, and no
+    unjudged order is left once the clock passed them all."""
     start = 10_000 * 86_400_000
     times = [start + sum(gaps[: i + 1]) * 86_400_000 for i in range(len(gaps))]
     orders = list(zip(times, values, strict=False))
-    arrival = sorted(orders, key=lambda o: o[0] + delays[orders.index(o)] * 3_600_000)
-    fields: dict[str, float | str] = {}
-    sent: list[tuple[int, int]] = []
+    arrival = sorted(range(len(orders)), key=lambda i: orders[i][0] + delays[i] * 3_600_000)
+    buyer_ = Buyer()
     newest = 0
-
-    def sweep(clock: float) -> None:
-        judgement = judge_risk(fields, FITTED, threshold, clock)
-        sent.extend((plan.episode, int(plan.moment)) for plan, _ in judgement.findings)
-        alerted = judgement.findings[-1][0].episode if judgement.findings else None
-        fields.update(after_judging(fields, judgement.decided, alerted))
-
-    for (ts, value), judge_now in zip(arrival, sweeps, strict=False):
-        applied(fields, ts, value)
-        newest = max(newest, ts)
+    for i, judge_now in zip(arrival, sweeps, strict=False):
+        buyer_.order(*orders[i])
+        newest = max(newest, orders[i][0])
         if judge_now:
-            sweep(newest - LATENESS)
+            buyer_.sweep(FITTED, threshold, newest - LATENESS)
     final = times[-1] + 400 * 86_400_000  # long after: every episode decided
-    sweep(final)
+    buyer_.sweep(FITTED, threshold, final)
+    sent = buyer_.sent
     assert len(sent) == len(set(sent)), "an episode was alerted twice"
     assert dict(sent) == pytest.approx(reference_alerts(orders, final, threshold), abs=1)
-    # Only the open episode's order is kept.
-    assert (
-        fields[RISK_ORDERS] == f"{stored_text(float(max(times)))},{stored_text(orders[-1][1])};"
-        or times.count(max(times)) > 1
-    )
+    assert buyer_.orders == "" and float(buyer_.fields[RISK_DECIDED]) == max(times)
+
+
+def test_a_late_order_inside_a_passed_gap_still_counts() -> None:
+    """A daily buyer (p_alive falls within days of silence at a high
+    threshold): the order that ends a gap is delivered 9 days late, after a
+    sweep whose clock passed the gap's start but not its end. Deciding the gap
+    then would lose the late order's own episode, which the definition alerts."""
+    day, lateness, threshold = 86_400_000, 10 * 86_400_000, 0.9
+    orders = [(n * day, 9.99) for n in range(200)] + [(207 * day, 9.99), (214 * day, 9.99)]
+    history = Buyer()
+    for ts, value in orders[:200]:
+        history.order(ts, value)
+    history.order(*orders[-1])  # day 214 arrives ...
+    history.sweep(FITTED, threshold, 214 * day - lateness)  # clock: day 204
+    history.order(*orders[-2])  # ... day 207 arrives 9 days late
+    final = 400 * day
+    history.sweep(FITTED, threshold, final)
+    expected = reference_alerts(orders, final, threshold)
+    assert 207 * day in expected, "the late order's episode must be at risk in this history"
+    assert dict(history.sent) == pytest.approx(expected, abs=1)
 
 
 def test_without_parameters_history_is_judged_silently() -> None:
-    fields: dict[str, float | str] = {}
+    history = Buyer()
     for week in range(6):
-        applied(fields, week * WEEK, 20.0)
-    judgement = judge_risk(fields, None, 0.3, 40 * WEEK)
-    assert judgement.findings == [] and judgement.decided == 4 * WEEK and judgement.due is None
-    fields.update(after_judging(fields, judgement.decided, None))
-    assert fields[RISK_ORDERS] == f"{5 * WEEK},20;"
+        history.order(week * WEEK, 20.0)
+    judgement = judge_risk(history.fields, history.orders, None, 0.3, 40 * WEEK)
+    assert judgement.findings == [] and judgement.decided == 5 * WEEK and judgement.due is None
+    history.sweep(None, 0.3, 40 * WEEK)
+    assert history.orders == "" and history.sent == []
     # The fit arrives: only the open episode can still be alerted.
-    later = judge_risk(fields, FITTED, 0.3, 60 * WEEK)
-    assert [plan.episode for plan, _ in later.findings] == [5 * WEEK]
+    history.sweep(FITTED, 0.3, 60 * WEEK)
+    assert [episode for episode, _ in history.sent] == [5 * WEEK]
+
+
+def test_a_profile_from_before_judging_is_judged_from_its_fields() -> None:
+    """Orders applied with predictions off (or before an upgrade) leave no
+    unjudged orders: the open episode comes from the profile itself."""
+    fields = {**buyer(4, 10.0)}
+    judgement = judge_risk(fields, "", FITTED, 0.3, 100 * WEEK)
+    [(plan, _)] = judgement.findings
+    assert plan.episode == 10 * WEEK and judgement.decided == 10 * WEEK
 
 
 def test_batch_tiers_equal_the_profile_view() -> None:

@@ -18,6 +18,7 @@ local EIDS = KEYS[4]  -- event_ids
 local OUT = KEYS[5]  -- outbox
 local ORDERS = KEYS[6]  -- order_keys
 local EDGES = KEYS[7]  -- edges
+local RISK = KEYS[8]  -- risk_orders
 local half_life = tonumber(ARGV[1])  -- half_life_ms
 local cap = tonumber(ARGV[2])  -- map_cap
 local session_window = tonumber(ARGV[3])  -- session_window
@@ -398,8 +399,7 @@ for _, d in ipairs(deltas) do
             end
             put('freq_decayed', num('freq_decayed') + weight)
             if record_orders and (h['risk_decided'] == nil or d.t > num('risk_decided')) then
-              h['risk_orders'] = (h['risk_orders'] or '') .. fmt(d.t) .. ',' .. fmt(d.b) .. ';'
-              changed['risk_orders'] = true
+              redis.call('APPEND', RISK, fmt(d.t) .. ',' .. fmt(d.b) .. ';')
             end
           end
           put('spend_total', num('spend_total') + d.n)
@@ -438,7 +438,7 @@ end
 if #edge_args > 0 then redis.call('HSET', EDGES, unpack(edge_args)) end
 if #edges_removed > 0 then redis.call('HDEL', EDGES, unpack(edges_removed)) end
 if retention_ms > 0 and applied > 0 then
-  for _, key in ipairs({P, DAYS, SESS, EIDS, ORDERS, EDGES}) do
+  for _, key in ipairs({P, DAYS, SESS, EIDS, ORDERS, EDGES, RISK}) do
     redis.call('PEXPIRE', key, retention_ms)
   end
 end
