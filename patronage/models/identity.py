@@ -1,0 +1,222 @@
+"""One customer across identifiers: the merge of partial profiles.
+
+Every identifier (a customer id, an anonymous cookie, a loyalty card) keeps
+the profile of its own events; a person's canonical profile is the merge of
+their identifiers' profiles. Undoing a wrong link is then recomputing the
+merge without the identifier that was unlinked — its part was never changed.
+
+`merge` is commutative and associative, `ProfileState()` is its identity, and
+the merge of the profiles of disjoint event sets is the profile of all the
+events (tests/unit/test_identity.py) — exactly while the bounded windows hold
+(the capped maps, the session window, the dedupe window): counts and sums add,
+first/last times take the minimum/maximum, visit days are united and the
+cadence recomputed from them, decayed sums are re-referenced to the merged
+last activity, the latest attribute wins, dedupe state is united. Past a cap
+the merge keeps the largest keys (the fold keeps the first arrivals): a
+deterministic choice, where the fold's depends on arrival order anyway.
+
+Scoring state (segment, RFM, value tier) is not merged: the canonical
+profile is scored again. Lapse and at-risk judging restart from the later
+of the parts' judged marks, so history one part already judged is not
+alerted again for the person.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping
+from functools import reduce
+
+from patronage.models.layout import ATTRIBUTE_PREFIX, MAP_PREFIXES, OFFSET_PREFIX, OTHER
+from patronage.models.profile import (
+    ProfileConfig,
+    ProfileState,
+    distinct_field,
+    map_entries,
+)
+
+SUMS = (
+    "events_applied",
+    "clicks",
+    "orders",
+    "orders_online",
+    "orders_store",
+    "basket_sum",
+    "spend_total",
+    "spend_online",
+    "spend_store",
+    "returns_value",
+)
+MAXIMA = ("max_basket", "last_order_at")
+DECAYED = ("freq_decayed", "monetary_decayed")
+# Judged marks: the later one holds for the person.
+MARKS = ("judged_day", "risk_decided", "risk_episode")
+# Re-derived for the canonical profile by scoring, never merged.
+SCORED = frozenset(
+    {
+        "segment",
+        "segment_since",
+        "segment_version",
+        "rfm_r",
+        "rfm_f",
+        "rfm_m",
+        "value_tier",
+        "tier_version",
+    }
+)
+
+
+def _num(fields: Mapping[str, float | str], name: str) -> float:
+    return float(fields[name]) if name in fields else 0.0
+
+
+def merge(a: ProfileState, b: ProfileState, cfg: ProfileConfig) -> ProfileState:
+    """The profile of the events of both parts (see the module docstring)."""
+    fa, fb = a.fields, b.fields
+    out: dict[str, float | str] = {}
+    for name in SUMS:
+        if name in fa or name in fb:
+            out[name] = _num(fa, name) + _num(fb, name)
+    for name in MAXIMA:
+        if name in fa or name in fb:
+            out[name] = max(float(f[name]) for f in (fa, fb) if name in f)
+    _merge_activity(fa, fb, out, cfg)
+    _merge_first_order(fa, fb, out)
+    for name in {*fa, *fb}:
+        if name.startswith(OFFSET_PREFIX):
+            out[name] = max(float(f[name]) for f in (fa, fb) if name in f)
+        elif name.startswith(ATTRIBUTE_PREFIX):
+            out[name] = max((str(f[name]) for f in (fa, fb) if name in f), key=_attribute_order)
+    for prefix in MAP_PREFIXES:
+        _merge_map(fa, fb, out, prefix, cfg.map_cap)
+    for name in MARKS:
+        if name in fa or name in fb:
+            out[name] = max(float(f[name]) for f in (fa, fb) if name in f)
+
+    merged = ProfileState(fields=out)
+    merged.days = sorted({*a.days, *b.days})
+    _visit_fields(merged)
+    merged.sessions = _merge_sessions(a, b, cfg.session_window, out)
+    merged.order_keys = a.order_keys + [k for k in b.order_keys if k not in set(a.order_keys)]
+    merged.eids = _merge_eids(a, b, cfg)
+    merged.outbox = a.outbox + [f for f in b.outbox if f not in a.outbox]
+    judged = out.get("judged_day")
+    for source in (a.edges, b.edges):
+        for day, (lo, hi) in source.items():
+            if judged is not None and day < float(judged):
+                continue
+            low, high = merged.edges.get(day, (lo, hi))
+            merged.edges[day] = (min(low, lo), max(high, hi))
+    lapse = [float(f["lapse_day"]) for f in (fa, fb) if "lapse_day" in f]
+    if lapse and (judged is None or max(lapse) >= float(judged)):
+        out["lapse_day"] = max(lapse)
+    decided = float(out.get("risk_decided", -math.inf))
+    entries = [e for text in (a.risk_orders, b.risk_orders) for e in text.split(";") if e]
+    kept = [e for e in entries if float(e.partition(",")[0]) > decided]
+    merged.risk_orders = "".join(f"{e};" for e in sorted(kept, key=_order_entry_key))
+    return merged
+
+
+def merge_all(parts: Iterable[ProfileState], cfg: ProfileConfig) -> ProfileState:
+    """The canonical profile of a person: the merge of their identifiers' parts."""
+    return reduce(lambda x, y: merge(x, y, cfg), parts, ProfileState())
+
+
+def _merge_activity(
+    fa: Mapping[str, float | str],
+    fb: Mapping[str, float | str],
+    out: dict[str, float | str],
+    cfg: ProfileConfig,
+) -> None:
+    seen = [f for f in (fa, fb) if "last_seen" in f]
+    if not seen:
+        return
+    out["first_seen"] = min(float(f["first_seen"]) for f in seen)
+    last = max(float(f["last_seen"]) for f in seen)
+    out["last_seen"] = last
+    for name in DECAYED:
+        # Each part's sum is referenced to its own last activity.
+        total = 0.0
+        for f in seen:
+            total += _num(f, name) * 2.0 ** (-(last - float(f["last_seen"])) / cfg.half_life_ms)
+        if any(name in f for f in seen):
+            out[name] = total
+
+
+def _merge_first_order(
+    fa: Mapping[str, float | str], fb: Mapping[str, float | str], out: dict[str, float | str]
+) -> None:
+    firsts = [
+        (float(f["first_order_at"]), _num(f, "first_order_value"))
+        for f in (fa, fb)
+        if "first_order_at" in f
+    ]
+    if firsts:
+        out["first_order_at"], out["first_order_value"] = min(firsts)
+
+
+def _attribute_order(stored: str) -> tuple[int, bytes]:
+    # The profile's own rule: the later ts wins, a tie goes to the larger value.
+    ts, _, value = stored.partition("|")
+    return int(ts), value.encode()
+
+
+def _merge_map(
+    fa: Mapping[str, float | str],
+    fb: Mapping[str, float | str],
+    out: dict[str, float | str],
+    prefix: str,
+    cap: int,
+) -> None:
+    total: dict[str, float] = {}
+    for f in (fa, fb):
+        for key, value in map_entries(f, prefix).items():
+            total[key] = total.get(key, 0.0) + value
+    other = total.pop(OTHER, None)
+    keys = sorted(total, key=lambda k: (-total[k], k))
+    for key in keys[cap:]:
+        other = (other or 0.0) + total.pop(key)
+    for key, value in total.items():
+        out[prefix + key] = value
+    if total or distinct_field(prefix) in fa or distinct_field(prefix) in fb:
+        out[distinct_field(prefix)] = float(len(total))
+    if other is not None:
+        out[prefix + OTHER] = other
+
+
+def _visit_fields(state: ProfileState) -> None:
+    days, f = state.days, state.fields
+    if not days:
+        return
+    f["visits"] = float(len(days))
+    f["first_day"] = float(days[0])
+    f["last_day"] = float(days[-1])
+    f["gap_sumsq"] = float(sum((y - x) ** 2 for x, y in itertools.pairwise(days)))
+
+
+def _merge_sessions(
+    a: ProfileState, b: ProfileState, window: int, out: dict[str, float | str]
+) -> dict[str, int]:
+    sessions = dict(a.sessions)
+    for sid, first in b.sessions.items():
+        sessions[sid] = min(first, sessions.get(sid, first))
+    # A session seen under both identifiers (a login mid-visit) counts once.
+    shared = len(a.sessions.keys() & b.sessions.keys())
+    if "sessions" in a.fields or "sessions" in b.fields:
+        out["sessions"] = _num(a.fields, "sessions") + _num(b.fields, "sessions") - shared
+    newest = sorted(sessions.items(), key=lambda kv: (kv[1], kv[0]))[-window:]
+    return dict(newest)
+
+
+def _merge_eids(a: ProfileState, b: ProfileState, cfg: ProfileConfig) -> list[tuple[str, int]]:
+    hours: dict[str, int] = {}
+    for token, hour in [*a.eids, *b.eids]:
+        hours[token] = max(hour, hours.get(token, hour))
+    ordered = sorted(hours.items(), key=lambda kv: (kv[1], kv[0]))
+    return ordered[-cfg.dedupe_max_events :]
+
+
+def _order_entry_key(entry: str) -> tuple[float, float]:
+    ts, _, value = entry.partition(",")
+    return float(ts), float(value)

@@ -1,0 +1,185 @@
+"""The merge of partial profiles (models/identity.py): its laws by hypothesis,
+"merge of parts == profile of all events", and undoing a link."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from patronage.models.identity import merge, merge_all
+from patronage.models.layout import OTHER
+from patronage.models.profile import (
+    DAY_MS,
+    Delta,
+    ProfileConfig,
+    ProfileState,
+    fold,
+    profile_view,
+    short_hash,
+    token,
+)
+from tests.compare import assert_views_close
+
+CFG = ProfileConfig(record_orders=True)
+T0 = 1_767_225_600_000  # 2026-01-01
+PAYMENTS = ["girocard", "paypal", "visa", "klarna"]
+CATEGORIES = ["Molkereiprodukte", "Backwaren", "Getränke", "Haushalt", "Spielwaren"]
+
+
+@st.composite
+def person_events(draw: st.DrawFn) -> list[tuple[int, Delta]]:
+    """One person's events, each under one of four identifiers (0: the
+    customer id, 1: a cookie, 2: a loyalty card, 3: an app install): online
+    orders, store receipts with natural keys, clicks whose sessions can span
+    a login (the same session under the cookie and the customer id), and
+    attribute updates."""
+    events = []
+    for i in range(draw(st.integers(1, 30))):
+        who = draw(st.integers(0, 3))
+        t = T0 + draw(st.integers(0, 300 * DAY_MS))
+        kind = draw(st.sampled_from(["order", "receipt", "click", "attributes"]))
+        base: dict[str, Any] = {
+            "source": f"in:{i}",  # one partition each: any order is a legal delivery
+            "offset": i,
+            "event_token": token(f"ev-{i}"),
+            "ts": t,
+            "day": t // DAY_MS,
+        }
+        if kind in ("order", "receipt"):
+            basket = draw(st.sampled_from([4.99, 12.5, 23.0, 79.9, 149.0]))
+            returned = draw(st.sampled_from([0.0, 0.0, 2.5]))
+            delta = Delta(
+                **base,
+                kind="order",
+                origin="store" if kind == "receipt" else "online",
+                basket=basket,
+                returned=returned,
+                net=basket - returned,
+                categories=((draw(st.sampled_from(CATEGORIES)), basket - returned),),
+                payment_method=draw(st.sampled_from(PAYMENTS)),
+                order_token=token(f"order-{i}"),
+            )
+        elif kind == "click":
+            session = draw(st.integers(0, 6))
+            delta = Delta(
+                **base,
+                kind="click",
+                session_token=short_hash(f"s{session}"),
+                channel=draw(st.sampled_from(["email", "seo", None])),
+                device=draw(st.sampled_from(["mobile", "desktop"])),
+            )
+        else:
+            value = draw(st.sampled_from(['"10115"', '"80331"', "1984", "true"]))
+            name = draw(st.sampled_from(["postcode", "birth_year", "consent_email"]))
+            delta = Delta(**base, kind="attributes", attributes=((name, value),))
+        events.append((who, delta))
+    return events
+
+
+def parts_of(events: list[tuple[int, Delta]]) -> list[ProfileState]:
+    return [fold([d for who, d in events if who == part], CFG) for part in range(4)]
+
+
+def assert_same_profile(a: ProfileState, b: ProfileState) -> None:
+    """The same customer: the view (floats within rounding), visit days,
+    sessions, dedupe state and the lapse and at-risk buffers."""
+    assert_views_close(profile_view("p", a.fields), profile_view("p", b.fields))
+    assert a.days == b.days
+    assert a.sessions == b.sessions
+    assert set(a.order_keys) == set(b.order_keys)
+    assert {t for t, _ in a.eids} == {t for t, _ in b.eids}
+    assert a.edges == b.edges
+    assert sorted(a.risk_orders.split(";")) == sorted(b.risk_orders.split(";"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(person_events())
+def test_the_merge_of_the_parts_is_the_profile_of_all_events(
+    events: list[tuple[int, Delta]],
+) -> None:
+    assert_same_profile(merge_all(parts_of(events), CFG), fold([d for _, d in events], CFG))
+
+
+@settings(max_examples=200, deadline=None)
+@given(person_events(), person_events())
+def test_merge_is_commutative(
+    first: list[tuple[int, Delta]], second: list[tuple[int, Delta]]
+) -> None:
+    a, b = fold([d for _, d in first], CFG), fold([d for _, d in second], CFG)
+    assert_same_profile(merge(a, b, CFG), merge(b, a, CFG))
+
+
+@settings(max_examples=200, deadline=None)
+@given(person_events())
+def test_merge_is_associative_with_the_empty_profile_as_identity(
+    events: list[tuple[int, Delta]],
+) -> None:
+    a, b, c, _ = parts_of(events)
+    assert_same_profile(merge(merge(a, b, CFG), c, CFG), merge(a, merge(b, c, CFG), CFG))
+    assert_same_profile(merge(a, ProfileState(), CFG), a)
+    assert_same_profile(merge(ProfileState(), a, CFG), a)
+
+
+@settings(max_examples=200, deadline=None)
+@given(person_events(), st.integers(0, 3))
+def test_unlinking_restores_the_canonical_profile_without_that_identifier(
+    events: list[tuple[int, Delta]], unlinked: int
+) -> None:
+    """A wrong link undone: the canonical profile recomputed from the parts
+    left is exactly the profile of their events, and no part was changed by
+    having been merged."""
+    parts = parts_of(events)
+    before = [ProfileState(dict(p.fields), list(p.days), dict(p.sessions)) for p in parts]
+    merge_all(parts, CFG)
+    kept = [p for i, p in enumerate(parts) if i != unlinked]
+    left = [d for who, d in events if who != unlinked]
+    assert_same_profile(merge_all(kept, CFG), fold(left, CFG))
+    assert [(p.fields, p.days, p.sessions) for p in parts] == [
+        (p.fields, p.days, p.sessions) for p in before
+    ]
+
+
+def test_a_session_across_a_login_counts_once() -> None:
+    def click(offset: int, session: str) -> Delta:
+        return Delta(
+            f"clicks:{offset}",
+            offset,
+            token(f"c{offset}"),
+            T0,
+            T0 // DAY_MS,
+            "click",
+            session_token=short_hash(session),
+        )
+
+    cookie = fold([click(0, "visit-1"), click(1, "visit-2")], CFG)
+    account = fold([click(2, "visit-2"), click(3, "visit-3")], CFG)
+    merged = merge(cookie, account, CFG)
+    assert merged.fields["sessions"] == 3 and merged.fields["clicks"] == 4
+
+
+def test_past_the_cap_the_largest_keys_stay_and_nothing_is_lost() -> None:
+    cfg = ProfileConfig(map_cap=2)
+
+    def order(offset: int, category: str, value: float) -> Delta:
+        return Delta(
+            f"p:{offset}",
+            offset,
+            token(f"o{offset}"),
+            T0,
+            T0 // DAY_MS,
+            "order",
+            origin="online",
+            basket=value,
+            net=value,
+            categories=((category, value),),
+        )
+
+    a = fold([order(0, "Backwaren", 5.0), order(1, "Getränke", 30.0)], cfg)
+    b = fold([order(2, "Haushalt", 12.0), order(3, "Backwaren", 2.0)], cfg)
+    merged = merge(a, b, cfg).fields
+    assert merged["cat:Getränke"] == 30.0 and merged["cat:Haushalt"] == 12.0
+    assert merged[f"cat:{OTHER}"] == 7.0 and merged["#cat:"] == 2.0
+    view = profile_view("p", merged)
+    assert sum(view["categories"].values()) == 49.0  # type: ignore[union-attr]
