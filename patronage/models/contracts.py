@@ -195,6 +195,40 @@ class CustomerAttributes(_Event):
     attributes: dict[str, AttributeValue]
 
 
+IdentifierKind = Literal[
+    "anonymous_id", "loyalty_card", "email_sha256", "phone_sha256", "app_install_id"
+]
+
+
+class Identifier(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    kind: IdentifierKind
+    # Keyed in Redis like a customer id (a hash tag): no braces.
+    value: CustomerId
+
+
+class IdentityEvent(BaseModel):
+    """On the `identities` topic: an identifier is (`link`) or is no longer
+    (`unlink`) one of a customer's. The contract of issue #16's identity
+    stitching; the merge it drives is models/identity.py."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["link", "unlink"]
+    event_id: Ident
+    customer_id: CustomerId
+    identifier: Identifier
+    ts: int | float | str
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("ts must be an RFC 3339 string or epoch milliseconds")
+        return value
+
+
 EventKind = Literal["click", "purchase", "store_receipt", "customer_attributes"]
 Event = Click | Purchase | StoreReceipt | CustomerAttributes
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from patronage.models.contracts import (
     Click,
     CustomerAttributes,
     EventKind,
+    IdentityEvent,
     Purchase,
     StoreReceipt,
     _Event,
@@ -42,6 +45,14 @@ INPUT_KINDS: tuple[InputKind, ...] = (
 KINDS: dict[str, InputKind] = {kind.name: kind for kind in INPUT_KINDS}
 
 
+# Contracts published beside the input kinds (schemas/<name>.schema.json).
+OTHER_CONTRACTS: dict[str, type[BaseModel]] = {"identity": IdentityEvent}
+
+
 def json_schemas() -> dict[str, dict[str, object]]:
-    """The published JSON Schema of each input kind (schemas/<name>.schema.json)."""
-    return {kind.name: kind.model.model_json_schema() for kind in INPUT_KINDS}
+    """The published JSON Schema of each input kind and contract (schemas/<name>.schema.json)."""
+    schemas: dict[str, dict[str, object]] = {
+        kind.name: kind.model.model_json_schema() for kind in INPUT_KINDS
+    }
+    schemas.update({name: model.model_json_schema() for name, model in OTHER_CONTRACTS.items()})
+    return schemas

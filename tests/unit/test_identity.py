@@ -183,3 +183,60 @@ def test_past_the_cap_the_largest_keys_stay_and_nothing_is_lost() -> None:
     assert merged[f"cat:{OTHER}"] == 7.0 and merged["#cat:"] == 2.0
     view = profile_view("p", merged)
     assert sum(view["categories"].values()) == 49.0  # type: ignore[union-attr]
+
+
+def test_the_identities_contract() -> None:
+    """Link and unlink events as a shop's login service or till would send
+    them; an unknown identifier kind, a brace (it would split the Redis hash
+    tag) or a missing identifier is refused with the field named."""
+    import json
+    from pathlib import Path
+
+    import pytest
+    from hypothesis_jsonschema import from_schema
+    from pydantic import ValidationError
+
+    from patronage.models.contracts import IdentityEvent
+
+    link = IdentityEvent.model_validate_json(
+        '{"type": "link", "event_id": "login-8812", "customer_id": "c-1042",'
+        ' "identifier": {"kind": "anonymous_id", "value": "0b7f5c2e-3d41-4c8e-9a6b-52f1d0c7e913"},'
+        ' "ts": "2026-11-30T09:41:07+01:00"}'
+    )
+    assert link.identifier.kind == "anonymous_id" and link.type == "link"
+    card = IdentityEvent.model_validate(
+        {
+            "type": "unlink",
+            "event_id": "crm-771",
+            "customer_id": "c-1042",
+            "identifier": {"kind": "loyalty_card", "value": "9276 0013 4417 02"},
+            "ts": 1_796_000_000_000,
+        }
+    )
+    assert card.identifier.value == "9276 0013 4417 02"
+    for bad, field in (
+        ({"kind": "cookie", "value": "x"}, "identifier.kind"),
+        ({"kind": "loyalty_card", "value": "{9276}"}, "identifier.value"),
+        (None, "identifier"),
+    ):
+        with pytest.raises(ValidationError) as error:
+            IdentityEvent.model_validate({**card.model_dump(), "identifier": bad})
+        assert field in str(error.value).replace("\n", ".").replace(" ", ""), error.value
+    schema = json.loads(
+        (Path(__file__).resolve().parents[2] / "schemas" / "identity.schema.json").read_text()
+    )
+
+    @settings(max_examples=100, deadline=None)
+    @given(from_schema(schema))
+    def every_schema_document_is_handled(document: dict[str, Any]) -> None:
+        # The schema is looser than the validators (braces, blank text): a
+        # document is either read as it says or refused with the field named.
+        try:
+            event = IdentityEvent.model_validate(document)
+        except ValidationError as error:
+            assert all(e["loc"] for e in error.errors()), error
+        else:
+            assert event.type == document["type"]
+            assert event.identifier.kind == document["identifier"]["kind"]
+
+    every_schema_document_is_handled()
