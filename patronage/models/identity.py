@@ -26,7 +26,9 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import reduce
+from typing import Literal
 
 from patronage.models.layout import ATTRIBUTE_PREFIX, MAP_PREFIXES, OFFSET_PREFIX, OTHER
 from patronage.models.profile import (
@@ -220,3 +222,119 @@ def _merge_eids(a: ProfileState, b: ProfileState, cfg: ProfileConfig) -> list[tu
 def _order_entry_key(entry: str) -> tuple[float, float]:
     ts, _, value = entry.partition(",")
     return float(ts), float(value)
+
+
+# ---------------------------------------------------------------------------
+# Resolution: which identifiers and customer ids are one person.
+
+Node = tuple[str, str]  # ("customer_id", id) or (identifier kind, value)
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """A link or unlink (contracts.IdentityEvent), reduced to what resolution needs."""
+
+    type: Literal["link", "unlink"]
+    customer_id: str
+    identifier: Node
+    ts: int
+    event_id: str
+
+    @property
+    def pair(self) -> tuple[str, Node]:
+        return self.customer_id, self.identifier
+
+    def order(self) -> tuple[int, int, str]:
+        # Latest wins; at the same ts an unlink wins (undoing is the safe side).
+        return self.ts, 1 if self.type == "unlink" else 0, self.event_id
+
+
+@dataclass(frozen=True)
+class Limits:
+    identifiers_per_customer: int = 20
+    # 1: a second customer claiming an identifier is refused, never merged
+    customers_per_identifier: int = 1
+
+
+@dataclass
+class IdentityGraph:
+    """Links between customer ids and identifiers, and the people they make.
+
+    Each (customer, identifier) pair keeps its latest link or unlink (by ts,
+    unlink first on a tie, then event id): the result is the same whatever
+    order the events arrive in and however often. A link is in force unless
+    the limits refuse it: links in force are taken oldest first, and one that
+    would give an identifier more customers, or a customer more identifiers,
+    than the limits allow is refused (a shared tablet or a store's guest card
+    must not merge thousands of people). A person is a connected group of
+    customer ids and identifiers; its canonical id is its smallest customer id.
+    """
+
+    limits: Limits = field(default_factory=Limits)
+    latest: dict[tuple[str, Node], LinkEvent] = field(default_factory=dict)
+
+    def apply(self, event: LinkEvent) -> bool:
+        """Record an event; False if it changes nothing (a duplicate or older
+        than what the pair already holds)."""
+        held = self.latest.get(event.pair)
+        if held is not None and held.order() >= event.order():
+            return False
+        self.latest[event.pair] = event
+        return True
+
+    def in_force(self) -> tuple[list[LinkEvent], dict[str, str]]:
+        """The links in force, and event id -> why each other link is refused."""
+        links = sorted((e for e in self.latest.values() if e.type == "link"), key=LinkEvent.order)
+        customers: dict[Node, int] = {}
+        identifiers: dict[str, int] = {}
+        kept, refused = [], {}
+        for link in links:
+            if customers.get(link.identifier, 0) >= self.limits.customers_per_identifier:
+                refused[link.event_id] = (
+                    f"{link.identifier[0]} is already linked to "
+                    f"{self.limits.customers_per_identifier} customers (the limit): a "
+                    "shared device or card"
+                )
+            elif identifiers.get(link.customer_id, 0) >= self.limits.identifiers_per_customer:
+                refused[link.event_id] = (
+                    f"the customer already has {self.limits.identifiers_per_customer} "
+                    "identifiers (the limit)"
+                )
+            else:
+                customers[link.identifier] = customers.get(link.identifier, 0) + 1
+                identifiers[link.customer_id] = identifiers.get(link.customer_id, 0) + 1
+                kept.append(link)
+        return kept, refused
+
+    def people(self) -> dict[Node, str]:
+        """Every linked node -> its person's canonical customer id."""
+        parent: dict[Node, Node] = {}
+
+        def root(node: Node) -> Node:
+            parent.setdefault(node, node)
+            while parent[node] != node:
+                parent[node] = parent[parent[node]]
+                node = parent[node]
+            return node
+
+        for link in self.in_force()[0]:
+            a, b = root(("customer_id", link.customer_id)), root(link.identifier)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+        groups: dict[Node, list[Node]] = {}
+        for node in parent:
+            groups.setdefault(root(node), []).append(node)
+        out = {}
+        for members in groups.values():
+            canonical = min(v for kind, v in members if kind == "customer_id")
+            out.update(dict.fromkeys(members, canonical))
+        return out
+
+    def resolve(self, node: Node) -> str:
+        """The canonical customer id an event with this identifier belongs to;
+        an identifier linked to nobody is a profile of its own."""
+        person = self.people().get(node)
+        if person is not None:
+            return person
+        kind, value = node
+        return value if kind == "customer_id" else f"{kind}:{value}"

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patronage.models.identity import merge, merge_all
+from patronage.models.identity import IdentityGraph, Limits, LinkEvent, merge, merge_all
 from patronage.models.layout import OTHER
 from patronage.models.profile import (
     DAY_MS,
@@ -240,3 +241,94 @@ def test_the_identities_contract() -> None:
             assert event.identifier.kind == document["identifier"]["kind"]
 
     every_schema_document_is_handled()
+
+
+NODES = [("anonymous_id", f"cookie-{i}") for i in range(4)] + [
+    ("loyalty_card", "9276001344"),
+    ("email_sha256", "5d41402abc4b2a76b9719d911017c592"),
+]
+
+
+@st.composite
+def link_events(draw: st.DrawFn) -> list[LinkEvent]:
+    events = []
+    for i in range(draw(st.integers(1, 25))):
+        events.append(
+            LinkEvent(
+                draw(st.sampled_from(["link", "link", "unlink"])),
+                draw(st.sampled_from(["c-1", "c-2", "c-3"])),
+                draw(st.sampled_from(NODES)),
+                T0 + draw(st.integers(0, 50)) * 3_600_000,
+                f"id-{i}",
+            )
+        )
+    return events
+
+
+def graph_of(events: list[LinkEvent], limits: Limits) -> IdentityGraph:
+    graph = IdentityGraph(limits)
+    for event in events:
+        graph.apply(event)
+    return graph
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    link_events(),
+    st.randoms(use_true_random=False),
+    st.sampled_from([Limits(20, 1), Limits(2, 2), Limits(20, 3)]),
+)
+def test_links_and_unlinks_in_any_order_and_redelivered_resolve_the_same(
+    events: list[LinkEvent], rnd: random.Random, limits: Limits
+) -> None:
+    delivered = events + rnd.sample(events, k=len(events) // 2)  # redeliveries
+    rnd.shuffle(delivered)
+    once, shuffled = graph_of(events, limits), graph_of(delivered, limits)
+    assert once.in_force() == shuffled.in_force()
+    assert once.people() == shuffled.people()
+    kept, _ = once.in_force()
+    for customer in {e.customer_id for e in kept}:
+        assert sum(1 for e in kept if e.customer_id == customer) <= limits.identifiers_per_customer
+    for node in {e.identifier for e in kept}:
+        assert sum(1 for e in kept if e.identifier == node) <= limits.customers_per_identifier
+
+
+def test_a_shared_card_is_refused_and_an_unlink_splits_a_wrong_merge() -> None:
+    card = ("loyalty_card", "guest-0001")
+    graph = IdentityGraph(Limits(identifiers_per_customer=20, customers_per_identifier=2))
+    for n, customer in enumerate(["c-1", "c-2", "c-3", "c-4"]):
+        graph.apply(LinkEvent("link", customer, card, T0 + n, f"l{n}"))
+    kept, refused = graph.in_force()
+    assert [e.customer_id for e in kept] == ["c-1", "c-2"]
+    assert set(refused) == {"l2", "l3"} and "already linked to 2 customers" in refused["l2"]
+    # c-1 and c-2 share the card: one person, canonical c-1 ...
+    assert graph.resolve(card) == "c-1" and graph.resolve(("customer_id", "c-2")) == "c-1"
+    # ... until the wrong link is undone.
+    assert graph.apply(LinkEvent("unlink", "c-2", card, T0 + 10, "u1"))
+    assert graph.resolve(("customer_id", "c-2")) == "c-2"
+    # c-3's link was refused while two held the card; it is the oldest now.
+    assert graph.resolve(("customer_id", "c-3")) == "c-1"
+    assert not graph.apply(LinkEvent("unlink", "c-2", card, T0 + 10, "u1"))  # redelivered
+    assert not graph.apply(LinkEvent("link", "c-2", card, T0 + 5, "late"))  # older than the unlink
+    assert graph.resolve(("anonymous_id", "never-linked")) == "anonymous_id:never-linked"
+
+
+@settings(max_examples=150, deadline=None)
+@given(person_events(), link_events())
+def test_the_canonical_profile_is_the_merge_of_the_persons_parts(
+    events: list[tuple[int, Delta]], links: list[LinkEvent]
+) -> None:
+    """Events under customer ids and identifiers, resolved through the
+    links in force: each person's merged profile is the profile of the
+    events of all their nodes."""
+    graph = graph_of(links, Limits(20, 1))
+    nodes = [("customer_id", "c-1"), NODES[0], NODES[4], ("customer_id", "c-2")]
+    by_person: dict[str, list[Delta]] = {}
+    parts: dict[str, list[ProfileState]] = {}
+    for i, node in enumerate(nodes):
+        mine = [d for who, d in events if who == i]
+        person = graph.resolve(node)
+        by_person.setdefault(person, []).extend(mine)
+        parts.setdefault(person, []).append(fold(mine, CFG))
+    for person, deltas in by_person.items():
+        assert_same_profile(merge_all(parts[person], CFG), fold(deltas, CFG))
