@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from patronage.models.batch import Record, prepare_batch
-from patronage.models.layout import FIELDS
+from patronage.models.layout import FIELDS, SCORED_FIELDS
 from patronage.models.predict import BGNBD, FittedParameters, GammaGamma
 from patronage.models.risk import judge_risk
 from patronage.models.simulate import generate
@@ -118,10 +118,9 @@ QUIX_PYTHON = Path(__file__).parents[1] / ".venv-quix" / "bin" / "python"
 # Profile fields that depend only on the events (not on the clock or a model).
 EXACT_FIELDS = sorted(
     FIELDS
-    - {"segment", "segment_since", "segment_version", "rfm_r", "rfm_f", "rfm_m"}
-    - {"judged_day", "lapse_day"}
-    # judged against the clock and the prediction parameters
-    - {"value_tier", "tier_version", "risk_decided", "risk_episode"}
+    - SCORED_FIELDS
+    # judged against the clock
+    - {"judged_day", "lapse_day", "risk_decided", "risk_episode"}
 )
 
 

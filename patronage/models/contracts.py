@@ -119,7 +119,9 @@ CustomerId = Annotated[
 ShortText = Annotated[str, BeforeValidator(_clean_text), Field(max_length=MAX_ID_LENGTH)]
 
 
-class _Event(BaseModel):
+class _Timed(BaseModel):
+    """An input record: an id, a customer and a time."""
+
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     event_id: Ident
@@ -133,6 +135,10 @@ class _Event(BaseModel):
         if isinstance(value, bool):
             raise ValueError("ts must be an RFC 3339 string or epoch milliseconds")
         return value
+
+
+class _Event(_Timed):
+    pass
 
 
 class Click(_Event):
@@ -208,25 +214,13 @@ class Identifier(BaseModel):
     value: CustomerId
 
 
-class IdentityEvent(BaseModel):
+class IdentityEvent(_Timed):
     """On the `identities` topic: an identifier is (`link`) or is no longer
     (`unlink`) one of a customer's. The contract of issue #16's identity
     stitching; the merge it drives is models/identity.py."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
     type: Literal["link", "unlink"]
-    event_id: Ident
-    customer_id: CustomerId
     identifier: Identifier
-    ts: int | float | str
-
-    @field_validator("ts", mode="before")
-    @classmethod
-    def _not_bool(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("ts must be an RFC 3339 string or epoch milliseconds")
-        return value
 
 
 EventKind = Literal["click", "purchase", "store_receipt", "customer_attributes"]

@@ -54,19 +54,6 @@ MAXIMA = ("max_basket", "last_order_at")
 DECAYED = ("freq_decayed", "monetary_decayed")
 # Judged marks: the later one holds for the person.
 MARKS = ("judged_day", "risk_decided", "risk_episode")
-# Re-derived for the canonical profile by scoring, never merged.
-SCORED = frozenset(
-    {
-        "segment",
-        "segment_since",
-        "segment_version",
-        "rfm_r",
-        "rfm_f",
-        "rfm_m",
-        "value_tier",
-        "tier_version",
-    }
-)
 
 
 def _num(fields: Mapping[str, float | str], name: str) -> float:

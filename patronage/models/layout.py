@@ -90,57 +90,64 @@ def stored_text(value: float | str) -> str:
     return short if float(short) == value else f"{value:.17g}"
 
 
-# Profile hash fields with a fixed name. The README documents their meaning.
-FIELDS: frozenset[str] = frozenset(
+# Written by scoring (streams/segmenting.py, streams/predicting.py): derived
+# from the profile and a model, so never merged or compared as event data.
+SCORED_FIELDS: frozenset[str] = frozenset(
     {
-        # activity
-        "first_seen",
-        "last_seen",
-        "events_applied",
-        "clicks",
-        "sessions",
-        # visit days (the bitmap holds the set; these summarise it)
-        "day0",
-        "first_day",
-        "last_day",
-        "visits",
-        "gap_sumsq",
-        # orders and money (base currency)
-        "orders",
-        "orders_online",
-        "orders_store",
-        "basket_sum",
-        "max_basket",
-        "last_order_at",
-        # the earliest order (by time, then value): the start of the
-        # purchase history the predictions (models/predict.py) read
-        "first_order_at",
-        "first_order_value",
-        "spend_total",
-        "spend_online",
-        "spend_store",
-        "returns_value",
-        # decayed sums, as of last_seen
-        "freq_decayed",
-        "monetary_decayed",
-        # lapse judging
-        "judged_day",
-        "lapse_day",
-        # written by scoring (streams/segmenting.py)
         "segment",
         "segment_since",
         "segment_version",
         "rfm_r",
         "rfm_f",
         "rfm_m",
-        # written by predictions (streams/predicting.py, models/risk.py)
         "value_tier",
         "tier_version",
-        # at-risk judging (models/risk.py): the start of the first episode not
-        # yet decided (orders up to it are judged), the newest episode alerted
-        "risk_decided",
-        "risk_episode",
     }
+)
+# Profile hash fields with a fixed name. The README documents their meaning.
+FIELDS: frozenset[str] = (
+    frozenset(
+        {
+            # activity
+            "first_seen",
+            "last_seen",
+            "events_applied",
+            "clicks",
+            "sessions",
+            # visit days (the bitmap holds the set; these summarise it)
+            "day0",
+            "first_day",
+            "last_day",
+            "visits",
+            "gap_sumsq",
+            # orders and money (base currency)
+            "orders",
+            "orders_online",
+            "orders_store",
+            "basket_sum",
+            "max_basket",
+            "last_order_at",
+            # the earliest order (by time, then value): the start of the
+            # purchase history the predictions (models/predict.py) read
+            "first_order_at",
+            "first_order_value",
+            "spend_total",
+            "spend_online",
+            "spend_store",
+            "returns_value",
+            # decayed sums, as of last_seen
+            "freq_decayed",
+            "monetary_decayed",
+            # lapse judging
+            "judged_day",
+            "lapse_day",
+            # at-risk judging (models/risk.py): the start of the first episode not
+            # yet decided (orders up to it are judged), the newest episode alerted
+            "risk_decided",
+            "risk_episode",
+        }
+    )
+    | SCORED_FIELDS
 )
 ORIGINS = ("online", "store")
 # Fields named by a prefix and a key.

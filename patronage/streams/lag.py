@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CoordinatorNotAvailableError
 
+from patronage.streams.kafka_admin import commit_group_offsets
 from patronage.streams.settings import Settings
 
 
@@ -163,11 +164,7 @@ async def wait_caught_up(settings: Settings, timeout_s: float = 120.0) -> None:
 async def rewind_group(settings: Settings, topics: list[str] | None = None) -> None:
     """Commit offset 0 on every partition (the group must have no live members)."""
     topics = topics or list(settings.input_topics)
-    consumer = AIOKafkaConsumer(
-        **settings.kafka_client_kwargs(),
-        group_id=settings.group_id,
-        enable_auto_commit=False,
-    )
+    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False)
     await consumer.start()
     try:
         partitions = [
@@ -175,7 +172,6 @@ async def rewind_group(settings: Settings, topics: list[str] | None = None) -> N
             for topic in topics
             for p in sorted(await _partitions(consumer, topic))
         ]
-        consumer.assign(partitions)
-        await consumer.commit({tp: 0 for tp in partitions})
     finally:
         await consumer.stop()
+    await commit_group_offsets(settings, settings.group_id, dict.fromkeys(partitions, 0))

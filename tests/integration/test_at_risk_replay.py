@@ -26,11 +26,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from patronage.models.predict import FittedParameters, fit_population
 from patronage.streams.segmenting import ModelStore
-from patronage.streams.settings import Settings
 from patronage.streams.store import make_redis
 from tests.integration.harness import (
     Worker,
@@ -42,6 +39,7 @@ from tests.integration.harness import (
     wait_for,
 )
 from tests.integration.test_end_to_end import publish_with_metadata
+from tests.integration.test_lapse_replay import sweeps_done
 from tests.integration.test_public_histories import AS_OF_MS, batch_histories, cdnow_setup
 from tests.integration.test_reliability import record
 from tests.unit.test_risk import reference_alerts_with
@@ -80,19 +78,6 @@ def purchase(customer: str, ts: int, value: float) -> dict[str, Any]:
         "items": [{"sku": "cd", "quantity": 1, "unit_price": f"{value:.2f}"}],
         "total": f"{value:.2f}",
     }
-
-
-def risk_sweeps_done(settings: Settings, client: redis.Redis, partitions: set[int]) -> bool:
-    prefix = settings.key_prefix
-    for p in partitions:
-        marks = client.hgetall(f"{prefix}:{{lapse-{p}}}:clock")
-        newest = [float(v) for k, v in marks.items() if k.startswith(b"hw:")]
-        if not newest:
-            return False
-        horizon = max(newest) - LATENESS_S * 1000
-        if client.zcount(f"{prefix}:{{lapse-{p}}}:risk", "-inf", horizon) > 0:
-            return False
-    return True
 
 
 def test_cdnow_at_risk_alerts_equal_the_definition_across_a_kill(
@@ -156,7 +141,7 @@ def test_cdnow_at_risk_alerts_equal_the_definition_across_a_kill(
                 faults.append(f"kill at chunk {number}")
             wait_for(lambda: drained(settings), 120, f"chunk {number}", worker.check_alive)
         wait_for(
-            lambda: risk_sweeps_done(settings, client, set(partition_of.values())),
+            lambda: sweeps_done(settings, client, set(partition_of.values()), LATENESS_S, "risk"),
             90,
             "final at-risk sweeps",
             worker.check_alive,

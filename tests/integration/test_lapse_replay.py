@@ -95,8 +95,14 @@ def parse(ts: str) -> int:
 
 
 def sweeps_done(
-    settings: Settings, client: redis.Redis, partitions: set[int], lateness_s: float = LATENESS_S
+    settings: Settings,
+    client: redis.Redis,
+    partitions: set[int],
+    lateness_s: float = LATENESS_S,
+    queue: str = "due",
 ) -> bool:
+    """Every partition's `queue` (lapse: due; at-risk: risk) swept up to the
+    final clock, and (lapse) no alert waiting in an outbox."""
     prefix = settings.key_prefix
     for p in partitions:
         marks = client.hgetall(f"{prefix}:{{lapse-{p}}}:clock")
@@ -105,8 +111,10 @@ def sweeps_done(
             return False
         # Once every topic is idle, the clock is the newest event time seen.
         horizon = max(newest) - lateness_s * 1000
-        if client.zcount(f"{prefix}:{{lapse-{p}}}:due", "-inf", horizon) > 0:
+        if client.zcount(f"{prefix}:{{lapse-{p}}}:{queue}", "-inf", horizon) > 0:
             return False
+    if queue != "due":
+        return True
     return not any(True for _ in client.scan_iter(match=f"{prefix}:*:x", count=1000))
 
 
