@@ -133,7 +133,7 @@ def backlog(events_target: int) -> list[dict[str, Any]]:
 
 
 def throughput(
-    stream: list[dict[str, Any]], job: str = "patronage", workers: int = 1
+    stream: list[dict[str, Any]], job: str = "patronage", workers: int = 1, stored: int = 0
 ) -> dict[str, Any]:
     """Events/s of one process draining the backlog end to end (Kafka -> Redis),
     with CPU per event of the process, Redis and the broker, and the check of
@@ -143,7 +143,9 @@ def throughput(
     the start: tiers and at-risk judging run on every purchase),
     "patronage-predictions-off" (PATRONAGE_PREDICTIONS_LIVE=false), "naive"
     (benchmarks/bench_naive.py), "quix-at-least-once" or "quix-exactly-once"
-    (benchmarks/quix_job.py); `workers` processes of it in one consumer group."""
+    (benchmarks/quix_job.py); `workers` processes of it in one consumer group;
+    `stored` customers in Redis already, besides the backlog's (issue #14:
+    throughput unchanged from 10k to 1M stored customers)."""
     env = _run_env("bench", 6099)
     if job == "patronage-predictions-off":
         env["PATRONAGE_PREDICTIONS_LIVE"] = "false"
@@ -155,6 +157,8 @@ def throughput(
     from patronage.streams.publishing import publish_file
 
     asyncio.run(create_topics(settings))
+    if stored:
+        asyncio.run(_populate(settings, stored))
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
         for event in stream:
             handle.write(json.dumps(event) + "\n")
@@ -204,8 +208,9 @@ def throughput(
             proc.wait(30)
     cpu = None if None in cpus else sum(c for c in cpus if c is not None)
     busy = finished - (first_progress or started)
+    name = job if workers == 1 else f"{job} x{workers}"
     result: dict[str, Any] = {
-        "job": job if workers == 1 else f"{job} x{workers}",
+        "job": f"{name}, {stored:,} stored" if stored else name,
         "events": len(stream),
         "drain_seconds": round(busy, 2),
         "events_per_second": round(len(stream) / busy),
@@ -222,6 +227,45 @@ def throughput(
         result.update(asyncio.run(_outputs(settings)))
     asyncio.run(_cleanup(settings))
     return result
+
+
+async def _populate(settings: Settings, count: int) -> None:
+    """`count` stored customers besides the backlog's: one real profile (a
+    simulated customer's 90 days applied through the script) copied with
+    DUMP/RESTORE under new ids, each in its partition's members set and
+    lapse due set as a live customer is."""
+    from patronage.models.layout import due_key, members_key
+    from patronage.streams.segmenting import partition_for
+
+    client = redis_for(settings)
+    store = ProfileStore(client, settings.key_prefix, settings.profile_config)
+    now_ms = int(time.time() * 1000)
+    started = time.monotonic()
+    try:
+        stream, _ = generate(1, 90, seed=7, start_ms=(now_ms // DAY_MS - 90) * DAY_MS)
+        records = [
+            Record(settings.topic_for_kind[e["type"]], 0, i, None, json.dumps(e).encode())
+            for i, e in enumerate(stream)
+        ]
+        batch = prepare_batch(records, settings.input_topics, settings.rules, now_ms, settings.zone)
+        await store.apply_batch(batch.by_customer, dict.fromkeys(batch.by_customer, 0))
+        [template] = batch.by_customer
+        blobs = [await client.dump(key) for key in store.keys(template)]
+        for first in range(0, count, 2000):
+            async with client.pipeline(transaction=False) as pipe:
+                for i in range(first, min(count, first + 2000)):
+                    customer_id = f"stored-{i:07d}"
+                    for key, blob in zip(store.keys(customer_id), blobs, strict=True):
+                        if blob is not None:
+                            pipe.restore(key, 0, blob, replace=True)
+                    partition = partition_for(customer_id, settings.partitions)
+                    pipe.zadd(members_key(settings.key_prefix, partition), {customer_id: now_ms})
+                    due = now_ms + (i % 30 + 1) * DAY_MS  # spread over the next month
+                    pipe.zadd(due_key(settings.key_prefix, partition), {customer_id: due})
+                await pipe.execute()
+        print(f"({count:,} stored customers in {time.monotonic() - started:.0f} s)", flush=True)
+    finally:
+        await client.aclose()
 
 
 async def _save_parameters(settings: Settings) -> None:
@@ -612,6 +656,12 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument(
+        "--stored",
+        type=int,
+        nargs="+",
+        help="throughput: the patronage job with this many customers stored beforehand, each",
+    )
+    parser.add_argument(
         "--jobs",
         nargs="+",
         help="throughput: these jobs only (patronage, patronage-predictions-off, naive, "
@@ -631,10 +681,13 @@ def main() -> None:
         else:
             print(f"(no {QUIX_PYTHON}: `make bench` installs quixstreams there)")
         jobs += ["patronage-predictions-off", "patronage-x2"]
-        results = [
-            throughput(stream, job.removesuffix("-x2"), 2 if job.endswith("-x2") else 1)
-            for job in (args.jobs or jobs)
-        ]
+        if args.stored:
+            results = [throughput(stream, "patronage", stored=n) for n in args.stored]
+        else:
+            results = [
+                throughput(stream, job.removesuffix("-x2"), 2 if job.endswith("-x2") else 1)
+                for job in (args.jobs or jobs)
+            ]
         for result in results:
             print("throughput:", json.dumps(result))
         print_throughput_table(results)

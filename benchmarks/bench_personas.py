@@ -111,7 +111,11 @@ def run_seed(customers: int, days: int, seed: int, batch: int) -> dict[str, Any]
     pipe = Pipeline(settings, store, models, producer, clock=lambda: now[0] / 1000)
     asyncio.run(replay(pipe, producer, records, batch, now))
     result = evaluate(store, personas, settings, now[0], seed)
-    changes = producer.on(settings.topic(settings.topic_segment_changes))
+    changes = [
+        c
+        for c in producer.on(settings.topic(settings.topic_segment_changes))
+        if c.get("kind", "segment") == "segment"  # not the value tier changes
+    ]
     moves = [c for c in changes if c["previous_segment"] is not None]
     driven = sum(1 for c in moves if c["reason"] == "model_update")
     result.update(

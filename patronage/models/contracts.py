@@ -248,6 +248,7 @@ class SegmentChange(BaseModel):
     event_id: str
     customer_id: str
     ts: str
+    kind: Literal["segment"] = "segment"  # beside `tier` changes on the same topic
     previous_segment: int | None
     segment: int
     segment_label: str

@@ -69,7 +69,7 @@ def alert_line(topic: str, value: bytes | None) -> str:
             f"{doc['previous_tier']} -> {doc['tier']} (CLV {doc['predicted_clv_365d']:.2f}, "
             f"{doc['reason']}, parameters v{doc['parameters_version']})"
         )
-    if kind is not None:
+    if kind in ("lapsed", "reactivated"):
         return (
             f"{doc['ts']}  {doc['kind']:<11} {doc['customer_id']:<12} "
             f"last seen {doc['last_seen'][:10]}  {doc['days_since_last_visit']:6.1f} d "

@@ -503,8 +503,20 @@ class ProfileStore:
     async def delete_prefix(self) -> int:
         """Remove every key under this prefix (tests and `patronage store reset`)."""
         removed = 0
+        page: list[Any] = []
+
+        async def unlink() -> int:
+            # One round trip per page (per node on a cluster), one key per command.
+            replies = await self._pipelined([(k, _command("unlink", k)) for k in page])
+            return sum(int(r) for r in replies if isinstance(r, int))
+
         async for key in self.client.scan_iter(match=f"{self.prefix}:*", count=1000):
-            removed += int(await self.client.delete(key))
+            page.append(key)
+            if len(page) >= 1000:
+                removed += await unlink()
+                page = []
+        if page:
+            removed += await unlink()
         return removed
 
 

@@ -7,7 +7,7 @@ import typing
 from pathlib import Path
 
 from patronage.models.contracts import EventKind
-from patronage.models.kinds import INPUT_KINDS, KINDS
+from patronage.models.kinds import INPUT_KINDS, KINDS, OTHER_CONTRACTS
 from patronage.models.simulate import generate
 from patronage.streams.publishing import route
 from patronage.streams.settings import Settings
@@ -32,7 +32,7 @@ def test_topic_settings_follow_the_registry() -> None:
 
 def test_published_schemas_are_exactly_the_registered_kinds() -> None:
     assert sorted(p.name for p in SCHEMAS.glob("*.schema.json")) == sorted(
-        f"{k}.schema.json" for k in KINDS
+        f"{k}.schema.json" for k in [*KINDS, *OTHER_CONTRACTS]
     )
 
 

@@ -328,8 +328,8 @@ def test_alerts_tail_prints_every_kind_on_the_two_topics() -> None:
     )
     segment = (
         '{"event_id": "seg:c-7:1:9", "customer_id": "c-7", "ts": "2026-11-30T10:00:00Z",'
-        ' "previous_segment": null, "segment": 1, "segment_label": "weekly", "model_version": 1,'
-        ' "reason": "profile"}'
+        ' "kind": "segment", "previous_segment": null, "segment": 1, "segment_label": "weekly",'
+        ' "model_version": 1, "reason": "profile"}'
     )
     assert "at_risk" in alert_line("lapse-alerts", risk.encode()) and "p_alive 0.30" in (
         alert_line("lapse-alerts", risk.encode())
