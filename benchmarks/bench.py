@@ -128,7 +128,9 @@ def backlog(events_target: int) -> list[dict[str, Any]]:
     """The simulated backlog every throughput run drains (same seed, same size)."""
     now_ms = int(time.time() * 1000)
     customers = max(100, events_target // 60)
-    stream, _ = generate(customers, 90, seed=3, start_ms=(now_ms // DAY_MS - 90) * DAY_MS)
+    # Ends two days ago: none of it is "in the future" for the worker or for
+    # the reference that checks it later (the simulator spills into the next day).
+    stream, _ = generate(customers, 90, seed=3, start_ms=(now_ms // DAY_MS - 92) * DAY_MS)
     return stream[:events_target]
 
 
@@ -234,7 +236,7 @@ async def _populate(settings: Settings, count: int) -> None:
     simulated customer's 90 days applied through the script) copied with
     DUMP/RESTORE under new ids, each in its partition's members set and
     lapse due set as a live customer is."""
-    from patronage.models.layout import due_key, members_key
+    from patronage.models.layout import due_key, members_key, risk_version_key
     from patronage.streams.segmenting import partition_for
 
     client = redis_for(settings)
@@ -244,13 +246,22 @@ async def _populate(settings: Settings, count: int) -> None:
     try:
         stream, _ = generate(1, 90, seed=7, start_ms=(now_ms // DAY_MS - 90) * DAY_MS)
         records = [
-            Record(settings.topic_for_kind[e["type"]], 0, i, None, json.dumps(e).encode())
+            Record(
+                settings.topic_for_kind[e["type"]],
+                0,
+                i,
+                None,
+                json.dumps({**e, "customer_id": "stored-template"}).encode(),
+            )
             for i, e in enumerate(stream)
         ]
         batch = prepare_batch(records, settings.input_topics, settings.rules, now_ms, settings.zone)
         await store.apply_batch(batch.by_customer, dict.fromkeys(batch.by_customer, 0))
         [template] = batch.by_customer
         blobs = [await client.dump(key) for key in store.keys(template)]
+        await client.delete(*store.keys(template))
+        await client.zrem(members_key(settings.key_prefix, 0), template)
+        await client.zrem(due_key(settings.key_prefix, 0), template)
         for first in range(0, count, 2000):
             async with client.pipeline(transaction=False) as pipe:
                 for i in range(first, min(count, first + 2000)):
@@ -263,6 +274,11 @@ async def _populate(settings: Settings, count: int) -> None:
                     due = now_ms + (i % 30 + 1) * DAY_MS  # spread over the next month
                     pipe.zadd(due_key(settings.key_prefix, partition), {customer_id: due})
                 await pipe.execute()
+        # Judged with the current prediction parameters already, as in a
+        # deployment between refits (a new version re-judges them once).
+        for partition in range(settings.partitions):
+            key = risk_version_key(settings.key_prefix, partition)
+            await client.set(key, PUBLISHED_FIT.version)
         print(f"({count:,} stored customers in {time.monotonic() - started:.0f} s)", flush=True)
     finally:
         await client.aclose()
