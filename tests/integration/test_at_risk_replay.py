@@ -39,7 +39,7 @@ from tests.integration.harness import (
     wait_for,
 )
 from tests.integration.test_end_to_end import publish_with_metadata
-from tests.integration.test_lapse_replay import sweeps_done
+from tests.integration.test_lapse_replay import replay_env, sweeps_done
 from tests.integration.test_public_histories import AS_OF_MS, batch_histories, cdnow_setup
 from tests.integration.test_reliability import record
 from tests.unit.test_risk import reference_alerts_with
@@ -85,13 +85,7 @@ def test_cdnow_at_risk_alerts_equal_the_definition_across_a_kill(
 ) -> None:
     env, _, source = cdnow_setup(backend_env)
     env = {
-        **env,
-        "PATRONAGE_LAPSE_CLOCK": "event",
-        "PATRONAGE_LAPSE_EVENT_LATENESS_S": str(LATENESS_S),
-        "PATRONAGE_LAPSE_SWEEP_INTERVAL_S": "0.3",
-        "PATRONAGE_LAPSE_INPUT_IDLE_S": "2",
-        "PATRONAGE_COMMIT_INTERVAL_S": "0.2",
-        "PATRONAGE_SESSION_TIMEOUT_S": "6",
+        **replay_env(env, LATENESS_S),
         "PATRONAGE_PREDICTION_AT_RISK_THRESHOLD": str(THRESHOLD),
     }
     settings = settings_with_topics(env)

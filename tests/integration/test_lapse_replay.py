@@ -118,20 +118,25 @@ def sweeps_done(
     return not any(True for _ in client.scan_iter(match=f"{prefix}:*:x", count=1000))
 
 
-@pytest.mark.parametrize("scenario", ["kill -9 mid-replay", "rebalance 1-2-1"])
-def test_replayed_history_gives_the_alerts_history_would_have(
-    backend_env: dict[str, str], scenario: str, tmp_path: Path
-) -> None:
-    env = {
-        **backend_env,
+def replay_env(env: dict[str, str], lateness_s: float) -> dict[str, str]:
+    """A history replayed in paced chunks on the event clock, swept often."""
+    return {
+        **env,
         "PATRONAGE_LAPSE_CLOCK": "event",
-        "PATRONAGE_LAPSE_EVENT_LATENESS_S": str(LATENESS_S),
+        "PATRONAGE_LAPSE_EVENT_LATENESS_S": str(lateness_s),
         "PATRONAGE_LAPSE_SWEEP_INTERVAL_S": "0.3",
         # Chunks are paced: between them every topic is quiet alike.
         "PATRONAGE_LAPSE_INPUT_IDLE_S": "2",
         "PATRONAGE_COMMIT_INTERVAL_S": "0.2",
         "PATRONAGE_SESSION_TIMEOUT_S": "6",
     }
+
+
+@pytest.mark.parametrize("scenario", ["kill -9 mid-replay", "rebalance 1-2-1"])
+def test_replayed_history_gives_the_alerts_history_would_have(
+    backend_env: dict[str, str], scenario: str, tmp_path: Path
+) -> None:
+    env = replay_env(backend_env, LATENESS_S)
     settings = settings_with_topics(env)
     days = 200
     start_ms, events = history(seed=5, days=days)
