@@ -95,7 +95,7 @@ def assert_same_profile(a: ProfileState, b: ProfileState) -> None:
     assert sorted(a.risk_orders.split(";")) == sorted(b.risk_orders.split(";"))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(person_events())
 def test_the_merge_of_the_parts_is_the_profile_of_all_events(
     events: list[tuple[int, Delta]],
@@ -103,7 +103,7 @@ def test_the_merge_of_the_parts_is_the_profile_of_all_events(
     assert_same_profile(merge_all(parts_of(events), CFG), fold([d for _, d in events], CFG))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(person_events(), person_events())
 def test_merge_is_commutative(
     first: list[tuple[int, Delta]], second: list[tuple[int, Delta]]
@@ -112,7 +112,7 @@ def test_merge_is_commutative(
     assert_same_profile(merge(a, b, CFG), merge(b, a, CFG))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(person_events())
 def test_merge_is_associative_with_the_empty_profile_as_identity(
     events: list[tuple[int, Delta]],
@@ -123,7 +123,7 @@ def test_merge_is_associative_with_the_empty_profile_as_identity(
     assert_same_profile(merge(ProfileState(), a, CFG), a)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(person_events(), st.integers(0, 3))
 def test_unlinking_restores_the_canonical_profile_without_that_identifier(
     events: list[tuple[int, Delta]], unlinked: int
@@ -272,7 +272,7 @@ def graph_of(events: list[LinkEvent], limits: Limits) -> IdentityGraph:
     return graph
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(
     link_events(),
     st.randoms(use_true_random=False),
@@ -313,7 +313,7 @@ def test_a_shared_card_is_refused_and_an_unlink_splits_a_wrong_merge() -> None:
     assert graph.resolve(("anonymous_id", "never-linked")) == "anonymous_id:never-linked"
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(person_events(), link_events())
 def test_the_canonical_profile_is_the_merge_of_the_persons_parts(
     events: list[tuple[int, Delta]], links: list[LinkEvent]

@@ -293,10 +293,10 @@ def test_vectors_past_the_full_sample_are_not_sent_and_not_missed() -> None:
     from every vector."""
     from patronage.models.segments import customer_hash
 
-    settings = Settings(segment_warmup=50, segment_warmup_days=0, segment_sample_customers=100)
-    events, _ = generate(customers=400, days=120, seed=5, start_ms=START_MS)
+    settings = Settings(segment_warmup=30, segment_warmup_days=0, segment_sample_customers=100)
+    events, _ = generate(customers=200, days=120, seed=5, start_ms=START_MS)
     # Customers who arrive after the promotion (another population, renamed).
-    newcomers, _ = generate(customers=300, days=60, seed=6, start_ms=START_MS + 60 * DAY_MS)
+    newcomers, _ = generate(customers=150, days=60, seed=6, start_ms=START_MS + 60 * DAY_MS)
     for event in newcomers:
         event["customer_id"] = "n" + event["customer_id"]
     half = len(events) // 2

@@ -222,15 +222,15 @@ def test_the_learner_refits_prediction_parameters_on_its_schedule() -> None:
     from tests.unit.test_pipeline import START_MS, as_records, pipeline_for
 
     settings = Settings(prediction_refit_interval_s=3600)
-    events, _ = generate(customers=300, days=200, seed=4, start_ms=START_MS)
-    pipe, _ = pipeline_for(settings, START_MS + 201 * 86_400_000)
+    events, _ = generate(customers=240, days=150, seed=4, start_ms=START_MS)
+    pipe, _ = pipeline_for(settings, START_MS + 151 * 86_400_000)
     records = as_records(events, settings.partitions)
     pipe.test([records[i : i + 1000] for i in range(0, len(records), 1000)])
     assert isinstance(pipe.producer, RecordingProducer)
     vectors = pipe.producer.on("segment-features")
     models = pipe.learner.models
     assert isinstance(models, MemoryModelStore)
-    clock = [START_MS / 1000 + 201 * 86_400]
+    clock = [START_MS / 1000 + 151 * 86_400]
     pipe.learner.clock = lambda: clock[0]
 
     async def run() -> list[int | None]:
