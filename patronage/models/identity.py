@@ -87,7 +87,8 @@ def merge(a: ProfileState, b: ProfileState, cfg: ProfileConfig) -> ProfileState:
     merged.days = sorted({*a.days, *b.days})
     _visit_fields(merged)
     merged.sessions = _merge_sessions(a, b, cfg.session_window, out)
-    merged.order_keys = a.order_keys + [k for k in b.order_keys if k not in set(a.order_keys)]
+    known = set(a.order_keys)
+    merged.order_keys = a.order_keys + [k for k in b.order_keys if k not in known]
     merged.eids = _merge_eids(a, b, cfg)
     merged.outbox = a.outbox + [f for f in b.outbox if f not in a.outbox]
     judged = out.get("judged_day")

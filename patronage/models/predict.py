@@ -162,15 +162,22 @@ def clv(
 ) -> float:
     """Predicted value over the next `weeks`: expected purchases per step
     (monthly by default) times the expected order value, discounted per step."""
-    value = expected_order_value(spend, x, zbar)
-    step_rate = (1 + annual_discount) ** (weeks_per_step / 52) - 1
-    total, before = 0.0, 0.0
-    steps = math.ceil(weeks / weeks_per_step)
-    for step in range(1, steps + 1):
-        cumulative = expected_purchases(purchases, min(weeks, step * weeks_per_step), x, t_x, T)
-        total += (cumulative - before) * value / (1 + step_rate) ** step
-        before = cumulative
-    return total
+
+    def one(v: float) -> np.ndarray:
+        return np.array([v], dtype=float)
+
+    values = clv_many(
+        purchases,
+        spend,
+        one(x),
+        one(t_x),
+        one(T),
+        one(zbar),
+        weeks,
+        annual_discount,
+        weeks_per_step,
+    )
+    return float(values[0])
 
 
 def clv_many(
@@ -184,8 +191,8 @@ def clv_many(
     annual_discount: float = 0.1,
     weeks_per_step: float = 52 / 12,
 ) -> np.ndarray:
-    """`clv` for many customers at once (arrays): what scoring a batch costs
-    is one 2F1 call per step for the whole batch, not per customer."""
+    """`clv` for arrays of customers: scoring a batch costs one 2F1 call per
+    step for the whole batch, not per customer."""
     r, alpha, a, b = purchases.r, purchases.alpha, purchases.a, purchases.b
     p, q, g = spend.p, spend.q, spend.gamma
     repeat = x > 0

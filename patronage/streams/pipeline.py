@@ -101,7 +101,7 @@ class Pipeline:
         self.retry = Retry(settings.redis_retry_max_s, self.stats.counters, store.ensure_scripts)
         self.segmenter = Segmenter(settings, models, store)
         self.parameters = ParameterStore(models)
-        self.predictor = Predictor(settings, store, self.parameters, self.send)
+        self.predictor = Predictor(settings, store, self.parameters, self.send, self.pass_now)
         self.learner = Learner(settings, models, clock)
         self.sweeper = LapseSweeper(
             store,
@@ -252,11 +252,7 @@ class Pipeline:
             return
         if self.rescoring is not None and not self.rescoring.done():
             return  # the running pass will be followed by the next refresh
-        now = float(self.now_ms())
-        if self.settings.lapse_clock == "event":
-            marks = await self.store.clock_marks(sorted(owned))
-            newest = [float(v) for m in marks.values() for k, v in m.items() if k.startswith("hw:")]
-            now = max(newest) if newest else now
+        now = await self.pass_now(owned)
         self.rescoring = asyncio.create_task(
             self.segmenter.rescore_partitions(owned, now, self.send)
         )
@@ -268,6 +264,17 @@ class Pipeline:
         if self.settings.lapse_clock == "event" and batch.newest:
             return float(max(max(topics.values()) for topics in batch.newest.values()))
         return float(wall_ms)
+
+    async def pass_now(self, partitions: set[int]) -> float:
+        """What a pass over owned customers (re-scoring, re-valuing) measures
+        at: on the event clock (replays) the newest event time of those
+        partitions, else now."""
+        now = float(self.now_ms())
+        if self.settings.lapse_clock == "event":
+            marks = await self.store.clock_marks(sorted(partitions))
+            newest = [float(v) for m in marks.values() for k, v in m.items() if k.startswith("hw:")]
+            now = max(newest) if newest else now
+        return now
 
     async def _segment(self, result: ApplyResult, now: float) -> None:
         """Score the updated profiles and feed the learner."""

@@ -99,9 +99,15 @@ class Predictor:
     customers when a refit brings new parameters."""
 
     def __init__(
-        self, settings: Settings, store: ProfileStoreT, parameters: ParameterStore, send: Send
+        self,
+        settings: Settings,
+        store: ProfileStoreT,
+        parameters: ParameterStore,
+        send: Send,
+        pass_now: Callable[[set[int]], Awaitable[float]],
     ) -> None:
         self.settings = settings
+        self.pass_now = pass_now  # what a pass over partitions values at
         self.store = store
         self.parameters = parameters
         self.send = send
@@ -242,7 +248,7 @@ class Predictor:
                 cursor, ids = await self.store.partition_members(partition, cursor, slice_size)
                 inputs = await self.store.risk_inputs(ids)
                 profiles = {c: fields for c, (fields, _) in inputs.items()}
-                await self.judge_tiers(profiles, fitted, await self.now_of(partition), "refit")
+                await self.judge_tiers(profiles, fitted, await self.pass_now({partition}), "refit")
                 moments = {}
                 for customer_id, (fields, orders) in inputs.items():
                     due = judge_risk(fields, orders, fitted, self.threshold, -math.inf).due
@@ -256,13 +262,3 @@ class Predictor:
             await self.store.set_risk_version(partition, fitted.version)
         self.passes += 1
         return seen
-
-    async def now_of(self, partition: int) -> float:
-        """What a pass values tiers at: the partition's newest event time on
-        the event clock (replays), else the wall clock."""
-        wall_ms = time.time() * 1000
-        if self.settings.lapse_clock != "event":
-            return wall_ms
-        marks = (await self.store.clock_marks([partition])).get(partition, {})
-        newest = [float(v) for k, v in marks.items() if k.startswith("hw:")]
-        return max(newest) if newest else wall_ms
