@@ -108,7 +108,7 @@ def _prepare_one(
     line_letters = [
         _line_letter(record, problem, now_ms, rules) for problem in outcome.dropped_lines
     ]
-    customer_id = outcome.event.customer_id
+    customer_id = outcome.event.profile_id
     batch.by_customer.setdefault(customer_id, []).append(delta)
     batch.records_of.setdefault(customer_id, []).append(record)
     batch.partition_of[customer_id] = record.partition

@@ -10,9 +10,9 @@ import datetime as dt
 import re
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 UTC = dt.UTC
 
@@ -120,12 +120,11 @@ ShortText = Annotated[str, BeforeValidator(_clean_text), Field(max_length=MAX_ID
 
 
 class _Timed(BaseModel):
-    """An input record: an id, a customer and a time."""
+    """An input record: an id and a time."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     event_id: Ident
-    customer_id: CustomerId
     # Kept raw here; validation turns it into epoch ms with the configured zone.
     ts: int | float | str
 
@@ -137,8 +136,63 @@ class _Timed(BaseModel):
         return value
 
 
+IdentifierKind = Literal[
+    "anonymous_id", "loyalty_card", "email_sha256", "phone_sha256", "app_install_id"
+]
+# Identifiers are keyed "<kind>:<value>" beside customer ids (the profile of
+# a cookie seen without a customer id, the identity graph's nodes): a
+# customer id may not take that shape.
+IDENTIFIER_PREFIXES = tuple(f"{kind}:" for kind in get_args(IdentifierKind))
+
+
+def _identified_by_any(schema: dict[str, Any]) -> None:
+    # The JSON Schema says what the validator below checks.
+    names = [
+        n for n in ("customer_id", "anonymous_id", "loyalty_card") if n in schema["properties"]
+    ]
+    schema["anyOf"] = [{"required": [name]} for name in names]
+
+
 class _Event(_Timed):
-    pass
+    """An event of a customer, or of an identifier not (yet) linked to one:
+    a click with only a cookie's `anonymous_id`, a till receipt with only a
+    `loyalty_card`. The profile it builds is `profile_id`'s."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, json_schema_extra=_identified_by_any)
+
+    customer_id: CustomerId | None = None
+    anonymous_id: CustomerId | None = None
+
+    @field_validator("customer_id")
+    @classmethod
+    def _not_an_identifier_key(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(IDENTIFIER_PREFIXES):
+            kind = value.partition(":")[0]
+            raise ValueError(f"customer_id must not start with {kind}: (an identifier's key)")
+        return value
+
+    @model_validator(mode="after")
+    def _identified(self) -> _Event:
+        self._profile_id()
+        return self
+
+    def _profile_id(self) -> str:
+        if self.customer_id is not None:
+            return self.customer_id
+        if self.anonymous_id is not None:
+            return f"anonymous_id:{self.anonymous_id}"
+        card = getattr(self, "loyalty_card", None)
+        if card:
+            if "{" in card or "}" in card:
+                raise ValueError("loyalty_card, the only identifier, must not contain { or }")
+            return f"loyalty_card:{card}"
+        raise ValueError("customer_id or anonymous_id is required (or a receipt's loyalty_card)")
+
+    @property
+    def profile_id(self) -> str:
+        """Whose profile the event builds: the customer's; without one, its
+        identifier's (a customer id beats a cookie, a cookie beats a card)."""
+        return self._profile_id()
 
 
 class Click(_Event):
@@ -201,11 +255,6 @@ class CustomerAttributes(_Event):
     attributes: dict[str, AttributeValue]
 
 
-IdentifierKind = Literal[
-    "anonymous_id", "loyalty_card", "email_sha256", "phone_sha256", "app_install_id"
-]
-
-
 class Identifier(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -216,9 +265,9 @@ class Identifier(BaseModel):
 
 class IdentityEvent(_Timed):
     """On the `identities` topic: an identifier is (`link`) or is no longer
-    (`unlink`) one of a customer's. The contract of issue #16's identity
-    stitching; the merge it drives is models/identity.py."""
+    (`unlink`) one of a customer's. The merge it drives is models/identity.py."""
 
+    customer_id: CustomerId
     type: Literal["link", "unlink"]
     identifier: Identifier
 

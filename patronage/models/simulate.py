@@ -259,7 +259,9 @@ def with_bad_events(
         bad = dict(event)
         bad["event_id"] = f"bad-{seed}-{n}"
         if variant == "missing_customer":
+            # No identifier at all (a card alone would identify a receipt).
             del bad["customer_id"]
+            bad.pop("loyalty_card", None)
         elif variant == "unknown_currency" and "currency" in bad:
             bad["currency"] = "XXX"
         elif variant == "future_ts":

@@ -266,3 +266,60 @@ def test_attribute_numbers_must_be_plain_digits(value: Any) -> None:
     outcome = run(body, "customer_attributes")
     assert isinstance(outcome, Accepted), outcome
     assert outcome.event.attributes == {"gender": "f"}  # type: ignore[union-attr]
+
+
+def receipt(**overrides: Any) -> dict[str, Any]:
+    body = purchase(receipt_id="r1", store_id="berlin-mitte", payment_method="card")
+    del body["order_id"]
+    body.update(overrides)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+# Whose profile an event builds (issue #16): the customer's; without one, the
+# cookie's; a till receipt without either, its loyalty card's.
+PROFILE_IDS = [
+    (purchase(), "purchase", "c1"),
+    (
+        purchase(customer_id=None, anonymous_id="0b7f5c2e-3d41"),
+        "purchase",
+        "anonymous_id:0b7f5c2e-3d41",
+    ),
+    (purchase(anonymous_id="0b7f5c2e-3d41"), "purchase", "c1"),
+    (
+        receipt(customer_id=None, loyalty_card="4006381333931"),
+        "store_receipt",
+        "loyalty_card:4006381333931",
+    ),
+    (receipt(loyalty_card="4006381333931"), "store_receipt", "c1"),
+    (
+        receipt(customer_id=None, anonymous_id="a1", loyalty_card="4006381333931"),
+        "store_receipt",
+        "anonymous_id:a1",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "kind", "profile_id"), PROFILE_IDS)
+def test_profile_id_of_an_event(body: dict[str, Any], kind: str, profile_id: str) -> None:
+    body = {k: v for k, v in body.items() if v is not None}
+    outcome = run(body, kind)
+    assert isinstance(outcome, Accepted), outcome
+    assert outcome.event.profile_id == profile_id
+
+
+UNIDENTIFIED = [
+    (purchase(customer_id=None), "purchase", "customer_id or anonymous_id is required"),
+    (receipt(customer_id=None, loyalty_card="{guest}"), "store_receipt", "must not contain { or }"),
+    (purchase(customer_id="anonymous_id:x"), "purchase", "an identifier's key"),
+    (purchase(customer_id="loyalty_card:123"), "purchase", "an identifier's key"),
+]
+
+
+@pytest.mark.parametrize(("body", "kind", "why"), UNIDENTIFIED)
+def test_events_without_a_usable_identifier_are_rejected(
+    body: dict[str, Any], kind: str, why: str
+) -> None:
+    body = {k: v for k, v in body.items() if v is not None}
+    outcome = run(body, kind)
+    assert isinstance(outcome, Rejected) and outcome.code == "schema", outcome
+    assert why in outcome.reason
