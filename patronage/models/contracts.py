@@ -291,6 +291,23 @@ KNOWN_ATTRIBUTES: dict[str, tuple[type, ...]] = {
 }
 
 
+class IdentityChange(BaseModel):
+    """On `identity-changes`: the identifiers that make one customer changed.
+    A `merge` joins profiles (`previous` lists the canonical ids merged); a
+    `split` is what an unlink leaves, one message per person left (an
+    identifier left alone is a profile of its own again)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str  # identity:<customer_id>:<cause>: one per person per link event
+    customer_id: str  # the canonical customer id (or an identifier's key)
+    ts: str  # the link or unlink's time
+    kind: Literal["merge", "split"]
+    identifiers: list[str]  # every member: customer ids and "<kind>:<value>"
+    previous: list[str]  # the canonical ids the members had before
+    cause: str  # the event_id of the link or unlink
+
+
 class SegmentChange(BaseModel):
     model_config = ConfigDict(frozen=True)
 

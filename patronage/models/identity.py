@@ -24,12 +24,14 @@ alerted again for the person.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import reduce
-from typing import Literal
+from typing import Literal, get_args
 
+from patronage.models.contracts import IdentifierKind
 from patronage.models.layout import ATTRIBUTE_PREFIX, MAP_PREFIXES, OFFSET_PREFIX, OTHER
 from patronage.models.profile import (
     ProfileConfig,
@@ -216,6 +218,7 @@ def _order_entry_key(entry: str) -> tuple[float, float]:
 # Resolution: which identifiers and customer ids are one person.
 
 Node = tuple[str, str]  # ("customer_id", id) or (identifier kind, value)
+IDENTIFIER_KINDS = frozenset(get_args(IdentifierKind))
 
 
 @dataclass(frozen=True)
@@ -326,3 +329,107 @@ class IdentityGraph:
             return person
         kind, value = node
         return value if kind == "customer_id" else f"{kind}:{value}"
+
+
+# ---------------------------------------------------------------------------
+# Nodes as stored keys, and what a change of the graph changes for people.
+
+
+def node_key(node: Node) -> str:
+    """A node as it is keyed beside profiles: a customer id as it is, an
+    identifier as "<kind>:<value>" (the key of its own profile when events
+    carry it alone; customer ids may not take that shape, contracts.py)."""
+    kind, value = node
+    return value if kind == "customer_id" else f"{kind}:{value}"
+
+
+def node_of(key: str) -> Node:
+    kind, sep, value = key.partition(":")
+    if sep and kind in IDENTIFIER_KINDS:
+        return kind, value
+    return "customer_id", key
+
+
+@dataclass(frozen=True)
+class Person:
+    """A connected group of linked nodes: its canonical customer id and the
+    keys of its members (their parts are the profiles merged)."""
+
+    canonical: str
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PersonChange:
+    """A person whose members changed: merged with others (`merge`) or left
+    by some (`split`, also for a node left on its own)."""
+
+    person: Person
+    kind: Literal["merge", "split"]
+    previous: tuple[str, ...]  # the canonical ids its members had before
+
+
+def persons(people: Mapping[Node, str]) -> dict[str, Person]:
+    """Every linked node's key -> its person (IdentityGraph.people())."""
+    members: dict[str, list[str]] = {}
+    for node, canonical in people.items():
+        members.setdefault(canonical, []).append(node_key(node))
+    groups = {c: Person(c, tuple(sorted(m))) for c, m in members.items()}
+    return {node_key(node): groups[c] for node, c in people.items()}
+
+
+def person_changes(
+    before: Mapping[str, Person], after: Mapping[str, Person], keys: Iterable[str]
+) -> list[PersonChange]:
+    """The people (among those of `keys`) whose members differ after a
+    graph change; a node linked to nobody is a person of its own."""
+
+    def of(table: Mapping[str, Person], key: str) -> Person:
+        return table.get(key) or Person(key, (key,))
+
+    changes: dict[str, PersonChange] = {}
+    for key in keys:
+        now = of(after, key)
+        if now.canonical in changes or set(now.members) == set(of(before, key).members):
+            continue
+        previous = tuple(sorted({of(before, m).canonical for m in now.members}))
+        # Members from more than one person: a merge (even if some also left).
+        kind: Literal["merge", "split"] = "merge" if len(previous) > 1 else "split"
+        changes[now.canonical] = PersonChange(now, kind, previous)
+    return sorted(changes.values(), key=lambda c: c.person.canonical)
+
+
+def person_to_json(person: Person) -> str:
+    return json.dumps({"canonical": person.canonical, "members": list(person.members)})
+
+
+def person_from_json(raw: str | bytes) -> Person:
+    doc = json.loads(raw)
+    return Person(str(doc["canonical"]), tuple(doc["members"]))
+
+
+def link_to_json(event: LinkEvent) -> str:
+    """A pair's latest event as stored under both its nodes."""
+    kind, value = event.identifier
+    return json.dumps(
+        {
+            "type": event.type,
+            "customer_id": event.customer_id,
+            "kind": kind,
+            "value": value,
+            "ts": event.ts,
+            "event_id": event.event_id,
+        },
+        separators=(",", ":"),
+    )
+
+
+def link_from_json(raw: str | bytes) -> LinkEvent:
+    doc = json.loads(raw)
+    return LinkEvent(
+        doc["type"],
+        doc["customer_id"],
+        (doc["kind"], doc["value"]),
+        int(doc["ts"]),
+        doc["event_id"],
+    )

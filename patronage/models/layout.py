@@ -76,6 +76,24 @@ def predict_key(prefix: str) -> str:
     return f"{prefix}:{{predict}}:params"
 
 
+def identity_links_key(prefix: str, node: str) -> str:
+    """hash: the other node of each (customer, identifier) pair this node is
+    in -> the pair's latest link or unlink (JSON); models/identity.py."""
+    return f"{prefix}:{{{node}}}:il"
+
+
+def person_key(prefix: str, node: str) -> str:
+    """string: the person a linked node belongs to (JSON: canonical id,
+    member keys); absent for a node linked to nobody."""
+    return f"{prefix}:{{{node}}}:pe"
+
+
+def identity_generation_key(prefix: str) -> str:
+    """string: counts changes of people, so a cache of persons knows when
+    to forget (one GET per batch)."""
+    return f"{prefix}:{{identity}}:gen"
+
+
 def sources_key(prefix: str) -> str:
     """hash: topic:partition -> epoch:highest offset seen (models/sources.py)."""
     return f"{prefix}:{{sources}}"

@@ -283,3 +283,119 @@ def to_jsonl(events: list[dict[str, Any]] | list[dict[str, Any] | str]) -> str:
         (e if isinstance(e, str) else json.dumps(e, sort_keys=True, separators=(",", ":"))) + "\n"
         for e in events
     )
+
+
+@dataclass(frozen=True)
+class Stitched:
+    """A population as identifiers see it (issue #16): events, the links and
+    unlinks the shop's login and loyalty systems send, and the truth."""
+
+    events: list[dict[str, Any]]
+    identities: list[dict[str, Any]]  # "link"/"unlink" events, in time order
+    person_of: dict[str, str]  # every profile key -> the true customer
+    wrong: list[tuple[str, str]]  # (customer, identifier key) linked by mistake, undone
+
+
+def stitched(
+    events: list[dict[str, Any]],
+    seed: int,
+    anonymous_share: float = 0.15,
+    card_share: float = 0.5,
+    wrong_share: float = 0.2,
+) -> Stitched:
+    """The same visits as identifiers see them: online visitors browse under a
+    cookie until they log in (the login session spans both: its later clicks
+    carry the account and the cookie); `anonymous_share` of visitors never log
+    in (guest checkout); `card_share` of store shoppers pay with a loyalty card
+    for months before registering it; a few links join a customer to a guest's
+    cookie by mistake (a shared tablet: `wrong_share` of guests) and are
+    unlinked days later."""
+    rng = random.Random(seed * 104_729 + 3)
+    by_customer: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        by_customer.setdefault(event["customer_id"], []).append(event)
+    out: list[dict[str, Any]] = []
+    links: list[dict[str, Any]] = []
+    person_of: dict[str, str] = {}
+    guests: list[str] = []
+
+    def link(kind: str, customer: str, identifier: tuple[str, str], ts: int) -> None:
+        links.append(
+            {
+                "type": kind,
+                "event_id": f"{kind}-{seed}-{len(links)}",
+                "customer_id": customer,
+                "identifier": {"kind": identifier[0], "value": identifier[1]},
+                "ts": ts,
+            }
+        )
+
+    for customer, own in by_customer.items():
+        person_of[customer] = customer
+        cookie = f"{rng.getrandbits(128):032x}"
+        guest, login_at, card_at = _identified_at(rng, own, anonymous_share, card_share)
+        for event in own:
+            event = dict(event)
+            if event["type"] in ("click", "purchase") and (guest or login_at is not None):
+                if guest or event["ts"] < login_at:
+                    del event["customer_id"]
+                event["anonymous_id"] = cookie
+            if event["type"] == "store_receipt" and card_at is not None and event["ts"] < card_at:
+                del event["customer_id"]  # paid with the card, not yet registered
+            out.append(event)
+        if guest:
+            guests.append(f"anonymous_id:{cookie}")
+            person_of[f"anonymous_id:{cookie}"] = f"anonymous_id:{cookie}"
+        if login_at is not None:
+            link("link", customer, ("anonymous_id", cookie), login_at)
+            person_of[f"anonymous_id:{cookie}"] = customer
+        if card_at is not None:
+            link("link", customer, ("loyalty_card", f"L{customer}"), card_at)
+            person_of[f"loyalty_card:L{customer}"] = customer
+    wrong = _wrong_links(rng, out, guests, sorted(by_customer), wrong_share, link)
+    out.sort(key=lambda e: (e["ts"], e["event_id"]))
+    links.sort(key=lambda e: (e["ts"], e["event_id"]))
+    return Stitched(out, links, person_of, wrong)
+
+
+def _identified_at(
+    rng: random.Random, own: list[dict[str, Any]], anonymous_share: float, card_share: float
+) -> tuple[bool, int | None, int | None]:
+    """Whether a customer stays a guest online, when they log in, when they
+    register their loyalty card (None: never)."""
+    online = [e for e in own if e["type"] in ("click", "purchase")]
+    guest = bool(online) and rng.random() < anonymous_share
+    login_at = None
+    if online and not guest:
+        # Logged in at the first checkout, or at a session some way in.
+        bought = [e["ts"] for e in online if e["type"] == "purchase"]
+        clicks = sorted(e["ts"] for e in online if e["type"] == "click")
+        cut = [clicks[rng.randrange(len(clicks))]] if clicks else []
+        login_at = min([*bought, *cut], default=None)
+    receipts = [e for e in own if e["type"] == "store_receipt"]
+    card_at = None
+    if receipts and rng.random() < card_share:
+        card_at = receipts[min(len(receipts) - 1, rng.randint(1, 4))]["ts"]
+    return guest, login_at, card_at
+
+
+def _wrong_links(
+    rng: random.Random,
+    events: list[dict[str, Any]],
+    guests: list[str],
+    customers: list[str],
+    share: float,
+    link: Any,
+) -> list[tuple[str, str]]:
+    """A share of guests' cookies linked to a random customer (a shared
+    tablet in a store), unlinked three days later."""
+    wrong = []
+    for guest_key in guests:
+        if customers and rng.random() < share:
+            customer = rng.choice(customers)
+            cookie = guest_key.partition(":")[2]
+            at = min(e["ts"] for e in events if e.get("anonymous_id") == cookie)
+            link("link", customer, ("anonymous_id", cookie), at + 3_600_000)
+            link("unlink", customer, ("anonymous_id", cookie), at + 3 * DAY_MS)
+            wrong.append((customer, guest_key))
+    return wrong

@@ -252,9 +252,11 @@ def profile() -> None:
 @profile.command("show")
 @click.argument("customer_id")
 def profile_show(customer_id: str) -> None:
-    """Print one customer's profile, with predictions valued now."""
+    """Print one customer's profile (any identifier of theirs: the person's
+    merged profile), with predictions valued now."""
 
     async def read(s: Settings) -> dict[str, object] | None:
+        from patronage.streams.identities import Resolver
         from patronage.streams.predicting import ParameterStore, view_with_predictions
         from patronage.streams.segmenting import ModelStore
 
@@ -262,7 +264,10 @@ def profile_show(customer_id: str) -> None:
             parameters = ParameterStore(ModelStore(store.client, s.key_prefix))
             now = time.time() * 1000
             discount = s.prediction_discount_rate
-            return await view_with_predictions(store, parameters, customer_id, now, discount)
+            resolver = Resolver(store, s.profile_config, 0) if s.identity_stitching else None
+            return await view_with_predictions(
+                store, parameters, customer_id, now, discount, resolver
+            )
 
     view = run(read)
     if view is None:

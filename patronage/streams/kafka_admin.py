@@ -19,17 +19,21 @@ async def create_topics(settings: Settings) -> list[str]:
     try:
         existing = set(await admin.list_topics())
         wanted = [*settings.input_topics, *settings.output_topics]
-        single = settings.topic(settings.topic_segment_features)
+        # One partition: exactly one worker in the group learns, and one
+        # applies identity links, in their order.
+        single = {
+            settings.topic(settings.topic_segment_features),
+            settings.topic(settings.topic_identities),
+        }
         missing = [t for t in wanted if t not in existing]
         if missing:
             # Another process may create them at the same moment; that is fine.
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [
-                        # One partition: exactly one worker in the group learns.
                         NewTopic(
                             t,
-                            1 if t == single else settings.partitions,
+                            1 if t in single else settings.partitions,
                             settings.replication_factor,
                         )
                         for t in missing

@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Any
 
 from patronage.models.clock import with_batch
-from patronage.models.lapse import finding_to_json
+from patronage.models.identity import Person
+from patronage.models.lapse import finding_from_json, finding_to_json
 from patronage.models.layout import stored_text
 from patronage.models.predict import FittedParameters
 from patronage.models.profile import (
@@ -44,6 +45,9 @@ class MemoryProfileStore:
         self.members: dict[int, set[str]] = {}
         self.risk: dict[int, dict[str, float]] = {}
         self.risk_judged: dict[int, int] = {}
+        self.links: dict[str, dict[str, str]] = {}
+        self.persons: dict[str, Person] = {}
+        self.generation = 0
 
     async def ensure_scripts(self, force: bool = False) -> None:
         return None
@@ -226,6 +230,41 @@ class MemoryProfileStore:
     async def fields_of(self, customer_ids: Sequence[str]) -> dict[str, Fields]:
         return {c: self._fields(self.states[c]) for c in customer_ids if c in self.states}
 
+    async def states_of(self, customer_ids: Sequence[str]) -> dict[str, ProfileState]:
+        return {c: self.states[c].copy() for c in customer_ids if c in self.states}
+
+    async def identity_links(self, nodes: Sequence[str]) -> dict[str, dict[str, str]]:
+        return {n: dict(self.links.get(n, {})) for n in nodes}
+
+    async def persons_of(self, nodes: Sequence[str]) -> dict[str, Person]:
+        return {n: self.persons[n] for n in nodes if n in self.persons}
+
+    async def identity_generation(self) -> int:
+        return self.generation
+
+    async def write_identities(
+        self, links: Mapping[tuple[str, str], str], persons: Mapping[str, Person | None]
+    ) -> None:
+        for (customer, identifier), raw in links.items():
+            self.links.setdefault(customer, {})[identifier] = raw
+            self.links.setdefault(identifier, {})[customer] = raw
+        for node, person in persons.items():
+            if person is None:
+                self.persons.pop(node, None)
+            else:
+                self.persons[node] = person
+        self.generation += bool(persons)
+
+    async def forget_identities(self, nodes: Sequence[str]) -> int:
+        removed = 0
+        for node in nodes:
+            for other in self.links.get(node, {}):
+                removed += self.links.get(other, {}).pop(node, None) is not None
+            removed += self.links.pop(node, None) is not None
+            removed += self.persons.pop(node, None) is not None
+        self.generation += bool(nodes)
+        return removed
+
     @staticmethod
     def _fields(state: ProfileState) -> Fields:
         return stored_fields(state)
@@ -253,6 +292,29 @@ def stored_state(state: ProfileState) -> dict[str, Any]:
         "edges": {day: [lo, hi] for day, (lo, hi) in sorted(state.edges.items())},
         "risk_orders": state.risk_orders,
     }
+
+
+def state_from_stored(stored: Mapping[str, Any]) -> ProfileState:
+    """The inverse of `stored_state`: a ProfileState from what a store holds
+    (parts of a person are merged from these, models/identity.py)."""
+    fields: dict[str, float | str] = {}
+    for name, value in stored["profile"].items():
+        if name == "day0":
+            continue  # the bitmap's origin, not profile state
+        try:
+            fields[name] = float(value)
+        except ValueError:
+            fields[name] = value
+    return ProfileState(
+        fields=fields,
+        days=sorted(stored["days"]),
+        sessions={k: int(v) for k, v in stored["sessions"].items()},
+        eids=[(token, int(hour)) for token, hour in stored["event_ids"]],
+        order_keys=list(stored["order_keys"]),
+        outbox=[finding_from_json(json.dumps(f)) for f in stored["outbox"]],
+        edges={int(day): (int(lo), int(hi)) for day, (lo, hi) in stored["edges"].items()},
+        risk_orders=stored["risk_orders"],
+    )
 
 
 def _outbox(state: ProfileState) -> list[bytes]:

@@ -29,6 +29,7 @@ from patronage.models.features import rfm_inputs
 from patronage.models.lapse import finding_from_json, to_alert
 from patronage.models.segments import customer_hash
 from patronage.models.sources import SourceState, observe
+from patronage.streams.identities import Resolver, Stitcher
 from patronage.streams.metrics import WorkerMetrics
 from patronage.streams.predicting import ParameterStore, Predictor
 from patronage.streams.retry import Retry
@@ -114,6 +115,8 @@ class Pipeline:
             wall=clock,
             also=self.predictor.sweep_partition,
         )
+        self.resolver = Resolver(store, settings.profile_config, settings.identity_cache_size)
+        self.stitcher = Stitcher(settings, store, self.send, self._send_dead_letters)
         self.rescoring: asyncio.Task[int] | None = None
         # Sources kept between batches while the assignment stands.
         self._sources_seen: dict[tuple[str, int], SourceState] = {}
@@ -157,6 +160,13 @@ class Pipeline:
                 dead_letter(batch, record, "redis_refused", reason, now_ms, self.settings.rules)
         await self._send_dead_letters(batch)
         await self.retry("lapse alerts", lambda: self.send_findings(result.outbox))
+        if self.settings.identity_stitching:
+            # Scores and tiers are a person's: a linked part is scored as the
+            # merge of its person's parts, under the canonical id.
+            people = await self.retry(
+                "identities", lambda: self.resolver.canonical_profiles(result.profiles)
+            )
+            result.profiles = people
         scored_at = self._scoring_now(batch, now_ms)
         await self.retry("segments", lambda: self._segment(result, scored_at))
         purchased = {
@@ -195,9 +205,14 @@ class Pipeline:
         self.metrics.redis_apply_seconds.observe(time.perf_counter() - started)
         return result
 
+    async def link(self, record: Record) -> None:
+        """One record of `identities`: a link or unlink (streams/identities.py)."""
+        await self.retry("identities", lambda: self.stitcher.apply(record, self.now_ms()))
+
     async def erase(self, record: Record) -> None:
-        """One erasure request: remove the customer, confirm on Kafka; an
-        unusable request becomes a dead letter."""
+        """One erasure request: remove the customer and every identifier
+        linked to them, confirm on Kafka; an unusable request becomes a dead
+        letter."""
         try:
             request = json.loads(record.value or b"")
             customer_id = str(request["customer_id"]).strip()
@@ -212,12 +227,9 @@ class Pipeline:
             )
             await self._send_dead_letters(batch)
             return
-        removed, segment = await self.retry(
-            "erasure", lambda: self.store.erase(customer_id, record.partition)
+        removed = await self.retry(
+            "erasure", lambda: self._erase_person(customer_id, record.partition)
         )
-        if segment is not None:
-            models = self.segmenter.models
-            await self.retry("segment size", lambda: models.adjust_sizes({segment: -1}))
         confirmation = {
             "event_id": f"erased:{customer_id}:{request_id}",
             "customer_id": customer_id,
@@ -230,6 +242,20 @@ class Pipeline:
         self.stats.counters["erasures"] += 1
         log.info("erased a customer on request %s (%d keys)", request_id, removed)
         log.debug("erasure request %s was for customer %s", request_id, customer_id)
+
+    async def _erase_person(self, customer_id: str, partition: int) -> int:
+        """Every part of the customer's person, and their links; safe to repeat."""
+        person = (await self.resolver.persons([customer_id])).get(customer_id)
+        parts = list(person.members) if person else [customer_id]
+        removed = 0
+        for part in parts:
+            # Another part's lapse and member entries sit in a partition not
+            # known here: sweeps and re-scoring drop entries whose profile is gone.
+            count, segment = await self.store.erase(part, partition)
+            removed += count
+            if segment is not None:
+                await self.segmenter.models.adjust_sizes({segment: -1})
+        return removed + await self.store.forget_identities(parts)
 
     async def send_findings(self, outbox: dict[str, list[bytes]]) -> None:
         """Publish pending lapse findings as alerts, then drop them from the store."""

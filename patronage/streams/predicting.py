@@ -20,6 +20,7 @@ from patronage.models.predict import (
 )
 from patronage.models.profile import profile_view
 from patronage.models.risk import TIER, judge_risk, risk_alert, tiers
+from patronage.streams.identities import Resolver
 from patronage.streams.settings import Settings
 from patronage.streams.types import Fields, ModelStoreT, ProfileStoreT
 
@@ -53,12 +54,21 @@ async def view_with_predictions(
     customer_id: str,
     now_ms: float,
     annual_discount: float,
+    resolver: Resolver | None = None,
 ) -> dict[str, object] | None:
-    """The profile as `GET /profiles/{id}` shows it, predictions valued now."""
-    fields = (await store.fields_of([customer_id])).get(customer_id)
-    if fields is None:
+    """The profile as `GET /profiles/{id}` shows it, predictions valued now.
+    With identity stitching the id may be any identifier of a customer: the
+    answer is their person's merged profile, with its identifiers."""
+    if resolver is None:
+        fields = (await store.fields_of([customer_id])).get(customer_id)
+        found = (customer_id, fields, [customer_id]) if fields is not None else None
+    else:
+        found = await resolver.view(customer_id)
+    if found is None:
         return None
-    view = profile_view(customer_id, fields)
+    canonical, fields, identifiers = found
+    view = profile_view(canonical, fields)
+    view["identifiers"] = identifiers
     view["predictions"] = predictions(fields, now_ms, await parameters.current(), annual_discount)
     return view
 

@@ -140,6 +140,21 @@ class Settings(BaseSettings):
     # A buyer is `at_risk` once p_alive falls below this with no purchase since.
     prediction_at_risk_threshold: float = Field(0.3, gt=0, lt=1)
 
+    # Identity stitching (docs/identity.md): links and unlinks arrive on
+    # `identities` (one partition: one worker applies them, in order); each
+    # change of the people they make goes out on `identity-changes`.
+    identity_stitching: bool = True
+    topic_identities: str = "identities"
+    topic_identity_changes: str = "identity-changes"
+    # A link beyond these is refused to the DLQ (a shared tablet, a store's
+    # guest card); 1 customer per identifier: a second claim is refused, not merged.
+    identity_max_identifiers_per_customer: int = Field(20, ge=1, le=1000)
+    identity_max_customers_per_identifier: int = Field(1, ge=1, le=1000)
+    # Nodes (customers and identifiers) read around a link at most.
+    identity_max_component: int = Field(2000, ge=10, le=100_000)
+    # Persons kept in each worker's cache (emptied when any person changes).
+    identity_cache_size: int = Field(100_000, ge=0, le=10_000_000)
+
     # Validation
     currencies: dict[str, float] = {"EUR": 1.0}
     max_future_s: int = Field(300, ge=0, le=86_400 * 7)
@@ -285,7 +300,11 @@ class Settings(BaseSettings):
     @property
     def control_topics(self) -> list[str]:
         """Low-volume topics the Faust agents read (learner, erasure)."""
-        return [self.topic(self.topic_segment_features), self.topic(self.topic_erasure_requests)]
+        return [
+            self.topic(self.topic_segment_features),
+            self.topic(self.topic_erasure_requests),
+            self.topic(self.topic_identities),
+        ]
 
     @property
     def control_group_id(self) -> str:
@@ -303,6 +322,8 @@ class Settings(BaseSettings):
             self.topic(self.topic_lapse_alerts),
             self.topic(self.topic_erasure_requests),
             self.topic(self.topic_erasure_confirmations),
+            self.topic(self.topic_identities),
+            self.topic(self.topic_identity_changes),
         ]
 
     @cached_property

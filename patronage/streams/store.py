@@ -16,6 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from patronage.models.identity import Person, person_from_json, person_to_json
 from patronage.models.layout import (
     APPLY_ARGS,
     REPLY,
@@ -23,16 +24,20 @@ from patronage.models.layout import (
     clock_key,
     customer_keys,
     due_key,
+    identity_generation_key,
+    identity_links_key,
     members_key,
+    person_key,
     risk_key,
     risk_version_key,
     sources_key,
     stored_text,
 )
-from patronage.models.profile import Delta, ProfileConfig, profile_view
+from patronage.models.profile import Delta, ProfileConfig, ProfileState, profile_view
 from patronage.models.sources import SourceState
 from patronage.models.timeunits import HOUR_MS
 from patronage.streams.errors import classify, needs_slot_refresh
+from patronage.streams.memory import state_from_stored
 from patronage.streams.settings import Settings
 from patronage.streams.types import ApplyResult, Fields, Queue
 
@@ -493,6 +498,70 @@ class ProfileStore:
             "risk_orders": (risk or b"").decode(),
         }
 
+    async def states_of(self, customer_ids: Sequence[str]) -> dict[str, ProfileState]:
+        """The whole stored state of these customers (parts of a person, to
+        merge), of those that have a profile."""
+        stored = await asyncio.gather(*(self.stored_state(c) for c in customer_ids))
+        return {
+            c: state_from_stored(s)
+            for c, s in zip(customer_ids, stored, strict=True)
+            if s["profile"]
+        }
+
+    # -- identity stitching (models/identity.py, streams/identities.py) --
+
+    async def identity_links(self, nodes: Sequence[str]) -> dict[str, dict[str, str]]:
+        keys = [identity_links_key(self.prefix, n) for n in nodes]
+        replies = checked(await self._pipelined([(k, _command("hgetall", k)) for k in keys]))
+        return {
+            node: {_text(k): _text(v) for k, v in reply.items()}
+            for node, reply in zip(nodes, replies, strict=True)
+        }
+
+    async def persons_of(self, nodes: Sequence[str]) -> dict[str, Person]:
+        keys = [person_key(self.prefix, n) for n in nodes]
+        replies = checked(await self._pipelined([(k, _command("get", k)) for k in keys]))
+        return {n: person_from_json(r) for n, r in zip(nodes, replies, strict=True) if r}
+
+    async def identity_generation(self) -> int:
+        return int(await self.client.get(identity_generation_key(self.prefix)) or 0)
+
+    async def write_identities(
+        self, links: Mapping[tuple[str, str], str], persons: Mapping[str, Person | None]
+    ) -> None:
+        """Each (customer, identifier) pair's latest event under both nodes,
+        and each node's person (None: linked to nobody); then a new generation."""
+        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        for (customer, identifier), raw in links.items():
+            for node, other in ((customer, identifier), (identifier, customer)):
+                key = identity_links_key(self.prefix, node)
+                ops.append((key, _command("hset", key, other, raw)))
+        for node, person in persons.items():
+            key = person_key(self.prefix, node)
+            if person is None:
+                ops.append((key, _command("delete", key)))
+            else:
+                ops.append((key, _command("set", key, person_to_json(person))))
+        checked(await self._pipelined(ops))
+        if persons:
+            await self.client.incr(identity_generation_key(self.prefix))
+
+    async def forget_identities(self, nodes: Sequence[str]) -> int:
+        """Erasure: the nodes' links and persons (the other side of each
+        pair is dropped from its hash too)."""
+        links = await self.identity_links(nodes)
+        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        for node, others in links.items():
+            for other in others:
+                key = identity_links_key(self.prefix, other)
+                ops.append((key, _command("hdel", key, node)))
+            for key in (identity_links_key(self.prefix, node), person_key(self.prefix, node)):
+                ops.append((key, _command("delete", key)))
+        replies = checked(await self._pipelined(ops))
+        if nodes:
+            await self.client.incr(identity_generation_key(self.prefix))
+        return sum(int(r) for r in replies)
+
     async def memory_usage(self, customer_id: str) -> int:
         total = 0
         for key in self.keys(customer_id):
@@ -568,6 +637,10 @@ def _command(name: str, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
         return getattr(pipe, name)(*args, **kwargs)
 
     return add
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _decode(fields: Mapping[bytes | str, bytes | str]) -> dict[str, float | str]:

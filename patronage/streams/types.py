@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from patronage.models.identity import Person
 from patronage.models.predict import FittedParameters
-from patronage.models.profile import Delta
+from patronage.models.profile import Delta, ProfileState
 from patronage.models.segments import FrozenModel, SegmentTrainer
 from patronage.models.sources import SourceState
 
@@ -115,6 +116,36 @@ class ProfileStoreT(Protocol):
     async def forget_members(self, partition: int, customer_ids: Sequence[str]) -> None: ...
 
     async def fields_of(self, customer_ids: Sequence[str]) -> dict[str, Fields]: ...
+
+    async def states_of(self, customer_ids: Sequence[str]) -> dict[str, ProfileState]:
+        """Everything stored of these profiles (the parts of a person, to merge)."""
+        ...
+
+    # Identity stitching (models/identity.py): nodes are customer ids and
+    # identifiers keyed "<kind>:<value>".
+
+    async def identity_links(self, nodes: Sequence[str]) -> dict[str, dict[str, str]]:
+        """node -> {other node: the pair's latest link or unlink, JSON}."""
+        ...
+
+    async def persons_of(self, nodes: Sequence[str]) -> dict[str, Person]:
+        """node -> its person, for the linked ones."""
+        ...
+
+    async def identity_generation(self) -> int:
+        """Moves on whenever any person changes (caches of persons check it)."""
+        ...
+
+    async def write_identities(
+        self, links: Mapping[tuple[str, str], str], persons: Mapping[str, Person | None]
+    ) -> None:
+        """Each (customer, identifier) pair's latest event, and each node's
+        person (None: linked to nobody)."""
+        ...
+
+    async def forget_identities(self, nodes: Sequence[str]) -> int:
+        """Erasure: drop the nodes' links (both sides) and persons."""
+        ...
 
 
 class ModelStoreT(Protocol):

@@ -98,6 +98,7 @@ def web_context(runtime: Runtime) -> WebContext:
             customer_id,
             time.time() * 1000,
             runtime.settings.prediction_discount_rate,
+            pipeline.resolver if runtime.settings.identity_stitching else None,
         ),
         segments=lambda: segments_view(pipeline.segmenter.models),
         readiness=lambda: monitor.readiness(runtime.owned()),
@@ -117,6 +118,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     _wire_timers(app, runtime)
     _wire_learner(app, runtime)
     _wire_erasure(app, runtime)
+    _wire_identities(app, runtime)
     blueprint(web_context(runtime)).register(app)
     return app, runtime
 
@@ -228,3 +230,21 @@ def _wire_erasure(app: faust.App, runtime: Runtime) -> None:
             stop_the_worker("erase", str(exc))
         except Exception:
             stop_the_worker("erase")
+
+
+def _wire_identities(app: faust.App, runtime: Runtime) -> None:
+    settings, pipeline = runtime.settings, runtime.pipeline
+    if not settings.identity_stitching:
+        return
+    links = _raw_topic(app, settings.topic(settings.topic_identities), partitions=1)
+
+    @app.agent(links, name="identities")
+    async def identities(stream: Any) -> None:
+        # One partition: one worker applies the links, in their order.
+        try:
+            async for event in stream.events():
+                await pipeline.link(_record(event.message))
+        except FatalRedisError as exc:
+            stop_the_worker("identities", str(exc))
+        except Exception:
+            stop_the_worker("identities")

@@ -1,0 +1,210 @@
+"""Identity stitching in the worker (models/identity.py is the logic).
+
+`Stitcher` applies links and unlinks from the `identities` topic: it reads
+the graph around the pair from the store, applies the event to it, sends one
+`identity-changes` message per person whose members changed (acked first),
+then records the pair and the people. The topic has one partition, so one
+worker applies links in their order; a crash re-runs the event in hand
+against the same stored graph and re-sends the same ids.
+
+`Resolver` is the batch path's view of people: which applied profiles are
+parts of a linked person (a bounded cache, emptied whenever any person
+changes), and a person's canonical profile, the merge of its parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from patronage.models.batch import PreparedBatch, Record, dead_letter
+from patronage.models.contracts import IdentityChange, IdentityEvent, format_ts, parse_ts
+from patronage.models.identity import (
+    IdentityGraph,
+    Limits,
+    LinkEvent,
+    Person,
+    link_from_json,
+    link_to_json,
+    merge_all,
+    node_key,
+    person_changes,
+    persons,
+)
+from patronage.models.layout import SCORED_FIELDS
+from patronage.models.profile import ProfileConfig
+from patronage.streams.memory import stored_fields
+from patronage.streams.settings import Settings
+from patronage.streams.types import Fields, ProfileStoreT
+
+log = logging.getLogger("patronage.identity")
+
+Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]
+DeadLetters = Callable[[PreparedBatch], Awaitable[None]]
+
+
+class Stitcher:
+    def __init__(
+        self, settings: Settings, store: ProfileStoreT, send: Send, dead_letters: DeadLetters
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.send = send
+        self.dead_letters = dead_letters
+        self.limits = Limits(
+            settings.identity_max_identifiers_per_customer,
+            settings.identity_max_customers_per_identifier,
+        )
+        self.changes = 0
+        self.refused = 0
+
+    async def apply(self, record: Record, now_ms: int) -> None:
+        """One record of `identities`."""
+        rules = self.settings.rules
+        try:
+            event = IdentityEvent.model_validate_json(record.value or b"")
+            ts = parse_ts(event.ts, rules.default_zone)
+        except (ValidationError, ValueError) as exc:
+            await self._refuse(record, "schema", f"identity event unusable: {exc}"[:500], now_ms)
+            return
+        link = LinkEvent(
+            event.type,
+            event.customer_id,
+            (event.identifier.kind, event.identifier.value),
+            ts,
+            event.event_id,
+        )
+        pair = (event.customer_id, node_key(link.identifier))
+        graph, nodes = await self._component(pair)
+        if graph is None:
+            why = (
+                f"more than {self.settings.identity_max_component} customers and identifiers "
+                "are linked around this pair (PATRONAGE_IDENTITY_MAX_COMPONENT)"
+            )
+            await self._refuse(record, "identity_component_too_large", why, now_ms)
+            return
+        before = persons(graph.people())
+        if not graph.apply(link):
+            return  # redelivered, or older than what the pair holds
+        after = persons(graph.people())
+        refused = graph.in_force()[1]
+        if link.event_id in refused:
+            await self._refuse(record, "identity_limit", refused[link.event_id], now_ms)
+        keys = {*nodes, *pair}
+        pending = []
+        for change in person_changes(before, after, keys):
+            message = IdentityChange(
+                # One message per person per link event: a re-run sends the same id.
+                event_id=f"identity:{change.person.canonical}:{link.event_id}",
+                customer_id=change.person.canonical,
+                ts=format_ts(ts),
+                kind=change.kind,
+                identifiers=list(change.person.members),
+                previous=list(change.previous),
+                cause=link.event_id,
+            )
+            topic = self.settings.topic(self.settings.topic_identity_changes)
+            payload = message.model_dump_json().encode()
+            pending.append(await self.send(topic, change.person.canonical.encode(), payload))
+            self.changes += 1
+        await asyncio.gather(*pending)
+        moved = {k: after.get(k) for k in keys if after.get(k) != before.get(k)}
+        # The pair is written last: a crash before it re-runs this event.
+        await self.store.write_identities({pair: link_to_json(link)}, moved)
+
+    async def _component(self, pair: tuple[str, str]) -> tuple[IdentityGraph | None, set[str]]:
+        """The graph of every pair event connected to these nodes (links,
+        unlinks and refused links alike: the limits are applied over all)."""
+        graph = IdentityGraph(self.limits)
+        seen: set[str] = set()
+        frontier = set(pair)
+        while frontier:
+            if len(seen) + len(frontier) > self.settings.identity_max_component:
+                return None, seen
+            links = await self.store.identity_links(sorted(frontier))
+            seen |= frontier
+            frontier = set()
+            for others in links.values():
+                for other, raw in others.items():
+                    graph.apply(link_from_json(raw))
+                    if other not in seen:
+                        frontier.add(other)
+        return graph, seen
+
+    async def _refuse(self, record: Record, code: str, why: str, now_ms: int) -> None:
+        batch = PreparedBatch()
+        dead_letter(batch, record, code, why, now_ms, self.settings.rules)
+        await self.dead_letters(batch)
+        self.refused += 1
+        log.info("identity event refused (%s): %s", code, why)
+
+
+class Resolver:
+    """Which profiles are parts of a linked person, and people's merged profiles."""
+
+    def __init__(self, store: ProfileStoreT, cfg: ProfileConfig, cache_size: int) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Person | None] = OrderedDict()
+        self._generation = -1
+
+    async def persons(self, keys: Iterable[str]) -> dict[str, Person]:
+        """key -> its person, for the keys that are linked."""
+        keys = list(keys)
+        generation = await self.store.identity_generation()
+        if generation != self._generation:
+            self._cache.clear()  # some person changed: forget them all
+            self._generation = generation
+        missing = [k for k in keys if k not in self._cache]
+        if missing:
+            found = await self.store.persons_of(missing)
+            for key in missing:
+                self._cache[key] = found.get(key)
+        out = {}
+        for key in keys:
+            person = self._cache[key]
+            self._cache.move_to_end(key)
+            if person is not None:
+                out[key] = person
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return out
+
+    async def canonical_profiles(self, profiles: Mapping[str, Fields]) -> dict[str, Fields]:
+        """The applied profiles as people: a part of a linked person is
+        replaced by the person's merged profile, under its canonical id."""
+        linked = await self.persons(profiles)
+        if not linked:
+            return dict(profiles)
+        out = {k: v for k, v in profiles.items() if k not in linked}
+        people = {p.canonical: p for p in linked.values()}
+        merged = await asyncio.gather(*(self.merged_fields(p) for p in people.values()))
+        out.update(zip(people, merged, strict=True))
+        return out
+
+    async def merged_fields(self, person: Person) -> Fields:
+        """The merge of the parts' profiles, with the person's own scoring
+        (kept on the canonical id's profile, never merged)."""
+        states = await self.store.states_of(person.members)
+        fields = stored_fields(
+            merge_all((states[m] for m in person.members if m in states), self.cfg)
+        )
+        own = states.get(person.canonical)
+        if own is not None:
+            fields.update({k: v for k, v in stored_fields(own).items() if k in SCORED_FIELDS})
+        return fields
+
+    async def view(self, key: str) -> tuple[str, Fields, list[str]] | None:
+        """GET /profiles/{any identifier}: (canonical id, profile fields, identifiers)."""
+        person = (await self.persons([key])).get(key)
+        if person is None:
+            own = await self.store.fields_of([key])
+            return (key, own[key], [key]) if key in own else None
+        fields = await self.merged_fields(person)
+        return (person.canonical, fields, list(person.members)) if fields else None
