@@ -143,7 +143,8 @@ def throughput(
 
     `job`: "patronage" (the worker, with prediction parameters in place from
     the start: tiers and at-risk judging run on every purchase),
-    "patronage-predictions-off" (PATRONAGE_PREDICTIONS_LIVE=false), "naive"
+    "patronage-predictions-off" (PATRONAGE_PREDICTIONS_LIVE=false),
+    "patronage-identity-off" (PATRONAGE_IDENTITY_STITCHING=false), "naive"
     (benchmarks/bench_naive.py), "quix-at-least-once" or "quix-exactly-once"
     (benchmarks/quix_job.py); `workers` processes of it in one consumer group;
     `stored` customers in Redis already, besides the backlog's (issue #14:
@@ -151,6 +152,8 @@ def throughput(
     env = _run_env("bench", 6099)
     if job == "patronage-predictions-off":
         env["PATRONAGE_PREDICTIONS_LIVE"] = "false"
+    if job == "patronage-identity-off":
+        env["PATRONAGE_IDENTITY_STITCHING"] = "false"
     settings = _settings(**env)
     if job.startswith("patronage"):
         asyncio.run(_save_parameters(settings))
@@ -171,6 +174,7 @@ def throughput(
     command = {
         "patronage": worker,
         "patronage-predictions-off": worker,
+        "patronage-identity-off": worker,
         "naive": [sys.executable, "-m", "benchmarks.bench_naive"],
     }.get(job, [str(QUIX_PYTHON), str(Path(__file__).with_name("quix_job.py"))])
     if job.startswith("quix-"):
@@ -680,7 +684,8 @@ def main() -> None:
     parser.add_argument(
         "--jobs",
         nargs="+",
-        help="throughput: these jobs only (patronage, patronage-predictions-off, naive, "
+        help="throughput: these jobs only (patronage, patronage-predictions-off, "
+        "patronage-identity-off, naive, "
         "quix-at-least-once, quix-exactly-once, patronage-x2)",
     )
     args = parser.parse_args()

@@ -37,7 +37,7 @@ from patronage.models.identity import (
     persons,
 )
 from patronage.models.layout import SCORED_FIELDS
-from patronage.models.profile import ProfileConfig
+from patronage.models.profile import ProfileConfig, ProfileState
 from patronage.streams.memory import stored_fields
 from patronage.streams.settings import Settings
 from patronage.streams.types import Fields, ProfileStoreT
@@ -184,17 +184,23 @@ class Resolver:
             return dict(profiles)
         out = {k: v for k, v in profiles.items() if k not in linked}
         people = {p.canonical: p for p in linked.values()}
-        merged = await asyncio.gather(*(self.merged_fields(p) for p in people.values()))
-        out.update(zip(people, merged, strict=True))
+        # Every part of every person in one round trip.
+        states = await self.store.states_of(sorted({m for p in people.values() for m in p.members}))
+        for canonical, person in people.items():
+            if fields := self._merged(person, states):
+                out[canonical] = fields
         return out
 
     async def merged_fields(self, person: Person) -> Fields:
         """The merge of the parts' profiles, with the person's own scoring
         (kept on the canonical id's profile, never merged)."""
-        states = await self.store.states_of(person.members)
-        fields = stored_fields(
-            merge_all((states[m] for m in person.members if m in states), self.cfg)
-        )
+        return self._merged(person, await self.store.states_of(person.members))
+
+    def _merged(self, person: Person, states: Mapping[str, ProfileState]) -> Fields:
+        parts = [states[m] for m in person.members if m in states]
+        if not parts:
+            return {}
+        fields = stored_fields(merge_all(parts, self.cfg))
         own = states.get(person.canonical)
         if own is not None:
             fields.update({k: v for k, v in stored_fields(own).items() if k in SCORED_FIELDS})

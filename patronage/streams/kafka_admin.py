@@ -19,11 +19,13 @@ async def create_topics(settings: Settings) -> list[str]:
     try:
         existing = set(await admin.list_topics())
         wanted = [*settings.input_topics, *settings.output_topics]
-        # One partition: exactly one worker in the group learns, and one
-        # applies identity links, in their order.
+        # One partition: exactly one worker in the group learns, one applies
+        # identity links in their order, and identity changes keep that
+        # order for whoever rebuilds the map from them.
         single = {
             settings.topic(settings.topic_segment_features),
             settings.topic(settings.topic_identities),
+            settings.topic(settings.topic_identity_changes),
         }
         missing = [t for t in wanted if t not in existing]
         if missing:

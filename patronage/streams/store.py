@@ -462,51 +462,34 @@ class ProfileStore:
     async def stored_state(self, customer_id: str) -> dict[str, Any]:
         """Everything stored for one customer, decoded (memory.stored_state is
         the same for the reference; the contract tests compare the two)."""
-        keys = self.keys(customer_id)
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.profile)
-            pipe.get(keys.days)
-            pipe.zrange(keys.sessions, 0, -1, withscores=True)
-            pipe.get(keys.event_ids)
-            pipe.get(keys.order_keys)
-            pipe.lrange(keys.outbox, 0, -1)
-            pipe.hgetall(keys.edges)
-            pipe.get(keys.risk_orders)
-            fields, bitmap, sessions, eids, orders, outbox, edges, risk = await pipe.execute()
-        profile = _decode(fields)
-        day0 = int(float(profile.get("day0", 0)))
-        bits = int.from_bytes(bitmap or b"", "big")
-        width = len(bitmap or b"") * 8
-        days = [day0 + pos for pos in range(width) if bits >> (width - 1 - pos) & 1]
-        eids = eids or b""
-        return {
-            "profile": profile,
-            "days": days,
-            "sessions": {member.hex(): int(score) for member, score in sessions},
-            "event_ids": [
-                [eids[i : i + 8].hex(), int.from_bytes(eids[i + 8 : i + 12], "big")]
-                for i in range(0, len(eids), 12)
-            ],
-            "order_keys": [
-                (orders or b"")[i : i + 8].hex() for i in range(0, len(orders or b""), 8)
-            ],
-            "outbox": [json.loads(raw) for raw in outbox],
-            "edges": {
-                int(day): [int(float(part)) for part in edge.decode().split(":")]
-                for day, edge in sorted(edges.items(), key=lambda kv: int(kv[0]))
-            },
-            "risk_orders": (risk or b"").decode(),
-        }
+        return (await self._stored_states([customer_id]))[0]
 
     async def states_of(self, customer_ids: Sequence[str]) -> dict[str, ProfileState]:
         """The whole stored state of these customers (parts of a person, to
-        merge), of those that have a profile."""
-        stored = await asyncio.gather(*(self.stored_state(c) for c in customer_ids))
+        merge), of those that have a profile: one round trip."""
+        stored = await self._stored_states(customer_ids)
         return {
             c: state_from_stored(s)
             for c, s in zip(customer_ids, stored, strict=True)
             if s["profile"]
         }
+
+    async def _stored_states(self, customer_ids: Sequence[str]) -> list[dict[str, Any]]:
+        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        for customer_id in customer_ids:
+            keys = self.keys(customer_id)
+            ops += [
+                (keys.profile, _command("hgetall", keys.profile)),
+                (keys.days, _command("get", keys.days)),
+                (keys.sessions, _command("zrange", keys.sessions, 0, -1, withscores=True)),
+                (keys.event_ids, _command("get", keys.event_ids)),
+                (keys.order_keys, _command("get", keys.order_keys)),
+                (keys.outbox, _command("lrange", keys.outbox, 0, -1)),
+                (keys.edges, _command("hgetall", keys.edges)),
+                (keys.risk_orders, _command("get", keys.risk_orders)),
+            ]
+        replies = checked(await self._pipelined(ops))
+        return [_decoded_state(replies[i : i + 8]) for i in range(0, len(replies), 8)]
 
     # -- identity stitching (models/identity.py, streams/identities.py) --
 
@@ -637,6 +620,32 @@ def _command(name: str, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
         return getattr(pipe, name)(*args, **kwargs)
 
     return add
+
+
+def _decoded_state(replies: list[Any]) -> dict[str, Any]:
+    fields, bitmap, sessions, eids, orders, outbox, edges, risk = replies
+    profile = _decode(fields)
+    day0 = int(float(profile.get("day0", 0)))
+    bits = int.from_bytes(bitmap or b"", "big")
+    width = len(bitmap or b"") * 8
+    days = [day0 + pos for pos in range(width) if bits >> (width - 1 - pos) & 1]
+    eids = eids or b""
+    return {
+        "profile": profile,
+        "days": days,
+        "sessions": {member.hex(): int(score) for member, score in sessions},
+        "event_ids": [
+            [eids[i : i + 8].hex(), int.from_bytes(eids[i + 8 : i + 12], "big")]
+            for i in range(0, len(eids), 12)
+        ],
+        "order_keys": [(orders or b"")[i : i + 8].hex() for i in range(0, len(orders or b""), 8)],
+        "outbox": [json.loads(raw) for raw in outbox],
+        "edges": {
+            int(day): [int(float(part)) for part in edge.decode().split(":")]
+            for day, edge in sorted(edges.items(), key=lambda kv: int(kv[0]))
+        },
+        "risk_orders": (risk or b"").decode(),
+    }
 
 
 def _text(value: bytes | str) -> str:

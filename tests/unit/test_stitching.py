@@ -59,13 +59,15 @@ def link_records(links: list[dict[str, Any]]) -> list[Record]:
     ]
 
 
-def event_deltas(records: list[Record], settings: Settings) -> dict[str, list[tuple[int, Any]]]:
+def event_deltas(
+    records: list[Record], settings: Settings, now_ms: int = NOW_MS
+) -> dict[str, list[tuple[int, Any]]]:
     """Each profile key's deltas with their delivery position, validated
     outside the pipeline."""
     deltas: dict[str, list[tuple[int, Any]]] = {}
     for position, record in enumerate(records):
         kind = settings.input_topics[record.topic]
-        outcome = validate(record.value or b"", kind, NOW_MS, settings.rules)  # type: ignore[arg-type]
+        outcome = validate(record.value or b"", kind, now_ms, settings.rules)  # type: ignore[arg-type]
         assert isinstance(outcome, Accepted), outcome
         src = source_label(record.topic, record.partition, 0)
         delta = to_delta(
