@@ -23,19 +23,23 @@ alerted again for the person.
 
 from __future__ import annotations
 
+import bisect
+import datetime as dt
 import itertools
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
 from typing import Literal, get_args
 
 from patronage.models.contracts import IdentifierKind
+from patronage.models.lapse import Finding
 from patronage.models.layout import ATTRIBUTE_PREFIX, MAP_PREFIXES, OFFSET_PREFIX, OTHER
 from patronage.models.profile import (
     ProfileConfig,
     ProfileState,
+    day_index,
     distinct_field,
     map_entries,
 )
@@ -433,3 +437,18 @@ def link_from_json(raw: str | bytes) -> LinkEvent:
         int(doc["ts"]),
         doc["event_id"],
     )
+
+
+def holds_for_person(finding: Finding, person_days: Sequence[int], zone: dt.tzinfo) -> bool:
+    """Whether a part's lapse finding holds for its whole person.
+
+    Lapses are judged per part (an identifier's own visits). A web part's
+    "lapsed" is wrong for a person who shopped in store meanwhile: it holds
+    only if none of the person's visit days falls after the episode's last
+    visit and up to the lapse moment; a "reactivated" only if the person was
+    away until the return."""
+    start = day_index(finding.episode, zone)
+    end = day_index(finding.ts, zone) + (1 if finding.kind == "lapsed" else 0)
+    # any person day d with start < d < end?
+    first_after = bisect.bisect_right(person_days, start)
+    return first_after >= len(person_days) or person_days[first_after] >= end

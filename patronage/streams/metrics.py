@@ -208,6 +208,18 @@ class _Collector(Collector):
             alerts.add_metric([kind], self.stats.alerts[kind])
         alerts.add_metric(["at_risk"], r.predictor.at_risk_alerts)
         yield alerts
+        stitching = _counter(
+            "patronage_identity",
+            "Identity stitching: changes of people sent, links refused, lapse findings of "
+            "a part dropped because its person was seen under another identifier.",
+            ("outcome",),
+        )
+        stitching.add_metric(["person_changes"], r.stitcher.changes)
+        stitching.add_metric(["links_refused"], r.stitcher.refused)
+        stitching.add_metric(
+            ["lapse_not_for_person"], self.stats.counters["lapse_findings_not_for_person"]
+        )
+        yield stitching
         tiers = _counter(
             "patronage_tier_changes",
             "Value tier changes sent, by reason (profile: an update; refit: new parameters).",

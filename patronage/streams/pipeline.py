@@ -26,6 +26,7 @@ from typing import Any
 from patronage.models.batch import PreparedBatch, Record, dead_letter, prepare_batch
 from patronage.models.clock import with_batch
 from patronage.models.features import rfm_inputs
+from patronage.models.identity import holds_for_person
 from patronage.models.lapse import finding_from_json, to_alert
 from patronage.models.segments import customer_hash
 from patronage.models.sources import SourceState, observe
@@ -262,15 +263,38 @@ class Pipeline:
         if not outbox:
             return
         topic = self.settings.topic(self.settings.topic_lapse_alerts)
+        people = await self._people_of(outbox) if self.settings.identity_stitching else {}
         pending = []
-        for customer_id, items in outbox.items():
+        for part, items in outbox.items():
+            canonical, days = people.get(part, (part, None))
             for raw in items:
-                alert = to_alert(customer_id, finding_from_json(raw))
+                finding = finding_from_json(raw)
+                if days is not None and not holds_for_person(finding, days, self.settings.zone):
+                    # Seen under another identifier meanwhile: not a lapse.
+                    self.stats.counters["lapse_findings_not_for_person"] += 1
+                    continue
+                alert = to_alert(canonical, finding)
                 value = alert.model_dump_json().encode("utf-8")
-                pending.append(await self.send(topic, customer_id.encode("utf-8"), value))
+                pending.append(await self.send(topic, canonical.encode("utf-8"), value))
                 self.stats.alerts[alert.kind] += 1
         await asyncio.gather(*pending)
         await self.store.ack_outbox(outbox)
+
+    async def _people_of(self, parts: Iterable[str]) -> dict[str, tuple[str, list[int]]]:
+        """part -> (its person's canonical id, the person's visit days), for
+        the parts of linked people."""
+        linked = await self.resolver.persons(parts)
+        if not linked:
+            return {}
+        members = sorted({m for person in linked.values() for m in person.members})
+        states = await self.store.states_of(members)
+        return {
+            part: (
+                person.canonical,
+                sorted({d for m in person.members if m in states for d in states[m].days}),
+            )
+            for part, person in linked.items()
+        }
 
     async def refresh_model(self, owned: set[int]) -> None:
         """Load a newly promoted model; re-score the owned partitions with it."""

@@ -3,13 +3,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patronage.models.identity import IdentityGraph, Limits, LinkEvent, merge, merge_all
+from patronage.models.identity import (
+    IdentityGraph,
+    Limits,
+    LinkEvent,
+    holds_for_person,
+    merge,
+    merge_all,
+)
+from patronage.models.lapse import Finding
 from patronage.models.layout import OTHER
 from patronage.models.profile import (
     DAY_MS,
@@ -332,3 +342,24 @@ def test_the_canonical_profile_is_the_merge_of_the_persons_parts(
         parts.setdefault(person, []).append(fold(mine, CFG))
     for person, deltas in by_person.items():
         assert_same_profile(merge_all(parts[person], CFG), fold(deltas, CFG))
+
+
+# (kind, episode day, finding day, the person's visit days) -> holds for the person
+DAY = 86_400_000
+PERSON_FINDINGS = [
+    ("lapsed", 10, 30, [1, 5, 10], True),  # away since day 10
+    ("lapsed", 10, 30, [1, 5, 10, 20], False),  # seen in store on day 20
+    ("lapsed", 10, 30, [1, 5, 10, 30], False),  # seen on the lapse day itself
+    ("lapsed", 10, 30, [1, 5, 10, 31], True),  # back only after the lapse
+    ("reactivated", 10, 40, [1, 10, 40], True),  # away until the return
+    ("reactivated", 10, 40, [1, 10, 25, 40], False),  # seen elsewhere meanwhile
+    ("reactivated", 10, 40, [], True),
+]
+
+
+@pytest.mark.parametrize(("kind", "episode", "at", "days", "holds"), PERSON_FINDINGS)
+def test_a_parts_lapse_holds_for_its_person_only_if_the_person_was_away(
+    kind: str, episode: int, at: int, days: list[int], holds: bool
+) -> None:
+    finding = Finding(kind, episode * DAY + 3_600_000, at * DAY + 7_200_000, 7.0, 100.0, 60.0, None)  # type: ignore[arg-type]
+    assert holds_for_person(finding, days, dt.UTC) is holds

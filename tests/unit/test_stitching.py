@@ -19,7 +19,13 @@ from patronage.models.simulate import generate, stitched
 from patronage.models.sources import source_label
 from patronage.models.timeunits import DAY_MS
 from patronage.models.validate import Accepted, validate
-from patronage.streams.memory import MemoryProfileStore, StaticLog, stored_fields
+from patronage.streams.memory import (
+    MemoryModelStore,
+    MemoryProfileStore,
+    RecordingProducer,
+    StaticLog,
+    stored_fields,
+)
 from patronage.streams.pipeline import Pipeline
 from patronage.streams.segmenting import partition_for
 from patronage.streams.settings import Settings
@@ -287,3 +293,63 @@ def test_unlink_restores_the_parts_and_erasure_removes_every_identifier() -> Non
 
     asyncio.run(erase())
     assert store.states == {} and store.links == {} and store.persons == {}
+
+
+def test_a_regular_who_moves_from_the_web_shop_to_the_store_is_not_lapsed() -> None:
+    """The issue's example: weekly online orders for three months, then
+    weekly till receipts paid with a loyalty card that is linked to the
+    account. Without the link the account lapses; with it, the person
+    never did."""
+
+    def run(linked: bool) -> list[dict[str, Any]]:
+        settings = Settings(lapse_clock="wall", partitions=1)
+        events = []
+        for week in range(26):
+            ts = START_MS + week * 7 * DAY_MS
+            if week < 13:
+                events.append(
+                    {
+                        "type": "purchase",
+                        "event_id": f"o-{week}",
+                        "customer_id": "c-42",
+                        "order_id": f"o-{week}",
+                        "ts": ts,
+                        "items": [{"sku": "espresso-1kg", "quantity": 1, "unit_price": 17.9}],
+                        "total": 17.9,
+                        "currency": "EUR",
+                    }
+                )
+            else:
+                events.append(
+                    {
+                        "type": "store_receipt",
+                        "event_id": f"r-{week}",
+                        "loyalty_card": "2400000123457",
+                        "receipt_id": f"r-{week}",
+                        "store_id": "muenchen-pasing",
+                        "ts": ts,
+                        "items": [{"sku": "espresso-1kg", "quantity": 1, "unit_price": 17.9}],
+                        "total": 17.9,
+                        "currency": "EUR",
+                    }
+                )
+        records = event_records(events, 1)
+        now = [START_MS]
+        store = MemoryProfileStore(settings.profile_config)
+        producer = RecordingProducer()
+        pipe = Pipeline(settings, store, MemoryModelStore(), producer, clock=lambda: now[0] / 1000)
+
+        async def live() -> None:
+            if linked:
+                await pipe.link(link("c-42", "2400000123457", START_MS + 13 * 7 * DAY_MS, "l1"))
+            for record in records:
+                now[0] = max(now[0], json.loads(record.value or b"")["ts"] + 60_000)
+                await pipe.process([record], StaticLog())
+                await pipe.sweeper.sweep({0})
+
+        asyncio.run(live())
+        return producer.on("lapse-alerts")
+
+    unlinked = run(linked=False)
+    assert [(a["customer_id"], a["kind"]) for a in unlinked] == [("c-42", "lapsed")]
+    assert run(linked=True) == []
