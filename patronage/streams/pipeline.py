@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ from patronage.streams.types import (
     ApplyResult,
     InputLog,
     ModelStoreT,
+    PersonActivity,
     Producer,
     ProfileStoreT,
 )
@@ -103,7 +105,14 @@ class Pipeline:
         self.retry = Retry(settings.redis_retry_max_s, self.stats.counters, store.ensure_scripts)
         self.segmenter = Segmenter(settings, models, store)
         self.parameters = ParameterStore(models)
-        self.predictor = Predictor(settings, store, self.parameters, self.send, self.pass_now)
+        self.predictor = Predictor(
+            settings,
+            store,
+            self.parameters,
+            self.send,
+            self.pass_now,
+            self._people_of if settings.identity_stitching else None,
+        )
         self.learner = Learner(settings, models, clock)
         self.sweeper = LapseSweeper(
             store,
@@ -263,13 +272,15 @@ class Pipeline:
         if not outbox:
             return
         topic = self.settings.topic(self.settings.topic_lapse_alerts)
-        people = await self._people_of(outbox) if self.settings.identity_stitching else {}
+        people = await self._people_of(list(outbox)) if self.settings.identity_stitching else {}
         pending = []
         for part, items in outbox.items():
-            canonical, days = people.get(part, (part, None))
+            person = people.get(part)
+            canonical = person.canonical if person is not None else part
             for raw in items:
                 finding = finding_from_json(raw)
-                if days is not None and not holds_for_person(finding, days, self.settings.zone):
+                zone = self.settings.zone
+                if person is not None and not holds_for_person(finding, person.days, zone):
                     # Seen under another identifier meanwhile: not a lapse.
                     self.stats.counters["lapse_findings_not_for_person"] += 1
                     continue
@@ -280,21 +291,23 @@ class Pipeline:
         await asyncio.gather(*pending)
         await self.store.ack_outbox(outbox)
 
-    async def _people_of(self, parts: Iterable[str]) -> dict[str, tuple[str, list[int]]]:
-        """part -> (its person's canonical id, the person's visit days), for
-        the parts of linked people."""
+    async def _people_of(self, parts: Sequence[str]) -> dict[str, PersonActivity]:
+        """The activity of the people of those parts that are linked (lapse
+        and at-risk findings are judged per part, sent per person)."""
         linked = await self.resolver.persons(parts)
         if not linked:
             return {}
         members = sorted({m for person in linked.values() for m in person.members})
         states = await self.store.states_of(members)
-        return {
-            part: (
-                person.canonical,
-                sorted({d for m in person.members if m in states for d in states[m].days}),
-            )
-            for part, person in linked.items()
-        }
+        out = {}
+        for part, person in linked.items():
+            parts_of = [states[m] for m in person.members if m in states]
+            orders = [
+                float(s.fields["last_order_at"]) for s in parts_of if "last_order_at" in s.fields
+            ]
+            days = sorted({d for s in parts_of for d in s.days})
+            out[part] = PersonActivity(person.canonical, days, max(orders, default=-math.inf))
+        return out
 
     async def refresh_model(self, owned: set[int]) -> None:
         """Load a newly promoted model; re-score the owned partitions with it."""

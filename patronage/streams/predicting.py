@@ -22,7 +22,7 @@ from patronage.models.profile import profile_view
 from patronage.models.risk import TIER, judge_risk, risk_alert, tiers
 from patronage.streams.identities import Resolver
 from patronage.streams.settings import Settings
-from patronage.streams.types import Fields, ModelStoreT, ProfileStoreT
+from patronage.streams.types import Fields, ModelStoreT, People, ProfileStoreT
 
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]
 
@@ -115,8 +115,11 @@ class Predictor:
         parameters: ParameterStore,
         send: Send,
         pass_now: Callable[[set[int]], Awaitable[float]],
+        people: People | None = None,
     ) -> None:
         self.settings = settings
+        # part -> its person (canonical id, newest order), for linked parts
+        self.people = people
         self.pass_now = pass_now  # what a pass over partitions values at
         self.store = store
         self.parameters = parameters
@@ -200,6 +203,7 @@ class Predictor:
             return 0
         fitted = await self.parameters.current()
         inputs = await self.store.risk_inputs([c for c, _ in due])
+        people = await self.people(list(inputs)) if self.people is not None else {}
         topic = self.settings.topic(self.settings.topic_lapse_alerts)
         pending = []
         judged: dict[str, tuple[float | None, float | None]] = {}
@@ -210,10 +214,13 @@ class Predictor:
                 continue
             fields, orders = inputs[customer_id]
             judgement = judge_risk(fields, orders, fitted, self.threshold, clock)
+            person = people.get(customer_id)
             for plan, episode in judgement.findings:
                 assert fitted is not None
+                if person is not None and person.last_order_at > plan.episode:
+                    continue  # the person bought under another identifier since
                 alert = risk_alert(
-                    customer_id,
+                    person.canonical if person is not None else customer_id,
                     episode,
                     fields.get("segment"),
                     fitted,
@@ -222,7 +229,7 @@ class Predictor:
                     self.discount,
                 )
                 payload = alert.model_dump_json().encode()
-                pending.append(await self.send(topic, customer_id.encode(), payload))
+                pending.append(await self.send(topic, alert.customer_id.encode(), payload))
             alerted = judgement.findings[-1][0].episode if judgement.findings else None
             if judgement.decided is not None or alerted is not None:
                 judged[customer_id] = (judgement.decided, alerted)

@@ -8,7 +8,7 @@ streams/memory.py; Faust's producer and consumer implement `Producer` and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -21,6 +21,19 @@ from patronage.models.sources import SourceState
 Fields = dict[str, float | str]
 # The partition-sharded schedules: lapse judgements, at-risk moments.
 Queue = Literal["lapse", "risk"]
+
+
+@dataclass(frozen=True)
+class PersonActivity:
+    """What outputs of a linked part need of its person (streams/identities.py)."""
+
+    canonical: str
+    days: list[int]  # the person's visit days, sorted
+    last_order_at: float  # the person's newest order (ms; -inf: none)
+
+
+# parts -> the activity of their people, for the linked ones
+People = Callable[[Sequence[str]], Awaitable[dict[str, PersonActivity]]]
 
 
 @dataclass
