@@ -29,6 +29,7 @@ from patronage.models.identity import (
     Limits,
     LinkEvent,
     Person,
+    PersonChange,
     link_from_json,
     link_to_json,
     merge_all,
@@ -63,15 +64,15 @@ class Stitcher:
         self.changes = 0
         self.refused = 0
 
-    async def apply(self, record: Record, now_ms: int) -> None:
-        """One record of `identities`."""
+    async def apply(self, record: Record, now_ms: int) -> tuple[list[PersonChange], int]:
+        """One record of `identities`: the people it changed, and its time."""
         rules = self.settings.rules
         try:
             event = IdentityEvent.model_validate_json(record.value or b"")
             ts = parse_ts(event.ts, rules.default_zone)
         except (ValidationError, ValueError) as exc:
             await self._refuse(record, "schema", f"identity event unusable: {exc}"[:500], now_ms)
-            return
+            return [], now_ms
         link = LinkEvent(
             event.type,
             event.customer_id,
@@ -87,17 +88,18 @@ class Stitcher:
                 "are linked around this pair (PATRONAGE_IDENTITY_MAX_COMPONENT)"
             )
             await self._refuse(record, "identity_component_too_large", why, now_ms)
-            return
+            return [], ts
         before = persons(graph.people())
         if not graph.apply(link):
-            return  # redelivered, or older than what the pair holds
+            return [], ts  # redelivered, or older than what the pair holds
         after = persons(graph.people())
         refused = graph.in_force()[1]
         if link.event_id in refused:
             await self._refuse(record, "identity_limit", refused[link.event_id], now_ms)
         keys = {*nodes, *pair}
         pending = []
-        for change in person_changes(before, after, keys):
+        changes = person_changes(before, after, keys)
+        for change in changes:
             message = IdentityChange(
                 # One message per person per link event: a re-run sends the same id.
                 event_id=f"identity:{change.person.canonical}:{link.event_id}",
@@ -116,6 +118,7 @@ class Stitcher:
         moved = {k: after.get(k) for k in keys if after.get(k) != before.get(k)}
         # The pair is written last: a crash before it re-runs this event.
         await self.store.write_identities({pair: link_to_json(link)}, moved)
+        return changes, ts
 
     async def _component(self, pair: tuple[str, str]) -> tuple[IdentityGraph | None, set[str]]:
         """The graph of every pair event connected to these nodes (links,
@@ -183,13 +186,16 @@ class Resolver:
         if not linked:
             return dict(profiles)
         out = {k: v for k, v in profiles.items() if k not in linked}
-        people = {p.canonical: p for p in linked.values()}
-        # Every part of every person in one round trip.
-        states = await self.store.states_of(sorted({m for p in people.values() for m in p.members}))
-        for canonical, person in people.items():
-            if fields := self._merged(person, states):
-                out[canonical] = fields
+        out.update(await self.merged_profiles(linked.values()))
         return out
+
+    async def merged_profiles(self, people: Iterable[Person]) -> dict[str, Fields]:
+        """canonical id -> merged profile, of the people with a stored part;
+        every part of every person read in one round trip."""
+        unique = {p.canonical: p for p in people}
+        states = await self.store.states_of(sorted({m for p in unique.values() for m in p.members}))
+        merged = {c: self._merged(p, states) for c, p in unique.items()}
+        return {c: fields for c, fields in merged.items() if fields}
 
     async def merged_fields(self, person: Person) -> Fields:
         """The merge of the parts' profiles, with the person's own scoring

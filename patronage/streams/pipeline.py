@@ -27,7 +27,7 @@ from typing import Any
 from patronage.models.batch import PreparedBatch, Record, dead_letter, prepare_batch
 from patronage.models.clock import with_batch
 from patronage.models.features import rfm_inputs
-from patronage.models.identity import holds_for_person
+from patronage.models.identity import PersonChange, holds_for_person
 from patronage.models.lapse import finding_from_json, to_alert
 from patronage.models.segments import customer_hash
 from patronage.models.sources import SourceState, observe
@@ -216,8 +216,22 @@ class Pipeline:
         return result
 
     async def link(self, record: Record) -> None:
-        """One record of `identities`: a link or unlink (streams/identities.py)."""
-        await self.retry("identities", lambda: self.stitcher.apply(record, self.now_ms()))
+        """One record of `identities`: a link or unlink (streams/identities.py);
+        each person it changed is scored once, as merged now."""
+        changes, ts = await self.retry(
+            "identities", lambda: self.stitcher.apply(record, self.now_ms())
+        )
+        if changes:
+            at = float(ts) if self.settings.lapse_clock == "event" else float(self.now_ms())
+            await self.retry("scoring people", lambda: self._score_people(changes, at))
+
+    async def _score_people(self, changes: list[PersonChange], now: float) -> None:
+        alone = [c.person.canonical for c in changes if len(c.person.members) == 1]
+        profiles = await self.store.fields_of(alone)
+        linked = [c.person for c in changes if len(c.person.members) > 1]
+        profiles.update(await self.resolver.merged_profiles(linked))
+        await self._segment(ApplyResult(profiles=profiles), now)
+        await self.predictor.after_apply(profiles, {}, {}, now)
 
     async def erase(self, record: Record) -> None:
         """One erasure request: remove the customer and every identifier

@@ -355,3 +355,52 @@ def test_a_regular_who_moves_from_the_web_shop_to_the_store_is_not_lapsed() -> N
     kinds = {(a["customer_id"], a["kind"]) for a in unlinked}
     assert kinds == {("c-42", "lapsed"), ("c-42", "at_risk")}, kinds
     assert run(linked=True) == []
+
+
+def test_a_merge_scores_the_person_once() -> None:
+    """No event needed: the link itself re-values the canonical customer
+    (here from one small web order to a weekly store regular's value)."""
+    settings = Settings(partitions=1)
+    pipe, _ = pipeline_for(settings, START_MS + 20 * 7 * DAY_MS)
+    web = {
+        "type": "purchase",
+        "event_id": "o-1",
+        "customer_id": "c-9",
+        "order_id": "o-1",
+        "ts": START_MS,
+        "items": [{"sku": "filter-paper", "quantity": 1, "unit_price": 4.5}],
+        "total": 4.5,
+        "currency": "EUR",
+    }
+    store_visits = [
+        {
+            "type": "store_receipt",
+            "event_id": f"r-{week}",
+            "loyalty_card": "2400000999990",
+            "receipt_id": f"r-{week}",
+            "store_id": "koeln-ehrenfeld",
+            "ts": START_MS + week * 7 * DAY_MS,
+            "items": [{"sku": "weekly-shop", "quantity": 1, "unit_price": 86.4}],
+            "total": 86.4,
+            "currency": "EUR",
+        }
+        for week in range(1, 19)
+    ]
+
+    def tiers_of(customer: str) -> list[dict[str, Any]]:
+        changes = pipe.producer.on("segment-changes")  # type: ignore[attr-defined]
+        return [c for c in changes if c["kind"] == "tier" and c["customer_id"] == customer]
+
+    async def run() -> tuple[int, int, int]:
+        await pipe.segmenter.models.save_parameters(FITTED)
+        await pipe.process(event_records([web, *store_visits], 1), StaticLog())
+        before = len(tiers_of("c-9"))
+        await pipe.link(link("c-9", "2400000999990", START_MS + 19 * 7 * DAY_MS, "l1"))
+        after = len(tiers_of("c-9"))
+        await pipe.link(link("c-9", "2400000999990", START_MS + 19 * 7 * DAY_MS, "l1"))
+        return before, after, len(tiers_of("c-9"))
+
+    before, after, redelivered = asyncio.run(run())
+    assert after == before + 1 == redelivered
+    change = tiers_of("c-9")[-1]
+    assert change["previous_tier"] != "best" and change["tier"] == "best", change
