@@ -93,6 +93,27 @@ for file in "$STATE"/wave-*; do
 done
 rm -f "$STATE"/wave-*
 echo
+echo "[demo] one customer across web and store (cookie before login, loyalty card linked later):"
+"$PY" - "$PORT" "$STATE/sample.jsonl" <<'PYEOF'
+import json, sys, urllib.parse, urllib.request
+port, sample = sys.argv[1], sys.argv[2]
+links = {}
+for line in open(sample):
+    doc = json.loads(line)
+    if doc.get("type") == "link":
+        links.setdefault(doc["customer_id"], {})[doc["identifier"]["kind"]] = doc["identifier"]["value"]
+both = sorted(c for c, kinds in links.items() if {"anonymous_id", "loyalty_card"} <= kinds.keys())
+if both:
+    cookie = "anonymous_id:" + links[both[0]]["anonymous_id"]
+    url = f"http://127.0.0.1:{port}/profiles/{urllib.parse.quote(cookie)}"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        p = json.load(r)
+    print(f"  GET /profiles/{cookie[:26]}... -> customer {p['customer_id']}")
+    print(f"  identifiers: {', '.join(p['identifiers'])}")
+    print(f"  clicks {p['clicks']}, orders online {p['orders_online']}, in store {p['orders_store']},"
+          f" spend {p['spend_total']:.2f}")
+PYEOF
+echo
 echo "[demo] segments (k-means on a sample of customers, the promoted model):"
 cli segments show | sed 's/^/  /'
 echo

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
@@ -151,6 +152,21 @@ def _identified_by_any(schema: dict[str, Any]) -> None:
         n for n in ("customer_id", "anonymous_id", "loyalty_card") if n in schema["properties"]
     ]
     schema["anyOf"] = [{"required": [name]} for name in names]
+
+
+def routing_key(doc: Mapping[str, Any]) -> str | None:
+    """The key to publish an event under: its profile's id (as `profile_id`
+    decides it: customer id, else cookie, else card) or, for a link, its
+    customer; None when it has none."""
+    for name, prefix in (
+        ("customer_id", ""),
+        ("anonymous_id", "anonymous_id:"),
+        ("loyalty_card", "loyalty_card:"),
+    ):
+        value = doc.get(name)
+        if isinstance(value, str):
+            return prefix + value
+    return None
 
 
 class _Event(_Timed):

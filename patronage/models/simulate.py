@@ -244,6 +244,25 @@ BAD_VARIANTS = (
 )
 
 
+IDENTITY_TYPES = ("link", "unlink")
+
+
+def simulated_stream(
+    customers: int, days: int, seed: int, start_ms: int, identities: bool = True
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """What `patronage events simulate` sends: the personas' events and, with
+    `identities`, as identifiers see them (cookies before login, card-only
+    receipts; `stitched`) with the links and unlinks among them in time order."""
+    events, personas = generate(customers, days, seed, start_ms)
+    if not identities:
+        return events, personas
+    world = stitched(events, seed)
+    merged = sorted(
+        [*world.events, *world.identities], key=lambda e: (e["ts"], e["type"] in IDENTITY_TYPES)
+    )
+    return merged, personas
+
+
 def with_bad_events(
     events: list[dict[str, Any]], rate: float, seed: int
 ) -> list[dict[str, Any] | str]:
@@ -253,15 +272,15 @@ def with_bad_events(
     out: list[dict[str, Any] | str] = []
     for n, event in enumerate(events):
         out.append(event)
-        if rate <= 0 or rng.random() >= rate:
+        if rate <= 0 or event["type"] in IDENTITY_TYPES or rng.random() >= rate:
             continue
         variant = BAD_VARIANTS[rng.randrange(len(BAD_VARIANTS))]
         bad = dict(event)
         bad["event_id"] = f"bad-{seed}-{n}"
         if variant == "missing_customer":
             # No identifier at all (a card alone would identify a receipt).
-            del bad["customer_id"]
-            bad.pop("loyalty_card", None)
+            for name in ("customer_id", "anonymous_id", "loyalty_card"):
+                bad.pop(name, None)
         elif variant == "unknown_currency" and "currency" in bad:
             bad["currency"] = "XXX"
         elif variant == "future_ts":

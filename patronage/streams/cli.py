@@ -148,6 +148,13 @@ def events_publish(file: Path, topic: str | None, pace_days: float | None) -> No
 @click.option("--rate", type=float, default=0, help="events/s when publishing (0: no limit)")
 @click.option("--bad-rate", type=float, default=0.0, help="share of extra bad events (0..1)")
 @click.option("--personas-out", type=click.Path(path_type=Path), help="customer -> persona JSON")
+@click.option(
+    "--identities/--no-identities",
+    default=True,
+    show_default=True,
+    help="visitors browse under a cookie until they log in, pay in store with a loyalty "
+    "card registered later; the links (and a few wrong ones, undone) go to 'identities'",
+)
 def events_simulate(**options: Any) -> None:
     """Generate a shop/till event stream from hidden personas."""
     from patronage.streams.publishing import simulate

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from patronage.models.contracts import routing_key
 from patronage.models.kinds import KINDS
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.settings import Settings
@@ -120,13 +121,14 @@ def route(settings: Settings, line: bytes, topic: str | None) -> tuple[str, byte
         doc: Any = json.loads(line)
     except ValueError:
         doc = None
-    key = None
-    if isinstance(doc, dict) and isinstance(doc.get("customer_id"), str):
-        key = doc["customer_id"].encode("utf-8")
+    routing = routing_key(doc) if isinstance(doc, dict) else None
+    key = routing.encode("utf-8") if routing is not None else None
     if topic is not None:
         return topic, key
     if not isinstance(doc, dict):
         return "!not_json", None
+    if doc.get("type") in ("link", "unlink"):
+        return settings.topic(settings.topic_identities), key
     kind = KINDS.get(str(doc.get("type")))
     if kind is None:
         return "!unknown_type", None
@@ -143,12 +145,15 @@ def simulate(
     rate: float,
     bad_rate: float,
     personas_out: Path | None,
+    identities: bool = True,
 ) -> str:
     """Generate a simulated history; write it to `out` or publish it (then
     settings are needed). Returns what was done."""
-    from patronage.models.simulate import generate, to_jsonl, with_bad_events
+    from patronage.models.simulate import simulated_stream, to_jsonl, with_bad_events
 
-    clean, personas = generate(customers, days, seed, history_start(days, start))
+    clean, personas = simulated_stream(
+        customers, days, seed, history_start(days, start), identities
+    )
     events = with_bad_events(clean, bad_rate, seed)
     if personas_out:
         personas_out.write_text(json.dumps(personas, indent=1, sort_keys=True) + "\n")

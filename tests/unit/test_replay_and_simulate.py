@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from patronage.models.replay import convert, parse_mapping
-from patronage.models.simulate import generate, to_jsonl
+from patronage.models.simulate import generate, simulated_stream, to_jsonl
 from patronage.models.validate import Rules
 
 NOW = 1_767_225_600_000
@@ -157,10 +157,15 @@ def test_same_seed_same_stream_bytes(tmp_path: Path) -> None:
         )
         digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
     assert digests[0] == digests[1]
-    in_process, _ = generate(50, 60, 7, 1_767_225_600_000)
+    in_process, _ = simulated_stream(50, 60, 7, 1_767_225_600_000)
     assert hashlib.sha256(to_jsonl(in_process).encode()).hexdigest() == digests[0]
-    other, _ = generate(50, 60, 8, 1_767_225_600_000)
+    other, _ = simulated_stream(50, 60, 8, 1_767_225_600_000)
     assert to_jsonl(other) != to_jsonl(in_process)
+    # By default the stream is as identifiers see it: cookies, cards, links.
+    types = {e["type"] for e in in_process}
+    assert {"link", "click", "store_receipt"} <= types
+    assert any("anonymous_id" in e and "customer_id" not in e for e in in_process)
+    assert any(e["type"] == "store_receipt" and "customer_id" not in e for e in in_process)
 
 
 def test_simulated_personas_and_lapses() -> None:
