@@ -19,7 +19,7 @@ from typing import Any
 from patronage.models.clock import with_batch
 from patronage.models.identity import Person
 from patronage.models.lapse import finding_from_json, finding_to_json
-from patronage.models.layout import stored_text
+from patronage.models.layout import SCORED_FIELDS, stored_text
 from patronage.models.predict import FittedParameters
 from patronage.models.profile import (
     Delta,
@@ -142,6 +142,18 @@ class MemoryProfileStore:
                 state.fields.update({k: str(v) for k, v in mapping.items()})
                 written.add(customer_id)
         return written
+
+    async def clear_scores(self, customer_ids: Sequence[str]) -> dict[str, int | None]:
+        cleared: dict[str, int | None] = {}
+        for customer_id in customer_ids:
+            state = self.states.get(customer_id)
+            if state is None:
+                continue
+            segment = state.fields.get("segment")
+            removed = [state.fields.pop(name) for name in SCORED_FIELDS if name in state.fields]
+            if removed:
+                cleared[customer_id] = int(float(segment)) if segment is not None else None
+        return cleared
 
     async def ack_outbox(self, items: dict[str, list[bytes]]) -> None:
         for customer_id, raw_items in items.items():

@@ -226,6 +226,21 @@ class Pipeline:
             await self.retry("scoring people", lambda: self._score_people(changes, at))
 
     async def _score_people(self, changes: list[PersonChange], now: float) -> None:
+        # Parts merged into someone else stop being scored (and counted in
+        # the segment sizes) on their own: their person is.
+        merged_away = [
+            m
+            for c in changes
+            if c.kind == "merge"
+            for m in c.person.members
+            if m != c.person.canonical
+        ]
+        if merged_away:
+            segments = Counter(
+                s for s in (await self.store.clear_scores(merged_away)).values() if s is not None
+            )
+            if segments:
+                await self.segmenter.models.adjust_sizes({s: -n for s, n in segments.items()})
         alone = [c.person.canonical for c in changes if len(c.person.members) == 1]
         profiles = await self.store.fields_of(alone)
         linked = [c.person for c in changes if len(c.person.members) > 1]

@@ -20,6 +20,7 @@ from patronage.models.identity import Person, person_from_json, person_to_json
 from patronage.models.layout import (
     APPLY_ARGS,
     REPLY,
+    SCORED_FIELDS,
     CustomerKeys,
     clock_key,
     customer_keys,
@@ -322,6 +323,22 @@ class ProfileStore:
             ops.append((key, _script(self._segment, [key], flat)))
         replies = checked(await self._pipelined(ops))
         return {cid for cid, reply in zip(writes, replies, strict=True) if int(reply) == 1}
+
+    async def clear_scores(self, customer_ids: Sequence[str]) -> dict[str, int | None]:
+        """Drop the scoring fields of these profiles (parts merged into a
+        person: the person is scored instead); customer -> the segment it
+        had, for those that exist."""
+        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        for customer_id in customer_ids:
+            key = self.keys(customer_id).profile
+            ops.append((key, _command("hget", key, "segment")))
+            ops.append((key, _command("hdel", key, *sorted(SCORED_FIELDS))))
+        replies = checked(await self._pipelined(ops))
+        return {
+            c: int(float(segment)) if segment is not None else None
+            for c, segment, removed in zip(customer_ids, replies[::2], replies[1::2], strict=True)
+            if segment is not None or int(removed) > 0
+        }
 
     async def ack_outbox(self, items: dict[str, list[bytes]]) -> None:
         """Drop findings Kafka acknowledged (by value: others may have arrived)."""

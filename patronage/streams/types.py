@@ -80,6 +80,10 @@ class ProfileStoreT(Protocol):
 
     async def ack_outbox(self, items: dict[str, list[bytes]]) -> None: ...
 
+    async def clear_scores(self, customer_ids: Sequence[str]) -> dict[str, int | None]:
+        """Drop these profiles' scoring fields; customer -> the segment it had."""
+        ...
+
     async def due_customers(
         self, partition: int, now_ms: float, limit: int, queue: Queue = "lapse"
     ) -> list[tuple[str, float]]:

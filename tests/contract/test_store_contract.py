@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from patronage.models.identity import Person
 from patronage.models.lapse import finding_from_json
 from patronage.models.profile import Delta, token
 from patronage.models.sources import SourceState
@@ -228,3 +229,63 @@ def test_judged_orders_leave_the_profile_and_marks_only_move_forward(store_of: A
     assert float(fields["risk_episode"]) == T0 + 9 * day
     assert late[1] == left and float(late[0]["orders"]) == 4
     assert emptied == "" and gone == {}
+
+
+def test_identity_links_and_persons_round_trip_and_are_forgotten(store_of: Any) -> None:
+    """Links stored under both nodes (on a cluster: two slots), persons per
+    node, a generation that moves with every change of people."""
+
+    async def check(store: ProfileStoreT) -> list[Any]:
+        person = Person("c-1", ("anonymous_id:0b7f", "c-1", "loyalty_card:2400"))
+        pairs = {
+            ("c-1", "anonymous_id:0b7f"): '{"type":"link"}',
+            ("c-1", "loyalty_card:2400"): '{"type":"link","n":2}',
+        }
+        g0 = await store.identity_generation()
+        await store.write_identities(pairs, dict.fromkeys(person.members, person))
+        g1 = await store.identity_generation()
+        links = await store.identity_links(["c-1", "loyalty_card:2400", "anonymous_id:none"])
+        found = await store.persons_of(["anonymous_id:0b7f", "c-9"])
+        await store.write_identities({}, {"anonymous_id:0b7f": None})
+        after_split = await store.persons_of(["anonymous_id:0b7f", "c-1"])
+        removed = await store.forget_identities(["c-1"])
+        left = await store.identity_links(["c-1", "loyalty_card:2400", "anonymous_id:0b7f"])
+        return [g1 > g0, links, found, after_split, removed, left, await store.persons_of(["c-1"])]
+
+    moved, links, found, after_split, removed, left, gone = run(check, store_of)
+    assert moved
+    assert links == {
+        "c-1": {
+            "anonymous_id:0b7f": '{"type":"link"}',
+            "loyalty_card:2400": '{"type":"link","n":2}',
+        },
+        "loyalty_card:2400": {"c-1": '{"type":"link","n":2}'},
+        "anonymous_id:none": {},
+    }
+    assert found == {
+        "anonymous_id:0b7f": Person("c-1", ("anonymous_id:0b7f", "c-1", "loyalty_card:2400"))
+    }
+    assert set(after_split) == {"c-1"}
+    assert removed > 0 and gone == {}
+    assert left == {"c-1": {}, "loyalty_card:2400": {}, "anonymous_id:0b7f": {}}
+
+
+def test_parts_are_read_whole_and_scores_cleared(store_of: Any) -> None:
+    async def check(store: ProfileStoreT) -> list[Any]:
+        await store.apply_batch(
+            {"anna": [receipt(0, 0), receipt(1, 3)], "loyalty_card:2400": [receipt(2, 1)]},
+            {"anna": 0, "loyalty_card:2400": 0},
+        )
+        await store.store_segments({"loyalty_card:2400": {"segment": 4, "segment_version": 1}})
+        states = await store.states_of(["anna", "loyalty_card:2400", "nobody"])
+        cleared = await store.clear_scores(["loyalty_card:2400", "anna", "nobody"])
+        again = await store.clear_scores(["loyalty_card:2400"])
+        fields = await store.fields_of(["loyalty_card:2400"])
+        return [states, cleared, again, fields]
+
+    states, cleared, again, fields = run(check, store_of)
+    assert set(states) == {"anna", "loyalty_card:2400"}
+    assert states["anna"].days == [T0 // DAY_MS, T0 // DAY_MS + 3]
+    assert float(states["anna"].fields["orders"]) == 2 and len(states["anna"].order_keys) == 2
+    assert cleared == {"loyalty_card:2400": 4} and again == {}
+    assert "segment" not in fields["loyalty_card:2400"] and "orders" in fields["loyalty_card:2400"]

@@ -394,6 +394,9 @@ def test_a_merge_scores_the_person_once() -> None:
     async def run() -> tuple[int, int, int]:
         await pipe.segmenter.models.save_parameters(FITTED)
         await pipe.process(event_records([web, *store_visits], 1), StaticLog())
+        # The card scored on its own before the link: one member of segment 2.
+        await pipe.store.store_segments({"loyalty_card:2400000999990": {"segment": 2}})
+        await pipe.segmenter.models.adjust_sizes({2: 1})
         before = len(tiers_of("c-9"))
         await pipe.link(link("c-9", "2400000999990", START_MS + 19 * 7 * DAY_MS, "l1"))
         after = len(tiers_of("c-9"))
@@ -401,6 +404,14 @@ def test_a_merge_scores_the_person_once() -> None:
         return before, after, len(tiers_of("c-9"))
 
     before, after, redelivered = asyncio.run(run())
+    # The card is counted in no segment now: its person is scored instead.
+    assert asyncio.run(pipe.segmenter.models.sizes()).get(2) == 0
+    assert (
+        "segment"
+        not in asyncio.run(pipe.store.fields_of(["loyalty_card:2400000999990"]))[
+            "loyalty_card:2400000999990"
+        ]
+    )
     assert after == before + 1 == redelivered
     change = tiers_of("c-9")[-1]
     assert change["previous_tier"] != "best" and change["tier"] == "best", change
