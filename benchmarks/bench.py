@@ -26,7 +26,7 @@ from patronage.models.batch import Record, prepare_batch
 from patronage.models.layout import FIELDS, SCORED_FIELDS
 from patronage.models.predict import BGNBD, FittedParameters, GammaGamma
 from patronage.models.risk import judge_risk
-from patronage.models.simulate import generate
+from patronage.models.simulate import IDENTITY_TYPES, generate, simulated_stream
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.settings import Settings, settings_with
 from patronage.streams.store import ProfileStore, redis_for
@@ -124,14 +124,18 @@ EXACT_FIELDS = sorted(
 )
 
 
-def backlog(events_target: int) -> list[dict[str, Any]]:
-    """The simulated backlog every throughput run drains (same seed, same size)."""
+def backlog(events_target: int, stitched: bool = False) -> list[dict[str, Any]]:
+    """The simulated backlog every throughput run drains (same seed, same size);
+    `stitched`: as identifiers see it, with its links on `identities`."""
     now_ms = int(time.time() * 1000)
     customers = max(100, events_target // 60)
     # Ends two days ago: none of it is "in the future" for the worker or for
     # the reference that checks it later (the simulator spills into the next day).
-    stream, _ = generate(customers, 90, seed=3, start_ms=(now_ms // DAY_MS - 92) * DAY_MS)
-    return stream[:events_target]
+    start_ms = (now_ms // DAY_MS - 92) * DAY_MS
+    stream, _ = simulated_stream(customers, 90, 3, start_ms, identities=stitched)
+    events = [e for e in stream if e["type"] not in IDENTITY_TYPES][:events_target]
+    last = events[-1]["ts"]
+    return events + [e for e in stream if e["type"] in IDENTITY_TYPES and e["ts"] <= last]
 
 
 def throughput(
@@ -149,6 +153,7 @@ def throughput(
     (benchmarks/quix_job.py); `workers` processes of it in one consumer group;
     `stored` customers in Redis already, besides the backlog's (issue #14:
     throughput unchanged from 10k to 1M stored customers)."""
+    inputs = sum(e["type"] not in IDENTITY_TYPES for e in stream)
     env = _run_env("bench", 6099)
     if job == "patronage-predictions-off":
         env["PATRONAGE_PREDICTIONS_LIVE"] = "false"
@@ -196,7 +201,7 @@ def throughput(
         while True:
             rows = asyncio.run(group_lag(settings))
             remaining = sum(r.lag for r in rows)
-            if first_progress is None and remaining < len(stream):
+            if first_progress is None and remaining < inputs:
                 first_progress = time.monotonic()
                 servers_before = {n: _child_cpu(p) if p else None for n, p in servers.items()}
             if remaining == 0:
@@ -217,16 +222,16 @@ def throughput(
     name = job if workers == 1 else f"{job} x{workers}"
     result: dict[str, Any] = {
         "job": f"{name}, {stored:,} stored" if stored else name,
-        "events": len(stream),
+        "events": inputs,
         "drain_seconds": round(busy, 2),
-        "events_per_second": round(len(stream) / busy),
+        "events_per_second": round(inputs / busy),
     }
     if cpu is not None:
-        result["process_cpu_us_per_event"] = round(cpu / len(stream) * 1e6, 1)
+        result["process_cpu_us_per_event"] = round(cpu / inputs * 1e6, 1)
     for name in servers:
         before, after = servers_before.get(name), servers_after.get(name)
         if before is not None and after is not None:
-            result[f"{name}_cpu_us_per_event"] = round((after - before) / len(stream) * 1e6, 1)
+            result[f"{name}_cpu_us_per_event"] = round((after - before) / inputs * 1e6, 1)
     check = _check_quix if job.startswith("quix-") else _check_profiles
     result.update(asyncio.run(check(settings, stream)))
     if job.startswith("patronage"):
@@ -676,6 +681,11 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument(
+        "--stitched",
+        action="store_true",
+        help="throughput: the backlog as identifiers see it (cookies, cards, links; issue #16)",
+    )
+    parser.add_argument(
         "--stored",
         type=int,
         nargs="+",
@@ -695,7 +705,7 @@ def main() -> None:
         for scheduled in (10_000, 1_000_000):
             print("sweep:", json.dumps(asyncio.run(sweep_cost(scheduled, 1000)), indent=1))
     if args.which in ("all", "throughput"):
-        stream = backlog(args.events)
+        stream = backlog(args.events, args.stitched)
         jobs = ["patronage", "naive"]
         if QUIX_PYTHON.exists():
             jobs += ["quix-at-least-once", "quix-exactly-once"]

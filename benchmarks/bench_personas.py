@@ -26,8 +26,9 @@ import json
 from typing import Any
 
 from patronage.models.batch import Record
+from patronage.models.contracts import routing_key
 from patronage.models.features import FEATURES
-from patronage.models.simulate import generate
+from patronage.models.simulate import IDENTITY_TYPES, generate
 from patronage.streams.memory import (
     MemoryModelStore,
     MemoryProfileStore,
@@ -45,11 +46,14 @@ def records_of(events: list[dict[str, Any]], settings: Settings) -> list[Record]
     offsets: dict[tuple[str, int], int] = {}
     records = []
     for event in events:
+        if event["type"] in IDENTITY_TYPES:
+            continue  # on `identities`, not an input topic
         topic = settings.topic_for_kind[event["type"]]
-        partition = partition_for(event["customer_id"], settings.partitions)
+        key = routing_key(event) or ""
+        partition = partition_for(key, settings.partitions)
         offset = offsets[(topic, partition)] = offsets.get((topic, partition), -1) + 1
         value = json.dumps(event).encode()
-        records.append(Record(topic, partition, offset, event["customer_id"].encode(), value))
+        records.append(Record(topic, partition, offset, key.encode(), value))
     return records
 
 
