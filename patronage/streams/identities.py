@@ -47,13 +47,21 @@ log = logging.getLogger("patronage.identity")
 
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]
 DeadLetters = Callable[[PreparedBatch], Awaitable[None]]
+# Scores the people a link changed, at the link's time.
+Score = Callable[[list[PersonChange], int], Awaitable[None]]
 
 
 class Stitcher:
     def __init__(
-        self, settings: Settings, store: ProfileStoreT, send: Send, dead_letters: DeadLetters
+        self,
+        settings: Settings,
+        store: ProfileStoreT,
+        send: Send,
+        dead_letters: DeadLetters,
+        score: Score,
     ) -> None:
         self.settings = settings
+        self.score = score
         self.store = store
         self.send = send
         self.dead_letters = dead_letters
@@ -64,15 +72,15 @@ class Stitcher:
         self.changes = 0
         self.refused = 0
 
-    async def apply(self, record: Record, now_ms: int) -> tuple[list[PersonChange], int]:
-        """One record of `identities`: the people it changed, and its time."""
+    async def apply(self, record: Record, now_ms: int) -> list[PersonChange]:
+        """One record of `identities`; returns the people it changed."""
         rules = self.settings.rules
         try:
             event = IdentityEvent.model_validate_json(record.value or b"")
             ts = parse_ts(event.ts, rules.default_zone)
         except (ValidationError, ValueError) as exc:
             await self._refuse(record, "schema", f"identity event unusable: {exc}"[:500], now_ms)
-            return [], now_ms
+            return []
         link = LinkEvent(
             event.type,
             event.customer_id,
@@ -88,10 +96,10 @@ class Stitcher:
                 "are linked around this pair (PATRONAGE_IDENTITY_MAX_COMPONENT)"
             )
             await self._refuse(record, "identity_component_too_large", why, now_ms)
-            return [], ts
+            return []
         before = persons(graph.people())
         if not graph.apply(link):
-            return [], ts  # redelivered, or older than what the pair holds
+            return []  # redelivered, or older than what the pair holds
         after = persons(graph.people())
         refused = graph.in_force()[1]
         if link.event_id in refused:
@@ -115,10 +123,13 @@ class Stitcher:
             pending.append(await self.send(topic, change.person.canonical.encode(), payload))
             self.changes += 1
         await asyncio.gather(*pending)
+        if changes:
+            await self.score(changes, ts)
         moved = {k: after.get(k) for k in keys if after.get(k) != before.get(k)}
-        # The pair is written last: a crash before it re-runs this event.
+        # The pair is written last: a crash before it re-runs this event
+        # (same messages, same scores).
         await self.store.write_identities({pair: link_to_json(link)}, moved)
-        return changes, ts
+        return changes
 
     async def _component(self, pair: tuple[str, str]) -> tuple[IdentityGraph | None, set[str]]:
         """The graph of every pair event connected to these nodes (links,

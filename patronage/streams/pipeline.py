@@ -126,7 +126,9 @@ class Pipeline:
             also=self.predictor.sweep_partition,
         )
         self.resolver = Resolver(store, settings.profile_config, settings.identity_cache_size)
-        self.stitcher = Stitcher(settings, store, self.send, self._send_dead_letters)
+        self.stitcher = Stitcher(
+            settings, store, self.send, self._send_dead_letters, self._score_people
+        )
         self.rescoring: asyncio.Task[int] | None = None
         # Sources kept between batches while the assignment stands.
         self._sources_seen: dict[tuple[str, int], SourceState] = {}
@@ -216,16 +218,13 @@ class Pipeline:
         return result
 
     async def link(self, record: Record) -> None:
-        """One record of `identities`: a link or unlink (streams/identities.py);
-        each person it changed is scored once, as merged now."""
-        changes, ts = await self.retry(
-            "identities", lambda: self.stitcher.apply(record, self.now_ms())
-        )
-        if changes:
-            at = float(ts) if self.settings.lapse_clock == "event" else float(self.now_ms())
-            await self.retry("scoring people", lambda: self._score_people(changes, at))
+        """One record of `identities`: a link or unlink (streams/identities.py)."""
+        await self.retry("identities", lambda: self.stitcher.apply(record, self.now_ms()))
 
-    async def _score_people(self, changes: list[PersonChange], now: float) -> None:
+    async def _score_people(self, changes: list[PersonChange], link_ts: int) -> None:
+        """Each person a link changed, scored once as merged now (on the event
+        clock: at the link's time)."""
+        now = float(link_ts) if self.settings.lapse_clock == "event" else float(self.now_ms())
         # Parts merged into someone else stop being scored (and counted in
         # the segment sizes) on their own: their person is.
         merged_away = [
