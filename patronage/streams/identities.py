@@ -15,6 +15,7 @@ changes), and a person's canonical profile, the merge of its parts.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -22,8 +23,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from patronage.models.batch import PreparedBatch, Record, dead_letter
-from patronage.models.contracts import IdentityChange, IdentityEvent, format_ts, parse_ts
+from patronage.models.batch import PreparedBatch, Record, bounded_payload, dead_letter
+from patronage.models.contracts import (
+    DeadLetter,
+    IdentityChange,
+    IdentityEvent,
+    format_ts,
+    parse_ts,
+)
 from patronage.models.identity import (
     IdentityGraph,
     Limits,
@@ -98,12 +105,18 @@ class Stitcher:
             await self._refuse(record, "identity_component_too_large", why, now_ms)
             return []
         before = persons(graph.people())
+        refused_before = graph.in_force()[1]
         if not graph.apply(link):
             return []  # redelivered, or older than what the pair holds
         after = persons(graph.people())
         refused = graph.in_force()[1]
         if link.event_id in refused:
             await self._refuse(record, "identity_limit", refused[link.event_id], now_ms)
+        displaced = {
+            e: why for e, why in refused.items() if e not in refused_before and e != link.event_id
+        }
+        if displaced:
+            await self._displaced(graph, displaced, link, record, now_ms)
         keys = {*nodes, *pair}
         pending = []
         changes = person_changes(before, after, keys)
@@ -150,12 +163,58 @@ class Stitcher:
                         frontier.add(other)
         return graph, seen
 
+    async def _displaced(
+        self,
+        graph: IdentityGraph,
+        displaced: Mapping[str, str],
+        cause: LinkEvent,
+        record: Record,
+        now_ms: int,
+    ) -> None:
+        """Links in force until an older one arrived late and took their
+        place under the limits: refused now, each to the DLQ once."""
+        batch = PreparedBatch()
+        rules = self.settings.rules
+        for held in graph.latest.values():
+            if held.event_id not in displaced:
+                continue
+            why = (
+                f"{displaced[held.event_id]}; refused when the earlier link "
+                f"{cause.event_id} arrived"
+            )
+            letter = DeadLetter(
+                event_id=f"dlq:{record.topic}:displaced:{held.event_id}",
+                source_topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                reason=why,
+                error="identity_limit",
+                detected_at=format_ts(now_ms),
+                **bounded_payload(_as_published(held), rules.dlq_payload_max_bytes),
+            )
+            batch.dead_letters.append((held.customer_id.encode(), letter))
+            self.refused += 1
+        await self.dead_letters(batch)
+
     async def _refuse(self, record: Record, code: str, why: str, now_ms: int) -> None:
         batch = PreparedBatch()
         dead_letter(batch, record, code, why, now_ms, self.settings.rules)
         await self.dead_letters(batch)
         self.refused += 1
         log.info("identity event refused (%s): %s", code, why)
+
+
+def _as_published(link: LinkEvent) -> bytes:
+    """A link in its contract's shape (to fix and republish from the DLQ)."""
+    kind, value = link.identifier
+    doc = {
+        "type": link.type,
+        "event_id": link.event_id,
+        "customer_id": link.customer_id,
+        "identifier": {"kind": kind, "value": value},
+        "ts": link.ts,
+    }
+    return json.dumps(doc).encode()
 
 
 class Resolver:

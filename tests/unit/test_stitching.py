@@ -233,6 +233,8 @@ def test_a_guest_card_over_the_limit_goes_to_the_dlq_and_merges_nobody() -> None
         await pipe.link(link("c-2", "GUEST-0001", START_MS + 1, "l2"))
         await pipe.link(link("c-3", "GUEST-0001", START_MS + 2, "l3"))
         await pipe.link(link("c-2", "GUEST-0001", START_MS + 2, "bad", kind="merge"))
+        # Arriving late with the earliest time: it takes the card, c-1's link goes.
+        await pipe.link(link("c-0", "GUEST-0001", START_MS - 1, "l0"))
 
     asyncio.run(run())
     letters = pipe.producer.on("events-dlq")  # type: ignore[attr-defined]
@@ -240,14 +242,16 @@ def test_a_guest_card_over_the_limit_goes_to_the_dlq_and_merges_nobody() -> None
         ("identity_limit", "l2"),
         ("identity_limit", "l3"),
         ("schema", "bad"),
+        ("identity_limit", "l1"),
     ]
     assert "already linked to 1 customers (the limit)" in letters[0]["reason"]
-    assert store.persons["loyalty_card:GUEST-0001"].members == ("c-1", "loyalty_card:GUEST-0001")
+    assert "refused when the earlier link l0 arrived" in letters[-1]["reason"]
+    assert store.persons["loyalty_card:GUEST-0001"].members == ("c-0", "loyalty_card:GUEST-0001")
     # The graph logic agrees: the oldest link holds.
     graph = IdentityGraph(Limits())
-    for n, c in enumerate(["c-1", "c-2", "c-3"]):
+    for n, c in enumerate(["c-0", "c-1", "c-2", "c-3"]):
         graph.apply(LinkEvent("link", c, ("loyalty_card", "GUEST-0001"), START_MS + n, f"l{n}"))
-    assert set(graph.people().values()) == {"c-1"}
+    assert set(graph.people().values()) == {"c-0"}
 
 
 def test_unlink_restores_the_parts_and_erasure_removes_every_identifier() -> None:
