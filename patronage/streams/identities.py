@@ -81,21 +81,10 @@ class Stitcher:
 
     async def apply(self, record: Record, now_ms: int) -> list[PersonChange]:
         """One record of `identities`; returns the people it changed."""
-        rules = self.settings.rules
-        try:
-            event = IdentityEvent.model_validate_json(record.value or b"")
-            ts = parse_ts(event.ts, rules.default_zone)
-        except (ValidationError, ValueError) as exc:
-            await self._refuse(record, "schema", f"identity event unusable: {exc}"[:500], now_ms)
+        link = await self._parse(record, now_ms)
+        if link is None:
             return []
-        link = LinkEvent(
-            event.type,
-            event.customer_id,
-            (event.identifier.kind, event.identifier.value),
-            ts,
-            event.event_id,
-        )
-        pair = (event.customer_id, node_key(link.identifier))
+        pair = (link.customer_id, node_key(link.identifier))
         graph, nodes = await self._component(pair)
         if graph is None:
             why = (
@@ -118,31 +107,45 @@ class Stitcher:
         if displaced:
             await self._displaced(graph, displaced, link, record, now_ms)
         keys = {*nodes, *pair}
-        pending = []
         changes = person_changes(before, after, keys)
-        for change in changes:
-            message = IdentityChange(
-                # One message per person per link event: a re-run sends the same id.
-                event_id=f"identity:{change.person.canonical}:{link.event_id}",
-                customer_id=change.person.canonical,
-                ts=format_ts(ts),
-                kind=change.kind,
-                identifiers=list(change.person.members),
-                previous=list(change.previous),
-                cause=link.event_id,
-            )
-            topic = self.settings.topic(self.settings.topic_identity_changes)
-            payload = message.model_dump_json().encode()
-            pending.append(await self.send(topic, change.person.canonical.encode(), payload))
-            self.changes += 1
-        await asyncio.gather(*pending)
         if changes:
-            await self.score(changes, ts)
+            await self._announce(changes, link)
+            await self.score(changes, link.ts)
         moved = {k: after.get(k) for k in keys if after.get(k) != before.get(k)}
         # The pair is written last: a crash before it re-runs this event
         # (same messages, same scores).
         await self.store.write_identities({pair: link_to_json(link)}, moved)
         return changes
+
+    async def _parse(self, record: Record, now_ms: int) -> LinkEvent | None:
+        try:
+            event = IdentityEvent.model_validate_json(record.value or b"")
+            ts = parse_ts(event.ts, self.settings.rules.default_zone)
+        except (ValidationError, ValueError) as exc:
+            await self._refuse(record, "schema", f"identity event unusable: {exc}"[:500], now_ms)
+            return None
+        identifier = (event.identifier.kind, event.identifier.value)
+        return LinkEvent(event.type, event.customer_id, identifier, ts, event.event_id)
+
+    async def _announce(self, changes: list[PersonChange], link: LinkEvent) -> None:
+        """One identity-changes message per person, acked by Kafka."""
+        topic = self.settings.topic(self.settings.topic_identity_changes)
+        pending = []
+        for change in changes:
+            message = IdentityChange(
+                # One message per person per link event: a re-run sends the same id.
+                event_id=f"identity:{change.person.canonical}:{link.event_id}",
+                customer_id=change.person.canonical,
+                ts=format_ts(link.ts),
+                kind=change.kind,
+                identifiers=list(change.person.members),
+                previous=list(change.previous),
+                cause=link.event_id,
+            )
+            payload = message.model_dump_json().encode()
+            pending.append(await self.send(topic, change.person.canonical.encode(), payload))
+            self.changes += 1
+        await asyncio.gather(*pending)
 
     async def _component(self, pair: tuple[str, str]) -> tuple[IdentityGraph | None, set[str]]:
         """The graph of every pair event connected to these nodes (links,

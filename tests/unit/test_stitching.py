@@ -100,7 +100,7 @@ def assert_fields_close(actual: dict[str, Any], expected: dict[str, Any]) -> Non
 
 def run_stitched(seed: int) -> tuple[Any, Pipeline, MemoryProfileStore, list[Record]]:
     settings = Settings(lapse_clock="event", partitions=4)
-    events, _ = generate(customers=60, days=150, seed=seed, start_ms=START_MS)
+    events, _ = generate(customers=40, days=120, seed=seed, start_ms=START_MS)
     world = stitched(events, seed)
     pipe, store = pipeline_for(settings, NOW_MS)
     asyncio.run(pipe.segmenter.models.save_parameters(FITTED))
