@@ -97,6 +97,21 @@ def isolated_env(kafka_up: str, redis_up: str) -> Iterator[dict[str, str]]:
     # Best effort: a test may have stopped or replaced the broker.
     with contextlib.suppress(Exception):
         asyncio.run(asyncio.wait_for(delete_run_topics(settings_with(env)), 30))
+    # ... and its keys on the shared Redis (left behind, they slow every
+    # later keyspace scan on a developer's machine).
+    with contextlib.suppress(Exception):
+        asyncio.run(asyncio.wait_for(_delete_run_keys(redis_up, env["PATRONAGE_KEY_PREFIX"]), 60))
+
+
+async def _delete_run_keys(url: str, prefix: str) -> None:
+    from patronage.models.profile import ProfileConfig
+    from patronage.streams.store import ProfileStore, make_redis
+
+    client = make_redis(url)
+    try:
+        await ProfileStore(client, prefix, ProfileConfig()).delete_prefix()
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -204,7 +204,9 @@ class Stitcher:
         dead_letter(batch, record, code, why, now_ms, self.settings.rules)
         await self.dead_letters(batch)
         self.refused += 1
-        log.info("identity event refused (%s): %s", code, why)
+        # The reason may quote the record (ids are personal data): debug only.
+        log.info("identity event refused (%s)", code)
+        log.debug("identity event refused: %s", why)
 
 
 def _as_published(link: LinkEvent) -> bytes:

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ from tests.integration.harness import (
     drained,
     on_cluster,
     read_topic,
+    redis_client,
     settings_with_topics,
     wait_for,
 )
@@ -52,6 +56,43 @@ def links_drained(settings: Settings) -> bool:
     control = settings.model_copy(update={"group_id": settings.control_group_id})
     rows = asyncio.run(group_lag(control, [settings.topic(settings.topic_identities)]))
     return all(r.lag == 0 for r in rows)
+
+
+async def views(
+    env: dict[str, str], settings: Settings, person_of: dict[str, str]
+) -> dict[str, Any]:
+    """Every identifier's answer: (canonical id, merged fields, identifiers)."""
+    client = make_redis(env["PATRONAGE_REDIS_URL"], cluster=settings.redis_cluster)
+    store = ProfileStore(client, settings.key_prefix, settings.profile_config)
+    resolver = Resolver(store, settings.profile_config, 0)
+    try:
+        return {key: await resolver.view(key) for key in person_of}
+    finally:
+        await client.aclose()
+
+
+def erase_a_person(
+    env: dict[str, str], settings: Settings, worker: Worker, person_of: dict[str, str]
+) -> str:
+    """Erase a customer with a cookie and a card: every key of all three goes."""
+    groups: dict[str, list[str]] = {}
+    for key, person in person_of.items():
+        groups.setdefault(person, []).append(key)
+    victim = min(c for c, members in groups.items() if len(members) == 3)
+    out = subprocess.run(
+        [sys.executable, "-m", "patronage.streams.cli", "customer", "erase", victim],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(out.stdout)["keys_removed"] >= 6
+    client = redis_client(env)
+    for key in groups[victim]:
+        assert list(client.scan_iter(match=f"{settings.key_prefix}:{{{key}}}:*")) == [], key
+        assert worker.http(f"/profiles/{key}")[0] == 404
+    return victim
 
 
 def test_people_equal_their_events_across_shuffled_links_and_a_kill(
@@ -89,6 +130,8 @@ def test_people_equal_their_events_across_shuffled_links_and_a_kill(
                 faults.append(f"kill after chunk {n}")
             wait_for(lambda: drained(settings), 120, f"chunk {n}", worker.check_alive)
         wait_for(lambda: links_drained(settings), 120, "links", worker.check_alive)
+        found = asyncio.run(views(env, settings, world.person_of))
+        erased = erase_a_person(env, settings, worker, world.person_of)
     finally:
         worker.stop()
 
@@ -97,18 +140,10 @@ def test_people_equal_their_events_across_shuffled_links_and_a_kill(
     for key, person in world.person_of.items():
         groups.setdefault(person, set()).add(key)
 
-    async def views() -> dict[str, Any]:
-        client = make_redis(env["PATRONAGE_REDIS_URL"], cluster=settings.redis_cluster)
-        store = ProfileStore(client, settings.key_prefix, settings.profile_config)
-        resolver = Resolver(store, settings.profile_config, 0)
-        try:
-            return {key: await resolver.view(key) for members in groups.values() for key in members}
-        finally:
-            await client.aclose()
-
-    found = asyncio.run(views())
     people = 0
     for canonical, members in groups.items():
+        if canonical == erased:
+            continue  # checked gone above
         ordered = sorted(pair for m in members for pair in deltas.get(m, []))
         if not ordered:
             assert all(found[k] is None for k in members)
