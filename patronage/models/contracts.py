@@ -154,6 +154,13 @@ def _identified_by_any(schema: dict[str, Any]) -> None:
     schema["anyOf"] = [{"required": [name]} for name in names]
 
 
+def not_an_identifier_key(value: str | None) -> str | None:
+    if value is not None and value.startswith(IDENTIFIER_PREFIXES):
+        kind = value.partition(":")[0]
+        raise ValueError(f"customer_id must not start with {kind}: (an identifier's key)")
+    return value
+
+
 def routing_key(doc: Mapping[str, Any]) -> str | None:
     """The key to publish an event under: its profile's id (as `profile_id`
     decides it: customer id, else cookie, else card) or, for a link, its
@@ -182,10 +189,7 @@ class _Event(_Timed):
     @field_validator("customer_id")
     @classmethod
     def _not_an_identifier_key(cls, value: str | None) -> str | None:
-        if value is not None and value.startswith(IDENTIFIER_PREFIXES):
-            kind = value.partition(":")[0]
-            raise ValueError(f"customer_id must not start with {kind}: (an identifier's key)")
-        return value
+        return not_an_identifier_key(value)
 
     @model_validator(mode="after")
     def _identified(self) -> _Event:
@@ -286,6 +290,12 @@ class IdentityEvent(_Timed):
     customer_id: CustomerId
     type: Literal["link", "unlink"]
     identifier: Identifier
+
+    @field_validator("customer_id")
+    @classmethod
+    def _not_an_identifier_key(cls, value: str) -> str:
+        not_an_identifier_key(value)
+        return value
 
 
 EventKind = Literal["click", "purchase", "store_receipt", "customer_attributes"]

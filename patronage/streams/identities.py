@@ -118,11 +118,17 @@ class Stitcher:
         return changes
 
     async def _parse(self, record: Record, now_ms: int) -> LinkEvent | None:
+        rules = self.settings.rules
         try:
             event = IdentityEvent.model_validate_json(record.value or b"")
-            ts = parse_ts(event.ts, self.settings.rules.default_zone)
-        except (ValidationError, ValueError) as exc:
+            ts = parse_ts(event.ts, rules.default_zone)
+        except (ValidationError, ValueError, OverflowError) as exc:
             await self._refuse(record, "schema", f"identity event unusable: {exc}"[:500], now_ms)
+            return None
+        if not rules.min_ts_ms <= ts <= now_ms + rules.max_future_ms:
+            # The same bounds as events' (PATRONAGE_MAX_FUTURE_S, _EARLIEST_EVENT_TIME).
+            why = "ts is in the future or before PATRONAGE_EARLIEST_EVENT_TIME"
+            await self._refuse(record, "bad_timestamp", why, now_ms)
             return None
         identifier = (event.identifier.kind, event.identifier.value)
         return LinkEvent(event.type, event.customer_id, identifier, ts, event.event_id)

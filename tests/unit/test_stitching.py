@@ -29,6 +29,7 @@ from patronage.streams.memory import (
 from patronage.streams.pipeline import Pipeline
 from patronage.streams.segmenting import partition_for
 from patronage.streams.settings import Settings
+from tests.schema_fuzz import ADVERSARIAL_VALUES, leaf_paths, render, replaced
 from tests.unit.test_pipeline import KIND_TOPIC, pipeline_for
 from tests.unit.test_risk import FITTED
 
@@ -233,6 +234,7 @@ def test_a_guest_card_over_the_limit_goes_to_the_dlq_and_merges_nobody() -> None
         await pipe.link(link("c-2", "GUEST-0001", START_MS + 1, "l2"))
         await pipe.link(link("c-3", "GUEST-0001", START_MS + 2, "l3"))
         await pipe.link(link("c-2", "GUEST-0001", START_MS + 2, "bad", kind="merge"))
+        await pipe.link(link("loyalty_card:X", "GUEST-0001", START_MS + 2, "bad2"))
         # Arriving late with the earliest time: it takes the card, c-1's link goes.
         await pipe.link(link("c-0", "GUEST-0001", START_MS - 1, "l0"))
 
@@ -242,6 +244,7 @@ def test_a_guest_card_over_the_limit_goes_to_the_dlq_and_merges_nobody() -> None
         ("identity_limit", "l2"),
         ("identity_limit", "l3"),
         ("schema", "bad"),
+        ("schema", "bad2"),
         ("identity_limit", "l1"),
     ]
     assert "already linked to 1 customers (the limit)" in letters[0]["reason"]
@@ -346,7 +349,7 @@ def test_a_regular_who_moves_from_the_web_shop_to_the_store_is_not_lapsed() -> N
         async def live() -> None:
             await pipe.segmenter.models.save_parameters(FITTED)
             if linked:
-                await pipe.link(link("c-42", "2400000123457", START_MS + 13 * 7 * DAY_MS, "l1"))
+                await pipe.link(link("c-42", "2400000123457", START_MS, "l1"))
             for record in records:
                 now[0] = max(now[0], json.loads(record.value or b"")["ts"] + 60_000)
                 await pipe.process([record], StaticLog())
@@ -419,3 +422,35 @@ def test_a_merge_scores_the_person_once() -> None:
     assert after == before + 1 == redelivered
     change = tiers_of("c-9")[-1]
     assert change["previous_tier"] != "best" and change["tier"] == "best", change
+
+
+LINK_SAMPLE = {
+    "type": "link",
+    "event_id": "login-8812",
+    "customer_id": "c-1042",
+    "identifier": {"kind": "anonymous_id", "value": "0b7f5c2e-3d41-4c8e-9a6b-52f1d0c7e913"},
+    "ts": "2026-03-01T10:15:00+01:00",
+}
+
+
+def test_every_leaf_of_a_link_with_every_adversarial_value_is_applied_or_a_dead_letter() -> None:
+    """One bad identity record must never stop the agent (it would stop the
+    worker): each is applied or lands on the DLQ with a reason."""
+    payloads = [
+        render(replaced(LINK_SAMPLE, path, value))
+        for path in leaf_paths(LINK_SAMPLE)
+        for value in ADVERSARIAL_VALUES
+    ]
+    refused = 0
+    for payload in payloads:
+        # Each the first link its pipeline sees: a change of people to announce.
+        pipe, store = pipeline_for(Settings(), NOW_MS)
+        asyncio.run(pipe.link(Record("identities", 0, 0, None, payload)))
+        letters = pipe.producer.on("events-dlq")  # type: ignore[attr-defined]
+        changes = pipe.producer.on("identity-changes")  # type: ignore[attr-defined]
+        assert bool(letters) != bool(changes), payload[:200]
+        assert all(letter["reason"] for letter in letters)
+        refused += bool(letters)
+        for node, person in store.persons.items():
+            assert node in person.members and "{" not in node
+    assert refused > len(payloads) / 2
