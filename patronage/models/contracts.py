@@ -197,16 +197,16 @@ class _Event(_Timed):
         return self
 
     def _profile_id(self) -> str:
-        if self.customer_id is not None:
-            return self.customer_id
-        if self.anonymous_id is not None:
-            return f"anonymous_id:{self.anonymous_id}"
-        card = getattr(self, "loyalty_card", None)
-        if card:
-            if "{" in card or "}" in card:
-                raise ValueError("loyalty_card, the only identifier, must not contain { or }")
-            return f"loyalty_card:{card}"
-        raise ValueError("customer_id or anonymous_id is required (or a receipt's loyalty_card)")
+        card = getattr(self, "loyalty_card", None) or None
+        ids = {"customer_id": self.customer_id, "anonymous_id": self.anonymous_id}
+        key = routing_key({**ids, "loyalty_card": card})
+        if key is None:
+            raise ValueError(
+                "customer_id or anonymous_id is required (or a receipt's loyalty_card)"
+            )
+        if key.startswith("loyalty_card:") and ("{" in key or "}" in key):
+            raise ValueError("loyalty_card, the only identifier, must not contain { or }")
+        return key
 
     @property
     def profile_id(self) -> str:

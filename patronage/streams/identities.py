@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -48,7 +49,7 @@ from patronage.models.layout import SCORED_FIELDS
 from patronage.models.profile import ProfileConfig, ProfileState
 from patronage.streams.memory import stored_fields
 from patronage.streams.settings import Settings
-from patronage.streams.types import Fields, ProfileStoreT
+from patronage.streams.types import Fields, PersonActivity, ProfileStoreT
 
 log = logging.getLogger("patronage.identity")
 
@@ -271,12 +272,32 @@ class Resolver:
         return out
 
     async def merged_profiles(self, people: Iterable[Person]) -> dict[str, Fields]:
-        """canonical id -> merged profile, of the people with a stored part;
-        every part of every person read in one round trip."""
+        """canonical id -> merged profile, of the people with a stored part."""
         unique = {p.canonical: p for p in people}
-        states = await self.store.states_of(sorted({m for p in unique.values() for m in p.members}))
+        states = await self._parts_of(unique.values())
         merged = {c: self._merged(p, states) for c, p in unique.items()}
         return {c: fields for c, fields in merged.items() if fields}
+
+    async def activity(self, parts: Sequence[str]) -> dict[str, PersonActivity]:
+        """The activity of the people of those parts that are linked (lapse
+        and at-risk findings are judged per part, sent per person)."""
+        linked = await self.persons(parts)
+        if not linked:
+            return {}
+        states = await self._parts_of(linked.values())
+        out = {}
+        for part, person in linked.items():
+            parts_of = [states[m] for m in person.members if m in states]
+            orders = [
+                float(s.fields["last_order_at"]) for s in parts_of if "last_order_at" in s.fields
+            ]
+            days = sorted({d for s in parts_of for d in s.days})
+            out[part] = PersonActivity(person.canonical, days, max(orders, default=-math.inf))
+        return out
+
+    async def _parts_of(self, people: Iterable[Person]) -> dict[str, ProfileState]:
+        """Every part of every person, in one round trip."""
+        return await self.store.states_of(sorted({m for p in people for m in p.members}))
 
     async def merged_fields(self, person: Person) -> Fields:
         """The merge of the parts' profiles, with the person's own scoring

@@ -17,10 +17,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +41,6 @@ from patronage.streams.types import (
     ApplyResult,
     InputLog,
     ModelStoreT,
-    PersonActivity,
     Producer,
     ProfileStoreT,
 )
@@ -105,13 +103,14 @@ class Pipeline:
         self.retry = Retry(settings.redis_retry_max_s, self.stats.counters, store.ensure_scripts)
         self.segmenter = Segmenter(settings, models, store)
         self.parameters = ParameterStore(models)
+        self.resolver = Resolver(store, settings.profile_config, settings.identity_cache_size)
         self.predictor = Predictor(
             settings,
             store,
             self.parameters,
             self.send,
             self.pass_now,
-            self._people_of if settings.identity_stitching else None,
+            self.resolver.activity if settings.identity_stitching else None,
         )
         self.learner = Learner(settings, models, clock)
         self.sweeper = LapseSweeper(
@@ -125,7 +124,6 @@ class Pipeline:
             wall=clock,
             also=self.predictor.sweep_partition,
         )
-        self.resolver = Resolver(store, settings.profile_config, settings.identity_cache_size)
         self.stitcher = Stitcher(
             settings, store, self.send, self._send_dead_letters, self._score_people
         )
@@ -300,7 +298,8 @@ class Pipeline:
         if not outbox:
             return
         topic = self.settings.topic(self.settings.topic_lapse_alerts)
-        people = await self._people_of(list(outbox)) if self.settings.identity_stitching else {}
+        stitching = self.settings.identity_stitching
+        people = await self.resolver.activity(list(outbox)) if stitching else {}
         pending = []
         for part, items in outbox.items():
             person = people.get(part)
@@ -318,24 +317,6 @@ class Pipeline:
                 self.stats.alerts[alert.kind] += 1
         await asyncio.gather(*pending)
         await self.store.ack_outbox(outbox)
-
-    async def _people_of(self, parts: Sequence[str]) -> dict[str, PersonActivity]:
-        """The activity of the people of those parts that are linked (lapse
-        and at-risk findings are judged per part, sent per person)."""
-        linked = await self.resolver.persons(parts)
-        if not linked:
-            return {}
-        members = sorted({m for person in linked.values() for m in person.members})
-        states = await self.store.states_of(members)
-        out = {}
-        for part, person in linked.items():
-            parts_of = [states[m] for m in person.members if m in states]
-            orders = [
-                float(s.fields["last_order_at"]) for s in parts_of if "last_order_at" in s.fields
-            ]
-            days = sorted({d for s in parts_of for d in s.days})
-            out[part] = PersonActivity(person.canonical, days, max(orders, default=-math.inf))
-        return out
 
     async def refresh_model(self, owned: set[int]) -> None:
         """Load a newly promoted model; re-score the owned partitions with it."""

@@ -15,7 +15,7 @@ import json
 import logging
 import multiprocessing
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -218,33 +218,32 @@ def _wire_learner(app: faust.App, runtime: Runtime) -> None:
 
 
 def _wire_erasure(app: faust.App, runtime: Runtime) -> None:
-    settings, pipeline = runtime.settings, runtime.pipeline
+    settings = runtime.settings
     requests = _raw_topic(app, settings.topic(settings.topic_erasure_requests))
-
-    @app.agent(requests, name="erase")
-    async def erase(stream: Any) -> None:
-        try:
-            async for event in stream.events():
-                await pipeline.erase(_record(event.message))
-        except FatalRedisError as exc:
-            stop_the_worker("erase", str(exc))
-        except Exception:
-            stop_the_worker("erase")
+    _record_agent(app, requests, "erase", runtime.pipeline.erase)
 
 
 def _wire_identities(app: faust.App, runtime: Runtime) -> None:
-    settings, pipeline = runtime.settings, runtime.pipeline
+    settings = runtime.settings
     if not settings.identity_stitching:
         return
+    # One partition: one worker applies the links, in their order.
     links = _raw_topic(app, settings.topic(settings.topic_identities), partitions=1)
+    _record_agent(app, links, "identities", runtime.pipeline.link)
 
-    @app.agent(links, name="identities")
-    async def identities(stream: Any) -> None:
-        # One partition: one worker applies the links, in their order.
+
+def _record_agent(
+    app: faust.App, topic: Any, name: str, handle: Callable[[Record], Awaitable[None]]
+) -> None:
+    """An agent handing each record of a control topic to the pipeline, in
+    order; what it cannot handle stops the worker (nothing is skipped)."""
+
+    @app.agent(topic, name=name)
+    async def agent(stream: Any) -> None:
         try:
             async for event in stream.events():
-                await pipeline.link(_record(event.message))
+                await handle(_record(event.message))
         except FatalRedisError as exc:
-            stop_the_worker("identities", str(exc))
+            stop_the_worker(name, str(exc))
         except Exception:
-            stop_the_worker("identities")
+            stop_the_worker(name)

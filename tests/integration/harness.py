@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -204,3 +205,17 @@ def redis_client(env: dict[str, str]) -> redis.Redis:
 def on_cluster(env: dict[str, str]) -> str:
     """A label for recorded figures: which Redis the run used."""
     return " (redis cluster)" if env.get("PATRONAGE_REDIS_CLUSTER", "").lower() == "true" else ""
+
+
+def erase_by_cli(env: dict[str, str], customer_id: str) -> dict[str, Any]:
+    """`patronage customer erase`, waiting for the worker's confirmation."""
+    out = subprocess.run(
+        [sys.executable, "-m", "patronage.streams.cli", "customer", "erase", customer_id],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    confirmation: dict[str, Any] = json.loads(out.stdout)
+    return confirmation

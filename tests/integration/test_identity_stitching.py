@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ from patronage.streams.store import ProfileStore, make_redis
 from tests.integration.harness import (
     Worker,
     drained,
+    erase_by_cli,
     on_cluster,
     read_topic,
     redis_client,
@@ -47,7 +45,12 @@ from tests.integration.harness import (
 from tests.integration.test_end_to_end import publish_with_metadata
 from tests.integration.test_reliability import record
 from tests.unit.test_pipeline import KIND_TOPIC
-from tests.unit.test_stitching import assert_fields_close, event_deltas, profile_key
+from tests.unit.test_stitching import (
+    assert_changes_end_in_the_true_people,
+    assert_fields_close,
+    event_deltas,
+    profile_key,
+)
 
 DAY_MS = 86_400_000
 
@@ -79,15 +82,7 @@ def erase_a_person(
     for key, person in person_of.items():
         groups.setdefault(person, []).append(key)
     victim = min(c for c, members in groups.items() if len(members) == 3)
-    out = subprocess.run(
-        [sys.executable, "-m", "patronage.streams.cli", "customer", "erase", victim],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    assert json.loads(out.stdout)["keys_removed"] >= 6
+    assert erase_by_cli(env, victim)["keys_removed"] >= 6
     client = redis_client(env)
     for key in groups[victim]:
         assert list(client.scan_iter(match=f"{settings.key_prefix}:{{{key}}}:*")) == [], key
@@ -162,15 +157,7 @@ def test_people_equal_their_events_across_shuffled_links_and_a_kill(
     by_id: dict[str, dict[str, Any]] = {}
     for change in changes:
         assert by_id.setdefault(change["event_id"], change) == change  # one content per id
-    last: dict[str, dict[str, Any]] = {}
-    for change in changes:
-        for key in change["identifiers"]:
-            last[key] = change
-    for key, person in world.person_of.items():
-        if key in last:
-            assert last[key]["identifiers"] == sorted(
-                k for k, p in world.person_of.items() if p == person
-            )
+    assert_changes_end_in_the_true_people(changes, world.person_of)
     merged = sum(len(m) > 1 for m in groups.values())
     assert len({c["customer_id"] for c in by_id.values() if c["kind"] == "merge"}) >= merged
     record(

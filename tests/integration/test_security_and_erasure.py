@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from tests.integration.harness import (
     Worker,
     cli_lag,
     drained,
+    erase_by_cli,
     free_port,
     redis_client,
     settings_for,
@@ -129,15 +128,7 @@ def test_erasure_and_retention(backend_env: dict[str, str]) -> None:
         victim = max(scheduled, key=lambda c: (len(visit_days.get(c, ())), c))
         assert client.exists(f"{prefix}:{{{victim}}}:p")
 
-        out = subprocess.run(
-            [sys.executable, "-m", "patronage.streams.cli", "customer", "erase", victim],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        confirmation = json.loads(out.stdout)
+        confirmation = erase_by_cli(env, victim)
         assert confirmation["customer_id"] == victim and confirmation["keys_removed"] >= 2
         assert list(client.scan_iter(match=f"{prefix}:{{{victim}}}:*")) == []
         assert all(client.zscore(k, victim) is None for k in due)

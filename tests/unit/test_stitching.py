@@ -11,6 +11,7 @@ import random
 from typing import Any
 
 from patronage.models.batch import Record
+from patronage.models.contracts import routing_key
 from patronage.models.identity import IdentityGraph, Limits, LinkEvent
 from patronage.models.layout import SCORED_FIELDS, stored_text
 from patronage.models.profile import fold, to_delta
@@ -40,11 +41,9 @@ MARKS = {"judged_day", "lapse_day", "risk_decided", "risk_episode"}
 
 
 def profile_key(event: dict[str, Any]) -> str:
-    if "customer_id" in event:
-        return str(event["customer_id"])
-    if "anonymous_id" in event:
-        return f"anonymous_id:{event['anonymous_id']}"
-    return f"loyalty_card:{event['loyalty_card']}"
+    key = routing_key(event)
+    assert key is not None, event
+    return key
 
 
 def event_records(events: list[dict[str, Any]], partitions: int) -> list[Record]:
@@ -156,21 +155,28 @@ def test_every_person_is_the_fold_of_their_events_whatever_the_link_order() -> N
             assert_fields_close(fields, expected)
 
 
+def assert_changes_end_in_the_true_people(
+    changes: list[dict[str, Any]], person_of: dict[str, str]
+) -> None:
+    """The last change naming each identifier is its true person."""
+    last: dict[str, dict[str, Any]] = {}
+    for change in changes:
+        for key in change["identifiers"]:
+            last[key] = change
+    for key, person in person_of.items():
+        if key in last:
+            want = sorted(k for k, p in person_of.items() if p == person)
+            assert last[key]["identifiers"] == want, key
+            assert last[key]["customer_id"] == person
+
+
 def test_identity_changes_are_sent_once_each_and_end_in_the_true_people() -> None:
     world, pipe, _, _ = run_stitched(seed=5)
     producer = pipe.producer
     changes = producer.on("identity-changes")  # type: ignore[attr-defined]
     ids = [c["event_id"] for c in changes]
     assert len(ids) == len(set(ids)) > 0
-    last: dict[str, dict[str, Any]] = {}
-    for change in changes:
-        for key in change["identifiers"]:
-            last[key] = change
-    for key, person in world.person_of.items():
-        if key in last:
-            want = sorted(k for k, p in world.person_of.items() if p == person)
-            assert last[key]["identifiers"] == want, key
-            assert last[key]["customer_id"] == person
+    assert_changes_end_in_the_true_people(changes, world.person_of)
     # Redelivering every link changes nothing and sends nothing.
     before = len(producer.sent)  # type: ignore[attr-defined]
 
@@ -442,9 +448,12 @@ def test_every_leaf_of_a_link_with_every_adversarial_value_is_applied_or_a_dead_
         for value in ADVERSARIAL_VALUES
     ]
     refused = 0
+    pipe, store = pipeline_for(Settings(), NOW_MS)
     for payload in payloads:
-        # Each the first link its pipeline sees: a change of people to announce.
-        pipe, store = pipeline_for(Settings(), NOW_MS)
+        # Each the first link the store sees: a change of people to announce.
+        store.links.clear()
+        store.persons.clear()
+        pipe.producer.sent.clear()  # type: ignore[attr-defined]
         asyncio.run(pipe.link(Record("identities", 0, 0, None, payload)))
         letters = pipe.producer.on("events-dlq")  # type: ignore[attr-defined]
         changes = pipe.producer.on("identity-changes")  # type: ignore[attr-defined]
