@@ -82,6 +82,7 @@ def evaluate(
     store: MemoryProfileStore, personas: dict[str, str], settings: Settings, end_ms: int, seed: int
 ) -> dict[str, float]:
     from sklearn.cluster import KMeans
+    from sklearn.impute import SimpleImputer
     from sklearn.metrics import adjusted_rand_score
     from sklearn.preprocessing import StandardScaler
 
@@ -91,7 +92,8 @@ def evaluate(
     fields = {c: store._fields(store.states[c]) for c in customers}
     truth = [personas[c] for c in customers]
     matrix = [[features(fields[c])[k] for k in FEATURES] for c in customers]
-    scaled = StandardScaler().fit_transform(matrix)
+    # An undefined feature (no orders -> no basket) at the mean, as the segmenter does.
+    scaled = StandardScaler().fit_transform(SimpleImputer(strategy="mean").fit_transform(matrix))
     batch = KMeans(n_clusters=settings.segments, n_init=10, random_state=seed).fit_predict(scaled)
     online = [int(float(fields[c].get("segment", -1))) for c in customers]
     return {

@@ -16,14 +16,26 @@ FEATURES = (
     "visit_gap_log_days",  # log1p(mean days between visit days; 0 below two visits)
     "frequency_log",  # log1p(orders, 30-day half-life, as of the last activity)
     "monetary_log",  # log1p(net spend, 30-day half-life, as of the last activity)
-    "avg_basket_log",  # log1p(bought value per order)
+    "avg_basket_log",  # log1p(bought value per order; undefined without orders)
     "online_share",  # online orders / orders (browsing-only: 1)
     "browse_to_buy_log",  # log1p(clicks per order)
-    "category_concentration",  # Herfindahl index of category spend, 0..1
+    "category_concentration",  # Herfindahl index of category spend, 0..1 (undefined: none)
     "regularity",  # 1 / (1 + coefficient of variation of visit gaps)
     "tenure_log_days",  # log1p(days from first to last activity)
-    "return_rate",  # returned value / bought value
+    "return_rate",  # returned value / bought value (undefined: nothing bought)
 )
+# A ratio with nothing under it (the basket of a customer with no orders) is
+# unknown, not 0: it stays NaN here and sits at the population mean once
+# standardised. Read as 0 it put every not-yet-buying browser 3 standard
+# deviations out on three dimensions at once, and the first model spent a
+# segment on that transient state; when it emptied, a re-organised model
+# moved a fifth of the customers (docs/benchmarks.md, issue #13).
+UNDEFINED = math.nan
+
+
+def defined(x: Mapping[str, float]) -> dict[str, float]:
+    """The defined features only (what goes on the wire: JSON has no NaN)."""
+    return {k: v for k, v in x.items() if not math.isnan(v)}
 
 
 def _num(fields: Mapping[str, float | str], name: str) -> float:
@@ -53,13 +65,15 @@ def features(fields: Mapping[str, float | str]) -> dict[str, float]:
         "visit_gap_log_days": math.log1p(mean_gap or 0.0),
         "frequency_log": math.log1p(max(0.0, _num(fields, "freq_decayed"))),
         "monetary_log": math.log1p(max(0.0, _num(fields, "monetary_decayed"))),
-        "avg_basket_log": math.log1p(bought / orders) if orders > 0 else 0.0,
+        "avg_basket_log": math.log1p(bought / orders) if orders > 0 else UNDEFINED,
         "online_share": _num(fields, "orders_online") / orders if orders > 0 else 1.0,
         "browse_to_buy_log": math.log1p(clicks / max(1.0, orders)),
-        "category_concentration": concentration,
+        "category_concentration": concentration if total_category > 0 else UNDEFINED,
         "regularity": regularity,
         "tenure_log_days": math.log1p(active_ms / DAY_MS),
-        "return_rate": min(1.0, _num(fields, "returns_value") / bought) if bought > 0 else 0.0,
+        "return_rate": (
+            min(1.0, _num(fields, "returns_value") / bought) if bought > 0 else UNDEFINED
+        ),
     }
 
 

@@ -20,6 +20,7 @@ import hashlib
 import heapq
 import math
 import random
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from patronage.models.features import FEATURES
+from patronage.models.features import FEATURES, UNDEFINED
 
 
 def customer_hash(customer_id: str) -> int:
@@ -128,6 +129,28 @@ def kmeans_plus_plus(z: np.ndarray, k: int, rng: random.Random) -> np.ndarray:
     return np.array(centers, dtype=float)
 
 
+def standardise(value: float, mean: float, std: float) -> float:
+    if math.isnan(value):
+        return 0.0
+    return max(-CLIP, min(CLIP, (value - mean) / std))
+
+
+def defined_mean_std(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, mean and standard deviation of the defined (non-NaN)
+    values; a column with too few of them: mean 0, deviation 1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        mean = np.nan_to_num(np.nanmean(raw, axis=0))
+        std = np.nan_to_num(np.nanstd(raw, axis=0, ddof=1))
+    std[std == 0] = 1.0
+    return mean, std
+
+
+def defined_median(values: np.ndarray) -> float:
+    defined = values[~np.isnan(values)]
+    return float(np.median(defined)) if len(defined) else 0.0
+
+
 def sq_dist(a: Sequence[float], b: Sequence[float]) -> float:
     return sum((x - y) ** 2 for x, y in zip(a, b, strict=True))
 
@@ -159,8 +182,10 @@ class FrozenModel:
     sample_cutoff: int | None = None
 
     def scale(self, x: Mapping[str, float]) -> list[float]:
+        """Standardised and clipped; an undefined feature (absent or NaN) is
+        at the mean, so it does not pull the customer anywhere."""
         return [
-            max(-CLIP, min(CLIP, (float(x.get(k, 0.0)) - m) / s))
+            standardise(float(x.get(k, UNDEFINED)), m, s)
             for k, m, s in zip(self.keys, self.mean, self.std, strict=True)
         ]
 
@@ -375,7 +400,7 @@ class SegmentTrainer:
         top_category: str | None = None,
         rfm: Sequence[float] | None = None,
     ) -> None:
-        self.sample.add(customer_id, [float(x.get(k, 0.0)) for k in FEATURES], top_category)
+        self.sample.add(customer_id, [float(x.get(k, UNDEFINED)) for k in FEATURES], top_category)
         self.updates += 1
         for name, value in zip(RFM_DIMENSIONS, rfm or (), strict=False):
             for q in self.quantiles[name]:
@@ -391,10 +416,8 @@ class SegmentTrainer:
         span_days = float(np.expm1(raw[:, FEATURES.index("tenure_log_days")].max()))
         if self.previous is None and span_days < self.warmup_days:
             return None
-        mean = raw.mean(axis=0)
-        std = raw.std(axis=0, ddof=1)
-        std[std == 0] = 1.0
-        z = np.clip((raw - mean) / std, -CLIP, CLIP)
+        mean, std = defined_mean_std(raw)
+        z = np.nan_to_num(np.clip((raw - mean) / std, -CLIP, CLIP))  # undefined: the mean
         rng = random.Random(f"{self.seed}:{self.version}")
         best = min(
             (kmeans(z, kmeans_plus_plus(z, k, rng)) for _ in range(max(1, self.restarts))),
@@ -426,9 +449,7 @@ class SegmentTrainer:
             centers=tuple(tuple(c) for c in centers.tolist()),
             sizes=tuple(int((labels == i).sum()) for i in range(k)),
             categories=categories,
-            medians={
-                name: float(np.median(values)) for name, values in figure_columns(raw).items()
-            },
+            medians={name: defined_median(values) for name, values in figure_columns(raw).items()},
             shift=shift,
             inertia=inertia,
         )

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from aiokafka.partitioner import murmur2
 
 from patronage.models.contracts import SegmentChange, format_ts
-from patronage.models.features import FEATURES, features, rfm_inputs, top_category
+from patronage.models.features import FEATURES, defined, features, rfm_inputs, top_category
 from patronage.models.layout import predict_key
 from patronage.models.predict import (
     HISTORY_FIELDS,
@@ -464,7 +464,7 @@ def feature_message(
 ) -> bytes:
     """What the learner gets: who, their features, top category, RFM inputs
     and purchase history (for the prediction parameters)."""
-    doc: dict[str, Any] = {"id": customer_id, "x": x, "cat": top_category(fields)}
+    doc: dict[str, Any] = {"id": customer_id, "x": defined(x), "cat": top_category(fields)}
     doc["rfm"] = list(rfm_now)
     history = history_record(fields)
     if history is not None:

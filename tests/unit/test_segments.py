@@ -15,6 +15,7 @@ import pytest
 
 from patronage.models.features import FEATURES, features, rfm_inputs
 from patronage.models.segments import FrozenModel, SegmentTrainer, label_terms, match_ids
+from patronage.streams.segmenting import feature_message
 
 CONFIGS = {
     "k2": {"n_clusters": 2, "warmup": 100},
@@ -237,6 +238,51 @@ def test_features_of_a_profile() -> None:
     # RFM inputs are valued at the scoring time; the features are not.
     recency, frequency, monetary = rfm_inputs(fields, 40 * day, 30 * day)
     assert (recency, frequency, monetary) == pytest.approx((30.0, 1.0, 50.0))
+
+
+def test_a_browsing_only_profile_has_no_basket_figures() -> None:
+    """No orders: the basket, category mix and return rate are unknown (NaN),
+    not 0 — and the learner's message carries only the defined features, as
+    strict JSON."""
+    fields = {"first_seen": "0", "last_seen": str(20 * 86_400_000), "clicks": "12", "visits": "4"}
+    f = features(fields)
+    undefined = {k for k, v in f.items() if math.isnan(v)}
+    assert undefined == {"avg_basket_log", "category_concentration", "return_rate"}
+    assert f["frequency_log"] == 0.0 and f["online_share"] == 1.0
+    doc = json.loads(
+        feature_message("c1", f, fields, (0.0, 0.0, 0.0)),
+        parse_constant=lambda token: pytest.fail(f"{token} in the feature message"),
+    )
+    assert set(doc["x"]) == set(FEATURES) - undefined
+
+
+def test_an_undefined_feature_sits_at_the_mean() -> None:
+    """Customers of one group who have not bought yet (basket figures
+    undefined) are scored into their group, and the groups are found: read as
+    0 they stood three deviations out on three features and took a segment of
+    their own, merging two real groups (issue #13)."""
+    rng = random.Random(5)
+    missing = ("avg_basket_log", "category_concentration", "return_rate")
+    # Groups 1.5 apart in behaviour; their basket figures alike and far from 0.
+    centres = [[4.0 if k in missing else 1.5 * g for k in FEATURES] for g in range(3)]
+    trainer = SegmentTrainer(n_clusters=3, warmup=100, warmup_days=0, seed=1)
+    truth, xs = [], []
+    for i in range(900):
+        group = i % 3
+        x = {k: c + rng.gauss(0, 0.4) for k, c in zip(FEATURES, centres[group], strict=True)}
+        if group == 0 and i % 2:  # half of group 0 has not bought yet
+            x = {k: (math.nan if k in missing else v) for k, v in x.items()}
+        trainer.learn(f"c{i}", x)
+        truth.append(group)
+        xs.append(x)
+    model = model_of(trainer)
+    assert all(math.isfinite(v) for v in model.mean + model.std)
+    predicted = [model.predict(x) for x in xs]
+    groups = {t: {p for p, tt in zip(predicted, truth, strict=True) if tt == t} for t in range(3)}
+    assert all(len(found) == 1 for found in groups.values())  # each group one segment
+    assert len(set().union(*groups.values())) == 3  # and three different ones
+    assert model.scale({})[FEATURES.index("return_rate")] == 0.0  # absent: the mean
+    assert model.scale({"return_rate": math.nan})[FEATURES.index("return_rate")] == 0.0
 
 
 LABELS = [
