@@ -85,7 +85,7 @@ async def promote(store: ProfileStore, models: ModelStore, trainer: SegmentTrain
             learned += 1
     model = trainer.freeze(int(time.time() * 1000))
     assert model is not None
-    await models.promote(model, trainer)
+    await models.promote(model, json.dumps(trainer.to_checkpoint()))
     return model.version
 
 

@@ -350,9 +350,9 @@ class MemoryModelStore:
         raw = self.models.get(version)
         return FrozenModel.from_json(json.loads(raw)) if raw else None
 
-    async def promote(self, model: FrozenModel, trainer: SegmentTrainer) -> None:
+    async def promote(self, model: FrozenModel, checkpoint: str) -> None:
         self.models[model.version] = json.dumps(model.to_json())
-        self.trainer = json.dumps(trainer.to_checkpoint())
+        self.trainer = checkpoint
         self.version = model.version
 
     async def load_trainer(self) -> SegmentTrainer | None:

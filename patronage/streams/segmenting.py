@@ -42,6 +42,7 @@ from patronage.models.segments import (
     SegmentDecision,
     SegmentTrainer,
     decide,
+    refit_with_checkpoint,
 )
 from patronage.streams.settings import Settings
 from patronage.streams.types import ModelStoreT, ProfileStoreT
@@ -78,13 +79,13 @@ class ModelStore:
         raw = await self.client.get(self.model_key(version))
         return FrozenModel.from_json(json.loads(raw)) if raw else None
 
-    async def promote(self, model: FrozenModel, trainer: SegmentTrainer) -> None:
+    async def promote(self, model: FrozenModel, checkpoint: str) -> None:
         # Same hash tag, executed in order: the version is set last, and the
         # version that falls out of the kept window goes (workers cache the
         # same number of versions, so none is still scoring with it).
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.set(self.model_key(model.version), json.dumps(model.to_json()))
-            pipe.set(self.trainer_key, json.dumps(trainer.to_checkpoint()))
+            pipe.set(self.trainer_key, checkpoint)
             pipe.set(self.version_key, model.version)
             if model.version > KEPT_VERSIONS:
                 pipe.delete(self.model_key(model.version - KEPT_VERSIONS))
@@ -408,9 +409,10 @@ class Learner:
         first = trainer.previous is None
         if not first and now - self.last_check < self.settings.segment_promote_interval_s:
             return None
-        fit = await self._off_loop(SegmentTrainer.fit, trainer)
-        if fit is None:
+        refit = await self._off_loop(refit_with_checkpoint, trainer, int(now * 1000))
+        if refit is None:
             return None
+        fit, checkpoint = refit
         self.last_check = now
         self.last_shift = None if first else fit.shift
         if not first and fit.shift < self.settings.segment_promote_min_shift:
@@ -423,7 +425,7 @@ class Learner:
         sample_cut, history_cut = model.sample_cutoff, self.histories.cutoff()
         both = None if sample_cut is None or history_cut is None else max(sample_cut, history_cut)
         model = replace(model, sample_cutoff=both)
-        await self.models.promote(model, trainer)
+        await self.models.promote(model, checkpoint)
         self.loaded_version = model.version
         self.promoted += 1
         self.promotions = [t for t in self.promotions if now - t <= 3600] + [now]

@@ -172,7 +172,9 @@ class ModelStoreT(Protocol):
 
     async def load(self, version: int) -> FrozenModel | None: ...
 
-    async def promote(self, model: FrozenModel, trainer: SegmentTrainer) -> None: ...
+    async def promote(self, model: FrozenModel, checkpoint: str) -> None:
+        """Store `model` as the newest version and the learner's JSON
+        checkpoint (text: it is serialised off the event loop)."""
 
     async def load_trainer(self) -> SegmentTrainer | None: ...
 

@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from patronage.models.features import FEATURES, features, rfm_inputs
-from patronage.models.segments import FrozenModel, SegmentTrainer, label_terms, match_ids
+from patronage.models.segments import (
+    FrozenModel,
+    SegmentTrainer,
+    label_terms,
+    match_ids,
+    refit_with_checkpoint,
+)
 from patronage.streams.segmenting import feature_message
 
 CONFIGS = {
@@ -283,6 +289,24 @@ def test_an_undefined_feature_sits_at_the_mean() -> None:
     assert len(set().union(*groups.values())) == 3  # and three different ones
     assert model.scale({})[FEATURES.index("return_rate")] == 0.0  # absent: the mean
     assert model.scale({"return_rate": math.nan})[FEATURES.index("return_rate")] == 0.0
+
+
+def test_the_checkpoint_made_beside_the_refit_is_the_promoted_trainers() -> None:
+    """The fit process returns the checkpoint text the learner stores: it is
+    exactly the learner's own after freezing that fit, and the learner's
+    trainer is not touched by making it (in a thread it is the same object)."""
+    trainer = trained(CONFIGS["k5-default"])
+    first = refit_with_checkpoint(trainer, 1_000)
+    assert first is not None and trainer.version == 0 and trainer.previous is None
+    fit, checkpoint = first
+    trainer.freeze(1_000, fit)
+    assert checkpoint == json.dumps(trainer.to_checkpoint())
+    trainer.learn("late", points(1, seed=99)[0])
+    second = refit_with_checkpoint(trainer, 2_000)
+    assert second is not None
+    trainer.freeze(2_000, second[0])
+    assert second[1] == json.dumps(trainer.to_checkpoint())
+    assert SegmentTrainer.from_checkpoint(json.loads(second[1])).version == 2
 
 
 LABELS = [
