@@ -41,15 +41,22 @@ def customer_hash(customer_id: str) -> int:
 
 @dataclass
 class CustomerSample:
-    """The latest feature vector (and top category) of at most `size`
-    customers: those with the smallest id hashes seen so far."""
+    """The latest feature vector (and top category, RFM inputs) of at most
+    `size` customers: those with the smallest id hashes seen so far."""
 
     size: int = 10_000
     vectors: dict[str, list[float]] = field(default_factory=dict)
     categories: dict[str, str] = field(default_factory=dict)
+    rfm: dict[str, list[float]] = field(default_factory=dict)
     _heap: list[tuple[int, str]] = field(default_factory=list)  # (-hash, id): largest first
 
-    def add(self, customer_id: str, vector: list[float], category: str | None) -> None:
+    def add(
+        self,
+        customer_id: str,
+        vector: list[float],
+        category: str | None,
+        rfm: Sequence[float] | None = None,
+    ) -> None:
         if customer_id not in self.vectors:
             h = customer_hash(customer_id)
             if len(self.vectors) >= self.size:
@@ -58,10 +65,13 @@ class CustomerSample:
                 _, evicted = heapq.heappop(self._heap)
                 del self.vectors[evicted]
                 self.categories.pop(evicted, None)
+                self.rfm.pop(evicted, None)
             heapq.heappush(self._heap, (-h, customer_id))
         self.vectors[customer_id] = vector
         if category:
             self.categories[customer_id] = category
+        if rfm is not None and len(rfm) == len(RFM_DIMENSIONS):
+            self.rfm[customer_id] = [float(v) for v in rfm]
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -76,14 +86,34 @@ class CustomerSample:
         return [c for _, c in sorted((-h, c) for h, c in self._heap)]
 
     def state(self) -> dict[str, Any]:
-        return {"size": self.size, "vectors": self.vectors, "categories": self.categories}
+        return {
+            "size": self.size,
+            "vectors": self.vectors,
+            "categories": self.categories,
+            "rfm": self.rfm,
+        }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> CustomerSample:
         sample = cls(int(state["size"]))
+        rfm = state.get("rfm", {})
         for customer_id, vector in state["vectors"].items():
-            sample.add(customer_id, list(vector), state["categories"].get(customer_id))
+            categories = state["categories"]
+            sample.add(customer_id, list(vector), categories.get(customer_id), rfm.get(customer_id))
         return sample
+
+    def rfm_cuts(self) -> dict[str, tuple[float, ...]]:
+        """Quintile cuts of each RFM input over the sampled customers (each
+        counted once, as of their latest update: quintiles of the customer
+        base, not of the updates, which would weigh the busiest customers)."""
+        values = np.array(list(self.rfm.values()), dtype=float).reshape(-1, len(RFM_DIMENSIONS))
+        return {
+            name: tuple(
+                float(q)
+                for q in (np.quantile(values[:, i], RFM_QUINTILES) if len(values) else [0.0] * 4)
+            )
+            for i, name in enumerate(RFM_DIMENSIONS)
+        }
 
 
 def kmeans(
@@ -280,75 +310,13 @@ def match_ids(
     return order
 
 
-class P2Quantile:
-    """A streaming quantile in constant memory: the P² algorithm (Jain &
-    Chlamtac, 1985), five markers. Its state is five numbers a marker, so a
-    checkpoint is plain JSON."""
-
-    def __init__(self, p: float) -> None:
-        self.p = p
-        self.heights: list[float] = []  # the first five values, then the markers
-        self.positions = [0.0, 1.0, 2.0, 3.0, 4.0]
-        self.desired = [0.0, 2 * p, 4 * p, 2 + 2 * p, 4.0]
-        self.steps = [0.0, p / 2, p, (1 + p) / 2, 1.0]
-
-    def update(self, x: float) -> None:
-        q = self.heights
-        if len(q) < 5:
-            q.append(x)
-            q.sort()
-            return
-        if x < q[0]:
-            q[0], k = x, 0
-        elif x >= q[4]:
-            q[4], k = x, 3
-        else:
-            k = next(i for i in range(4) if q[i] <= x < q[i + 1])
-        n = self.positions
-        for i in range(k + 1, 5):
-            n[i] += 1
-        for i in range(5):
-            self.desired[i] += self.steps[i]
-        for i in (1, 2, 3):
-            d = self.desired[i] - n[i]
-            if (d >= 1 and n[i + 1] - n[i] > 1) or (d <= -1 and n[i - 1] - n[i] < -1):
-                step = 1.0 if d > 0 else -1.0
-                parabolic = q[i] + step / (n[i + 1] - n[i - 1]) * (
-                    (n[i] - n[i - 1] + step) * (q[i + 1] - q[i]) / (n[i + 1] - n[i])
-                    + (n[i + 1] - n[i] - step) * (q[i] - q[i - 1]) / (n[i] - n[i - 1])
-                )
-                if q[i - 1] < parabolic < q[i + 1]:
-                    q[i] = parabolic
-                else:
-                    j = i + int(step)
-                    q[i] = q[i] + step * (q[j] - q[i]) / (n[j] - n[i])
-                n[i] += step
-
-    def get(self) -> float | None:
-        if not self.heights:
-            return None
-        if len(self.heights) < 5:
-            return self.heights[min(len(self.heights) - 1, int(self.p * len(self.heights)))]
-        return self.heights[2]
-
-    def state(self) -> dict[str, Any]:
-        return {"p": self.p, "q": self.heights, "n": self.positions, "d": self.desired}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> P2Quantile:
-        quantile = cls(state["p"])
-        quantile.heights = list(state["q"])
-        quantile.positions = list(state["n"])
-        quantile.desired = list(state["d"])
-        return quantile
-
-
 CHECKPOINT_FORMAT = "patronage.segment-trainer"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: RFM inputs per sampled customer, no P² markers
 # A restart must beat the warm-started refit by this much to replace it:
 # small gains are not worth moving customers between segments.
 RESTART_GAIN = 0.03
 RFM_DIMENSIONS = ("recency", "frequency", "monetary")
+RFM_QUINTILES = (0.2, 0.4, 0.6, 0.8)
 # Standardised values are clipped here: a handful of extreme customers (a
 # reseller's baskets, a bot's clicks) must not take a segment of their own.
 CLIP = 3.0
@@ -370,7 +338,7 @@ class Fit:
 
 @dataclass
 class SegmentTrainer:
-    """The single learner: a customer sample, RFM quantiles, k-means refits."""
+    """The single learner: a customer sample, k-means refits, RFM quintiles."""
 
     n_clusters: int = 5
     warmup: int = 500  # customers sampled before the first model
@@ -384,16 +352,12 @@ class SegmentTrainer:
     version: int = 0
     updates: int = 0
     sample: CustomerSample = field(init=False)
-    quantiles: dict[str, list[P2Quantile]] = field(init=False)
     previous: FrozenModel | None = None
 
     def __post_init__(self) -> None:
         if not 2 <= self.n_clusters <= 12:
             raise ValueError(f"n_clusters must be 2..12, got {self.n_clusters}")
         self.sample = CustomerSample(self.sample_size)
-        self.quantiles = {
-            name: [P2Quantile(q) for q in (0.2, 0.4, 0.6, 0.8)] for name in RFM_DIMENSIONS
-        }
 
     def learn(
         self,
@@ -402,11 +366,9 @@ class SegmentTrainer:
         top_category: str | None = None,
         rfm: Sequence[float] | None = None,
     ) -> None:
-        self.sample.add(customer_id, [float(x.get(k, UNDEFINED)) for k in FEATURES], top_category)
+        vector = [float(x.get(k, UNDEFINED)) for k in FEATURES]
+        self.sample.add(customer_id, vector, top_category, rfm)
         self.updates += 1
-        for name, value in zip(RFM_DIMENSIONS, rfm or (), strict=False):
-            for q in self.quantiles[name]:
-                q.update(float(value))
 
     def fit(self) -> Fit | None:
         """k-means on the standardised sample; None before the warm-up."""
@@ -480,10 +442,11 @@ class SegmentTrainer:
             std=fit.std,
             centers=fit.centers,
             personas=personas,
-            rfm_cuts={
-                name: tuple(float(q.get() or 0.0) for q in qs)
-                for name, qs in self.quantiles.items()
-            },
+            rfm_cuts=(
+                self.sample.rfm_cuts()
+                if self.sample.rfm or self.previous is None
+                else self.previous.rfm_cuts
+            ),
             created_ms=now_ms,
             sample_cutoff=self.sample.cutoff(),
         )
@@ -505,13 +468,18 @@ class SegmentTrainer:
             "model_version": self.version,
             "updates": self.updates,
             "sample": self.sample.state(),
-            "quantiles": {n: [q.state() for q in qs] for n, qs in self.quantiles.items()},
             "previous": self.previous.to_json() if self.previous else None,
         }
 
     @classmethod
     def from_checkpoint(cls, doc: Mapping[str, Any]) -> SegmentTrainer:
-        if doc.get("format") != CHECKPOINT_FORMAT or doc.get("version") != CHECKPOINT_VERSION:
+        # Version 2 (P² markers instead of per-customer RFM inputs) is read
+        # without its markers: the cuts stay the promoted model's until the
+        # sampled customers' next updates bring their RFM inputs.
+        if doc.get("format") != CHECKPOINT_FORMAT or doc.get("version") not in (
+            2,
+            CHECKPOINT_VERSION,
+        ):
             raise ValueError(
                 f"not a version {CHECKPOINT_VERSION} segment-trainer checkpoint: "
                 f"{doc.get('format')!r} v{doc.get('version')!r}"
@@ -527,9 +495,6 @@ class SegmentTrainer:
         trainer.version = doc["model_version"]
         trainer.updates = doc["updates"]
         trainer.sample = CustomerSample.from_state(doc["sample"])
-        trainer.quantiles = {
-            n: [P2Quantile.from_state(q) for q in qs] for n, qs in doc["quantiles"].items()
-        }
         previous = doc["previous"]
         trainer.previous = FrozenModel.from_json(previous) if previous else None
         return trainer

@@ -374,17 +374,28 @@ def test_trainer_checkpoint_is_json_and_resumes_identically() -> None:
         SegmentTrainer.from_checkpoint({"format": "something else", "version": 1})
 
 
-@pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
-def test_p2_quantile_tracks_the_exact_quantile(p: float) -> None:
-    import random
-
-    from patronage.models.segments import P2Quantile
-
+def test_rfm_quintiles_are_of_customers_not_of_updates() -> None:
+    """The RFM cuts are the quintiles of the sampled customers' latest RFM
+    inputs: a customer updated a thousand times counts once, with the value
+    of their latest update."""
     rng = random.Random(7)
-    values = [rng.lognormvariate(3, 1) for _ in range(20_000)]
-    estimate = P2Quantile(p)
-    for v in values:
-        estimate.update(v)
-    exact = sorted(values)[int(p * len(values))]
-    got = estimate.get()
-    assert got is not None and abs(got - exact) / exact < 0.03
+    trainer = SegmentTrainer(n_clusters=2, warmup=10, warmup_days=0)
+    spends = [rng.lognormvariate(3, 1) for _ in range(2_000)]
+    for i, spend in enumerate(spends):
+        trainer.learn(f"c{i}", points(1, seed=i)[0], None, (float(i % 30), 1.0, spend))
+    for update in range(1_000):  # one busy customer
+        trainer.learn("c0", points(1)[0], None, (0.0, 1.0, 10_000.0 + update))
+    spends[0] = 10_999.0
+    model = model_of(trainer)
+    ordered = sorted(spends)
+    for cut, q in zip(model.rfm_cuts["monetary"], (0.2, 0.4, 0.6, 0.8), strict=True):
+        assert ordered[int(q * len(ordered)) - 1] <= cut <= ordered[int(q * len(ordered))]
+    resumed = SegmentTrainer.from_checkpoint(json.loads(json.dumps(trainer.to_checkpoint())))
+    assert resumed.sample.rfm == trainer.sample.rfm
+    # A version 2 checkpoint (P² markers, no RFM inputs per customer) still
+    # resumes the sample; its next version keeps the promoted cuts.
+    old = {**trainer.to_checkpoint(), "version": 2, "quantiles": {}}
+    old["sample"] = {k: v for k, v in old["sample"].items() if k != "rfm"}
+    upgraded = SegmentTrainer.from_checkpoint(old)
+    assert upgraded.sample.vectors == trainer.sample.vectors and not upgraded.sample.rfm
+    assert model_of(upgraded).rfm_cuts == model.rfm_cuts
