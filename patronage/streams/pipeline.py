@@ -34,7 +34,7 @@ from patronage.streams.identities import Resolver, Stitcher
 from patronage.streams.metrics import WorkerMetrics
 from patronage.streams.predicting import ParameterStore, Predictor
 from patronage.streams.retry import Retry
-from patronage.streams.segmenting import Learner, Segmenter, feature_message
+from patronage.streams.segmenting import Learner, Segmenter, feature_messages, feature_vector
 from patronage.streams.settings import Settings
 from patronage.streams.sweeper import LapseSweeper
 from patronage.streams.types import (
@@ -359,15 +359,17 @@ class Pipeline:
         share = self.settings.segment_learn_sample
         half_life = self.settings.profile_config.half_life_ms
         model = self.segmenter.model
+        vectors = []
         for customer_id, x in xs.items():
             fields = result.profiles[customer_id]
             # Past the learner's full sample a customer's vectors are never
             # kept: at a million customers that is nearly every message.
             if sampled(customer_id, share) and (model is None or model.feeds_learner(customer_id)):
                 rfm_now = rfm_inputs(fields, now, half_life)
-                message = feature_message(customer_id, x, fields, rfm_now)
-                # Not awaited one by one: a lost vector only slows learning.
-                await self.send(topic, customer_id.encode(), message)
+                vectors.append(feature_vector(customer_id, x, fields, rfm_now))
+        for message in feature_messages(vectors):
+            # Not awaited: a lost vector only slows learning.
+            await self.send(topic, None, message)
 
     async def _send_dead_letters(self, batch: PreparedBatch) -> None:
         if not batch.dead_letters:

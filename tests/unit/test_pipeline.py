@@ -29,7 +29,7 @@ from patronage.streams.memory import (
     StaticLog,
 )
 from patronage.streams.pipeline import Pipeline
-from patronage.streams.segmenting import partition_for
+from patronage.streams.segmenting import partition_for, vectors_in
 from patronage.streams.settings import Settings
 from tests.compare import assert_views_close
 
@@ -178,7 +178,7 @@ def shop_of_80_drained(
 def test_a_promoted_model_segments_every_owned_customer() -> None:
     settings = Settings(segment_warmup=50, segment_learn_sample=1.0)
     pipe, store, producer = shop_of_80_drained(settings)
-    vectors = producer.on("segment-features")
+    vectors = vectors_in(producer.on("segment-features"))
     assert len(vectors) >= 100
 
     async def learn_and_refresh() -> None:
@@ -254,7 +254,7 @@ def test_a_promotion_during_a_rescoring_pass_restarts_it_with_the_new_model() ->
         segment_promote_interval_s=0.5,
     )
     pipe, store, producer = shop_of_80_drained(settings)
-    vectors = producer.on("segment-features")
+    vectors = vectors_in(producer.on("segment-features"))
     slices = []
     read = store.partition_members
 
@@ -325,13 +325,15 @@ def test_vectors_past_the_full_sample_are_not_sent_and_not_missed() -> None:
     cutoff = asyncio.run(promote(cut, cut_producer))
     sent_before = len(cut_producer.sent)
     cut.test(chunks(late))
-    sent = [v for t, _, v in cut_producer.sent[sent_before:] if t == "segment-features"]
+    sent = vectors_in(
+        json.loads(v) for t, _, v in cut_producer.sent[sent_before:] if t == "segment-features"
+    )
 
     # The same history and learner, never told the cut-off: it sends everything.
     full, full_producer = drained_first_half()
     asyncio.run(full.learner.learn(full_producer.on("segment-features")))
 
-    ids = {json.loads(v)["id"] for v in sent}
+    ids = {v["id"] for v in sent}
     assert ids and all(customer_hash(c) <= cutoff for c in ids)
     updated = {r.key.decode() for r in late if r.key}
     assert len(ids) < len(updated)  # messages were saved
@@ -339,11 +341,11 @@ def test_vectors_past_the_full_sample_are_not_sent_and_not_missed() -> None:
     # Lossless: a learner fed every late vector keeps the same customers.
     before = len(full_producer.sent)
     full.test(chunks(late))
-    late_vectors = [
+    late_vectors = vectors_in(
         json.loads(v) for t, _, v in full_producer.sent[before:] if t == "segment-features"
-    ]
+    )
     assert len(late_vectors) > len(sent)
-    asyncio.run(cut.learner.learn([json.loads(v) for v in sent]))
+    asyncio.run(cut.learner.learn(sent))
     asyncio.run(full.learner.learn(late_vectors))
     assert cut.learner.trainer is not None and full.learner.trainer is not None
     assert set(cut.learner.trainer.sample.vectors) == set(full.learner.trainer.sample.vectors)

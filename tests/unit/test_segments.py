@@ -21,7 +21,7 @@ from patronage.models.segments import (
     match_ids,
     refit_with_checkpoint,
 )
-from patronage.streams.segmenting import feature_message
+from patronage.streams.segmenting import feature_messages, feature_vector
 
 CONFIGS = {
     "k2": {"n_clusters": 2, "warmup": 100},
@@ -255,11 +255,11 @@ def test_a_browsing_only_profile_has_no_basket_figures() -> None:
     undefined = {k for k, v in f.items() if math.isnan(v)}
     assert undefined == {"avg_basket_log", "category_concentration", "return_rate"}
     assert f["frequency_log"] == 0.0 and f["online_share"] == 1.0
+    [message] = feature_messages([feature_vector("c1", f, fields, (0.0, 0.0, 0.0))])
     doc = json.loads(
-        feature_message("c1", f, fields, (0.0, 0.0, 0.0)),
-        parse_constant=lambda token: pytest.fail(f"{token} in the feature message"),
+        message, parse_constant=lambda token: pytest.fail(f"{token} in the feature message")
     )
-    assert set(doc["x"]) == set(FEATURES) - undefined
+    assert set(doc["vectors"][0]["x"]) == set(FEATURES) - undefined
 
 
 def test_an_undefined_feature_sits_at_the_mean() -> None:
