@@ -492,6 +492,10 @@ def latency(rate: int, seconds: float, promotions: str = "on") -> dict[str, floa
     from patronage.streams.kafka_admin import create_topics, delete_run_topics
 
     asyncio.run(create_topics(settings))
+    # Prediction parameters in place, as in a running shop: without them the
+    # learner retries the prediction fit at every segment promotion, and
+    # "on" would measure those fits, not the promotions.
+    asyncio.run(_save_parameters(settings))
     now_ms = int(time.time() * 1000)
     total = int(rate * seconds) if rate else 150_000
     stream, _ = generate(

@@ -15,6 +15,7 @@ duplicates consumers can drop, never gaps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -46,6 +47,9 @@ from patronage.streams.types import (
 )
 
 log = logging.getLogger("patronage.worker")
+# How long a background pass (re-scoring) waits for a gap between input
+# batches before it runs a slice anyway.
+BACKGROUND_PATIENCE_S = 0.5
 
 
 @dataclass
@@ -128,6 +132,9 @@ class Pipeline:
             settings, store, self.send, self._send_dead_letters, self._score_people
         )
         self.rescoring: asyncio.Task[int] | None = None
+        self._batches_in_hand = 0
+        self._no_batch_in_hand = asyncio.Event()
+        self._no_batch_in_hand.set()
         # Sources kept between batches while the assignment stands.
         self._sources_seen: dict[tuple[str, int], SourceState] = {}
         self._sources_assignment: frozenset[tuple[str, int]] = frozenset()
@@ -140,7 +147,24 @@ class Pipeline:
 
     async def process(self, records: list[Record], inputs: InputLog) -> None:
         """One batch of input records, from validation to segment scoring."""
-        await self.finish(await self.prepare(records, inputs))
+        self._batches_in_hand += 1
+        self._no_batch_in_hand.clear()
+        try:
+            await self.finish(await self.prepare(records, inputs))
+        finally:
+            self._batches_in_hand -= 1
+            if not self._batches_in_hand:
+                self._no_batch_in_hand.set()
+
+    async def between_batches(self) -> None:
+        """Wait until no input batch is in hand — at most
+        BACKGROUND_PATIENCE_S, so a saturated worker still gets on with it.
+        A re-scoring pass runs its slices here: interleaved with a batch, it
+        ran at every one of the batch's awaits and added its whole length to
+        that batch's latency."""
+        if self._batches_in_hand:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._no_batch_in_hand.wait(), BACKGROUND_PATIENCE_S)
 
     async def prepare(self, records: list[Record], inputs: InputLog) -> PreparedWork:
         """Validation and delta building: Python only (the sources are cached
@@ -326,7 +350,7 @@ class Pipeline:
             return  # the running pass will be followed by the next refresh
         now = await self.pass_now(owned)
         self.rescoring = asyncio.create_task(
-            self.segmenter.rescore_partitions(owned, now, self.send)
+            self.segmenter.rescore_partitions(owned, now, self.send, self.between_batches)
         )
         self.rescoring.add_done_callback(_report_rescoring)
 

@@ -246,7 +246,13 @@ class Segmenter:
                     moved[d.previous] -= 1
         await self.models.adjust_sizes(moved)
 
-    async def rescore_partitions(self, partitions: set[int], now_ms: float, send: Send) -> int:
+    async def rescore_partitions(
+        self,
+        partitions: set[int],
+        now_ms: float,
+        send: Send,
+        between_batches: Callable[[], Awaitable[None]] | None = None,
+    ) -> int:
         """Re-score the customers of the owned partitions (their members sets:
         the cost follows what this worker owns, not the keyspace), in slices
         that yield to ingest. A newer model arriving mid-pass restarts the pass
@@ -258,6 +264,8 @@ class Segmenter:
             for partition in sorted(partitions):
                 cursor = 0
                 while True:
+                    if between_batches is not None:
+                        await between_batches()
                     slice_size = self.settings.segment_rescore_slice
                     cursor, ids = await self.store.partition_members(partition, cursor, slice_size)
                     seen += await self._rescore(partition, ids, now_ms, send)

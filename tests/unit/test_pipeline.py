@@ -428,3 +428,63 @@ def ms_of(ts: str) -> int:
     import datetime as dt
 
     return int(dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def test_a_rescoring_pass_runs_its_slices_between_input_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slices of a re-scoring pass wait while an input batch is in hand
+    (interleaved, a slice ran at every await of the batch and the batch
+    waited for all of them) — but not for ever: a saturated worker still
+    re-scores after BACKGROUND_PATIENCE_S."""
+    import patronage.streams.pipeline as pipeline_module
+
+    settings = Settings(segment_warmup=50, segment_learn_sample=1.0, segment_rescore_slice=10)
+    pipe, store, producer = shop_of_80_drained(settings)
+    events, _ = generate(customers=5, days=10, seed=12, start_ms=START_MS + 121 * DAY_MS)
+    batch = as_records(events, settings.partitions)
+    in_redis = asyncio.Event()
+    apply = store.apply_batch
+
+    async def held_apply(*args: Any, **kwargs: Any) -> Any:
+        await in_redis.wait()  # the batch is in hand until the test lets it go
+        return await apply(*args, **kwargs)
+
+    store.apply_batch = held_apply  # type: ignore[method-assign]
+    slices: list[bool] = []  # for each slice: was a batch in hand?
+    read = store.partition_members
+
+    async def recording(partition: int, cursor: int, count: int) -> tuple[int, list[str]]:
+        slices.append(not batch_task.done())
+        return await read(partition, cursor, count)
+
+    async def run() -> None:
+        nonlocal batch_task
+        model = await pipe.learner.learn(producer.on("segment-features"))
+        assert model is not None
+        store.partition_members = recording  # type: ignore[method-assign]
+        batch_task = asyncio.create_task(pipe.process(batch, StaticLog()))
+        await asyncio.sleep(0)
+        await pipe.refresh_model(set(range(settings.partitions)))
+        assert pipe.rescoring is not None
+        await asyncio.sleep(0.2)
+        assert slices == []  # nothing re-scored while the batch was in hand
+        in_redis.set()
+        await batch_task
+        assert await pipe.rescoring > 0
+        assert slices and not any(slices)
+
+        # Patience: a batch held for ever does not stop a pass for ever.
+        monkeypatch.setattr(pipeline_module, "BACKGROUND_PATIENCE_S", 0.05)
+        in_redis.clear()
+        batch_task = asyncio.create_task(pipe.process(batch, StaticLog()))
+        await asyncio.sleep(0)
+        started = asyncio.get_running_loop().time()
+        await pipe.between_batches()
+        assert 0.04 <= asyncio.get_running_loop().time() - started < 1.0
+        assert not batch_task.done()
+        in_redis.set()
+        await batch_task
+
+    batch_task: asyncio.Task[None] = None  # type: ignore[assignment]
+    asyncio.run(run())
