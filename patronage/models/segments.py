@@ -73,6 +73,17 @@ class CustomerSample:
         if rfm is not None and len(rfm) == len(RFM_DIMENSIONS):
             self.rfm[customer_id] = [float(v) for v in rfm]
 
+    def discard(self, customer_id: str) -> bool:
+        """Drop a customer (erased): True when they were sampled."""
+        if customer_id not in self.vectors:
+            return False
+        del self.vectors[customer_id]
+        self.categories.pop(customer_id, None)
+        self.rfm.pop(customer_id, None)
+        self._heap = [(h, c) for h, c in self._heap if c != customer_id]
+        heapq.heapify(self._heap)
+        return True
+
     def __len__(self) -> int:
         return len(self.vectors)
 
@@ -498,6 +509,10 @@ class SegmentTrainer:
         previous = doc["previous"]
         trainer.previous = FrozenModel.from_json(previous) if previous else None
         return trainer
+
+
+def checkpoint_text(trainer: SegmentTrainer) -> str:
+    return json.dumps(trainer.to_checkpoint())
 
 
 def refit_with_checkpoint(trainer: SegmentTrainer, now_ms: int) -> tuple[Fit, str] | None:

@@ -355,6 +355,9 @@ class MemoryModelStore:
         self.trainer = checkpoint
         self.version = model.version
 
+    async def save_trainer(self, checkpoint: str) -> None:
+        self.trainer = checkpoint
+
     async def load_trainer(self) -> SegmentTrainer | None:
         return SegmentTrainer.from_checkpoint(json.loads(self.trainer)) if self.trainer else None
 

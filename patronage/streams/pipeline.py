@@ -35,7 +35,13 @@ from patronage.streams.identities import Resolver, Stitcher
 from patronage.streams.metrics import WorkerMetrics
 from patronage.streams.predicting import ParameterStore, Predictor
 from patronage.streams.retry import Retry
-from patronage.streams.segmenting import Learner, Segmenter, feature_messages, feature_vector
+from patronage.streams.segmenting import (
+    Learner,
+    Segmenter,
+    feature_messages,
+    feature_vector,
+    forget_message,
+)
 from patronage.streams.settings import Settings
 from patronage.streams.sweeper import LapseSweeper
 from patronage.streams.types import (
@@ -315,6 +321,10 @@ class Pipeline:
             removed += count
             if segment is not None:
                 await self.segmenter.models.adjust_sizes({segment: -1})
+        # The learner's sample (and its checkpoint) drops them too; acked
+        # before the erasure is confirmed.
+        topic = self.settings.topic(self.settings.topic_segment_features)
+        await (await self.send(topic, None, forget_message(parts)))
         return removed + await self.store.forget_identities(parts)
 
     async def send_findings(self, outbox: dict[str, list[bytes]]) -> None:

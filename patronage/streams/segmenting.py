@@ -41,6 +41,7 @@ from patronage.models.segments import (
     FrozenModel,
     SegmentDecision,
     SegmentTrainer,
+    checkpoint_text,
     decide,
     refit_with_checkpoint,
 )
@@ -90,6 +91,9 @@ class ModelStore:
             if model.version > KEPT_VERSIONS:
                 pipe.delete(self.model_key(model.version - KEPT_VERSIONS))
             await pipe.execute()
+
+    async def save_trainer(self, checkpoint: str) -> None:
+        await self.client.set(self.trainer_key, checkpoint)
 
     async def load_trainer(self) -> SegmentTrainer | None:
         """The learner's JSON checkpoint; None when there is none or it is not
@@ -410,11 +414,22 @@ class Learner:
 
     async def _learn_segments(self, vectors: list[dict[str, Any]]) -> FrozenModel | None:
         trainer = await self._ensure()
-        for doc in vectors_in(vectors):
-            if "id" in doc:  # vectors from before the customer sample carry no id
-                trainer.learn(doc["id"], doc["x"], doc.get("cat"), doc.get("rfm"))
-                if "h" in doc:
-                    self.histories.add(doc["id"], list(doc["h"]), None)
+        forgotten = False
+        for message in vectors:
+            if "forget" in message:  # erased customers, in order with the vectors
+                for customer_id in message["forget"]:
+                    self.histories.discard(customer_id)
+                    forgotten |= trainer.sample.discard(customer_id)
+                continue
+            for doc in vectors_in([message]):
+                if "id" in doc:  # vectors from before the customer sample carry no id
+                    trainer.learn(doc["id"], doc["x"], doc.get("cat"), doc.get("rfm"))
+                    if "h" in doc:
+                        self.histories.add(doc["id"], list(doc["h"]), None)
+        if forgotten and trainer.previous is not None:
+            # The stored checkpoint must not keep an erased customer's vector
+            # until the next promotion.
+            await self.models.save_trainer(await self._off_loop(checkpoint_text, trainer))
         now = self.clock()
         first = trainer.previous is None
         if not first and now - self.last_check < self.settings.segment_promote_interval_s:
@@ -496,6 +511,11 @@ def feature_messages(vectors: Sequence[dict[str, Any]]) -> list[bytes]:
         json.dumps({"vectors": vectors[i : i + FEATURE_BATCH]}, separators=(",", ":")).encode()
         for i in range(0, len(vectors), FEATURE_BATCH)
     ]
+
+
+def forget_message(customer_ids: Sequence[str]) -> bytes:
+    """Tells the learner to drop erased customers from its sample."""
+    return json.dumps({"forget": list(customer_ids)}, separators=(",", ":")).encode()
 
 
 def vectors_in(messages: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

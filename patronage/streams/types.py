@@ -176,6 +176,9 @@ class ModelStoreT(Protocol):
         """Store `model` as the newest version and the learner's JSON
         checkpoint (text: it is serialised off the event loop)."""
 
+    async def save_trainer(self, checkpoint: str) -> None:
+        """Replace the learner's checkpoint (an erased customer left it)."""
+
     async def load_trainer(self) -> SegmentTrainer | None: ...
 
     async def sizes(self) -> dict[int, int]: ...

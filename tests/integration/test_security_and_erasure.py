@@ -103,8 +103,17 @@ def test_redis_auth_and_web_token(isolated_env: dict[str, str], tmp_path: Path, 
 
 def test_erasure_and_retention(backend_env: dict[str, str]) -> None:
     """Every key of an erased customer is gone, on one Redis and on a cluster
-    (where the customer's keys and the lapse due set live on different masters)."""
-    env = {**backend_env, "PATRONAGE_COMMIT_INTERVAL_S": "0.3", "PATRONAGE_LOG_LEVEL": "info"}
+    (where the customer's keys and the lapse due set live on different masters)
+    — and so is their feature vector in the segment learner's checkpoint,
+    which a key scan of the customer's hash tag does not see."""
+    env = {
+        **backend_env,
+        "PATRONAGE_COMMIT_INTERVAL_S": "0.3",
+        "PATRONAGE_LOG_LEVEL": "info",
+        # A model early, so the learner has a stored checkpoint to clean.
+        "PATRONAGE_SEGMENT_WARMUP": "10",
+        "PATRONAGE_SEGMENT_WARMUP_DAYS": "0",
+    }
     settings = settings_with_topics(env)
     now = int(time.time() * 1000)
     events, _ = generate(customers=40, days=30, seed=2, start_ms=(now // DAY_MS - 31) * DAY_MS)
@@ -127,6 +136,9 @@ def test_erasure_and_retention(backend_env: dict[str, str]) -> None:
         assert scheduled, "no customer has a lapse due time"
         victim = max(scheduled, key=lambda c: (len(visit_days.get(c, ())), c))
         assert client.exists(f"{prefix}:{{{victim}}}:p")
+        checkpoint = f"{prefix}:{{model}}:trainer"
+        sampled = lambda: f'"{victim}"' in _text(client.get(checkpoint) or b"")  # noqa: E731
+        wait_for(sampled, 30, "the learner's checkpoint to hold the victim", worker.check_alive)
 
         confirmation = erase_by_cli(env, victim)
         assert confirmation["customer_id"] == victim and confirmation["keys_removed"] >= 2
@@ -135,6 +147,7 @@ def test_erasure_and_retention(backend_env: dict[str, str]) -> None:
         assert worker.http(f"/profiles/{victim}")[0] == 404
         other = next(c for c in sorted(visit_days) if c != victim)
         assert other != victim and worker.http(f"/profiles/{other}")[0] == 200
+        wait_for(lambda: not sampled(), 15, "the checkpoint to drop the victim")
     finally:
         worker.stop()
     # At the default (info) level the log never names a customer.

@@ -18,6 +18,7 @@ import pytest
 
 from patronage.models.batch import Record
 from patronage.models.profile import fold, profile_view, to_delta
+from patronage.models.segments import SegmentTrainer
 from patronage.models.simulate import generate
 from patronage.models.sources import source_label
 from patronage.models.timeunits import DAY_MS
@@ -211,6 +212,35 @@ def test_erasure_removes_the_customer_and_confirms() -> None:
     assert confirmation["request_id"] == "req-1" and confirmation["keys_removed"] >= 3
     [letter] = producer.on("events-dlq")
     assert letter["reason"].startswith("erasure request unusable")
+
+
+def test_an_erased_customer_leaves_the_learners_sample_and_checkpoint() -> None:
+    """The learner's sample keeps customers' feature vectors by id, and its
+    checkpoint is stored in Redis: erasure tells the learner to drop them
+    (on its own topic, acked before the confirmation), and the checkpoint is
+    rewritten at once, not at the next promotion."""
+    settings = Settings(segment_warmup=50, segment_learn_sample=1.0)
+    pipe, store, producer = shop_of_80_drained(settings)
+    assert asyncio.run(pipe.learner.learn(producer.on("segment-features"))) is not None
+    models = pipe.learner.models
+    assert isinstance(models, MemoryModelStore) and models.trainer is not None
+    trainer = pipe.learner.trainer
+    assert trainer is not None
+    gone = sorted(trainer.sample.vectors)[0]
+    assert f'"{gone}"' in models.trainer and gone in pipe.learner.histories.vectors
+    sent = len(producer.sent)
+    request = json.dumps({"customer_id": gone, "request_id": "req-7"}).encode()
+    asyncio_run(pipe.erase(Record("erasure-requests", 0, 0, gone.encode(), request)))
+    assert gone not in store.states
+    topics = [t for t, _, _ in producer.sent[sent:]]
+    assert topics.index("segment-features") < topics.index("erasure-confirmations")
+    forget = [json.loads(v) for t, _, v in producer.sent[sent:] if t == "segment-features"]
+    assert forget == [{"forget": [gone]}]
+    asyncio.run(pipe.learner.learn(forget))
+    assert gone not in trainer.sample.vectors and gone not in trainer.sample.rfm
+    assert gone not in pipe.learner.histories.vectors
+    assert f'"{gone}"' not in models.trainer
+    assert gone not in SegmentTrainer.from_checkpoint(json.loads(models.trainer)).sample.vectors
 
 
 def asyncio_run(awaitable: Any) -> None:
