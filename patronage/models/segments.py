@@ -63,9 +63,7 @@ class CustomerSample:
                 if h >= -self._heap[0][0]:
                     return
                 _, evicted = heapq.heappop(self._heap)
-                del self.vectors[evicted]
-                self.categories.pop(evicted, None)
-                self.rfm.pop(evicted, None)
+                self._drop(evicted)
             heapq.heappush(self._heap, (-h, customer_id))
         self.vectors[customer_id] = vector
         if category:
@@ -77,12 +75,15 @@ class CustomerSample:
         """Drop a customer (erased): True when they were sampled."""
         if customer_id not in self.vectors:
             return False
-        del self.vectors[customer_id]
-        self.categories.pop(customer_id, None)
-        self.rfm.pop(customer_id, None)
+        self._drop(customer_id)
         self._heap = [(h, c) for h, c in self._heap if c != customer_id]
         heapq.heapify(self._heap)
         return True
+
+    def _drop(self, customer_id: str) -> None:
+        del self.vectors[customer_id]
+        self.categories.pop(customer_id, None)
+        self.rfm.pop(customer_id, None)
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -107,9 +108,8 @@ class CustomerSample:
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> CustomerSample:
         sample = cls(int(state["size"]))
-        rfm = state.get("rfm", {})
+        categories, rfm = state["categories"], state.get("rfm", {})
         for customer_id, vector in state["vectors"].items():
-            categories = state["categories"]
             sample.add(customer_id, list(vector), categories.get(customer_id), rfm.get(customer_id))
         return sample
 
@@ -525,7 +525,7 @@ def refit_with_checkpoint(trainer: SegmentTrainer, now_ms: int) -> tuple[Fit, st
         return None
     frozen = copy.deepcopy(trainer)  # in a thread it is the learner's own trainer
     frozen.freeze(now_ms, fit)
-    return fit, json.dumps(frozen.to_checkpoint())
+    return fit, checkpoint_text(frozen)
 
 
 def figure_columns(raw: np.ndarray) -> dict[str, np.ndarray]:
