@@ -402,7 +402,16 @@ async def sweep_cost(scheduled: int, due: int, repeats: int = 5) -> dict[str, fl
         sent.append(sum(len(v) for v in outbox.values()))
         await store.ack_outbox(outbox)
 
-    sweeper = LapseSweeper(store, "wall", due, 0.0, 300.0, settings.activity_topics, send)
+    sweeper = LapseSweeper(
+        store,
+        "wall",
+        due,
+        0.0,
+        300.0,
+        settings.activity_topics,
+        send,
+        slice_size=settings.lapse_sweep_slice,
+    )
     try:
         key = store.due_key(0)
         chunk = 50_000
@@ -439,7 +448,7 @@ async def sweep_cost(scheduled: int, due: int, repeats: int = 5) -> dict[str, fl
                     pipe.zadd(key, {f"d{i}": now_ms - 1000})
                 await pipe.execute()
             started = time.perf_counter()
-            examined = await sweeper.sweep_partition(0, now_ms)
+            examined = await sweeper.sweep({0})  # in the worker's slices
             timings.append(time.perf_counter() - started)
             assert examined == due, examined
         return {

@@ -133,6 +133,8 @@ class Pipeline:
             self.send_findings,
             wall=clock,
             also=self.predictor.sweep_partition,
+            slice_size=settings.lapse_sweep_slice,
+            between_slices=self.between_batches,
         )
         self.stitcher = Stitcher(
             settings, store, self.send, self._send_dead_letters, self._score_people

@@ -190,15 +190,13 @@ class Predictor:
         if writes:
             await self.store.store_segments(writes)
 
-    async def sweep_partition(self, partition: int, clock: float) -> int:
+    async def sweep_partition(self, partition: int, clock: float, limit: int) -> int:
         """Judge the purchase episodes of the buyers due by `clock`; the
         judged orders leave the profile only after their alerts are on Kafka
         (a crash re-sends them, same id, same content)."""
         if clock <= 0 or not self.settings.predictions_live:
             return 0
-        due = await self.store.due_customers(
-            partition, clock, self.settings.lapse_sweep_batch, "risk"
-        )
+        due = await self.store.due_customers(partition, clock, limit, "risk")
         if not due:
             return 0
         fitted = await self.parameters.current()

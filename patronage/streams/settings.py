@@ -107,6 +107,7 @@ class Settings(BaseSettings):
     lapse_input_idle_s: float = Field(300.0, gt=0, le=86_400)
     lapse_sweep_interval_s: float = Field(5.0, gt=0, le=3600)
     lapse_sweep_batch: int = Field(1000, ge=1, le=100_000)
+    lapse_sweep_slice: int = Field(100, ge=1, le=100_000)
 
     # Segments
     segments: int = Field(5, ge=2, le=12)

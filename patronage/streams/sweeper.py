@@ -7,6 +7,11 @@ partition), so a rebalance or a restart moves them with the partition. A
 swept entry is moved to the next due time only after its alerts are on
 Kafka; until then the next sweep finds it again, and the deterministic alert
 id makes a re-send harmless.
+
+A sweep judges in slices of `slice_size` customers and waits for the input
+batch in hand before each (`between_slices`): one pipeline of a thousand
+judgements held Redis for tens of milliseconds, and every input batch that
+arrived meanwhile queued behind it (the 1k events/s p99 came from there).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from patronage.models.clock import event_clock
 from patronage.streams.types import ProfileStoreT
 
 SendFindings = Callable[[dict[str, list[bytes]]], Awaitable[None]]
-SweepPartition = Callable[[int, float], Awaitable[int]]
+# (partition, clock, at most this many customers) -> customers examined
+SweepPartition = Callable[[int, float, int], Awaitable[int]]
 
 
 class LapseSweeper:
@@ -33,6 +39,8 @@ class LapseSweeper:
         send: SendFindings,
         wall: Callable[[], float] = time.time,
         also: SweepPartition | None = None,
+        slice_size: int | None = None,
+        between_slices: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.wall = wall
@@ -44,6 +52,8 @@ class LapseSweeper:
         self.send = send
         # Another partition-sharded queue swept at the same clocks (at-risk moments).
         self.also = also
+        self.slice_size = min(slice_size or batch, batch)
+        self.between_slices = between_slices
         self.swept = 0
         self.last_duration_s = 0.0
 
@@ -70,17 +80,32 @@ class LapseSweeper:
         started = time.monotonic()
         examined = 0
         for partition, clock in (await self.clocks(partitions)).items():
-            examined += await self.sweep_partition(partition, clock)
+            examined += await self._in_slices(self.sweep_partition, partition, clock)
             if self.also is not None:
-                examined += await self.also(partition, clock)
+                examined += await self._in_slices(self.also, partition, clock)
         self.swept += examined
         self.last_duration_s = time.monotonic() - started
         return examined
 
-    async def sweep_partition(self, partition: int, clock: float) -> int:
+    async def _in_slices(self, sweep: SweepPartition, partition: int, clock: float) -> int:
+        """At most `batch` customers of one partition, a slice at a time (a
+        judged customer moves to its next due time, so the next slice reads
+        the next ones)."""
+        examined = 0
+        while examined < self.batch:
+            if self.between_slices is not None:
+                await self.between_slices()
+            limit = min(self.slice_size, self.batch - examined)
+            done = await sweep(partition, clock, limit)
+            examined += done
+            if done < limit:
+                break
+        return examined
+
+    async def sweep_partition(self, partition: int, clock: float, limit: int) -> int:
         if clock <= 0:
             return 0
-        due = await self.store.due_customers(partition, clock, self.batch)
+        due = await self.store.due_customers(partition, clock, limit)
         if not due:
             return 0
         verdicts = await self.store.judge({customer: clock for customer, _ in due})

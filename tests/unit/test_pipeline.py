@@ -518,3 +518,64 @@ def test_a_rescoring_pass_runs_its_slices_between_input_batches(
 
     batch_task: asyncio.Task[None] = None  # type: ignore[assignment]
     asyncio.run(run())
+
+
+def test_a_lapse_sweep_judges_in_slices_between_input_batches() -> None:
+    """A sweep of 250 due customers judges them 100, 100, 50 (the sweep
+    batch caps a partition's sweep), at-risk moments alike, and no slice
+    starts while an input
+    batch is in hand: one pipeline of a thousand judgements held Redis for
+    tens of milliseconds, and the input batches behind it waited."""
+    settings = Settings(lapse_clock="wall", lapse_sweep_batch=250, lapse_sweep_slice=100)
+    customers = [f"regular-{i:03d}" for i in range(300)]
+    events = [
+        receipt(c, f"{c}-{week}", START_MS + week * 7 * DAY_MS + i * 1000)
+        for week in range(12)
+        for i, c in enumerate(customers)
+    ]
+    records = as_records(events, 1)
+    now = [START_MS + 12 * 7 * DAY_MS]
+    store = MemoryProfileStore(settings.profile_config)
+    pipe = Pipeline(
+        settings, store, MemoryModelStore(), RecordingProducer(), clock=lambda: now[0] / 1000
+    )
+    late = as_records([receipt("late-shopper", "late-1", now[0])], 1)
+    held = asyncio.Event()
+    apply = store.apply_batch
+
+    async def held_apply(*args: Any, **kwargs: Any) -> Any:
+        await held.wait()
+        return await apply(*args, **kwargs)
+
+    slices: list[tuple[str, int, bool]] = []  # (queue, limit, batch in hand?) per slice
+    due_customers = store.due_customers
+
+    async def recording(partition: int, clock: float, limit: int, queue: Any = "lapse") -> Any:
+        slices.append((queue, limit, not batch_task.done()))
+        return await due_customers(partition, clock, limit, queue)
+
+    async def run() -> None:
+        nonlocal batch_task
+        await pipe.process(records, StaticLog())
+        now[0] += 60 * DAY_MS  # every regular is now overdue
+        store.apply_batch = held_apply  # type: ignore[method-assign]
+        store.due_customers = recording  # type: ignore[method-assign]
+        batch_task = asyncio.create_task(pipe.process(late, StaticLog()))
+        await asyncio.sleep(0)
+        sweep = asyncio.create_task(pipe.sweeper.sweep({0}))
+        await asyncio.sleep(0.2)
+        assert slices == []  # nothing judged while the batch was in hand
+        held.set()
+        await batch_task
+        assert await sweep == 2 * 250
+        sizes = [(100, False), (100, False), (50, False)]
+        assert slices == [("lapse", *s) for s in sizes] + [("risk", *s) for s in sizes]
+        # The next sweep takes up where the batch cap stopped it.
+        slices.clear()
+        assert await pipe.sweeper.sweep({0}) >= 50
+        assert slices[0] == ("lapse", 100, False)
+
+    batch_task: asyncio.Task[None] = None  # type: ignore[assignment]
+    asyncio.run(run())
+    lapsed = {a["customer_id"] for a in pipe.producer.on("lapse-alerts") if a["kind"] == "lapsed"}  # type: ignore[attr-defined]
+    assert lapsed == set(customers)
