@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     segment_promote_min_shift: float = Field(0.05, ge=0, le=10)
     segment_refresh_interval_s: float = Field(2.0, gt=0, le=3600)
     # Customers re-scored per slice after a promotion; ingest runs between slices.
-    segment_rescore_slice: int = Field(200, ge=10, le=10_000)
+    segment_rescore_slice: int = Field(50, ge=10, le=10_000)
     segment_seed: int = 42
     # Share of customers (by id hash) whose every update feeds the learner;
     # it keeps each sampled customer's latest state. Past ~50,000 customers a

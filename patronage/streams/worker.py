@@ -11,6 +11,7 @@ topics (segment features, erasure requests) in the app's group.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import multiprocessing
@@ -84,6 +85,12 @@ class Runtime:
     def owned(self) -> set[int]:
         """The input partitions this worker owns (lapse sweeps and re-scoring follow them)."""
         return self.ingest.owned(set(self.settings.input_topics))
+
+
+def freeze_startup_objects() -> None:
+    """Move everything alive into the collector's permanent generation."""
+    gc.collect()
+    gc.freeze()
 
 
 def web_context(runtime: Runtime) -> WebContext:
@@ -166,6 +173,10 @@ def _wire_ingest(app: faust.App, runtime: Runtime) -> None:
 
     @app.task  # type: ignore[untyped-decorator]
     async def consume_inputs() -> None:
+        # What start-up built (modules, the app, its services) lives as long
+        # as the worker: out of the collector's sight, a full collection no
+        # longer walks it while an input batch waits (70-85 ms pauses each).
+        freeze_startup_objects()
         await ingest.run()
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
