@@ -6,14 +6,10 @@ over everything fetched at once, and the pipeline works in batches anyway.
 Faust keeps what it is good at: the app, the low-volume agents (learner,
 erasure), timers, the web views and the shutdown signals.
 
-Two batches overlap: the next one is fetched, validated and turned into
-deltas (Python) while the previous one is in Redis and on Kafka (waiting);
-batches are still finished one at a time, in the order they were fetched.
-
 Offsets are committed only for batches the pipeline finished (Redis applied
 them, their dead letters were acknowledged), every `commit_interval_s`, at a
-rebalance for the partitions given away, and at shutdown. A rebalance waits
-for the batch in flight (one lock); a record redelivered after a crash or a
+rebalance for the partitions given away, and at shutdown. A batch never
+overlaps a rebalance (one lock); a record redelivered after a crash or a
 failed commit is dropped by the store's per-partition offset check.
 """
 
@@ -28,7 +24,7 @@ from aiokafka.errors import KafkaError
 
 from patronage.models.batch import Record
 from patronage.streams.errors import FatalRedisError
-from patronage.streams.pipeline import Pipeline, PreparedWork
+from patronage.streams.pipeline import Pipeline
 from patronage.streams.retry import stop_the_worker
 from patronage.streams.settings import Settings
 
@@ -64,8 +60,6 @@ class BatchIngest:
         self.consumer: AIOKafkaConsumer | None = None
         self.lock = asyncio.Lock()
         self.applied: dict[TopicPartition, int] = {}  # next offset to commit
-        # The batch being finished while the next one is prepared.
-        self.in_flight: asyncio.Task[None] | None = None
         self.stopping = False
 
     # -- InputLog ------------------------------------------------------------
@@ -106,27 +100,20 @@ class BatchIngest:
                 fetched = await consumer.getmany(
                     timeout_ms=wait_ms, max_records=self.settings.batch_max
                 )
-                if self.in_flight is not None and self.in_flight.done():
-                    await self.settle()  # a failure surfaces now, not at the next batch
                 if fetched:
                     async with self.lock:
-                        await self._begin(consumer, fetched)
+                        await self._process(consumer, fetched)
         finally:
             committer.cancel()
-            try:
-                await self.settle()
-            finally:
-                await self.commit()
-                await consumer.stop()
+            await self.commit()
+            await consumer.stop()
 
     async def _commit_every_interval(self) -> None:
         while True:
             await asyncio.sleep(self.settings.commit_interval_s)
             await self.commit()
 
-    async def _begin(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:
-        """Prepare this batch while the previous one finishes, then finish it
-        in flight (after the previous one: batches are applied in order)."""
+    async def _process(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:
         # Partitions given away while the batch waited for the lock are the
         # new owner's now; their records come back to it from the commit.
         assigned = consumer.assignment()
@@ -138,28 +125,9 @@ class BatchIngest:
             for records in batches.values()
             for r in records
         ]
-        ends = {tp: done[-1].offset + 1 for tp, done in batches.items()}
-        self.pipeline.hold()
-        try:
-            work = await self.pipeline.prepare(records, self)
-            await self.settle()
-        except BaseException:
-            self.pipeline.release()
-            raise
-        self.in_flight = asyncio.create_task(self._finish(work, ends))
-
-    async def _finish(self, work: PreparedWork, ends: dict[TopicPartition, int]) -> None:
-        try:
-            await self.pipeline.finish(work)
-        finally:
-            self.pipeline.release()
-        self.applied.update(ends)
-
-    async def settle(self) -> None:
-        """Wait for the batch in flight; its failure is raised here."""
-        task, self.in_flight = self.in_flight, None
-        if task is not None:
-            await task
+        await self.pipeline.process(records, self)
+        for tp, done in batches.items():
+            self.applied[tp] = done[-1].offset + 1
 
     async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
         """Commit the finished offsets (of `partitions`, or all that are owned)."""
@@ -197,7 +165,6 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self.ingest.lock:
-            await self.ingest.settle()
             await self.ingest.commit(set(revoked))
             for tp in revoked:
                 self.ingest.applied.pop(tp, None)

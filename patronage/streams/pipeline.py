@@ -155,21 +155,14 @@ class Pipeline:
 
     async def process(self, records: list[Record], inputs: InputLog) -> None:
         """One batch of input records, from validation to segment scoring."""
-        self.hold()
+        self._batches_in_hand += 1
+        self._no_batch_in_hand.clear()
         try:
             await self.finish(await self.prepare(records, inputs))
         finally:
-            self.release()
-
-    def hold(self) -> None:
-        """An input batch is in hand (background slices wait for it)."""
-        self._batches_in_hand += 1
-        self._no_batch_in_hand.clear()
-
-    def release(self) -> None:
-        self._batches_in_hand -= 1
-        if not self._batches_in_hand:
-            self._no_batch_in_hand.set()
+            self._batches_in_hand -= 1
+            if not self._batches_in_hand:
+                self._no_batch_in_hand.set()
 
     async def between_batches(self) -> None:
         """Wait until no input batch is in hand — at most
