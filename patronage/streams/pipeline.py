@@ -176,9 +176,10 @@ class Pipeline:
 
     async def prepare(self, records: list[Record], inputs: InputLog) -> PreparedWork:
         """Validation and delta building: Python only (the sources are cached
-        while the assignment stands), so the ingest loop runs it for the next
-        batch while Redis applies this one. Batches must be finished in the
-        order they were prepared."""
+        while the assignment stands), so it may run for the next batch while
+        Redis applies this one (tried in the ingest loop: no gain, see
+        docs/benchmarks.md). Batches must be finished in the order they
+        were prepared."""
         now_ms = self.now_ms()
         sources = await self.retry("sources", lambda: self._sources(records, inputs))
         batch = prepare_batch(
