@@ -8,8 +8,9 @@ whose `_count` and `_sum` only ever grow.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -50,12 +51,33 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
+        self.loop_lag_seconds = Histogram(
+            "patronage_event_loop_lag_seconds",
+            "How late the worker's event loop ran a timer: time in which no input "
+            "batch could be served (a long garbage collection, a blocking call).",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+
     def attach(self, pipeline: Pipeline, monitor: Monitor) -> None:
         """Expose what the pipeline counted and the monitor sampled, read at scrape time."""
         self.registry.register(_Collector(pipeline, monitor))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+async def watch_loop_lag(
+    observe: Callable[[float], None],
+    interval_s: float = 0.1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> None:
+    """Observe, for ever, how much later than asked a sleep of `interval_s`
+    wakes: the event loop's stalls, as an input batch waiting would see them."""
+    while True:
+        started = clock()
+        await asyncio.sleep(interval_s)
+        observe(max(0.0, clock() - started - interval_s))
 
 
 def _counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> CounterMetricFamily:

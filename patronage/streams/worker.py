@@ -27,7 +27,7 @@ from patronage.models.timeunits import DAY_MS
 from patronage.streams.errors import FatalRedisError
 from patronage.streams.ingest import BatchIngest
 from patronage.streams.kafka_transport import App as ReadCommittedApp
-from patronage.streams.metrics import WorkerMetrics
+from patronage.streams.metrics import WorkerMetrics, watch_loop_lag
 from patronage.streams.monitor import Monitor
 from patronage.streams.pipeline import Pipeline
 from patronage.streams.predicting import view_with_predictions
@@ -208,6 +208,10 @@ def _wire_timers(app: faust.App, runtime: Runtime) -> None:
     @app.timer(interval=settings.lag_interval_s)  # type: ignore[untyped-decorator]
     async def lag_sample() -> None:
         await runtime.monitor.sample()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def loop_lag() -> None:
+        await watch_loop_lag(runtime.metrics.loop_lag_seconds.observe)
 
     # faust's Signal typing rejects this receiver; faust calls it (sender, signal=…) and awaits it.
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
