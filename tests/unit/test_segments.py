@@ -11,15 +11,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from patronage.models.features import FEATURES, features, rfm_inputs
 from patronage.models.segments import (
     FrozenModel,
     SegmentTrainer,
+    kmeans,
+    kmeans_plus_plus,
     label_terms,
     match_ids,
     refit_with_checkpoint,
+    sq_distances,
 )
 from patronage.streams.segmenting import feature_messages, feature_vector
 
@@ -405,3 +409,42 @@ def test_rfm_quintiles_are_of_customers_not_of_updates() -> None:
     upgraded = SegmentTrainer.from_checkpoint(old)
     assert upgraded.sample.vectors == trainer.sample.vectors and not upgraded.sample.rfm
     assert model_of(upgraded).rfm_cuts == model.rfm_cuts
+
+
+def _lloyd_by_broadcast(
+    z: np.ndarray, init: np.ndarray, iterations: int = 30
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's iterations written the plain way (what kmeans() did before it
+    used a matrix product): the centres and labels it ends with."""
+    centers = init.copy()
+    labels = np.zeros(len(z), dtype=int)
+    for _ in range(iterations):
+        new = ((z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+        for c in range(len(centers)):
+            if (new == c).any():
+                centers[c] = z[new == c].mean(axis=0)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return centers, ((z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+
+
+@pytest.mark.parametrize(
+    ("rows", "k", "spread"),
+    [(2_000, 5, 1.0), (500, 3, 4.0), (300, 8, 0.5), (50, 2, 0.0)],  # 0.0: identical rows
+)
+def test_kmeans_by_matrix_product_agrees_with_the_plain_distances(
+    rows: int, k: int, spread: float
+) -> None:
+    rng = np.random.default_rng(rows + k)
+    centres = rng.normal(size=(k, len(FEATURES))) * 3
+    z = centres[np.arange(rows) % k] + rng.normal(size=(rows, len(FEATURES))) * spread
+    d2 = sq_distances(z, (z**2).sum(axis=1), z[:k])
+    assert np.allclose(d2, ((z[:, None, :] - z[None, :k, :]) ** 2).sum(axis=2), atol=1e-9)
+    assert (d2 >= 0).all()
+    init = kmeans_plus_plus(z, k, random.Random(7))
+    centers, labels, inertia = kmeans(z, init)
+    plain_centers, plain_labels = _lloyd_by_broadcast(z, init)
+    assert np.array_equal(labels, plain_labels)
+    assert np.allclose(centers, plain_centers, atol=1e-9)
+    assert inertia >= 0
