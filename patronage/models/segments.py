@@ -526,20 +526,18 @@ def checkpoint_text(trainer: SegmentTrainer) -> str:
     return json.dumps(trainer.to_checkpoint())
 
 
-def refit_with_checkpoint(
-    trainer: SegmentTrainer, now_ms: int, shared: bool = True
-) -> tuple[Fit, str] | None:
+def refit_with_checkpoint(trainer: SegmentTrainer, now_ms: int) -> tuple[Fit, str] | None:
     """A refit, and the JSON checkpoint the trainer will have once that fit is
     frozen at `now_ms` — made where the refit runs (the worker's fit
     process): serialising 10,000 sampled vectors takes ~50 ms, which on the
-    event loop was a stall of ingest at every promotion. `shared`: the
-    trainer is the learner's own (a thread), not a copy sent to a process."""
+    event loop was a stall of ingest at every promotion."""
     fit = trainer.fit()
     if fit is None:
         return None
-    # freeze() only sets the version and the previous model, so a private
-    # copy may be frozen in place (the deep copy was a third of the refit).
-    frozen = copy.deepcopy(trainer) if shared else trainer
+    # freeze() only rebinds the version and the previous model (it reads the
+    # sample), so a shallow copy leaves the caller's trainer as it was — in a
+    # thread that is the learner's own. A deep copy was a third of the refit.
+    frozen = copy.copy(trainer)
     frozen.freeze(now_ms, fit)
     return fit, checkpoint_text(frozen)
 

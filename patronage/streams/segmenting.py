@@ -434,8 +434,7 @@ class Learner:
         first = trainer.previous is None
         if not first and now - self.last_check < self.settings.segment_promote_interval_s:
             return None
-        shared = self.executor is None  # a thread refits the learner's own trainer
-        refit = await self._off_loop(refit_with_checkpoint, trainer, int(now * 1000), shared)
+        refit = await self._off_loop(refit_with_checkpoint, trainer, int(now * 1000))
         if refit is None:
             return None
         fit, checkpoint = refit
