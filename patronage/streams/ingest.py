@@ -20,7 +20,7 @@ import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from patronage.models.batch import Record
 from patronage.streams.errors import FatalRedisError
@@ -29,6 +29,8 @@ from patronage.streams.retry import stop_the_worker
 from patronage.streams.settings import Settings
 
 log = logging.getLogger("patronage.ingest")
+
+KAFKA_START_RETRY_MAX_S = 5.0  # longest wait between attempts to start ingest
 
 
 def input_consumer(settings: Settings) -> AIOKafkaConsumer:
@@ -87,10 +89,29 @@ class BatchIngest:
         except Exception:
             stop_the_worker("ingest")
 
+    async def _start_consumer(self) -> AIOKafkaConsumer | None:
+        """The started input consumer; None if stopped first. A broker that
+        is down (restarting) while the worker starts is waited for, as one
+        that goes down later is: failing here stopped the worker."""
+        delay = 0.5
+        while not self.stopping:
+            consumer = self.consumer = input_consumer(self.settings)
+            consumer.subscribe(list(self.settings.input_topics), listener=_CommitOnRevoke(self))
+            try:
+                await consumer.start()
+            except KafkaConnectionError as exc:
+                await consumer.stop()
+                log.warning("kafka unavailable (%s); starting ingest again in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, KAFKA_START_RETRY_MAX_S)
+                continue
+            return consumer
+        return None
+
     async def _run(self) -> None:
-        consumer = self.consumer = input_consumer(self.settings)
-        consumer.subscribe(list(self.settings.input_topics), listener=_CommitOnRevoke(self))
-        await consumer.start()
+        consumer = await self._start_consumer()
+        if consumer is None:
+            return
         # Its own task: a batch stalled on Redis must not hold back the
         # commit of the batches applied before it.
         committer = asyncio.create_task(self._commit_every_interval())

@@ -19,6 +19,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 
 from patronage.models.simulate import generate
+from patronage.streams.ingest import BatchIngest
 from patronage.streams.kafka_admin import create_topics
 from tests.conftest import IN_CI
 from tests.integration.certificates import make_certificates
@@ -103,6 +104,36 @@ def test_broker_restart_mid_stream(
         drain_after_restart_s=round(recovery, 1),
         worker_restarts=0,
     )
+
+
+def test_ingest_waits_for_a_broker_that_is_down_when_it_starts(
+    isolated_env: dict[str, str], private_kafka: PrivateKafka
+) -> None:
+    """The broker restarting while ingest starts (after the worker's start-up
+    steps reached it): ingest waits for it. It used to give up at the first
+    failed bootstrap and stop the worker — seen once in the mid-stream
+    restart test, when the broker went down before ingest had connected. A
+    mocked consumer would not have shown it: it is aiokafka's bootstrap that
+    fails. (Before those start-up steps, an unreachable Kafka stops
+    `worker run` with the error, for the supervisor to start it again.)"""
+    env = {**isolated_env, "PATRONAGE_KAFKA_BOOTSTRAP": private_kafka.bootstrap}
+    settings = settings_with_topics(env)
+    private_kafka.stop()
+
+    async def run() -> None:
+        ingest = BatchIngest(settings, pipeline=None)  # type: ignore[arg-type]
+        starting = asyncio.create_task(ingest._start_consumer())
+        await asyncio.sleep(4)
+        assert not starting.done(), "ingest gave up while the broker was down"
+        await asyncio.to_thread(private_kafka.start)
+        consumer = await asyncio.wait_for(starting, 120)
+        assert consumer is not None
+        try:
+            assert set(settings.input_topics) <= await consumer.topics()
+        finally:
+            await consumer.stop()
+
+    asyncio.run(run())
 
 
 def test_sasl_plain(isolated_env: dict[str, str], tmp_path: Path, kafka_jars: Path) -> None:
