@@ -39,6 +39,7 @@ from patronage.models.sources import SourceState
 from patronage.models.timeunits import HOUR_MS
 from patronage.streams.errors import classify, needs_slot_refresh
 from patronage.streams.memory import state_from_stored
+from patronage.streams.resp import HiredisConnection, HiredisSSLConnection, connection_class_for
 from patronage.streams.settings import Settings
 from patronage.streams.types import ApplyResult, Fields, Queue
 
@@ -134,9 +135,10 @@ class ProfileStore:
         if client is None:
             host, _, port = address.rpartition(":")
             kwargs = getattr(self.client, "connection_kwargs", {})
-            connection_class = kwargs.get("connection_class", aioredis.Connection)
+            tls = issubclass(kwargs.get("connection_class", object), aioredis.SSLConnection)
+            connection_class = HiredisSSLConnection if tls else HiredisConnection
             wanted = _NODE_CONNECTION_KWARGS
-            if issubclass(connection_class, aioredis.SSLConnection):
+            if tls:
                 wanted = wanted + tuple(k for k in kwargs if k.startswith("ssl_"))
             pool = aioredis.ConnectionPool(
                 connection_class=connection_class,
@@ -716,6 +718,10 @@ def make_redis(
 
         client: aioredis.Redis = RedisCluster.from_url(url, **options)  # type: ignore[assignment]
         return client
+    # The cluster client fixes its connection class (redis-py's Python
+    # packer, see resp.py); the batched paths use per-node clients (_node).
+    if (connection_class := connection_class_for(url)) is not None:
+        options["connection_class"] = connection_class
     return aioredis.Redis.from_url(url, health_check_interval=15, **options)
 
 
