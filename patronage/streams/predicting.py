@@ -9,6 +9,7 @@ import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any, Literal
 
 from patronage.models.contracts import TierChange, format_ts
@@ -21,6 +22,7 @@ from patronage.models.predict import (
 from patronage.models.profile import profile_view
 from patronage.models.risk import TIER, judge_risk, risk_alert, tiers
 from patronage.streams.identities import Resolver
+from patronage.streams.pacing import Pacer
 from patronage.streams.settings import Settings
 from patronage.streams.types import Fields, ModelStoreT, People, ProfileStoreT
 
@@ -256,24 +258,32 @@ class Predictor:
         """Tiers valued with the new parameters; every buyer's next at-risk
         judgement brought forward to its new moment (an earlier one stays)."""
         seen = 0
-        slice_size = self.settings.segment_rescore_slice
+        pacer = Pacer(self.settings.background_pass_share)
         for partition in sorted(partitions):
             cursor = 0
             while True:
-                cursor, ids = await self.store.partition_members(partition, cursor, slice_size)
-                inputs = await self.store.risk_inputs(ids)
-                profiles = {c: fields for c, (fields, _) in inputs.items()}
-                await self.judge_tiers(profiles, fitted, await self.pass_now({partition}), "refit")
-                moments = {}
-                for customer_id, (fields, orders) in inputs.items():
-                    due = judge_risk(fields, orders, fitted, self.threshold, -math.inf).due
-                    if due is not None:
-                        moments[customer_id] = due
-                await self.store.schedule_risk({partition: moments}, keep_earlier=True)
-                seen += len(profiles)
-                await asyncio.sleep(0)  # ingest runs between slices
+                step = partial(self._judge_slice, partition, cursor, fitted)
+                cursor, read = await pacer.slice(step)
+                seen += read
                 if cursor == 0:
                     break
             await self.store.set_risk_version(partition, fitted.version)
         self.passes += 1
         return seen
+
+    async def _judge_slice(
+        self, partition: int, cursor: int, fitted: FittedParameters
+    ) -> tuple[int, int]:
+        """One slice of a partition's members: (next cursor, customers read)."""
+        size = self.settings.segment_rescore_slice
+        cursor, ids = await self.store.partition_members(partition, cursor, size)
+        inputs = await self.store.risk_inputs(ids)
+        profiles = {c: fields for c, (fields, _) in inputs.items()}
+        await self.judge_tiers(profiles, fitted, await self.pass_now({partition}), "refit")
+        moments = {}
+        for customer_id, (fields, orders) in inputs.items():
+            due = judge_risk(fields, orders, fitted, self.threshold, -math.inf).due
+            if due is not None:
+                moments[customer_id] = due
+        await self.store.schedule_risk({partition: moments}, keep_earlier=True)
+        return cursor, len(profiles)

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
+from functools import partial
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -45,6 +46,7 @@ from patronage.models.segments import (
     decide,
     refit_with_checkpoint,
 )
+from patronage.streams.pacing import Pacer
 from patronage.streams.settings import Settings
 from patronage.streams.types import ModelStoreT, ProfileStoreT
 
@@ -139,6 +141,7 @@ class Segmenter:
         self.changes: dict[str, int] = {"profile": 0, "model_update": 0}
         self.rescored = 0  # customers read by re-scoring passes
         self.restarts = 0  # passes restarted by a newer model
+        self.rescore_busy_s = 0.0  # the passes' own time (without their rests)
 
     async def refresh(self) -> bool:
         """Load a newer promoted version; True if the model changed."""
@@ -263,17 +266,15 @@ class Segmenter:
         with it, so nobody is left on an older version (those already on the
         newest are read, not rewritten)."""
         seen = 0
+        pacer = Pacer(self.settings.background_pass_share, between_batches)
         while (model := self.model) is not None:
             finished = True
             for partition in sorted(partitions):
                 cursor = 0
                 while True:
-                    if between_batches is not None:
-                        await between_batches()
-                    slice_size = self.settings.segment_rescore_slice
-                    cursor, ids = await self.store.partition_members(partition, cursor, slice_size)
-                    seen += await self._rescore(partition, ids, now_ms, send)
-                    await asyncio.sleep(0)  # ingest runs between slices
+                    step = partial(self._rescore_slice, partition, cursor, now_ms, send)
+                    cursor, read = await pacer.slice(step)
+                    seen += read
                     finished = self.model is model
                     if cursor == 0 or not finished:
                         break
@@ -283,7 +284,16 @@ class Segmenter:
                 break
             self.restarts += 1
         self.rescored += seen
+        self.rescore_busy_s += pacer.busy_s
         return seen
+
+    async def _rescore_slice(
+        self, partition: int, cursor: int, now_ms: float, send: Send
+    ) -> tuple[int, int]:
+        """One slice of a partition's members: (next cursor, customers read)."""
+        size = self.settings.segment_rescore_slice
+        cursor, ids = await self.store.partition_members(partition, cursor, size)
+        return cursor, await self._rescore(partition, ids, now_ms, send)
 
     async def _rescore(self, partition: int, ids: list[str], now_ms: float, send: Send) -> int:
         if not ids:

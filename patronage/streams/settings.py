@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     segment_refresh_interval_s: float = Field(2.0, gt=0, le=3600)
     # Customers re-scored per slice after a promotion; ingest runs between slices.
     segment_rescore_slice: int = Field(50, ge=10, le=10_000)
+    # Share of the worker's time a re-scoring (promotion) or re-valuing
+    # (refit) pass may take; it rests between slices to stay under it (1: no
+    # rests, every idle moment of the loop).
+    background_pass_share: float = Field(0.25, gt=0, le=1)
     segment_seed: int = 42
     # Share of customers (by id hash) whose every update feeds the learner;
     # it keeps each sampled customer's latest state. Past ~50,000 customers a

@@ -315,6 +315,35 @@ def test_a_promotion_during_a_rescoring_pass_restarts_it_with_the_new_model() ->
     assert set(slices) == {0, 1, 2, 3} and len(slices) > 8
 
 
+@pytest.mark.parametrize("share", [0.25, 0.5])
+def test_a_rescoring_pass_keeps_to_its_share_of_the_time(share: float) -> None:
+    """The pass rests after each slice: its own time is at most `share` of
+    its length (a pass that only yielded took every idle moment of the loop
+    and raised ingest latency with it, docs/benchmarks.md)."""
+    settings = Settings(
+        segment_warmup=50,
+        segment_learn_sample=1.0,
+        segment_rescore_slice=10,
+        background_pass_share=share,
+    )
+    pipe, store, producer = shop_of_80_drained(settings)
+
+    async def run() -> float:
+        assert await pipe.learner.learn(producer.on("segment-features")) is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await pipe.refresh_model(set(range(settings.partitions)))
+        assert pipe.rescoring is not None
+        assert await pipe.rescoring == len(store.states)
+        return loop.time() - started
+
+    took = asyncio.run(run())
+    busy = pipe.segmenter.rescore_busy_s
+    assert busy > 0
+    assert took >= 0.95 * busy / share
+    assert {f.fields["segment_version"] for f in store.states.values()} == {"1"}
+
+
 def test_vectors_past_the_full_sample_are_not_sent_and_not_missed() -> None:
     """At a million customers nearly every update would be a message the
     learner throws away (its sample keeps the smallest id hashes). Once the

@@ -24,6 +24,9 @@ from patronage.streams.settings import SettingsError, load_settings
         ("PATRONAGE_EARLIEST_EVENT_TIME", "last tuesday", "datetime"),
         ("PATRONAGE_DLQ_PAYLOAD_MAX_BYTES", "2000000", "less than or equal to 131072"),
         ("PATRONAGE_DEDUPE_WINDOW_DAYS", "0", "greater than 0"),
+        ("PATRONAGE_BACKGROUND_PASS_SHARE", "0", "greater than 0"),
+        ("PATRONAGE_BACKGROUND_PASS_SHARE", "25%", "valid number"),
+        ("PATRONAGE_BACKGROUND_PASS_SHARE", "1.5", "less than or equal to 1"),
     ],
 )
 def test_bad_setting_names_itself(
