@@ -223,6 +223,33 @@ class _Collector(Collector):
         version.add_metric([], learner.parameters_version)
         yield version
 
+    def _rescoring(self) -> Iterator[Metric]:
+        segmenter, task = self.pipeline.segmenter, self.pipeline.rescoring
+        running = _gauge(
+            "patronage_segment_rescore_running",
+            "1 while a re-scoring pass (after a promotion) runs on this worker.",
+        )
+        running.add_metric([], int(task is not None and not task.done()))
+        yield running
+        customers = _counter(
+            "patronage_segment_rescored_customers", "Customers read by re-scoring passes."
+        )
+        customers.add_metric([], segmenter.rescored)
+        yield customers
+        busy = _counter(
+            "patronage_segment_rescore_busy_seconds",
+            "Time re-scoring passes took, without the rests that keep them to "
+            "PATRONAGE_BACKGROUND_PASS_SHARE of the worker's time.",
+        )
+        busy.add_metric([], segmenter.rescore_busy_s)
+        yield busy
+        restarts = _counter(
+            "patronage_segment_rescore_restarts",
+            "Passes restarted because a newer model arrived while they ran.",
+        )
+        restarts.add_metric([], segmenter.restarts)
+        yield restarts
+
     def _lapse_and_segments(self) -> Iterator[Metric]:
         r = self.pipeline
         alerts = _counter("patronage_lapse_alerts", "Lapse alerts sent, by kind.", ("kind",))
@@ -262,6 +289,7 @@ class _Collector(Collector):
             changes.add_metric([reason], count)
         yield changes
         yield from self._promotions()
+        yield from self._rescoring()
         version = _gauge(
             "patronage_segment_model_version", "Model version this worker scores with."
         )

@@ -267,6 +267,7 @@ class Segmenter:
         newest are read, not rewritten)."""
         seen = 0
         pacer = Pacer(self.settings.background_pass_share, between_batches)
+        busy_before = self.rescore_busy_s
         while (model := self.model) is not None:
             finished = True
             for partition in sorted(partitions):
@@ -275,6 +276,8 @@ class Segmenter:
                     step = partial(self._rescore_slice, partition, cursor, now_ms, send)
                     cursor, read = await pacer.slice(step)
                     seen += read
+                    self.rescored += read
+                    self.rescore_busy_s = busy_before + pacer.busy_s
                     finished = self.model is model
                     if cursor == 0 or not finished:
                         break
@@ -283,8 +286,6 @@ class Segmenter:
             if finished:
                 break
             self.restarts += 1
-        self.rescored += seen
-        self.rescore_busy_s += pacer.busy_s
         return seen
 
     async def _rescore_slice(

@@ -70,3 +70,30 @@ def test_a_blocked_event_loop_shows_in_the_loop_lag_histogram() -> None:
     assert count >= 10
     assert seen["patronage_event_loop_lag_seconds_bucket"]["le=0.05"] <= count - 1
     assert seen["patronage_event_loop_lag_seconds_sum"][""] >= 0.06
+
+
+def test_a_rescoring_pass_shows_while_it_runs() -> None:
+    """Ops see a pass running and what it has cost so far (the latency
+    benchmark splits its probes by this gauge)."""
+    import asyncio
+
+    runtime = Runtime(Settings())
+    segmenter = runtime.pipeline.segmenter
+
+    async def run() -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+        gate = asyncio.Event()
+        runtime.pipeline.rescoring = asyncio.create_task(gate.wait())  # type: ignore[assignment]
+        segmenter.rescored += 120
+        segmenter.rescore_busy_s += 0.5
+        segmenter.restarts += 1
+        during = families(runtime)
+        gate.set()
+        await runtime.pipeline.rescoring
+        return during, families(runtime)
+
+    during, after = asyncio.run(run())
+    assert during["patronage_segment_rescore_running"][""] == 1
+    assert after["patronage_segment_rescore_running"][""] == 0
+    assert after["patronage_segment_rescored_customers_total"][""] == 120
+    assert after["patronage_segment_rescore_busy_seconds_total"][""] == 0.5
+    assert after["patronage_segment_rescore_restarts_total"][""] == 1
