@@ -522,6 +522,8 @@ def test_a_rescoring_pass_runs_its_slices_between_input_batches(
         model = await pipe.learner.learn(producer.on("segment-features"))
         assert model is not None
         store.partition_members = recording  # type: ignore[method-assign]
+        # Patient enough to see the wait (the default gives up after 50 ms).
+        monkeypatch.setattr(pipeline_module, "BACKGROUND_PATIENCE_S", 5.0)
         batch_task = asyncio.create_task(pipe.process(batch, StaticLog()))
         await asyncio.sleep(0)
         await pipe.refresh_model(set(range(settings.partitions)))
@@ -549,12 +551,18 @@ def test_a_rescoring_pass_runs_its_slices_between_input_batches(
     asyncio.run(run())
 
 
-def test_a_lapse_sweep_judges_in_slices_between_input_batches() -> None:
+def test_a_lapse_sweep_judges_in_slices_between_input_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A sweep of 250 due customers judges them 100, 100, 50 (the sweep
     batch caps a partition's sweep), at-risk moments alike, and no slice
     starts while an input
     batch is in hand: one pipeline of a thousand judgements held Redis for
     tens of milliseconds, and the input batches behind it waited."""
+    import patronage.streams.pipeline as pipeline_module
+
+    # Patient enough to see the wait (the default gives up after 50 ms).
+    monkeypatch.setattr(pipeline_module, "BACKGROUND_PATIENCE_S", 5.0)
     settings = Settings(lapse_clock="wall", lapse_sweep_batch=250, lapse_sweep_slice=100)
     customers = [f"regular-{i:03d}" for i in range(300)]
     events = [
