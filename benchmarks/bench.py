@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import contextlib
 import dataclasses
 import gc
 import json
@@ -574,6 +576,25 @@ def latency(rate: int, seconds: float, promotions: str = "on") -> dict[str, floa
                         del pending[customer]
                 await asyncio.sleep(0.002)
 
+        passes: list[tuple[float, bool]] = []  # (when, a re-scoring pass was running)
+
+        async def watch_passes() -> None:
+            """The worker's rescore-running gauge every 200 ms, to split the
+            probes into those acked during a pass and the others (one run,
+            one machine state: the run-to-run noise at 5k/s is larger than
+            the effect under test)."""
+            import aiohttp
+
+            url = f"http://127.0.0.1:{env['PATRONAGE_WEB_PORT']}/metrics"
+            async with aiohttp.ClientSession() as session:
+                while not done.is_set():
+                    with contextlib.suppress(aiohttp.ClientError, OSError):
+                        async with session.get(url) as response:
+                            text = await response.text()
+                        running = "\npatronage_segment_rescore_running 1.0" in text
+                        passes.append((time.perf_counter(), running))
+                    await asyncio.sleep(0.2)
+
         def on_ack(customer: str) -> Any:
             def acknowledged(_fut: Any) -> None:
                 acked[customer] = time.perf_counter()
@@ -597,6 +618,7 @@ def latency(rate: int, seconds: float, promotions: str = "on") -> dict[str, floa
             while not await client.exists(store.keys("warm").profile):
                 await asyncio.sleep(0.1)
             watcher = asyncio.create_task(watch())
+            pass_watcher = asyncio.create_task(watch_passes())
             started = time.perf_counter()
             for i, (topic, key, value, probe) in enumerate(offered):
                 future = await producer.send(topic, value, key=key)
@@ -610,19 +632,22 @@ def latency(rate: int, seconds: float, promotions: str = "on") -> dict[str, floa
             offered_rate = len(offered) / (time.perf_counter() - started)
             done.set()
             await asyncio.wait_for(watcher, 120)
+            await asyncio.wait_for(pass_watcher, 10)
             version = await client.get(f"{settings.key_prefix}:{{model}}:version")
         finally:
             await producer.stop()
             await store.delete_prefix()
             await client.aclose()
         waits = sorted((seen[c] - acked[c]) * 1000 for c in acked if c in seen)
+        split = split_by_passes({c: (acked[c], seen[c]) for c in acked if c in seen}, passes)
         return {
             "offered_events_per_second": round(offered_rate),
             "promotions": int(version or 0),
             "probes": len(waits),
-            "p50_ms": waits[len(waits) // 2],
-            "p99_ms": waits[min(len(waits) - 1, int(len(waits) * 0.99))],
+            "p50_ms": quantile(waits, 0.5),
+            "p99_ms": quantile(waits, 0.99),
             "max_ms": waits[-1],
+            **split,
         }
 
     try:
@@ -633,6 +658,33 @@ def latency(rate: int, seconds: float, promotions: str = "on") -> dict[str, floa
         asyncio.run(delete_run_topics(settings))
     result["target_rate"] = rate or "max"  # type: ignore[assignment]
     return result
+
+
+def split_by_passes(
+    probes: dict[str, tuple[float, float]], passes: list[tuple[float, bool]]
+) -> dict[str, float | int | None]:
+    """p50/p99 of the probes acked while a re-scoring pass ran (by the last
+    gauge reading before the ack) and of the others, and the share of
+    readings with a pass running."""
+    times = [t for t, _ in passes]
+    groups: dict[bool, list[float]] = {True: [], False: []}
+    for acked, seen in probes.values():
+        i = bisect.bisect_right(times, acked) - 1
+        groups[i >= 0 and passes[i][1]].append((seen - acked) * 1000)
+    out: dict[str, float | int | None] = {
+        "pass_running_share": round(sum(r for _, r in passes) / len(passes), 3) if passes else None
+    }
+    for running, name in ((True, "during_passes"), (False, "outside_passes")):
+        waits = sorted(groups[running])
+        out[f"{name}_probes"] = len(waits)
+        out[f"{name}_p50_ms"] = quantile(waits, 0.5) if waits else None
+        out[f"{name}_p99_ms"] = quantile(waits, 0.99) if waits else None
+    return out
+
+
+def quantile(ordered: list[float], q: float) -> float:
+    """The q-quantile of sorted values (nearest rank, as the tables before)."""
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def _child_cpu(pid: int) -> float | None:
