@@ -262,7 +262,8 @@ class Segmenter:
     ) -> int:
         """Re-score the customers of the owned partitions (their members sets:
         the cost follows what this worker owns, not the keyspace), in slices
-        that yield to ingest. A newer model arriving mid-pass restarts the pass
+        that yield to ingest and rest to keep the pass to its share of the
+        worker's time (pacing.py). A newer model arriving mid-pass restarts the pass
         with it, so nobody is left on an older version (those already on the
         newest are read, not rewritten)."""
         seen = 0
