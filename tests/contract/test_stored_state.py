@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,7 +38,10 @@ def deltas(draw: st.DrawFn, offsets: dict[str, int]) -> Delta:
     redelivered = offsets.get(source, -1) >= 0 and draw(st.integers(0, 9)) == 0
     offset = offsets.get(source, -1) + (0 if redelivered else draw(st.integers(1, 3)))
     offsets[source] = offset
-    ts = T0 + draw(st.integers(0, 90 * 24)) * HOUR_MS + draw(st.integers(0, HOUR_MS - 1))
+    # Spread over 90 days, or dense within 6 days as a regular's week is:
+    # dedupe records then sit near the window's edge (2 days here).
+    hours = st.integers(0, 90 * 24) | st.integers(0, 6 * 24)
+    ts = T0 + draw(hours) * HOUR_MS + draw(st.integers(0, HOUR_MS - 1))
     base: dict[str, Any] = {
         "source": source,
         "offset": offset,
@@ -156,3 +160,46 @@ def test_the_comparison_sees_an_internal_field(redis_up: str) -> None:
     assert {k: v for k, v in got["profile"].items() if k != "o:purchases:0"} == {
         k: v for k, v in want["profile"].items() if k != "o:purchases:0"
     }
+
+
+@pytest.mark.parametrize(
+    "hours",
+    [
+        [0, 1, 2, 3, 4, 60],  # in time order: the oldest leave when a later hour arrives
+        list(range(0, 96, 3)),  # a regular's days, more than the cap
+        [60, 0, 1, 2, 61, 3, 62],  # late arrivals around the newest
+        [10, 10, 10, 10, 10, 58, 59],  # one busy hour, then just inside / outside
+        [0, 47, 48, 49, 96, 97],  # on the window's edge
+    ],
+)
+def test_dedupe_records_leave_the_window_as_the_reference_drops_them(
+    redis_up: str, hours: list[int]
+) -> None:
+    """Redis keeps the same dedupe records as the reference on the edge of
+    the window (2 days here). A script that rebuilt the records one hour
+    late kept one the reference had dropped; the random histories above
+    did not find that (tried), these sequences do."""
+
+    def click(i: int, hour: int) -> Delta:
+        ts = T0 + hour * HOUR_MS + i
+        return Delta(
+            kind="click",
+            source="clicks:0",
+            offset=i,
+            event_token=token(f"edge{i}"),
+            ts=ts,
+            day=ts // DAY_MS,
+            session_token=token("s")[:8],
+        )
+
+    async def both() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with memory_store() as reference, redis_store(redis_up) as redis:
+            for i, hour in enumerate(hours):  # one batch per event, as live
+                for store in (reference, redis):
+                    await store.apply_batch({"anna": [click(i, hour)]}, {"anna": 0}, {0: T0})
+            assert isinstance(reference, MemoryProfileStore)
+            return stored_state(reference.states["anna"]), await redis.stored_state("anna")
+
+    want, got = asyncio.run(both())
+    assert got["event_ids"] == want["event_ids"]
+    assert got == want
