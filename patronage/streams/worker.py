@@ -14,10 +14,8 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import multiprocessing
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import faust
@@ -25,6 +23,7 @@ import faust
 from patronage.models.batch import Record
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.errors import FatalRedisError
+from patronage.streams.fitpool import fit_pool
 from patronage.streams.ingest import BatchIngest
 from patronage.streams.kafka_transport import App as ReadCommittedApp
 from patronage.streams.metrics import WorkerMetrics, watch_loop_lag
@@ -73,9 +72,7 @@ class Runtime:
             producer,  # type: ignore[arg-type]
             metrics=self.metrics,
         )
-        # The learner's fits in a process of their own: in a thread they
-        # still took the GIL from ingest (scipy's optimiser is mostly Python).
-        self.fit_process = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        self.fit_process = fit_pool()
         self.pipeline.learner.executor = self.fit_process
         self.ingest = BatchIngest(settings, self.pipeline)
         self.monitor = Monitor(settings, self.pipeline, self.redis)

@@ -1,0 +1,66 @@
+"""The fit process exits when its worker is killed outright."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PARENT = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from patronage.streams.fitpool import fit_pool
+
+if __name__ == "__main__":
+    if sys.argv[1] == "plain":
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    else:
+        pool = fit_pool(interval_s=0.1)
+    print(pool.submit(os.getpid).result(), flush=True)
+    time.sleep(60)
+"""
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie waiting for init to reap it counts)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "State:\tZ" in state
+
+
+def killed_parent_leaves(kind: str, tmp_path: Path) -> int:
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    parent = subprocess.Popen(
+        [sys.executable, str(script), kind], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)  # as the OOM killer would
+    parent.wait(10)
+    return child
+
+
+def test_the_fit_process_exits_when_its_worker_is_killed(tmp_path: Path) -> None:
+    child = killed_parent_leaves("fit_pool", tmp_path)
+    deadline = time.monotonic() + 10
+    while not gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(child)
+
+
+def test_a_plain_pool_would_have_stayed(tmp_path: Path) -> None:
+    """The check above can fail: without the watch, the child outlives a
+    killed parent (it is stopped here, by the PID this test started)."""
+    child = killed_parent_leaves("plain", tmp_path)
+    try:
+        time.sleep(1.0)
+        assert not gone(child)
+    finally:
+        os.kill(child, signal.SIGKILL)
