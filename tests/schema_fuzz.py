@@ -97,7 +97,10 @@ def schema(kind: str) -> dict[str, Any]:
     return loaded
 
 
+@cache
 def valid_documents(kind: str) -> st.SearchStrategy[dict[str, Any]]:
+    # Built once per kind: building it per draw (inside flatmap) re-resolved
+    # the schema every example and took most of the fuzz test's time.
     return from_schema(schema(kind))
 
 
@@ -162,12 +165,12 @@ def mutated_payloads(draw: st.DrawFn, kind: str) -> bytes:
 
 def any_payload() -> st.SearchStrategy[tuple[str, bytes]]:
     """(kind, payload) for every kind: mutated, or valid as published."""
-    return st.sampled_from(KINDS).flatmap(
-        lambda kind: st.tuples(
-            st.just(kind),
-            mutated_payloads(kind) | valid_documents(kind).map(render),
-        )
-    )
+    return st.sampled_from(KINDS).flatmap(_payloads_of)
+
+
+@cache
+def _payloads_of(kind: str) -> st.SearchStrategy[tuple[str, bytes]]:
+    return st.tuples(st.just(kind), mutated_payloads(kind) | valid_documents(kind).map(render))
 
 
 def schema_corpus(per_kind: int) -> dict[str, list[dict[str, Any]]]:
