@@ -8,13 +8,13 @@ script's arguments are defined once, in models/layout.py.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from patronage.models.identity import Person, person_from_json, person_to_json
 from patronage.models.layout import (
@@ -39,9 +39,16 @@ from patronage.models.sources import SourceState
 from patronage.models.timeunits import HOUR_MS
 from patronage.streams.errors import classify, needs_slot_refresh
 from patronage.streams.memory import state_from_stored
-from patronage.streams.resp import HiredisConnection, HiredisSSLConnection, connection_class_for
+from patronage.streams.resp import (
+    HiredisConnection,
+    HiredisSSLConnection,
+    connection_class_for,
+    execute_pipeline,
+)
 from patronage.streams.settings import Settings
 from patronage.streams.types import ApplyResult, Fields, Queue
+
+Command = tuple[Any, ...]  # a Redis command's raw arguments, name first
 
 
 def _lua(name: str) -> str:
@@ -64,10 +71,11 @@ class ProfileStore:
         self._sources = client.register_script(_lua("sources"))
         self._risk = client.register_script(_lua("risk"))
         self.sources_key = sources_key(prefix)
-        # A cluster pipeline does not load scripts by itself: load them on
-        # every primary first (and again after NOSCRIPT, e.g. a node restart).
+        # Batches send EVALSHA alone (resp.execute_pipeline): load the
+        # scripts on every primary first (and again after NOSCRIPT, e.g. a
+        # node restart: _pipelined).
         self.cluster = type(client).__name__ == "RedisCluster"
-        self._scripts_loaded = not self.cluster
+        self._scripts_loaded = False
         self._nodes: dict[str, aioredis.Redis] = {}
 
     async def ensure_scripts(self, force: bool = False) -> None:
@@ -85,47 +93,50 @@ class ProfileStore:
             await self.client.script_load(script.script)
         self._scripts_loaded = True
 
-    async def _pipelined(self, ops: Sequence[tuple[str, Callable[[Any], Any]]]) -> list[Any]:
-        """Run ops (routing key, adds one command to a pipeline) in one round
-        trip; on a cluster, one pipeline per owning node, concurrently.
+    async def _pipelined(self, ops: Sequence[tuple[str, Command]]) -> list[Any]:
+        """Run ops (routing key, raw command) in one round trip; on a cluster,
+        one pipeline per owning node, concurrently (resp.execute_pipeline).
 
         Replies come back in op order, and a reply may be the exception Redis
         answered for that op: the caller decides by the error policy
         (streams/errors.py) whether that is transient or poison for one
-        customer. redis-py refuses EVALSHA in cluster pipelines, so cluster mode
-        uses a plain pipeline to each node; every op touches one slot. A MOVED
-        or ASK reply refreshes the slot map, so the retry goes to the new owner."""
+        customer. Every op touches one slot. A MOVED or ASK reply refreshes the
+        slot map, so the retry goes to the new owner. A script a node does not
+        know (NOSCRIPT: it restarted, or its scripts were flushed) did not run:
+        the scripts are loaded again and those ops alone sent again."""
         if not ops:
             return []
+        results = await self._send(ops)
+        unknown = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if unknown:
+            await self.ensure_scripts(force=True)
+            again = await self._send([ops[i] for i in unknown])
+            for index, reply in zip(unknown, again, strict=True):
+                results[index] = reply
+        moved = any(isinstance(r, Exception) and needs_slot_refresh(r) for r in results)
+        if self.cluster and moved:
+            # RedisCluster.initialize() is a no-op once initialised: refresh
+            # the slot map through the nodes manager itself.
+            await self.client.nodes_manager.initialize()  # type: ignore[attr-defined]
+        return results
+
+    async def _send(self, ops: Sequence[tuple[str, Command]]) -> list[Any]:
         if not self.cluster:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for _, add in ops:
-                    added = add(pipe)
-                    if inspect.isawaitable(added):
-                        await added
-                return list(await pipe.execute(raise_on_error=False))
+            return await execute_pipeline(self.client, [command for _, command in ops])
         groups: dict[str, list[int]] = {}
         for index, (key, _) in enumerate(ops):
             node = self.client.get_node_from_key(key)  # type: ignore[attr-defined]
             groups.setdefault(f"{node.host}:{node.port}", []).append(index)
 
         async def run(address: str, indexes: list[int]) -> tuple[list[int], list[Any]]:
-            async with self._node(address).pipeline(transaction=False) as pipe:
-                for index in indexes:
-                    added = ops[index][1](pipe)
-                    if inspect.isawaitable(added):
-                        await added
-                return indexes, list(await pipe.execute(raise_on_error=False))
+            commands = [ops[index][1] for index in indexes]
+            return indexes, await execute_pipeline(self._node(address), commands)
 
         done = await asyncio.gather(*(run(a, ix) for a, ix in groups.items()))
         results: list[Any] = [None] * len(ops)
         for indexes, replies in done:
             for index, reply in zip(indexes, replies, strict=True):
                 results[index] = reply
-        if any(isinstance(r, Exception) and needs_slot_refresh(r) for r in results):
-            # RedisCluster.initialize() is a no-op once initialised: refresh
-            # the slot map through the nodes manager itself.
-            await self.client.nodes_manager.initialize()  # type: ignore[attr-defined]
         return results
 
     def _node(self, address: str) -> aioredis.Redis:
@@ -203,7 +214,7 @@ class ProfileStore:
         await self.ensure_scripts()
         if not by_customer:
             return ApplyResult()
-        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        ops: list[tuple[str, Command]] = []
         due: dict[int, dict[str, float]] = {}
         members: dict[int, list[str]] = {}
         for customer_id, deltas in by_customer.items():
@@ -220,11 +231,11 @@ class ProfileStore:
         ops.extend(self._bookkeeping_ops(due, marks or {}, sources or {}, wall_ms))
         for partition, ids in members.items():
             key = self.members_key(partition)
-            ops.append((key, _command("zadd", key, dict.fromkeys(ids, wall_ms))))
+            ops.append((key, _zadd(key, dict.fromkeys(ids, wall_ms))))
             if self.retention_ms > 0:
                 # Ids of customers whose profile expired leave with it.
                 horizon = wall_ms - self.retention_ms
-                ops.append((key, _command("zremrangebyscore", key, "-inf", f"({horizon}")))
+                ops.append((key, ("ZREMRANGEBYSCORE", key, "-inf", f"({horizon}")))
         replies = await self._pipelined(ops)
         raise_unless_poison(replies)
         return _apply_result(list(by_customer), replies)
@@ -235,12 +246,12 @@ class ProfileStore:
         marks: Mapping[int, Mapping[str, int]],
         sources: Mapping[tuple[str, int], SourceState],
         wall_ms: int,
-    ) -> list[tuple[str, Callable[[Any], Any]]]:
+    ) -> list[tuple[str, Command]]:
         """The batch's lapse due entries, event-clock marks and sources."""
-        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        ops: list[tuple[str, Command]] = []
         for partition, scores in due.items():
             key = self.due_key(partition)
-            ops.append((key, _command("zadd", key, scores, lt=True)))
+            ops.append((key, _zadd(key, scores, lt=True)))
         for partition, newest in marks.items():
             key = self.clock_key(partition)
             args: list[str | int] = [wall_ms]
@@ -276,7 +287,7 @@ class ProfileStore:
 
     async def clock_marks(self, partitions: Sequence[int]) -> dict[int, dict[str, str]]:
         """The event-clock marks of these partitions (one round trip)."""
-        ops = [(self.clock_key(p), _command("hgetall", self.clock_key(p))) for p in partitions]
+        ops = [(self.clock_key(p), ("HGETALL", self.clock_key(p))) for p in partitions]
         replies = checked(await self._pipelined(ops))
         return {p: _decode(r) for p, r in zip(partitions, replies, strict=True)}  # type: ignore[misc]
 
@@ -305,9 +316,9 @@ class ProfileStore:
             await self._pipelined(
                 [
                     (keys.profile, _script(self._erase, list(keys), [])),
-                    (due, _command("zrem", due, customer_id)),
-                    (risk, _command("zrem", risk, customer_id)),
-                    (members, _command("zrem", members, customer_id)),
+                    (due, ("ZREM", due, customer_id)),
+                    (risk, ("ZREM", risk, customer_id)),
+                    (members, ("ZREM", members, customer_id)),
                 ]
             )
         )
@@ -318,7 +329,7 @@ class ProfileStore:
         """Write scoring decisions to the profiles that still exist; returns
         the customers written (an erased one is not brought back)."""
         await self.ensure_scripts()
-        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        ops: list[tuple[str, Command]] = []
         for customer_id, mapping in writes.items():
             key = self.keys(customer_id).profile
             flat = [part for pair in mapping.items() for part in pair]
@@ -330,11 +341,11 @@ class ProfileStore:
         """Drop the scoring fields of these profiles (parts merged into a
         person: the person is scored instead); customer -> the segment it
         had, for those that exist."""
-        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        ops: list[tuple[str, Command]] = []
         for customer_id in customer_ids:
             key = self.keys(customer_id).profile
-            ops.append((key, _command("hget", key, "segment")))
-            ops.append((key, _command("hdel", key, *sorted(SCORED_FIELDS))))
+            ops.append((key, ("HGET", key, "segment")))
+            ops.append((key, ("HDEL", key, *sorted(SCORED_FIELDS))))
         replies = checked(await self._pipelined(ops))
         return {
             c: int(float(segment)) if segment is not None else None
@@ -346,11 +357,11 @@ class ProfileStore:
         """Drop findings Kafka acknowledged (by value: others may have arrived)."""
         if not items:
             return
-        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        ops: list[tuple[str, Command]] = []
         for customer_id, raw_items in items.items():
             key = self.keys(customer_id).outbox
             for raw in raw_items:
-                ops.append((key, _command("lrem", key, 1, raw)))
+                ops.append((key, ("LREM", key, 1, raw)))
         checked(await self._pipelined(ops))
 
     def queue_key(self, partition: int, queue: Queue) -> str:
@@ -388,17 +399,17 @@ class ProfileStore:
     async def schedule_risk(
         self, moments: Mapping[int, Mapping[str, float]], keep_earlier: bool = False
     ) -> None:
-        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        ops: list[tuple[str, Command]] = []
         for partition, by_customer in moments.items():
             key = risk_key(self.prefix, partition)
             if by_customer:
-                ops.append((key, _command("zadd", key, dict(by_customer), lt=keep_earlier)))
+                ops.append((key, _zadd(key, by_customer, lt=keep_earlier)))
         if ops:
             checked(await self._pipelined(ops))
 
     async def record_risk(self, judged: Mapping[str, tuple[float | None, float | None]]) -> None:
         await self.ensure_scripts()
-        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        ops: list[tuple[str, Command]] = []
         for customer_id, (decided, alerted) in judged.items():
             keys = self.keys(customer_id)
             args = ["" if v is None else stored_text(v) for v in (decided, alerted)]
@@ -407,11 +418,11 @@ class ProfileStore:
             checked(await self._pipelined(ops))
 
     async def risk_inputs(self, customer_ids: Sequence[str]) -> dict[str, tuple[Fields, str]]:
-        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        ops: list[tuple[str, Command]] = []
         for customer_id in customer_ids:
             keys = self.keys(customer_id)
-            ops.append((keys.profile, _command("hgetall", keys.profile)))
-            ops.append((keys.profile, _command("get", keys.risk_orders)))
+            ops.append((keys.profile, ("HGETALL", keys.profile)))
+            ops.append((keys.profile, ("GET", keys.risk_orders)))
         replies = checked(await self._pipelined(ops))
         out = {}
         for i, customer_id in enumerate(customer_ids):
@@ -422,7 +433,7 @@ class ProfileStore:
 
     async def risk_versions(self, partitions: Sequence[int]) -> dict[int, int]:
         keys = [risk_version_key(self.prefix, p) for p in partitions]
-        values = checked(await self._pipelined([(k, _command("get", k)) for k in keys]))
+        values = checked(await self._pipelined([(k, ("GET", k)) for k in keys]))
         return {p: int(v or 0) for p, v in zip(partitions, values, strict=True)}
 
     async def set_risk_version(self, partition: int, version: int) -> None:
@@ -456,10 +467,8 @@ class ProfileStore:
 
     async def fields_of(self, customer_ids: Sequence[str]) -> dict[str, Fields]:
         """The stored fields of these customers (those with a profile)."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for customer_id in customer_ids:
-                pipe.hgetall(self.keys(customer_id).profile)
-            replies = await pipe.execute()
+        keys = [self.keys(customer_id).profile for customer_id in customer_ids]
+        replies = checked(await self._pipelined([(k, ("HGETALL", k)) for k in keys]))
         return {
             cid: _decode(fields)
             for cid, fields in zip(customer_ids, replies, strict=True)
@@ -494,18 +503,18 @@ class ProfileStore:
         }
 
     async def _stored_states(self, customer_ids: Sequence[str]) -> list[dict[str, Any]]:
-        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        ops: list[tuple[str, Command]] = []
         for customer_id in customer_ids:
             keys = self.keys(customer_id)
             ops += [
-                (keys.profile, _command("hgetall", keys.profile)),
-                (keys.days, _command("get", keys.days)),
-                (keys.sessions, _command("zrange", keys.sessions, 0, -1, withscores=True)),
-                (keys.event_ids, _command("get", keys.event_ids)),
-                (keys.order_keys, _command("get", keys.order_keys)),
-                (keys.outbox, _command("lrange", keys.outbox, 0, -1)),
-                (keys.edges, _command("hgetall", keys.edges)),
-                (keys.risk_orders, _command("get", keys.risk_orders)),
+                (keys.profile, ("HGETALL", keys.profile)),
+                (keys.days, ("GET", keys.days)),
+                (keys.sessions, ("ZRANGE", keys.sessions, 0, -1, "WITHSCORES")),
+                (keys.event_ids, ("GET", keys.event_ids)),
+                (keys.order_keys, ("GET", keys.order_keys)),
+                (keys.outbox, ("LRANGE", keys.outbox, 0, -1)),
+                (keys.edges, ("HGETALL", keys.edges)),
+                (keys.risk_orders, ("GET", keys.risk_orders)),
             ]
         replies = checked(await self._pipelined(ops))
         return [_decoded_state(replies[i : i + 8]) for i in range(0, len(replies), 8)]
@@ -514,7 +523,7 @@ class ProfileStore:
 
     async def identity_links(self, nodes: Sequence[str]) -> dict[str, dict[str, str]]:
         keys = [identity_links_key(self.prefix, n) for n in nodes]
-        replies = checked(await self._pipelined([(k, _command("hgetall", k)) for k in keys]))
+        replies = checked(await self._pipelined([(k, ("HGETALL", k)) for k in keys]))
         return {
             node: {_text(k): _text(v) for k, v in reply.items()}
             for node, reply in zip(nodes, replies, strict=True)
@@ -522,7 +531,7 @@ class ProfileStore:
 
     async def persons_of(self, nodes: Sequence[str]) -> dict[str, Person]:
         keys = [person_key(self.prefix, n) for n in nodes]
-        replies = checked(await self._pipelined([(k, _command("get", k)) for k in keys]))
+        replies = checked(await self._pipelined([(k, ("GET", k)) for k in keys]))
         return {n: person_from_json(r) for n, r in zip(nodes, replies, strict=True) if r}
 
     async def identity_generation(self) -> int:
@@ -533,17 +542,17 @@ class ProfileStore:
     ) -> None:
         """Each (customer, identifier) pair's latest event under both nodes,
         and each node's person (None: linked to nobody); then a new generation."""
-        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        ops: list[tuple[str, Command]] = []
         for (customer, identifier), raw in links.items():
             for node, other in ((customer, identifier), (identifier, customer)):
                 key = identity_links_key(self.prefix, node)
-                ops.append((key, _command("hset", key, other, raw)))
+                ops.append((key, ("HSET", key, other, raw)))
         for node, person in persons.items():
             key = person_key(self.prefix, node)
             if person is None:
-                ops.append((key, _command("delete", key)))
+                ops.append((key, ("DEL", key)))
             else:
-                ops.append((key, _command("set", key, person_to_json(person))))
+                ops.append((key, ("SET", key, person_to_json(person))))
         checked(await self._pipelined(ops))
         if persons:
             await self.client.incr(identity_generation_key(self.prefix))
@@ -552,13 +561,13 @@ class ProfileStore:
         """Erasure: the nodes' links and persons (the other side of each
         pair is dropped from its hash too)."""
         links = await self.identity_links(nodes)
-        ops: list[tuple[str, Callable[[Any], Any]]] = []
+        ops: list[tuple[str, Command]] = []
         for node, others in links.items():
             for other in others:
                 key = identity_links_key(self.prefix, other)
-                ops.append((key, _command("hdel", key, node)))
+                ops.append((key, ("HDEL", key, node)))
             for key in (identity_links_key(self.prefix, node), person_key(self.prefix, node)):
-                ops.append((key, _command("delete", key)))
+                ops.append((key, ("DEL", key)))
         replies = checked(await self._pipelined(ops))
         if nodes:
             await self.client.incr(identity_generation_key(self.prefix))
@@ -578,7 +587,7 @@ class ProfileStore:
 
         async def unlink() -> int:
             # One round trip per page (per node on a cluster), one key per command.
-            replies = await self._pipelined([(k, _command("unlink", k)) for k in page])
+            replies = await self._pipelined([(k, ("UNLINK", k)) for k in page])
             return sum(int(r) for r in replies if isinstance(r, int))
 
         async for key in self.client.scan_iter(match=f"{self.prefix}:*", count=1000):
@@ -627,18 +636,14 @@ def checked(replies: list[Any]) -> list[Any]:
     return replies
 
 
-def _script(script: Any, keys: list[str], args: list[Any]) -> Callable[[Any], Any]:
-    def add(pipe: Any) -> Any:
-        return script(keys=keys, args=args, client=pipe)
-
-    return add
+def _script(script: Any, keys: Sequence[str], args: Sequence[Any]) -> Command:
+    return ("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
-def _command(name: str, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
-    def add(pipe: Any) -> Any:
-        return getattr(pipe, name)(*args, **kwargs)
-
-    return add
+def _zadd(key: str, scores: Mapping[str, float], lt: bool = False) -> Command:
+    """ZADD key [LT] score member ...: LT only lowers a score already there."""
+    flat = [part for member, score in scores.items() for part in (score, member)]
+    return ("ZADD", key, *(("LT",) if lt else ()), *flat)
 
 
 def _decoded_state(replies: list[Any]) -> dict[str, Any]:
