@@ -197,7 +197,10 @@ class _Event(_Timed):
         return self
 
     def _profile_id(self) -> str:
-        card = getattr(self, "loyalty_card", None) or None
+        # __dict__, not getattr: on an event without the field, pydantic's
+        # __getattr__ raises and catches an AttributeError, once or twice per
+        # event on the ingest path.
+        card = self.__dict__.get("loyalty_card") or None
         ids = {"customer_id": self.customer_id, "anonymous_id": self.anonymous_id}
         key = routing_key({**ids, "loyalty_card": card})
         if key is None:

@@ -146,6 +146,8 @@ def natural_key(event: Purchase | StoreReceipt) -> str:
 
 
 def day_index(ts_ms: int, zone: dt.tzinfo = UTC) -> int:
+    if zone is UTC or str(zone) == "UTC":  # dt.UTC or ZoneInfo("UTC") (the default)
+        return int(ts_ms // DAY_MS)  # the same day, without a datetime per event
     return dt.datetime.fromtimestamp(ts_ms / 1000, tz=zone).date().toordinal() - EPOCH_ORDINAL
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import random
+import zoneinfo
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +17,7 @@ from patronage.models.profile import (
     ProfileConfig,
     ProfileState,
     apply,
+    day_index,
     fold,
     gap_stats,
     profile_view,
@@ -252,3 +255,25 @@ def test_a_legacy_count_is_moved_not_doubled() -> None:
     assert profile_view("c", state.fields)["categories"] == {"food": 10.0}
     later, _ = apply(state, order(1, 1, cats=(("toys", 5.0),)), CFG)
     assert later.fields["#cat:"] == 2 and "cat:#" not in later.fields
+
+
+@pytest.mark.parametrize(
+    "ts_ms",
+    [0, -1, 1, DAY_MS - 1, DAY_MS, -DAY_MS, -DAY_MS - 1, 1_767_225_600_000, 4_102_444_799_999],
+)
+@pytest.mark.parametrize(
+    "zone",
+    [
+        dt.UTC,
+        zoneinfo.ZoneInfo("UTC"),
+        zoneinfo.ZoneInfo("Europe/Berlin"),
+        zoneinfo.ZoneInfo("Pacific/Auckland"),
+    ],
+    ids=str,
+)
+def test_day_index_is_the_local_calendar_day(ts_ms: int, zone: dt.tzinfo) -> None:
+    """UTC takes a shortcut (no datetime per event); every zone agrees with
+    the calendar date of the instant in that zone, before 1970 too."""
+    local = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ts_ms)
+    expected = (local.astimezone(zone).date() - dt.date(1970, 1, 1)).days
+    assert day_index(ts_ms, zone) == expected

@@ -39,6 +39,9 @@ REJECTIONS = [
     (b"[1, 2]", "not_an_object"),
     (b"\xff\xfe", "not_utf8"),
     (b'{"event_id": "e", "customer_id": "c", "ts": NaN}', "invalid_json"),
+    (b'{"event_id": "e", "customer_id": "c", "ts": -Infinity}', "invalid_json"),
+    # A byte-order mark is valid UTF-8 but not JSON (json.loads says so first).
+    ("\ufeff".encode() + json.dumps(purchase()).encode(), "invalid_json"),
     (purchase(customer_id=""), "schema"),
     (purchase(customer_id="   "), "schema"),
     (purchase(event_id=None), "schema"),
