@@ -9,7 +9,10 @@ position this module does not define (or misses one it does).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple, TypeVar
+
+_V = TypeVar("_V")
 
 # Keys of one customer, in the order the apply script receives them (KEYS[1..]).
 # All share the hash tag {customer_id}, so a script never crosses slots.
@@ -167,6 +170,83 @@ FIELDS: frozenset[str] = (
     )
     | SCORED_FIELDS
 )
+# Each fixed field's name in Redis: two characters instead of up to 17 saves
+# ~220 B of a ~950 B profile hash (docs/benchmarks.md). The scripts are
+# written with the names above and loaded with each quoted one replaced
+# (store._lua); store.py translates what it reads and writes. Everything
+# else, the API included, uses the names above. A stored name is a wire
+# format: never change or reuse one (LAYOUT_VERSION, `patronage store migrate`).
+STORED_NAMES: dict[str, str] = {
+    "first_seen": "fs",
+    "last_seen": "ls",
+    "events_applied": "ev",
+    "clicks": "cl",
+    "sessions": "se",
+    "day0": "d0",
+    "first_day": "fd",
+    "last_day": "ld",
+    "visits": "vi",
+    "gap_sumsq": "gq",
+    "orders": "or",
+    "orders_online": "oo",
+    "orders_store": "os",
+    "basket_sum": "bs",
+    "max_basket": "mb",
+    "last_order_at": "lo",
+    "first_order_at": "fo",
+    "first_order_value": "fv",
+    "spend_total": "mt",
+    "spend_online": "mo",
+    "spend_store": "ms",
+    "returns_value": "rv",
+    "freq_decayed": "fq",
+    "monetary_decayed": "md",
+    "judged_day": "jd",
+    "lapse_day": "la",
+    "risk_decided": "rd",
+    "risk_episode": "re",
+    "segment": "sg",
+    "segment_since": "sn",
+    "segment_version": "sv",
+    "rfm_r": "rr",
+    "rfm_f": "rf",
+    "rfm_m": "rm",
+    "value_tier": "vt",
+    "tier_version": "tv",
+}
+FIELD_OF_STORED: dict[str, str] = {short: name for name, short in STORED_NAMES.items()}
+# Version of the stored layout, kept under layout_key(prefix): 2 = the
+# short names above (1, unmarked, spelled the fields out).
+LAYOUT_VERSION = 2
+
+
+def stored_name(field: str) -> str:
+    """A profile field's name in Redis (prefixed fields are stored as named)."""
+    return STORED_NAMES.get(field, field)
+
+
+def field_name(stored: str) -> str:
+    """The field a name read from Redis stands for."""
+    return FIELD_OF_STORED.get(stored, stored)
+
+
+def stored_fields(fields: Mapping[str, _V]) -> dict[str, _V]:
+    """A profile's fields as Redis holds them (for writing a whole hash)."""
+    return {stored_name(name): value for name, value in fields.items()}
+
+
+def lua_stored_names() -> str:
+    """A Lua table SHORT (field -> stored name), for the migration script."""
+    # ['or'] = ...: a stored name may be a Lua keyword
+    pairs = ", ".join(f"['{name}'] = '{code}'" for name, code in sorted(STORED_NAMES.items()))
+    return f"local SHORT = {{{pairs}}}\n"
+
+
+def layout_key(prefix: str) -> str:
+    """string: the stored layout's version (LAYOUT_VERSION)."""
+    return f"{prefix}:{{layout}}"
+
+
 ORIGINS = ("online", "store")
 # Fields named by a prefix and a key.
 OFFSET_PREFIX = "o:"  # o:<topic>:p<partition>[#e<epoch>] -> highest offset applied

@@ -413,5 +413,19 @@ def store_reset(yes: bool) -> None:
     click.echo(f"deleted {asyncio.run(reset(s))} keys under {s.key_prefix!r}")
 
 
+@store.command("migrate")
+def store_migrate() -> None:
+    """Move stored profiles to this version's layout (stop every worker first)."""
+    s = settings()
+
+    async def migrate(s: Settings) -> tuple[int, int]:
+        async with profile_store(s) as store:
+            moved: tuple[int, int] = await store.migrate_layout()
+            return moved
+
+    profiles, renamed = asyncio.run(migrate(s))
+    click.echo(f"{profiles} profiles under {s.key_prefix!r} read, {renamed} fields renamed")
+
+
 if __name__ == "__main__":
     main()

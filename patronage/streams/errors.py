@@ -19,7 +19,13 @@ import redis.exceptions as rex
 
 Kind = Literal["transient", "fatal", "poison"]
 
+
+class FatalRedisError(RuntimeError):
+    """Retrying cannot help; the message names the setting to fix."""
+
+
 FATAL: tuple[type[BaseException], ...] = (
+    FatalRedisError,  # ours, e.g. a key prefix in an older stored layout
     rex.AuthenticationError,
     rex.AuthorizationError,
     rex.AuthenticationWrongNumberOfArgsError,
@@ -45,10 +51,6 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 TRANSIENT_CODES = ("BUSY", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "OOM", "MASTERDOWN")
 
 
-class FatalRedisError(RuntimeError):
-    """Retrying cannot help; the message names the setting to fix."""
-
-
 def classify(exc: BaseException) -> Kind:
     if isinstance(exc, FATAL):
         return "fatal"
@@ -69,6 +71,8 @@ def needs_slot_refresh(exc: BaseException) -> bool:
 
 
 def fatal_message(exc: BaseException) -> str:
+    if isinstance(exc, FatalRedisError):  # already names what to do
+        return str(exc)
     return (
         f"Redis refused our credentials or permissions ({type(exc).__name__}: {exc}); "
         "check PATRONAGE_REDIS_USERNAME, PATRONAGE_REDIS_PASSWORD and the ACL of that user "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -19,25 +20,31 @@ from redis.exceptions import NoScriptError
 from patronage.models.identity import Person, person_from_json, person_to_json
 from patronage.models.layout import (
     APPLY_ARGS,
+    FIELD_OF_STORED,
+    LAYOUT_VERSION,
     REPLY,
     SCORED_FIELDS,
+    STORED_NAMES,
     CustomerKeys,
     clock_key,
     customer_keys,
     due_key,
     identity_generation_key,
     identity_links_key,
+    layout_key,
+    lua_stored_names,
     members_key,
     person_key,
     risk_key,
     risk_version_key,
     sources_key,
+    stored_name,
     stored_text,
 )
 from patronage.models.profile import Delta, ProfileConfig, ProfileState, profile_view
 from patronage.models.sources import SourceState
 from patronage.models.timeunits import HOUR_MS
-from patronage.streams.errors import classify, needs_slot_refresh
+from patronage.streams.errors import FatalRedisError, classify, needs_slot_refresh
 from patronage.streams.memory import state_from_stored
 from patronage.streams.resp import (
     HiredisConnection,
@@ -51,8 +58,23 @@ from patronage.streams.types import ApplyResult, Fields, Queue
 Command = tuple[Any, ...]  # a Redis command's raw arguments, name first
 
 
+_FIELD_LITERAL = re.compile(r"'([a-z0-9_]+)'")
+
+
 def _lua(name: str) -> str:
-    return resources.files("patronage.streams").joinpath(f"lua/{name}.lua").read_text("utf-8")
+    """A script as Redis runs it: each quoted profile field name replaced by
+    its stored name (the scripts are written with layout.py's names)."""
+    text = resources.files("patronage.streams").joinpath(f"lua/{name}.lua").read_text("utf-8")
+    text = _FIELD_LITERAL.sub(lambda m: f"'{STORED_NAMES.get(m[1], m[1])}'", text)
+    if name == "migrate":
+        # After the first line: a `#!lua` shebang must stay first.
+        shebang, rest = text.split("\n", 1)
+        text = f"{shebang}\n{lua_stored_names()}{rest}"
+    return text
+
+
+class StoredLayoutError(FatalRedisError):
+    """The key prefix holds data in a layout this version does not read."""
 
 
 class ProfileStore:
@@ -70,15 +92,19 @@ class ProfileStore:
         self._segment = client.register_script(_lua("segment"))
         self._sources = client.register_script(_lua("sources"))
         self._risk = client.register_script(_lua("risk"))
+        self._migrate = client.register_script(_lua("migrate"))
         self.sources_key = sources_key(prefix)
         # Batches send EVALSHA alone (resp.execute_pipeline): load the
         # scripts on every primary first (and again after NOSCRIPT, e.g. a
         # node restart: _pipelined).
         self.cluster = type(client).__name__ == "RedisCluster"
         self._scripts_loaded = False
+        self._layout_checked = False
         self._nodes: dict[str, aioredis.Redis] = {}
 
     async def ensure_scripts(self, force: bool = False) -> None:
+        if not self._layout_checked:
+            await self.check_layout()
         if self._scripts_loaded and not force:
             return
         for script in (
@@ -89,9 +115,66 @@ class ProfileStore:
             self._segment,
             self._sources,
             self._risk,
+            self._migrate,
         ):
             await self.client.script_load(script.script)
         self._scripts_loaded = True
+
+    async def check_layout(self) -> None:
+        """Refuse a prefix an earlier version filled with the long field
+        names (the scripts would read its profiles as empty and start them
+        again); mark a new prefix as written in this layout."""
+        key = layout_key(self.prefix)
+        found = await self.client.get(key)
+        if found is None:
+            # Every worker of layout 1 recorded its sources on its first batch.
+            if await self.client.exists(self.sources_key):
+                raise StoredLayoutError(
+                    f"the profiles under PATRONAGE_KEY_PREFIX={self.prefix!r} use the "
+                    f"stored layout 1 (long field names); this version reads layout "
+                    f"{LAYOUT_VERSION}. Stop every worker, then run `patronage store migrate`."
+                )
+            await self.client.set(key, LAYOUT_VERSION, nx=True)
+        elif int(found) != LAYOUT_VERSION:
+            raise StoredLayoutError(
+                f"the profiles under PATRONAGE_KEY_PREFIX={self.prefix!r} use the stored "
+                f"layout {int(found)}; this version reads layout {LAYOUT_VERSION}"
+            )
+        self._layout_checked = True
+
+    async def migrate_layout(self, chunk: int = 500) -> tuple[int, int]:
+        """Move every stored profile to this layout (each hash in one atomic
+        script; safe to run again), then mark the prefix. Workers must be
+        stopped: one of an earlier version would keep writing long names.
+        Returns (profiles seen, fields renamed)."""
+        found = await self.client.get(layout_key(self.prefix))
+        if found is not None and int(found) > LAYOUT_VERSION:
+            raise StoredLayoutError(
+                f"PATRONAGE_KEY_PREFIX={self.prefix!r} holds layout {int(found)}, "
+                f"newer than this version's {LAYOUT_VERSION}"
+            )
+        self._layout_checked = True  # this store is what makes it current
+        await self.ensure_scripts(force=True)
+        profiles = renamed = 0
+        batch: list[str] = []
+
+        async def flush() -> int:
+            keys = [self.keys(customer_id).profile for customer_id in batch]
+            replies = checked(
+                await self._pipelined([(k, _script(self._migrate, [k], [])) for k in keys])
+            )
+            batch.clear()
+            return sum(int(reply) for reply in replies)
+
+        async for customer_id in self.customer_ids():
+            batch.append(customer_id)
+            profiles += 1
+            if len(batch) >= chunk:
+                renamed += await flush()
+        if batch:
+            renamed += await flush()
+        await self.client.set(layout_key(self.prefix), LAYOUT_VERSION)
+        return profiles, renamed
 
     async def _pipelined(self, ops: Sequence[tuple[str, Command]]) -> list[Any]:
         """Run ops (routing key, raw command) in one round trip; on a cluster,
@@ -289,7 +372,7 @@ class ProfileStore:
         """The event-clock marks of these partitions (one round trip)."""
         ops = [(self.clock_key(p), ("HGETALL", self.clock_key(p))) for p in partitions]
         replies = checked(await self._pipelined(ops))
-        return {p: _decode(r) for p, r in zip(partitions, replies, strict=True)}  # type: ignore[misc]
+        return {p: _decode(r) for p, r in zip(partitions, replies, strict=True)}
 
     async def source_states(
         self, sources: Sequence[tuple[str, int]]
@@ -332,7 +415,7 @@ class ProfileStore:
         ops: list[tuple[str, Command]] = []
         for customer_id, mapping in writes.items():
             key = self.keys(customer_id).profile
-            flat = [part for pair in mapping.items() for part in pair]
+            flat = [part for name, value in mapping.items() for part in (stored_name(name), value)]
             ops.append((key, _script(self._segment, [key], flat)))
         replies = checked(await self._pipelined(ops))
         return {cid for cid, reply in zip(writes, replies, strict=True) if int(reply) == 1}
@@ -344,8 +427,8 @@ class ProfileStore:
         ops: list[tuple[str, Command]] = []
         for customer_id in customer_ids:
             key = self.keys(customer_id).profile
-            ops.append((key, ("HGET", key, "segment")))
-            ops.append((key, ("HDEL", key, *sorted(SCORED_FIELDS))))
+            ops.append((key, ("HGET", key, stored_name("segment"))))
+            ops.append((key, ("HDEL", key, *sorted(map(stored_name, SCORED_FIELDS)))))
         replies = checked(await self._pipelined(ops))
         return {
             c: int(float(segment)) if segment is not None else None
@@ -428,7 +511,7 @@ class ProfileStore:
         for i, customer_id in enumerate(customer_ids):
             fields, orders = replies[2 * i], replies[2 * i + 1]
             if fields:
-                out[customer_id] = (_decode(fields), (orders or b"").decode())
+                out[customer_id] = (_profile_fields(fields), (orders or b"").decode())
         return out
 
     async def risk_versions(self, partitions: Sequence[int]) -> dict[int, int]:
@@ -443,7 +526,7 @@ class ProfileStore:
         fields = await self.client.hgetall(self.keys(customer_id).profile)
         if not fields:
             return None
-        return profile_view(customer_id, _decode(fields))
+        return profile_view(customer_id, _profile_fields(fields))
 
     async def partition_members(
         self, partition: int, cursor: int, count: int
@@ -470,7 +553,7 @@ class ProfileStore:
         keys = [self.keys(customer_id).profile for customer_id in customer_ids]
         replies = checked(await self._pipelined([(k, ("HGETALL", k)) for k in keys]))
         return {
-            cid: _decode(fields)
+            cid: _profile_fields(fields)
             for cid, fields in zip(customer_ids, replies, strict=True)
             if fields
         }
@@ -616,7 +699,8 @@ def _apply_result(customers: list[str], replies: list[Any]) -> ApplyResult:
             result.outbox[customer_id] = list(reply[REPLY["outbox"]])
         flat = reply[REPLY["profile"]]
         result.profiles[customer_id] = {
-            flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)
+            _FIELD_OF_STORED_BYTES.get(flat[i]) or flat[i].decode(): flat[i + 1].decode()
+            for i in range(0, len(flat), 2)
         }
     return result
 
@@ -648,7 +732,7 @@ def _zadd(key: str, scores: Mapping[str, float], lt: bool = False) -> Command:
 
 def _decoded_state(replies: list[Any]) -> dict[str, Any]:
     fields, bitmap, sessions, eids, orders, outbox, edges, risk = replies
-    profile = _decode(fields)
+    profile = _profile_fields(fields)
     day0 = int(float(profile.get("day0", 0)))
     bits = int.from_bytes(bitmap or b"", "big")
     width = len(bitmap or b"") * 8
@@ -676,12 +760,19 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _decode(fields: Mapping[bytes | str, bytes | str]) -> dict[str, float | str]:
+def _decode(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    return {_text(key): _text(value) for key, value in fields.items()}
+
+
+_FIELD_OF_STORED_BYTES = {code.encode(): name for code, name in FIELD_OF_STORED.items()}
+
+
+def _profile_fields(fields: Mapping[bytes | str, bytes | str]) -> dict[str, float | str]:
+    """A profile hash as read, under the fields' full names (layout.STORED_NAMES)."""
     out: dict[str, float | str] = {}
     for key, value in fields.items():
         name = key.decode() if isinstance(key, bytes) else key
-        text = value.decode() if isinstance(value, bytes) else value
-        out[name] = text
+        out[FIELD_OF_STORED.get(name, name)] = value.decode() if isinstance(value, bytes) else value
     return out
 
 

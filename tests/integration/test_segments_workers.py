@@ -15,6 +15,7 @@ from pathlib import Path
 import redis
 
 from patronage.models.features import features
+from patronage.models.layout import field_name
 from patronage.models.segments import FrozenModel
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
@@ -52,7 +53,9 @@ def profiles(client: redis.Redis, prefix: str) -> dict[str, dict[str, str]]:
         name = key.decode()
         customer = name[len(prefix) + 2 : -3]
         if customer != "model":
-            out[customer] = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+            out[customer] = {
+                field_name(k.decode()): v.decode() for k, v in client.hgetall(key).items()
+            }
     return out
 
 

@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from patronage.models.lapse import Finding, LapseRules, finding_from_json
+from patronage.models.layout import field_name
 from patronage.models.profile import (
     DAY_MS,
     Delta,
@@ -141,7 +142,8 @@ async def _roundtrip(
             int(day): tuple(int(float(x)) for x in edge.decode().split(":"))
             for day, edge in (await client.hgetall(keys[6])).items()
         }
-        fields = {k.decode(): v.decode() for k, v in (await client.hgetall(keys[0])).items()}
+        stored = (await client.hgetall(keys[0])).items()
+        fields = {field_name(k.decode()): v.decode() for k, v in stored}
         findings = [finding_from_json(item) for item in outbox]
         return view, findings, eids, orders, edges, fields  # type: ignore[return-value]
     finally:

@@ -10,7 +10,8 @@ import pytest
 import redis.exceptions as rex
 from redis._parsers.base import BaseParser
 
-from patronage.streams.errors import classify, needs_slot_refresh
+from patronage.streams.errors import classify, fatal_message, needs_slot_refresh
+from patronage.streams.store import StoredLayoutError
 
 REPLIES = [
     ("MOVED 3999 127.0.0.1:6381", "transient", True),
@@ -46,8 +47,11 @@ def test_redis_replies_are_classified(reply: str, kind: str, refresh: bool) -> N
         (ConnectionResetError(), "transient"),
         (rex.SlotNotCoveredError("slot 7 not covered"), "transient"),
         (rex.AuthenticationError("invalid password"), "fatal"),
+        (StoredLayoutError("run `patronage store migrate`"), "fatal"),
         (ValueError("a bug"), "poison"),
     ],
 )
 def test_client_side_errors_are_classified(exc: BaseException, kind: str) -> None:
     assert classify(exc) == kind
+    if isinstance(exc, StoredLayoutError):  # its own message, not the credentials one
+        assert fatal_message(exc) == str(exc)

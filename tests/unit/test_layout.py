@@ -8,6 +8,7 @@ spelled differently — each fails here, in `make unit`, without Redis.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from importlib import resources
 
@@ -119,3 +120,55 @@ def test_reference_writes_only_registry_fields() -> None:
     judge_lapses(state, t0 + 400 * DAY_MS, cfg)
     assert len(state.fields) > 30
     assert [name for name in state.fields if not is_profile_field(name)] == []
+
+
+def test_stored_names_are_short_distinct_and_pinned() -> None:
+    assert set(layout.STORED_NAMES) == layout.FIELDS
+    codes = list(layout.STORED_NAMES.values())
+    assert len(set(codes)) == len(codes)
+    for code in codes:
+        # Letters and digits only: never a prefixed field ('o:', '#cat:', ...),
+        # and never a field name (so a layout-1 hash cannot be misread).
+        assert len(code) <= 2 and code.isalnum(), code
+        assert not layout.is_profile_field(code), code
+        assert (
+            layout.field_name(layout.stored_name(layout.FIELD_OF_STORED[code]))
+            == layout.FIELD_OF_STORED[code]
+        )
+    assert layout.stored_name("o:purchases:0") == "o:purchases:0"
+    assert layout.field_name("cat:home") == "cat:home"
+    # The migration's table: quoted keys ('or' would be a Lua keyword as a value's key).
+    assert "['orders'] = 'or'" in layout.lua_stored_names()
+    # Stored names are a wire format: changing one takes a new LAYOUT_VERSION
+    # and a step in `patronage store migrate`, then a new digest here.
+    digest = hashlib.sha256(repr(sorted(layout.STORED_NAMES.items())).encode()).hexdigest()
+    assert (layout.LAYOUT_VERSION, digest[:16]) == (2, "34e8ffc602ebf2f3")
+
+
+def test_per_origin_fields_are_registry_fields() -> None:
+    tables = dict(re.findall(r"^local (\w+_AT) = \{([^}]*)\}", CODE, re.M))
+    assert set(tables) == {"ORDERS_AT", "SPEND_AT"}
+    for body in tables.values():
+        pairs = dict(re.findall(r"(\w+) = '([^']*)'", body))
+        assert set(pairs) == set(layout.ORIGINS)
+        assert set(pairs.values()) <= layout.FIELDS
+
+
+@pytest.mark.parametrize("name", ["apply", "risk", "erase", "segment", "migrate"])
+def test_scripts_run_with_stored_names_only(name: str) -> None:
+    """The store loads each script with its quoted field names replaced: none
+    of layout.py's long names may reach Redis (a field written under both
+    names would be read back twice)."""
+    from patronage.streams.store import _lua
+
+    source = resources.files("patronage.streams").joinpath(f"lua/{name}.lua").read_text("utf-8")
+    loaded = _lua(name)
+    assert loaded.startswith("#!lua")
+    if name == "migrate":  # its table maps the long names it renames
+        loaded = loaded.replace(layout.lua_stored_names(), "", 1)
+    quoted = set(re.findall(r"'([a-z0-9_]+)'", loaded))
+    assert not quoted & layout.FIELDS
+    if name in ("apply", "risk", "erase"):
+        assert set(re.findall(r"'([a-z0-9_]+)'", source)) & layout.FIELDS
+    if name == "apply":
+        assert "ORDERS_AT = {online = 'oo', store = 'os'}" in loaded

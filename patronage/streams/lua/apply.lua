@@ -34,7 +34,13 @@ local clock = tonumber(ARGV[12])  -- clock
 local LATE_KEPT = tonumber(ARGV[13])  -- late_kept
 local record_orders = ARGV[14] == '1'  -- record_orders
 local DAY_MS = 86400000
+-- Fields per order origin (layout.ORIGINS).
+local ORDERS_AT = {online = 'orders_online', store = 'orders_store'}
+local SPEND_AT = {online = 'spend_online', store = 'spend_store'}
 
+-- Field names below are layout.py's; the store loads this script with each
+-- quoted one replaced by its stored name (layout.STORED_NAMES), so the hash,
+-- this table and the reply all use the short names and nothing translates.
 local h = {}
 local raw = redis.call('HGETALL', P)
 for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
@@ -387,7 +393,7 @@ for _, d in ipairs(deltas) do
           local origin = d.origin or 'online'
           if d.b > 0 then
             put('orders', num('orders') + 1)
-            put('orders_' .. origin, num('orders_' .. origin) + 1)
+            put(ORDERS_AT[origin], num(ORDERS_AT[origin]) + 1)
             put('basket_sum', num('basket_sum') + d.b)
             put('max_basket', math.max(num('max_basket'), d.b))
             put('last_order_at', math.max(num('last_order_at'), d.t))
@@ -403,7 +409,7 @@ for _, d in ipairs(deltas) do
             end
           end
           put('spend_total', num('spend_total') + d.n)
-          put('spend_' .. origin, num('spend_' .. origin) + d.n)
+          put(SPEND_AT[origin], num(SPEND_AT[origin]) + d.n)
           put('returns_value', num('returns_value') + d.r)
           put('monetary_decayed', num('monetary_decayed') + weight * d.n)
           for _, pair in ipairs(d.cats) do inc_capped('cat:', pair[1], pair[2]) end

@@ -1,0 +1,202 @@
+"""The stored layout on a real Redis: profile fields under their short names
+(models/layout.py STORED_NAMES), and the move from layout 1, which spelled
+the names out.
+
+Why a real server: the names are translated inside the Lua scripts (apply,
+risk, erase, migrate), which a mock or fakeredis would not run as Redis
+does, and the bytes saved are Redis's own listpack encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from patronage.models.batch import Record, prepare_batch
+from patronage.models.layout import FIELDS, LAYOUT_VERSION, field_name, layout_key
+from patronage.models.simulate import generate
+from patronage.models.timeunits import DAY_MS
+from patronage.streams.cli import main
+from patronage.streams.settings import Settings, settings_with
+from patronage.streams.store import ProfileStore, StoredLayoutError, make_redis
+from tests.integration.harness import Worker, cli_lag, settings_with_topics, wait_for
+from tests.integration.test_end_to_end import as_messages, publish_with_metadata
+
+
+async def _fill(store: ProfileStore, settings: Settings, customers: int, seed: int) -> list[str]:
+    """Apply a simulated shop's 60 days (clicks, orders, receipts, attributes)
+    through the real script, and one scoring and one at-risk write each."""
+    now_ms = int(time.time() * 1000)
+    stream, _ = generate(customers, 60, seed=seed, start_ms=now_ms - 60 * DAY_MS)
+    records = [
+        Record(settings.topic_for_kind[e["type"]], 0, n, None, json.dumps(e).encode())
+        for n, e in enumerate(stream)
+    ]
+    batch = prepare_batch(records, settings.input_topics, settings.rules, now_ms, settings.zone)
+    grouped = batch.by_customer
+    await store.apply_batch(grouped, dict.fromkeys(grouped, 0), {0: float(now_ms)})
+    await store.store_segments(
+        {c: {"segment": 2, "segment_version": 7, "segment_since": now_ms} for c in grouped}
+    )
+    await store.record_risk(dict.fromkeys(grouped, (float(now_ms - DAY_MS), None)))
+    return sorted(grouped)
+
+
+async def _raw_profiles(store: ProfileStore, ids: list[str]) -> dict[str, dict[str, bytes]]:
+    out = {}
+    for customer in ids:
+        raw = await store.client.hgetall(store.keys(customer).profile)
+        out[customer] = {k.decode(): v for k, v in raw.items()}
+    return out
+
+
+def test_profiles_are_stored_under_short_names_and_read_under_full_ones(
+    isolated_env: dict[str, str],
+) -> None:
+    settings = settings_with(isolated_env)
+
+    async def run() -> None:
+        client = make_redis(settings.redis_url)
+        store = ProfileStore(client, settings.key_prefix, settings.profile_config)
+        try:
+            ids = await _fill(store, settings, 30, seed=3)
+            raw = await _raw_profiles(store, ids)
+            read = await store.fields_of(ids)
+            for customer in ids:
+                names = set(raw[customer])
+                assert not names & FIELDS, f"spelled-out names stored: {names & FIELDS}"
+                assert {field_name(n) for n in names} == set(read[customer])
+                assert {"first_seen", "segment", "risk_decided"} <= set(read[customer])
+            assert sum("spend_total" in read[c] for c in ids) >= len(ids) // 2
+            # What the short names save: the same hashes spelled out.
+            stored = spelled = 0
+            for customer in ids:
+                key = store.keys(customer).profile
+                long_key = f"{settings.key_prefix}:{{{customer}}}:long"
+                mapping = {field_name(n): v for n, v in raw[customer].items()}
+                await client.hset(long_key, mapping=mapping)  # type: ignore[arg-type]
+                stored += await client.memory_usage(key)
+                spelled += await client.memory_usage(long_key)
+                await client.delete(long_key)
+            assert stored < 0.8 * spelled, (stored, spelled)
+            # Erasure still finds the segment under its stored name.
+            removed, segment = await store.erase(ids[0], 0)
+            assert removed >= 1 and segment == 2
+        finally:
+            await store.delete_prefix()
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_layout_1_prefix_stops_the_worker_until_migrated(isolated_env: dict[str, str]) -> None:
+    """A prefix filled by the previous version: the worker refuses it with a
+    message naming the command, `patronage store migrate` renames every field
+    (and nothing on a second run), and the profiles read the same after."""
+    settings = settings_with_topics(isolated_env)
+    cli = CliRunner()
+
+    async def make_layout_1() -> tuple[list[str], dict[str, dict[str, float | str]]]:
+        client = make_redis(settings.redis_url)
+        store = ProfileStore(client, settings.key_prefix, settings.profile_config)
+        try:
+            ids = await _fill(store, settings, 25, seed=5)
+            before = await store.fields_of(ids)
+            # As layout 1 stored them: the same fields spelled out, the
+            # worker's sources recorded, no layout mark.
+            for customer, fields in (await _raw_profiles(store, ids)).items():
+                key = store.keys(customer).profile
+                await client.delete(key)
+                spelled = {field_name(n): v for n, v in fields.items()}
+                await client.hset(key, mapping=spelled)  # type: ignore[arg-type]
+            await client.hset(store.sources_key, "purchases:0", "0:120")
+            await client.delete(layout_key(settings.key_prefix))
+            return ids, before
+        finally:
+            await client.aclose()
+
+    async def stored_after(ids: list[str]) -> tuple[dict[str, dict[str, float | str]], bytes]:
+        client = make_redis(settings.redis_url)
+        store = ProfileStore(client, settings.key_prefix, settings.profile_config)
+        try:
+            raw = await _raw_profiles(store, ids)
+            assert not any(set(fields) & FIELDS for fields in raw.values())
+            return await store.fields_of(ids), await client.get(layout_key(settings.key_prefix))
+        finally:
+            await client.aclose()
+
+    async def refused() -> None:
+        client = make_redis(settings.redis_url)
+        try:
+            store = ProfileStore(client, settings.key_prefix, settings.profile_config)
+            with pytest.raises(StoredLayoutError, match="patronage store migrate"):
+                await store.apply_batch({})
+        finally:
+            await client.aclose()
+
+    async def accepted() -> None:
+        client = make_redis(settings.redis_url)
+        try:
+            await ProfileStore(client, settings.key_prefix, settings.profile_config).check_layout()
+        finally:
+            await client.aclose()
+
+    ids, before = asyncio.run(make_layout_1())
+    asyncio.run(refused())
+    # A worker of this version stops (exit 70, for its supervisor) at its
+    # first batch, applying and committing nothing.
+    now = int(time.time() * 1000)
+    events, _ = generate(customers=10, days=5, seed=9, start_ms=now - 6 * DAY_MS)
+    published = publish_with_metadata(settings, as_messages(events))
+    worker = Worker({**isolated_env, "PATRONAGE_COMMIT_INTERVAL_S": "0.3"}, name="layout1")
+    try:
+        with contextlib.suppress(AssertionError):
+            worker.start()  # it may exit before its web port answers
+        wait_for(lambda: worker.proc is not None and worker.proc.poll() is not None, 60, "exit")
+        assert worker.proc is not None
+        exit_code = worker.proc.returncode
+    finally:
+        worker.stop()
+    log = worker.log_path.read_text(errors="replace")
+    assert exit_code == 70, log[-2000:]
+    assert "PATRONAGE_KEY_PREFIX" in log and "patronage store migrate" in log
+    assert cli_lag(isolated_env)[0] == len(published)
+
+    moved = cli.invoke(main, ["store", "migrate"], env=isolated_env)
+    assert moved.exit_code == 0, moved.output
+    assert moved.output.startswith("25 profiles"), moved.output
+    after, mark = asyncio.run(stored_after(ids))
+    assert after == before
+    assert mark == str(LAYOUT_VERSION).encode()
+
+    again = cli.invoke(main, ["store", "migrate"], env=isolated_env)
+    assert again.exit_code == 0 and "0 fields renamed" in again.output, again.output
+    asyncio.run(accepted())  # marked now: a worker may start
+
+
+def test_a_prefix_marked_by_a_newer_layout_is_refused(isolated_env: dict[str, str]) -> None:
+    settings = settings_with(isolated_env)
+
+    async def run() -> None:
+        client = make_redis(settings.redis_url)
+        store = ProfileStore(client, settings.key_prefix, settings.profile_config)
+        try:
+            await store.check_layout()  # a new prefix is marked as this layout
+            assert await client.get(layout_key(settings.key_prefix)) == b"2"
+            await client.set(layout_key(settings.key_prefix), LAYOUT_VERSION + 1)
+            with pytest.raises(StoredLayoutError, match="layout 3"):
+                await ProfileStore(
+                    client, settings.key_prefix, settings.profile_config
+                ).check_layout()
+            with pytest.raises(StoredLayoutError, match="newer"):
+                await store.migrate_layout()
+        finally:
+            await store.delete_prefix()
+            await client.aclose()
+
+    asyncio.run(run())
