@@ -23,7 +23,7 @@ from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.cli import main
 from patronage.streams.settings import Settings, settings_with
-from patronage.streams.store import ProfileStore, StoredLayoutError, make_redis
+from patronage.streams.store import ProfileStore, StoredLayoutError, make_redis, redis_for
 from tests.integration.harness import Worker, cli_lag, settings_with_topics, wait_for
 from tests.integration.test_end_to_end import as_messages, publish_with_metadata
 
@@ -94,15 +94,17 @@ def test_profiles_are_stored_under_short_names_and_read_under_full_ones(
     asyncio.run(run())
 
 
-def test_a_layout_1_prefix_stops_the_worker_until_migrated(isolated_env: dict[str, str]) -> None:
+def test_a_layout_1_prefix_stops_the_worker_until_migrated(backend_env: dict[str, str]) -> None:
     """A prefix filled by the previous version: the worker refuses it with a
     message naming the command, `patronage store migrate` renames every field
-    (and nothing on a second run), and the profiles read the same after."""
-    settings = settings_with_topics(isolated_env)
+    (and nothing on a second run), and the profiles read the same after — on
+    a single Redis and on a Redis Cluster (the scan and the renames go to
+    every master)."""
+    settings = settings_with_topics(backend_env)
     cli = CliRunner()
 
     async def make_layout_1() -> tuple[list[str], dict[str, dict[str, float | str]]]:
-        client = make_redis(settings.redis_url)
+        client = redis_for(settings)
         store = ProfileStore(client, settings.key_prefix, settings.profile_config)
         try:
             ids = await _fill(store, settings, 25, seed=5)
@@ -121,7 +123,7 @@ def test_a_layout_1_prefix_stops_the_worker_until_migrated(isolated_env: dict[st
             await client.aclose()
 
     async def stored_after(ids: list[str]) -> tuple[dict[str, dict[str, float | str]], bytes]:
-        client = make_redis(settings.redis_url)
+        client = redis_for(settings)
         store = ProfileStore(client, settings.key_prefix, settings.profile_config)
         try:
             raw = await _raw_profiles(store, ids)
@@ -131,7 +133,7 @@ def test_a_layout_1_prefix_stops_the_worker_until_migrated(isolated_env: dict[st
             await client.aclose()
 
     async def refused() -> None:
-        client = make_redis(settings.redis_url)
+        client = redis_for(settings)
         try:
             store = ProfileStore(client, settings.key_prefix, settings.profile_config)
             with pytest.raises(StoredLayoutError, match="patronage store migrate"):
@@ -140,7 +142,7 @@ def test_a_layout_1_prefix_stops_the_worker_until_migrated(isolated_env: dict[st
             await client.aclose()
 
     async def accepted() -> None:
-        client = make_redis(settings.redis_url)
+        client = redis_for(settings)
         try:
             await ProfileStore(client, settings.key_prefix, settings.profile_config).check_layout()
         finally:
@@ -153,7 +155,7 @@ def test_a_layout_1_prefix_stops_the_worker_until_migrated(isolated_env: dict[st
     now = int(time.time() * 1000)
     events, _ = generate(customers=10, days=5, seed=9, start_ms=now - 6 * DAY_MS)
     published = publish_with_metadata(settings, as_messages(events))
-    worker = Worker({**isolated_env, "PATRONAGE_COMMIT_INTERVAL_S": "0.3"}, name="layout1")
+    worker = Worker({**backend_env, "PATRONAGE_COMMIT_INTERVAL_S": "0.3"}, name="layout1")
     try:
         with contextlib.suppress(AssertionError):
             worker.start()  # it may exit before its web port answers
@@ -165,16 +167,16 @@ def test_a_layout_1_prefix_stops_the_worker_until_migrated(isolated_env: dict[st
     log = worker.log_path.read_text(errors="replace")
     assert exit_code == 70, log[-2000:]
     assert "PATRONAGE_KEY_PREFIX" in log and "patronage store migrate" in log
-    assert cli_lag(isolated_env)[0] == len(published)
+    assert cli_lag(backend_env)[0] == len(published)
 
-    moved = cli.invoke(main, ["store", "migrate"], env=isolated_env)
+    moved = cli.invoke(main, ["store", "migrate"], env=backend_env)
     assert moved.exit_code == 0, moved.output
     assert moved.output.startswith("25 profiles"), moved.output
     after, mark = asyncio.run(stored_after(ids))
     assert after == before
     assert mark == str(LAYOUT_VERSION).encode()
 
-    again = cli.invoke(main, ["store", "migrate"], env=isolated_env)
+    again = cli.invoke(main, ["store", "migrate"], env=backend_env)
     assert again.exit_code == 0 and "0 fields renamed" in again.output, again.output
     asyncio.run(accepted())  # marked now: a worker may start
 
