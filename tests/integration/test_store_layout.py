@@ -2,8 +2,9 @@
 (models/layout.py STORED_NAMES), and the move from layout 1, which spelled
 the names out.
 
-Why a real server: the names are translated inside the Lua scripts (apply,
-risk, erase, migrate), which a mock or fakeredis would not run as Redis
+Why a real server: the names live in the Lua scripts as Redis runs them
+(apply, risk and erase loaded with the stored names substituted, migrate
+with a table of them), which a mock or fakeredis would not run as Redis
 does, and the bytes saved are Redis's own listpack encoding.
 """
 
