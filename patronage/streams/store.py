@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
@@ -29,6 +29,7 @@ from patronage.models.layout import (
     clock_key,
     customer_keys,
     due_key,
+    field_name,
     identity_generation_key,
     identity_links_key,
     layout_key,
@@ -56,6 +57,7 @@ from patronage.streams.settings import Settings
 from patronage.streams.types import ApplyResult, Fields, Queue
 
 Command = tuple[Any, ...]  # a Redis command's raw arguments, name first
+T = TypeVar("T")
 
 
 _FIELD_LITERAL = re.compile(r"'([a-z0-9_]+)'")
@@ -124,55 +126,48 @@ class ProfileStore:
         """Refuse a prefix an earlier version filled with the long field
         names (the scripts would read its profiles as empty and start them
         again); mark a new prefix as written in this layout."""
-        key = layout_key(self.prefix)
-        found = await self.client.get(key)
+        found = await self._stored_layout()
         if found is None:
             # Every worker of layout 1 recorded its sources on its first batch.
             if await self.client.exists(self.sources_key):
-                raise StoredLayoutError(
-                    f"the profiles under PATRONAGE_KEY_PREFIX={self.prefix!r} use the "
-                    f"stored layout 1 (long field names); this version reads layout "
-                    f"{LAYOUT_VERSION}. Stop every worker, then run `patronage store migrate`."
-                )
-            await self.client.set(key, LAYOUT_VERSION, nx=True)
-        elif int(found) != LAYOUT_VERSION:
-            raise StoredLayoutError(
-                f"the profiles under PATRONAGE_KEY_PREFIX={self.prefix!r} use the stored "
-                f"layout {int(found)}; this version reads layout {LAYOUT_VERSION}"
-            )
+                raise self._layout_error(1)
+            await self.client.set(layout_key(self.prefix), LAYOUT_VERSION, nx=True)
+        elif found != LAYOUT_VERSION:
+            raise self._layout_error(found)
         self._layout_checked = True
+
+    async def _stored_layout(self) -> int | None:
+        found = await self.client.get(layout_key(self.prefix))
+        return None if found is None else int(found)
+
+    def _layout_error(self, found: int) -> StoredLayoutError:
+        fix = (
+            "Stop every worker, then run `patronage store migrate`."
+            if found < LAYOUT_VERSION
+            else "It was written by a newer version."
+        )
+        return StoredLayoutError(
+            f"the profiles under PATRONAGE_KEY_PREFIX={self.prefix!r} use the stored "
+            f"layout {found}{' (long field names)' if found == 1 else ''}; this version "
+            f"reads layout {LAYOUT_VERSION}. {fix}"
+        )
 
     async def migrate_layout(self, chunk: int = 500) -> tuple[int, int]:
         """Move every stored profile to this layout (each hash in one atomic
         script; safe to run again), then mark the prefix. Workers must be
         stopped: one of an earlier version would keep writing long names.
         Returns (profiles seen, fields renamed)."""
-        found = await self.client.get(layout_key(self.prefix))
-        if found is not None and int(found) > LAYOUT_VERSION:
-            raise StoredLayoutError(
-                f"PATRONAGE_KEY_PREFIX={self.prefix!r} holds layout {int(found)}, "
-                f"newer than this version's {LAYOUT_VERSION}"
-            )
+        found = await self._stored_layout()
+        if found is not None and found > LAYOUT_VERSION:
+            raise self._layout_error(found)
         self._layout_checked = True  # this store is what makes it current
         await self.ensure_scripts(force=True)
         profiles = renamed = 0
-        batch: list[str] = []
-
-        async def flush() -> int:
+        async for batch in _pages(self.customer_ids(), chunk):
             keys = [self.keys(customer_id).profile for customer_id in batch]
-            replies = checked(
-                await self._pipelined([(k, _script(self._migrate, [k], [])) for k in keys])
-            )
-            batch.clear()
-            return sum(int(reply) for reply in replies)
-
-        async for customer_id in self.customer_ids():
-            batch.append(customer_id)
-            profiles += 1
-            if len(batch) >= chunk:
-                renamed += await flush()
-        if batch:
-            renamed += await flush()
+            ops = [(k, _script(self._migrate, [k], [])) for k in keys]
+            renamed += sum(int(reply) for reply in checked(await self._pipelined(ops)))
+            profiles += len(batch)
         await self.client.set(layout_key(self.prefix), LAYOUT_VERSION)
         return profiles, renamed
 
@@ -560,15 +555,9 @@ class ProfileStore:
 
     async def export_fields(self, chunk: int = 500) -> AsyncIterator[tuple[str, Fields]]:
         """Every stored profile's fields, in chunks of one round trip."""
-        batch: list[str] = []
-        async for customer_id in self.customer_ids():
-            batch.append(customer_id)
-            if len(batch) >= chunk:
-                for item in (await self.fields_of(batch)).items():
-                    yield item
-                batch = []
-        for item in (await self.fields_of(batch)).items():
-            yield item
+        async for batch in _pages(self.customer_ids(), chunk):
+            for item in (await self.fields_of(batch)).items():
+                yield item
 
     async def stored_state(self, customer_id: str) -> dict[str, Any]:
         """Everything stored for one customer, decoded (memory.stored_state is
@@ -666,21 +655,23 @@ class ProfileStore:
     async def delete_prefix(self) -> int:
         """Remove every key under this prefix (tests and `patronage store reset`)."""
         removed = 0
-        page: list[Any] = []
-
-        async def unlink() -> int:
+        async for page in _pages(self.client.scan_iter(match=f"{self.prefix}:*", count=1000), 1000):
             # One round trip per page (per node on a cluster), one key per command.
             replies = await self._pipelined([(k, ("UNLINK", k)) for k in page])
-            return sum(int(r) for r in replies if isinstance(r, int))
-
-        async for key in self.client.scan_iter(match=f"{self.prefix}:*", count=1000):
-            page.append(key)
-            if len(page) >= 1000:
-                removed += await unlink()
-                page = []
-        if page:
-            removed += await unlink()
+            removed += sum(int(r) for r in replies if isinstance(r, int))
         return removed
+
+
+async def _pages(items: AsyncIterator[T], size: int) -> AsyncIterator[list[T]]:
+    """Lists of up to `size` items (the last may be shorter; none if empty)."""
+    page: list[T] = []
+    async for item in items:
+        page.append(item)
+        if len(page) >= size:
+            yield page
+            page = []
+    if page:
+        yield page
 
 
 def _apply_result(customers: list[str], replies: list[Any]) -> ApplyResult:
@@ -769,11 +760,7 @@ _FIELD_OF_STORED_BYTES = {code.encode(): name for code, name in FIELD_OF_STORED.
 
 def _profile_fields(fields: Mapping[bytes | str, bytes | str]) -> dict[str, float | str]:
     """A profile hash as read, under the fields' full names (layout.STORED_NAMES)."""
-    out: dict[str, float | str] = {}
-    for key, value in fields.items():
-        name = key.decode() if isinstance(key, bytes) else key
-        out[FIELD_OF_STORED.get(name, name)] = value.decode() if isinstance(value, bytes) else value
-    return out
+    return {field_name(_text(key)): _text(value) for key, value in fields.items()}
 
 
 def group_by_customer(pairs: Iterable[tuple[str, Delta]]) -> dict[str, list[Delta]]:
