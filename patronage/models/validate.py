@@ -12,7 +12,6 @@ Pure: `now_ms` is an argument.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -21,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from patronage.models import jsontext
 from patronage.models.contracts import (
     KNOWN_ATTRIBUTES,
     MAX_ID_LENGTH,
@@ -132,7 +132,7 @@ def decode_object(raw: bytes, rules: Rules) -> dict[str, Any]:
     try:
         if text.startswith("\ufeff"):  # what json.loads refuses first
             raise ValueError("Unexpected UTF-8 BOM (decode using utf-8-sig)")
-        doc = _JSON.decode(text)
+        doc = jsontext.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise _Reject("invalid_json", f"payload is not valid JSON: {exc}"[:300]) from exc
     if not isinstance(doc, dict):
@@ -187,14 +187,6 @@ def _event_time(event: Event, now_ms: int, rules: Rules) -> int:
             "ancient_timestamp", f"ts is before {earliest} (PATRONAGE_EARLIEST_EVENT_TIME)"
         )
     return ts_ms
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-# One decoder for every payload (json.loads with an option builds one per call).
-_JSON = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def _describe(exc: ValidationError, kind: str) -> str:

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from patronage.models.identity import Person, person_from_json, person_to_json
+from patronage.models.jsontext import dumps_compact
 from patronage.models.layout import (
     APPLY_ARGS,
     FIELD_OF_STORED,
@@ -262,7 +263,7 @@ class ProfileStore:
             "lapse_min_tenure_days": rules.min_tenure_days,
             "lapse_min_gap_days": rules.min_gap_days,
             "lapse_gap_multiplier": rules.gap_multiplier,
-            "deltas": json.dumps([d.to_wire() for d in deltas], separators=(",", ":")),
+            "deltas": dumps_compact([d.to_wire() for d in deltas]),
             "retention_ms": self.retention_ms,
             "dedupe_max_events": self.cfg.dedupe_max_events,
             "clock": repr(float(clock)),
