@@ -289,7 +289,7 @@ APPLY_REPLY = (
     "duplicate_offsets",
     "duplicate_events",
     "outbox",  # pending findings (JSON, FINDING_WIRE)
-    "profile",  # the hash after the update, flat
+    "profile",  # the hash after the update, a JSON object (stored name -> text)
     "due",  # when judging again can decide more ('' = nothing pending)
 )
 REPLY = {name: index for index, name in enumerate(APPLY_REPLY)}

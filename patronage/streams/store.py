@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
@@ -689,11 +690,8 @@ def _apply_result(customers: list[str], replies: list[Any]) -> ApplyResult:
         result.duplicate_events += int(reply[REPLY["duplicate_events"]])
         if reply[REPLY["outbox"]]:
             result.outbox[customer_id] = list(reply[REPLY["outbox"]])
-        flat = reply[REPLY["profile"]]
-        result.profiles[customer_id] = {
-            _FIELD_OF_STORED_BYTES.get(flat[i]) or flat[i].decode(): flat[i + 1].decode()
-            for i in range(0, len(flat), 2)
-        }
+        stored = orjson.loads(reply[REPLY["profile"]])
+        result.profiles[customer_id] = {FIELD_OF_STORED.get(k, k): v for k, v in stored.items()}
     return result
 
 
@@ -754,9 +752,6 @@ def _text(value: bytes | str) -> str:
 
 def _decode(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
     return {_text(key): _text(value) for key, value in fields.items()}
-
-
-_FIELD_OF_STORED_BYTES = {code.encode(): name for code, name in FIELD_OF_STORED.items()}
 
 
 def _profile_fields(fields: Mapping[bytes | str, bytes | str]) -> dict[str, float | str]:

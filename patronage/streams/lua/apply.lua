@@ -9,7 +9,7 @@
 -- defined in patronage/models/layout.py; the comment after each KEYS/ARGV
 -- read names its entry there (tests/unit/test_layout.py holds them equal).
 -- Returns {applied, duplicate offsets, duplicate event ids, outbox items,
---          profile (HGETALL), when to judge again ('' = nothing pending)}
+--          profile (JSON object, field -> text), when to judge again ('' = nothing pending)}
 
 local P = KEYS[1]  -- profile
 local DAYS = KEYS[2]  -- days
@@ -450,11 +450,8 @@ if retention_ms > 0 and applied > 0 then
 end
 -- Pending findings go back on every call, redeliveries included, so a crash
 -- between this script and the Kafka send cannot lose an alert.
--- The profile as it now is, from the table already in memory (no second HGETALL).
-local flat = {}
-for f, v in pairs(h) do
-  flat[#flat + 1] = f
-  flat[#flat + 1] = v
-end
-return {applied, dup_offset, dup_event, redis.call('LRANGE', OUT, 0, -1), flat,
+-- The profile as it now is, from the table already in memory (no second
+-- HGETALL), as one JSON object: one reply instead of two per field (-7 % of
+-- the call's Redis time; docs/benchmarks.md).
+return {applied, dup_offset, dup_event, redis.call('LRANGE', OUT, 0, -1), cjson.encode(h),
   due and fmt(due) or ''}
