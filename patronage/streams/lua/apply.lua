@@ -451,7 +451,7 @@ end
 -- Pending findings go back on every call, redeliveries included, so a crash
 -- between this script and the Kafka send cannot lose an alert.
 -- The profile as it now is, from the table already in memory (no second
--- HGETALL), as one JSON object: one reply instead of two per field (-7 % of
--- the call's Redis time; docs/benchmarks.md).
+-- HGETALL), as one JSON object: one reply instead of two per field (3-7 %
+-- of the call's Redis time; docs/benchmarks.md).
 return {applied, dup_offset, dup_event, redis.call('LRANGE', OUT, 0, -1), cjson.encode(h),
   due and fmt(due) or ''}
