@@ -230,7 +230,7 @@ def field_name(stored: str) -> str:
     return FIELD_OF_STORED.get(stored, stored)
 
 
-def stored_fields(fields: Mapping[str, _V]) -> dict[str, _V]:
+def under_stored_names(fields: Mapping[str, _V]) -> dict[str, _V]:
     """A profile's fields as Redis holds them (for writing a whole hash)."""
     return {stored_name(name): value for name, value in fields.items()}
 

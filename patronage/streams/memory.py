@@ -283,7 +283,8 @@ class MemoryProfileStore:
 
 
 def stored_fields(state: ProfileState) -> Fields:
-    """The profile hash Redis holds for this state."""
+    """The profile hash Redis holds for this state, under the fields' full
+    names (as ProfileStore reads it back; Redis stores layout.STORED_NAMES)."""
     fields: Fields = {name: stored_text(value) for name, value in state.fields.items()}
     if state.days:
         # The bitmap's bit 0 is a day that is a multiple of 8 (apply.lua).

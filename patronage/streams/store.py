@@ -691,6 +691,7 @@ def _apply_result(customers: list[str], replies: list[Any]) -> ApplyResult:
         if reply[REPLY["outbox"]]:
             result.outbox[customer_id] = list(reply[REPLY["outbox"]])
         stored = orjson.loads(reply[REPLY["profile"]])
+        # field_name, inlined: this runs per field of every applied profile.
         result.profiles[customer_id] = {FIELD_OF_STORED.get(k, k): v for k, v in stored.items()}
     return result
 
