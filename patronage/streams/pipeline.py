@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from patronage.streams.identities import Resolver, Stitcher
 from patronage.streams.metrics import WorkerMetrics
 from patronage.streams.predicting import ParameterStore, Predictor
 from patronage.streams.retry import Retry
+from patronage.streams.scored import ScoreWrites
 from patronage.streams.segmenting import (
     Learner,
     Segmenter,
@@ -215,17 +216,13 @@ class Pipeline:
             )
             result.profiles = people
         scored_at = self._scoring_now(batch, now_ms)
-        await self.retry("segments", lambda: self._segment(result, scored_at))
         purchased = {
             customer_id: min(orders)
             for customer_id, deltas in batch.by_customer.items()
             if (orders := [float(d.ts) for d in deltas if d.kind == "order" and d.basket > 0])
         }
         await self.retry(
-            "predictions",
-            lambda: self.predictor.after_apply(
-                result.profiles, batch.partition_of, purchased, scored_at
-            ),
+            "scores", lambda: self._score(result, scored_at, batch.partition_of, purchased)
         )
         self.stats.record(records, batch, result)
         self.metrics.batch_size.observe(len(records))
@@ -279,8 +276,7 @@ class Pipeline:
         profiles = await self.store.fields_of(alone)
         linked = [c.person for c in changes if len(c.person.members) > 1]
         profiles.update(await self.resolver.merged_profiles(linked))
-        await self._segment(ApplyResult(profiles=profiles), now)
-        await self.predictor.after_apply(profiles, {}, {}, now)
+        await self._score(ApplyResult(profiles=profiles), now, {}, {})
 
     async def erase(self, record: Record) -> None:
         """One erasure request: remove the customer and every identifier
@@ -389,13 +385,22 @@ class Pipeline:
             now = max(newest) if newest else now
         return now
 
-    async def _segment(self, result: ApplyResult, now: float) -> None:
-        """Score the updated profiles and feed the learner."""
-        if not result.profiles:
-            return
+    async def _score(
+        self,
+        result: ApplyResult,
+        now: float,
+        partition_of: Mapping[str, int],
+        purchased: Mapping[str, float],
+    ) -> None:
+        """Segments and value tiers of the updated profiles (their changes
+        share one wait for Kafka's acks and one write: scored.py), the
+        purchases' at-risk judging, and the learner's sample."""
+        out = ScoreWrites()
         xs = self.segmenter.features_of(result.profiles)
         decisions = await self.segmenter.score(result.profiles, now, xs)
-        await self.segmenter.commit(decisions, result.profiles, now, self.send)
+        await self.segmenter.emit(decisions, result.profiles, now, self.send, out)
+        await self.predictor.after_apply(result.profiles, partition_of, purchased, now, out)
+        await self.segmenter.settle(decisions, await out.flush(self.store))
         topic = self.settings.topic(self.settings.topic_segment_features)
         share = self.settings.segment_learn_sample
         half_life = self.settings.profile_config.half_life_ms

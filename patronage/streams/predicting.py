@@ -23,6 +23,7 @@ from patronage.models.profile import profile_view
 from patronage.models.risk import TIER, judge_risk, risk_alert, tiers
 from patronage.streams.identities import Resolver
 from patronage.streams.pacing import Pacer
+from patronage.streams.scored import ScoreWrites
 from patronage.streams.settings import Settings
 from patronage.streams.types import Fields, ModelStoreT, People, ProfileStoreT
 
@@ -139,17 +140,23 @@ class Predictor:
         partition_of: Mapping[str, int],
         purchased: Mapping[str, float],
         now_ms: float,
+        out: ScoreWrites | None = None,
     ) -> None:
         """Tiers of the applied profiles at `now_ms`; the customers whose batch
         held a purchase (customer -> its earliest time) are judged again from
         then on. That overwrites an earlier due time on purpose: a sweep that
         read the profile before this apply then finds its entry changed and
-        leaves it, so the new orders are never judged from a stale read."""
+        leaves it, so the new orders are never judged from a stale read.
+        With `out`, the tier changes join the batch's other scoring writes
+        (the caller flushes them); without, they are flushed here."""
         if not self.settings.predictions_live:
             return
         fitted = await self.parameters.current()
         if fitted is not None:
-            await self.judge_tiers(profiles, fitted, now_ms, "profile")
+            writes = ScoreWrites() if out is None else out
+            await self.emit_tiers(profiles, fitted, now_ms, "profile", writes)
+            if out is None:
+                await writes.flush(self.store)
         moments: dict[int, dict[str, float]] = defaultdict(dict)
         for customer_id, first_ts in purchased.items():
             if customer_id in partition_of:
@@ -164,9 +171,21 @@ class Predictor:
         reason: Literal["profile", "refit"],
     ) -> None:
         """Emit the tier changes (acked by Kafka first), then store them."""
+        out = ScoreWrites()
+        await self.emit_tiers(profiles, fitted, now_ms, reason, out)
+        await out.flush(self.store)
+
+    async def emit_tiers(
+        self,
+        profiles: Mapping[str, Fields],
+        fitted: FittedParameters,
+        now_ms: float,
+        reason: Literal["profile", "refit"],
+        out: ScoreWrites,
+    ) -> None:
+        """Send the tier changes and queue the new tiers in `out`."""
         judged = tiers(profiles, fitted, now_ms, self.discount)
         topic = self.settings.topic(self.settings.topic_segment_changes)
-        pending, writes = [], {}
         for customer_id, (tier, value) in judged.items():
             fields = profiles[customer_id]
             previous = fields.get(TIER)
@@ -185,12 +204,9 @@ class Predictor:
                 reason=reason,
             )
             payload = change.model_dump_json().encode()
-            pending.append(await self.send(topic, customer_id.encode(), payload))
-            writes[customer_id] = {TIER: tier, "tier_version": fitted.version}
+            out.acks.append(await self.send(topic, customer_id.encode(), payload))
+            out.store(customer_id, {TIER: tier, "tier_version": fitted.version})
             self.tier_changes[reason] += 1
-        await asyncio.gather(*pending)
-        if writes:
-            await self.store.store_segments(writes)
 
     async def sweep_partition(self, partition: int, clock: float, limit: int) -> int:
         """Judge the purchase episodes of the buyers due by `clock`; the

@@ -47,6 +47,7 @@ from patronage.models.segments import (
     refit_with_checkpoint,
 )
 from patronage.streams.pacing import Pacer
+from patronage.streams.scored import ScoreWrites
 from patronage.streams.settings import Settings
 from patronage.streams.types import ModelStoreT, ProfileStoreT
 
@@ -207,11 +208,24 @@ class Segmenter:
         send: Send,
     ) -> None:
         """Emit segment changes (acked by Kafka first), then store them."""
+        out = ScoreWrites()
+        await self.emit(decisions, profiles, now_ms, send, out)
+        await self.settle(decisions, await out.flush(self.store))
+
+    async def emit(
+        self,
+        decisions: dict[str, SegmentDecision],
+        profiles: dict[str, dict[str, float | str]],
+        now_ms: float,
+        send: Send,
+        out: ScoreWrites,
+    ) -> None:
+        """Send the segment changes and queue the decisions' fields in `out`;
+        `settle` with what `out.flush` wrote."""
         model = self.model
         if not decisions or model is None:
             return
         topic = self.settings.topic(self.settings.topic_segment_changes)
-        pending = []
         for customer_id, d in decisions.items():
             if not d.changed:
                 continue
@@ -229,11 +243,9 @@ class Segmenter:
                 reason="model_update" if d.reason == "model_update" else "profile",
             )
             self.changes[change.reason] += 1
-            pending.append(
+            out.acks.append(
                 await send(topic, customer_id.encode(), change.model_dump_json().encode())
             )
-        await asyncio.gather(*pending)
-        writes: dict[str, dict[str, str | int]] = {}
         for customer_id, d in decisions.items():
             mapping: dict[str, str | int] = {
                 "segment_version": model.version,
@@ -243,15 +255,18 @@ class Segmenter:
             }
             if d.changed:
                 mapping.update(segment=d.segment, segment_since=int(now_ms))
-            writes[customer_id] = mapping
-        written = await self.store.store_segments(writes)
+            out.store(customer_id, mapping)
+
+    async def settle(self, decisions: dict[str, SegmentDecision], written: set[str]) -> None:
+        """Count the stored moves in the segment sizes."""
         moved: Counter[int] = Counter()
         for customer_id, d in decisions.items():
             if d.changed and customer_id in written:
                 moved[d.segment] += 1
                 if d.previous is not None:
                     moved[d.previous] -= 1
-        await self.models.adjust_sizes(moved)
+        if moved:
+            await self.models.adjust_sizes(moved)
 
     async def rescore_partitions(
         self,

@@ -616,3 +616,66 @@ def test_a_lapse_sweep_judges_in_slices_between_input_batches(
     asyncio.run(run())
     lapsed = {a["customer_id"] for a in pipe.producer.on("lapse-alerts") if a["kind"] == "lapsed"}  # type: ignore[attr-defined]
     assert lapsed == set(customers)
+
+
+class HeldAcks(RecordingProducer):
+    """Keeps what it is sent; its acks come only when the test releases them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[asyncio.Future[None]] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> Any:
+        self.sent.append((topic, key, value))
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.held.append(ack)
+        return ack
+
+    def release(self) -> None:
+        for ack in self.held:
+            ack.set_result(None)
+        self.held = []
+
+
+def test_segment_and_tier_changes_are_stored_once_both_are_acked_in_one_write() -> None:
+    """A newcomer's first segment and first value tier: both changes are on
+    the topic before either is stored (a crash in between must not leave a
+    stored decision whose change was never published), and the batch stores
+    them with one write, not one per kind."""
+    from tests.unit.test_risk import FITTED
+
+    settings = Settings(segment_warmup=50, segment_learn_sample=1.0)
+    pipe, store, producer = shop_of_80_drained(settings)
+    writes: list[set[str]] = []
+    store_segments = store.store_segments
+
+    async def counted(batch: Any) -> set[str]:
+        writes.append(set(batch))
+        return await store_segments(batch)
+
+    store.store_segments = counted  # type: ignore[method-assign]
+    held = HeldAcks()
+    pipe.producer = held
+    record = as_records([receipt("newcomer", "n-1", START_MS + 120 * DAY_MS)], 1)[0]
+
+    async def run() -> tuple[list[str], set[str]]:
+        assert await pipe.learner.learn(vectors_in(producer.on("segment-features")))
+        assert await pipe.segmenter.refresh()
+        await pipe.parameters.save(FITTED)
+        batch = asyncio.create_task(pipe.process([record], StaticLog()))
+        for _ in range(200):  # the batch goes as far as it can without acks
+            await asyncio.sleep(0)
+        sent = sorted(c["kind"] for c in held.on("segment-changes"))
+        stored = {"segment", "value_tier"} & set(store.states["newcomer"].fields)
+        while not batch.done():
+            held.release()
+            await asyncio.sleep(0)
+        await batch
+        return sent, stored
+
+    sent_while_held, stored_while_held = asyncio.run(run())
+    assert sent_while_held == ["segment", "tier"]
+    assert not stored_while_held
+    assert writes == [{"newcomer"}]
+    fields = store.states["newcomer"].fields
+    assert "segment" in fields and "value_tier" in fields
