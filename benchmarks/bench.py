@@ -564,8 +564,15 @@ def latency(rate: int, seconds: float, promotions: str = "on") -> dict[str, floa
             "return found"
         )
 
+        def worker_alive() -> None:
+            # Its output goes nowhere: without this a worker that failed to
+            # start left the harness waiting for probes forever.
+            if proc.poll() is not None:
+                raise RuntimeError(f"the worker exited (code {proc.returncode}) during the run")
+
         async def watch() -> None:
             while not done.is_set() or pending:
+                worker_alive()
                 if pending:
                     customers = list(pending)
                     found = await visible(keys=[pending[c] for c in customers])
@@ -616,6 +623,7 @@ def latency(rate: int, seconds: float, promotions: str = "on") -> dict[str, floa
                 settings.topic_for_kind["click"], json.dumps(warm).encode(), key=b"warm"
             )
             while not await client.exists(store.keys("warm").profile):
+                worker_alive()
                 await asyncio.sleep(0.1)
             watcher = asyncio.create_task(watch())
             pass_watcher = asyncio.create_task(watch_passes())
