@@ -467,13 +467,13 @@ async def sweep_cost(scheduled: int, due: int, repeats: int = 5) -> dict[str, fl
 
 
 PROMOTIONS = {
-    # A model as early as possible and a promotion every 8 s (each refit is
-    # promoted), so a 30 s run crosses at least two promotions and re-scoring
-    # passes of every owned customer (the default interval is 300 s).
+    # A model as early as possible and a promotion every 8 s unless told
+    # (--promote-every; each refit is promoted), so a 30 s run crosses at
+    # least two promotions and re-scoring passes of every owned customer
+    # (the default interval is 300 s).
     "on": {
         "PATRONAGE_SEGMENT_WARMUP": "200",
         "PATRONAGE_SEGMENT_WARMUP_DAYS": "0",
-        "PATRONAGE_SEGMENT_PROMOTE_INTERVAL_S": "8",
         "PATRONAGE_SEGMENT_PROMOTE_MIN_SHIFT": "0",
     },
     # One model as early as possible, never another: customers are scored
@@ -488,7 +488,9 @@ PROMOTIONS = {
 }
 
 
-def latency(rate: int, seconds: float, promotions: str = "on") -> dict[str, float]:
+def latency(
+    rate: int, seconds: float, promotions: str = "on", promote_every_s: float = 8.0
+) -> dict[str, float]:
     """Producer ack -> profile visible in Redis, at an offered load (0 = as fast as possible).
 
     Background events come from the simulator; every 50th event is a probe for
@@ -500,6 +502,8 @@ def latency(rate: int, seconds: float, promotions: str = "on") -> dict[str, floa
         "PATRONAGE_BATCH_WITHIN_S": "0.02",
         **PROMOTIONS[promotions],
     }
+    if promotions == "on":
+        env["PATRONAGE_SEGMENT_PROMOTE_INTERVAL_S"] = str(promote_every_s)
     settings = _settings(**env)
     from patronage.streams.kafka_admin import create_topics, delete_run_topics
 
@@ -768,6 +772,12 @@ def main() -> None:
         default="on",
         help="latency: promote models or not",
     )
+    parser.add_argument(
+        "--promote-every",
+        type=float,
+        default=8.0,
+        help="latency, promotions on: seconds between promotions (each re-scores every customer)",
+    )
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--events", type=int, default=200_000)
@@ -815,7 +825,7 @@ def main() -> None:
         print_throughput_table(results)
     if args.which in ("all", "latency"):
         for rate in args.rates:
-            result = latency(rate, args.seconds, args.promotions)
+            result = latency(rate, args.seconds, args.promotions, args.promote_every)
             print("latency:", json.dumps(result, indent=1))
     print(f"bench peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
