@@ -44,7 +44,8 @@ class Worker(faust.Worker):
     record, Faust set the root logger to DEBUG whenever the log level was
     warn or above (the demo's, and a usual production choice), so every
     debug call of the libraries built a record for nothing: aiokafka logs
-    each send and fetch, ~7 % of a busy worker's time (docs/benchmarks.md)."""
+    each send and fetch, 2-3 % of the worker's CPU at 5k events/s
+    (docs/benchmarks.md)."""
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
