@@ -505,7 +505,7 @@ def latency(
     if promotions == "on":
         env["PATRONAGE_SEGMENT_PROMOTE_INTERVAL_S"] = str(promote_every_s)
     settings = _settings(**env)
-    from patronage.streams.kafka_admin import create_topics, delete_run_topics
+    from patronage.streams.kafka_admin import create_topics
 
     asyncio.run(create_topics(settings))
     # Prediction parameters in place, as in a running shop: without them the
@@ -667,7 +667,9 @@ def latency(
     finally:
         proc.terminate()
         proc.wait(30)
-        asyncio.run(delete_run_topics(settings))
+        # Only once the worker is gone: it writes (model versions, risk
+        # marks) until it stops, and those keys outlived every run.
+        asyncio.run(_cleanup(settings))
     result["target_rate"] = rate or "max"  # type: ignore[assignment]
     return result
 
