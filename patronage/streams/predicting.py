@@ -140,40 +140,25 @@ class Predictor:
         partition_of: Mapping[str, int],
         purchased: Mapping[str, float],
         now_ms: float,
-        out: ScoreWrites | None = None,
+        out: ScoreWrites,
     ) -> None:
         """Tiers of the applied profiles at `now_ms`; the customers whose batch
         held a purchase (customer -> its earliest time) are judged again from
         then on. That overwrites an earlier due time on purpose: a sweep that
         read the profile before this apply then finds its entry changed and
         leaves it, so the new orders are never judged from a stale read.
-        With `out`, the tier changes join the batch's other scoring writes
-        (the caller flushes them); without, they are flushed here."""
+        The tier changes join the batch's other scoring writes in `out`
+        (the caller flushes them)."""
         if not self.settings.predictions_live:
             return
         fitted = await self.parameters.current()
         if fitted is not None:
-            writes = ScoreWrites() if out is None else out
-            await self.emit_tiers(profiles, fitted, now_ms, "profile", writes)
-            if out is None:
-                await writes.flush(self.store)
+            await self.emit_tiers(profiles, fitted, now_ms, "profile", out)
         moments: dict[int, dict[str, float]] = defaultdict(dict)
         for customer_id, first_ts in purchased.items():
             if customer_id in partition_of:
                 moments[partition_of[customer_id]][customer_id] = first_ts
         await self.store.schedule_risk(moments)
-
-    async def judge_tiers(
-        self,
-        profiles: Mapping[str, Fields],
-        fitted: FittedParameters,
-        now_ms: float,
-        reason: Literal["profile", "refit"],
-    ) -> None:
-        """Emit the tier changes (acked by Kafka first), then store them."""
-        out = ScoreWrites()
-        await self.emit_tiers(profiles, fitted, now_ms, reason, out)
-        await out.flush(self.store)
 
     async def emit_tiers(
         self,
@@ -183,7 +168,8 @@ class Predictor:
         reason: Literal["profile", "refit"],
         out: ScoreWrites,
     ) -> None:
-        """Send the tier changes and queue the new tiers in `out`."""
+        """Send the tier changes and queue the new tiers in `out` (stored by
+        its flush, once Kafka acknowledged them)."""
         judged = tiers(profiles, fitted, now_ms, self.discount)
         topic = self.settings.topic(self.settings.topic_segment_changes)
         for customer_id, (tier, value) in judged.items():
@@ -295,7 +281,9 @@ class Predictor:
         cursor, ids = await self.store.partition_members(partition, cursor, size)
         inputs = await self.store.risk_inputs(ids)
         profiles = {c: fields for c, (fields, _) in inputs.items()}
-        await self.judge_tiers(profiles, fitted, await self.pass_now({partition}), "refit")
+        out = ScoreWrites()
+        await self.emit_tiers(profiles, fitted, await self.pass_now({partition}), "refit", out)
+        await out.flush(self.store)
         moments = {}
         for customer_id, (fields, orders) in inputs.items():
             due = judge_risk(fields, orders, fitted, self.threshold, -math.inf).due

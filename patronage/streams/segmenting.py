@@ -200,18 +200,6 @@ class Segmenter:
                 decisions[customer_id] = decision
         return decisions
 
-    async def commit(
-        self,
-        decisions: dict[str, SegmentDecision],
-        profiles: dict[str, dict[str, float | str]],
-        now_ms: float,
-        send: Send,
-    ) -> None:
-        """Emit segment changes (acked by Kafka first), then store them."""
-        out = ScoreWrites()
-        await self.emit(decisions, profiles, now_ms, send, out)
-        await self.settle(decisions, await out.flush(self.store))
-
     async def emit(
         self,
         decisions: dict[str, SegmentDecision],
@@ -319,7 +307,9 @@ class Segmenter:
         gone = [c for c in ids if c not in profiles]
         await self.store.forget_members(partition, gone)  # expired by retention
         decisions = await self.score(profiles, now_ms)
-        await self.commit(decisions, profiles, now_ms, send)
+        out = ScoreWrites()
+        await self.emit(decisions, profiles, now_ms, send, out)
+        await self.settle(decisions, await out.flush(self.store))
         return len(profiles)
 
 
