@@ -46,6 +46,12 @@ def customer_keys(prefix: str, customer_id: str) -> CustomerKeys:
     return CustomerKeys(*(base + suffix for suffix in CUSTOMER_KEYS.values()))
 
 
+def profile_key(prefix: str, customer_id: str) -> str:
+    """customer_keys(...).profile, without building the other seven (reads
+    and scoring writes name only this one, for every customer of a pass)."""
+    return f"{prefix}:{{{customer_id}}}:{CUSTOMER_KEYS['profile']}"
+
+
 def due_key(prefix: str, partition: int) -> str:
     """zset: customer -> when to judge its lapses again (partition-sharded)."""
     return f"{prefix}:{{lapse-{partition}}}:due"

@@ -134,7 +134,12 @@ class MemoryProfileStore:
         segment = state.fields.get("segment")
         return sum(1 for part in held if part), None if segment is None else int(segment)
 
-    async def store_segments(self, writes: Mapping[str, Mapping[str, str | int]]) -> set[str]:
+    async def store_scores(
+        self,
+        writes: Mapping[str, Mapping[str, str | int]],
+        risk_due: Mapping[int, Mapping[str, float]] | None = None,
+    ) -> set[str]:
+        self._schedule_risk(risk_due or {}, keep_earlier=False)
         written = set()
         for customer_id, mapping in writes.items():
             state = self.states.get(customer_id)
@@ -177,6 +182,11 @@ class MemoryProfileStore:
 
     async def schedule_risk(
         self, moments: Mapping[int, Mapping[str, float]], keep_earlier: bool = False
+    ) -> None:
+        self._schedule_risk(moments, keep_earlier)
+
+    def _schedule_risk(
+        self, moments: Mapping[int, Mapping[str, float]], keep_earlier: bool
     ) -> None:
         for partition, by_customer in moments.items():
             schedule = self.risk.setdefault(partition, {})

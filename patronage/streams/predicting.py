@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, Literal
@@ -154,11 +154,9 @@ class Predictor:
         fitted = await self.parameters.current()
         if fitted is not None:
             await self.emit_tiers(profiles, fitted, now_ms, "profile", out)
-        moments: dict[int, dict[str, float]] = defaultdict(dict)
         for customer_id, first_ts in purchased.items():
             if customer_id in partition_of:
-                moments[partition_of[customer_id]][customer_id] = first_ts
-        await self.store.schedule_risk(moments)
+                out.schedule_risk(partition_of[customer_id], customer_id, first_ts)
 
     async def emit_tiers(
         self,

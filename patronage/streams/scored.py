@@ -24,17 +24,23 @@ class ScoreWrites:
 
     acks: list[Awaitable[Any]] = field(default_factory=list)
     fields: dict[str, dict[str, str | int]] = field(default_factory=dict)
+    # partition -> customer -> when to judge at-risk again (store.schedule_risk)
+    risk_due: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def store(self, customer_id: str, mapping: Mapping[str, str | int]) -> None:
         self.fields.setdefault(customer_id, {}).update(mapping)
 
+    def schedule_risk(self, partition: int, customer_id: str, due_ms: float) -> None:
+        self.risk_due.setdefault(partition, {})[customer_id] = due_ms
+
     async def flush(self, store: ProfileStoreT) -> set[str]:
-        """Wait for every ack, then write; the customers whose profile was
-        written (an erased one is not brought back)."""
+        """Wait for every ack, then write (the at-risk schedule with the
+        fields: one round trip); the customers whose profile was written (an
+        erased one is not brought back)."""
         await asyncio.gather(*self.acks)
         self.acks = []
-        if not self.fields:
+        if not self.fields and not self.risk_due:
             return set()
-        written = await store.store_segments(self.fields)
-        self.fields = {}
+        written = await store.store_scores(self.fields, self.risk_due)
+        self.fields, self.risk_due = {}, {}
         return written

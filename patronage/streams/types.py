@@ -76,7 +76,15 @@ class ProfileStoreT(Protocol):
 
     async def erase(self, customer_id: str, partition: int) -> tuple[int, int | None]: ...
 
-    async def store_segments(self, writes: Mapping[str, Mapping[str, str | int]]) -> set[str]: ...
+    async def store_scores(
+        self,
+        writes: Mapping[str, Mapping[str, str | int]],
+        risk_due: Mapping[int, Mapping[str, float]] | None = None,
+    ) -> set[str]:
+        """Write scoring decisions to the profiles that still exist, and
+        schedule at-risk judging (`risk_due`, as schedule_risk), in one
+        round trip; returns the customers written."""
+        ...
 
     async def ack_outbox(self, items: dict[str, list[bytes]]) -> None: ...
 

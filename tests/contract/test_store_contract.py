@@ -91,14 +91,42 @@ def test_sources_and_clock_marks_never_go_back(store_of: Any) -> None:
     assert marks[1] == {}
 
 
+def test_scores_and_the_at_risk_schedule_go_in_one_call(store_of: Any) -> None:
+    """A batch's scoring decisions and its purchases' at-risk schedule are
+    one store call: decisions land on existing profiles only, the schedule
+    overwrites an earlier time (judged again from the purchase on), and a
+    call with a schedule alone still schedules."""
+
+    async def check(store: ProfileStoreT) -> list[Any]:
+        await store.apply_batch(
+            {"anna": [receipt(0, 5)], "ben": [receipt(1, 2)]}, {"anna": 0, "ben": 0}
+        )
+        await store.schedule_risk({0: {"anna": T0 + 10 * DAY_MS}})
+        written = await store.store_scores(
+            {"anna": {"segment": 2, "segment_version": 1}, "zoe": {"segment": 1}},
+            {0: {"anna": T0 + 40 * DAY_MS, "ben": T0 + 30 * DAY_MS}},
+        )
+        alone = await store.store_scores({}, {1: {"cleo": 7.0}})
+        due = await store.due_customers(0, T0 + 60 * DAY_MS, 10, "risk")
+        other = await store.due_customers(1, T0, 10, "risk")
+        ids = sorted([c async for c in store.customer_ids()])
+        return [written, alone, due, other, ids, await store.profile("anna")]
+
+    written, alone, due, other, ids, profile = run(check, store_of)
+    assert written == {"anna"} and alone == set()
+    assert due == [("ben", float(T0 + 30 * DAY_MS)), ("anna", float(T0 + 40 * DAY_MS))]
+    assert other == [("cleo", 7.0)]
+    assert ids == ["anna", "ben"] and profile is not None and profile["segment"] == 2
+
+
 def test_erased_stays_erased(store_of: Any) -> None:
     async def check(store: ProfileStoreT) -> tuple[Any, ...]:
         await store.apply_batch(
             {"anna": [receipt(0, 0)], "ben": [receipt(1, 0)]}, {"anna": 0, "ben": 0}
         )
-        await store.store_segments({"anna": {"segment": 2, "segment_version": 1}})
+        await store.store_scores({"anna": {"segment": 2, "segment_version": 1}})
         removed, segment = await store.erase("anna", 0)
-        written = await store.store_segments({"anna": {"segment": 3}, "ben": {"segment": 1}})
+        written = await store.store_scores({"anna": {"segment": 3}, "ben": {"segment": 1}})
         ids = sorted([c async for c in store.customer_ids()])
         due = await store.due_customers(0, T0 + DAY_MS, 10)
         return removed, segment, written, ids, await store.profile("anna"), due
@@ -276,7 +304,7 @@ def test_parts_are_read_whole_and_scores_cleared(store_of: Any) -> None:
             {"anna": [receipt(0, 0), receipt(1, 3)], "loyalty_card:2400": [receipt(2, 1)]},
             {"anna": 0, "loyalty_card:2400": 0},
         )
-        await store.store_segments({"loyalty_card:2400": {"segment": 4, "segment_version": 1}})
+        await store.store_scores({"loyalty_card:2400": {"segment": 4, "segment_version": 1}})
         states = await store.states_of(["anna", "loyalty_card:2400", "nobody"])
         cleared = await store.clear_scores(["loyalty_card:2400", "anna", "nobody"])
         again = await store.clear_scores(["loyalty_card:2400"])

@@ -41,7 +41,7 @@ async def _fill(store: ProfileStore, settings: Settings, customers: int, seed: i
     batch = prepare_batch(records, settings.input_topics, settings.rules, now_ms, settings.zone)
     grouped = batch.by_customer
     await store.apply_batch(grouped, dict.fromkeys(grouped, 0), {0: float(now_ms)})
-    await store.store_segments(
+    await store.store_scores(
         {c: {"segment": 2, "segment_version": 7, "segment_since": now_ms} for c in grouped}
     )
     await store.record_risk(dict.fromkeys(grouped, (float(now_ms - DAY_MS), None)))

@@ -334,7 +334,7 @@ def test_a_scoring_write_never_recreates_an_erased_profile(redis_up: str) -> Non
             deltas = random_deltas(random.Random(3), "gone", 5)
             await store.apply_batch({"gone": deltas, "kept": deltas})
             await store.erase("gone", 0)
-            written = await store.store_segments(
+            written = await store.store_scores(
                 {"gone": {"segment": 2, "segment_version": 1}, "kept": {"segment": 1}}
             )
             return written, int(await client.exists(store.keys("gone").profile))

@@ -641,19 +641,27 @@ def test_segment_and_tier_changes_are_stored_once_both_are_acked_in_one_write() 
     """A newcomer's first segment and first value tier: both changes are on
     the topic before either is stored (a crash in between must not leave a
     stored decision whose change was never published), and the batch stores
-    them with one write, not one per kind."""
+    them with one write, not one per kind — its purchase's at-risk schedule
+    in the same write, not a round trip of its own."""
     from tests.unit.test_risk import FITTED
 
     settings = Settings(segment_warmup=50, segment_learn_sample=1.0)
     pipe, store, producer = shop_of_80_drained(settings)
-    writes: list[set[str]] = []
-    store_segments = store.store_segments
+    writes: list[tuple[set[str], dict[int, dict[str, float]]]] = []
+    store_scores = store.store_scores
+    schedules: list[Any] = []
+    schedule_risk = store.schedule_risk
 
-    async def counted(batch: Any) -> set[str]:
-        writes.append(set(batch))
-        return await store_segments(batch)
+    async def counted(batch: Any, risk_due: Any = None) -> set[str]:
+        writes.append((set(batch), {p: dict(d) for p, d in (risk_due or {}).items()}))
+        return await store_scores(batch, risk_due)
 
-    store.store_segments = counted  # type: ignore[method-assign]
+    async def scheduled(moments: Any, keep_earlier: bool = False) -> None:
+        schedules.append(moments)
+        await schedule_risk(moments, keep_earlier)
+
+    store.store_scores = counted  # type: ignore[method-assign]
+    store.schedule_risk = scheduled  # type: ignore[method-assign]
     held = HeldAcks()
     pipe.producer = held
     record = as_records([receipt("newcomer", "n-1", START_MS + 120 * DAY_MS)], 1)[0]
@@ -676,6 +684,8 @@ def test_segment_and_tier_changes_are_stored_once_both_are_acked_in_one_write() 
     sent_while_held, stored_while_held = asyncio.run(run())
     assert sent_while_held == ["segment", "tier"]
     assert not stored_while_held
-    assert writes == [{"newcomer"}]
+    receipt_ms = float(START_MS + 120 * DAY_MS)
+    assert writes == [({"newcomer"}, {record.partition: {"newcomer": receipt_ms}})]
+    assert schedules == []
     fields = store.states["newcomer"].fields
     assert "segment" in fields and "value_tier" in fields

@@ -408,7 +408,7 @@ def test_a_merge_scores_the_person_once() -> None:
         await pipe.segmenter.models.save_parameters(FITTED)
         await pipe.process(event_records([web, *store_visits], 1), StaticLog())
         # The card scored on its own before the link: one member of segment 2.
-        await pipe.store.store_segments({"loyalty_card:2400000999990": {"segment": 2}})
+        await pipe.store.store_scores({"loyalty_card:2400000999990": {"segment": 2}})
         await pipe.segmenter.models.adjust_sizes({2: 1})
         before = len(tiers_of("c-9"))
         await pipe.link(link("c-9", "2400000999990", START_MS + 19 * 7 * DAY_MS, "l1"))
