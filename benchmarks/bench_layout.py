@@ -1,0 +1,178 @@
+"""What one packed value per customer would cost, against today's layout.
+
+    python -m benchmarks.bench_layout [--customers 1000] [--days 90] [--rounds 3]
+
+A design probe for a next stored layout (issue #14: Redis <= 10 us per
+event, <= 1 KiB per profile), not a change to it. Applies a simulated
+population through the real apply script, then builds beside each customer
+one string holding everything of theirs that the apply script reads: the
+profile fields as numbers (a cmsgpack map), then the visit days, dedupe
+window, sessions, natural keys and unjudged days (a second map). Printed:
+
+* MEMORY USAGE per customer of today's keys and of the packed value;
+* Redis microseconds per call (INFO commandstats) of the fixed part of an
+  apply on each layout, in alternating rounds: read everything, update the
+  fifteen fields a typical order or click touches, write back, reply with
+  the profile fields. Today: HGETALL into a table, numbers parsed and
+  formatted, HSET, GET/SET of the dedupe window, SETBIT, ZADD/ZCARD of the
+  sessions, HGETALL/HSET/HDEL of the unjudged days, a cjson reply. Packed:
+  GET, cmsgpack.unpack, the same updates, cmsgpack.pack, SET.
+
+Neither skeleton does the per-event work (dedupe scans, lapse judging),
+which is the same on both layouts. The keys it wrote are deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+
+from patronage.models.batch import Record, prepare_batch
+from patronage.models.simulate import generate
+from patronage.models.timeunits import DAY_MS
+from patronage.streams.settings import settings_with
+from patronage.streams.store import ProfileStore, redis_for
+
+# The fifteen fields an order or a click typically changes (stored names).
+TOUCHED = "{'ev','ls','fq','md','cl','vi','gq','ld','mt','mo','or','oo','bs','mb','lo'}"
+
+TODAY = f"""
+local h = {{}}
+local raw = redis.call('HGETALL', KEYS[1])
+for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+local function fmt(x)
+  local short = string.format('%.15g', x)
+  if tonumber(short) == x then return short end
+  return string.format('%.17g', x)
+end
+local args = {{}}
+for _, f in ipairs({TOUCHED}) do
+  h[f] = fmt(tonumber(h[f] or '0') + 1.5)
+  args[#args + 1] = f
+  args[#args + 1] = h[f]
+end
+redis.call('HSET', KEYS[1], unpack(args))
+redis.call('SET', KEYS[2], redis.call('GET', KEYS[2]) or '')
+redis.call('SETBIT', KEYS[3], 5, 1)
+redis.call('ZADD', KEYS[4], 'LT', 1, 'abcd')
+redis.call('ZCARD', KEYS[4])
+redis.call('HGETALL', KEYS[5])
+redis.call('HSET', KEYS[5], '20000', '1:2')
+redis.call('HDEL', KEYS[5], '20000')
+return {{1, 0, 0, {{}}, cjson.encode(h), ''}}
+"""
+
+PACKED = f"""
+local blob = redis.call('GET', KEYS[1])
+local h, aux = {{}}, {{}}
+if blob then h, aux = cmsgpack.unpack(blob) end
+for _, f in ipairs({TOUCHED}) do h[f] = (h[f] or 0) + 1.5 end
+local fields = cmsgpack.pack(h)
+redis.call('SET', KEYS[1], fields .. cmsgpack.pack(aux))
+return {{1, 0, 0, {{}}, fields, ''}}
+"""
+
+# Today's keys of one customer -> the packed value (KEYS[7]).
+PACK = """
+local h, aux = {}, {}
+local raw = redis.call('HGETALL', KEYS[1])
+for i = 1, #raw, 2 do
+  local n = tonumber(raw[i + 1])
+  if n == nil or string.sub(raw[i], 1, 2) == 'a:' then n = raw[i + 1] end
+  h[raw[i]] = n
+end
+aux.e = redis.call('GET', KEYS[2]) or ''
+aux.d = redis.call('GET', KEYS[3]) or ''
+local s, sessions = redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES'), {}
+for i = 1, #s, 2 do sessions[#sessions + 1] = s[i] .. struct.pack('>d', tonumber(s[i + 1])) end
+aux.s = table.concat(sessions)
+local v, days = redis.call('HGETALL', KEYS[5]), {}
+for i = 1, #v, 2 do days[v[i]] = v[i + 1] end
+aux.v = days
+aux.k = redis.call('GET', KEYS[6]) or ''
+redis.call('SET', KEYS[7], cmsgpack.pack(h) .. cmsgpack.pack(aux))
+return 1
+"""
+
+
+async def run(customers: int, days: int, rounds: int) -> None:
+    prefix = f"layout{uuid.uuid4().hex[:6]}"
+    settings = settings_with({"PATRONAGE_KEY_PREFIX": prefix})
+    client = redis_for(settings)
+    store = ProfileStore(client, prefix, settings.profile_config)
+    try:
+        now_ms = int(time.time() * 1000)
+        stream, _ = generate(customers, days, seed=3, start_ms=(now_ms // DAY_MS - days) * DAY_MS)
+        records = [
+            Record(settings.topic_for_kind[e["type"]], 0, i, None, json.dumps(e).encode())
+            for i, e in enumerate(stream)
+        ]
+        batch = prepare_batch(records, settings.input_topics, settings.rules, now_ms, settings.zone)
+        ids = list(batch.by_customer)
+        for i in range(0, len(ids), 500):
+            part = {c: batch.by_customer[c] for c in ids[i : i + 500]}
+            await store.apply_batch(part, dict.fromkeys(part, 0), {0: float(now_ms)})
+        pack = client.register_script(PACK)
+        today_bytes = packed_bytes = 0
+        for c in ids:
+            k = store.keys(c)
+            packed_key = k.profile + "B"
+            await pack(
+                keys=[k.profile, k.event_ids, k.days, k.sessions, k.edges, k.order_keys, packed_key]
+            )
+            for key in k:
+                today_bytes += int(await client.memory_usage(key) or 0)
+            packed_bytes += int(await client.memory_usage(packed_key) or 0)
+        print(
+            json.dumps(
+                {
+                    "customers": len(ids),
+                    "events": len(records),
+                    "today_bytes_per_customer": round(today_bytes / len(ids)),
+                    "packed_bytes_per_customer": round(packed_bytes / len(ids)),
+                }
+            )
+        )
+        layouts = {
+            "today": (
+                client.register_script(TODAY),
+                lambda k: [k.profile, k.event_ids, k.days, k.sessions, k.edges],
+            ),
+            "packed": (client.register_script(PACKED), lambda k: [k.profile + "B"]),
+        }
+        for round_ in range(1, rounds + 1):
+            for name, (script, keys_of) in layouts.items():
+                await script(keys=keys_of(store.keys(ids[0])))  # loaded before the reset
+                await client.config_resetstat()
+                for c in ids:
+                    await script(keys=keys_of(store.keys(c)))
+                stats = (await client.info("commandstats")).get("cmdstat_evalsha", {})
+                print(
+                    json.dumps(
+                        {
+                            "round": round_,
+                            "layout": name,
+                            "calls": stats.get("calls"),
+                            "redis_us_per_call": stats.get("usec_per_call"),
+                        }
+                    )
+                )
+    finally:
+        await store.delete_prefix()
+        await client.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_layout")
+    parser.add_argument("--customers", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(run(args.customers, args.days, args.rounds))
+
+
+if __name__ == "__main__":
+    main()
