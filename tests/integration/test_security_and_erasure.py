@@ -178,6 +178,11 @@ def test_erasure_and_retention(backend_env: dict[str, str]) -> None:
         )
     finally:
         retained.stop()
+        # The fixture deletes the keys under the test's own prefix; this run's
+        # partition sets, model and marks are under another (each suite run
+        # left 23 keys on the shared Redis).
+        for key in client.scan_iter(match=f"{prefix}r:*", count=1000):
+            client.unlink(key)
 
 
 def test_redis_over_tls(isolated_env: dict[str, str], tmp_path: Path) -> None:
