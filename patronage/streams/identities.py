@@ -246,20 +246,21 @@ class Resolver:
         if generation != self._generation:
             self._cache.clear()  # some person changed: forget them all
             self._generation = generation
-        missing = [k for k in keys if k not in self._cache]
+        # Answered from a copy: while this call waits for the store, another
+        # (a sweep's alerts, the next link) may clear or trim the cache, and
+        # reading it back after the wait stopped the worker (KeyError).
+        known = {k: self._cache[k] for k in keys if k in self._cache}
+        missing = [k for k in keys if k not in known]
         if missing:
             found = await self.store.persons_of(missing)
-            for key in missing:
-                self._cache[key] = found.get(key)
-        out = {}
-        for key in keys:
-            person = self._cache[key]
-            self._cache.move_to_end(key)
-            if person is not None:
-                out[key] = person
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return out
+            known.update((key, found.get(key)) for key in missing)
+        if self._generation == generation:  # else these answers may be stale
+            for key in keys:
+                self._cache[key] = known[key]
+                self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return {key: person for key in keys if (person := known[key]) is not None}
 
     async def canonical_profiles(self, profiles: Mapping[str, Fields]) -> dict[str, Fields]:
         """The applied profiles as people: a part of a linked person is
