@@ -41,15 +41,19 @@ class CustomerKeys(NamedTuple):
     risk_orders: str
 
 
+def _customer_base(prefix: str, customer_id: str) -> str:
+    return f"{prefix}:{{{customer_id}}}:"
+
+
 def customer_keys(prefix: str, customer_id: str) -> CustomerKeys:
-    base = f"{prefix}:{{{customer_id}}}:"
+    base = _customer_base(prefix, customer_id)
     return CustomerKeys(*(base + suffix for suffix in CUSTOMER_KEYS.values()))
 
 
 def profile_key(prefix: str, customer_id: str) -> str:
     """customer_keys(...).profile, without building the other seven (reads
     and scoring writes name only this one, for every customer of a pass)."""
-    return f"{prefix}:{{{customer_id}}}:{CUSTOMER_KEYS['profile']}"
+    return _customer_base(prefix, customer_id) + CUSTOMER_KEYS["profile"]
 
 
 def due_key(prefix: str, partition: int) -> str:

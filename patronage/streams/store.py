@@ -426,8 +426,6 @@ class ProfileStore:
             flat = [p for name, value in mapping.items() for p in (named(name, name), value)]
             ops.append((key, _script(self._segment, [key], flat)))
         ops.extend(self._risk_ops(risk_due or {}, keep_earlier=False))
-        if not ops:
-            return set()
         replies = checked(await self._pipelined(ops))
         return {cid for cid, reply in zip(writes, replies, strict=False) if int(reply) == 1}
 
