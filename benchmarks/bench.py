@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from patronage.models.batch import Record, prepare_batch
-from patronage.models.layout import FIELDS, SCORED_FIELDS, under_stored_names
+from patronage.models.layout import (
+    FIELDS,
+    SCORED_FIELDS,
+    Trail,
+    encode_trail,
+    under_stored_names,
+)
 from patronage.models.predict import BGNBD, FittedParameters, GammaGamma
 from patronage.models.risk import judge_risk
 from patronage.models.simulate import IDENTITY_TYPES, generate, simulated_stream
@@ -446,8 +452,8 @@ async def sweep_cost(scheduled: int, due: int, repeats: int = 5) -> dict[str, fl
                     }
                     keys = store.keys(f"d{i}")
                     pipe.hset(keys.profile, mapping=under_stored_names(fields))
-                    pipe.delete(keys.edges)
-                    pipe.hset(keys.edges, str(last_day), f"{last_seen}:{last_seen}")
+                    trail = Trail(b"", {}, [], {last_day: (last_seen, last_seen)}, [])
+                    pipe.set(keys.trail, encode_trail(trail))
                     pipe.zadd(key, {f"d{i}": now_ms - 1000})
                 await pipe.execute()
             started = time.perf_counter()

@@ -6,20 +6,21 @@ A design probe for a next stored layout (issue #14: Redis <= 10 us per
 event, <= 1 KiB per profile), not a change to it. Applies a simulated
 population through the real apply script, then builds beside each customer
 one string holding everything of theirs that the apply script reads: the
-profile fields as numbers (a cmsgpack map), then the visit days, dedupe
-window, sessions, natural keys and unjudged days (a second map). Printed:
+profile fields as numbers (a cmsgpack map, its length first), then the
+trail as layout 3 stores it. Printed:
 
 * MEMORY USAGE per customer of today's keys and of the packed value;
 * Redis microseconds per call (INFO commandstats) of the fixed part of an
   apply on each layout, in alternating rounds: read everything, update the
   fifteen fields a typical order or click touches, write back, reply with
-  the profile fields. Today: HGETALL into a table, numbers parsed and
-  formatted, HSET, GET/SET of the dedupe window, SETBIT, ZADD/ZCARD of the
-  sessions, HGETALL/HSET/HDEL of the unjudged days, a cjson reply. Packed:
+  the profile fields. Today (layout 3): HGETALL into a table, numbers
+  parsed and formatted, HSET, GET/SET of the trail, a cjson reply. Packed:
   GET, cmsgpack.unpack, the same updates, cmsgpack.pack, SET.
 
-Neither skeleton does the per-event work (dedupe scans, lapse judging),
-which is the same on both layouts. The keys it wrote are deleted.
+Neither skeleton does the per-event work (dedupe scans, lapse judging,
+decoding the trail), which is the same on both layouts. The keys it wrote
+are deleted. (Until layout 3, "today" was layout 2's eight keys:
+docs/benchmarks.md keeps those figures.)
 """
 
 from __future__ import annotations
@@ -55,45 +56,35 @@ for _, f in ipairs({TOUCHED}) do
   args[#args + 1] = h[f]
 end
 redis.call('HSET', KEYS[1], unpack(args))
-redis.call('SET', KEYS[2], redis.call('GET', KEYS[2]) or '')
-redis.call('SETBIT', KEYS[3], 5, 1)
-redis.call('ZADD', KEYS[4], 'LT', 1, 'abcd')
-redis.call('ZCARD', KEYS[4])
-redis.call('HGETALL', KEYS[5])
-redis.call('HSET', KEYS[5], '20000', '1:2')
-redis.call('HDEL', KEYS[5], '20000')
+redis.call('SET', KEYS[2], redis.call('GET', KEYS[2]) or '', 'KEEPTTL')
 return {{1, 0, 0, {{}}, cjson.encode(h), ''}}
 """
 
 PACKED = f"""
 local blob = redis.call('GET', KEYS[1])
-local h, aux = {{}}, {{}}
-if blob then h, aux = cmsgpack.unpack(blob) end
+local h, trail = {{}}, ''
+if blob then
+  local n = struct.unpack('>I4', blob)
+  h, trail = cmsgpack.unpack(string.sub(blob, 5, 4 + n)), string.sub(blob, 5 + n)
+end
 for _, f in ipairs({TOUCHED}) do h[f] = (h[f] or 0) + 1.5 end
 local fields = cmsgpack.pack(h)
-redis.call('SET', KEYS[1], fields .. cmsgpack.pack(aux))
+redis.call('SET', KEYS[1], struct.pack('>I4', #fields) .. fields .. trail, 'KEEPTTL')
 return {{1, 0, 0, {{}}, fields, ''}}
 """
 
 # Today's keys of one customer -> the packed value (KEYS[7]).
 PACK = """
-local h, aux = {}, {}
+local h = {}
 local raw = redis.call('HGETALL', KEYS[1])
 for i = 1, #raw, 2 do
   local n = tonumber(raw[i + 1])
   if n == nil or string.sub(raw[i], 1, 2) == 'a:' then n = raw[i + 1] end
   h[raw[i]] = n
 end
-aux.e = redis.call('GET', KEYS[2]) or ''
-aux.d = redis.call('GET', KEYS[3]) or ''
-local s, sessions = redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES'), {}
-for i = 1, #s, 2 do sessions[#sessions + 1] = s[i] .. struct.pack('>d', tonumber(s[i + 1])) end
-aux.s = table.concat(sessions)
-local v, days = redis.call('HGETALL', KEYS[5]), {}
-for i = 1, #v, 2 do days[v[i]] = v[i + 1] end
-aux.v = days
-aux.k = redis.call('GET', KEYS[6]) or ''
-redis.call('SET', KEYS[7], cmsgpack.pack(h) .. cmsgpack.pack(aux))
+local fields = cmsgpack.pack(h)
+local trail = redis.call('GET', KEYS[2]) or ''
+redis.call('SET', KEYS[3], struct.pack('>I4', #fields) .. fields .. trail)
 return 1
 """
 
@@ -120,9 +111,7 @@ async def run(customers: int, days: int, rounds: int) -> None:
         for c in ids:
             k = store.keys(c)
             packed_key = k.profile + "B"
-            await pack(
-                keys=[k.profile, k.event_ids, k.days, k.sessions, k.edges, k.order_keys, packed_key]
-            )
+            await pack(keys=[k.profile, k.trail, packed_key])
             for key in k:
                 today_bytes += int(await client.memory_usage(key) or 0)
             packed_bytes += int(await client.memory_usage(packed_key) or 0)
@@ -139,7 +128,7 @@ async def run(customers: int, days: int, rounds: int) -> None:
         layouts = {
             "today": (
                 client.register_script(TODAY),
-                lambda k: [k.profile, k.event_ids, k.days, k.sessions, k.edges],
+                lambda k: [k.profile, k.trail],
             ),
             "packed": (client.register_script(PACKED), lambda k: [k.profile + "B"]),
         }

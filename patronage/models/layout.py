@@ -9,8 +9,9 @@ position this module does not define (or misses one it does).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 _V = TypeVar("_V")
 
@@ -18,26 +19,30 @@ _V = TypeVar("_V")
 # All share the hash tag {customer_id}, so a script never crosses slots.
 CUSTOMER_KEYS: dict[str, str] = {
     "profile": "p",  # hash: the fields below
-    "days": "d",  # string: visit-day bitmap, bit 0 = day `day0`
-    "sessions": "s",  # zset: session token -> first ts (newest `session_window`)
-    "event_ids": "e",  # string: 12-byte records (8-byte token, 4-byte event hour)
+    # string: what the apply script reads and rewrites besides the hash, as
+    # one value (TRAIL_HEADER): visit days, sessions, dedupe window,
+    # unjudged days, natural keys
+    "trail": "t",
     "outbox": "x",  # list: lapse findings not yet acknowledged by Kafka
-    "order_keys": "k",  # string: 8-byte natural-key tokens, kept for life
-    "edges": "v",  # hash: visit day not yet judged -> "first ms:last ms"
     # string: orders not yet judged for at-risk, "<ms>,<value>;" each; gone
     # once judged (normally right after the next sweep)
     "risk_orders": "r",
+}
+# Layout 2 kept the trail's parts under keys of their own; only `patronage
+# store migrate` still names them.
+LAYOUT_2_TRAIL_KEYS: dict[str, str] = {
+    "days": "d",  # string: visit-day bitmap
+    "sessions": "s",  # zset: session token -> first ts
+    "event_ids": "e",  # string: 12-byte dedupe records
+    "order_keys": "k",  # string: 8-byte natural-key tokens
+    "edges": "v",  # hash: visit day not yet judged -> "first ms:last ms"
 }
 
 
 class CustomerKeys(NamedTuple):
     profile: str
-    days: str
-    sessions: str
-    event_ids: str
+    trail: str
     outbox: str
-    order_keys: str
-    edges: str
     risk_orders: str
 
 
@@ -50,9 +55,15 @@ def customer_keys(prefix: str, customer_id: str) -> CustomerKeys:
     return CustomerKeys(*(base + suffix for suffix in CUSTOMER_KEYS.values()))
 
 
+def layout_2_trail_keys(prefix: str, customer_id: str) -> list[str]:
+    """The keys layout 2 kept the trail's parts in (LAYOUT_2_TRAIL_KEYS order)."""
+    base = _customer_base(prefix, customer_id)
+    return [base + suffix for suffix in LAYOUT_2_TRAIL_KEYS.values()]
+
+
 def profile_key(prefix: str, customer_id: str) -> str:
-    """customer_keys(...).profile, without building the other seven (reads
-    and scoring writes name only this one, for every customer of a pass)."""
+    """customer_keys(...).profile, without building the others (reads and
+    scoring writes name only this one, for every customer of a pass)."""
     return _customer_base(prefix, customer_id) + CUSTOMER_KEYS["profile"]
 
 
@@ -225,9 +236,68 @@ STORED_NAMES: dict[str, str] = {
     "tier_version": "tv",
 }
 FIELD_OF_STORED: dict[str, str] = {short: name for name, short in STORED_NAMES.items()}
-# Version of the stored layout, kept under layout_key(prefix): 2 = the
-# short names above (1, unmarked, spelled the fields out).
-LAYOUT_VERSION = 2
+# Version of the stored layout, kept under layout_key(prefix): 3 = the
+# trail (one value for five keys), 2 = the short names above (1, unmarked,
+# spelled the fields out).
+LAYOUT_VERSION = 3
+
+# The trail value: four big-endian lengths (visit-day bitmap, sessions, dedupe
+# window, unjudged days), those four parts, then the natural keys to the end.
+TRAIL_HEADER = ">IIII"
+# bitmap: bit 0 (the MSB of the first byte) is day `day0`
+SESSION_RECORD = ">4sd"  # session token, first ms
+EVENT_RECORD = ">8sI"  # event token, event hour
+EDGE_RECORD = ">idd"  # visit day not yet judged, its first ms, its last ms
+ORDER_KEY_BYTES = 8
+
+
+class Trail(NamedTuple):
+    bitmap: bytes
+    sessions: dict[str, int]  # token (hex) -> first ms
+    event_ids: list[tuple[str, int]]  # token (hex), event hour; arrival order
+    edges: dict[int, tuple[int, int]]  # day -> (first ms, last ms)
+    order_keys: list[str]  # natural-key tokens (hex), arrival order
+
+
+def _records(raw: bytes, fmt: str) -> list[tuple[Any, ...]]:
+    return list(struct.iter_unpack(fmt, raw)) if raw else []
+
+
+def decode_trail(raw: bytes | None) -> Trail:
+    if not raw:
+        return Trail(b"", {}, [], {}, [])
+    head = struct.calcsize(TRAIL_HEADER)
+    lengths = struct.unpack_from(TRAIL_HEADER, raw)
+    parts, at = [], head
+    for length in lengths:
+        parts.append(raw[at : at + length])
+        at += length
+    bitmap, sessions, events, edges = parts
+    orders = raw[at:]
+    return Trail(
+        bitmap,
+        {t.hex(): int(ms) for t, ms in _records(sessions, SESSION_RECORD)},
+        [(t.hex(), hour) for t, hour in _records(events, EVENT_RECORD)],
+        {day: (int(lo), int(hi)) for day, lo, hi in _records(edges, EDGE_RECORD)},
+        [orders[i : i + ORDER_KEY_BYTES].hex() for i in range(0, len(orders), ORDER_KEY_BYTES)],
+    )
+
+
+def encode_trail(trail: Trail) -> bytes:
+    """The value the apply script would store (sessions and event ids in the
+    given order, unjudged days by day)."""
+    sessions = b"".join(
+        struct.pack(SESSION_RECORD, bytes.fromhex(t), ms) for t, ms in trail.sessions.items()
+    )
+    events = b"".join(
+        struct.pack(EVENT_RECORD, bytes.fromhex(t), hour) for t, hour in trail.event_ids
+    )
+    edges = b"".join(
+        struct.pack(EDGE_RECORD, day, *trail.edges[day]) for day in sorted(trail.edges)
+    )
+    orders = b"".join(bytes.fromhex(k) for k in trail.order_keys)
+    header = struct.pack(TRAIL_HEADER, len(trail.bitmap), len(sessions), len(events), len(edges))
+    return header + trail.bitmap + sessions + events + edges + orders
 
 
 def stored_name(field: str) -> str:

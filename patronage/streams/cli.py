@@ -418,13 +418,16 @@ def store_migrate() -> None:
     """Move stored profiles to this version's layout (stop every worker first)."""
     s = settings()
 
-    async def migrate(s: Settings) -> tuple[int, int]:
+    async def migrate(s: Settings) -> tuple[int, int, int]:
         async with profile_store(s) as store:
-            moved: tuple[int, int] = await store.migrate_layout()
+            moved: tuple[int, int, int] = await store.migrate_layout()
             return moved
 
-    profiles, renamed = asyncio.run(migrate(s))
-    click.echo(f"{profiles} profiles under {s.key_prefix!r} read, {renamed} fields renamed")
+    profiles, renamed, merged = asyncio.run(migrate(s))
+    click.echo(
+        f"{profiles} profiles under {s.key_prefix!r} read, {renamed} fields renamed, "
+        f"{merged} trails merged"
+    )
 
 
 if __name__ == "__main__":

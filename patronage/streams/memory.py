@@ -121,16 +121,9 @@ class MemoryProfileStore:
         self.members.get(partition, set()).discard(customer_id)
         if state is None:
             return 0, None
-        held = (
-            state.fields,
-            state.days,
-            state.sessions,
-            state.eids,
-            state.outbox,
-            state.order_keys,
-            state.edges,
-            state.risk_orders,
-        )
+        # As the Redis store counts keys (layout.CUSTOMER_KEYS): the trail is one.
+        trail = state.days or state.sessions or state.eids or state.order_keys or state.edges
+        held = (state.fields, trail, state.outbox, state.risk_orders)
         segment = state.fields.get("segment")
         return sum(1 for part in held if part), None if segment is None else int(segment)
 

@@ -30,9 +30,11 @@ from patronage.models.layout import (
     CustomerKeys,
     clock_key,
     customer_keys,
+    decode_trail,
     due_key,
     identity_generation_key,
     identity_links_key,
+    layout_2_trail_keys,
     layout_key,
     lua_stored_names,
     members_key,
@@ -154,24 +156,30 @@ class ProfileStore:
             f"reads layout {LAYOUT_VERSION}. {fix}"
         )
 
-    async def migrate_layout(self, chunk: int = 500) -> tuple[int, int]:
-        """Move every stored profile to this layout (each hash in one atomic
-        script; safe to run again), then mark the prefix. Workers must be
-        stopped: one of an earlier version would keep writing long names.
-        Returns (profiles seen, fields renamed)."""
+    async def migrate_layout(self, chunk: int = 500) -> tuple[int, int, int]:
+        """Move every stored profile to this layout (each customer in one
+        atomic script; safe to run again), then mark the prefix. Workers must
+        be stopped: one of an earlier version would keep writing the old one.
+        Returns (profiles seen, fields renamed, trails merged)."""
         found = await self._stored_layout()
         if found is not None and found > LAYOUT_VERSION:
             raise self._layout_error(found)
         self._layout_checked = True  # this store is what makes it current
         await self.ensure_scripts(force=True)
-        profiles = renamed = 0
+        profiles = renamed = merged = 0
         async for batch in _pages(self.customer_ids(), chunk):
-            keys = [self.profile_key(customer_id) for customer_id in batch]
-            ops = [(k, _script(self._migrate, [k], [])) for k in keys]
-            renamed += sum(int(reply) for reply in checked(await self._pipelined(ops)))
+            ops = []
+            for customer_id in batch:
+                keys = self.keys(customer_id)
+                old = layout_2_trail_keys(self.prefix, customer_id)
+                script = _script(self._migrate, [keys.profile, keys.trail, *old], [])
+                ops.append((keys.profile, script))
+            for fields, trails in checked(await self._pipelined(ops)):
+                renamed += int(fields)
+                merged += int(trails)
             profiles += len(batch)
         await self.client.set(layout_key(self.prefix), LAYOUT_VERSION)
-        return profiles, renamed
+        return profiles, renamed, merged
 
     async def _pipelined(self, ops: Sequence[tuple[str, Command]]) -> list[Any]:
         """Run ops (routing key, raw command) in one round trip; on a cluster,
@@ -600,16 +608,12 @@ class ProfileStore:
             keys = self.keys(customer_id)
             ops += [
                 (keys.profile, ("HGETALL", keys.profile)),
-                (keys.days, ("GET", keys.days)),
-                (keys.sessions, ("ZRANGE", keys.sessions, 0, -1, "WITHSCORES")),
-                (keys.event_ids, ("GET", keys.event_ids)),
-                (keys.order_keys, ("GET", keys.order_keys)),
+                (keys.trail, ("GET", keys.trail)),
                 (keys.outbox, ("LRANGE", keys.outbox, 0, -1)),
-                (keys.edges, ("HGETALL", keys.edges)),
                 (keys.risk_orders, ("GET", keys.risk_orders)),
             ]
         replies = checked(await self._pipelined(ops))
-        return [_decoded_state(replies[i : i + 8]) for i in range(0, len(replies), 8)]
+        return [_decoded_state(replies[i : i + 4]) for i in range(0, len(replies), 4)]
 
     # -- identity stitching (models/identity.py, streams/identities.py) --
 
@@ -740,27 +744,20 @@ def _zadd(key: str, scores: Mapping[str, float], lt: bool = False) -> Command:
 
 
 def _decoded_state(replies: list[Any]) -> dict[str, Any]:
-    fields, bitmap, sessions, eids, orders, outbox, edges, risk = replies
+    fields, raw_trail, outbox, risk = replies
     profile = _profile_fields(fields)
+    trail = decode_trail(raw_trail)
     day0 = int(float(profile.get("day0", 0)))
-    bits = int.from_bytes(bitmap or b"", "big")
-    width = len(bitmap or b"") * 8
-    days = [day0 + pos for pos in range(width) if bits >> (width - 1 - pos) & 1]
-    eids = eids or b""
+    bits = int.from_bytes(trail.bitmap, "big")
+    width = len(trail.bitmap) * 8
     return {
         "profile": profile,
-        "days": days,
-        "sessions": {member.hex(): int(score) for member, score in sessions},
-        "event_ids": [
-            [eids[i : i + 8].hex(), int.from_bytes(eids[i + 8 : i + 12], "big")]
-            for i in range(0, len(eids), 12)
-        ],
-        "order_keys": [(orders or b"")[i : i + 8].hex() for i in range(0, len(orders or b""), 8)],
+        "days": [day0 + pos for pos in range(width) if bits >> (width - 1 - pos) & 1],
+        "sessions": trail.sessions,
+        "event_ids": [[token, hour] for token, hour in trail.event_ids],
+        "order_keys": trail.order_keys,
         "outbox": [json.loads(raw) for raw in outbox],
-        "edges": {
-            int(day): [int(float(part)) for part in edge.decode().split(":")]
-            for day, edge in sorted(edges.items(), key=lambda kv: int(kv[0]))
-        },
+        "edges": {day: list(trail.edges[day]) for day in sorted(trail.edges)},
         "risk_orders": (risk or b"").decode(),
     }
 

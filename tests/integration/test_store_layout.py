@@ -1,6 +1,7 @@
 """The stored layout on a real Redis: profile fields under their short names
-(models/layout.py STORED_NAMES), and the move from layout 1, which spelled
-the names out.
+(models/layout.py STORED_NAMES), the trail (one value for what layout 2 kept
+under five keys), and the moves from layout 1, which spelled the names out,
+and from layout 2.
 
 Why a real server: the names live in the Lua scripts as Redis runs them
 (apply, risk and erase loaded with the stored names substituted, migrate
@@ -13,13 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import struct
 import time
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from patronage.models.batch import Record, prepare_batch
-from patronage.models.layout import FIELDS, LAYOUT_VERSION, field_name, layout_key
+from patronage.models.layout import (
+    FIELDS,
+    LAYOUT_VERSION,
+    decode_trail,
+    field_name,
+    layout_2_trail_keys,
+    layout_key,
+)
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.cli import main
@@ -29,14 +39,24 @@ from tests.integration.harness import Worker, cli_lag, settings_with_topics, wai
 from tests.integration.test_end_to_end import as_messages, publish_with_metadata
 
 
-async def _fill(store: ProfileStore, settings: Settings, customers: int, seed: int) -> list[str]:
+async def _fill(
+    store: ProfileStore,
+    settings: Settings,
+    customers: int,
+    seed: int,
+    now_ms: int | None = None,
+    first_offset: int = 0,
+) -> list[str]:
     """Apply a simulated shop's 60 days (clicks, orders, receipts, attributes)
     through the real script, and one scoring and one at-risk write each."""
-    now_ms = int(time.time() * 1000)
+    now_ms = now_ms or int(time.time() * 1000)
     stream, _ = generate(customers, 60, seed=seed, start_ms=now_ms - 60 * DAY_MS)
     records = [
-        Record(settings.topic_for_kind[e["type"]], 0, n, None, json.dumps(e).encode())
+        Record(
+            settings.topic_for_kind[e["type"]], 0, first_offset + n, None, json.dumps(e).encode()
+        )
         for n, e in enumerate(stream)
+        if not first_offset or e["type"] in ("purchase", "store_receipt")
     ]
     batch = prepare_batch(records, settings.input_topics, settings.rules, now_ms, settings.zone)
     grouped = batch.by_customer
@@ -54,6 +74,38 @@ async def _raw_profiles(store: ProfileStore, ids: list[str]) -> dict[str, dict[s
         raw = await store.client.hgetall(store.keys(customer).profile)
         out[customer] = {k.decode(): v for k, v in raw.items()}
     return out
+
+
+async def _split_trails(store: ProfileStore, ids: list[str]) -> None:
+    """As layout 2 stored them: the trail's parts under keys of their own
+    (with the profile's expiry, as every apply set it on each)."""
+    client = store.client
+    for customer in ids:
+        keys = store.keys(customer)
+        trail = decode_trail(await client.get(keys.trail))
+        ttl = await client.pttl(keys.profile)
+        days, sessions, eids, orders, edges = layout_2_trail_keys(store.prefix, customer)
+        if trail.bitmap:
+            await client.set(days, trail.bitmap)
+        if trail.sessions:
+            await client.zadd(sessions, {bytes.fromhex(t): ms for t, ms in trail.sessions.items()})
+        if trail.event_ids:
+            records = (bytes.fromhex(t) + struct.pack(">I", hour) for t, hour in trail.event_ids)
+            await client.set(eids, b"".join(records))
+        if trail.order_keys:
+            await client.set(orders, b"".join(bytes.fromhex(k) for k in trail.order_keys))
+        if trail.edges:
+            await client.hset(
+                edges, mapping={str(day): f"{lo}:{hi}" for day, (lo, hi) in trail.edges.items()}
+            )
+        await client.delete(keys.trail)
+        if ttl > 0:
+            for key in (days, sessions, eids, orders, edges):
+                await client.pexpire(key, ttl)
+
+
+async def _states(store: ProfileStore, ids: list[str]) -> dict[str, dict[str, Any]]:
+    return {customer: await store.stored_state(customer) for customer in ids}
 
 
 def test_profiles_are_stored_under_short_names_and_read_under_full_ones(
@@ -104,12 +156,13 @@ def test_a_layout_1_prefix_stops_the_worker_until_migrated(backend_env: dict[str
     settings = settings_with_topics(backend_env)
     cli = CliRunner()
 
-    async def make_layout_1() -> tuple[list[str], dict[str, dict[str, float | str]]]:
+    async def make_layout_1() -> tuple[list[str], dict[str, dict[str, Any]]]:
         client = redis_for(settings)
         store = ProfileStore(client, settings.key_prefix, settings.profile_config)
         try:
             ids = await _fill(store, settings, 25, seed=5)
-            before = await store.fields_of(ids)
+            before = await _states(store, ids)
+            await _split_trails(store, ids)
             # As layout 1 stored them: the same fields spelled out, the
             # worker's sources recorded, no layout mark.
             for customer, fields in (await _raw_profiles(store, ids)).items():
@@ -123,13 +176,13 @@ def test_a_layout_1_prefix_stops_the_worker_until_migrated(backend_env: dict[str
         finally:
             await client.aclose()
 
-    async def stored_after(ids: list[str]) -> tuple[dict[str, dict[str, float | str]], bytes]:
+    async def stored_after(ids: list[str]) -> tuple[dict[str, dict[str, Any]], bytes]:
         client = redis_for(settings)
         store = ProfileStore(client, settings.key_prefix, settings.profile_config)
         try:
             raw = await _raw_profiles(store, ids)
             assert not any(set(fields) & FIELDS for fields in raw.values())
-            return await store.fields_of(ids), await client.get(layout_key(settings.key_prefix))
+            return await _states(store, ids), await client.get(layout_key(settings.key_prefix))
         finally:
             await client.aclose()
 
@@ -173,12 +226,14 @@ def test_a_layout_1_prefix_stops_the_worker_until_migrated(backend_env: dict[str
     moved = cli.invoke(main, ["store", "migrate"], env=backend_env)
     assert moved.exit_code == 0, moved.output
     assert moved.output.startswith("25 profiles"), moved.output
+    assert "25 trails merged" in moved.output, moved.output
     after, mark = asyncio.run(stored_after(ids))
     assert after == before
     assert mark == str(LAYOUT_VERSION).encode()
 
     again = cli.invoke(main, ["store", "migrate"], env=backend_env)
-    assert again.exit_code == 0 and "0 fields renamed" in again.output, again.output
+    assert again.exit_code == 0, again.output
+    assert "0 fields renamed, 0 trails merged" in again.output, again.output
     asyncio.run(accepted())  # marked now: a worker may start
 
 
@@ -190,14 +245,62 @@ def test_a_prefix_marked_by_a_newer_layout_is_refused(isolated_env: dict[str, st
         store = ProfileStore(client, settings.key_prefix, settings.profile_config)
         try:
             await store.check_layout()  # a new prefix is marked as this layout
-            assert await client.get(layout_key(settings.key_prefix)) == b"2"
+            assert await client.get(layout_key(settings.key_prefix)) == b"3"
             await client.set(layout_key(settings.key_prefix), LAYOUT_VERSION + 1)
-            with pytest.raises(StoredLayoutError, match="layout 3"):
+            with pytest.raises(StoredLayoutError, match="layout 4"):
                 await ProfileStore(
                     client, settings.key_prefix, settings.profile_config
                 ).check_layout()
             with pytest.raises(StoredLayoutError, match="newer"):
                 await store.migrate_layout()
+        finally:
+            await store.delete_prefix()
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_layout_2_prefix_is_refused_then_merged_into_trails(isolated_env: dict[str, str]) -> None:
+    """Layout 2 kept visit days, sessions, dedupe records, natural keys and
+    unjudged days under five keys per customer: a store of this version
+    refuses the prefix until `migrate_layout` merges each customer's five
+    into one trail (their expiry kept), after which everything reads the
+    same and a redelivered backlog is still recognised as already applied
+    (the dedupe records moved, not only the profile)."""
+    settings = settings_with(isolated_env)
+    month = 30 * DAY_MS
+
+    async def run() -> None:
+        client = make_redis(settings.redis_url)
+        store = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
+        try:
+            now_ms = int(time.time() * 1000)
+            ids = await _fill(store, settings, 20, seed=11, now_ms=now_ms)
+            before = await _states(store, ids)
+            await _split_trails(store, ids)
+            await client.set(layout_key(settings.key_prefix), 2)
+            with pytest.raises(StoredLayoutError, match=r"layout 2\b.*patronage store migrate"):
+                await ProfileStore(
+                    client, settings.key_prefix, settings.profile_config, month
+                ).apply_batch({})
+            moved = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
+            assert await moved.migrate_layout() == (20, 0, 20)
+            assert await moved.migrate_layout() == (20, 0, 0)
+            assert await _states(moved, ids) == before
+            left = [k async for k in client.scan_iter(match=f"{settings.key_prefix}:{{*}}:[dsekv]")]
+            assert left == []
+            ttls = [await client.pttl(moved.keys(c).trail) for c in ids]
+            assert all(0 < ttl <= month for ttl in ttls), ttls
+            # The orders and receipts again, at new offsets (a producer's
+            # retry): known by their natural keys, so no figure moves.
+            await _fill(moved, settings, 20, seed=11, now_ms=now_ms, first_offset=10**6)
+            again = await _states(moved, ids)
+            figures = ("orders", "spend_total", "events_applied")
+            for customer in ids:
+                fields, expected = again[customer]["profile"], before[customer]["profile"]
+                for figure in figures:
+                    assert fields.get(figure) == expected.get(figure), (customer, figure)
+            assert sum(float(before[c]["profile"].get("orders", 0)) for c in ids) > 20
         finally:
             await store.delete_prefix()
             await client.aclose()

@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import struct
 import uuid
 
 import pytest
 import redis.asyncio as aioredis
 
 from patronage.models.lapse import Finding, LapseRules, finding_from_json
-from patronage.models.layout import field_name
+from patronage.models.layout import Trail, decode_trail, field_name
 from patronage.models.profile import (
     DAY_MS,
     Delta,
@@ -119,9 +118,7 @@ async def _roundtrip(
     batches: list[tuple[list[Delta], float]],
     customer: str,
     cluster: bool = False,
-) -> tuple[
-    dict[str, object], list[Finding], bytes, bytes, dict[int, tuple[int, int]], dict[str, str]
-]:
+) -> tuple[dict[str, object], list[Finding], Trail, dict[str, str]]:
     """Apply (batch, event clock) pairs; the view, the pending findings and the
     raw dedupe and lapse state."""
     client = make_redis(redis_url, cluster=cluster)
@@ -136,16 +133,11 @@ async def _roundtrip(
         view = await store.profile(customer)
         assert view is not None
         keys = store.keys(customer)
-        eids = await client.get(keys[3]) or b""
-        orders = await client.get(keys[5]) or b""
-        edges = {
-            int(day): tuple(int(float(x)) for x in edge.decode().split(":"))
-            for day, edge in (await client.hgetall(keys[6])).items()
-        }
-        stored = (await client.hgetall(keys[0])).items()
+        trail = decode_trail(await client.get(keys.trail))
+        stored = (await client.hgetall(keys.profile)).items()
         fields = {field_name(k.decode()): v.decode() for k, v in stored}
         findings = [finding_from_json(item) for item in outbox]
-        return view, findings, eids, orders, edges, fields  # type: ignore[return-value]
+        return view, findings, trail, fields  # type: ignore[return-value]
     finally:
         await store.delete_prefix()
         await client.aclose()
@@ -177,21 +169,22 @@ def check_against_reference(url: str, seed: int, cluster: bool = False) -> None:
     # events still to come: late ones), judged after every batch.
     clocks = sorted(T0 + rng.randrange(0, 450 * DAY_MS) for _ in range(len(batches) + 1))
     schedule = [*zip(batches, clocks, strict=False), (redelivered, clocks[-1])]
-    actual, outbox, eids, orders, edges, raw = asyncio.run(_roundtrip(url, schedule, "c1", cluster))
+    actual, outbox, trail, raw = asyncio.run(_roundtrip(url, schedule, "c1", cluster))
     reference = ProfileState()
     for batch, clock in schedule:
         for d in batch:
             reference, _ = apply(reference, d, CFG)
         judge_lapses(reference, clock, CFG)
     assert_views_close(actual, profile_view("c1", reference.fields))
-    assert edges == reference.edges
+    assert trail.edges == reference.edges
+    assert trail.sessions == reference.sessions
     for name in ("judged_day", "lapse_day"):
         want = reference.fields.get(name)
         assert (raw.get(name) is None) == (want is None), name
         assert want is None or float(raw[name]) == want, name
-    # The dedupe state itself, byte for byte: not only what it lets through.
-    assert eids == b"".join(bytes.fromhex(t) + struct.pack(">I", h) for t, h in reference.eids)
-    assert orders == b"".join(bytes.fromhex(k) for k in reference.order_keys)
+    # The dedupe state itself, record for record: not only what it lets through.
+    assert trail.event_ids == [(t, h) for t, h in reference.eids]
+    assert trail.order_keys == reference.order_keys
     assert len(outbox) == len(reference.outbox)
     for got, want in zip(outbox, reference.outbox, strict=True):
         assert (got.kind, got.episode, got.ts, got.segment) == (

@@ -142,7 +142,7 @@ def test_stored_names_are_short_distinct_and_pinned() -> None:
     # Stored names are a wire format: changing one takes a new LAYOUT_VERSION
     # and a step in `patronage store migrate`, then a new digest here.
     digest = hashlib.sha256(repr(sorted(layout.STORED_NAMES.items())).encode()).hexdigest()
-    assert (layout.LAYOUT_VERSION, digest[:16]) == (2, "34e8ffc602ebf2f3")
+    assert (layout.LAYOUT_VERSION, digest[:16]) == (3, "34e8ffc602ebf2f3")
 
 
 def test_per_origin_fields_are_registry_fields() -> None:
@@ -172,3 +172,39 @@ def test_scripts_run_with_stored_names_only(name: str) -> None:
         assert set(re.findall(r"'([a-z0-9_]+)'", source)) & layout.FIELDS
     if name == "apply":
         assert "ORDERS_AT = {online = 'oo', store = 'os'}" in loaded
+
+
+def test_trail_codec_round_trips_and_is_pinned() -> None:
+    """The trail is a wire format (stored values outlive versions): the
+    codec reads back what it writes, and a fixed trail has fixed bytes."""
+    trail = layout.Trail(
+        bitmap=b"\x80\x01",
+        sessions={"0000000a": 1_767_225_600_000, "ffffffff": 1_767_225_600_500},
+        event_ids=[("0102030405060708", 490_896), ("1112131415161718", 490_897)],
+        edges={20_454: (1_767_225_600_000, 1_767_229_200_000), 20_455: (1, 2)},
+        order_keys=["a1a2a3a4a5a6a7a8"],
+    )
+    raw = layout.encode_trail(trail)
+    assert layout.decode_trail(raw) == trail
+    assert (
+        layout.decode_trail(None) == layout.decode_trail(b"") == layout.Trail(b"", {}, [], {}, [])
+    )
+    assert len(raw) == 16 + 2 + 2 * 12 + 2 * 12 + 2 * 20 + 8
+    assert hashlib.sha256(raw).hexdigest()[:16] == "333c5d16fd445a62"
+
+
+def test_script_packs_the_trail_as_the_registry_says() -> None:
+    """The script's struct formats are the registry's (Lua's struct spells a
+    4-byte int I4 where Python's says I)."""
+    lua = {
+        "header": "'>I4I4I4I4'",
+        "session": "'>d'",
+        "edge": "'>i4dd'",
+        "event hour": "'>I4'",
+    }
+    for what, spelled in lua.items():
+        assert spelled in CODE, what
+    assert layout.TRAIL_HEADER == ">IIII"
+    assert layout.EDGE_RECORD == ">idd" and layout.SESSION_RECORD == ">4sd"
+    assert layout.EVENT_RECORD == ">8sI" and layout.ORDER_KEY_BYTES == 8
+    assert "EDGE = 20" in CODE and "SREC = 12" in CODE and "EREC = 12" in CODE

@@ -12,13 +12,9 @@
 --          profile (JSON object, field -> text), when to judge again ('' = nothing pending)}
 
 local P = KEYS[1]  -- profile
-local DAYS = KEYS[2]  -- days
-local SESS = KEYS[3]  -- sessions
-local EIDS = KEYS[4]  -- event_ids
-local OUT = KEYS[5]  -- outbox
-local ORDERS = KEYS[6]  -- order_keys
-local EDGES = KEYS[7]  -- edges
-local RISK = KEYS[8]  -- risk_orders
+local T = KEYS[2]  -- trail
+local OUT = KEYS[3]  -- outbox
+local RISK = KEYS[4]  -- risk_orders
 local half_life = tonumber(ARGV[1])  -- half_life_ms
 local cap = tonumber(ARGV[2])  -- map_cap
 local session_window = tonumber(ARGV[3])  -- session_window
@@ -68,14 +64,26 @@ local function num(f)
 end
 local function put(f, x) nums[f] = x; h[f] = true; changed[f] = true end
 
+-- The trail (layout.TRAIL_HEADER): the lengths of the visit-day bitmap,
+-- the sessions, the dedupe window and the unjudged days, those four, then
+-- the natural keys to the end. Read once, written once (if changed): one
+-- key instead of five saves ~4 key overheads per customer and the calls.
+local trail = redis.call('GET', T) or ''
+local bitmap, sess_raw, eids, edges_raw, order_keys = '', '', '', '', ''
+if #trail > 0 then
+  local n_days, n_sess, n_eids, n_edges, at = struct.unpack('>I4I4I4I4', trail)
+  bitmap = string.sub(trail, at, at + n_days - 1); at = at + n_days
+  sess_raw = string.sub(trail, at, at + n_sess - 1); at = at + n_sess
+  eids = string.sub(trail, at, at + n_eids - 1); at = at + n_eids
+  edges_raw = string.sub(trail, at, at + n_edges - 1); at = at + n_edges
+  order_keys = string.sub(trail, at)
+end
+local trail_changed = false
+
 -- Count once (mirrors profile.py _first_time): orders by natural key for
 -- life, other events by id within the dedupe window of event time.
 local EREC = 12
-local eids = redis.call('GET', EIDS) or ''
-local eids_changed = false
 local newest_hour = nil
-local order_keys = nil
-local orders_changed = false
 local function has_record(s, token, size)
   local from = 1
   while true do
@@ -95,11 +103,10 @@ local function load_newest()
 end
 local function first_time(d)
   if d.nk then
-    if order_keys == nil then order_keys = redis.call('GET', ORDERS) or '' end
     local token = unhex(d.nk)
     if has_record(order_keys, token, 8) then return false end
     order_keys = order_keys .. token
-    orders_changed = true
+    trail_changed = true
     return true
   end
   local token = unhex(d.eid)
@@ -108,7 +115,7 @@ local function first_time(d)
   load_newest()
   if newest_hour < 0 then newest_hour = hour end
   eids = eids .. token .. struct.pack('>I4', hour)
-  eids_changed = true
+  trail_changed = true
   if hour > newest_hour or hour < newest_hour - window_hours then
     -- keep the window of the newest event, and the last LATE_KEPT arrivals
     local horizon = math.max(newest_hour, hour) - window_hours
@@ -155,9 +162,7 @@ local function inc_capped(prefix, key, by)
 end
 
 -- Visit days live in a bitmap whose bit 0 is day `day0` (a multiple of 8, so
--- moving day0 back is a whole-byte prepend). Redis bit 0 is the MSB of byte 1.
-local bitmap = nil
-local function load_bitmap() if bitmap == nil then bitmap = redis.call('GET', DAYS) or '' end end
+-- moving day0 back is a whole-byte prepend); bit 0 is the MSB of byte 1.
 local function bit_at(pos)
   local byte = string.byte(bitmap, math.floor(pos / 8) + 1) or 0
   return math.floor(byte / 2 ^ (7 - pos % 8)) % 2
@@ -180,6 +185,18 @@ local function next_day(pos, day0)
   return nil
 end
 
+-- Sets a day's bit; false if it was set already.
+local function set_bit(pos)
+  local index = math.floor(pos / 8) + 1
+  if #bitmap < index then bitmap = bitmap .. string.rep('\0', index - #bitmap) end
+  local byte = string.byte(bitmap, index)
+  local mask = 2 ^ (7 - pos % 8)
+  if math.floor(byte / mask) % 2 == 1 then return false end
+  bitmap = string.sub(bitmap, 1, index - 1) .. string.char(byte + mask) .. string.sub(bitmap, index + 1)
+  trail_changed = true
+  return true
+end
+
 local function add_day(day)
   local day0 = h['day0'] and num('day0')
   if day0 == nil then
@@ -187,15 +204,13 @@ local function add_day(day)
     put('day0', day0)
   elseif day < day0 then
     local new0 = day - (day % 8)
-    load_bitmap()
     bitmap = string.rep('\0', (day0 - new0) / 8) .. bitmap
-    redis.call('SET', DAYS, bitmap)
+    trail_changed = true
     day0 = new0
     put('day0', day0)
   end
   local pos = day - day0
-  if redis.call('SETBIT', DAYS, pos, 1) == 1 then return end
-  bitmap = nil
+  if not set_bit(pos) then return end
   local sumsq = num('gap_sumsq')
   local visits = num('visits')
   if visits > 0 then
@@ -207,7 +222,6 @@ local function add_day(day)
       sumsq = sumsq + (first - day) ^ 2
       put('first_day', day)
     else
-      load_bitmap()
       local prev, nxt = prev_day(pos, day0), next_day(pos, day0)
       sumsq = sumsq + (day - prev) ^ 2 + (nxt - day) ^ 2 - (nxt - prev) ^ 2
     end
@@ -237,19 +251,18 @@ local function touch(d)
 end
 
 -- Lapse judging: mirrors patronage/models/lapse.py (judge) and profile.py
--- (_add_edge, judge_lapses). EDGES holds, per visit day not yet judged, its
--- first and last activity ("lo:hi"); a gap is decided only once the event
--- clock has passed it, so a slower topic cannot cause a false alert.
+-- (_add_edge, judge_lapses). The trail's unjudged days hold, per visit day
+-- not yet judged, its first and last activity; a gap is decided only once
+-- the event clock has passed it, so a slower topic cannot cause a false alert.
+local EDGE = 20  -- '>i4dd': day, first ms, last ms
 local edges = nil
-local edges_changed = {}
-local edges_removed = {}
+local edges_changed = false
 local function load_edges()
   if edges ~= nil then return end
   edges = {}
-  local raw_edges = redis.call('HGETALL', EDGES)
-  for i = 1, #raw_edges, 2 do
-    local lo, hi = string.match(raw_edges[i + 1], '^(%-?[%d.e+]+):(%-?[%d.e+]+)$')
-    edges[tonumber(raw_edges[i])] = {tonumber(lo), tonumber(hi)}
+  for i = 1, #edges_raw, EDGE do
+    local day, lo, hi = struct.unpack('>i4dd', edges_raw, i)
+    edges[day] = {lo, hi}
   end
 end
 local function add_edge(d)
@@ -261,7 +274,7 @@ local function add_edge(d)
   else
     edges[d.day] = {math.min(edge[1], d.t), math.max(edge[2], d.t)}
   end
-  edges_changed[d.day] = true
+  edges_changed = true
 end
 
 local function moment_at(hi, visits, day)
@@ -328,8 +341,7 @@ local function judge(clock)
       end
     end
     edges[day] = nil
-    edges_changed[day] = nil
-    edges_removed[#edges_removed + 1] = day
+    edges_changed = true
     decided = decided + 1
   end
   if decided > 0 then put('judged_day', days[decided + 1]) end
@@ -343,6 +355,40 @@ local function judge(clock)
     put('lapse_day', lapse_day)
   end
   return due
+end
+
+-- Sessions: the newest `session_window` by first activity, as 12-byte
+-- records (4-byte token, '>d' first ms) in the trail. Mirrors profile.py
+-- _add_session: an earlier sight lowers a session's time; past the window
+-- the oldest go (by time, then token), as a sorted set would rank them.
+local SREC = 12
+local sessions = nil  -- list of {token, first ms}
+local function add_session(token, t)
+  if sessions == nil then
+    sessions = {}
+    for i = 1, #sess_raw, SREC do
+      sessions[#sessions + 1] = {string.sub(sess_raw, i, i + 3), (struct.unpack('>d', sess_raw, i + 4))}
+    end
+  end
+  for _, s in ipairs(sessions) do
+    if s[1] == token then
+      if t < s[2] then s[2] = t; trail_changed = true end
+      return false
+    end
+  end
+  sessions[#sessions + 1] = {token, t}
+  trail_changed = true
+  if #sessions > session_window then
+    -- tokens compared as numbers: Lua's string order follows the locale
+    table.sort(sessions, function(a, b)
+      if a[2] ~= b[2] then return a[2] < b[2] end
+      return struct.unpack('>I4', a[1]) < struct.unpack('>I4', b[1])
+    end)
+    local kept = {}
+    for i = #sessions - session_window + 1, #sessions do kept[#kept + 1] = sessions[i] end
+    sessions = kept
+  end
+  return true
 end
 
 local function newer(t, value, current)
@@ -380,12 +426,7 @@ for _, d in ipairs(deltas) do
         if d.k == 'c' then
           put('clicks', num('clicks') + 1)
           if d.sid then
-            if redis.call('ZADD', SESS, 'LT', d.t, unhex(d.sid)) == 1 then
-              put('sessions', num('sessions') + 1)
-            end
-            if redis.call('ZCARD', SESS) > session_window then
-              redis.call('ZREMRANGEBYRANK', SESS, 0, -(session_window + 1))
-            end
+            if add_session(unhex(d.sid), d.t) then put('sessions', num('sessions') + 1) end
           end
           if d.mc then inc_capped('ch:', d.mc, 1) end
           if d.dv then inc_capped('dev:', d.dv, 1) end
@@ -434,17 +475,25 @@ for f, _ in pairs(changed) do
 end
 if #args > 0 then redis.call('HSET', P, unpack(args)) end
 if #removed > 0 then redis.call('HDEL', P, unpack(removed)) end
-if eids_changed then redis.call('SET', EIDS, eids) end
-if orders_changed then redis.call('SET', ORDERS, order_keys) end
-local edge_args = {}
-for day, _ in pairs(edges_changed) do
-  edge_args[#edge_args + 1] = day
-  edge_args[#edge_args + 1] = fmt(edges[day][1]) .. ':' .. fmt(edges[day][2])
+if trail_changed or edges_changed then
+  if sessions ~= nil then
+    local parts = {}
+    for i, s in ipairs(sessions) do parts[i] = s[1] .. struct.pack('>d', s[2]) end
+    sess_raw = table.concat(parts)
+  end
+  if edges_changed then
+    local days, parts = {}, {}
+    for day, _ in pairs(edges) do days[#days + 1] = day end
+    table.sort(days)
+    for i, day in ipairs(days) do parts[i] = struct.pack('>i4dd', day, edges[day][1], edges[day][2]) end
+    edges_raw = table.concat(parts)
+  end
+  -- KEEPTTL: a call that only judged (nothing applied) keeps the expiry.
+  redis.call('SET', T, struct.pack('>I4I4I4I4', #bitmap, #sess_raw, #eids, #edges_raw)
+    .. bitmap .. sess_raw .. eids .. edges_raw .. order_keys, 'KEEPTTL')
 end
-if #edge_args > 0 then redis.call('HSET', EDGES, unpack(edge_args)) end
-if #edges_removed > 0 then redis.call('HDEL', EDGES, unpack(edges_removed)) end
 if retention_ms > 0 and applied > 0 then
-  for _, key in ipairs({P, DAYS, SESS, EIDS, ORDERS, EDGES, RISK}) do
+  for _, key in ipairs({P, T, RISK}) do
     redis.call('PEXPIRE', key, retention_ms)
   end
 end

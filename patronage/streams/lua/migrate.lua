@@ -1,10 +1,14 @@
 #!lua
 -- (A shebang: Redis refuses the whole script up front when over maxmemory,
 -- instead of failing at its first write and leaving the earlier ones.)
--- Move one profile hash to the short stored names (layout 2): each field
--- layout 1 spelled out is written under its name in SHORT (prepended from
--- layout.STORED_NAMES) and the long one deleted. Running it again changes
--- nothing. KEYS[1] profile hash   Returns the number of fields renamed.
+-- Move one customer to this layout, atomically; running it again changes
+-- nothing. Layout 1 -> 2: each field spelled out is written under its name in
+-- SHORT (prepended from layout.STORED_NAMES) and the long one deleted.
+-- Layout 2 -> 3: the five keys of the trail's parts become the trail
+-- (layout.TRAIL_HEADER), keeping the profile's expiry.
+-- KEYS[1] profile hash   KEYS[2] trail   KEYS[3..7] layout 2's days,
+-- sessions, event ids, natural keys, unjudged days
+-- Returns {fields renamed, trails merged}.
 local renamed, spelled_out = {}, {}
 local raw = redis.call('HGETALL', KEYS[1])
 for i = 1, #raw, 2 do
@@ -19,4 +23,37 @@ if #spelled_out > 0 then
   redis.call('HSET', KEYS[1], unpack(renamed))
   redis.call('HDEL', KEYS[1], unpack(spelled_out))
 end
-return #spelled_out
+
+local merged = 0
+if redis.call('EXISTS', KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]) > 0 then
+  local bitmap = redis.call('GET', KEYS[3]) or ''
+  local sessions = {}
+  local z = redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES')
+  for i = 1, #z, 2 do sessions[#sessions + 1] = z[i] .. struct.pack('>d', tonumber(z[i + 1])) end
+  local eids = redis.call('GET', KEYS[5]) or ''
+  local orders = redis.call('GET', KEYS[6]) or ''
+  local v, days, edges = redis.call('HGETALL', KEYS[7]), {}, {}
+  for i = 1, #v, 2 do
+    local day = tonumber(v[i])
+    days[#days + 1] = day
+    edges[day] = v[i + 1]
+  end
+  table.sort(days)
+  local parts = {}
+  for i, day in ipairs(days) do
+    local lo, hi = string.match(edges[day], '^(%-?[%d.e+]+):(%-?[%d.e+]+)$')
+    parts[i] = struct.pack('>i4dd', day, tonumber(lo), tonumber(hi))
+  end
+  local sess, edge_raw = table.concat(sessions), table.concat(parts)
+  local trail = struct.pack('>I4I4I4I4', #bitmap, #sess, #eids, #edge_raw)
+    .. bitmap .. sess .. eids .. edge_raw .. orders
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then
+    redis.call('SET', KEYS[2], trail, 'PX', ttl)
+  else
+    redis.call('SET', KEYS[2], trail)
+  end
+  redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+  merged = 1
+end
+return {#spelled_out, merged}
