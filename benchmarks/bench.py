@@ -30,8 +30,8 @@ from patronage.models.layout import (
     FIELDS,
     SCORED_FIELDS,
     Trail,
+    encode_profile,
     encode_trail,
-    under_stored_names,
 )
 from patronage.models.predict import BGNBD, FittedParameters, GammaGamma
 from patronage.models.risk import judge_risk
@@ -451,7 +451,7 @@ async def sweep_cost(scheduled: int, due: int, repeats: int = 5) -> dict[str, fl
                         "spend_total": 500,
                     }
                     keys = store.keys(f"d{i}")
-                    pipe.hset(keys.profile, mapping=under_stored_names(fields))
+                    pipe.set(keys.profile, encode_profile(fields))
                     trail = Trail(b"", {}, [], {last_day: (last_seen, last_seen)}, [])
                     pipe.set(keys.trail, encode_trail(trail))
                     pipe.zadd(key, {f"d{i}": now_ms - 1000})

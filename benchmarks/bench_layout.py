@@ -1,26 +1,24 @@
-"""What one packed value per customer would cost, against today's layout.
+"""What packing the profile saved, and what one value per customer would.
 
     python -m benchmarks.bench_layout [--customers 1000] [--days 90] [--rounds 3]
 
-A design probe for a next stored layout (issue #14: Redis <= 10 us per
-event, <= 1 KiB per profile), not a change to it. Applies a simulated
-population through the real apply script, then builds beside each customer
-one string holding everything of theirs that the apply script reads: the
-profile fields as numbers (a cmsgpack map, its length first), then the
-trail as layout 3 stores it. Printed:
+Applies a simulated population through the real apply script, then builds
+beside each customer its profile as layout 2 stored it (a hash of text
+values under the short names) and one value holding both the packed profile
+(its length first) and the trail. Printed:
 
-* MEMORY USAGE per customer of today's keys and of the packed value;
+* MEMORY USAGE per customer: layout 2's hash + the trail, today's packed
+  profile + the trail (layout 3), the one value;
 * Redis microseconds per call (INFO commandstats) of the fixed part of an
-  apply on each layout, in alternating rounds: read everything, update the
-  fifteen fields a typical order or click touches, write back, reply with
-  the profile fields. Today (layout 3): HGETALL into a table, numbers
-  parsed and formatted, HSET, GET/SET of the trail, a cjson reply. Packed:
-  GET, cmsgpack.unpack, the same updates, cmsgpack.pack, SET.
+  apply on each, in alternating rounds: read everything, update the fifteen
+  fields a typical order or click touches, write back, reply with the
+  profile. Hash: HGETALL into a table, numbers parsed and formatted, HSET, a
+  cjson reply. Packed: GET, cmsgpack.unpack, the same updates,
+  cmsgpack.pack, SET. Each also reads and writes back the trail (the one
+  value holds it).
 
-Neither skeleton does the per-event work (dedupe scans, lapse judging,
-decoding the trail), which is the same on both layouts. The keys it wrote
-are deleted. (Until layout 3, "today" was layout 2's eight keys:
-docs/benchmarks.md keeps those figures.)
+None of the skeletons does the per-event work (dedupe scans, lapse judging,
+decoding the trail), which is the same on all. The keys it wrote are deleted.
 """
 
 from __future__ import annotations
@@ -40,7 +38,7 @@ from patronage.streams.store import ProfileStore, redis_for
 # The fifteen fields an order or a click typically changes (stored names).
 TOUCHED = "{'ev','ls','fq','md','cl','vi','gq','ld','mt','mo','or','oo','bs','mb','lo'}"
 
-TODAY = f"""
+HASH = f"""
 local h = {{}}
 local raw = redis.call('HGETALL', KEYS[1])
 for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
@@ -62,6 +60,16 @@ return {{1, 0, 0, {{}}, cjson.encode(h), ''}}
 
 PACKED = f"""
 local blob = redis.call('GET', KEYS[1])
+local h = blob and cmsgpack.unpack(blob) or {{}}
+for _, f in ipairs({TOUCHED}) do h[f] = (h[f] or 0) + 1.5 end
+local fields = cmsgpack.pack(h)
+redis.call('SET', KEYS[1], fields, 'KEEPTTL')
+redis.call('SET', KEYS[2], redis.call('GET', KEYS[2]) or '', 'KEEPTTL')
+return {{1, 0, 0, {{}}, fields, ''}}
+"""
+
+ONE_VALUE = f"""
+local blob = redis.call('GET', KEYS[1])
 local h, trail = {{}}, ''
 if blob then
   local n = struct.unpack('>I4', blob)
@@ -73,18 +81,24 @@ redis.call('SET', KEYS[1], struct.pack('>I4', #fields) .. fields .. trail, 'KEEP
 return {{1, 0, 0, {{}}, fields, ''}}
 """
 
-# Today's keys of one customer -> the packed value (KEYS[7]).
-PACK = """
-local h = {}
-local raw = redis.call('HGETALL', KEYS[1])
-for i = 1, #raw, 2 do
-  local n = tonumber(raw[i + 1])
-  if n == nil or string.sub(raw[i], 1, 2) == 'a:' then n = raw[i + 1] end
-  h[raw[i]] = n
+# A customer's profile and trail -> layout 2's profile hash (KEYS[3]: text
+# values under the short names) and one value holding both (KEYS[4]).
+PREPARE = """
+local h = cmsgpack.unpack(redis.call('GET', KEYS[1]))
+local text = {}
+for name, value in pairs(h) do
+  text[#text + 1] = name
+  if type(value) == 'number' then
+    local short = string.format('%.15g', value)
+    if tonumber(short) ~= value then short = string.format('%.17g', value) end
+    value = short
+  end
+  text[#text + 1] = value
 end
+redis.call('HSET', KEYS[3], unpack(text))
 local fields = cmsgpack.pack(h)
 local trail = redis.call('GET', KEYS[2]) or ''
-redis.call('SET', KEYS[3], struct.pack('>I4', #fields) .. fields .. trail)
+redis.call('SET', KEYS[4], struct.pack('>I4', #fields) .. fields .. trail)
 return 1
 """
 
@@ -106,31 +120,24 @@ async def run(customers: int, days: int, rounds: int) -> None:
         for i in range(0, len(ids), 500):
             part = {c: batch.by_customer[c] for c in ids[i : i + 500]}
             await store.apply_batch(part, dict.fromkeys(part, 0), {0: float(now_ms)})
-        pack = client.register_script(PACK)
-        today_bytes = packed_bytes = 0
+        prepare = client.register_script(PREPARE)
+        sizes = {"hash": 0, "packed": 0, "one_value": 0}
         for c in ids:
             k = store.keys(c)
-            packed_key = k.profile + "B"
-            await pack(keys=[k.profile, k.trail, packed_key])
-            for key in k:
-                today_bytes += int(await client.memory_usage(key) or 0)
-            packed_bytes += int(await client.memory_usage(packed_key) or 0)
-        print(
-            json.dumps(
-                {
-                    "customers": len(ids),
-                    "events": len(records),
-                    "today_bytes_per_customer": round(today_bytes / len(ids)),
-                    "packed_bytes_per_customer": round(packed_bytes / len(ids)),
-                }
-            )
-        )
+            await prepare(keys=[k.profile, k.trail, k.profile + "H", k.profile + "B"])
+            profile, trail, as_hash, one_value = [
+                int(await client.memory_usage(key) or 0)
+                for key in (k.profile, k.trail, k.profile + "H", k.profile + "B")
+            ]
+            sizes["hash"] += as_hash + trail
+            sizes["packed"] += profile + trail
+            sizes["one_value"] += one_value
+        summary = {f"{name}_bytes_per_customer": round(b / len(ids)) for name, b in sizes.items()}
+        print(json.dumps({"customers": len(ids), "events": len(records), **summary}))
         layouts = {
-            "today": (
-                client.register_script(TODAY),
-                lambda k: [k.profile, k.trail],
-            ),
-            "packed": (client.register_script(PACKED), lambda k: [k.profile + "B"]),
+            "hash": (client.register_script(HASH), lambda k: [k.profile + "H", k.trail]),
+            "packed": (client.register_script(PACKED), lambda k: [k.profile, k.trail]),
+            "one_value": (client.register_script(ONE_VALUE), lambda k: [k.profile + "B"]),
         }
         for round_ in range(1, rounds + 1):
             for name, (script, keys_of) in layouts.items():

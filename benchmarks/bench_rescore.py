@@ -24,7 +24,7 @@ import uuid
 from typing import Any
 
 from patronage.models.features import features, rfm_inputs
-from patronage.models.layout import under_stored_names
+from patronage.models.layout import encode_profile
 from patronage.models.segments import SegmentTrainer
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.segmenting import ModelStore, Segmenter, partition_for
@@ -69,9 +69,7 @@ async def populate(store: ProfileStore, customers: int, partitions: int, seed: i
             members: dict[int, list[str]] = {}
             for i in range(start, min(customers, start + chunk)):
                 customer = f"c{i:07d}"
-                pipe.hset(
-                    store.keys(customer).profile, mapping=under_stored_names(profile_fields(rng))
-                )
+                pipe.set(store.keys(customer).profile, encode_profile(profile_fields(rng)))
                 members.setdefault(partition_for(customer, partitions), []).append(customer)
             for partition, ids in members.items():
                 pipe.zadd(store.members_key(partition), dict.fromkeys(ids, NOW_MS))

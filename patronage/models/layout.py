@@ -13,12 +13,14 @@ import struct
 from collections.abc import Mapping
 from typing import Any, NamedTuple, TypeVar
 
+import msgpack
+
 _V = TypeVar("_V")
 
 # Keys of one customer, in the order the apply script receives them (KEYS[1..]).
 # All share the hash tag {customer_id}, so a script never crosses slots.
 CUSTOMER_KEYS: dict[str, str] = {
-    "profile": "p",  # hash: the fields below
+    "profile": "p",  # string: the fields below, one map (PROFILE_FORMAT)
     # string: what the apply script reads and rewrites besides the hash, as
     # one value (TRAIL_HEADER): visit days, sessions, dedupe window,
     # unjudged days, natural keys
@@ -236,10 +238,34 @@ STORED_NAMES: dict[str, str] = {
     "tier_version": "tv",
 }
 FIELD_OF_STORED: dict[str, str] = {short: name for name, short in STORED_NAMES.items()}
-# Version of the stored layout, kept under layout_key(prefix): 3 = the
-# trail (one value for five keys), 2 = the short names above (1, unmarked,
-# spelled the fields out).
-LAYOUT_VERSION = 3
+# Version of the stored layout, kept under layout_key(prefix): 4 = the
+# profile as one packed map, 3 = the trail (one value for five keys) beside
+# a profile hash, 2 = that hash under the short names above (1, unmarked,
+# spelled them out).
+LAYOUT_VERSION = 4
+
+# The profile value: a MessagePack map, stored name -> number (integers as
+# integers, others as doubles: exact) or text (attributes, the value tier),
+# as Redis's cmsgpack writes it; the scripts keep numbers as numbers, so
+# none is parsed or formatted per call (docs/benchmarks.md).
+PROFILE_FORMAT = "msgpack"
+
+
+def decode_profile(raw: bytes | str | None) -> dict[str, float | str]:
+    """A stored profile under the fields' full names ({} if none)."""
+    if not raw:
+        return {}
+    stored: dict[str, float | str] = msgpack.unpackb(raw)
+    if not stored:  # cmsgpack packs an empty table as an empty array
+        return {}
+    named = FIELD_OF_STORED.get
+    return {named(name, name): value for name, value in stored.items()}
+
+
+def encode_profile(fields: Mapping[str, float | str]) -> bytes:
+    """A profile's fields (full names) as the stored value."""
+    return bytes(msgpack.packb(under_stored_names(fields)))
+
 
 # The trail value: four big-endian lengths (visit-day bitmap, sessions, dedupe
 # window, unjudged days), those four parts, then the natural keys to the end.
@@ -369,7 +395,7 @@ APPLY_REPLY = (
     "duplicate_offsets",
     "duplicate_events",
     "outbox",  # pending findings (JSON, FINDING_WIRE)
-    "profile",  # the hash after the update, a JSON object (stored name -> text)
+    "profile",  # the profile after the update, the stored value (PROFILE_FORMAT)
     "due",  # when judging again can decide more ('' = nothing pending)
 )
 REPLY = {name: index for index, name in enumerate(APPLY_REPLY)}

@@ -418,15 +418,15 @@ def store_migrate() -> None:
     """Move stored profiles to this version's layout (stop every worker first)."""
     s = settings()
 
-    async def migrate(s: Settings) -> tuple[int, int, int]:
+    async def migrate(s: Settings) -> tuple[int, int, int, int]:
         async with profile_store(s) as store:
-            moved: tuple[int, int, int] = await store.migrate_layout()
+            moved: tuple[int, int, int, int] = await store.migrate_layout()
             return moved
 
-    profiles, renamed, merged = asyncio.run(migrate(s))
+    profiles, renamed, packed, merged = asyncio.run(migrate(s))
     click.echo(
         f"{profiles} profiles under {s.key_prefix!r} read, {renamed} fields renamed, "
-        f"{merged} trails merged"
+        f"{packed} profiles packed, {merged} trails merged"
     )
 
 

@@ -286,20 +286,26 @@ class MemoryProfileStore:
 
 
 def stored_fields(state: ProfileState) -> Fields:
-    """The profile hash Redis holds for this state, under the fields' full
-    names (as ProfileStore reads it back; Redis stores layout.STORED_NAMES)."""
-    fields: Fields = {name: stored_text(value) for name, value in state.fields.items()}
+    """The profile Redis holds for this state, under the fields' full names
+    (as ProfileStore reads it back; Redis stores layout.STORED_NAMES)."""
+    fields: Fields = dict(state.fields)
     if state.days:
         # The bitmap's bit 0 is a day that is a multiple of 8 (apply.lua).
-        fields["day0"] = stored_text(float(state.days[0] - state.days[0] % 8))
+        fields["day0"] = float(state.days[0] - state.days[0] % 8)
     return fields
+
+
+def profile_as_text(fields: Mapping[str, float | str]) -> dict[str, str]:
+    """A profile's values as text (numbers as layout.stored_text writes them):
+    the canonical form both stores' stored_state compare in."""
+    return {k: v if isinstance(v, str) else stored_text(v) for k, v in fields.items()}
 
 
 def stored_state(state: ProfileState) -> dict[str, Any]:
     """Everything the Redis store holds for a customer with this state, in the
     canonical form ProfileStore.stored_state reads it back in."""
     return {
-        "profile": stored_fields(state),
+        "profile": profile_as_text(stored_fields(state)),
         "days": list(state.days),
         "sessions": dict(state.sessions),
         "event_ids": [[token, hour] for token, hour in state.eids],

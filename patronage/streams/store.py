@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
@@ -22,7 +21,6 @@ from patronage.models.identity import Person, person_from_json, person_to_json
 from patronage.models.jsontext import dumps_compact
 from patronage.models.layout import (
     APPLY_ARGS,
-    FIELD_OF_STORED,
     LAYOUT_VERSION,
     REPLY,
     SCORED_FIELDS,
@@ -30,6 +28,7 @@ from patronage.models.layout import (
     CustomerKeys,
     clock_key,
     customer_keys,
+    decode_profile,
     decode_trail,
     due_key,
     identity_generation_key,
@@ -50,7 +49,7 @@ from patronage.models.profile import Delta, ProfileConfig, ProfileState, profile
 from patronage.models.sources import SourceState
 from patronage.models.timeunits import HOUR_MS
 from patronage.streams.errors import FatalRedisError, classify, needs_slot_refresh
-from patronage.streams.memory import state_from_stored
+from patronage.streams.memory import profile_as_text, state_from_stored
 from patronage.streams.resp import (
     HiredisConnection,
     HiredisSSLConnection,
@@ -96,6 +95,7 @@ class ProfileStore:
         self._reschedule = client.register_script(_lua("reschedule"))
         self._erase = client.register_script(_lua("erase"))
         self._segment = client.register_script(_lua("segment"))
+        self._unscore = client.register_script(_lua("unscore"))
         self._sources = client.register_script(_lua("sources"))
         self._risk = client.register_script(_lua("risk"))
         self._migrate = client.register_script(_lua("migrate"))
@@ -119,6 +119,7 @@ class ProfileStore:
             self._reschedule,
             self._erase,
             self._segment,
+            self._unscore,
             self._sources,
             self._risk,
             self._migrate,
@@ -156,17 +157,17 @@ class ProfileStore:
             f"reads layout {LAYOUT_VERSION}. {fix}"
         )
 
-    async def migrate_layout(self, chunk: int = 500) -> tuple[int, int, int]:
+    async def migrate_layout(self, chunk: int = 500) -> tuple[int, int, int, int]:
         """Move every stored profile to this layout (each customer in one
         atomic script; safe to run again), then mark the prefix. Workers must
         be stopped: one of an earlier version would keep writing the old one.
-        Returns (profiles seen, fields renamed, trails merged)."""
+        Returns (profiles seen, fields renamed, profiles packed, trails merged)."""
         found = await self._stored_layout()
         if found is not None and found > LAYOUT_VERSION:
             raise self._layout_error(found)
         self._layout_checked = True  # this store is what makes it current
         await self.ensure_scripts(force=True)
-        profiles = renamed = merged = 0
+        profiles = renamed = packed = merged = 0
         async for batch in _pages(self.customer_ids(), chunk):
             ops = []
             for customer_id in batch:
@@ -174,12 +175,13 @@ class ProfileStore:
                 old = layout_2_trail_keys(self.prefix, customer_id)
                 script = _script(self._migrate, [keys.profile, keys.trail, *old], [])
                 ops.append((keys.profile, script))
-            for fields, trails in checked(await self._pipelined(ops)):
+            for fields, hashes, trails in checked(await self._pipelined(ops)):
                 renamed += int(fields)
+                packed += int(hashes)
                 merged += int(trails)
             profiles += len(batch)
         await self.client.set(layout_key(self.prefix), LAYOUT_VERSION)
-        return profiles, renamed, merged
+        return profiles, renamed, packed, merged
 
     async def _pipelined(self, ops: Sequence[tuple[str, Command]]) -> list[Any]:
         """Run ops (routing key, raw command) in one round trip; on a cluster,
@@ -441,16 +443,17 @@ class ProfileStore:
         """Drop the scoring fields of these profiles (parts merged into a
         person: the person is scored instead); customer -> the segment it
         had, for those that exist."""
+        await self.ensure_scripts()
+        scored = sorted(map(stored_name, SCORED_FIELDS))
         ops: list[tuple[str, Command]] = []
         for customer_id in customer_ids:
             key = self.profile_key(customer_id)
-            ops.append((key, ("HGET", key, stored_name("segment"))))
-            ops.append((key, ("HDEL", key, *sorted(map(stored_name, SCORED_FIELDS)))))
+            ops.append((key, _script(self._unscore, [key], scored)))
         replies = checked(await self._pipelined(ops))
         return {
-            c: int(float(segment)) if segment is not None else None
-            for c, segment, removed in zip(customer_ids, replies[::2], replies[1::2], strict=True)
-            if segment is not None or int(removed) > 0
+            c: int(segment) if segment is not None else None
+            for c, (segment, dropped) in zip(customer_ids, replies, strict=True)
+            if segment is not None or int(dropped) > 0
         }
 
     async def ack_outbox(self, items: dict[str, list[bytes]]) -> None:
@@ -527,14 +530,14 @@ class ProfileStore:
         ops: list[tuple[str, Command]] = []
         for customer_id in customer_ids:
             keys = self.keys(customer_id)
-            ops.append((keys.profile, ("HGETALL", keys.profile)))
+            ops.append((keys.profile, ("GET", keys.profile)))
             ops.append((keys.profile, ("GET", keys.risk_orders)))
         replies = checked(await self._pipelined(ops))
         out = {}
         for i, customer_id in enumerate(customer_ids):
             fields, orders = replies[2 * i], replies[2 * i + 1]
             if fields:
-                out[customer_id] = (_profile_fields(fields), (orders or b"").decode())
+                out[customer_id] = (decode_profile(fields), (orders or b"").decode())
         return out
 
     async def risk_versions(self, partitions: Sequence[int]) -> dict[int, int]:
@@ -546,10 +549,10 @@ class ProfileStore:
         await self.client.set(risk_version_key(self.prefix, partition), version)
 
     async def profile(self, customer_id: str) -> dict[str, object] | None:
-        fields = await self.client.hgetall(self.profile_key(customer_id))
+        fields = decode_profile(await self.client.get(self.profile_key(customer_id)))
         if not fields:
             return None
-        return profile_view(customer_id, _profile_fields(fields))
+        return profile_view(customer_id, fields)
 
     async def partition_members(
         self, partition: int, cursor: int, count: int
@@ -566,19 +569,18 @@ class ProfileStore:
             await self.client.zrem(self.members_key(partition), *customer_ids)
 
     async def customer_ids(self, count: int = 1000) -> AsyncIterator[str]:
+        """Every customer with a profile (of any layout: the migration uses it)."""
         pattern = f"{self.prefix}:{{*}}:p"
-        async for key in self.client.scan_iter(match=pattern, count=count, _type="hash"):
+        async for key in self.client.scan_iter(match=pattern, count=count):
             name = key.decode() if isinstance(key, bytes) else key
             yield name[len(self.prefix) + 2 : -3]
 
     async def fields_of(self, customer_ids: Sequence[str]) -> dict[str, Fields]:
         """The stored fields of these customers (those with a profile)."""
         keys = [self.profile_key(customer_id) for customer_id in customer_ids]
-        replies = checked(await self._pipelined([(k, ("HGETALL", k)) for k in keys]))
+        replies = checked(await self._pipelined([(k, ("GET", k)) for k in keys]))
         return {
-            cid: _profile_fields(fields)
-            for cid, fields in zip(customer_ids, replies, strict=True)
-            if fields
+            cid: decode_profile(raw) for cid, raw in zip(customer_ids, replies, strict=True) if raw
         }
 
     async def export_fields(self, chunk: int = 500) -> AsyncIterator[tuple[str, Fields]]:
@@ -607,7 +609,7 @@ class ProfileStore:
         for customer_id in customer_ids:
             keys = self.keys(customer_id)
             ops += [
-                (keys.profile, ("HGETALL", keys.profile)),
+                (keys.profile, ("GET", keys.profile)),
                 (keys.trail, ("GET", keys.trail)),
                 (keys.outbox, ("LRANGE", keys.outbox, 0, -1)),
                 (keys.risk_orders, ("GET", keys.risk_orders)),
@@ -712,9 +714,7 @@ def _apply_result(customers: list[str], replies: list[Any]) -> ApplyResult:
         result.duplicate_events += int(reply[REPLY["duplicate_events"]])
         if reply[REPLY["outbox"]]:
             result.outbox[customer_id] = list(reply[REPLY["outbox"]])
-        stored = orjson.loads(reply[REPLY["profile"]])
-        # field_name, inlined: this runs per field of every applied profile.
-        result.profiles[customer_id] = {FIELD_OF_STORED.get(k, k): v for k, v in stored.items()}
+        result.profiles[customer_id] = decode_profile(reply[REPLY["profile"]])
     return result
 
 
@@ -744,8 +744,8 @@ def _zadd(key: str, scores: Mapping[str, float], lt: bool = False) -> Command:
 
 
 def _decoded_state(replies: list[Any]) -> dict[str, Any]:
-    fields, raw_trail, outbox, risk = replies
-    profile = _profile_fields(fields)
+    raw_profile, raw_trail, outbox, risk = replies
+    profile = profile_as_text(decode_profile(raw_profile))
     trail = decode_trail(raw_trail)
     day0 = int(float(profile.get("day0", 0)))
     bits = int.from_bytes(trail.bitmap, "big")
@@ -768,18 +768,6 @@ def _text(value: bytes | str) -> str:
 
 def _decode(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
     return {_text(key): _text(value) for key, value in fields.items()}
-
-
-def _profile_fields(fields: Mapping[bytes | str, bytes | str]) -> dict[str, float | str]:
-    """A profile hash as read, under the fields' full names (layout.STORED_NAMES)."""
-    # _text and field_name inlined: this runs per field of every profile a
-    # pass or a sweep reads (a re-scoring pass +8 % customers/s, benchmarks.md).
-    named = FIELD_OF_STORED.get
-    out: dict[str, float | str] = {}
-    for key, value in fields.items():
-        name = key.decode() if isinstance(key, bytes) else key
-        out[named(name, name)] = value.decode() if isinstance(value, bytes) else value
-    return out
 
 
 def group_by_customer(pairs: Iterable[tuple[str, Delta]]) -> dict[str, list[Delta]]:

@@ -158,7 +158,7 @@ def test_fields_of_returns_only_existing_profiles(store_of: Any) -> None:
         return await store.fields_of(["anna", "nobody"])
 
     found = run(check, store_of)
-    assert list(found) == ["anna"] and found["anna"]["orders"] == "1"
+    assert list(found) == ["anna"] and found["anna"]["orders"] == 1
 
 
 def test_partition_members_are_read_in_slices_and_forgotten(store_of: Any) -> None:

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from patronage.models.lapse import Finding, finding_from_json
+from patronage.models.layout import decode_profile, encode_profile
 from patronage.models.profile import Delta, token
 from patronage.models.timeunits import DAY_MS, HOUR_MS
 from patronage.streams.memory import MemoryProfileStore, stored_state
@@ -152,7 +153,9 @@ def test_the_comparison_sees_an_internal_field(redis_up: str) -> None:
             order = Delta("purchases:0", 4, token("x"), T0, T0 // DAY_MS, "order", basket=5.0)
             await reference.apply_batch({"anna": [order]})
             await redis.apply_batch({"anna": [order]})
-            await redis.client.hset(redis.keys("anna").profile, "o:purchases:0", "3")
+            key = redis.keys("anna").profile
+            fields = decode_profile(await redis.client.get(key))
+            await redis.client.set(key, encode_profile({**fields, "o:purchases:0": 3}))
             return stored_state(reference.states["anna"]), await redis.stored_state("anna")
 
     want, got = asyncio.run(check())

@@ -15,10 +15,11 @@ from pathlib import Path
 import redis
 
 from patronage.models.features import features
-from patronage.models.layout import field_name
+from patronage.models.layout import decode_profile
 from patronage.models.segments import FrozenModel
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
+from patronage.streams.memory import profile_as_text
 from tests.integration.harness import (
     Worker,
     drained,
@@ -49,13 +50,11 @@ def current_version(client: redis.Redis, prefix: str) -> int:
 
 def profiles(client: redis.Redis, prefix: str) -> dict[str, dict[str, str]]:
     out = {}
-    for key in client.scan_iter(match=f"{prefix}:{{*}}:p", count=1000, _type="hash"):
+    for key in client.scan_iter(match=f"{prefix}:{{*}}:p", count=1000, _type="string"):
         name = key.decode()
         customer = name[len(prefix) + 2 : -3]
         if customer != "model":
-            out[customer] = {
-                field_name(k.decode()): v.decode() for k, v in client.hgetall(key).items()
-            }
+            out[customer] = profile_as_text(decode_profile(client.get(key)))
     return out
 
 

@@ -18,6 +18,7 @@ import struct
 import time
 from typing import Any
 
+import msgpack
 import pytest
 from click.testing import CliRunner
 
@@ -33,6 +34,7 @@ from patronage.models.layout import (
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.cli import main
+from patronage.streams.memory import profile_as_text
 from patronage.streams.settings import Settings, settings_with
 from patronage.streams.store import ProfileStore, StoredLayoutError, make_redis, redis_for
 from tests.integration.harness import Worker, cli_lag, settings_with_topics, wait_for
@@ -68,12 +70,28 @@ async def _fill(
     return sorted(grouped)
 
 
-async def _raw_profiles(store: ProfileStore, ids: list[str]) -> dict[str, dict[str, bytes]]:
+async def _raw_profiles(store: ProfileStore, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The stored profiles under their stored names."""
     out = {}
     for customer in ids:
-        raw = await store.client.hgetall(store.keys(customer).profile)
-        out[customer] = {k.decode(): v for k, v in raw.items()}
+        out[customer] = msgpack.unpackb(await store.client.get(store.keys(customer).profile))
     return out
+
+
+async def _as_hashes(store: ProfileStore, ids: list[str], spelled_out: bool) -> None:
+    """As layouts 1 and 2 stored them: each profile a hash of text values,
+    under the full names (layout 1) or the short ones (layout 2)."""
+    client = store.client
+    for customer, fields in (await _raw_profiles(store, ids)).items():
+        key = store.keys(customer).profile
+        ttl = await client.pttl(key)
+        text = profile_as_text(fields)
+        await client.delete(key)
+        await client.hset(
+            key, mapping={field_name(n) if spelled_out else n: v for n, v in text.items()}
+        )
+        if ttl > 0:
+            await client.pexpire(key, ttl)
 
 
 async def _split_trails(store: ProfileStore, ids: list[str]) -> None:
@@ -126,12 +144,13 @@ def test_profiles_are_stored_under_short_names_and_read_under_full_ones(
                 assert {field_name(n) for n in names} == set(read[customer])
                 assert {"first_seen", "segment", "risk_decided"} <= set(read[customer])
             assert sum("spend_total" in read[c] for c in ids) >= len(ids) // 2
-            # What the short names save: the same hashes spelled out.
+            # What short names and packed numbers save: layout 1's hashes.
             stored = spelled = 0
             for customer in ids:
                 key = store.keys(customer).profile
                 long_key = f"{settings.key_prefix}:{{{customer}}}:long"
-                mapping = {field_name(n): v for n, v in raw[customer].items()}
+                text = profile_as_text(raw[customer])
+                mapping = {field_name(n): v for n, v in text.items()}
                 await client.hset(long_key, mapping=mapping)  # type: ignore[arg-type]
                 stored += await client.memory_usage(key)
                 spelled += await client.memory_usage(long_key)
@@ -162,14 +181,11 @@ def test_a_layout_1_prefix_stops_the_worker_until_migrated(backend_env: dict[str
         try:
             ids = await _fill(store, settings, 25, seed=5)
             before = await _states(store, ids)
+            # As layout 1 stored them: hashes of the fields spelled out, the
+            # trail's parts under keys of their own, the worker's sources
+            # recorded, no layout mark.
             await _split_trails(store, ids)
-            # As layout 1 stored them: the same fields spelled out, the
-            # worker's sources recorded, no layout mark.
-            for customer, fields in (await _raw_profiles(store, ids)).items():
-                key = store.keys(customer).profile
-                await client.delete(key)
-                spelled = {field_name(n): v for n, v in fields.items()}
-                await client.hset(key, mapping=spelled)  # type: ignore[arg-type]
+            await _as_hashes(store, ids, spelled_out=True)
             await client.hset(store.sources_key, "purchases:0", "0:120")
             await client.delete(layout_key(settings.key_prefix))
             return ids, before
@@ -226,14 +242,14 @@ def test_a_layout_1_prefix_stops_the_worker_until_migrated(backend_env: dict[str
     moved = cli.invoke(main, ["store", "migrate"], env=backend_env)
     assert moved.exit_code == 0, moved.output
     assert moved.output.startswith("25 profiles"), moved.output
-    assert "25 trails merged" in moved.output, moved.output
+    assert "25 profiles packed, 25 trails merged" in moved.output, moved.output
     after, mark = asyncio.run(stored_after(ids))
     assert after == before
     assert mark == str(LAYOUT_VERSION).encode()
 
     again = cli.invoke(main, ["store", "migrate"], env=backend_env)
     assert again.exit_code == 0, again.output
-    assert "0 fields renamed, 0 trails merged" in again.output, again.output
+    assert "0 fields renamed, 0 profiles packed, 0 trails merged" in again.output, again.output
     asyncio.run(accepted())  # marked now: a worker may start
 
 
@@ -245,9 +261,9 @@ def test_a_prefix_marked_by_a_newer_layout_is_refused(isolated_env: dict[str, st
         store = ProfileStore(client, settings.key_prefix, settings.profile_config)
         try:
             await store.check_layout()  # a new prefix is marked as this layout
-            assert await client.get(layout_key(settings.key_prefix)) == b"3"
+            assert await client.get(layout_key(settings.key_prefix)) == b"4"
             await client.set(layout_key(settings.key_prefix), LAYOUT_VERSION + 1)
-            with pytest.raises(StoredLayoutError, match="layout 4"):
+            with pytest.raises(StoredLayoutError, match="layout 5"):
                 await ProfileStore(
                     client, settings.key_prefix, settings.profile_config
                 ).check_layout()
@@ -260,11 +276,15 @@ def test_a_prefix_marked_by_a_newer_layout_is_refused(isolated_env: dict[str, st
     asyncio.run(run())
 
 
-def test_a_layout_2_prefix_is_refused_then_merged_into_trails(isolated_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("layout", [2, 3])
+def test_a_layout_2_or_3_prefix_is_refused_then_moved(
+    isolated_env: dict[str, str], layout: int
+) -> None:
     """Layout 2 kept visit days, sessions, dedupe records, natural keys and
-    unjudged days under five keys per customer: a store of this version
-    refuses the prefix until `migrate_layout` merges each customer's five
-    into one trail (their expiry kept), after which everything reads the
+    unjudged days under five keys per customer, and layouts 2 and 3 the
+    profile as a hash of text: a store of this version refuses the prefix
+    until `migrate_layout` merges each customer's five keys into one trail
+    and packs the profile (expiry kept), after which everything reads the
     same and a redelivered backlog is still recognised as already applied
     (the dedupe records moved, not only the profile)."""
     settings = settings_with(isolated_env)
@@ -277,19 +297,22 @@ def test_a_layout_2_prefix_is_refused_then_merged_into_trails(isolated_env: dict
             now_ms = int(time.time() * 1000)
             ids = await _fill(store, settings, 20, seed=11, now_ms=now_ms)
             before = await _states(store, ids)
-            await _split_trails(store, ids)
-            await client.set(layout_key(settings.key_prefix), 2)
-            with pytest.raises(StoredLayoutError, match=r"layout 2\b.*patronage store migrate"):
+            if layout == 2:
+                await _split_trails(store, ids)
+            await _as_hashes(store, ids, spelled_out=False)
+            await client.set(layout_key(settings.key_prefix), layout)
+            with pytest.raises(StoredLayoutError, match=rf"layout {layout}\b.*store migrate"):
                 await ProfileStore(
                     client, settings.key_prefix, settings.profile_config, month
                 ).apply_batch({})
             moved = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
-            assert await moved.migrate_layout() == (20, 0, 20)
-            assert await moved.migrate_layout() == (20, 0, 0)
+            merged = 20 if layout == 2 else 0
+            assert await moved.migrate_layout() == (20, 0, 20, merged)
+            assert await moved.migrate_layout() == (20, 0, 0, 0)
             assert await _states(moved, ids) == before
             left = [k async for k in client.scan_iter(match=f"{settings.key_prefix}:{{*}}:[dsekv]")]
             assert left == []
-            ttls = [await client.pttl(moved.keys(c).trail) for c in ids]
+            ttls = [await client.pttl(k) for c in ids for k in moved.keys(c)[:2]]
             assert all(0 < ttl <= month for ttl in ttls), ttls
             # The orders and receipts again, at new offsets (a producer's
             # retry): known by their natural keys, so no figure moves.

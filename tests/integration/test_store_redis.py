@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from patronage.models.lapse import Finding, LapseRules, finding_from_json
-from patronage.models.layout import Trail, decode_trail, field_name
+from patronage.models.layout import Trail, decode_profile, decode_trail
 from patronage.models.profile import (
     DAY_MS,
     Delta,
@@ -118,7 +118,7 @@ async def _roundtrip(
     batches: list[tuple[list[Delta], float]],
     customer: str,
     cluster: bool = False,
-) -> tuple[dict[str, object], list[Finding], Trail, dict[str, str]]:
+) -> tuple[dict[str, object], list[Finding], Trail, dict[str, float | str]]:
     """Apply (batch, event clock) pairs; the view, the pending findings and the
     raw dedupe and lapse state."""
     client = make_redis(redis_url, cluster=cluster)
@@ -134,8 +134,7 @@ async def _roundtrip(
         assert view is not None
         keys = store.keys(customer)
         trail = decode_trail(await client.get(keys.trail))
-        stored = (await client.hgetall(keys.profile)).items()
-        fields = {field_name(k.decode()): v.decode() for k, v in stored}
+        fields = decode_profile(await client.get(keys.profile))
         findings = [finding_from_json(item) for item in outbox]
         return view, findings, trail, fields  # type: ignore[return-value]
     finally:

@@ -9,7 +9,7 @@
 -- defined in patronage/models/layout.py; the comment after each KEYS/ARGV
 -- read names its entry there (tests/unit/test_layout.py holds them equal).
 -- Returns {applied, duplicate offsets, duplicate event ids, outbox items,
---          profile (JSON object, field -> text), when to judge again ('' = nothing pending)}
+--          profile (the stored value), when to judge again ('' = nothing pending)}
 
 local P = KEYS[1]  -- profile
 local T = KEYS[2]  -- trail
@@ -35,11 +35,12 @@ local ORDERS_AT = {online = 'orders_online', store = 'orders_store'}
 local SPEND_AT = {online = 'spend_online', store = 'spend_store'}
 
 -- Field names below are layout.py's; the store loads this script with each
--- quoted one replaced by its stored name (layout.STORED_NAMES), so the hash,
--- this table and the reply all use the short names and nothing translates.
-local h = {}
-local raw = redis.call('HGETALL', P)
-for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+-- quoted one replaced by its stored name (layout.STORED_NAMES), so the
+-- profile, this table and the reply all use the short names and nothing
+-- translates. The profile is one cmsgpack map (layout.PROFILE_FORMAT):
+-- numbers stay numbers, so none is parsed or formatted per call.
+local stored = redis.call('GET', P)
+local h = stored and cmsgpack.unpack(stored) or {}
 local changed = {}
 local removed = {}
 
@@ -51,13 +52,14 @@ local function fmt(x)
 end
 -- Hashes arrive as 8 hex digits; they are stored as 4 raw bytes.
 local function unhex(hex) return (string.gsub(hex, '..', function(cc) return string.char(tonumber(cc, 16)) end)) end
--- Numbers are parsed once and formatted once (at the end), not on every put.
+-- Numbers in work are kept apart from h (h[f] = true marks one) and put
+-- back at the end.
 local nums = {}
 local function num(f)
   local x = nums[f]
   if x == nil then
     local v = h[f]
-    x = (v and v ~= true) and tonumber(v) or 0
+    x = (v and v ~= true) and v or 0
     nums[f] = x
   end
   return x
@@ -464,17 +466,13 @@ end
 
 local due = judge(clock)
 
+local dirty = #removed > 0
 for f, _ in pairs(changed) do
-  local x = nums[f]
-  if x ~= nil and h[f] == true then h[f] = fmt(x) end
+  dirty = true
+  if h[f] == true then h[f] = nums[f] end
 end
-local args = {}
-for f, _ in pairs(changed) do
-  args[#args + 1] = f
-  args[#args + 1] = h[f]
-end
-if #args > 0 then redis.call('HSET', P, unpack(args)) end
-if #removed > 0 then redis.call('HDEL', P, unpack(removed)) end
+local profile = cmsgpack.pack(h)
+if dirty then redis.call('SET', P, profile, 'KEEPTTL') end
 if trail_changed or edges_changed then
   if sessions ~= nil then
     local parts = {}
@@ -499,8 +497,6 @@ if retention_ms > 0 and applied > 0 then
 end
 -- Pending findings go back on every call, redeliveries included, so a crash
 -- between this script and the Kafka send cannot lose an alert.
--- The profile as it now is, from the table already in memory (no second
--- HGETALL), as one JSON object: one reply instead of two per field (3-7 %
--- of the call's Redis time; docs/benchmarks.md).
-return {applied, dup_offset, dup_event, redis.call('LRANGE', OUT, 0, -1), cjson.encode(h),
+-- The profile as it now is: the value just stored.
+return {applied, dup_offset, dup_event, redis.call('LRANGE', OUT, 0, -1), profile,
   due and fmt(due) or ''}

@@ -3,7 +3,8 @@
 -- Erase one customer: every key under their hash tag.
 -- KEYS: the customer's keys   Returns the number of keys removed and the
 -- segment they were in (so the caller can fix the segment sizes).
-local segment = redis.call('HGET', KEYS[1], 'segment')
+local stored = redis.call('GET', KEYS[1])
+local segment = stored and cmsgpack.unpack(stored)['segment']
 local removed = 0
 for _, key in ipairs(KEYS) do
   removed = removed + redis.call('DEL', key)

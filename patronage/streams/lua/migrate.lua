@@ -2,26 +2,40 @@
 -- (A shebang: Redis refuses the whole script up front when over maxmemory,
 -- instead of failing at its first write and leaving the earlier ones.)
 -- Move one customer to this layout, atomically; running it again changes
--- nothing. Layout 1 -> 2: each field spelled out is written under its name in
--- SHORT (prepended from layout.STORED_NAMES) and the long one deleted.
--- Layout 2 -> 3: the five keys of the trail's parts become the trail
--- (layout.TRAIL_HEADER), keeping the profile's expiry.
--- KEYS[1] profile hash   KEYS[2] trail   KEYS[3..7] layout 2's days,
--- sessions, event ids, natural keys, unjudged days
--- Returns {fields renamed, trails merged}.
-local renamed, spelled_out = {}, {}
-local raw = redis.call('HGETALL', KEYS[1])
-for i = 1, #raw, 2 do
-  local short = SHORT[raw[i]]
-  if short then
-    renamed[#renamed + 1] = short
-    renamed[#renamed + 1] = raw[i + 1]
-    spelled_out[#spelled_out + 1] = raw[i]
+-- nothing. Layout 1 -> 2: each field spelled out goes under its name in
+-- SHORT (prepended from layout.STORED_NAMES). Layout 2 -> 3: the five keys
+-- of the trail's parts become the trail (layout.TRAIL_HEADER). Layout 3 ->
+-- 4: the profile hash becomes one cmsgpack map (numbers as numbers;
+-- attributes, and any text that is not a number, as text). Each keeps the
+-- profile's expiry.
+-- KEYS[1] profile   KEYS[2] trail   KEYS[3..7] layout 2's days, sessions,
+-- event ids, natural keys, unjudged days
+-- Returns {fields renamed, profiles packed, trails merged}.
+local ttl = redis.call('PTTL', KEYS[1])
+local function set_keeping_ttl(key, value)
+  if ttl > 0 then
+    redis.call('SET', key, value, 'PX', ttl)
+  else
+    redis.call('SET', key, value)
   end
 end
-if #spelled_out > 0 then
-  redis.call('HSET', KEYS[1], unpack(renamed))
-  redis.call('HDEL', KEYS[1], unpack(spelled_out))
+
+local renamed, packed = 0, 0
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+  local h = {}
+  local raw = redis.call('HGETALL', KEYS[1])
+  for i = 1, #raw, 2 do
+    local name, value = raw[i], raw[i + 1]
+    if SHORT[name] then
+      name = SHORT[name]
+      renamed = renamed + 1
+    end
+    if string.sub(name, 1, 2) ~= 'a:' then value = tonumber(value) or value end
+    h[name] = value
+  end
+  redis.call('DEL', KEYS[1])
+  set_keeping_ttl(KEYS[1], cmsgpack.pack(h))
+  packed = 1
 end
 
 local merged = 0
@@ -47,13 +61,8 @@ if redis.call('EXISTS', KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]) > 0 then
   local sess, edge_raw = table.concat(sessions), table.concat(parts)
   local trail = struct.pack('>I4I4I4I4', #bitmap, #sess, #eids, #edge_raw)
     .. bitmap .. sess .. eids .. edge_raw .. orders
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 then
-    redis.call('SET', KEYS[2], trail, 'PX', ttl)
-  else
-    redis.call('SET', KEYS[2], trail)
-  end
+  set_keeping_ttl(KEYS[2], trail)
   redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
   merged = 1
 end
-return {#spelled_out, merged}
+return {renamed, packed, merged}

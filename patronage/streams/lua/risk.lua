@@ -7,15 +7,19 @@
 -- appended newer ones since the sweep read them, so they are trimmed here,
 -- not overwritten; the key goes when none is left). Only on a profile that
 -- still exists (an erased one is not brought back).
--- KEYS[1] profile hash   KEYS[2] risk_orders
+-- KEYS[1] profile   KEYS[2] risk_orders
 -- ARGV[1] decided (ms, '' = none)   ARGV[2] alerted episode ('' = none)
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local stored = redis.call('GET', KEYS[1])
+if not stored then return 0 end
+local h = cmsgpack.unpack(stored)
+local dirty = false
 local decided = tonumber(ARGV[1])
 local alerted = tonumber(ARGV[2])
 if decided then
-  local current = tonumber(redis.call('HGET', KEYS[1], 'risk_decided') or '')
+  local current = h['risk_decided']
   if current == nil or decided > current then
-    redis.call('HSET', KEYS[1], 'risk_decided', ARGV[1])
+    h['risk_decided'] = decided
+    dirty = true
   else
     decided = current
   end
@@ -30,9 +34,11 @@ if decided then
   end
 end
 if alerted then
-  local current = tonumber(redis.call('HGET', KEYS[1], 'risk_episode') or '')
+  local current = h['risk_episode']
   if current == nil or alerted > current then
-    redis.call('HSET', KEYS[1], 'risk_episode', ARGV[2])
+    h['risk_episode'] = alerted
+    dirty = true
   end
 end
+if dirty then redis.call('SET', KEYS[1], cmsgpack.pack(h), 'KEEPTTL') end
 return 1

@@ -3,8 +3,12 @@
 -- instead of failing at its first write and leaving the earlier ones.)
 -- Store a scoring decision, only on a profile that still exists: an erasure
 -- or expiry landing between the apply and this write must not recreate the
--- hash (it would come back without its TTL, and erased data must stay gone).
--- KEYS[1] profile hash   ARGV: field, value pairs   Returns 1 if written.
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+-- profile (it would come back without its TTL, and erased data must stay gone).
+-- KEYS[1] profile   ARGV: field, value pairs (numbers stored as numbers)
+-- Returns 1 if written.
+local stored = redis.call('GET', KEYS[1])
+if not stored then return 0 end
+local h = cmsgpack.unpack(stored)
+for i = 1, #ARGV, 2 do h[ARGV[i]] = tonumber(ARGV[i + 1]) or ARGV[i + 1] end
+redis.call('SET', KEYS[1], cmsgpack.pack(h), 'KEEPTTL')
 return 1
