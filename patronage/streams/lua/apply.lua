@@ -50,8 +50,16 @@ local function fmt(x)
   if tonumber(short) == x then return short end
   return string.format('%.17g', x)
 end
--- Hashes arrive as 8 hex digits; they are stored as 4 raw bytes.
-local function unhex(hex) return (string.gsub(hex, '..', function(cc) return string.char(tonumber(cc, 16)) end)) end
+-- Tokens arrive as hex (8 or 16 digits) and are stored as raw bytes: in
+-- 32-bit halves, a fifth of the cost of a gsub per byte pair.
+local function unhex(hex)
+  if #hex == 16 then
+    return struct.pack('>I4I4', tonumber(string.sub(hex, 1, 8), 16), tonumber(string.sub(hex, 9), 16))
+  elseif #hex == 8 then
+    return struct.pack('>I4', tonumber(hex, 16))
+  end
+  return (string.gsub(hex, '..', function(cc) return string.char(tonumber(cc, 16)) end))
+end
 -- Numbers in work are kept apart from h (h[f] = true marks one) and put
 -- back at the end.
 local nums = {}
@@ -85,7 +93,8 @@ local trail_changed = false
 -- Count once (mirrors profile.py _first_time): orders by natural key for
 -- life, other events by id within the dedupe window of event time.
 local EREC = 12
-local newest_hour = nil
+-- The newest and oldest hour among the records (nil: not read yet).
+local newest_hour, oldest_hour = nil, nil
 local function has_record(s, token, size)
   local from = 1
   while true do
@@ -95,12 +104,13 @@ local function has_record(s, token, size)
     from = at + 1
   end
 end
-local function load_newest()
+local function load_hours()
   if newest_hour ~= nil then return end
-  newest_hour = -1
+  newest_hour, oldest_hour = -1, math.huge
   for i = 1, #eids, EREC do
     local hour = struct.unpack('>I4', eids, i + 8)
     if hour > newest_hour then newest_hour = hour end
+    if hour < oldest_hour then oldest_hour = hour end
   end
 end
 local function first_time(d)
@@ -114,23 +124,33 @@ local function first_time(d)
   local token = unhex(d.eid)
   if has_record(eids, token, EREC) then return false end
   local hour = math.floor(d.t / 3600000)
-  load_newest()
+  load_hours()
   if newest_hour < 0 then newest_hour = hour end
   eids = eids .. token .. struct.pack('>I4', hour)
+  if hour < oldest_hour then oldest_hour = hour end
   trail_changed = true
-  if hour > newest_hour or hour < newest_hour - window_hours then
-    -- keep the window of the newest event, and the last LATE_KEPT arrivals
-    local horizon = math.max(newest_hour, hour) - window_hours
+  local horizon = math.max(newest_hour, hour) - window_hours
+  -- (nothing to drop while the oldest record is inside the window)
+  if (hour > newest_hour or hour < newest_hour - window_hours) and oldest_hour < horizon then
+    -- keep the window of the newest event, and the last LATE_KEPT arrivals;
+    -- copied in runs of kept records (usually one), not record by record
     local count = #eids / EREC
-    local kept = {}
+    local runs, run_from = {}, nil
     local index = 0
+    oldest_hour = math.huge
     for i = 1, #eids, EREC do
-      if index >= count - LATE_KEPT or struct.unpack('>I4', eids, i + 8) >= horizon then
-        kept[#kept + 1] = string.sub(eids, i, i + EREC - 1)
+      local at = struct.unpack('>I4', eids, i + 8)
+      if index >= count - LATE_KEPT or at >= horizon then
+        run_from = run_from or i
+        if at < oldest_hour then oldest_hour = at end
+      elseif run_from then
+        runs[#runs + 1] = string.sub(eids, run_from, i - 1)
+        run_from = nil
       end
       index = index + 1
     end
-    eids = table.concat(kept)
+    if run_from then runs[#runs + 1] = string.sub(eids, run_from) end
+    eids = table.concat(runs)
   end
   if hour > newest_hour then newest_hour = hour end
   if #eids > max_events * EREC then
@@ -380,15 +400,17 @@ local function add_session(token, t)
   end
   sessions[#sessions + 1] = {token, t}
   trail_changed = true
-  if #sessions > session_window then
-    -- tokens compared as numbers: Lua's string order follows the locale
-    table.sort(sessions, function(a, b)
-      if a[2] ~= b[2] then return a[2] < b[2] end
-      return struct.unpack('>I4', a[1]) < struct.unpack('>I4', b[1])
-    end)
-    local kept = {}
-    for i = #sessions - session_window + 1, #sessions do kept[#kept + 1] = sessions[i] end
-    sessions = kept
+  while #sessions > session_window do
+    -- One scan for the oldest (tokens compared as numbers: Lua's string
+    -- order follows the locale); the others keep their order.
+    local oldest = 1
+    for i = 2, #sessions do
+      local a, b = sessions[i], sessions[oldest]
+      if a[2] < b[2] or (a[2] == b[2] and struct.unpack('>I4', a[1]) < struct.unpack('>I4', b[1])) then
+        oldest = i
+      end
+    end
+    table.remove(sessions, oldest)
   end
   return true
 end
