@@ -1,5 +1,6 @@
-"""One definition of the stored profile: key names, hash fields, the apply
-script's KEYS/ARGV/reply layout and the wire codecs of deltas and findings.
+"""One definition of the stored profile: key names, profile fields, the
+apply script's KEYS/ARGV/reply layout and the wire codecs of profiles, trails,
+deltas and findings.
 
 The Python reference (profile.py, lapse.py), the Redis store (streams/store.py)
 and the Lua script (streams/lua/apply.lua) all follow this module;
@@ -21,7 +22,7 @@ _V = TypeVar("_V")
 # All share the hash tag {customer_id}, so a script never crosses slots.
 CUSTOMER_KEYS: dict[str, str] = {
     "profile": "p",  # string: the fields below, one map (PROFILE_FORMAT)
-    # string: what the apply script reads and rewrites besides the hash, as
+    # string: what the apply script reads and rewrites besides the profile, as
     # one value (TRAIL_HEADER): visit days, sessions, dedupe window,
     # unjudged days, natural keys
     "trail": "t",
