@@ -650,9 +650,13 @@ def decide(
     scored_by: FrozenModel | None,
     hysteresis: float,
     rfm_now: Sequence[float] = (0.0, 0.0, 0.0),
+    stamp_version: bool = True,
 ) -> SegmentDecision | None:
     """Score one profile; None when nothing stored would change. `rfm_now`:
     recency days, frequency and monetary value at the scoring time.
+    `stamp_version=False`: a profile whose segment and RFM scores stand is not
+    rewritten just to record the newer model (ingest leaves that to the
+    re-scoring pass, which visits every customer after a promotion anyway).
 
     A move counts as `model_update` when the model that last scored the
     customer would keep them where they are on these same features: the
@@ -662,7 +666,9 @@ def decide(
     rfm = model.rfm(*rfm_now)
     stored_rfm = tuple(int(float(fields.get(f"rfm_{d}", 0))) for d in "rfm")
     if new == current:
-        if rfm == stored_rfm and int(float(fields.get("segment_version", 0))) == model.version:
+        if rfm == stored_rfm and (
+            not stamp_version or int(float(fields.get("segment_version", 0))) == model.version
+        ):
             return None
         return SegmentDecision(new, current, "", rfm, False)
     reason = "profile"

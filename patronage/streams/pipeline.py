@@ -397,7 +397,11 @@ class Pipeline:
         purchases' at-risk judging, and the learner's sample."""
         out = ScoreWrites()
         xs = self.segmenter.features_of(result.profiles)
-        decisions = await self.segmenter.score(result.profiles, now, xs)
+        # After a promotion most customers of a batch would be rewritten only
+        # to record the new version: the pass does that, off the ingest path
+        # (at 5k events/s those writes were most of what promotions added to
+        # a batch, docs/benchmarks.md).
+        decisions = await self.segmenter.score(result.profiles, now, xs, stamp_version=False)
         await self.segmenter.emit(decisions, result.profiles, now, self.send, out)
         await self.predictor.after_apply(result.profiles, partition_of, purchased, now, out)
         await self.segmenter.settle(decisions, await out.flush(self.store))

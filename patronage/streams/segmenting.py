@@ -182,7 +182,9 @@ class Segmenter:
         profiles: dict[str, dict[str, float | str]],
         now_ms: float,
         xs: dict[str, dict[str, float]] | None = None,
+        stamp_version: bool = True,
     ) -> dict[str, SegmentDecision]:
+        """Decisions for these profiles (models.segments.decide)."""
         model = self.model
         if model is None:
             return {}
@@ -195,7 +197,7 @@ class Segmenter:
             scored_by = await self._scored_by(fields)
             rfm_now = rfm_inputs(fields, now_ms, half_life)
             h = self.settings.segment_hysteresis
-            decision = decide(fields, x, model, scored_by, h, rfm_now)
+            decision = decide(fields, x, model, scored_by, h, rfm_now, stamp_version)
             if decision is not None:
                 decisions[customer_id] = decision
         return decisions

@@ -197,6 +197,55 @@ def test_a_promoted_model_segments_every_owned_customer() -> None:
     assert all(store.states[c].fields["segment_version"] == "1" for c in store.states)
 
 
+def test_after_a_promotion_ingest_leaves_version_only_writes_to_the_pass() -> None:
+    """A batch scored by a newly promoted model writes a profile only if its
+    segment or RFM scores move; recording the version is the pass's job."""
+    settings = Settings(
+        segment_warmup=50,
+        segment_warmup_days=0,
+        segment_learn_sample=1.0,
+        segment_promote_min_shift=0,
+        segment_promote_interval_s=0.5,
+    )
+    pipe, store, producer = shop_of_80_drained(settings)
+    vectors = vectors_in(producer.on("segment-features"))
+    ticks = iter(range(10**6))
+    pipe.learner.clock = lambda: float(next(ticks))  # a second per call
+    owned = set(range(settings.partitions))
+
+    async def promote_and_pass() -> None:
+        assert await pipe.learner.learn(vectors) is not None
+        await pipe.refresh_model(owned)
+        assert pipe.rescoring is not None
+        await pipe.rescoring
+
+    asyncio.run(promote_and_pass())
+    assert {s.fields["segment_version"] for s in store.states.values()} == {"1"}
+    before = {c: dict(s.fields) for c, s in store.states.items()}
+
+    async def promote_only() -> None:
+        assert await pipe.learner.learn(vectors[:5]) is not None
+        assert await pipe.segmenter.refresh()  # version 2, no pass yet
+
+    asyncio.run(promote_only())
+    sent = len(producer.sent)
+    events, _ = generate(customers=80, days=120, seed=11, start_ms=START_MS)
+    records = as_records(events, settings.partitions)
+    pipe.test([records[i : i + 400] for i in range(0, len(records), 400)])  # redelivered
+    changes = [json.loads(v) for t, _, v in producer.sent[sent:] if t == "segment-changes"]
+    moved = {c["customer_id"] for c in changes if c["kind"] == "segment"}
+    stamped = {c for c, s in store.states.items() if s.fields["segment_version"] == "2"}
+    rfm = ("rfm_r", "rfm_f", "rfm_m")
+    rescored = {
+        c for c in store.states if any(store.states[c].fields[f] != before[c][f] for f in rfm)
+    }
+    assert stamped == moved | rescored
+    assert len(stamped) < len(store.states)  # the case this test is about occurred
+    # ... and the pass records it for everyone
+    asyncio.run(pipe.segmenter.rescore_partitions(owned, START_MS + 121 * DAY_MS, pipe.send))
+    assert {s.fields["segment_version"] for s in store.states.values()} == {"2"}
+
+
 def test_erasure_removes_the_customer_and_confirms() -> None:
     settings = Settings()
     pipe, store = pipeline_for(settings, START_MS + DAY_MS)

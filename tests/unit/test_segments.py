@@ -18,6 +18,7 @@ from patronage.models.features import FEATURES, features, rfm_inputs
 from patronage.models.segments import (
     FrozenModel,
     SegmentTrainer,
+    decide,
     kmeans,
     kmeans_plus_plus,
     label_terms,
@@ -220,6 +221,53 @@ def test_rfm_scores(values: tuple[float, float, float], expected: tuple[int, int
         1, (), (), (), (), (), {"recency": cuts, "frequency": cuts, "monetary": cuts}, 0
     )
     assert model.rfm(*values) == expected
+
+
+def rfm_model(version: int) -> FrozenModel:
+    cuts = (1.0, 2.0, 3.0, 4.0)
+    return FrozenModel(
+        version,
+        ("a", "b"),
+        (0.0, 0.0),
+        (1.0, 1.0),
+        ((0.0, 0.0), (2.0, 0.0)),
+        (),
+        {"recency": cuts, "frequency": cuts, "monetary": cuts},
+        0,
+    )
+
+
+# Stored: segment 0, RFM (5, 1, 1), scored by version 1; the features stay near
+# centre 0. Rescored by version 2 unless said: (x, rfm inputs, stamp_version)
+# -> (segment, changed) of the decision, or None (nothing written).
+DECISIONS = [
+    ((0.1, 0.0), (0.5, 0.5, 0.5), True, (0, False)),  # only the version is new: stamped
+    ((0.1, 0.0), (0.5, 0.5, 0.5), False, None),  # ... or left to the re-scoring pass
+    ((0.1, 0.0), (0.5, 2.5, 0.5), False, (0, False)),  # the RFM scores moved: written
+    ((1.9, 0.0), (0.5, 0.5, 0.5), False, (1, True)),  # the segment moved: written
+    ((1.9, 0.0), (0.5, 0.5, 0.5), True, (1, True)),
+]
+
+
+@pytest.mark.parametrize(("x", "rfm_now", "stamp_version", "expected"), DECISIONS)
+def test_what_a_scoring_decision_writes(
+    x: tuple[float, float],
+    rfm_now: tuple[float, float, float],
+    stamp_version: bool,
+    expected: tuple[int, bool] | None,
+) -> None:
+    stored = {"segment": 0, "segment_version": 1, "rfm_r": 5, "rfm_f": 1, "rfm_m": 1}
+    decision = decide(
+        stored, {"a": x[0], "b": x[1]}, rfm_model(2), rfm_model(1), 0.1, rfm_now, stamp_version
+    )
+    assert (None if decision is None else (decision.segment, decision.changed)) == expected
+    # The same profile already on version 2 is never rewritten for nothing.
+    if expected is not None and not expected[1] and rfm_now == (0.5, 0.5, 0.5):
+        current = {**stored, "segment_version": 2}
+        assert (
+            decide(current, {"a": x[0], "b": x[1]}, rfm_model(2), rfm_model(2), 0.1, rfm_now)
+            is None
+        )
 
 
 def test_features_of_a_profile() -> None:
