@@ -658,8 +658,8 @@ def decide(
     rewritten just to record the newer model (ingest leaves that to the
     re-scoring pass, which visits every customer after a promotion anyway).
 
-    A move counts as `model_update` when the model that last scored the
-    customer would keep them where they are on these same features: the
+    A move counts as `model_update` when the model that last wrote the
+    customer's scores would keep them where they are on these same features: the
     model moved, not the customer."""
     current = int(float(fields["segment"])) if "segment" in fields else None
     new = model.assign(x, current, hysteresis)

@@ -399,8 +399,8 @@ class Pipeline:
         xs = self.segmenter.features_of(result.profiles)
         # After a promotion most customers of a batch would be rewritten only
         # to record the new version: the pass does that, off the ingest path
-        # (at 5k events/s those writes were most of what promotions added to
-        # a batch, docs/benchmarks.md).
+        # (with a promotion every 8 s those writes were most of what
+        # promotions added to the p99 at 3k and 5k events/s, docs/benchmarks.md).
         decisions = await self.segmenter.score(result.profiles, now, xs, stamp_version=False)
         await self.segmenter.emit(decisions, result.profiles, now, self.send, out)
         await self.predictor.after_apply(result.profiles, partition_of, purchased, now, out)
