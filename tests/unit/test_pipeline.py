@@ -176,6 +176,24 @@ def shop_of_80_drained(
     return pipe, store, pipe.producer
 
 
+def promoting_at_every_refit(**extra: Any) -> Settings:
+    """A model from 50 vectors, and every later refit promoted (no minimum
+    shift) once half a second has passed on the learner's clock."""
+    return Settings(
+        segment_warmup=50,
+        segment_warmup_days=0,
+        segment_promote_min_shift=0,
+        segment_promote_interval_s=0.5,
+        **extra,
+    )
+
+
+def a_second_per_call(pipe: Pipeline) -> None:
+    """The learner's clock advances a second each time it is read."""
+    ticks = iter(range(10**6))
+    pipe.learner.clock = lambda: float(next(ticks))
+
+
 def test_a_promoted_model_segments_every_owned_customer() -> None:
     settings = Settings(segment_warmup=50, segment_learn_sample=1.0)
     pipe, store, producer = shop_of_80_drained(settings)
@@ -200,17 +218,10 @@ def test_a_promoted_model_segments_every_owned_customer() -> None:
 def test_after_a_promotion_ingest_leaves_version_only_writes_to_the_pass() -> None:
     """A batch scored by a newly promoted model writes a profile only if its
     segment or RFM scores move; recording the version is the pass's job."""
-    settings = Settings(
-        segment_warmup=50,
-        segment_warmup_days=0,
-        segment_learn_sample=1.0,
-        segment_promote_min_shift=0,
-        segment_promote_interval_s=0.5,
-    )
+    settings = promoting_at_every_refit(segment_learn_sample=1.0)
     pipe, store, producer = shop_of_80_drained(settings)
     vectors = vectors_in(producer.on("segment-features"))
-    ticks = iter(range(10**6))
-    pipe.learner.clock = lambda: float(next(ticks))  # a second per call
+    a_second_per_call(pipe)
     owned = set(range(settings.partitions))
 
     async def promote_and_pass() -> None:
@@ -325,13 +336,7 @@ def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
 def test_a_promotion_during_a_rescoring_pass_restarts_it_with_the_new_model() -> None:
     """Nobody is left on an older version, and the pass reads the owned
     partitions' members in slices."""
-    settings = Settings(
-        segment_warmup=50,
-        segment_warmup_days=0,
-        segment_rescore_slice=10,
-        segment_promote_min_shift=0,
-        segment_promote_interval_s=0.5,
-    )
+    settings = promoting_at_every_refit(segment_rescore_slice=10)
     pipe, store, producer = shop_of_80_drained(settings)
     vectors = vectors_in(producer.on("segment-features"))
     slices = []
@@ -345,8 +350,7 @@ def test_a_promotion_during_a_rescoring_pass_restarts_it_with_the_new_model() ->
             assert await pipe.segmenter.refresh()
         return await read(partition, cursor, count)
 
-    ticks = iter(range(10**6))
-    pipe.learner.clock = lambda: float(next(ticks))  # a second per call
+    a_second_per_call(pipe)
 
     async def run() -> None:
         assert await pipe.learner.learn(vectors) is not None
