@@ -79,7 +79,10 @@ class ProfileConfig:
     record_orders: bool = False
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass sets each of these fields through
+# object.__setattr__, which made building one cost 2.5 µs instead of 0.65 µs,
+# once per event. Nothing changes a delta once built.
+@dataclass(slots=True)
 class Delta:
     """One validated event, reduced to what the profile needs (the script's
     input; layout.DELTA_WIRE gives each attribute's short name on the wire)."""
@@ -151,6 +154,9 @@ def day_index(ts_ms: int, zone: dt.tzinfo = UTC) -> int:
     return dt.datetime.fromtimestamp(ts_ms / 1000, tz=zone).date().toordinal() - EPOCH_ORDINAL
 
 
+_BASKETS = (Purchase, StoreReceipt)
+
+
 def to_delta(
     event: Event,
     ts_ms: int,
@@ -174,7 +180,7 @@ def to_delta(
             device=event.device or None,
             **base,  # type: ignore[arg-type]
         )
-    if isinstance(event, Purchase | StoreReceipt):
+    if isinstance(event, _BASKETS):
         rate = Decimal(str(currencies[event.currency]))
         basket = Decimal(0)
         returned = Decimal(0)

@@ -73,7 +73,9 @@ class LineProblem:
     line: Any  # the line as sent (a JSON value)
 
 
-@dataclass(frozen=True)
+# Not frozen: built once per event, and a frozen dataclass's __init__ costs
+# twice as much (every field set through object.__setattr__).
+@dataclass(slots=True)
 class Accepted:
     kind: EventKind
     event: Event
@@ -106,6 +108,9 @@ FREE_LABELS: dict[str, tuple[str, ...]] = {
     "purchase": ("payment_method",),
     "store_receipt": ("payment_method", "loyalty_card"),
 }
+
+
+_BASKETS = (Purchase, StoreReceipt)
 
 
 def validate(raw: bytes, kind: EventKind, now_ms: int, rules: Rules) -> Accepted | Rejected:
@@ -162,7 +167,7 @@ def _validate(raw: bytes, kind: EventKind, now_ms: int, rules: Rules) -> Accepte
         raise _Reject("schema", _describe(exc, kind)) from exc
 
     ts_ms = _event_time(event, now_ms, rules)
-    if isinstance(event, Purchase | StoreReceipt):
+    if isinstance(event, _BASKETS):
         event = _settle_basket(event, lines, dropped, claimed_total, rules, corrections)
     elif isinstance(event, CustomerAttributes):
         event = _check_attributes(event, ts_ms, corrections)
@@ -208,10 +213,19 @@ def _clean_labels(doc: dict[str, Any], kind: str, corrections: list[str]) -> Non
             doc[name] = free_label(doc[name], name, corrections)
 
 
+# Each enum's values, looked up once: `Enum.__members__` builds a mapping
+# proxy on every access.
+_ENUM_VALUES: dict[type[StrEnum], frozenset[str]] = {
+    enum: frozenset(member.value for member in enum)
+    for labels in ENUM_LABELS.values()
+    for enum in labels.values()
+}
+
+
 def _enum_label(value: Any, enum: type[StrEnum], name: str, corrections: list[str]) -> str:
     if isinstance(value, str):
         normal = value.strip().lower()
-        if normal in enum.__members__:
+        if normal in _ENUM_VALUES[enum]:
             return normal
     corrections.append(f"unknown_{name}")
     return "other"
@@ -242,7 +256,10 @@ def _usable_decimal(value: Any) -> Decimal | None:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     try:
-        number = Decimal(value.strip() if isinstance(value, str) else str(value))
+        if type(value) is int:
+            number = Decimal(value)  # exact, and faster than through str
+        else:
+            number = Decimal(value.strip() if isinstance(value, str) else str(value))
     except (InvalidOperation, ValueError):
         return None
     if not number.is_finite() or number.adjusted() > 15:
@@ -277,7 +294,7 @@ def _check_line(line: Any, index: int, rules: Rules, corrections: list[str]) -> 
     where = f"items.{index}"
     if not isinstance(line, dict):
         raise _Reject("line_not_an_object", f"{where} must be an object")
-    line = {**line, "category": free_label(line.get("category"), "category", corrections)}
+    category = free_label(line.get("category"), "category", corrections)
     quantity = _usable_decimal(line.get("quantity"))
     price = _usable_decimal(line.get("unit_price"))
     if quantity is None:
@@ -285,7 +302,9 @@ def _check_line(line: Any, index: int, rules: Rules, corrections: list[str]) -> 
     if price is None:
         raise _Reject("line_price", f"{where}.unit_price is not a usable number")
     try:
-        item = Item.model_validate({**line, "quantity": quantity, "unit_price": price})
+        item = Item.model_validate(
+            {**line, "category": category, "quantity": quantity, "unit_price": price}
+        )
     except ValidationError as exc:
         raise _Reject("line_schema", _describe(exc, "line").replace("line: ", "", 1)) from exc
     if abs(item.quantity) > rules.max_quantity:

@@ -132,6 +132,17 @@ def test_ids_are_stripped_and_extra_fields_ignored() -> None:
     assert outcome.event.customer_id == "c9"
 
 
+@pytest.mark.parametrize(
+    ("customer_id", "accepted"),
+    [(" " + "c" * 128 + " ", True), ("c" * 128, True), (" " + "c" * 129, False), ("  ", False)],
+)
+def test_id_length_limits_apply_to_the_stripped_id(customer_id: str, accepted: bool) -> None:
+    outcome = run(purchase(customer_id=customer_id))
+    assert isinstance(outcome, Accepted) is accepted, outcome
+    if isinstance(outcome, Rejected):
+        assert "customer_id: String should have at" in outcome.reason
+
+
 def test_attribute_corrections() -> None:
     body = {
         "event_id": "a1",
