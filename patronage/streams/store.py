@@ -78,6 +78,10 @@ def _lua(name: str) -> str:
     return text
 
 
+_DELTAS_ARG = APPLY_ARGS.index("deltas")
+_CLOCK_ARG = APPLY_ARGS.index("clock")
+
+
 class StoredLayoutError(FatalRedisError):
     """The key prefix holds data in a layout this version does not read."""
 
@@ -90,6 +94,8 @@ class ProfileStore:
         self.prefix = prefix
         self.cfg = cfg
         self.retention_ms = retention_ms
+        # (retention it was built for, arguments): see _apply_args.
+        self._apply_template: tuple[int | None, list[Any]] = (None, [])
         self._apply = client.register_script(_lua("apply"))
         self._watermark = client.register_script(_lua("watermark"))
         self._reschedule = client.register_script(_lua("reschedule"))
@@ -267,24 +273,29 @@ class ProfileStore:
         return members_key(self.prefix, partition)
 
     def _apply_args(self, deltas: Sequence[Delta], clock: float) -> list[Any]:
-        rules = self.cfg.lapse
-        args = {
-            "half_life_ms": self.cfg.half_life_ms,
-            "map_cap": self.cfg.map_cap,
-            "session_window": self.cfg.session_window,
-            "dedupe_window_hours": self.cfg.dedupe_window_ms // HOUR_MS,
-            "lapse_min_visits": rules.min_visits,
-            "lapse_min_tenure_days": rules.min_tenure_days,
-            "lapse_min_gap_days": rules.min_gap_days,
-            "lapse_gap_multiplier": rules.gap_multiplier,
-            "deltas": dumps_compact([d.to_wire() for d in deltas]),
-            "retention_ms": self.retention_ms,
-            "dedupe_max_events": self.cfg.dedupe_max_events,
-            "clock": repr(float(clock)),
-            "late_kept": self.cfg.late_kept,
-            "record_orders": int(self.cfg.record_orders),
-        }
-        return [args[name] for name in APPLY_ARGS]
+        """The apply script's arguments: the settings' part built once (it
+        was a dict of fourteen per customer call), the deltas and clock filled in."""
+        if self._apply_template[0] != self.retention_ms:
+            rules = self.cfg.lapse
+            fixed = {
+                "half_life_ms": self.cfg.half_life_ms,
+                "map_cap": self.cfg.map_cap,
+                "session_window": self.cfg.session_window,
+                "dedupe_window_hours": self.cfg.dedupe_window_ms // HOUR_MS,
+                "lapse_min_visits": rules.min_visits,
+                "lapse_min_tenure_days": rules.min_tenure_days,
+                "lapse_min_gap_days": rules.min_gap_days,
+                "lapse_gap_multiplier": rules.gap_multiplier,
+                "retention_ms": self.retention_ms,
+                "dedupe_max_events": self.cfg.dedupe_max_events,
+                "late_kept": self.cfg.late_kept,
+                "record_orders": int(self.cfg.record_orders),
+            }
+            self._apply_template = (self.retention_ms, [fixed.get(n) for n in APPLY_ARGS])
+        args = self._apply_template[1].copy()
+        args[_DELTAS_ARG] = dumps_compact([d.to_wire() for d in deltas])
+        args[_CLOCK_ARG] = repr(float(clock))
+        return args
 
     async def apply_batch(
         self,

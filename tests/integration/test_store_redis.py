@@ -12,6 +12,7 @@ import asyncio
 import math
 import random
 import uuid
+from dataclasses import replace
 
 import pytest
 import redis.asyncio as aioredis
@@ -204,7 +205,7 @@ def test_redelivery_and_duplicate_ids_counted_once(redis_up: str) -> None:
     same event id) must both leave the profile as it was."""
     rng = random.Random(99)
     deltas = [
-        Delta(**{**d.__dict__, "order_token": token(f"order-{i}") if d.order_token else None})
+        replace(d, order_token=token(f"order-{i}") if d.order_token else None)
         for i, d in enumerate(random_deltas(rng, "c2", 30))
     ]
 
@@ -216,7 +217,7 @@ def test_redelivery_and_duplicate_ids_counted_once(redis_up: str) -> None:
             before = await store.profile("c2")
             again = await store.apply_batch({"c2": deltas})
             last = deltas[-1]
-            republished = Delta(**{**last.__dict__, "offset": last.offset + 100})
+            republished = replace(last, offset=last.offset + 100)
             dup = await store.apply_batch({"c2": [republished]})
             after = await store.profile("c2")
             return before, after, [first.applied, again.duplicate_offsets, dup.duplicate_events]
@@ -239,9 +240,7 @@ def test_memory_per_profile_is_bounded(redis_up: str) -> None:
     rounds = []
     for round_ in range(2):
         deltas = random_deltas(rng, "c3", 2500)
-        rounds.append(
-            [Delta(**{**d.__dict__, "offset": d.offset + round_ * 10_000}) for d in deltas]
-        )
+        rounds.append([replace(d, offset=d.offset + round_ * 10_000) for d in deltas])
 
     async def run() -> list[int]:
         client = aioredis.Redis.from_url(redis_up)
@@ -295,7 +294,7 @@ def test_an_order_resent_10000_events_later_counts_once(redis_up: str) -> None:
     click = delta(1, "c", 1, t0 + 1000)
     between = [delta(n, "c", n, t0 + n * 10) for n in range(2, 10_002)]
     # Re-sent under new event ids and offsets, as a producer retry would.
-    again = [delta(20_000, "o", 20_000, t0 + 5), Delta(**{**click.__dict__, "offset": 20_001})]
+    again = [delta(20_000, "o", 20_000, t0 + 5), replace(click, offset=20_001)]
 
     async def run() -> tuple[int, int, dict[str, object] | None]:
         client = aioredis.Redis.from_url(redis_up)
