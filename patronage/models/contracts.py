@@ -299,6 +299,8 @@ class IdentityEvent(_Timed):
 
 EventKind = Literal["click", "purchase", "store_receipt", "customer_attributes"]
 Event = Click | Purchase | StoreReceipt | CustomerAttributes
+# For isinstance on the hot path (a `Purchase | StoreReceipt` union is built per call).
+BASKET_EVENTS = (Purchase, StoreReceipt)
 
 # Known attribute fields and the JSON types they accept; others are dropped
 # (and counted) so a CRM export cannot grow a profile without bound.

@@ -37,6 +37,7 @@ from decimal import Decimal
 from typing import Literal
 
 from patronage.models.contracts import (
+    BASKET_EVENTS,
     UTC,
     AttributeValue,
     Click,
@@ -154,9 +155,6 @@ def day_index(ts_ms: int, zone: dt.tzinfo = UTC) -> int:
     return dt.datetime.fromtimestamp(ts_ms / 1000, tz=zone).date().toordinal() - EPOCH_ORDINAL
 
 
-_BASKETS = (Purchase, StoreReceipt)
-
-
 def to_delta(
     event: Event,
     ts_ms: int,
@@ -180,7 +178,7 @@ def to_delta(
             device=event.device or None,
             **base,  # type: ignore[arg-type]
         )
-    if isinstance(event, _BASKETS):
+    if isinstance(event, BASKET_EVENTS):
         rate = Decimal(str(currencies[event.currency]))
         basket = Decimal(0)
         returned = Decimal(0)

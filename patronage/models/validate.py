@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from patronage.models import jsontext
 from patronage.models.contracts import (
+    BASKET_EVENTS,
     KNOWN_ATTRIBUTES,
     MAX_ID_LENGTH,
     UTC,
@@ -110,9 +111,6 @@ FREE_LABELS: dict[str, tuple[str, ...]] = {
 }
 
 
-_BASKETS = (Purchase, StoreReceipt)
-
-
 def validate(raw: bytes, kind: EventKind, now_ms: int, rules: Rules) -> Accepted | Rejected:
     try:
         return _validate(raw, kind, now_ms, rules)
@@ -167,7 +165,7 @@ def _validate(raw: bytes, kind: EventKind, now_ms: int, rules: Rules) -> Accepte
         raise _Reject("schema", _describe(exc, kind)) from exc
 
     ts_ms = _event_time(event, now_ms, rules)
-    if isinstance(event, _BASKETS):
+    if isinstance(event, BASKET_EVENTS):
         event = _settle_basket(event, lines, dropped, claimed_total, rules, corrections)
     elif isinstance(event, CustomerAttributes):
         event = _check_attributes(event, ts_ms, corrections)

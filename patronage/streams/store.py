@@ -94,8 +94,7 @@ class ProfileStore:
         self.prefix = prefix
         self.cfg = cfg
         self.retention_ms = retention_ms
-        # (retention it was built for, arguments): see _apply_args.
-        self._apply_template: tuple[int | None, list[Any]] = (None, [])
+        self._apply_template = self._apply_settings()
         self._apply = client.register_script(_lua("apply"))
         self._watermark = client.register_script(_lua("watermark"))
         self._reschedule = client.register_script(_lua("reschedule"))
@@ -272,27 +271,30 @@ class ProfileStore:
     def members_key(self, partition: int) -> str:
         return members_key(self.prefix, partition)
 
+    def _apply_settings(self) -> list[Any]:
+        """The apply script's arguments with the settings filled in (the
+        deltas and the clock are per call): built once per store, since a
+        store's settings never change; a dict of them per customer call cost
+        ~1 µs per event."""
+        rules = self.cfg.lapse
+        fixed = {
+            "half_life_ms": self.cfg.half_life_ms,
+            "map_cap": self.cfg.map_cap,
+            "session_window": self.cfg.session_window,
+            "dedupe_window_hours": self.cfg.dedupe_window_ms // HOUR_MS,
+            "lapse_min_visits": rules.min_visits,
+            "lapse_min_tenure_days": rules.min_tenure_days,
+            "lapse_min_gap_days": rules.min_gap_days,
+            "lapse_gap_multiplier": rules.gap_multiplier,
+            "retention_ms": self.retention_ms,
+            "dedupe_max_events": self.cfg.dedupe_max_events,
+            "late_kept": self.cfg.late_kept,
+            "record_orders": int(self.cfg.record_orders),
+        }
+        return [fixed.get(name) for name in APPLY_ARGS]
+
     def _apply_args(self, deltas: Sequence[Delta], clock: float) -> list[Any]:
-        """The apply script's arguments: the settings' part built once (it
-        was a dict of fourteen per customer call), the deltas and clock filled in."""
-        if self._apply_template[0] != self.retention_ms:
-            rules = self.cfg.lapse
-            fixed = {
-                "half_life_ms": self.cfg.half_life_ms,
-                "map_cap": self.cfg.map_cap,
-                "session_window": self.cfg.session_window,
-                "dedupe_window_hours": self.cfg.dedupe_window_ms // HOUR_MS,
-                "lapse_min_visits": rules.min_visits,
-                "lapse_min_tenure_days": rules.min_tenure_days,
-                "lapse_min_gap_days": rules.min_gap_days,
-                "lapse_gap_multiplier": rules.gap_multiplier,
-                "retention_ms": self.retention_ms,
-                "dedupe_max_events": self.cfg.dedupe_max_events,
-                "late_kept": self.cfg.late_kept,
-                "record_orders": int(self.cfg.record_orders),
-            }
-            self._apply_template = (self.retention_ms, [fixed.get(n) for n in APPLY_ARGS])
-        args = self._apply_template[1].copy()
+        args = self._apply_template.copy()
         args[_DELTAS_ARG] = dumps_compact([d.to_wire() for d in deltas])
         args[_CLOCK_ARG] = repr(float(clock))
         return args
