@@ -551,11 +551,13 @@ def latency(
     # delay the acks and polls it times.
     gc.collect()
     gc.freeze()
+    # The worker's log is kept to say why, should it exit during the run.
+    worker_log = tempfile.TemporaryFile()  # noqa: SIM115 (closed once the worker is gone)
     proc = subprocess.Popen(
         [sys.executable, "-m", "patronage.streams.cli", "worker", "run"],
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=worker_log,
     )
 
     async def run_load() -> dict[str, float]:
@@ -579,10 +581,15 @@ def latency(
         )
 
         def worker_alive() -> None:
-            # Its output goes nowhere: without this a worker that failed to
-            # start left the harness waiting for probes forever.
+            # Without this a worker that failed to start left the harness
+            # waiting for probes forever.
             if proc.poll() is not None:
-                raise RuntimeError(f"the worker exited (code {proc.returncode}) during the run")
+                worker_log.seek(0)
+                tail = worker_log.read().decode("utf-8", "replace")[-3000:]
+                raise RuntimeError(
+                    f"the worker exited (code {proc.returncode}) during the run; "
+                    f"the end of its log:\n{tail}"
+                )
 
         async def watch() -> None:
             while not done.is_set() or pending:
@@ -677,6 +684,7 @@ def latency(
     finally:
         proc.terminate()
         proc.wait(30)
+        worker_log.close()
         # Only once the worker is gone: it writes (model versions, risk
         # marks) until it stops, and those keys outlived every run.
         asyncio.run(_cleanup(settings))

@@ -1,19 +1,35 @@
-"""The learner's fit process, which exits with its worker.
+"""The learner's fit process, which exits with its worker and is started
+again when it dies.
 
 A worker killed outright (SIGKILL, the OOM killer) cannot shut its pool
 down, and the fit process it had spawned waited on its pipe for ever: every
 such kill left one behind (~90 MB each; the fault tests left six per suite
 run). The fit process now checks every second that its parent is still the
 worker that started it, and exits when it is not.
+
+The other way round, a fit process that dies (the OOM killer picks the
+largest process; a kill by hand) leaves its pool broken for good: every fit
+after it failed, so the worker went on ingesting with its segment model and
+prediction parameters frozen until it was restarted. `FitProcess` starts a
+new one and runs the fit again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+log = logging.getLogger("patronage.learner")
+
+T = TypeVar("T")
 
 
 def _exit_with_parent(parent_pid: int, interval_s: float) -> None:
@@ -34,3 +50,28 @@ def fit_pool(interval_s: float = 1.0) -> ProcessPoolExecutor:
         initializer=_exit_with_parent,
         initargs=(os.getpid(), interval_s),
     )
+
+
+class FitProcess:
+    """One fit process at a time, a new one when the last died."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self.pool = fit_pool(interval_s)
+        self.restarts = 0  # fit processes started again after one died
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in the fit process; once again in a new process if
+        it died (the fits are pure: running one twice is safe)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.pool, fn, *args)
+        except BrokenProcessPool:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = fit_pool(self.interval_s)
+            self.restarts += 1
+            log.warning("the fit process died; started a new one, fitting again")
+            return await loop.run_in_executor(self.pool, fn, *args)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -216,6 +216,12 @@ class _Collector(Collector):
         for outcome in ("fitted", "kept_previous", "failed"):
             fits.add_metric([outcome], learner.fits[outcome])
         yield fits
+        restarts = _counter(
+            "patronage_fit_process_restarts",
+            "Fit processes started again after the last one died (the OOM killer, a kill).",
+        )
+        restarts.add_metric([], learner.executor.restarts if learner.executor else 0)
+        yield restarts
         version = _gauge(
             "patronage_prediction_parameters_version",
             "Version of the prediction parameters the learner last saw or fitted.",

@@ -18,7 +18,6 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Executor
 from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
@@ -46,6 +45,7 @@ from patronage.models.segments import (
     decide,
     refit_with_checkpoint,
 )
+from patronage.streams.fitpool import FitProcess
 from patronage.streams.pacing import Pacer
 from patronage.streams.scored import ScoreWrites
 from patronage.streams.settings import Settings
@@ -376,7 +376,7 @@ class Learner:
         self.last_fit = -math.inf
         self.fits: Counter[str] = Counter()  # outcome -> count
         self.parameters_version = 0
-        self.executor: Executor | None = None  # set by the worker (streams/worker.py)
+        self.executor: FitProcess | None = None  # set by the worker (streams/worker.py)
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """k-means and the likelihood fits never run on the event loop that
@@ -384,7 +384,7 @@ class Learner:
         with ingest), else in a thread."""
         if self.executor is None:
             return await asyncio.to_thread(fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return await self.executor.run(fn, *args)
 
     async def _ensure(self) -> SegmentTrainer:
         # Reload when another worker promoted since (ownership moved and back).

@@ -23,7 +23,7 @@ import faust
 from patronage.models.batch import Record
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.errors import FatalRedisError
-from patronage.streams.fitpool import fit_pool
+from patronage.streams.fitpool import FitProcess
 from patronage.streams.ingest import BatchIngest
 from patronage.streams.kafka_transport import App as ReadCommittedApp
 from patronage.streams.metrics import WorkerMetrics, watch_loop_lag
@@ -85,7 +85,7 @@ class Runtime:
             producer,  # type: ignore[arg-type]
             metrics=self.metrics,
         )
-        self.fit_process = fit_pool()
+        self.fit_process = FitProcess()
         self.pipeline.learner.executor = self.fit_process
         self.ingest = BatchIngest(settings, self.pipeline)
         self.monitor = Monitor(settings, self.pipeline, self.redis)
@@ -193,7 +193,7 @@ def _wire_ingest(app: faust.App, runtime: Runtime) -> None:
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def stop_ingest(sender: Any, **kwargs: Any) -> None:
         ingest.stop()
-        runtime.fit_process.shutdown(wait=False, cancel_futures=True)
+        runtime.fit_process.shutdown()
 
 
 def _wire_timers(app: faust.App, runtime: Runtime) -> None:

@@ -64,3 +64,32 @@ def test_a_plain_pool_would_have_stayed(tmp_path: Path) -> None:
         assert not gone(child)
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_a_fit_process_that_died_is_started_again() -> None:
+    """The OOM killer takes the largest process, often the fit process: its
+    pool was then broken for good, and every later promotion and prediction
+    fit failed while the worker went on ingesting. A real process is killed
+    here: a mock pool would not break the way concurrent.futures does."""
+    import asyncio
+
+    from patronage.streams.fitpool import FitProcess
+
+    fits = FitProcess(interval_s=0.1)
+
+    async def scenario() -> tuple[int, int, int]:
+        first = await fits.run(os.getpid)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not gone(first) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        second = await fits.run(os.getpid)
+        third = await fits.run(os.getpid)
+        return first, second, third
+
+    try:
+        first, second, third = asyncio.run(scenario())
+    finally:
+        fits.shutdown()
+    assert second != first and third == second  # a new process, then kept
+    assert fits.restarts == 1
