@@ -493,7 +493,23 @@ AMOUNTS = (
 )
 
 
-def profile_view(customer_id: str, fields: Mapping[str, float | str]) -> dict[str, object]:
+def judged_version(fields: Mapping[str, float | str], floor: int) -> int | None:
+    """The newest model version that has judged a scored profile: the one
+    that last wrote its scores, or the judged floor if newer. A pass writes
+    only the profiles whose segment or RFM scores move (rewriting each to
+    record the version was three quarters of its Redis commands and a third
+    of its time, docs/benchmarks.md); None for a profile never scored."""
+    if "segment" not in fields:
+        return None
+    return max(int(float(fields.get("segment_version", 0))), floor)
+
+
+def profile_view(
+    customer_id: str, fields: Mapping[str, float | str], judged_floor: int = 0
+) -> dict[str, object]:
+    """What the API shows; `judged_floor`: models.segments.judged_floor_of
+    the re-scoring passes recorded."""
+
     def num(name: str) -> float:
         return _num(fields, name)
 
@@ -537,9 +553,7 @@ def profile_view(customer_id: str, fields: Mapping[str, float | str]) -> dict[st
     view["attributes"] = dict(sorted(attributes.items()))
     view["segment"] = int(num("segment")) if "segment" in fields else None
     view["segment_since"] = when("segment_since")
-    view["segment_model_version"] = (
-        int(num("segment_version")) if "segment_version" in fields else None
-    )
+    view["segment_model_version"] = judged_version(fields, judged_floor)
     view["rfm"] = (
         {"r": int(num("rfm_r")), "f": int(num("rfm_f")), "m": int(num("rfm_m"))}
         if "rfm_r" in fields

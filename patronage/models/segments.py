@@ -650,25 +650,22 @@ def decide(
     scored_by: FrozenModel | None,
     hysteresis: float,
     rfm_now: Sequence[float] = (0.0, 0.0, 0.0),
-    stamp_version: bool = True,
 ) -> SegmentDecision | None:
     """Score one profile; None when nothing stored would change. `rfm_now`:
     recency days, frequency and monetary value at the scoring time.
-    `stamp_version=False`: a profile whose segment and RFM scores stand is not
-    rewritten just to record the newer model (ingest leaves that to the
-    re-scoring pass, which visits every customer after a promotion anyway).
+    A profile whose segment and RFM scores stand is not rewritten to record
+    the newer model: the re-scoring pass records that it judged a whole
+    partition instead (`judged_version`).
 
-    A move counts as `model_update` when the model that last wrote the
-    customer's scores would keep them where they are on these same features: the
+    A move counts as `model_update` when the model that last judged the
+    customer would keep them where they are on these same features: the
     model moved, not the customer."""
     current = int(float(fields["segment"])) if "segment" in fields else None
     new = model.assign(x, current, hysteresis)
     rfm = model.rfm(*rfm_now)
     stored_rfm = tuple(int(float(fields.get(f"rfm_{d}", 0))) for d in "rfm")
     if new == current:
-        if rfm == stored_rfm and (
-            not stamp_version or int(float(fields.get("segment_version", 0))) == model.version
-        ):
+        if rfm == stored_rfm:
             return None
         return SegmentDecision(new, current, "", rfm, False)
     reason = "profile"
@@ -680,3 +677,10 @@ def decide(
     ):
         reason = "model_update"
     return SegmentDecision(new, current, reason, rfm, True)
+
+
+def judged_floor_of(passes: Mapping[int, int], partitions: int) -> int:
+    """The model version every partition's re-scoring pass has completed
+    with (0 until each of the `partitions` has one): every profile has been
+    judged by it or a newer one."""
+    return min((passes.get(p, 0) for p in range(partitions)), default=0)

@@ -293,11 +293,13 @@ def profile_export(out: Path) -> None:
 
         count = 0
         async with profile_store(s) as store:
-            fitted = await ModelStore(store.client, s.key_prefix).load_parameters()
+            models = ModelStore(store.client, s.key_prefix)
+            fitted = await models.load_parameters()
+            floor = await models.judged_floor()
             now = time.time() * 1000
             with out.open("w", encoding="utf-8") as handle:
                 async for customer_id, fields in store.export_fields():
-                    view = profile_view(customer_id, fields)
+                    view = profile_view(customer_id, fields, floor)
                     view["predictions"] = predictions(
                         fields, now, fitted, s.prediction_discount_rate
                     )

@@ -30,7 +30,7 @@ from patronage.models.profile import (
     profile_view,
 )
 from patronage.models.risk import after_judging
-from patronage.models.segments import FrozenModel, SegmentTrainer
+from patronage.models.segments import FrozenModel, SegmentTrainer, judged_floor_of
 from patronage.models.sources import SourceState
 from patronage.streams.types import ApplyResult, Fields, Queue
 
@@ -352,6 +352,8 @@ class MemoryModelStore:
         self.trainer: str | None = None
         self.segment_sizes: Counter[int] = Counter()
         self.parameters: str | None = None
+        self.passes: dict[int, int] = {}
+        self.partitions = 0
 
     async def current_version(self) -> int:
         return self.version
@@ -382,6 +384,13 @@ class MemoryModelStore:
 
     async def adjust_sizes(self, changes: Mapping[int, int]) -> None:
         self.segment_sizes.update(changes)
+
+    async def record_pass(self, partition: int, version: int, partitions: int) -> None:
+        self.passes[partition] = version
+        self.partitions = partitions
+
+    async def judged_floor(self) -> int:
+        return judged_floor_of(self.passes, self.partitions)
 
 
 class RecordingProducer:

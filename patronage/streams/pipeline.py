@@ -397,11 +397,11 @@ class Pipeline:
         purchases' at-risk judging, and the learner's sample."""
         out = ScoreWrites()
         xs = self.segmenter.features_of(result.profiles)
-        # After a promotion most customers of a batch would be rewritten only
-        # to record the new version: the pass does that, off the ingest path
-        # (with a promotion every 8 s those writes were most of what
-        # promotions added to the p99 at 3k and 5k events/s, docs/benchmarks.md).
-        decisions = await self.segmenter.score(result.profiles, now, xs, stamp_version=False)
+        # A profile is written only if its segment or RFM scores move, not to
+        # record a newer model (models.segments.judged_version): after a
+        # promotion every 8 s those writes were most of what promotions added
+        # to the p99 at 3k and 5k events/s (docs/benchmarks.md).
+        decisions = await self.segmenter.score(result.profiles, now, xs)
         await self.segmenter.emit(decisions, result.profiles, now, self.send, out)
         await self.predictor.after_apply(result.profiles, partition_of, purchased, now, out)
         await self.segmenter.settle(decisions, await out.flush(self.store))

@@ -70,7 +70,7 @@ async def view_with_predictions(
     if found is None:
         return None
     canonical, fields, identifiers = found
-    view = profile_view(canonical, fields)
+    view = profile_view(canonical, fields, await parameters.models.judged_floor())
     view["identifiers"] = identifiers
     view["predictions"] = predictions(fields, now_ms, await parameters.current(), annual_discount)
     return view

@@ -35,6 +35,7 @@ from patronage.models.predict import (
     history_record,
     purchase_history,
 )
+from patronage.models.profile import judged_version
 from patronage.models.segments import (
     LABEL_RULES,
     CustomerSample,
@@ -43,6 +44,7 @@ from patronage.models.segments import (
     SegmentTrainer,
     checkpoint_text,
     decide,
+    judged_floor_of,
     refit_with_checkpoint,
 )
 from patronage.streams.fitpool import FitProcess
@@ -69,6 +71,7 @@ class ModelStore:
         self.version_key = base + "version"
         self.trainer_key = base + "trainer"
         self.sizes_key = base + "sizes"
+        self.passes_key = base + "passes"
         self.parameters_key = predict_key(prefix)
         self.base = base
 
@@ -122,6 +125,20 @@ class ModelStore:
     async def save_parameters(self, fitted: FittedParameters) -> None:
         await self.client.set(self.parameters_key, json.dumps(fitted.to_json()))
 
+    async def record_pass(self, partition: int, version: int, partitions: int) -> None:
+        # A later pass with an older version (a worker that took the
+        # partition over before it picked up the newer model) lowers the
+        # record: the floor can fall behind, never run ahead.
+        await self.client.hset(
+            self.passes_key, mapping={str(partition): version, "partitions": partitions}
+        )
+
+    async def judged_floor(self) -> int:
+        stored = await self.client.hgetall(self.passes_key)
+        raw = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in stored.items()}
+        partitions = raw.pop("partitions", 0)
+        return judged_floor_of({int(p): v for p, v in raw.items()}, partitions)
+
     async def adjust_sizes(self, changes: Mapping[int, int]) -> None:
         changes = {segment: by for segment, by in changes.items() if by}
         if not changes:
@@ -143,9 +160,11 @@ class Segmenter:
         self.rescored = 0  # customers read by re-scoring passes
         self.restarts = 0  # passes restarted by a newer model
         self.rescore_busy_s = 0.0  # the passes' own time (without their rests)
+        self.judged_floor = 0  # models.segments.judged_floor_of, as of the last refresh
 
     async def refresh(self) -> bool:
         """Load a newer promoted version; True if the model changed."""
+        self.judged_floor = await self.models.judged_floor()
         version = await self.models.current_version()
         if version == 0 or (self.model is not None and self.model.version == version):
             return False
@@ -159,7 +178,7 @@ class Segmenter:
         return True
 
     async def _scored_by(self, fields: dict[str, float | str]) -> FrozenModel | None:
-        version = int(float(fields.get("segment_version", 0)))
+        version = judged_version(fields, self.judged_floor) or 0
         if version == 0:
             return None
         if version not in self._by_version:
@@ -182,7 +201,6 @@ class Segmenter:
         profiles: dict[str, dict[str, float | str]],
         now_ms: float,
         xs: dict[str, dict[str, float]] | None = None,
-        stamp_version: bool = True,
     ) -> dict[str, SegmentDecision]:
         """Decisions for these profiles (models.segments.decide)."""
         model = self.model
@@ -197,7 +215,7 @@ class Segmenter:
             scored_by = await self._scored_by(fields)
             rfm_now = rfm_inputs(fields, now_ms, half_life)
             h = self.settings.segment_hysteresis
-            decision = decide(fields, x, model, scored_by, h, rfm_now, stamp_version)
+            decision = decide(fields, x, model, scored_by, h, rfm_now)
             if decision is not None:
                 decisions[customer_id] = decision
         return decisions
@@ -268,9 +286,11 @@ class Segmenter:
         """Re-score the customers of the owned partitions (their members sets:
         the cost follows what this worker owns, not the keyspace), in slices
         that yield to ingest and rest to keep the pass to its share of the
-        worker's time (pacing.py). A newer model arriving mid-pass restarts the pass
-        with it, so nobody is left on an older version (those already on the
-        newest are read, not rewritten)."""
+        worker's time (pacing.py). Only customers whose segment or RFM scores
+        move are written; each partition judged whole is recorded instead
+        (ModelStore.record_pass, models.segments.judged_version). A newer
+        model arriving mid-pass restarts the pass with it, so nobody is left
+        judged by an older version."""
         seen = 0
         pacer = Pacer(self.settings.background_pass_share, between_batches)
         busy_before = self.rescore_busy_s
@@ -289,9 +309,11 @@ class Segmenter:
                         break
                 if not finished:
                     break
+                await self.models.record_pass(partition, model.version, self.settings.partitions)
             if finished:
                 break
             self.restarts += 1
+        self.judged_floor = await self.models.judged_floor()
         return seen
 
     async def _rescore_slice(
@@ -325,6 +347,9 @@ async def segments_view(models: ModelStoreT) -> dict[str, Any]:
     return {
         "model_version": model.version,
         "promoted_at": format_ts(model.created_ms),
+        # Every customer has been judged by this version or a newer one (the
+        # re-scoring passes after a promotion have covered every partition).
+        "judged_by_every_partition": await models.judged_floor(),
         "features": list(model.keys),
         "segments": [
             {

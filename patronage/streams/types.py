@@ -199,6 +199,14 @@ class ModelStoreT(Protocol):
         """Add to the customer count of each segment."""
         ...
 
+    async def record_pass(self, partition: int, version: int, partitions: int) -> None:
+        """A re-scoring pass judged every customer of `partition` (of
+        `partitions`) with model `version`."""
+
+    async def judged_floor(self) -> int:
+        """models.segments.judged_floor_of the passes recorded."""
+        ...
+
 
 class Producer(Protocol):
     async def send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from patronage.models.batch import Record
-from patronage.models.profile import fold, profile_view, to_delta
+from patronage.models.profile import fold, judged_version, profile_view, to_delta
 from patronage.models.segments import SegmentTrainer
 from patronage.models.simulate import generate
 from patronage.models.sources import source_label
@@ -215,11 +215,14 @@ def test_a_promoted_model_segments_every_owned_customer() -> None:
     assert all(store.states[c].fields["segment_version"] == "1" for c in store.states)
 
 
-def test_after_a_promotion_ingest_leaves_version_only_writes_to_the_pass() -> None:
-    """A batch scored by a newly promoted model writes a profile only if its
-    segment or RFM scores move; recording the version is the pass's job."""
+def test_after_a_promotion_only_moved_scores_are_written_and_the_pass_records_the_rest() -> None:
+    """Neither a batch nor the re-scoring pass rewrites a profile only to
+    record a newer model: each writes those whose segment or RFM scores move,
+    and the pass records each partition it judged whole, so every profile
+    shows the newer version once the pass is over."""
     settings = promoting_at_every_refit(segment_learn_sample=1.0)
     pipe, store, producer = shop_of_80_drained(settings)
+    models = pipe.segmenter.models
     vectors = vectors_in(producer.on("segment-features"))
     a_second_per_call(pipe)
     owned = set(range(settings.partitions))
@@ -245,16 +248,32 @@ def test_after_a_promotion_ingest_leaves_version_only_writes_to_the_pass() -> No
     pipe.test([records[i : i + 400] for i in range(0, len(records), 400)])  # redelivered
     changes = [json.loads(v) for t, _, v in producer.sent[sent:] if t == "segment-changes"]
     moved = {c["customer_id"] for c in changes if c["kind"] == "segment"}
-    stamped = {c for c, s in store.states.items() if s.fields["segment_version"] == "2"}
     rfm = ("rfm_r", "rfm_f", "rfm_m")
-    rescored = {
-        c for c in store.states if any(store.states[c].fields[f] != before[c][f] for f in rfm)
-    }
-    assert stamped == moved | rescored
-    assert len(stamped) < len(store.states)  # the case this test is about occurred
-    # ... and the pass records it for everyone
+
+    def stamped(version: str) -> set[str]:
+        return {c for c, s in store.states.items() if s.fields["segment_version"] == version}
+
+    def rescored(since: dict[str, dict[str, Any]]) -> set[str]:
+        return {
+            c for c in store.states if any(store.states[c].fields[f] != since[c][f] for f in rfm)
+        }
+
+    assert stamped("2") == moved | rescored(before)
+    assert len(stamped("2")) < len(store.states)  # the case this test is about occurred
+    # ... and the pass judges everyone with version 2, writing only moves
+    after_batches = {c: dict(s.fields) for c, s in store.states.items()}
+    sent = len(producer.sent)
     asyncio.run(pipe.segmenter.rescore_partitions(owned, START_MS + 121 * DAY_MS, pipe.send))
-    assert {s.fields["segment_version"] for s in store.states.values()} == {"2"}
+    changes = [json.loads(v) for t, _, v in producer.sent[sent:] if t == "segment-changes"]
+    moved_by_pass = {c["customer_id"] for c in changes if c["kind"] == "segment"}
+    rewritten = {c for c, s in store.states.items() if s.fields != after_batches[c]}
+    assert rewritten == moved_by_pass | rescored(after_batches)
+    assert stamped("1")  # left as they were: their scores stand under version 2
+    floor = asyncio.run(models.judged_floor())
+    assert floor == 2
+    assert {judged_version(s.fields, floor) for s in store.states.values()} == {2}
+    view = profile_view("c", store.states[min(stamped("1"))].fields, floor)
+    assert view["segment_model_version"] == 2
 
 
 def test_erasure_removes_the_customer_and_confirms() -> None:
@@ -362,7 +381,15 @@ def test_a_promotion_during_a_rescoring_pass_restarts_it_with_the_new_model() ->
     asyncio.run(run())
     owned = {c for c in store.states if partition_for(c, settings.partitions) in {0, 1, 2, 3}}
     assert pipe.segmenter.restarts == 1
-    assert {store.states[c].fields["segment_version"] for c in owned} == {"2"}
+    models = pipe.segmenter.models
+    assert isinstance(models, MemoryModelStore)
+    assert models.passes == dict.fromkeys(range(4), 2)  # each owned partition judged whole
+    # ... so nobody owned is left as an older version had them: judged again
+    # by version 2, nothing would change.
+    now = asyncio.run(pipe.pass_now({0, 1, 2, 3}))
+    owned_profiles = {c: store.states[c].fields for c in owned}
+    assert asyncio.run(pipe.segmenter.score(owned_profiles, now)) == {}
+    assert {store.states[c].fields["segment_version"] for c in owned} <= {"1", "2"}
     others = set(store.states) - owned
     assert all("segment_version" not in store.states[c].fields for c in others)
     assert set(slices) == {0, 1, 2, 3} and len(slices) > 8

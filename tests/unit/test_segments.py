@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 
 from patronage.models.features import FEATURES, features, rfm_inputs
+from patronage.models.profile import judged_version
 from patronage.models.segments import (
     FrozenModel,
     SegmentTrainer,
     decide,
+    judged_floor_of,
     kmeans,
     kmeans_plus_plus,
     label_terms,
@@ -238,36 +240,58 @@ def rfm_model(version: int) -> FrozenModel:
 
 
 # Stored: segment 0, RFM (5, 1, 1), scored by version 1; the features stay near
-# centre 0. Rescored by version 2 unless said: (x, rfm inputs, stamp_version)
-# -> (segment, changed) of the decision, or None (nothing written).
+# centre 0. Rescored by version 2: (x, rfm inputs) -> (segment, changed) of the
+# decision, or None (nothing written: recording the version is the pass's
+# record of a partition judged whole, judged_version).
 DECISIONS = [
-    ((0.1, 0.0), (0.5, 0.5, 0.5), True, (0, False)),  # only the version is new: stamped
-    ((0.1, 0.0), (0.5, 0.5, 0.5), False, None),  # ... or left to the re-scoring pass
-    ((0.1, 0.0), (0.5, 2.5, 0.5), False, (0, False)),  # the RFM scores moved: written
-    ((1.9, 0.0), (0.5, 0.5, 0.5), False, (1, True)),  # the segment moved: written
-    ((1.9, 0.0), (0.5, 0.5, 0.5), True, (1, True)),
+    ((0.1, 0.0), (0.5, 0.5, 0.5), None),  # only the version is new: not written
+    ((0.1, 0.0), (0.5, 2.5, 0.5), (0, False)),  # the RFM scores moved: written
+    ((1.9, 0.0), (0.5, 0.5, 0.5), (1, True)),  # the segment moved: written
 ]
 
 
-@pytest.mark.parametrize(("x", "rfm_now", "stamp_version", "expected"), DECISIONS)
+@pytest.mark.parametrize(("x", "rfm_now", "expected"), DECISIONS)
 def test_what_a_scoring_decision_writes(
     x: tuple[float, float],
     rfm_now: tuple[float, float, float],
-    stamp_version: bool,
     expected: tuple[int, bool] | None,
 ) -> None:
     stored = {"segment": 0, "segment_version": 1, "rfm_r": 5, "rfm_f": 1, "rfm_m": 1}
-    decision = decide(
-        stored, {"a": x[0], "b": x[1]}, rfm_model(2), rfm_model(1), 0.1, rfm_now, stamp_version
-    )
+    decision = decide(stored, {"a": x[0], "b": x[1]}, rfm_model(2), rfm_model(1), 0.1, rfm_now)
     assert (None if decision is None else (decision.segment, decision.changed)) == expected
-    # The same profile already on version 2 is never rewritten for nothing.
-    if expected is not None and not expected[1] and rfm_now == (0.5, 0.5, 0.5):
-        current = {**stored, "segment_version": 2}
-        assert (
-            decide(current, {"a": x[0], "b": x[1]}, rfm_model(2), rfm_model(2), 0.1, rfm_now)
-            is None
-        )
+
+
+# (passes recorded, partitions) -> the version every profile has been judged by
+JUDGED_FLOORS = [
+    ({}, 4, 0),  # no pass yet
+    ({0: 3, 1: 3, 2: 3}, 4, 0),  # partition 3 not judged whole yet
+    ({0: 3, 1: 3, 2: 3, 3: 3}, 4, 3),
+    ({0: 4, 1: 3, 2: 4, 3: 4}, 4, 3),  # a pass of version 4 under way
+    ({0: 4, 1: 4, 2: 4, 3: 4, 4: 2}, 4, 4),  # partitions no longer read do not hold it back
+]
+
+
+@pytest.mark.parametrize(("passes", "partitions", "expected"), JUDGED_FLOORS)
+def test_the_version_every_partition_was_judged_by(
+    passes: dict[int, int], partitions: int, expected: int
+) -> None:
+    assert judged_floor_of(passes, partitions) == expected
+
+
+# (stored scoring fields, judged floor) -> the model version shown for the profile
+JUDGED_VERSIONS = [
+    ({}, 5, None),  # never scored: no version, whatever the passes did
+    ({"segment": 1, "segment_version": 3}, 0, 3),
+    ({"segment": 1, "segment_version": 3}, 5, 5),  # judged by the pass, not rewritten
+    ({"segment": 1, "segment_version": 6}, 5, 6),  # moved since, by a newer model
+]
+
+
+@pytest.mark.parametrize(("fields", "floor", "expected"), JUDGED_VERSIONS)
+def test_the_version_a_profile_was_judged_by(
+    fields: dict[str, float], floor: int, expected: int | None
+) -> None:
+    assert judged_version(fields, floor) == expected
 
 
 def test_features_of_a_profile() -> None:
