@@ -681,6 +681,8 @@ def decide(
 
 def judged_floor_of(passes: Mapping[int, int], partitions: int) -> int:
     """The model version every partition's re-scoring pass has completed
-    with (0 until each of the `partitions` has one): every profile has been
-    judged by it or a newer one."""
-    return min((passes.get(p, 0) for p in range(partitions)), default=0)
+    with (0 until each has one): every profile has been judged by it or a
+    newer one. A partition past `partitions` that has a pass recorded counts
+    too (input topics made with more partitions than the setting says)."""
+    count = max([partitions, *(p + 1 for p in passes)])
+    return min((passes.get(p, 0) for p in range(count)), default=0)

@@ -264,10 +264,11 @@ def test_what_a_scoring_decision_writes(
 # (passes recorded, partitions) -> the version every profile has been judged by
 JUDGED_FLOORS = [
     ({}, 4, 0),  # no pass yet
+    ({}, 0, 0),  # nothing recorded at all
     ({0: 3, 1: 3, 2: 3}, 4, 0),  # partition 3 not judged whole yet
     ({0: 3, 1: 3, 2: 3, 3: 3}, 4, 3),
     ({0: 4, 1: 3, 2: 4, 3: 4}, 4, 3),  # a pass of version 4 under way
-    ({0: 4, 1: 4, 2: 4, 3: 4, 4: 2}, 4, 4),  # partitions no longer read do not hold it back
+    ({0: 4, 1: 4, 2: 4, 3: 4, 4: 2}, 4, 2),  # topics with more partitions than the setting
 ]
 
 
