@@ -398,7 +398,7 @@ class Pipeline:
         out = ScoreWrites()
         xs = self.segmenter.features_of(result.profiles)
         # A profile is written only if its segment or RFM scores move, not to
-        # record a newer model (models.segments.judged_version): after a
+        # record a newer model (models.profile.judged_version): after a
         # promotion every 8 s those writes were most of what promotions added
         # to the p99 at 3k and 5k events/s (docs/benchmarks.md).
         decisions = await self.segmenter.score(result.profiles, now, xs)

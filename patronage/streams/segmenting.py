@@ -288,7 +288,7 @@ class Segmenter:
         that yield to ingest and rest to keep the pass to its share of the
         worker's time (pacing.py). Only customers whose segment or RFM scores
         move are written; each partition judged whole is recorded instead
-        (ModelStore.record_pass, models.segments.judged_version). A newer
+        (ModelStore.record_pass, models.profile.judged_version). A newer
         model arriving mid-pass restarts the pass with it, so nobody is left
         judged by an older version."""
         seen = 0
