@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import brentq
+from scipy.special import hyp2f1
 
 from patronage.models.layout import stored_text
 from patronage.models.predict import (
@@ -87,6 +88,47 @@ def test_at_risk_age_literal_cases() -> None:
     # p_alive right after a first repeat purchase is 1 / (1 + a / b) = 0.754:
     # with a threshold above it the customer is at risk at the purchase itself.
     assert at_risk_age(PUBLISHED_BGNBD, 1, 5.0, 0.8) == 5.0
+
+
+def stepwise_clv(
+    x: np.ndarray, t_x: np.ndarray, T: np.ndarray, zbar: np.ndarray, weeks: float, rate: float
+) -> np.ndarray:
+    """clv_many as it was written first: one step at a time."""
+    r, alpha, a, b = (
+        PUBLISHED_BGNBD.r,
+        PUBLISHED_BGNBD.alpha,
+        PUBLISHED_BGNBD.a,
+        PUBLISHED_BGNBD.b,
+    )
+    p, q, g = PUBLISHED_GG.p, PUBLISHED_GG.q, PUBLISHED_GG.gamma
+    safe_x = np.where(x > 0, x, 1.0)
+    value = np.where(x > 0, (g + x * zbar) * p / (p * safe_x + q - 1), p * g / (q - 1))
+    alive = p_alive_many(PUBLISHED_BGNBD, x, t_x, T)
+    step_rate = (1 + rate) ** ((52 / 12) / 52) - 1
+    total, before = np.zeros_like(x), np.zeros_like(x)
+    for step in range(1, math.ceil(weeks / (52 / 12)) + 1):
+        t = min(weeks, step * (52 / 12))
+        z = t / (alpha + T + t)
+        shape = np.exp((r + x) * np.log((alpha + T) / (alpha + T + t)))
+        body = (a + b + x - 1) / (a - 1) * (1 - shape * hyp2f1(r + x, b + x, a + b + x - 1, z))
+        cumulative = body * alive
+        total += (cumulative - before) * value / (1 + step_rate) ** step
+        before = cumulative
+    return total
+
+
+@pytest.mark.parametrize(("weeks", "rate"), [(365 / 7, 0.1), (52.0, 0.0), (10.0, 0.3), (0.0, 0.1)])
+def test_all_steps_at_once_give_the_stepwise_values_to_the_bit(weeks: float, rate: float) -> None:
+    rng = np.random.default_rng(7)  # and 5,000 buyers of every kind, a bit may differ in any
+    x = np.concatenate([np.asarray([c[0] for c in CUSTOMERS] * 3), rng.integers(0, 40, 5000)])
+    T = np.concatenate([np.asarray([c[2] for c in CUSTOMERS] * 3), rng.uniform(0.1, 120, 5000)])
+    t_x = np.concatenate([np.asarray([c[1] for c in CUSTOMERS] * 3), T[-5000:] * rng.random(5000)])
+    zbar = np.concatenate(
+        [np.repeat([0.0, 12.5, 480.0], len(CUSTOMERS)), rng.uniform(0, 500, 5000)]
+    )
+    x, t_x, T, zbar = (np.asarray(v, dtype=float) for v in (x, t_x, T, zbar))
+    many = clv_many(PUBLISHED_BGNBD, PUBLISHED_GG, x, t_x, T, zbar, weeks, rate)
+    assert np.array_equal(many, stepwise_clv(x, t_x, T, zbar, weeks, rate), equal_nan=True)
 
 
 def test_batch_formulas_equal_the_scalar_ones() -> None:
