@@ -345,6 +345,26 @@ def test_a_browsing_only_profile_has_no_basket_figures() -> None:
     assert set(doc["vectors"][0]["x"]) == set(FEATURES) - undefined
 
 
+def test_feature_messages_carry_every_vector_exactly() -> None:
+    """The learner reads back exactly what was sent (floats to the bit,
+    timestamps as integers, categories in any script), in messages of at
+    most FEATURE_BATCH vectors."""
+    rng = random.Random(3)
+    vectors = [
+        {
+            "id": f"loyalty_card:{i}",
+            "x": {k: rng.choice([0.1 + 0.2, 1e-7, 2.5e-300, rng.random() * 1e6]) for k in FEATURES},
+            "cat": rng.choice([None, "Molkereiprodukte", "épicerie fine", "日用品"]),
+            "rfm": [rng.uniform(0, 400), 0.0, 1234.5],
+            "h": [3, 1_767_225_600_000, 1_767_312_000_000, 42.1],
+        }
+        for i in range(450)
+    ]
+    messages = feature_messages(vectors)
+    assert len(messages) == 3
+    assert [v for m in messages for v in json.loads(m)["vectors"]] == vectors
+
+
 def test_an_undefined_feature_sits_at_the_mean() -> None:
     """Customers of one group who have not bought yet (basket figures
     undefined) are scored into their group, and the groups are found: read as
