@@ -1,5 +1,6 @@
-"""Contract tier: one suite over every ProfileStoreT implementation (the
-in-memory reference and the Redis store on a real server)."""
+"""Contract tier: one suite over every ProfileStoreT and ModelStoreT
+implementation (the in-memory references and the Redis stores on a real
+server)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import pytest
 from patronage.models.lapse import LapseRules
 from patronage.models.profile import ProfileConfig
 from patronage.models.timeunits import DAY_MS
-from patronage.streams.memory import MemoryProfileStore
+from patronage.streams.memory import MemoryModelStore, MemoryProfileStore
+from patronage.streams.segmenting import ModelStore
 from patronage.streams.store import ProfileStore, make_redis
-from patronage.streams.types import ProfileStoreT
 
 # Small windows and lapse rules, so short histories reach every branch.
 CFG = ProfileConfig(
@@ -48,17 +49,48 @@ async def memory_store() -> AsyncIterator[MemoryProfileStore]:
     yield MemoryProfileStore(CFG)
 
 
+@asynccontextmanager
+async def redis_models(url: str) -> AsyncIterator[ModelStore]:
+    client = make_redis(url)
+    prefix = f"contract{uuid.uuid4().hex[:10]}"
+    try:
+        yield ModelStore(client, prefix)
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@asynccontextmanager
+async def memory_models() -> AsyncIterator[MemoryModelStore]:
+    yield MemoryModelStore()
+
+
+def _factory(
+    request: pytest.FixtureRequest, memory: Callable[[], Any], redis: Callable[[str], Any]
+) -> Callable[[], Any]:
+    """Fresh instances (async context managers) of the implementation the
+    fixture's parameter names."""
+    if request.param == "memory":
+        return memory
+    url = request.getfixturevalue("redis_up")
+    return lambda: redis(url)
+
+
 @pytest.fixture(params=["memory", "redis"])
 def store_of(request: pytest.FixtureRequest) -> Iterator[Callable[[], Any]]:
-    """A factory of fresh stores of one implementation (async context managers)."""
-    if request.param == "memory":
-        yield memory_store
-    else:
-        url = request.getfixturevalue("redis_up")
-        yield lambda: redis_store(url)
+    """A factory of fresh profile stores of one implementation."""
+    yield _factory(request, memory_store, redis_store)
 
 
-def run(make: Callable[[ProfileStoreT], Coroutine[Any, Any, Any]], store_of: Any) -> Any:
+@pytest.fixture(params=["memory", "redis"])
+def models_of(request: pytest.FixtureRequest) -> Iterator[Callable[[], Any]]:
+    """A factory of fresh model stores of one implementation."""
+    yield _factory(request, memory_models, redis_models)
+
+
+def run(make: Callable[[Any], Coroutine[Any, Any, Any]], store_of: Any) -> Any:
     async def main() -> Any:
         async with store_of() as store:
             return await make(store)
