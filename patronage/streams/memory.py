@@ -30,7 +30,7 @@ from patronage.models.profile import (
     profile_view,
 )
 from patronage.models.risk import after_judging
-from patronage.models.segments import FrozenModel, SegmentTrainer, judged_floor_of
+from patronage.models.segments import FrozenModel, SegmentTrainer, judged_floor_of, read_checkpoint
 from patronage.models.sources import SourceState
 from patronage.streams.types import ApplyResult, Fields, Queue
 
@@ -371,7 +371,7 @@ class MemoryModelStore:
         self.trainer = checkpoint
 
     async def load_trainer(self) -> SegmentTrainer | None:
-        return SegmentTrainer.from_checkpoint(json.loads(self.trainer)) if self.trainer else None
+        return read_checkpoint(self.trainer) if self.trainer else None
 
     async def sizes(self) -> dict[int, int]:
         return dict(self.segment_sizes)

@@ -46,6 +46,7 @@ from patronage.models.segments import (
     checkpoint_text,
     decide,
     judged_floor_of,
+    read_checkpoint,
     refit_with_checkpoint,
 )
 from patronage.streams.fitpool import FitProcess
@@ -110,7 +111,7 @@ class ModelStore:
         if not raw:
             return None
         try:
-            return SegmentTrainer.from_checkpoint(json.loads(raw))
+            return read_checkpoint(raw)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("segment learner checkpoint not used (%s); learning starts again", exc)
             return None

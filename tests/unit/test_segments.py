@@ -19,12 +19,14 @@ from patronage.models.profile import judged_version
 from patronage.models.segments import (
     FrozenModel,
     SegmentTrainer,
+    checkpoint_text,
     decide,
     judged_floor_of,
     kmeans,
     kmeans_plus_plus,
     label_terms,
     match_ids,
+    read_checkpoint,
     refit_with_checkpoint,
     sq_distances,
 )
@@ -403,13 +405,38 @@ def test_the_checkpoint_made_beside_the_refit_is_the_promoted_trainers() -> None
     assert first is not None and trainer.version == 0 and trainer.previous is None
     fit, checkpoint = first
     trainer.freeze(1_000, fit)
-    assert checkpoint == json.dumps(trainer.to_checkpoint())
+    assert checkpoint == checkpoint_text(trainer)
     trainer.learn("late", points(1, seed=99)[0])
     second = refit_with_checkpoint(trainer, 2_000)
     assert second is not None
     trainer.freeze(2_000, second[0])
-    assert second[1] == json.dumps(trainer.to_checkpoint())
-    assert SegmentTrainer.from_checkpoint(json.loads(second[1])).version == 2
+    assert second[1] == checkpoint_text(trainer)
+    assert read_checkpoint(second[1]).version == 2
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def test_a_checkpoint_with_undefined_features_is_json_and_fits_the_same() -> None:
+    """Undefined features (NaN: a customer with one visit has no gap) were
+    written as `NaN`, which no JSON reader but Python's accepts; they are
+    written as null and read back as undefined. Checkpoints written the old
+    way still read, and every one fits as the learner it was taken from."""
+    trainer = trained(CONFIGS["k5-default"])
+    for i, x in enumerate(points(200, seed=3)):
+        trainer.learn(f"gapless{i}", {**x, FEATURES[1]: math.nan, FEATURES[4]: math.nan})
+    text = checkpoint_text(trainer)
+    json.loads(text, parse_constant=_refuse_constant)  # strict JSON
+    old = json.dumps(trainer.to_checkpoint())
+    assert "NaN" in old
+    reference = model_of(copy.deepcopy(trainer)).to_json()
+    for raw in (text, text.encode(), old):
+        clone = read_checkpoint(raw)
+        assert sum(math.isnan(v[1]) for v in clone.sample.vectors.values()) == 200
+        assert model_of(clone).to_json() == reference
+    with pytest.raises(ValueError, match="not a JSON object"):
+        read_checkpoint("[1, 2]")
 
 
 LABELS = [
