@@ -476,6 +476,14 @@ class SegmentTrainer:
         self.previous = model
         return model
 
+    def adopt(self, model: FrozenModel) -> None:
+        """Take the next version as frozen from this trainer's sample
+        elsewhere (refit_with_checkpoint), as freeze() would have made it."""
+        if model.version != self.version + 1:
+            raise ValueError(f"version {model.version} does not follow {self.version}")
+        self.version = model.version
+        self.previous = model
+
     def to_checkpoint(self) -> dict[str, Any]:
         """The learner's whole state as versioned JSON (never pickle: a
         checkpoint read from Redis must not be able to run code)."""
@@ -544,11 +552,22 @@ def read_checkpoint(raw: str | bytes) -> SegmentTrainer:
     return SegmentTrainer.from_checkpoint(doc)
 
 
-def refit_with_checkpoint(trainer: SegmentTrainer, now_ms: int) -> tuple[Fit, str] | None:
-    """A refit, and the JSON checkpoint the trainer will have once that fit is
-    frozen at `now_ms` — made where the refit runs (the worker's fit
-    process): serialising 10,000 sampled vectors takes ~50 ms, which on the
-    event loop was a stall of ingest at every promotion."""
+@dataclass(frozen=True)
+class Refit:
+    """What the fit process returns: the fit, the trainer's next version
+    frozen from it, and the checkpoint the trainer has once it adopts that
+    version (SegmentTrainer.adopt)."""
+
+    fit: Fit
+    model: FrozenModel
+    checkpoint: str
+
+
+def refit_with_checkpoint(trainer: SegmentTrainer, now_ms: int) -> Refit | None:
+    """A refit, the version it freezes into at `now_ms` and the checkpoint —
+    made where the refit runs (the worker's fit process): on the event loop,
+    serialising 10,000 sampled vectors stalled ingest ~50 ms and freezing
+    (RFM cuts, personas) a few more at every promotion."""
     fit = trainer.fit()
     if fit is None:
         return None
@@ -556,8 +575,9 @@ def refit_with_checkpoint(trainer: SegmentTrainer, now_ms: int) -> tuple[Fit, st
     # sample), so a shallow copy leaves the caller's trainer as it was — in a
     # thread that is the learner's own. A deep copy was a third of the refit.
     frozen = copy.copy(trainer)
-    frozen.freeze(now_ms, fit)
-    return fit, checkpoint_text(frozen)
+    model = frozen.freeze(now_ms, fit)
+    assert model is not None
+    return Refit(fit, model, checkpoint_text(frozen))
 
 
 def figure_columns(raw: np.ndarray) -> dict[str, np.ndarray]:

@@ -483,20 +483,20 @@ class Learner:
         refit = await self._off_loop(refit_with_checkpoint, trainer, int(now * 1000))
         if refit is None:
             return None
-        fit, checkpoint = refit
+        fit = refit.fit
         self.last_check = now
         self.last_shift = None if first else fit.shift
         if not first and fit.shift < self.settings.segment_promote_min_shift:
             self.skipped["small_shift"] += 1
             return None
-        model = trainer.freeze(int(now * 1000), fit)
-        assert model is not None
+        trainer.adopt(refit.model)
+        model = refit.model
         # The buyers' histories are a sample of their own: vectors are
         # skipped only past both cut-offs.
         sample_cut, history_cut = model.sample_cutoff, self.histories.cutoff()
         both = None if sample_cut is None or history_cut is None else max(sample_cut, history_cut)
         model = replace(model, sample_cutoff=both)
-        await self.models.promote(model, checkpoint)
+        await self.models.promote(model, refit.checkpoint)
         self.loaded_version = model.version
         self.promoted += 1
         self.promotions = [t for t in self.promotions if now - t <= 3600] + [now]

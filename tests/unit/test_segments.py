@@ -397,21 +397,26 @@ def test_an_undefined_feature_sits_at_the_mean() -> None:
 
 
 def test_the_checkpoint_made_beside_the_refit_is_the_promoted_trainers() -> None:
-    """The fit process returns the checkpoint text the learner stores: it is
-    exactly the learner's own after freezing that fit, and the learner's
-    trainer is not touched by making it (in a thread it is the same object)."""
+    """The fit process returns the version and the checkpoint text the
+    learner stores: exactly what freezing that fit on the learner's own
+    trainer makes, and the learner's trainer is not touched by making them
+    (in a thread it is the same object)."""
     trainer = trained(CONFIGS["k5-default"])
+    twin = copy.deepcopy(trainer)
     first = refit_with_checkpoint(trainer, 1_000)
     assert first is not None and trainer.version == 0 and trainer.previous is None
-    fit, checkpoint = first
-    trainer.freeze(1_000, fit)
-    assert checkpoint == checkpoint_text(trainer)
+    frozen_here = twin.freeze(1_000, first.fit)
+    assert frozen_here is not None and first.model.to_json() == frozen_here.to_json()
+    trainer.adopt(first.model)
+    assert first.checkpoint == checkpoint_text(trainer) == checkpoint_text(twin)
     trainer.learn("late", points(1, seed=99)[0])
     second = refit_with_checkpoint(trainer, 2_000)
-    assert second is not None
-    trainer.freeze(2_000, second[0])
-    assert second[1] == checkpoint_text(trainer)
-    assert read_checkpoint(second[1]).version == 2
+    assert second is not None and second.model.version == 2
+    trainer.adopt(second.model)
+    assert second.checkpoint == checkpoint_text(trainer)
+    assert read_checkpoint(second.checkpoint).version == 2
+    with pytest.raises(ValueError, match="does not follow"):
+        trainer.adopt(first.model)
 
 
 def _refuse_constant(name: str) -> None:
