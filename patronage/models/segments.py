@@ -533,9 +533,9 @@ class SegmentTrainer:
 
 def checkpoint_text(trainer: SegmentTrainer) -> str:
     """The checkpoint as JSON, an undefined feature (NaN, which JSON lacks)
-    as null. orjson: 10,000 sampled vectors took the standard library ~65 ms
-    of every refit (a third of the fit process's time per promotion, on the
-    cores ingest uses) and take ~8 ms."""
+    as null. orjson: 10,000 sampled vectors took the standard library ~60 ms
+    of every refit (about half of the fit process's time per promotion, on
+    the cores ingest uses) and take ~4 ms (benchmarks/bench_refit.py)."""
     return orjson.dumps(trainer.to_checkpoint()).decode()
 
 
