@@ -425,7 +425,7 @@ def _refuse_constant(name: str) -> None:
 
 def test_a_checkpoint_with_undefined_features_is_json_and_fits_the_same() -> None:
     """Undefined features (NaN: a customer with one visit has no gap) were
-    written as `NaN`, which no JSON reader but Python's accepts; they are
+    written as `NaN`, which is not JSON (JSON.parse refuses it); they are
     written as null and read back as undefined. Checkpoints written the old
     way still read, and every one fits as the learner it was taken from."""
     trainer = trained(CONFIGS["k5-default"])
