@@ -563,7 +563,7 @@ def feature_messages(vectors: Sequence[dict[str, Any]]) -> list[bytes]:
 
 def forget_message(customer_ids: Sequence[str]) -> bytes:
     """Tells the learner to drop erased customers from its sample."""
-    return json.dumps({"forget": list(customer_ids)}, separators=(",", ":")).encode()
+    return dumps_compact({"forget": list(customer_ids)})  # as the vectors beside it
 
 
 def vectors_in(messages: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
