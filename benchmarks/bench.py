@@ -258,9 +258,9 @@ def throughput(
 async def _populate(settings: Settings, count: int) -> None:
     """`count` stored customers besides the backlog's: one real profile (a
     simulated customer's 90 days applied through the script) copied with
-    DUMP/RESTORE under new ids, each in its partition's members set and
-    lapse due set as a live customer is."""
-    from patronage.models.layout import due_key, members_key, risk_version_key
+    DUMP/RESTORE under new ids, each in its partition's due set as a live
+    customer is."""
+    from patronage.models.layout import due_key, risk_version_key
     from patronage.streams.segmenting import partition_for
 
     client = redis_for(settings)
@@ -284,7 +284,6 @@ async def _populate(settings: Settings, count: int) -> None:
         [template] = batch.by_customer
         blobs = [await client.dump(key) for key in store.keys(template)]
         await client.delete(*store.keys(template))
-        await client.zrem(members_key(settings.key_prefix, 0), template)
         await client.zrem(due_key(settings.key_prefix, 0), template)
         for first in range(0, count, 2000):
             async with client.pipeline(transaction=False) as pipe:
@@ -294,7 +293,6 @@ async def _populate(settings: Settings, count: int) -> None:
                         if blob is not None:
                             pipe.restore(key, 0, blob, replace=True)
                     partition = partition_for(customer_id, settings.partitions)
-                    pipe.zadd(members_key(settings.key_prefix, partition), {customer_id: now_ms})
                     due = now_ms + (i % 30 + 1) * DAY_MS  # spread over the next month
                     pipe.zadd(due_key(settings.key_prefix, partition), {customer_id: due})
                 await pipe.execute()

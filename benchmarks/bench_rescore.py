@@ -24,7 +24,7 @@ import uuid
 from typing import Any
 
 from patronage.models.features import features, rfm_inputs
-from patronage.models.layout import encode_profile
+from patronage.models.layout import PARKED, encode_profile
 from patronage.models.segments import SegmentTrainer
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.segmenting import ModelStore, Segmenter, partition_for
@@ -72,7 +72,8 @@ async def populate(store: ProfileStore, customers: int, partitions: int, seed: i
                 pipe.set(store.keys(customer).profile, encode_profile(profile_fields(rng)))
                 members.setdefault(partition_for(customer, partitions), []).append(customer)
             for partition, ids in members.items():
-                pipe.zadd(store.members_key(partition), dict.fromkeys(ids, NOW_MS))
+                # Listed as a live worker lists them: parked, nothing pending.
+                pipe.zadd(store.due_key(partition), dict.fromkeys(ids, PARKED + NOW_MS))
             await pipe.execute()
 
 

@@ -71,8 +71,18 @@ def profile_key(prefix: str, customer_id: str) -> str:
 
 
 def due_key(prefix: str, partition: int) -> str:
-    """zset: customer -> when to judge its lapses again (partition-sharded)."""
+    """zset: every customer of a partition -> when to judge its lapses again
+    (event ms), or, with nothing pending, PARKED + the wall ms of the last
+    batch that had it (re-scoring reads the partition's customers here;
+    retention trims the parked ones)."""
     return f"{prefix}:{{lapse-{partition}}}:due"
+
+
+# A parked customer's score starts here: far past any event time (2**50 ms is
+# the year 37,600), so the sweep never reaches it, and PARKED + a wall ms is
+# still an exact double. One set per partition instead of a due set beside a
+# set of members saves an entry (~115 B) per customer and a ZADD per batch.
+PARKED = float(2**50)
 
 
 def risk_key(prefix: str, partition: int) -> str:
@@ -92,9 +102,9 @@ def clock_key(prefix: str, partition: int) -> str:
     return f"{prefix}:{{lapse-{partition}}}:clock"
 
 
-def members_key(prefix: str, partition: int) -> str:
-    """zset: the customers of a partition -> when a batch last had them
-    (re-scoring reads only its own; trimmed with the retention)."""
+def layout_4_members_key(prefix: str, partition: int) -> str:
+    """zset layouts 1-4 kept beside the due set: the customers of a partition
+    -> when a batch last had them (only `patronage store migrate` names it)."""
     return f"{prefix}:{{members-{partition}}}"
 
 
@@ -239,11 +249,12 @@ STORED_NAMES: dict[str, str] = {
     "tier_version": "tv",
 }
 FIELD_OF_STORED: dict[str, str] = {short: name for name, short in STORED_NAMES.items()}
-# Version of the stored layout, kept under layout_key(prefix): 4 = the
-# profile as one packed map, 3 = the trail (one value for five keys) beside
+# Version of the stored layout, kept under layout_key(prefix): 5 = a
+# partition's customers in its due set (no members set), 4 = the profile as
+# one packed map, 3 = the trail (one value for five keys) beside
 # a profile hash, 2 = that hash under the short names above (1, unmarked,
 # spelled them out).
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 
 # The profile value: a MessagePack map, stored name -> number (integers as
 # integers, others as doubles: exact) or text (attributes, the value tier),

@@ -14,12 +14,15 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from patronage.models.profile import profile_view
 from patronage.streams.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from patronage.streams.store import Migrated
 
 T = TypeVar("T")
 
@@ -420,15 +423,16 @@ def store_migrate() -> None:
     """Move stored profiles to this version's layout (stop every worker first)."""
     s = settings()
 
-    async def migrate(s: Settings) -> tuple[int, int, int, int]:
+    async def migrate(s: Settings) -> Migrated:
         async with profile_store(s) as store:
-            moved: tuple[int, int, int, int] = await store.migrate_layout()
+            moved: Migrated = await store.migrate_layout()
             return moved
 
-    profiles, renamed, packed, merged = asyncio.run(migrate(s))
+    moved = asyncio.run(migrate(s))
     click.echo(
-        f"{profiles} profiles under {s.key_prefix!r} read, {renamed} fields renamed, "
-        f"{packed} profiles packed, {merged} trails merged"
+        f"{moved.profiles} profiles under {s.key_prefix!r} read, {moved.renamed} fields "
+        f"renamed, {moved.packed} profiles packed, {moved.merged} trails merged, "
+        f"{moved.indexed} partition members moved into the due sets"
     )
 
 

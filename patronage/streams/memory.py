@@ -236,7 +236,10 @@ class MemoryProfileStore:
         return (cursor + count if cursor + count < len(ids) else 0), chunk
 
     async def forget_members(self, partition: int, customer_ids: Sequence[str]) -> None:
+        # As in Redis, where the due set lists the members: a pending entry goes too.
         self.members.get(partition, set()).difference_update(customer_ids)
+        for customer_id in customer_ids:
+            self.due.get(partition, {}).pop(customer_id, None)
 
     async def customer_ids(self, count: int = 1000) -> AsyncIterator[str]:
         for customer_id in list(self.states):

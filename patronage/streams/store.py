@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
@@ -22,6 +23,7 @@ from patronage.models.jsontext import dumps_compact
 from patronage.models.layout import (
     APPLY_ARGS,
     LAYOUT_VERSION,
+    PARKED,
     REPLY,
     SCORED_FIELDS,
     STORED_NAMES,
@@ -34,9 +36,9 @@ from patronage.models.layout import (
     identity_generation_key,
     identity_links_key,
     layout_2_trail_keys,
+    layout_4_members_key,
     layout_key,
     lua_stored_names,
-    members_key,
     person_key,
     profile_key,
     risk_key,
@@ -82,6 +84,16 @@ _DELTAS_ARG = APPLY_ARGS.index("deltas")
 _CLOCK_ARG = APPLY_ARGS.index("clock")
 
 
+class Migrated(NamedTuple):
+    """What `migrate_layout` moved."""
+
+    profiles: int  # profiles seen
+    renamed: int  # fields renamed (layout 1's long names)
+    packed: int  # profile hashes packed (layouts 1-3)
+    merged: int  # trails merged (layout 2's five keys)
+    indexed: int  # members-set entries moved into the due sets (layouts 1-4)
+
+
 class StoredLayoutError(FatalRedisError):
     """The key prefix holds data in a layout this version does not read."""
 
@@ -98,6 +110,7 @@ class ProfileStore:
         self._apply = client.register_script(_lua("apply"))
         self._watermark = client.register_script(_lua("watermark"))
         self._reschedule = client.register_script(_lua("reschedule"))
+        self._park = client.register_script(_lua("park"))
         self._erase = client.register_script(_lua("erase"))
         self._segment = client.register_script(_lua("segment"))
         self._unscore = client.register_script(_lua("unscore"))
@@ -122,6 +135,7 @@ class ProfileStore:
             self._apply,
             self._watermark,
             self._reschedule,
+            self._park,
             self._erase,
             self._segment,
             self._unscore,
@@ -162,11 +176,11 @@ class ProfileStore:
             f"reads layout {LAYOUT_VERSION}. {fix}"
         )
 
-    async def migrate_layout(self, chunk: int = 500) -> tuple[int, int, int, int]:
+    async def migrate_layout(self, chunk: int = 500) -> Migrated:
         """Move every stored profile to this layout (each customer in one
-        atomic script; safe to run again), then mark the prefix. Workers must
-        be stopped: one of an earlier version would keep writing the old one.
-        Returns (profiles seen, fields renamed, profiles packed, trails merged)."""
+        atomic script; safe to run again), fold the partitions' members sets
+        into their due sets, then mark the prefix. Workers must be stopped:
+        one of an earlier version would keep writing the old layout."""
         found = await self._stored_layout()
         if found is not None and found > LAYOUT_VERSION:
             raise self._layout_error(found)
@@ -185,8 +199,29 @@ class ProfileStore:
                 packed += int(hashes)
                 merged += int(trails)
             profiles += len(batch)
+        indexed = await self._fold_members_sets(chunk)
         await self.client.set(layout_key(self.prefix), LAYOUT_VERSION)
-        return profiles, renamed, packed, merged
+        return Migrated(profiles, renamed, packed, merged, indexed)
+
+    async def _fold_members_sets(self, chunk: int) -> int:
+        """Layouts 1-4 listed a partition's customers in a members set beside
+        its due set: each goes into the due set, parked since the batch that
+        last had it unless a judgment is pending (ZADD LT keeps that one).
+        Returns the entries moved; a rerun finds no members set left."""
+        moved = 0
+        pattern = layout_4_members_key(self.prefix, 0).replace("-0}", "-*}")
+        async for raw in self.client.scan_iter(match=pattern, count=1000):
+            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            due = self.due_key(int(key.rsplit("-", 1)[1].rstrip("}")))
+            cursor = None
+            while cursor != 0:
+                cursor, pairs = await self.client.zscan(key, cursor or 0, count=chunk)
+                if pairs:
+                    parked = {_text(m): PARKED + float(score) for m, score in pairs}  # type: ignore[arg-type]
+                    await self.client.zadd(due, parked, lt=True)
+                    moved += len(pairs)
+            await self.client.delete(key)
+        return moved
 
     async def _pipelined(self, ops: Sequence[tuple[str, Command]]) -> list[Any]:
         """Run ops (routing key, raw command) in one round trip; on a cluster,
@@ -268,9 +303,6 @@ class ProfileStore:
     def clock_key(self, partition: int) -> str:
         return clock_key(self.prefix, partition)
 
-    def members_key(self, partition: int) -> str:
-        return members_key(self.prefix, partition)
-
     def _apply_settings(self) -> list[Any]:
         """The apply script's arguments with the settings filled in (the
         deltas and the clock are per call): built once per store, since a
@@ -322,26 +354,31 @@ class ProfileStore:
             return ApplyResult()
         ops: list[tuple[str, Command]] = []
         due: dict[int, dict[str, float]] = {}
-        members: dict[int, list[str]] = {}
+        parked: dict[int, dict[str, float]] = {}
         for customer_id, deltas in by_customer.items():
             keys = self.keys(customer_id)
             partition = partition_of.get(customer_id) if partition_of else None
             clock = clocks.get(partition, 0.0) if clocks and partition is not None else 0.0
             args = self._apply_args(deltas, clock)
             ops.append((keys.profile, _script(self._apply, list(keys), args)))
+            if partition is None:
+                continue
             activity = [d.ts for d in deltas if d.kind != "attributes"]
-            if partition is not None and activity:
+            if activity:
                 due.setdefault(partition, {})[customer_id] = min(activity)
-            if partition is not None:
-                members.setdefault(partition, []).append(customer_id)
+            else:
+                parked.setdefault(partition, {})[customer_id] = PARKED + wall_ms
         ops.extend(self._bookkeeping_ops(due, marks or {}, sources or {}, wall_ms))
-        for partition, ids in members.items():
-            key = self.members_key(partition)
-            ops.append((key, _zadd(key, dict.fromkeys(ids, wall_ms))))
-            if self.retention_ms > 0:
-                # Ids of customers whose profile expired leave with it.
-                horizon = wall_ms - self.retention_ms
-                ops.append((key, ("ZREMRANGEBYSCORE", key, "-inf", f"({horizon}")))
+        for partition, scores in parked.items():
+            key = self.due_key(partition)
+            flat = [p for member, score in scores.items() for p in (member, repr(score))]
+            ops.append((key, _script(self._park, [key], [repr(PARKED), *flat])))
+        if self.retention_ms > 0:
+            # Customers whose profile expired leave with it (parked since
+            # before the horizon; a pending one is parked by its sweep first).
+            horizon = PARKED + wall_ms - self.retention_ms
+            for key in {self.due_key(p) for p in (*due, *parked)}:
+                ops.append((key, ("ZREMRANGEBYSCORE", key, repr(PARKED), f"({horizon!r}")))
         replies = await self._pipelined(ops)
         raise_unless_poison(replies)
         return _apply_result(list(by_customer), replies)
@@ -412,19 +449,18 @@ class ProfileStore:
         }
 
     async def erase(self, customer_id: str, partition: int) -> tuple[int, int | None]:
-        """Remove every key of one customer and its lapse due entry."""
+        """Remove every key of one customer and its entries in the
+        partition's due and at-risk sets."""
         await self.ensure_scripts()
         keys = self.keys(customer_id)
         due = self.due_key(partition)
         risk = risk_key(self.prefix, partition)
-        members = self.members_key(partition)
-        removed, _, _, _ = checked(
+        removed, _, _ = checked(
             await self._pipelined(
                 [
                     (keys.profile, _script(self._erase, list(keys), [])),
                     (due, ("ZREM", due, customer_id)),
                     (risk, ("ZREM", risk, customer_id)),
-                    (members, ("ZREM", members, customer_id)),
                 ]
             )
         )
@@ -507,9 +543,12 @@ class ProfileStore:
         await self.ensure_scripts()
         if not moves:
             return
+        # Nothing left to judge: a lapse entry is parked (the set lists the
+        # partition's customers), an at-risk one dropped.
+        done = "" if queue == "risk" else repr(PARKED + int(time.time() * 1000))
         args: list[str | float] = []
         for member, seen, new in moves:
-            args.extend([member, repr(seen), "" if new is None else repr(new)])
+            args.extend([member, repr(seen), done if new is None else repr(new)])
         await self._reschedule(keys=[self.queue_key(partition, queue)], args=args)
 
     async def schedule_risk(
@@ -570,8 +609,9 @@ class ProfileStore:
     async def partition_members(
         self, partition: int, cursor: int, count: int
     ) -> tuple[int, list[str]]:
-        """One slice of a partition's customers (ZSCAN): next cursor (0: done), ids."""
-        key = self.members_key(partition)
+        """One slice of a partition's customers (ZSCAN of its due set): next
+        cursor (0: done), ids."""
+        key = self.due_key(partition)
         next_cursor, pairs = await self.client.zscan(key, cursor, count=count)
         ids = [m.decode() if isinstance(m, bytes) else str(m) for m, _ in pairs]
         return int(next_cursor), ids
@@ -579,7 +619,7 @@ class ProfileStore:
     async def forget_members(self, partition: int, customer_ids: Sequence[str]) -> None:
         """Drop ids whose profile is gone (expired by retention)."""
         if customer_ids:
-            await self.client.zrem(self.members_key(partition), *customer_ids)
+            await self.client.zrem(self.due_key(partition), *customer_ids)
 
     async def customer_ids(self, count: int = 1000) -> AsyncIterator[str]:
         """Every customer with a profile (of any layout: the migration uses it)."""

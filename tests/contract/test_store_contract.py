@@ -190,6 +190,51 @@ def test_partition_members_are_read_in_slices_and_forgotten(store_of: Any) -> No
     assert set(left) == evens - {"c002", "c004"}
 
 
+def test_a_customer_with_nothing_to_judge_stays_listed_but_never_due(store_of: Any) -> None:
+    """A partition's customers are listed for re-scoring whether or not a
+    lapse judgment is pending: a sweep with nothing left to judge keeps the
+    customer listed and out of every later sweep; an attribute change alone
+    lists a new customer without making it due and never postpones a
+    pending judgment. (In Redis one sorted set holds both, parked customers
+    scored past any event time: this is what that must not change.)"""
+
+    def attributes(n: int, day: int) -> Delta:
+        ts = T0 + day * DAY_MS
+        return Delta(
+            "customer-attributes:0",
+            n,
+            token(f"a{n}"),
+            ts,
+            ts // DAY_MS,
+            "attributes",
+            attributes=(("loyalty_tier", '"gold"'),),
+        )
+
+    async def members(store: ProfileStoreT) -> set[str]:
+        listed: set[str] = set()
+        cursor = None
+        while cursor != 0:
+            cursor, ids = await store.partition_members(0, cursor or 0, 100)
+            listed.update(ids)
+        return listed
+
+    async def check(store: ProfileStoreT) -> list[Any]:
+        await store.apply_batch(
+            {"anna": [receipt(0, 1)], "ben": [receipt(1, 2)]}, {"anna": 0, "ben": 0}
+        )
+        await store.apply_batch({"cleo": [attributes(2, 3)]}, {"cleo": 0})
+        due = await store.due_customers(0, T0 + 10 * DAY_MS, 10)
+        await store.reschedule(0, [("anna", due[0][1], None)])  # judged: nothing pending
+        await store.apply_batch({"ben": [attributes(3, 4)]}, {"ben": 0})
+        far = T0 + 3650 * DAY_MS  # ten years on
+        return [due, await store.due_customers(0, far, 10), await members(store)]
+
+    due, later, listed = run(check, store_of)
+    assert due == [("anna", float(T0 + DAY_MS)), ("ben", float(T0 + 2 * DAY_MS))]
+    assert later == [("ben", float(T0 + 2 * DAY_MS))]
+    assert listed == {"anna", "ben", "cleo"}
+
+
 def test_the_risk_queue_is_a_schedule_of_its_own(store_of: Any) -> None:
     """At-risk judgements: scheduled per partition (an apply overwrites, a
     refit pass only brings forward), swept by score, moved only if nobody

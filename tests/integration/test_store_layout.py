@@ -26,9 +26,11 @@ from patronage.models.batch import Record, prepare_batch
 from patronage.models.layout import (
     FIELDS,
     LAYOUT_VERSION,
+    PARKED,
     decode_trail,
     field_name,
     layout_2_trail_keys,
+    layout_4_members_key,
     layout_key,
 )
 from patronage.models.simulate import generate
@@ -261,9 +263,9 @@ def test_a_prefix_marked_by_a_newer_layout_is_refused(isolated_env: dict[str, st
         store = ProfileStore(client, settings.key_prefix, settings.profile_config)
         try:
             await store.check_layout()  # a new prefix is marked as this layout
-            assert await client.get(layout_key(settings.key_prefix)) == b"4"
+            assert await client.get(layout_key(settings.key_prefix)) == b"5"
             await client.set(layout_key(settings.key_prefix), LAYOUT_VERSION + 1)
-            with pytest.raises(StoredLayoutError, match="layout 5"):
+            with pytest.raises(StoredLayoutError, match="layout 6"):
                 await ProfileStore(
                     client, settings.key_prefix, settings.profile_config
                 ).check_layout()
@@ -307,8 +309,8 @@ def test_a_layout_2_or_3_prefix_is_refused_then_moved(
                 ).apply_batch({})
             moved = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
             merged = 20 if layout == 2 else 0
-            assert await moved.migrate_layout() == (20, 0, 20, merged)
-            assert await moved.migrate_layout() == (20, 0, 0, 0)
+            assert await moved.migrate_layout() == (20, 0, 20, merged, 0)
+            assert await moved.migrate_layout() == (20, 0, 0, 0, 0)
             assert await _states(moved, ids) == before
             left = [k async for k in client.scan_iter(match=f"{settings.key_prefix}:{{*}}:[dsekv]")]
             assert left == []
@@ -324,6 +326,62 @@ def test_a_layout_2_or_3_prefix_is_refused_then_moved(
                 for figure in figures:
                     assert fields.get(figure) == expected.get(figure), (customer, figure)
             assert sum(float(before[c]["profile"].get("orders", 0)) for c in ids) > 20
+        finally:
+            await store.delete_prefix()
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_layout_4_prefix_folds_its_members_sets_into_the_due_sets(
+    isolated_env: dict[str, str],
+) -> None:
+    """Layout 4 listed a partition's customers in a members set beside the due
+    set, which held only customers with a lapse judgment pending: the
+    migration moves each member into the due set, parked since the batch that
+    last had it, keeps every pending score as it was, deletes the members
+    sets, and finds nothing to move when run again. A worker then reads the
+    same customers for re-scoring."""
+    settings = settings_with(isolated_env)
+
+    async def run() -> None:
+        client = make_redis(settings.redis_url)
+        store = ProfileStore(client, settings.key_prefix, settings.profile_config)
+        try:
+            ids = await _fill(store, settings, 20, seed=12)
+            due = store.due_key(0)
+            pending = {m.decode(): s for m, s in await client.zrange(due, 0, -1, withscores=True)}
+            assert set(pending) == set(ids)
+            # As layout 4 held them: everyone a member since their last
+            # batch; half judged with nothing pending, so out of the due set.
+            wall = 1_800_000_000_000
+            members = layout_4_members_key(settings.key_prefix, 0)
+            await client.zadd(members, {c: wall + i for i, c in enumerate(ids)})
+            judged = ids[::2]
+            await client.zrem(due, *judged)
+            await client.set(layout_key(settings.key_prefix), 4)
+            with pytest.raises(StoredLayoutError, match=r"layout 4\b.*store migrate"):
+                await ProfileStore(
+                    client, settings.key_prefix, settings.profile_config
+                ).apply_batch({})
+            moved = ProfileStore(client, settings.key_prefix, settings.profile_config)
+            assert await moved.migrate_layout() == (20, 0, 0, 0, 20)
+            assert await moved.migrate_layout() == (20, 0, 0, 0, 0)
+            assert not await client.exists(members)
+            after = {m.decode(): s for m, s in await client.zrange(due, 0, -1, withscores=True)}
+            expected = {
+                c: PARKED + wall + i if c in judged else pending[c] for i, c in enumerate(ids)
+            }
+            assert after == expected
+            listed: list[str] = []
+            cursor = None
+            while cursor != 0:
+                cursor, part = await moved.partition_members(0, cursor or 0, 7)
+                listed.extend(part)
+            assert sorted(listed) == ids
+            assert [c for c, _ in await moved.due_customers(0, 4e12, 100)] == sorted(
+                (c for c in ids if c not in judged), key=lambda c: (pending[c], c)
+            )
         finally:
             await store.delete_prefix()
             await client.aclose()

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from patronage.models.lapse import Finding, LapseRules, finding_from_json
-from patronage.models.layout import Trail, decode_profile, decode_trail
+from patronage.models.layout import PARKED, Trail, decode_profile, decode_trail
 from patronage.models.profile import (
     DAY_MS,
     Delta,
@@ -336,3 +336,68 @@ def test_a_scoring_write_never_recreates_an_erased_profile(redis_up: str) -> Non
 
     written, exists = asyncio.run(run())
     assert written == {"kept"} and exists == 0
+
+
+def test_retention_trims_only_customers_parked_since_before_its_horizon(redis_up: str) -> None:
+    """A partition's due set also lists its customers with nothing pending,
+    parked at PARKED + the wall time of the batch that last had them; each
+    batch trims those parked since before the retention horizon. What only a
+    real server shows: ZADD LT adds the new and keeps the earlier pending
+    bound, the park script refreshes a parked score an attribute change
+    brings without postponing a pending one, and the trim's score range
+    (2**50 + epoch ms, exact doubles) reaches parked entries only."""
+    retention = 60_000
+    wall = 1_800_000_000_000
+
+    def attributes(customer: str, n: int) -> Delta:
+        return Delta(
+            "customer-attributes:0",
+            n,
+            token(f"{customer}{n}"),
+            T0,
+            T0 // DAY_MS,
+            "attributes",
+            attributes=(("loyalty_tier", '"gold"'),),
+        )
+
+    async def run() -> tuple[dict[str, float], list[str]]:
+        client = aioredis.Redis.from_url(redis_up)
+        store = ProfileStore(client, f"test{uuid.uuid4().hex[:8]}", CFG, retention)
+        try:
+            ts = T0 + DAY_MS
+            order = Delta(
+                "purchases:0",
+                7,
+                token("pending7"),
+                ts,
+                ts // DAY_MS,
+                "order",
+                origin="online",
+                basket=24.9,
+                net=24.9,
+                order_token=token("order-7"),
+            )
+            pending = [order]
+            first = {"old": [attributes("old", 1)], "kept": [attributes("kept", 2)]}
+            await store.apply_batch(
+                {**first, "pending": pending}, dict.fromkeys([*first, "pending"], 0), wall_ms=wall
+            )
+            # Later, but within the retention: an attribute change for two of them.
+            later = {"kept": [attributes("kept", 3)], "pending": [attributes("pending", 4)]}
+            await store.apply_batch(later, dict.fromkeys(later, 0), wall_ms=wall + retention // 2)
+            # Past the horizon of the first batch only.
+            await store.apply_batch(
+                {"new": [attributes("new", 5)]}, {"new": 0}, wall_ms=wall + retention + 1
+            )
+            scores = dict(await client.zrange(store.due_key(0), 0, -1, withscores=True))
+            due = await store.due_customers(0, 4e12, 10)
+            return {k.decode(): v for k, v in scores.items()}, [c for c, _ in due]
+        finally:
+            await store.delete_prefix()
+            await client.aclose()
+
+    scores, due = asyncio.run(run())
+    assert set(scores) == {"kept", "pending", "new"}  # "old": parked since the first batch
+    assert scores["kept"] == PARKED + wall + retention // 2
+    assert scores["new"] == PARKED + wall + retention + 1
+    assert due == ["pending"] and scores["pending"] < PARKED

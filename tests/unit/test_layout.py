@@ -142,7 +142,7 @@ def test_stored_names_are_short_distinct_and_pinned() -> None:
     # Stored names are a wire format: changing one takes a new LAYOUT_VERSION
     # and a step in `patronage store migrate`, then a new digest here.
     digest = hashlib.sha256(repr(sorted(layout.STORED_NAMES.items())).encode()).hexdigest()
-    assert (layout.LAYOUT_VERSION, digest[:16]) == (4, "34e8ffc602ebf2f3")
+    assert (layout.LAYOUT_VERSION, digest[:16]) == (5, "34e8ffc602ebf2f3")
 
 
 def test_per_origin_fields_are_registry_fields() -> None:
