@@ -455,9 +455,8 @@ async def sweep_cost(scheduled: int, due: int, repeats: int = 5) -> dict[str, fl
                         "spend_total": 500,
                     }
                     keys = store.keys(f"d{i}")
-                    pipe.set(keys.profile, encode_profile(fields))
                     trail = Trail(b"", {}, [], {last_day: (last_seen, last_seen)}, [])
-                    pipe.set(keys.trail, encode_trail(trail))
+                    pipe.set(keys.profile, encode_profile(fields, encode_trail(trail)))
                     pipe.zadd(key, {f"d{i}": now_ms - 1000})
                 await pipe.execute()
             started = time.perf_counter()

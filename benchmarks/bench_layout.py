@@ -4,8 +4,10 @@
 
 Applies a simulated population through the real apply script, then builds
 beside each customer its profile as layout 2 stored it (a hash of text
-values under the short names) and one value holding both the packed profile
-(its length first) and the trail. Printed:
+values under the short names), as layout 4 did (the packed map and the
+trail under two keys) and one value holding both the packed profile (its
+length first) and the trail; layout 5, which this measured into being,
+stores the map and then the trail in one value. Printed:
 
 * MEMORY USAGE per customer: layout 2's hash + the trail, today's packed
   profile + the trail (layout 3), the one value;
@@ -30,6 +32,7 @@ import time
 import uuid
 
 from patronage.models.batch import Record, prepare_batch
+from patronage.models.layout import CustomerKeys
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.settings import settings_with
@@ -81,10 +84,15 @@ redis.call('SET', KEYS[1], struct.pack('>I4', #fields) .. fields .. trail, 'KEEP
 return {{1, 0, 0, {{}}, fields, ''}}
 """
 
-# A customer's profile and trail -> layout 2's profile hash (KEYS[3]: text
-# values under the short names) and one value holding both (KEYS[4]).
+# A customer's stored value (layout 5: the map, then the trail) -> layout 4's
+# trail alone (KEYS[2]) and packed map alone (KEYS[5]), layout 2's profile
+# hash (KEYS[3]: text values under the short names) and one value holding
+# both after the map's length (KEYS[4]).
 PREPARE = """
-local h = cmsgpack.unpack(redis.call('GET', KEYS[1]))
+local blob = redis.call('GET', KEYS[1])
+local after, h = cmsgpack.unpack_one(blob)
+local trail = after > 0 and string.sub(blob, after + 1) or ''
+redis.call('SET', KEYS[2], trail)
 local text = {}
 for name, value in pairs(h) do
   text[#text + 1] = name
@@ -97,10 +105,15 @@ for name, value in pairs(h) do
 end
 redis.call('HSET', KEYS[3], unpack(text))
 local fields = cmsgpack.pack(h)
-local trail = redis.call('GET', KEYS[2]) or ''
+redis.call('SET', KEYS[5], fields)
 redis.call('SET', KEYS[4], struct.pack('>I4', #fields) .. fields .. trail)
 return 1
 """
+
+
+def _prepared(k: CustomerKeys) -> list[str]:
+    """PREPARE's keys: the stored value, then what it builds beside it."""
+    return [k.profile, *(k.profile + suffix for suffix in ("T", "H", "B", "M"))]
 
 
 async def run(customers: int, days: int, rounds: int) -> None:
@@ -124,10 +137,9 @@ async def run(customers: int, days: int, rounds: int) -> None:
         sizes = {"hash": 0, "packed": 0, "one_value": 0}
         for c in ids:
             k = store.keys(c)
-            await prepare(keys=[k.profile, k.trail, k.profile + "H", k.profile + "B"])
-            profile, trail, as_hash, one_value = [
-                int(await client.memory_usage(key) or 0)
-                for key in (k.profile, k.trail, k.profile + "H", k.profile + "B")
+            await prepare(keys=_prepared(k))
+            trail, as_hash, one_value, profile = [
+                int(await client.memory_usage(key) or 0) for key in _prepared(k)[1:]
             ]
             sizes["hash"] += as_hash + trail
             sizes["packed"] += profile + trail
@@ -135,8 +147,11 @@ async def run(customers: int, days: int, rounds: int) -> None:
         summary = {f"{name}_bytes_per_customer": round(b / len(ids)) for name, b in sizes.items()}
         print(json.dumps({"customers": len(ids), "events": len(records), **summary}))
         layouts = {
-            "hash": (client.register_script(HASH), lambda k: [k.profile + "H", k.trail]),
-            "packed": (client.register_script(PACKED), lambda k: [k.profile, k.trail]),
+            "hash": (client.register_script(HASH), lambda k: [k.profile + "H", k.profile + "T"]),
+            "packed": (
+                client.register_script(PACKED),
+                lambda k: [k.profile + "M", k.profile + "T"],
+            ),
             "one_value": (client.register_script(ONE_VALUE), lambda k: [k.profile + "B"]),
         }
         for round_ in range(1, rounds + 1):

@@ -21,21 +21,22 @@ import time
 import uuid
 
 from patronage.models.batch import Record, prepare_batch
-from patronage.models.layout import layout_2_trail_keys, layout_key
+from patronage.models.layout import layout_2_trail_keys, layout_4_trail_key, layout_key
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.settings import settings_with
 from patronage.streams.store import ProfileStore, redis_for
 
-# KEYS: profile, trail, then layout 2's days, sessions, event ids, natural
-# keys, unjudged days.
+# KEYS: profile (its map, then the trail), layouts 3-4's trail key (unused
+# here), then layout 2's days, sessions, event ids, natural keys, unjudged days.
 DOWNGRADE = """
 local function fmt(x)
   local short = string.format('%.15g', x)
   if tonumber(short) == x then return short end
   return string.format('%.17g', x)
 end
-local h = cmsgpack.unpack(redis.call('GET', KEYS[1]))
+local blob = redis.call('GET', KEYS[1])
+local after, h = cmsgpack.unpack_one(blob)
 local args = {}
 for name, value in pairs(h) do
   args[#args + 1] = name
@@ -43,8 +44,8 @@ for name, value in pairs(h) do
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(args))
-local trail = redis.call('GET', KEYS[2])
-if not trail then return 0 end
+if after <= 0 then return 0 end
+local trail = string.sub(blob, after + 1)
 local n_days, n_sess, n_eids, n_edges, at = struct.unpack('>I4I4I4I4', trail)
 local bitmap = string.sub(trail, at, at + n_days - 1); at = at + n_days
 local sess = string.sub(trail, at, at + n_sess - 1); at = at + n_sess
@@ -99,15 +100,15 @@ async def run(customers: int, days: int) -> None:
         for i in range(0, len(ids), 1000):
             async with client.pipeline(transaction=False) as pipe:
                 for c in ids[i : i + 1000]:
-                    keys = store.keys(c)
                     old = layout_2_trail_keys(prefix, c)
-                    await downgrade(keys=[keys.profile, keys.trail, *old], client=pipe)
+                    beside = layout_4_trail_key(prefix, c)
+                    await downgrade(keys=[store.profile_key(c), beside, *old], client=pipe)
                 await pipe.execute()
         await client.set(layout_key(prefix), 2)
         memory_before = int((await client.info("memory"))["used_memory"])
         migrating = ProfileStore(client, prefix, settings.profile_config)
         started = time.perf_counter()
-        seen, renamed, packed, merged = await migrating.migrate_layout()
+        seen, renamed, packed, merged, folded, _ = await migrating.migrate_layout()
         seconds = time.perf_counter() - started
         memory_after = int((await client.info("memory"))["used_memory"])
         after = [await migrating.stored_state(c) for c in sample]
@@ -119,6 +120,7 @@ async def run(customers: int, days: int) -> None:
                     "fields_renamed": renamed,
                     "profiles_packed": packed,
                     "trails_merged": merged,
+                    "trails_moved_into_profiles": folded,
                     "seconds": round(seconds, 2),
                     "customers_per_second": round(len(ids) / seconds),
                     "used_memory_before": memory_before,

@@ -121,9 +121,10 @@ class MemoryProfileStore:
         self.members.get(partition, set()).discard(customer_id)
         if state is None:
             return 0, None
-        # As the Redis store counts keys (layout.CUSTOMER_KEYS): the trail is one.
+        # As the Redis store counts keys (layout.CUSTOMER_KEYS): the trail
+        # is stored with the profile.
         trail = state.days or state.sessions or state.eids or state.order_keys or state.edges
-        held = (state.fields, trail, state.outbox, state.risk_orders)
+        held = (state.fields or trail, state.outbox, state.risk_orders)
         segment = state.fields.get("segment")
         return sum(1 for part in held if part), None if segment is None else int(segment)
 

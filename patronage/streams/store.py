@@ -37,6 +37,7 @@ from patronage.models.layout import (
     identity_links_key,
     layout_2_trail_keys,
     layout_4_members_key,
+    layout_4_trail_key,
     layout_key,
     lua_stored_names,
     person_key,
@@ -44,6 +45,7 @@ from patronage.models.layout import (
     risk_key,
     risk_version_key,
     sources_key,
+    split_profile,
     stored_name,
     stored_text,
 )
@@ -91,6 +93,7 @@ class Migrated(NamedTuple):
     renamed: int  # fields renamed (layout 1's long names)
     packed: int  # profile hashes packed (layouts 1-3)
     merged: int  # trails merged (layout 2's five keys)
+    folded: int  # trails moved into the profile's value (layouts 3-4)
     indexed: int  # members-set entries moved into the due sets (layouts 1-4)
 
 
@@ -178,7 +181,8 @@ class ProfileStore:
 
     async def migrate_layout(self, chunk: int = 500) -> Migrated:
         """Move every stored profile to this layout (each customer in one
-        atomic script; safe to run again), fold the partitions' members sets
+        atomic script, the trail folded into the profile's value; safe to
+        run again), fold the partitions' members sets
         into their due sets, then mark the prefix. Workers must be stopped:
         one of an earlier version would keep writing the old layout."""
         found = await self._stored_layout()
@@ -186,22 +190,23 @@ class ProfileStore:
             raise self._layout_error(found)
         self._layout_checked = True  # this store is what makes it current
         await self.ensure_scripts(force=True)
-        profiles = renamed = packed = merged = 0
+        profiles = renamed = packed = merged = folded = 0
         async for batch in _pages(self.customer_ids(), chunk):
             ops = []
             for customer_id in batch:
-                keys = self.keys(customer_id)
+                profile = self.profile_key(customer_id)
+                trail = layout_4_trail_key(self.prefix, customer_id)
                 old = layout_2_trail_keys(self.prefix, customer_id)
-                script = _script(self._migrate, [keys.profile, keys.trail, *old], [])
-                ops.append((keys.profile, script))
-            for fields, hashes, trails in checked(await self._pipelined(ops)):
+                ops.append((profile, _script(self._migrate, [profile, trail, *old], [])))
+            for fields, hashes, trails, into_profile in checked(await self._pipelined(ops)):
                 renamed += int(fields)
                 packed += int(hashes)
                 merged += int(trails)
+                folded += int(into_profile)
             profiles += len(batch)
         indexed = await self._fold_members_sets(chunk)
         await self.client.set(layout_key(self.prefix), LAYOUT_VERSION)
-        return Migrated(profiles, renamed, packed, merged, indexed)
+        return Migrated(profiles, renamed, packed, merged, folded, indexed)
 
     async def _fold_members_sets(self, chunk: int) -> int:
         """Layouts 1-4 listed a partition's customers in a members set beside
@@ -663,12 +668,11 @@ class ProfileStore:
             keys = self.keys(customer_id)
             ops += [
                 (keys.profile, ("GET", keys.profile)),
-                (keys.trail, ("GET", keys.trail)),
                 (keys.outbox, ("LRANGE", keys.outbox, 0, -1)),
                 (keys.risk_orders, ("GET", keys.risk_orders)),
             ]
         replies = checked(await self._pipelined(ops))
-        return [_decoded_state(replies[i : i + 4]) for i in range(0, len(replies), 4)]
+        return [_decoded_state(replies[i : i + 3]) for i in range(0, len(replies), 3)]
 
     # -- identity stitching (models/identity.py, streams/identities.py) --
 
@@ -797,9 +801,9 @@ def _zadd(key: str, scores: Mapping[str, float], lt: bool = False) -> Command:
 
 
 def _decoded_state(replies: list[Any]) -> dict[str, Any]:
-    raw_profile, raw_trail, outbox, risk = replies
+    raw_profile, outbox, risk = replies
     profile = profile_as_text(decode_profile(raw_profile))
-    trail = decode_trail(raw_trail)
+    trail = decode_trail(split_profile(raw_profile)[1])
     day0 = int(float(profile.get("day0", 0)))
     bits = int.from_bytes(trail.bitmap, "big")
     width = len(trail.bitmap) * 8

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from patronage.models.lapse import Finding, finding_from_json
-from patronage.models.layout import decode_profile, encode_profile
+from patronage.models.layout import decode_profile, encode_profile, split_profile
 from patronage.models.profile import Delta, token
 from patronage.models.timeunits import DAY_MS, HOUR_MS
 from patronage.streams.memory import MemoryProfileStore, stored_state
@@ -154,8 +154,9 @@ def test_the_comparison_sees_an_internal_field(redis_up: str) -> None:
             await reference.apply_batch({"anna": [order]})
             await redis.apply_batch({"anna": [order]})
             key = redis.keys("anna").profile
-            fields = decode_profile(await redis.client.get(key))
-            await redis.client.set(key, encode_profile({**fields, "o:purchases:0": 3}))
+            stored = await redis.client.get(key)
+            fields, trail = decode_profile(stored), split_profile(stored)[1]
+            await redis.client.set(key, encode_profile({**fields, "o:purchases:0": 3}, trail))
             return stored_state(reference.states["anna"]), await redis.stored_state("anna")
 
     want, got = asyncio.run(check())

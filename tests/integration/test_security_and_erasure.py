@@ -141,7 +141,7 @@ def test_erasure_and_retention(backend_env: dict[str, str]) -> None:
         wait_for(sampled, 30, "the learner's checkpoint to hold the victim", worker.check_alive)
 
         confirmation = erase_by_cli(env, victim)
-        assert confirmation["customer_id"] == victim and confirmation["keys_removed"] >= 2
+        assert confirmation["customer_id"] == victim and confirmation["keys_removed"] >= 1
         assert list(client.scan_iter(match=f"{prefix}:{{{victim}}}:*")) == []
         assert all(client.zscore(k, victim) is None for k in due)
         assert worker.http(f"/profiles/{victim}")[0] == 404

@@ -1,7 +1,7 @@
 """The stored layout on a real Redis: profile fields under their short names
 (models/layout.py STORED_NAMES), the trail (one value for what layout 2 kept
-under five keys), and the moves from layout 1, which spelled the names out,
-and from layout 2.
+under five keys) after the profile's map, and the moves from layout 1, which
+spelled the names out, and from layouts 2, 3 and 4.
 
 Why a real server: the names live in the Lua scripts as Redis runs them
 (apply, risk and erase loaded with the stored names substituted, migrate
@@ -31,7 +31,9 @@ from patronage.models.layout import (
     field_name,
     layout_2_trail_keys,
     layout_4_members_key,
+    layout_4_trail_key,
     layout_key,
+    split_profile,
 )
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
@@ -76,7 +78,7 @@ async def _raw_profiles(store: ProfileStore, ids: list[str]) -> dict[str, dict[s
     """The stored profiles under their stored names."""
     out = {}
     for customer in ids:
-        out[customer] = msgpack.unpackb(await store.client.get(store.keys(customer).profile))
+        out[customer] = split_profile(await store.client.get(store.keys(customer).profile))[0]
     return out
 
 
@@ -96,13 +98,30 @@ async def _as_hashes(store: ProfileStore, ids: list[str], spelled_out: bool) -> 
             await client.pexpire(key, ttl)
 
 
+async def _trail_beside(store: ProfileStore, ids: list[str]) -> None:
+    """As layouts 3 and 4 stored them: the trail under a key of its own
+    beside the profile's map (with the profile's expiry)."""
+    client = store.client
+    for customer in ids:
+        key = store.keys(customer).profile
+        fields, trail = split_profile(await client.get(key))
+        await client.set(key, msgpack.packb(fields), keepttl=True)
+        beside = layout_4_trail_key(store.prefix, customer)
+        await client.set(beside, trail)
+        ttl = await client.pttl(key)
+        if ttl > 0:
+            await client.pexpire(beside, ttl)
+
+
 async def _split_trails(store: ProfileStore, ids: list[str]) -> None:
     """As layout 2 stored them: the trail's parts under keys of their own
     (with the profile's expiry, as every apply set it on each)."""
     client = store.client
+    await _trail_beside(store, ids)
     for customer in ids:
         keys = store.keys(customer)
-        trail = decode_trail(await client.get(keys.trail))
+        beside = layout_4_trail_key(store.prefix, customer)
+        trail = decode_trail(await client.get(beside))
         ttl = await client.pttl(keys.profile)
         days, sessions, eids, orders, edges = layout_2_trail_keys(store.prefix, customer)
         if trail.bitmap:
@@ -118,7 +137,7 @@ async def _split_trails(store: ProfileStore, ids: list[str]) -> None:
             await client.hset(
                 edges, mapping={str(day): f"{lo}:{hi}" for day, (lo, hi) in trail.edges.items()}
             )
-        await client.delete(keys.trail)
+        await client.delete(beside)
         if ttl > 0:
             for key in (days, sessions, eids, orders, edges):
                 await client.pexpire(key, ttl)
@@ -149,14 +168,16 @@ def test_profiles_are_stored_under_short_names_and_read_under_full_ones(
             # What short names and packed numbers save: layout 1's hashes.
             stored = spelled = 0
             for customer in ids:
-                key = store.keys(customer).profile
+                # The map alone (the stored value also holds the trail).
+                key = f"{settings.key_prefix}:{{{customer}}}:map"
+                await client.set(key, msgpack.packb(raw[customer]))
                 long_key = f"{settings.key_prefix}:{{{customer}}}:long"
                 text = profile_as_text(raw[customer])
                 mapping = {field_name(n): v for n, v in text.items()}
                 await client.hset(long_key, mapping=mapping)  # type: ignore[arg-type]
                 stored += await client.memory_usage(key)
                 spelled += await client.memory_usage(long_key)
-                await client.delete(long_key)
+                await client.delete(key, long_key)
             assert stored < 0.8 * spelled, (stored, spelled)
             # Erasure still finds the segment under its stored name.
             removed, segment = await store.erase(ids[0], 0)
@@ -245,6 +266,7 @@ def test_a_layout_1_prefix_stops_the_worker_until_migrated(backend_env: dict[str
     assert moved.exit_code == 0, moved.output
     assert moved.output.startswith("25 profiles"), moved.output
     assert "25 profiles packed, 25 trails merged" in moved.output, moved.output
+    assert "25 trails moved into their profile" in moved.output, moved.output
     after, mark = asyncio.run(stored_after(ids))
     assert after == before
     assert mark == str(LAYOUT_VERSION).encode()
@@ -301,6 +323,8 @@ def test_a_layout_2_or_3_prefix_is_refused_then_moved(
             before = await _states(store, ids)
             if layout == 2:
                 await _split_trails(store, ids)
+            else:
+                await _trail_beside(store, ids)
             await _as_hashes(store, ids, spelled_out=False)
             await client.set(layout_key(settings.key_prefix), layout)
             with pytest.raises(StoredLayoutError, match=rf"layout {layout}\b.*store migrate"):
@@ -309,12 +333,14 @@ def test_a_layout_2_or_3_prefix_is_refused_then_moved(
                 ).apply_batch({})
             moved = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
             merged = 20 if layout == 2 else 0
-            assert await moved.migrate_layout() == (20, 0, 20, merged, 0)
-            assert await moved.migrate_layout() == (20, 0, 0, 0, 0)
+            assert await moved.migrate_layout() == (20, 0, 20, merged, 20, 0)
+            assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0)
             assert await _states(moved, ids) == before
-            left = [k async for k in client.scan_iter(match=f"{settings.key_prefix}:{{*}}:[dsekv]")]
+            left = [
+                k async for k in client.scan_iter(match=f"{settings.key_prefix}:{{*}}:[dsekvt]")
+            ]
             assert left == []
-            ttls = [await client.pttl(k) for c in ids for k in moved.keys(c)[:2]]
+            ttls = [await client.pttl(moved.keys(c).profile) for c in ids]
             assert all(0 < ttl <= month for ttl in ttls), ttls
             # The orders and receipts again, at new offsets (a producer's
             # retry): known by their natural keys, so no figure moves.
@@ -333,14 +359,16 @@ def test_a_layout_2_or_3_prefix_is_refused_then_moved(
     asyncio.run(run())
 
 
-def test_a_layout_4_prefix_folds_its_members_sets_into_the_due_sets(
+def test_a_layout_4_prefix_is_moved_to_one_value_and_one_set(
     isolated_env: dict[str, str],
 ) -> None:
-    """Layout 4 listed a partition's customers in a members set beside the due
+    """Layout 4 kept the trail under a key of its own beside the profile's
+    map, and listed a partition's customers in a members set beside the due
     set, which held only customers with a lapse judgment pending: the
-    migration moves each member into the due set, parked since the batch that
-    last had it, keeps every pending score as it was, deletes the members
-    sets, and finds nothing to move when run again. A worker then reads the
+    migration puts each trail after its profile's map (the stored state reads
+    the same), moves each member into the due set, parked since the batch
+    that last had it, keeps every pending score as it was, deletes the old
+    keys, and finds nothing to move when run again. A worker then reads the
     same customers for re-scoring."""
     settings = settings_with(isolated_env)
 
@@ -359,15 +387,21 @@ def test_a_layout_4_prefix_folds_its_members_sets_into_the_due_sets(
             await client.zadd(members, {c: wall + i for i, c in enumerate(ids)})
             judged = ids[::2]
             await client.zrem(due, *judged)
+            # ... and the trail under a key of its own.
+            before = await _states(store, ids)
+            await _trail_beside(store, ids)
             await client.set(layout_key(settings.key_prefix), 4)
             with pytest.raises(StoredLayoutError, match=r"layout 4\b.*store migrate"):
                 await ProfileStore(
                     client, settings.key_prefix, settings.profile_config
                 ).apply_batch({})
             moved = ProfileStore(client, settings.key_prefix, settings.profile_config)
-            assert await moved.migrate_layout() == (20, 0, 0, 0, 20)
-            assert await moved.migrate_layout() == (20, 0, 0, 0, 0)
+            assert await moved.migrate_layout() == (20, 0, 0, 0, 20, 20)
+            assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0)
             assert not await client.exists(members)
+            assert await _states(moved, ids) == before
+            beside = [layout_4_trail_key(settings.key_prefix, c) for c in ids]
+            assert await client.exists(*beside) == 0
             after = {m.decode(): s for m, s in await client.zrange(due, 0, -1, withscores=True)}
             expected = {
                 c: PARKED + wall + i if c in judged else pending[c] for i, c in enumerate(ids)

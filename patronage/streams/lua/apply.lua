@@ -12,9 +12,8 @@
 --          profile (the stored value), when to judge again ('' = nothing pending)}
 
 local P = KEYS[1]  -- profile
-local T = KEYS[2]  -- trail
-local OUT = KEYS[3]  -- outbox
-local RISK = KEYS[4]  -- risk_orders
+local OUT = KEYS[2]  -- outbox
+local RISK = KEYS[3]  -- risk_orders
 local half_life = tonumber(ARGV[1])  -- half_life_ms
 local cap = tonumber(ARGV[2])  -- map_cap
 local session_window = tonumber(ARGV[3])  -- session_window
@@ -38,9 +37,15 @@ local SPEND_AT = {online = 'spend_online', store = 'spend_store'}
 -- quoted one replaced by its stored name (layout.STORED_NAMES), so the
 -- profile, this table and the reply all use the short names and nothing
 -- translates. The profile is one cmsgpack map (layout.PROFILE_FORMAT):
--- numbers stay numbers, so none is parsed or formatted per call.
+-- numbers stay numbers, so none is parsed or formatted per call. The trail
+-- follows the map in the same value.
 local stored = redis.call('GET', P)
-local h = stored and cmsgpack.unpack(stored) or {}
+local h, trail = {}, ''
+if stored then
+  local after
+  after, h = cmsgpack.unpack_one(stored)
+  if after > 0 then trail = string.sub(stored, after + 1) end
+end
 local changed = {}
 local removed = {}
 
@@ -76,9 +81,8 @@ local function put(f, x) nums[f] = x; h[f] = true; changed[f] = true end
 
 -- The trail (layout.TRAIL_HEADER): the lengths of the visit-day bitmap,
 -- the sessions, the dedupe window and the unjudged days, those four, then
--- the natural keys to the end. Read once, written once (if changed): one
--- key instead of five saves ~4 key overheads per customer and the calls.
-local trail = redis.call('GET', T) or ''
+-- the natural keys to the end. Read once, written once (if changed), with
+-- the profile: one key instead of six saves five key overheads per customer.
 local bitmap, sess_raw, eids, edges_raw, order_keys = '', '', '', '', ''
 if #trail > 0 then
   local n_days, n_sess, n_eids, n_edges, at = struct.unpack('>I4I4I4I4', trail)
@@ -494,7 +498,6 @@ for f, _ in pairs(changed) do
   if h[f] == true then h[f] = nums[f] end
 end
 local profile = cmsgpack.pack(h)
-if dirty then redis.call('SET', P, profile, 'KEEPTTL') end
 if trail_changed or edges_changed then
   if sessions ~= nil then
     local parts = {}
@@ -508,12 +511,14 @@ if trail_changed or edges_changed then
     for i, day in ipairs(days) do parts[i] = struct.pack('>i4dd', day, edges[day][1], edges[day][2]) end
     edges_raw = table.concat(parts)
   end
-  -- KEEPTTL: a call that only judged (nothing applied) keeps the expiry.
-  redis.call('SET', T, struct.pack('>I4I4I4I4', #bitmap, #sess_raw, #eids, #edges_raw)
-    .. bitmap .. sess_raw .. eids .. edges_raw .. order_keys, 'KEEPTTL')
+  trail = struct.pack('>I4I4I4I4', #bitmap, #sess_raw, #eids, #edges_raw)
+    .. bitmap .. sess_raw .. eids .. edges_raw .. order_keys
+  dirty = true
 end
+-- KEEPTTL: a call that only judged (nothing applied) keeps the expiry.
+if dirty then redis.call('SET', P, profile .. trail, 'KEEPTTL') end
 if retention_ms > 0 and applied > 0 then
-  for _, key in ipairs({P, T, RISK}) do
+  for _, key in ipairs({P, RISK}) do
     redis.call('PEXPIRE', key, retention_ms)
   end
 end

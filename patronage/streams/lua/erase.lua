@@ -4,7 +4,7 @@
 -- KEYS: the customer's keys   Returns the number of keys removed and the
 -- segment they were in (so the caller can fix the segment sizes).
 local stored = redis.call('GET', KEYS[1])
-local segment = stored and cmsgpack.unpack(stored)['segment']
+local segment = stored and select(2, cmsgpack.unpack_one(stored))['segment']  -- the map; the trail follows
 local removed = 0
 for _, key in ipairs(KEYS) do
   removed = removed + redis.call('DEL', key)

@@ -6,11 +6,12 @@
 -- SHORT (prepended from layout.STORED_NAMES). Layout 2 -> 3: the five keys
 -- of the trail's parts become the trail (layout.TRAIL_HEADER). Layout 3 ->
 -- 4: the profile hash becomes one cmsgpack map (numbers as numbers;
--- attributes, and any text that is not a number, as text). Each keeps the
--- profile's expiry.
--- KEYS[1] profile   KEYS[2] trail   KEYS[3..7] layout 2's days, sessions,
--- event ids, natural keys, unjudged days
--- Returns {fields renamed, profiles packed, trails merged}.
+-- attributes, and any text that is not a number, as text). Layout 4 -> 5:
+-- the trail moves from a key of its own to after the profile's map. Each
+-- keeps the profile's expiry.
+-- KEYS[1] profile   KEYS[2] layouts 3-4's trail   KEYS[3..7] layout 2's
+-- days, sessions, event ids, natural keys, unjudged days
+-- Returns {fields renamed, profiles packed, trails merged, trails folded}.
 local ttl = redis.call('PTTL', KEYS[1])
 local function set_keeping_ttl(key, value)
   if ttl > 0 then
@@ -65,4 +66,14 @@ if redis.call('EXISTS', KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]) > 0 then
   redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
   merged = 1
 end
-return {renamed, packed, merged}
+
+local folded = 0
+local trail = redis.call('GET', KEYS[2])
+if trail then
+  -- A profile of layout 4 or earlier is its map alone: the trail goes after it.
+  local map = redis.call('GET', KEYS[1]) or cmsgpack.pack({})
+  set_keeping_ttl(KEYS[1], map .. trail)
+  redis.call('DEL', KEYS[2])
+  folded = 1
+end
+return {renamed, packed, merged, folded}

@@ -11,7 +11,9 @@
 -- ARGV[1] decided (ms, '' = none)   ARGV[2] alerted episode ('' = none)
 local stored = redis.call('GET', KEYS[1])
 if not stored then return 0 end
-local h = cmsgpack.unpack(stored)
+-- The profile's map, then the trail (written back as it was).
+local after, h = cmsgpack.unpack_one(stored)
+local trail = after > 0 and string.sub(stored, after + 1) or ''
 local dirty = false
 local decided = tonumber(ARGV[1])
 local alerted = tonumber(ARGV[2])
@@ -40,5 +42,5 @@ if alerted then
     dirty = true
   end
 end
-if dirty then redis.call('SET', KEYS[1], cmsgpack.pack(h), 'KEEPTTL') end
+if dirty then redis.call('SET', KEYS[1], cmsgpack.pack(h) .. trail, 'KEEPTTL') end
 return 1

@@ -8,7 +8,9 @@
 -- Returns 1 if written.
 local stored = redis.call('GET', KEYS[1])
 if not stored then return 0 end
-local h = cmsgpack.unpack(stored)
+-- The profile's map, then the trail (written back as it was).
+local after, h = cmsgpack.unpack_one(stored)
+local trail = after > 0 and string.sub(stored, after + 1) or ''
 for i = 1, #ARGV, 2 do h[ARGV[i]] = tonumber(ARGV[i + 1]) or ARGV[i + 1] end
-redis.call('SET', KEYS[1], cmsgpack.pack(h), 'KEEPTTL')
+redis.call('SET', KEYS[1], cmsgpack.pack(h) .. trail, 'KEEPTTL')
 return 1

@@ -6,7 +6,9 @@
 -- any field was dropped}.
 local stored = redis.call('GET', KEYS[1])
 if not stored then return {false, 0} end
-local h = cmsgpack.unpack(stored)
+-- The profile's map, then the trail (written back as it was).
+local after, h = cmsgpack.unpack_one(stored)
+local trail = after > 0 and string.sub(stored, after + 1) or ''
 local segment = h['segment']
 local dropped = false
 for _, field in ipairs(ARGV) do
@@ -15,5 +17,5 @@ for _, field in ipairs(ARGV) do
     dropped = true
   end
 end
-if dropped then redis.call('SET', KEYS[1], cmsgpack.pack(h), 'KEEPTTL') end
+if dropped then redis.call('SET', KEYS[1], cmsgpack.pack(h) .. trail, 'KEEPTTL') end
 return {segment or false, dropped and 1 or 0}
