@@ -182,9 +182,9 @@ class ProfileStore:
     async def migrate_layout(self, chunk: int = 500) -> Migrated:
         """Move every stored profile to this layout (each customer in one
         atomic script, the trail folded into the profile's value; safe to
-        run again), fold the partitions' members sets
-        into their due sets, then mark the prefix. Workers must be stopped:
-        one of an earlier version would keep writing the old layout."""
+        run again), fold the partitions' members sets into their due sets,
+        then mark the prefix. Workers must be stopped: one of an earlier
+        version would keep writing the old layout."""
         found = await self._stored_layout()
         if found is not None and found > LAYOUT_VERSION:
             raise self._layout_error(found)
