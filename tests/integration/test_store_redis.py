@@ -259,7 +259,7 @@ def test_memory_per_profile_is_bounded(redis_up: str) -> None:
             await store.delete_prefix()
             await client.aclose()
 
-    (value_2500, after_2500), (value_5000, after_5000) = asyncio.run(run())
+    (value_2500, _), (value_5000, after_5000) = asyncio.run(run())
     first, both = fold(rounds[0], ProfileConfig()), fold(rounds[0] + rounds[1], ProfileConfig())
     dedupe_growth = 12 * (len(both.eids) - len(first.eids)) + 8 * (
         len(both.order_keys) - len(first.order_keys)
