@@ -46,17 +46,24 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(args))
 if after <= 0 then return 0 end
 local trail = string.sub(blob, after + 1)
-local n_days, n_sess, n_eids, n_edges, at = struct.unpack('>I4I4I4I4', trail)
+local _, n_days, n_sess, n_eids, n_edges, at = struct.unpack('>BI3I3I3I3', trail)
 local bitmap = string.sub(trail, at, at + n_days - 1); at = at + n_days
 local sess = string.sub(trail, at, at + n_sess - 1); at = at + n_sess
 local eids = string.sub(trail, at, at + n_eids - 1); at = at + n_eids
 local edges = string.sub(trail, at, at + n_edges - 1); at = at + n_edges
 local orders = string.sub(trail, at)
 if #bitmap > 0 then redis.call('SET', KEYS[3], bitmap) end
-for i = 1, #sess, 12 do
-  redis.call('ZADD', KEYS[4], fmt((struct.unpack('>d', sess, i + 4))), string.sub(sess, i, i + 3))
+for i = 1, #sess, 10 do
+  redis.call('ZADD', KEYS[4], fmt((struct.unpack('>I6', sess, i + 4))), string.sub(sess, i, i + 3))
 end
-if #eids > 0 then redis.call('SET', KEYS[5], eids) end
+-- Layout 2's 12-byte records: a 64-bit token (the 48 bits and two bytes
+-- more, as the hash went on) and a 4-byte hour.
+local records = {}
+for i = 1, #eids, 9 do
+  local hour = struct.unpack('>I3', eids, i + 6)
+  records[#records + 1] = string.sub(eids, i, i + 5) .. 'ZZ' .. struct.pack('>I4', hour)
+end
+if #eids > 0 then redis.call('SET', KEYS[5], table.concat(records)) end
 if #orders > 0 then redis.call('SET', KEYS[6], orders) end
 for i = 1, #edges, 20 do
   local day, lo, hi = struct.unpack('>i4dd', edges, i)
@@ -108,7 +115,7 @@ async def run(customers: int, days: int) -> None:
         memory_before = int((await client.info("memory"))["used_memory"])
         migrating = ProfileStore(client, prefix, settings.profile_config)
         started = time.perf_counter()
-        seen, renamed, packed, merged, folded, _ = await migrating.migrate_layout()
+        seen, renamed, packed, merged, folded, _, compacted = await migrating.migrate_layout()
         seconds = time.perf_counter() - started
         memory_after = int((await client.info("memory"))["used_memory"])
         after = [await migrating.stored_state(c) for c in sample]
@@ -121,6 +128,7 @@ async def run(customers: int, days: int) -> None:
                     "profiles_packed": packed,
                     "trails_merged": merged,
                     "trails_moved_into_profiles": folded,
+                    "trails_compacted": compacted,
                     "seconds": round(seconds, 2),
                     "customers_per_second": round(len(ids) / seconds),
                     "used_memory_before": memory_before,

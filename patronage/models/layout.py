@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import msgpack
 
@@ -253,12 +253,14 @@ STORED_NAMES: dict[str, str] = {
     "tier_version": "tv",
 }
 FIELD_OF_STORED: dict[str, str] = {short: name for name, short in STORED_NAMES.items()}
-# Version of the stored layout, kept under layout_key(prefix): 5 = the trail
+# Version of the stored layout, kept under layout_key(prefix): 6 = the trail
+# in 9-byte dedupe records (a 48-bit event token), 10-byte session records
+# and a 13-byte header (TRAIL_FORMAT); 5 = the trail
 # after the profile's map in one value, and a partition's customers in its
 # due set (no members set); 4 = the profile as one packed map; 3 = the trail
 # (one value for five keys) beside a profile hash; 2 = that hash under the
 # short names above (1, unmarked, spelled them out).
-LAYOUT_VERSION = 5
+LAYOUT_VERSION = 6
 
 # The profile value: a MessagePack map, stored name -> number (integers as
 # integers, others as doubles: exact) or text (attributes, the value tier),
@@ -296,12 +298,19 @@ def encode_profile(fields: Mapping[str, float | str], trail: bytes = b"") -> byt
     return bytes(msgpack.packb(under_stored_names(fields))) + trail
 
 
-# The trail value: four big-endian lengths (visit-day bitmap, sessions, dedupe
-# window, unjudged days), those four parts, then the natural keys to the end.
-TRAIL_HEADER = ">IIII"
+# The trail value: a format byte (TRAIL_FORMAT), four 3-byte big-endian
+# lengths (visit-day bitmap, sessions, dedupe window, unjudged days), those
+# four parts, then the natural keys to the end. Layout 5's trail began with
+# a 4-byte length, i.e. a zero byte: `patronage store migrate` tells the two
+# apart by that byte alone.
+TRAIL_FORMAT = 6
+TRAIL_LENGTH_BYTES = 3
+TRAIL_HEADER_BYTES = 1 + 4 * TRAIL_LENGTH_BYTES
 # bitmap: bit 0 (the MSB of the first byte) is day `day0`
-SESSION_RECORD = ">4sd"  # session token, first ms
-EVENT_RECORD = ">8sI"  # event token, event hour
+SESSION_TOKEN_BYTES = 4  # then the session's first ms, 6 bytes
+SESSION_MS_BYTES = 6  # ms up to 2**48: the year 10,889
+EVENT_TOKEN_BYTES = 6  # then the event hour, 3 bytes
+EVENT_HOUR_BYTES = 3  # hours up to 2**24: the year 3,884
 EDGE_RECORD = ">idd"  # visit day not yet judged, its first ms, its last ms
 ORDER_KEY_BYTES = 8
 
@@ -314,26 +323,35 @@ class Trail(NamedTuple):
     order_keys: list[str]  # natural-key tokens (hex), arrival order
 
 
-def _records(raw: bytes, fmt: str) -> list[tuple[Any, ...]]:
-    return list(struct.iter_unpack(fmt, raw)) if raw else []
+def _split_records(raw: bytes, head: int, tail: int) -> list[tuple[bytes, int]]:
+    """Records of `head` raw bytes then a `tail`-byte big-endian number."""
+    size = head + tail
+    return [
+        (raw[i : i + head], int.from_bytes(raw[i + head : i + size], "big"))
+        for i in range(0, len(raw), size)
+    ]
 
 
 def decode_trail(raw: bytes | None) -> Trail:
     if not raw:
         return Trail(b"", {}, [], {}, [])
-    head = struct.calcsize(TRAIL_HEADER)
-    lengths = struct.unpack_from(TRAIL_HEADER, raw)
-    parts, at = [], head
-    for length in lengths:
+    if raw[0] != TRAIL_FORMAT:
+        raise ValueError(f"not a layout-{TRAIL_FORMAT} trail (format byte {raw[0]})")
+    parts, at = [], TRAIL_HEADER_BYTES
+    for i in range(1, TRAIL_HEADER_BYTES, TRAIL_LENGTH_BYTES):
+        length = int.from_bytes(raw[i : i + TRAIL_LENGTH_BYTES], "big")
         parts.append(raw[at : at + length])
         at += length
     bitmap, sessions, events, edges = parts
     orders = raw[at:]
     return Trail(
         bitmap,
-        {t.hex(): int(ms) for t, ms in _records(sessions, SESSION_RECORD)},
-        [(t.hex(), hour) for t, hour in _records(events, EVENT_RECORD)],
-        {day: (int(lo), int(hi)) for day, lo, hi in _records(edges, EDGE_RECORD)},
+        {t.hex(): ms for t, ms in _split_records(sessions, SESSION_TOKEN_BYTES, SESSION_MS_BYTES)},
+        [
+            (t.hex(), hour)
+            for t, hour in _split_records(events, EVENT_TOKEN_BYTES, EVENT_HOUR_BYTES)
+        ],
+        {day: (int(lo), int(hi)) for day, lo, hi in struct.iter_unpack(EDGE_RECORD, edges)},
         [orders[i : i + ORDER_KEY_BYTES].hex() for i in range(0, len(orders), ORDER_KEY_BYTES)],
     )
 
@@ -342,16 +360,20 @@ def encode_trail(trail: Trail) -> bytes:
     """The value the apply script would store (sessions and event ids in the
     given order, unjudged days by day)."""
     sessions = b"".join(
-        struct.pack(SESSION_RECORD, bytes.fromhex(t), ms) for t, ms in trail.sessions.items()
+        bytes.fromhex(t) + int(ms).to_bytes(SESSION_MS_BYTES, "big")
+        for t, ms in trail.sessions.items()
     )
     events = b"".join(
-        struct.pack(EVENT_RECORD, bytes.fromhex(t), hour) for t, hour in trail.event_ids
+        bytes.fromhex(t) + hour.to_bytes(EVENT_HOUR_BYTES, "big") for t, hour in trail.event_ids
     )
     edges = b"".join(
         struct.pack(EDGE_RECORD, day, *trail.edges[day]) for day in sorted(trail.edges)
     )
     orders = b"".join(bytes.fromhex(k) for k in trail.order_keys)
-    header = struct.pack(TRAIL_HEADER, len(trail.bitmap), len(sessions), len(events), len(edges))
+    lengths = (len(trail.bitmap), len(sessions), len(events), len(edges))
+    header = bytes([TRAIL_FORMAT]) + b"".join(
+        n.to_bytes(TRAIL_LENGTH_BYTES, "big") for n in lengths
+    )
     return header + trail.bitmap + sessions + events + edges + orders
 
 

@@ -16,7 +16,8 @@ events by event id within `dedupe_window_ms` of event time before the
 customer's newest event, however many events come between (an older, late
 event while it is among the customer's last `late_kept` arrivals: a
 producer's retry follows its event closely), keeping at most
-`dedupe_max_events` ids. Tokens are 64-bit hashes.
+`dedupe_max_events` ids. Tokens are hashes: 64-bit for natural keys,
+48-bit for event ids.
 
 Two bounded windows trade exact order-independence for bounded memory; each
 is exact unless its window overflows (documented in the README): sessions
@@ -90,7 +91,7 @@ class Delta:
 
     source: str  # source topic:partition (with its epoch, models/sources.py)
     offset: int  # Kafka offset in source
-    event_token: str  # 16-hex (64-bit) hash of event_id
+    event_token: str  # 12-hex (48-bit) hash of event_id (event_token())
     ts: int  # event time, epoch ms
     day: int  # visit day index (days since 1970-01-01 in the customer's zone)
     kind: DeltaKind
@@ -138,8 +139,17 @@ def short_hash(text: str) -> str:
 
 
 def token(text: str) -> str:
-    """64-bit token for event ids and natural keys (16 hex digits)."""
+    """64-bit token for natural keys, kept for life (16 hex digits)."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def event_token(text: str) -> str:
+    """48-bit token for event ids (12 hex digits): the first 6 bytes of
+    token(text), so `patronage store migrate` shortens a stored 64-bit record
+    to the token a new event gets. Only a customer's last few dozen ids are
+    held, so a new event is taken for a re-send with a chance of about 2^-43
+    (32 held of 2^48)."""
+    return token(text)[:12]
 
 
 def natural_key(event: Purchase | StoreReceipt) -> str:
@@ -166,7 +176,7 @@ def to_delta(
     base = {
         "source": src,
         "offset": offset,
-        "event_token": token(event.event_id),
+        "event_token": event_token(event.event_id),
         "ts": ts_ms,
         "day": day_index(ts_ms, zone),
     }

@@ -433,7 +433,8 @@ def store_migrate() -> None:
         f"{moved.profiles} profiles under {s.key_prefix!r} read, {moved.renamed} fields "
         f"renamed, {moved.packed} profiles packed, {moved.merged} trails merged, "
         f"{moved.folded} trails moved into their profile, "
-        f"{moved.indexed} partition members moved into the due sets"
+        f"{moved.indexed} partition members moved into the due sets, "
+        f"{moved.compacted} trails compacted"
     )
 
 

@@ -95,6 +95,7 @@ class Migrated(NamedTuple):
     merged: int  # trails merged (layout 2's five keys)
     folded: int  # trails moved into the profile's value (layouts 3-4)
     indexed: int  # members-set entries moved into the due sets (layouts 1-4)
+    compacted: int  # trails rewritten in shorter records (layouts 2-5)
 
 
 class StoredLayoutError(FatalRedisError):
@@ -190,7 +191,7 @@ class ProfileStore:
             raise self._layout_error(found)
         self._layout_checked = True  # this store is what makes it current
         await self.ensure_scripts(force=True)
-        profiles = renamed = packed = merged = folded = 0
+        profiles = renamed = packed = merged = folded = compacted = 0
         async for batch in _pages(self.customer_ids(), chunk):
             ops = []
             for customer_id in batch:
@@ -198,15 +199,17 @@ class ProfileStore:
                 trail = layout_4_trail_key(self.prefix, customer_id)
                 old = layout_2_trail_keys(self.prefix, customer_id)
                 ops.append((profile, _script(self._migrate, [profile, trail, *old], [])))
-            for fields, hashes, trails, into_profile in checked(await self._pipelined(ops)):
+            replies = checked(await self._pipelined(ops))
+            for fields, hashes, trails, into_profile, shortened in replies:
                 renamed += int(fields)
                 packed += int(hashes)
                 merged += int(trails)
                 folded += int(into_profile)
+                compacted += int(shortened)
             profiles += len(batch)
         indexed = await self._fold_members_sets(chunk)
         await self.client.set(layout_key(self.prefix), LAYOUT_VERSION)
-        return Migrated(profiles, renamed, packed, merged, folded, indexed)
+        return Migrated(profiles, renamed, packed, merged, folded, indexed, compacted)
 
     async def _fold_members_sets(self, chunk: int) -> int:
         """Layouts 1-4 listed a partition's customers in a members set beside

@@ -35,6 +35,7 @@ from patronage.models.layout import (
     layout_key,
     split_profile,
 )
+from patronage.models.profile import event_token
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.cli import main
@@ -98,16 +99,44 @@ async def _as_hashes(store: ProfileStore, ids: list[str], spelled_out: bool) -> 
             await client.pexpire(key, ttl)
 
 
+def _as_layout_5(trail: bytes) -> bytes:
+    """A trail as layouts 3-5 wrote it: four 4-byte lengths, sessions with
+    their first ms as a double, and dedupe records of a 64-bit token (here
+    layout 6's 48 bits and two bytes more, as the hash went on) and a 4-byte
+    hour."""
+    if not trail:
+        return trail
+    t = decode_trail(trail)
+    sessions = b"".join(bytes.fromhex(k) + struct.pack(">d", ms) for k, ms in t.sessions.items())
+    events = b"".join(
+        bytes.fromhex(k) + b"\xa5\x5a" + struct.pack(">I", hour) for k, hour in t.event_ids
+    )
+    edges = b"".join(struct.pack(">idd", day, *t.edges[day]) for day in sorted(t.edges))
+    orders = b"".join(bytes.fromhex(k) for k in t.order_keys)
+    header = struct.pack(">IIII", len(t.bitmap), len(sessions), len(events), len(edges))
+    return header + t.bitmap + sessions + events + edges + orders
+
+
+async def _as_layout_5_values(store: ProfileStore, ids: list[str]) -> None:
+    """As layout 5 stored them: the map, then the trail in layout 5's records."""
+    client = store.client
+    for customer in ids:
+        key = store.keys(customer).profile
+        raw = await client.get(key)
+        _, trail = split_profile(raw)
+        await client.set(key, raw[: len(raw) - len(trail)] + _as_layout_5(trail), keepttl=True)
+
+
 async def _trail_beside(store: ProfileStore, ids: list[str]) -> None:
-    """As layouts 3 and 4 stored them: the trail under a key of its own
-    beside the profile's map (with the profile's expiry)."""
+    """As layouts 3 and 4 stored them: the trail (layout 5's records) under a
+    key of its own beside the profile's map (with the profile's expiry)."""
     client = store.client
     for customer in ids:
         key = store.keys(customer).profile
         fields, trail = split_profile(await client.get(key))
         await client.set(key, msgpack.packb(fields), keepttl=True)
         beside = layout_4_trail_key(store.prefix, customer)
-        await client.set(beside, trail)
+        await client.set(beside, _as_layout_5(trail))
         ttl = await client.pttl(key)
         if ttl > 0:
             await client.pexpire(beside, ttl)
@@ -117,11 +146,11 @@ async def _split_trails(store: ProfileStore, ids: list[str]) -> None:
     """As layout 2 stored them: the trail's parts under keys of their own
     (with the profile's expiry, as every apply set it on each)."""
     client = store.client
-    await _trail_beside(store, ids)
     for customer in ids:
         keys = store.keys(customer)
-        beside = layout_4_trail_key(store.prefix, customer)
-        trail = decode_trail(await client.get(beside))
+        fields, raw_trail = split_profile(await client.get(keys.profile))
+        await client.set(keys.profile, msgpack.packb(fields), keepttl=True)
+        trail = decode_trail(raw_trail)
         ttl = await client.pttl(keys.profile)
         days, sessions, eids, orders, edges = layout_2_trail_keys(store.prefix, customer)
         if trail.bitmap:
@@ -129,7 +158,10 @@ async def _split_trails(store: ProfileStore, ids: list[str]) -> None:
         if trail.sessions:
             await client.zadd(sessions, {bytes.fromhex(t): ms for t, ms in trail.sessions.items()})
         if trail.event_ids:
-            records = (bytes.fromhex(t) + struct.pack(">I", hour) for t, hour in trail.event_ids)
+            records = (
+                bytes.fromhex(t) + b"\xa5\x5a" + struct.pack(">I", hour)
+                for t, hour in trail.event_ids
+            )
             await client.set(eids, b"".join(records))
         if trail.order_keys:
             await client.set(orders, b"".join(bytes.fromhex(k) for k in trail.order_keys))
@@ -137,7 +169,6 @@ async def _split_trails(store: ProfileStore, ids: list[str]) -> None:
             await client.hset(
                 edges, mapping={str(day): f"{lo}:{hi}" for day, (lo, hi) in trail.edges.items()}
             )
-        await client.delete(beside)
         if ttl > 0:
             for key in (days, sessions, eids, orders, edges):
                 await client.pexpire(key, ttl)
@@ -267,6 +298,7 @@ def test_a_layout_1_prefix_stops_the_worker_until_migrated(backend_env: dict[str
     assert moved.output.startswith("25 profiles"), moved.output
     assert "25 profiles packed, 25 trails merged" in moved.output, moved.output
     assert "25 trails moved into their profile" in moved.output, moved.output
+    assert "25 trails compacted" in moved.output, moved.output
     after, mark = asyncio.run(stored_after(ids))
     assert after == before
     assert mark == str(LAYOUT_VERSION).encode()
@@ -285,9 +317,9 @@ def test_a_prefix_marked_by_a_newer_layout_is_refused(isolated_env: dict[str, st
         store = ProfileStore(client, settings.key_prefix, settings.profile_config)
         try:
             await store.check_layout()  # a new prefix is marked as this layout
-            assert await client.get(layout_key(settings.key_prefix)) == b"5"
+            assert await client.get(layout_key(settings.key_prefix)) == b"%d" % LAYOUT_VERSION
             await client.set(layout_key(settings.key_prefix), LAYOUT_VERSION + 1)
-            with pytest.raises(StoredLayoutError, match="layout 6"):
+            with pytest.raises(StoredLayoutError, match=f"layout {LAYOUT_VERSION + 1}"):
                 await ProfileStore(
                     client, settings.key_prefix, settings.profile_config
                 ).check_layout()
@@ -333,8 +365,8 @@ def test_a_layout_2_or_3_prefix_is_refused_then_moved(
                 ).apply_batch({})
             moved = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
             merged = 20 if layout == 2 else 0
-            assert await moved.migrate_layout() == (20, 0, 20, merged, 20, 0)
-            assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0)
+            assert await moved.migrate_layout() == (20, 0, 20, merged, 20, 0, 20)
+            assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0, 0)
             assert await _states(moved, ids) == before
             left = [
                 k async for k in client.scan_iter(match=f"{settings.key_prefix}:{{*}}:[dsekvt]")
@@ -396,8 +428,8 @@ def test_a_layout_4_prefix_is_moved_to_one_value_and_one_set(
                     client, settings.key_prefix, settings.profile_config
                 ).apply_batch({})
             moved = ProfileStore(client, settings.key_prefix, settings.profile_config)
-            assert await moved.migrate_layout() == (20, 0, 0, 0, 20, 20)
-            assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0)
+            assert await moved.migrate_layout() == (20, 0, 0, 0, 20, 20, 20)
+            assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0, 0)
             assert not await client.exists(members)
             assert await _states(moved, ids) == before
             beside = [layout_4_trail_key(settings.key_prefix, c) for c in ids]
@@ -416,6 +448,77 @@ def test_a_layout_4_prefix_is_moved_to_one_value_and_one_set(
             assert [c for c, _ in await moved.due_customers(0, 4e12, 100)] == sorted(
                 (c for c in ids if c not in judged), key=lambda c: (pending[c], c)
             )
+        finally:
+            await store.delete_prefix()
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_layout_5_prefix_gets_shorter_trails_and_still_knows_every_event(
+    isolated_env: dict[str, str],
+) -> None:
+    """Layout 5 wrote each trail with 12-byte dedupe records (a 64-bit event
+    token, a 4-byte hour), 12-byte session records and a 16-byte header: the
+    migration rewrites it in layout 6's records (expiry kept, the stored
+    state reads the same, every value shorter), and the clicks and
+    attributes whose ids the trail holds, sent again at new offsets, are all
+    known as re-sends — their stored 64-bit tokens were cut to the 48 bits a
+    new event gets, so a mismatch would count each one twice."""
+    settings = settings_with(isolated_env)
+    month = 30 * DAY_MS
+
+    async def run() -> None:
+        client = make_redis(settings.redis_url)
+        store = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
+        try:
+            now_ms = int(time.time() * 1000)
+            ids = await _fill(store, settings, 20, seed=13, now_ms=now_ms)
+            before = await _states(store, ids)
+            sizes = {c: await client.strlen(store.keys(c).profile) for c in ids}
+            await _as_layout_5_values(store, ids)
+            longer = {c: await client.strlen(store.keys(c).profile) for c in ids}
+            assert all(longer[c] > sizes[c] for c in ids), (longer, sizes)
+            await client.set(layout_key(settings.key_prefix), 5)
+            with pytest.raises(StoredLayoutError, match=r"layout 5\b.*store migrate"):
+                await ProfileStore(
+                    client, settings.key_prefix, settings.profile_config, month
+                ).apply_batch({})
+            moved = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
+            assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0, 20)
+            assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0, 0)
+            assert await _states(moved, ids) == before
+            assert {c: await client.strlen(moved.keys(c).profile) for c in ids} == sizes
+            ttls = [await client.pttl(moved.keys(c).profile) for c in ids]
+            assert all(0 < ttl <= month for ttl in ttls), ttls
+
+            held = {c: {token for token, _ in before[c]["event_ids"]} for c in ids}
+            stream, _ = generate(20, 60, seed=13, start_ms=now_ms - 60 * DAY_MS)
+            resent = [
+                e for e in stream if event_token(e["event_id"]) in held.get(e["customer_id"], ())
+            ]
+            assert len(resent) >= 100, len(resent)
+            records = [
+                Record(
+                    settings.topic_for_kind[e["type"]], 0, 10**6 + n, None, json.dumps(e).encode()
+                )
+                for n, e in enumerate(resent)
+            ]
+            batch = prepare_batch(
+                records, settings.input_topics, settings.rules, now_ms, settings.zone
+            )
+            result = await moved.apply_batch(
+                batch.by_customer, dict.fromkeys(batch.by_customer, 0), {0: float(now_ms)}
+            )
+            assert (result.applied, result.duplicate_events) == (0, len(resent))
+            # Nothing moves but the offsets the batch was read at.
+            again = await _states(moved, ids)
+            for customer in ids:
+                figures, expected = again[customer]["profile"], before[customer]["profile"]
+                moved_fields = {
+                    n for n in figures.keys() | expected.keys() if figures.get(n) != expected.get(n)
+                }
+                assert moved_fields <= {n for n in figures if n.startswith("o:")}, moved_fields
         finally:
             await store.delete_prefix()
             await client.aclose()

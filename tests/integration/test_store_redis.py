@@ -25,6 +25,7 @@ from patronage.models.profile import (
     ProfileConfig,
     ProfileState,
     apply,
+    event_token,
     fold,
     judge_lapses,
     profile_view,
@@ -57,7 +58,7 @@ def random_deltas(rng: random.Random, customer: str, count: int) -> list[Delta]:
         base = {
             "source": src,
             "offset": off,
-            "event_token": token(f"{customer}/{src}/{off}"),
+            "event_token": event_token(f"{customer}/{src}/{off}"),
             "ts": t,
             "day": t // DAY_MS,
         }
@@ -288,7 +289,7 @@ def test_an_order_resent_10000_events_later_counts_once(redis_up: str) -> None:
         return Delta(
             source="p:0",
             offset=off,
-            event_token=token(f"e{n}"),
+            event_token=event_token(f"e{n}"),
             ts=t,
             day=t // DAY_MS,
             kind={"o": "order", "c": "click"}[kind],
@@ -358,7 +359,7 @@ def test_retention_trims_only_customers_parked_since_before_its_horizon(redis_up
         return Delta(
             "customer-attributes:0",
             n,
-            token(f"{customer}{n}"),
+            event_token(f"{customer}{n}"),
             T0,
             T0 // DAY_MS,
             "attributes",
@@ -373,7 +374,7 @@ def test_retention_trims_only_customers_parked_since_before_its_horizon(redis_up
             order = Delta(
                 "purchases:0",
                 7,
-                token("pending7"),
+                event_token("pending7"),
                 ts,
                 ts // DAY_MS,
                 "order",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 from importlib import resources
 
 import pytest
@@ -24,7 +25,7 @@ from patronage.models.layout import (
     FINDING_WIRE,
     is_profile_field,
 )
-from patronage.models.profile import Delta, ProfileConfig, fold, judge_lapses, token
+from patronage.models.profile import Delta, ProfileConfig, event_token, fold, judge_lapses, token
 from patronage.models.timeunits import DAY_MS
 
 SCRIPT = resources.files("patronage.streams").joinpath("lua/apply.lua").read_text("utf-8")
@@ -97,7 +98,7 @@ def test_reference_writes_only_registry_fields() -> None:
     deltas = []
     for i in range(40):
         ts = t0 + i * 5 * DAY_MS
-        base = {"source": "t:0", "offset": i, "event_token": token(str(i)), "ts": ts}
+        base = {"source": "t:0", "offset": i, "event_token": event_token(str(i)), "ts": ts}
         base["day"] = ts // DAY_MS
         kind = ("click", "order", "order", "attributes")[i % 4]
         deltas.append(
@@ -142,7 +143,7 @@ def test_stored_names_are_short_distinct_and_pinned() -> None:
     # Stored names are a wire format: changing one takes a new LAYOUT_VERSION
     # and a step in `patronage store migrate`, then a new digest here.
     digest = hashlib.sha256(repr(sorted(layout.STORED_NAMES.items())).encode()).hexdigest()
-    assert (layout.LAYOUT_VERSION, digest[:16]) == (5, "34e8ffc602ebf2f3")
+    assert (layout.LAYOUT_VERSION, digest[:16]) == (6, "34e8ffc602ebf2f3")
 
 
 def test_per_origin_fields_are_registry_fields() -> None:
@@ -180,7 +181,7 @@ def test_trail_codec_round_trips_and_is_pinned() -> None:
     trail = layout.Trail(
         bitmap=b"\x80\x01",
         sessions={"0000000a": 1_767_225_600_000, "ffffffff": 1_767_225_600_500},
-        event_ids=[("0102030405060708", 490_896), ("1112131415161718", 490_897)],
+        event_ids=[("010203040506", 490_896), ("111213141516", 16_777_215)],
         edges={20_454: (1_767_225_600_000, 1_767_229_200_000), 20_455: (1, 2)},
         order_keys=["a1a2a3a4a5a6a7a8"],
     )
@@ -189,22 +190,39 @@ def test_trail_codec_round_trips_and_is_pinned() -> None:
     assert (
         layout.decode_trail(None) == layout.decode_trail(b"") == layout.Trail(b"", {}, [], {}, [])
     )
-    assert len(raw) == 16 + 2 + 2 * 12 + 2 * 12 + 2 * 20 + 8
-    assert hashlib.sha256(raw).hexdigest()[:16] == "333c5d16fd445a62"
+    assert len(raw) == 13 + 2 + 2 * 10 + 2 * 9 + 2 * 20 + 8
+    # the format byte, then the four parts' lengths in three bytes each
+    assert raw[:13] == bytes.fromhex("06000002000014000012000028")
+    # a session: its token, then its first ms in six bytes
+    assert raw[15:25] == bytes.fromhex("0000000a019b76daa800")
+    # an event id: its token, then its hour in three bytes (the last one 2**24 - 1)
+    assert raw[35:53] == bytes.fromhex("010203040506077d90111213141516ffffff")
+    assert hashlib.sha256(raw).hexdigest()[:16] == "fbbe541a1a37052c"
+
+
+def test_a_trail_of_an_older_layout_is_refused_not_misread() -> None:
+    """Layout 5's trail began with a 4-byte length (a zero byte); read as
+    layout 6 it would give wrong records, so it is refused."""
+    older = struct.pack(">IIII", 1, 0, 0, 0) + b"\x80"
+    with pytest.raises(ValueError, match="format byte 0"):
+        layout.decode_trail(older)
 
 
 def test_script_packs_the_trail_as_the_registry_says() -> None:
     """The script's struct formats are the registry's (Lua's struct spells a
     4-byte int I4 where Python's says I)."""
     lua = {
-        "header": "'>I4I4I4I4'",
-        "session": "'>d'",
+        "header": "'>BI3I3I3I3', TRAIL_FORMAT",
+        "session ms": "'>I6'",
         "edge": "'>i4dd'",
-        "event hour": "'>I4'",
+        "event hour": "'>I3'",
     }
     for what, spelled in lua.items():
         assert spelled in CODE, what
-    assert layout.TRAIL_HEADER == ">IIII"
-    assert layout.EDGE_RECORD == ">idd" and layout.SESSION_RECORD == ">4sd"
-    assert layout.EVENT_RECORD == ">8sI" and layout.ORDER_KEY_BYTES == 8
-    assert "EDGE = 20" in CODE and "SREC = 12" in CODE and "EREC = 12" in CODE
+    assert f"TRAIL_FORMAT = {layout.TRAIL_FORMAT}" in CODE
+    assert layout.TRAIL_LENGTH_BYTES == 3 and layout.TRAIL_HEADER_BYTES == 13
+    assert layout.SESSION_TOKEN_BYTES == 4 and layout.SESSION_MS_BYTES == 6
+    assert layout.EVENT_TOKEN_BYTES == 6 and layout.EVENT_HOUR_BYTES == 3
+    assert layout.EDGE_RECORD == ">idd" and layout.ORDER_KEY_BYTES == 8
+    assert "EDGE = 20" in CODE and "SREC = 10" in CODE and "EREC = 9" in CODE
+    assert "struct.unpack('>I3', eids, i + 6)" in CODE

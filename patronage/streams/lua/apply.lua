@@ -55,11 +55,13 @@ local function fmt(x)
   if tonumber(short) == x then return short end
   return string.format('%.17g', x)
 end
--- Tokens arrive as hex (8 or 16 digits) and are stored as raw bytes: in
--- 32-bit halves, a fifth of the cost of a gsub per byte pair.
+-- Tokens arrive as hex (8, 12 or 16 digits) and are stored as raw bytes:
+-- in 32-bit parts, a fifth of the cost of a gsub per byte pair.
 local function unhex(hex)
   if #hex == 16 then
     return struct.pack('>I4I4', tonumber(string.sub(hex, 1, 8), 16), tonumber(string.sub(hex, 9), 16))
+  elseif #hex == 12 then
+    return struct.pack('>I4I2', tonumber(string.sub(hex, 1, 8), 16), tonumber(string.sub(hex, 9), 16))
   elseif #hex == 8 then
     return struct.pack('>I4', tonumber(hex, 16))
   end
@@ -79,13 +81,15 @@ local function num(f)
 end
 local function put(f, x) nums[f] = x; h[f] = true; changed[f] = true end
 
--- The trail (layout.TRAIL_HEADER): the lengths of the visit-day bitmap,
--- the sessions, the dedupe window and the unjudged days, those four, then
--- the natural keys to the end. Read once, written once (if changed), with
--- the profile: one key instead of six saves five key overheads per customer.
+-- The trail (layout.TRAIL_FORMAT): a format byte, the 3-byte lengths of
+-- the visit-day bitmap, the sessions, the dedupe window and the unjudged
+-- days, those four, then the natural keys to the end. Read once, written
+-- once (if changed), with the profile: one key instead of six saves five
+-- key overheads per customer.
+local TRAIL_FORMAT = 6
 local bitmap, sess_raw, eids, edges_raw, order_keys = '', '', '', '', ''
 if #trail > 0 then
-  local n_days, n_sess, n_eids, n_edges, at = struct.unpack('>I4I4I4I4', trail)
+  local _, n_days, n_sess, n_eids, n_edges, at = struct.unpack('>BI3I3I3I3', trail)
   bitmap = string.sub(trail, at, at + n_days - 1); at = at + n_days
   sess_raw = string.sub(trail, at, at + n_sess - 1); at = at + n_sess
   eids = string.sub(trail, at, at + n_eids - 1); at = at + n_eids
@@ -96,7 +100,8 @@ local trail_changed = false
 
 -- Count once (mirrors profile.py _first_time): orders by natural key for
 -- life, other events by id within the dedupe window of event time.
-local EREC = 12
+-- A record: the event token's first 6 bytes, the event hour in 3.
+local EREC = 9
 -- The newest and oldest hour among the records (nil: not read yet).
 local newest_hour, oldest_hour = nil, nil
 local function has_record(s, token, size)
@@ -112,7 +117,7 @@ local function load_hours()
   if newest_hour ~= nil then return end
   newest_hour, oldest_hour = -1, math.huge
   for i = 1, #eids, EREC do
-    local hour = struct.unpack('>I4', eids, i + 8)
+    local hour = struct.unpack('>I3', eids, i + 6)
     if hour > newest_hour then newest_hour = hour end
     if hour < oldest_hour then oldest_hour = hour end
   end
@@ -125,12 +130,12 @@ local function first_time(d)
     trail_changed = true
     return true
   end
-  local token = unhex(d.eid)
+  local token = unhex(string.sub(d.eid, 1, 12))
   if has_record(eids, token, EREC) then return false end
   local hour = math.floor(d.t / 3600000)
   load_hours()
   if newest_hour < 0 then newest_hour = hour end
-  eids = eids .. token .. struct.pack('>I4', hour)
+  eids = eids .. token .. struct.pack('>I3', hour)
   if hour < oldest_hour then oldest_hour = hour end
   trail_changed = true
   local horizon = math.max(newest_hour, hour) - window_hours
@@ -143,7 +148,7 @@ local function first_time(d)
     local index = 0
     oldest_hour = math.huge
     for i = 1, #eids, EREC do
-      local at = struct.unpack('>I4', eids, i + 8)
+      local at = struct.unpack('>I3', eids, i + 6)
       if index >= count - LATE_KEPT or at >= horizon then
         run_from = run_from or i
         if at < oldest_hour then oldest_hour = at end
@@ -383,17 +388,17 @@ local function judge(clock)
   return due
 end
 
--- Sessions: the newest `session_window` by first activity, as 12-byte
--- records (4-byte token, '>d' first ms) in the trail. Mirrors profile.py
+-- Sessions: the newest `session_window` by first activity, as 10-byte
+-- records (4-byte token, first ms in 6) in the trail. Mirrors profile.py
 -- _add_session: an earlier sight lowers a session's time; past the window
 -- the oldest go (by time, then token), as a sorted set would rank them.
-local SREC = 12
+local SREC = 10
 local sessions = nil  -- list of {token, first ms}
 local function add_session(token, t)
   if sessions == nil then
     sessions = {}
     for i = 1, #sess_raw, SREC do
-      sessions[#sessions + 1] = {string.sub(sess_raw, i, i + 3), (struct.unpack('>d', sess_raw, i + 4))}
+      sessions[#sessions + 1] = {string.sub(sess_raw, i, i + 3), (struct.unpack('>I6', sess_raw, i + 4))}
     end
   end
   for _, s in ipairs(sessions) do
@@ -501,7 +506,7 @@ local profile = cmsgpack.pack(h)
 if trail_changed or edges_changed then
   if sessions ~= nil then
     local parts = {}
-    for i, s in ipairs(sessions) do parts[i] = s[1] .. struct.pack('>d', s[2]) end
+    for i, s in ipairs(sessions) do parts[i] = s[1] .. struct.pack('>I6', s[2]) end
     sess_raw = table.concat(parts)
   end
   if edges_changed then
@@ -511,7 +516,7 @@ if trail_changed or edges_changed then
     for i, day in ipairs(days) do parts[i] = struct.pack('>i4dd', day, edges[day][1], edges[day][2]) end
     edges_raw = table.concat(parts)
   end
-  trail = struct.pack('>I4I4I4I4', #bitmap, #sess_raw, #eids, #edges_raw)
+  trail = struct.pack('>BI3I3I3I3', TRAIL_FORMAT, #bitmap, #sess_raw, #eids, #edges_raw)
     .. bitmap .. sess_raw .. eids .. edges_raw .. order_keys
   dirty = true
 end

@@ -7,11 +7,13 @@
 -- of the trail's parts become the trail (layout.TRAIL_HEADER). Layout 3 ->
 -- 4: the profile hash becomes one cmsgpack map (numbers as numbers;
 -- attributes, and any text that is not a number, as text). Layout 4 -> 5:
--- the trail moves from a key of its own to after the profile's map. Each
--- keeps the profile's expiry.
+-- the trail moves from a key of its own to after the profile's map. Layout
+-- 5 -> 6: the trail's records shortened (layout.TRAIL_FORMAT). Each keeps
+-- the profile's expiry.
 -- KEYS[1] profile   KEYS[2] layouts 3-4's trail   KEYS[3..7] layout 2's
 -- days, sessions, event ids, natural keys, unjudged days
--- Returns {fields renamed, profiles packed, trails merged, trails folded}.
+-- Returns {fields renamed, profiles packed, trails merged, trails folded,
+-- trails compacted}.
 local ttl = redis.call('PTTL', KEYS[1])
 local function set_keeping_ttl(key, value)
   if ttl > 0 then
@@ -76,4 +78,32 @@ if trail then
   redis.call('DEL', KEYS[2])
   folded = 1
 end
-return {renamed, packed, merged, folded}
+-- Layout 6's trail starts with its format byte; layout 5's with a 4-byte
+-- length, i.e. a zero byte. Its event tokens keep their first 6 bytes (what
+-- profile.event_token gives a new event), hours and a session's first ms
+-- go from 4 and 8 bytes to 3 and 6; unjudged days and natural keys stay.
+local compacted = 0
+local value = redis.call('GET', KEYS[1])
+local after = value and cmsgpack.unpack_one(value) or -1
+if after > 0 and string.byte(value, after + 1) == 0 then
+  local trail = string.sub(value, after + 1)
+  local n_days, n_sess, n_eids, n_edges, at = struct.unpack('>I4I4I4I4', trail)
+  local bitmap = string.sub(trail, at, at + n_days - 1); at = at + n_days
+  local sess = string.sub(trail, at, at + n_sess - 1); at = at + n_sess
+  local eids = string.sub(trail, at, at + n_eids - 1); at = at + n_eids
+  local parts = {}
+  for i = 1, #sess, 12 do
+    parts[#parts + 1] = string.sub(sess, i, i + 3) .. struct.pack('>I6', (struct.unpack('>d', sess, i + 4)))
+  end
+  sess = table.concat(parts)
+  parts = {}
+  for i = 1, #eids, 12 do
+    parts[#parts + 1] = string.sub(eids, i, i + 5) .. struct.pack('>I3', (struct.unpack('>I4', eids, i + 8)))
+  end
+  eids = table.concat(parts)
+  set_keeping_ttl(KEYS[1], string.sub(value, 1, after)
+    .. struct.pack('>BI3I3I3I3', 6, #bitmap, #sess, #eids, n_edges)
+    .. bitmap .. sess .. eids .. string.sub(trail, at))
+  compacted = 1
+end
+return {renamed, packed, merged, folded, compacted}
