@@ -32,14 +32,33 @@ import time
 import uuid
 
 from patronage.models.batch import Record, prepare_batch
-from patronage.models.layout import CustomerKeys
+from patronage.models.layout import STORED_NAMES, CustomerKeys
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.settings import settings_with
 from patronage.streams.store import ProfileStore, redis_for
 
-# The fifteen fields an order or a click typically changes (stored names).
-TOUCHED = "{'ev','ls','fq','md','cl','vi','gq','ld','mt','mo','or','oo','bs','mb','lo'}"
+# The fifteen fields an order or a click typically changes (stored keys:
+# codes in the packed map, their text in the hash).
+_TOUCHED_FIELDS = [
+    "events_applied",
+    "last_seen",
+    "freq_decayed",
+    "monetary_decayed",
+    "clicks",
+    "visits",
+    "gap_sumsq",
+    "last_day",
+    "spend_total",
+    "spend_online",
+    "orders",
+    "orders_online",
+    "basket_sum",
+    "max_basket",
+    "last_order_at",
+]
+TOUCHED = "{" + ",".join(str(STORED_NAMES[f]) for f in _TOUCHED_FIELDS) + "}"
+TOUCHED_TEXT = "{" + ",".join(f"'{STORED_NAMES[f]}'" for f in _TOUCHED_FIELDS) + "}"
 
 HASH = f"""
 local h = {{}}
@@ -51,7 +70,7 @@ local function fmt(x)
   return string.format('%.17g', x)
 end
 local args = {{}}
-for _, f in ipairs({TOUCHED}) do
+for _, f in ipairs({TOUCHED_TEXT}) do
   h[f] = fmt(tonumber(h[f] or '0') + 1.5)
   args[#args + 1] = f
   args[#args + 1] = h[f]

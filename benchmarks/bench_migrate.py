@@ -21,15 +21,29 @@ import time
 import uuid
 
 from patronage.models.batch import Record, prepare_batch
-from patronage.models.layout import layout_2_trail_keys, layout_4_trail_key, layout_key
+from patronage.models.layout import (
+    LAYOUT_5_NAMES,
+    STORED_NAMES,
+    layout_2_trail_keys,
+    layout_4_trail_key,
+    layout_key,
+)
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.settings import settings_with
 from patronage.streams.store import ProfileStore, redis_for
 
+# Layout 2 kept fixed fields under two-letter names, layout 6 under codes.
+_TWO_LETTER = (
+    "local TWO_LETTER = {"
+    + ", ".join(f"[{STORED_NAMES[name]}] = '{short}'" for name, short in LAYOUT_5_NAMES.items())
+    + "}\n"
+)
 # KEYS: profile (its map, then the trail), layouts 3-4's trail key (unused
 # here), then layout 2's days, sessions, event ids, natural keys, unjudged days.
-DOWNGRADE = """
+DOWNGRADE = (
+    _TWO_LETTER
+    + """
 local function fmt(x)
   local short = string.format('%.15g', x)
   if tonumber(short) == x then return short end
@@ -39,7 +53,7 @@ local blob = redis.call('GET', KEYS[1])
 local after, h = cmsgpack.unpack_one(blob)
 local args = {}
 for name, value in pairs(h) do
-  args[#args + 1] = name
+  args[#args + 1] = TWO_LETTER[name] or name
   args[#args + 1] = type(value) == 'number' and fmt(value) or value
 end
 redis.call('DEL', KEYS[1])
@@ -72,6 +86,7 @@ end
 redis.call('DEL', KEYS[2])
 return 1
 """
+)
 
 
 async def run(customers: int, days: int) -> None:

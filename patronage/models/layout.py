@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar, cast
 
 import msgpack
 
@@ -208,13 +208,58 @@ FIELDS: frozenset[str] = (
     )
     | SCORED_FIELDS
 )
-# Each fixed field's name in Redis: two characters instead of up to 17 saves
-# ~220 B of a ~950 B profile hash (docs/benchmarks.md). The scripts are
-# written with the names above and loaded with each quoted one replaced
-# (store._lua); store.py translates what it reads and writes. Everything
-# else, the API included, uses the names above. A stored name is a wire
-# format: never change or reuse one (LAYOUT_VERSION, `patronage store migrate`).
-STORED_NAMES: dict[str, str] = {
+# Each fixed field's key in Redis: a one-byte MessagePack integer instead of
+# a name (two letters until layout 6: a byte less for the string header and
+# one for the second letter, ~55 B of a ~500 B map). Codes start at 64 so
+# that no map of them alone is ever a run 1..n, which Redis's cmsgpack would
+# pack as an array; 100-127 are left for new fields (still one byte). The
+# scripts are written with the names above and loaded with each quoted one
+# replaced by its code (store._lua); store.py translates what it reads and
+# writes. Everything else, the API included, uses the names above. A code is
+# a wire format: never change or reuse one (LAYOUT_VERSION, `patronage store
+# migrate`).
+StoredName = int | str  # a fixed field's code, or a prefixed field's name
+STORED_NAMES: dict[str, int] = {
+    "first_seen": 64,
+    "last_seen": 65,
+    "events_applied": 66,
+    "clicks": 67,
+    "sessions": 68,
+    "day0": 69,
+    "first_day": 70,
+    "last_day": 71,
+    "visits": 72,
+    "gap_sumsq": 73,
+    "orders": 74,
+    "orders_online": 75,
+    "orders_store": 76,
+    "basket_sum": 77,
+    "max_basket": 78,
+    "last_order_at": 79,
+    "first_order_at": 80,
+    "first_order_value": 81,
+    "spend_total": 82,
+    "spend_online": 83,
+    "spend_store": 84,
+    "returns_value": 85,
+    "freq_decayed": 86,
+    "monetary_decayed": 87,
+    "judged_day": 88,
+    "lapse_day": 89,
+    "risk_decided": 90,
+    "risk_episode": 91,
+    "segment": 92,
+    "segment_since": 93,
+    "segment_version": 94,
+    "rfm_r": 95,
+    "rfm_f": 96,
+    "rfm_m": 97,
+    "value_tier": 98,
+    "tier_version": 99,
+}
+# The two-letter names layouts 2-5 stored the fields under: only `patronage
+# store migrate` still reads them.
+LAYOUT_5_NAMES: dict[str, str] = {
     "first_seen": "fs",
     "last_seen": "ls",
     "events_applied": "ev",
@@ -252,14 +297,15 @@ STORED_NAMES: dict[str, str] = {
     "value_tier": "vt",
     "tier_version": "tv",
 }
-FIELD_OF_STORED: dict[str, str] = {short: name for name, short in STORED_NAMES.items()}
-# Version of the stored layout, kept under layout_key(prefix): 6 = the trail
-# in 9-byte dedupe records (a 48-bit event token), 10-byte session records
-# and a 13-byte header (TRAIL_FORMAT); 5 = the trail
+FIELD_OF_STORED: dict[int, str] = {code: name for name, code in STORED_NAMES.items()}
+# Version of the stored layout, kept under layout_key(prefix): 6 = fixed
+# fields under one-byte codes, the trail in 9-byte dedupe records (a 48-bit
+# event token), 10-byte session records and a 13-byte header
+# (TRAIL_FORMAT); 5 = the trail
 # after the profile's map in one value, and a partition's customers in its
 # due set (no members set); 4 = the profile as one packed map; 3 = the trail
 # (one value for five keys) beside a profile hash; 2 = that hash under the
-# short names above (1, unmarked, spelled them out).
+# two-letter names of LAYOUT_5_NAMES (1, unmarked, spelled them out).
 LAYOUT_VERSION = 6
 
 # The profile value: a MessagePack map, stored name -> number (integers as
@@ -272,25 +318,31 @@ LAYOUT_VERSION = 6
 PROFILE_FORMAT = "msgpack"
 
 
-def split_profile(raw: bytes | str | None) -> tuple[dict[str, float | str], bytes]:
+def split_profile(raw: bytes | str | None) -> tuple[dict[StoredName, float | str], bytes]:
     """A stored profile value: its fields under their stored names ({} if
     none) and the trail after them (b"" if none)."""
     if not raw:
         return {}, b""
-    stored: dict[str, float | str]
+    stored: dict[StoredName, float | str]
     try:
-        stored, trail = msgpack.unpackb(raw), b""  # the apply script's reply: the map alone
+        # the apply script's reply: the map alone
+        stored, trail = msgpack.unpackb(raw, strict_map_key=False), b""
     except msgpack.ExtraData as value:
         stored, trail = value.unpacked, bytes(value.extra)
     # cmsgpack packs an empty table as an empty array
     return (stored or {}), trail
 
 
+_NAME_OF_STORED: dict[StoredName, str] = {code: name for code, name in FIELD_OF_STORED.items()}
+
+
 def decode_profile(raw: bytes | str | None) -> dict[str, float | str]:
     """A stored profile's fields under their full names ({} if none)."""
     stored, _ = split_profile(raw)
-    named = FIELD_OF_STORED.get
-    return {named(name, name): value for name, value in stored.items()}
+    named = _NAME_OF_STORED.get
+    # a prefixed field is stored under its name (an unknown code would stay a
+    # number: only a newer layout writes one, and check_layout refuses those)
+    return cast(dict[str, float | str], {named(n, n): value for n, value in stored.items()})
 
 
 def encode_profile(fields: Mapping[str, float | str], trail: bytes = b"") -> bytes:
@@ -377,26 +429,31 @@ def encode_trail(trail: Trail) -> bytes:
     return header + trail.bitmap + sessions + events + edges + orders
 
 
-def stored_name(field: str) -> str:
-    """A profile field's name in Redis (prefixed fields are stored as named)."""
+def stored_name(field: str) -> StoredName:
+    """A profile field's key in Redis: its code (prefixed fields are stored
+    as named)."""
     return STORED_NAMES.get(field, field)
 
 
-def field_name(stored: str) -> str:
-    """The field a name read from Redis stands for."""
-    return FIELD_OF_STORED.get(stored, stored)
+def field_name(stored: StoredName) -> str:
+    """The field a key read from Redis stands for."""
+    return _NAME_OF_STORED.get(stored, str(stored))
 
 
-def under_stored_names(fields: Mapping[str, _V]) -> dict[str, _V]:
-    """A profile's fields as Redis holds them (for writing a whole hash)."""
+def under_stored_names(fields: Mapping[str, _V]) -> dict[StoredName, _V]:
+    """A profile's fields as Redis holds them (for writing a whole map)."""
     return {stored_name(name): value for name, value in fields.items()}
 
 
 def lua_stored_names() -> str:
-    """A Lua table SHORT (field -> stored name), for the migration script."""
-    # ['or'] = ...: a stored name may be a Lua keyword
-    pairs = ", ".join(f"['{name}'] = '{code}'" for name, code in sorted(STORED_NAMES.items()))
-    return f"local SHORT = {{{pairs}}}\n"
+    """A Lua table CODE (a fixed field's long name, and its layout 2-5
+    two-letter name -> its code), for the migration script."""
+    # ['or'] = ...: a two-letter name may be a Lua keyword
+    old = {short: STORED_NAMES[name] for name, short in LAYOUT_5_NAMES.items()}
+    pairs = ", ".join(
+        f"['{name}'] = {code}" for name, code in sorted({**STORED_NAMES, **old}.items())
+    )
+    return f"local CODE = {{{pairs}}}\n"
 
 
 def layout_key(prefix: str) -> str:

@@ -46,7 +46,6 @@ from patronage.models.layout import (
     risk_version_key,
     sources_key,
     split_profile,
-    stored_name,
     stored_text,
 )
 from patronage.models.profile import Delta, ProfileConfig, ProfileState, profile_view
@@ -72,9 +71,9 @@ _FIELD_LITERAL = re.compile(r"'([a-z0-9_]+)'")
 
 def _lua(name: str) -> str:
     """A script as Redis runs it: each quoted profile field name replaced by
-    its stored name (the scripts are written with layout.py's names)."""
+    its code (the scripts are written with layout.py's names)."""
     text = resources.files("patronage.streams").joinpath(f"lua/{name}.lua").read_text("utf-8")
-    text = _FIELD_LITERAL.sub(lambda m: f"'{STORED_NAMES.get(m[1], m[1])}'", text)
+    text = _FIELD_LITERAL.sub(lambda m: str(STORED_NAMES.get(m[1], m[0])), text)
     if name == "migrate":
         # After the first line: a `#!lua` shebang must stay first.
         shebang, rest = text.split("\n", 1)
@@ -501,7 +500,7 @@ class ProfileStore:
         person: the person is scored instead); customer -> the segment it
         had, for those that exist."""
         await self.ensure_scripts()
-        scored = sorted(map(stored_name, SCORED_FIELDS))
+        scored = sorted(STORED_NAMES[field] for field in SCORED_FIELDS)
         ops: list[tuple[str, Command]] = []
         for customer_id in customer_ids:
             key = self.profile_key(customer_id)

@@ -1,12 +1,12 @@
-"""The stored layout on a real Redis: profile fields under their short names
+"""The stored layout on a real Redis: fixed profile fields under one-byte codes
 (models/layout.py STORED_NAMES), the trail (one value for what layout 2 kept
 under five keys) after the profile's map, and the moves from layout 1, which
-spelled the names out, and from layouts 2, 3 and 4.
+spelled the names out, and from layouts 2 to 5.
 
-Why a real server: the names live in the Lua scripts as Redis runs them
-(apply, risk and erase loaded with the stored names substituted, migrate
-with a table of them), which a mock or fakeredis would not run as Redis
-does, and the bytes saved are Redis's own listpack encoding.
+Why a real server: the codes live in the Lua scripts as Redis runs them
+(apply, risk and erase loaded with the codes substituted, migrate with a
+table of them), and Redis's own cmsgpack packs the maps, which a mock or
+fakeredis would not do as Redis does.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from patronage.models.batch import Record, prepare_batch
 from patronage.models.layout import (
     FIELDS,
+    LAYOUT_5_NAMES,
     LAYOUT_VERSION,
     PARKED,
     decode_trail,
@@ -75,12 +76,24 @@ async def _fill(
     return sorted(grouped)
 
 
-async def _raw_profiles(store: ProfileStore, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The stored profiles under their stored names."""
+async def _raw_profiles(store: ProfileStore, ids: list[str]) -> dict[str, dict[Any, Any]]:
+    """The stored profiles under their stored names (codes for fixed fields)."""
     out = {}
     for customer in ids:
         out[customer] = split_profile(await store.client.get(store.keys(customer).profile))[0]
     return out
+
+
+def _two_letter(fields: dict[Any, Any]) -> dict[str, Any]:
+    """A map as layouts 2-5 keyed it: a fixed field under its two-letter name."""
+    return {
+        LAYOUT_5_NAMES[field_name(n)] if isinstance(n, int) else n: v for n, v in fields.items()
+    }
+
+
+def _fixed_fields(raw: dict[str, dict[Any, Any]]) -> int:
+    """How many fixed fields (stored under a code) the profiles hold."""
+    return sum(isinstance(name, int) for fields in raw.values() for name in fields)
 
 
 async def _as_hashes(store: ProfileStore, ids: list[str], spelled_out: bool) -> None:
@@ -90,7 +103,7 @@ async def _as_hashes(store: ProfileStore, ids: list[str], spelled_out: bool) -> 
     for customer, fields in (await _raw_profiles(store, ids)).items():
         key = store.keys(customer).profile
         ttl = await client.pttl(key)
-        text = profile_as_text(fields)
+        text = profile_as_text(_two_letter(fields))
         await client.delete(key)
         await client.hset(
             key, mapping={field_name(n) if spelled_out else n: v for n, v in text.items()}
@@ -118,13 +131,14 @@ def _as_layout_5(trail: bytes) -> bytes:
 
 
 async def _as_layout_5_values(store: ProfileStore, ids: list[str]) -> None:
-    """As layout 5 stored them: the map, then the trail in layout 5's records."""
+    """As layout 5 stored them: the map under two-letter names, then the
+    trail in layout 5's records."""
     client = store.client
     for customer in ids:
         key = store.keys(customer).profile
-        raw = await client.get(key)
-        _, trail = split_profile(raw)
-        await client.set(key, raw[: len(raw) - len(trail)] + _as_layout_5(trail), keepttl=True)
+        fields, trail = split_profile(await client.get(key))
+        old = msgpack.packb(_two_letter(fields)) + _as_layout_5(trail)
+        await client.set(key, old, keepttl=True)
 
 
 async def _trail_beside(store: ProfileStore, ids: list[str]) -> None:
@@ -134,7 +148,7 @@ async def _trail_beside(store: ProfileStore, ids: list[str]) -> None:
     for customer in ids:
         key = store.keys(customer).profile
         fields, trail = split_profile(await client.get(key))
-        await client.set(key, msgpack.packb(fields), keepttl=True)
+        await client.set(key, msgpack.packb(_two_letter(fields)), keepttl=True)
         beside = layout_4_trail_key(store.prefix, customer)
         await client.set(beside, _as_layout_5(trail))
         ttl = await client.pttl(key)
@@ -149,7 +163,7 @@ async def _split_trails(store: ProfileStore, ids: list[str]) -> None:
     for customer in ids:
         keys = store.keys(customer)
         fields, raw_trail = split_profile(await client.get(keys.profile))
-        await client.set(keys.profile, msgpack.packb(fields), keepttl=True)
+        await client.set(keys.profile, msgpack.packb(_two_letter(fields)), keepttl=True)
         trail = decode_trail(raw_trail)
         ttl = await client.pttl(keys.profile)
         days, sessions, eids, orders, edges = layout_2_trail_keys(store.prefix, customer)
@@ -353,6 +367,7 @@ def test_a_layout_2_or_3_prefix_is_refused_then_moved(
             now_ms = int(time.time() * 1000)
             ids = await _fill(store, settings, 20, seed=11, now_ms=now_ms)
             before = await _states(store, ids)
+            fixed = _fixed_fields(await _raw_profiles(store, ids))
             if layout == 2:
                 await _split_trails(store, ids)
             else:
@@ -365,7 +380,7 @@ def test_a_layout_2_or_3_prefix_is_refused_then_moved(
                 ).apply_batch({})
             moved = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
             merged = 20 if layout == 2 else 0
-            assert await moved.migrate_layout() == (20, 0, 20, merged, 20, 0, 20)
+            assert await moved.migrate_layout() == (20, fixed, 20, merged, 20, 0, 20)
             assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0, 0)
             assert await _states(moved, ids) == before
             left = [
@@ -409,6 +424,7 @@ def test_a_layout_4_prefix_is_moved_to_one_value_and_one_set(
         store = ProfileStore(client, settings.key_prefix, settings.profile_config)
         try:
             ids = await _fill(store, settings, 20, seed=12)
+            fixed = _fixed_fields(await _raw_profiles(store, ids))
             due = store.due_key(0)
             pending = {m.decode(): s for m, s in await client.zrange(due, 0, -1, withscores=True)}
             assert set(pending) == set(ids)
@@ -428,7 +444,7 @@ def test_a_layout_4_prefix_is_moved_to_one_value_and_one_set(
                     client, settings.key_prefix, settings.profile_config
                 ).apply_batch({})
             moved = ProfileStore(client, settings.key_prefix, settings.profile_config)
-            assert await moved.migrate_layout() == (20, 0, 0, 0, 20, 20, 20)
+            assert await moved.migrate_layout() == (20, fixed, 0, 0, 20, 20, 20)
             assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0, 0)
             assert not await client.exists(members)
             assert await _states(moved, ids) == before
@@ -455,13 +471,14 @@ def test_a_layout_4_prefix_is_moved_to_one_value_and_one_set(
     asyncio.run(run())
 
 
-def test_a_layout_5_prefix_gets_shorter_trails_and_still_knows_every_event(
+def test_a_layout_5_prefix_gets_codes_and_shorter_trails_and_still_knows_every_event(
     isolated_env: dict[str, str],
 ) -> None:
-    """Layout 5 wrote each trail with 12-byte dedupe records (a 64-bit event
-    token, a 4-byte hour), 12-byte session records and a 16-byte header: the
-    migration rewrites it in layout 6's records (expiry kept, the stored
-    state reads the same, every value shorter), and the clicks and
+    """Layout 5 kept fixed fields under two-letter names and wrote each trail
+    with 12-byte dedupe records (a 64-bit event token, a 4-byte hour),
+    12-byte session records and a 16-byte header: the migration moves each
+    field under its code and rewrites the trail in layout 6's records (expiry
+    kept, the stored state reads the same, every value shorter), and the clicks and
     attributes whose ids the trail holds, sent again at new offsets, are all
     known as re-sends — their stored 64-bit tokens were cut to the 48 bits a
     new event gets, so a mismatch would count each one twice."""
@@ -475,6 +492,8 @@ def test_a_layout_5_prefix_gets_shorter_trails_and_still_knows_every_event(
             now_ms = int(time.time() * 1000)
             ids = await _fill(store, settings, 20, seed=13, now_ms=now_ms)
             before = await _states(store, ids)
+            fixed = _fixed_fields(await _raw_profiles(store, ids))
+            assert fixed > 20 * 20, fixed
             sizes = {c: await client.strlen(store.keys(c).profile) for c in ids}
             await _as_layout_5_values(store, ids)
             longer = {c: await client.strlen(store.keys(c).profile) for c in ids}
@@ -485,7 +504,7 @@ def test_a_layout_5_prefix_gets_shorter_trails_and_still_knows_every_event(
                     client, settings.key_prefix, settings.profile_config, month
                 ).apply_batch({})
             moved = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
-            assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0, 20)
+            assert await moved.migrate_layout() == (20, fixed, 0, 0, 0, 0, 20)
             assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0, 0)
             assert await _states(moved, ids) == before
             assert {c: await client.strlen(moved.keys(c).profile) for c in ids} == sizes

@@ -13,6 +13,7 @@ import re
 import struct
 from importlib import resources
 
+import msgpack
 import pytest
 
 from patronage.models import layout
@@ -123,27 +124,48 @@ def test_reference_writes_only_registry_fields() -> None:
     assert [name for name in state.fields if not is_profile_field(name)] == []
 
 
-def test_stored_names_are_short_distinct_and_pinned() -> None:
+def test_stored_codes_are_one_byte_distinct_and_pinned() -> None:
     assert set(layout.STORED_NAMES) == layout.FIELDS
     codes = list(layout.STORED_NAMES.values())
     assert len(set(codes)) == len(codes)
     for code in codes:
-        # Letters and digits only: never a prefixed field ('o:', '#cat:', ...),
-        # and never a field name (so a layout-1 hash cannot be misread).
-        assert len(code) <= 2 and code.isalnum(), code
-        assert not layout.is_profile_field(code), code
-        assert (
-            layout.field_name(layout.stored_name(layout.FIELD_OF_STORED[code]))
-            == layout.FIELD_OF_STORED[code]
-        )
+        # A one-byte MessagePack integer; from 64 up, so no map of codes alone
+        # is a run 1..n (Redis's cmsgpack would pack it as an array).
+        assert 64 <= code <= 127, code
+        assert len(msgpack.packb(code)) == 1
+        assert layout.field_name(code) == layout.FIELD_OF_STORED[code]
+        assert layout.stored_name(layout.FIELD_OF_STORED[code]) == code
     assert layout.stored_name("o:purchases:0") == "o:purchases:0"
     assert layout.field_name("cat:home") == "cat:home"
-    # The migration's table: quoted keys ('or' would be a Lua keyword as a value's key).
-    assert "['orders'] = 'or'" in layout.lua_stored_names()
-    # Stored names are a wire format: changing one takes a new LAYOUT_VERSION
-    # and a step in `patronage store migrate`, then a new digest here.
+    # The migration's table: a long name and a two-letter one each to its
+    # code (quoted: 'or' would be a Lua keyword as a key).
+    table = layout.lua_stored_names()
+    assert f"['orders'] = {layout.STORED_NAMES['orders']}" in table
+    assert f"['or'] = {layout.STORED_NAMES['orders']}" in table
+    assert set(layout.LAYOUT_5_NAMES) == layout.FIELDS
+    # Codes are a wire format: changing one takes a new LAYOUT_VERSION and a
+    # step in `patronage store migrate`, then a new digest here.
     digest = hashlib.sha256(repr(sorted(layout.STORED_NAMES.items())).encode()).hexdigest()
-    assert (layout.LAYOUT_VERSION, digest[:16]) == (6, "34e8ffc602ebf2f3")
+    assert (layout.LAYOUT_VERSION, digest[:16]) == (6, "8781b2b632d5fa1d")
+    # ... and so are the two-letter names the migration still reads.
+    digest = hashlib.sha256(repr(sorted(layout.LAYOUT_5_NAMES.items())).encode()).hexdigest()
+    assert digest[:16] == "34e8ffc602ebf2f3"
+
+
+def test_a_profile_under_codes_packs_and_reads_back() -> None:
+    """Codes and prefixed names in one map: Python packs what Redis's cmsgpack
+    reads, and reads back the names."""
+    fields = {"first_seen": 1_767_225_600_000, "orders": 3, "o:clicks:p0": 9, "cat:home": 2.5}
+    raw = layout.encode_profile(fields, b"trail")
+    assert layout.decode_profile(raw) == fields
+    assert layout.split_profile(raw)[1] == b"trail"
+    stored, _ = layout.split_profile(raw)
+    assert set(stored) == {
+        layout.STORED_NAMES["first_seen"],
+        layout.STORED_NAMES["orders"],
+        "o:clicks:p0",
+        "cat:home",
+    }
 
 
 def test_per_origin_fields_are_registry_fields() -> None:
@@ -165,14 +187,19 @@ def test_scripts_run_with_stored_names_only(name: str) -> None:
     source = resources.files("patronage.streams").joinpath(f"lua/{name}.lua").read_text("utf-8")
     loaded = _lua(name)
     assert loaded.startswith("#!lua")
-    if name == "migrate":  # its table maps the long names it renames
+    if name == "migrate":  # its table maps the names it renames
         loaded = loaded.replace(layout.lua_stored_names(), "", 1)
     quoted = set(re.findall(r"'([a-z0-9_]+)'", loaded))
     assert not quoted & layout.FIELDS
+    assert not quoted & set(layout.LAYOUT_5_NAMES.values())
     if name in ("apply", "risk", "erase"):
         assert set(re.findall(r"'([a-z0-9_]+)'", source)) & layout.FIELDS
     if name == "apply":
-        assert "ORDERS_AT = {online = 'oo', store = 'os'}" in loaded
+        codes = layout.STORED_NAMES
+        assert (
+            f"ORDERS_AT = {{online = {codes['orders_online']}, store = {codes['orders_store']}}}"
+            in loaded
+        )
 
 
 def test_trail_codec_round_trips_and_is_pinned() -> None:

@@ -34,8 +34,8 @@ local ORDERS_AT = {online = 'orders_online', store = 'orders_store'}
 local SPEND_AT = {online = 'spend_online', store = 'spend_store'}
 
 -- Field names below are layout.py's; the store loads this script with each
--- quoted one replaced by its stored name (layout.STORED_NAMES), so the
--- profile, this table and the reply all use the short names and nothing
+-- quoted one replaced by its code (layout.STORED_NAMES), so the
+-- profile, this table and the reply all use the codes and nothing
 -- translates. The profile is one cmsgpack map (layout.PROFILE_FORMAT):
 -- numbers stay numbers, so none is parsed or formatted per call. The trail
 -- follows the map in the same value.

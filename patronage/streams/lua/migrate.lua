@@ -2,18 +2,19 @@
 -- (A shebang: Redis refuses the whole script up front when over maxmemory,
 -- instead of failing at its first write and leaving the earlier ones.)
 -- Move one customer to this layout, atomically; running it again changes
--- nothing. Layout 1 -> 2: each field spelled out goes under its name in
--- SHORT (prepended from layout.STORED_NAMES). Layout 2 -> 3: the five keys
+-- nothing. Layout 1 -> 2: each field spelled out goes under its two-letter
+-- name (now straight to its code: CODE, prepended from layout.py). Layout 2 -> 3: the five keys
 -- of the trail's parts become the trail (layout.TRAIL_HEADER). Layout 3 ->
 -- 4: the profile hash becomes one cmsgpack map (numbers as numbers;
 -- attributes, and any text that is not a number, as text). Layout 4 -> 5:
 -- the trail moves from a key of its own to after the profile's map. Layout
--- 5 -> 6: the trail's records shortened (layout.TRAIL_FORMAT). Each keeps
--- the profile's expiry.
+-- 5 -> 6: each fixed field's two-letter name becomes its one-byte code, and
+-- the trail's records are shortened (layout.TRAIL_FORMAT). Each keeps the
+-- profile's expiry.
 -- KEYS[1] profile   KEYS[2] layouts 3-4's trail   KEYS[3..7] layout 2's
 -- days, sessions, event ids, natural keys, unjudged days
--- Returns {fields renamed, profiles packed, trails merged, trails folded,
--- trails compacted}.
+-- Returns {fields renamed (to their codes), profiles packed, trails merged,
+-- trails folded, trails compacted}.
 local ttl = redis.call('PTTL', KEYS[1])
 local function set_keeping_ttl(key, value)
   if ttl > 0 then
@@ -29,11 +30,13 @@ if redis.call('TYPE', KEYS[1]).ok == 'hash' then
   local raw = redis.call('HGETALL', KEYS[1])
   for i = 1, #raw, 2 do
     local name, value = raw[i], raw[i + 1]
-    if SHORT[name] then
-      name = SHORT[name]
+    if CODE[name] then
+      name = CODE[name]
       renamed = renamed + 1
     end
-    if string.sub(name, 1, 2) ~= 'a:' then value = tonumber(value) or value end
+    if type(name) == 'number' or string.sub(name, 1, 2) ~= 'a:' then
+      value = tonumber(value) or value
+    end
     h[name] = value
   end
   redis.call('DEL', KEYS[1])
@@ -78,15 +81,29 @@ if trail then
   redis.call('DEL', KEYS[2])
   folded = 1
 end
+-- Layouts 2-5 packed the fields under their two-letter names: each goes
+-- under its code.
+local value = redis.call('GET', KEYS[1])
+if not value then return {renamed, packed, merged, folded, 0} end
+local after, h = cmsgpack.unpack_one(value)
+local map, trail = value, ''
+if after > 0 then map, trail = string.sub(value, 1, after), string.sub(value, after + 1) end
+local recoded = 0
+for name, code in pairs(CODE) do
+  if h[name] ~= nil and type(name) == 'string' and #name == 2 then
+    h[code] = h[name]
+    h[name] = nil
+    recoded = recoded + 1
+  end
+end
+if recoded > 0 then map = cmsgpack.pack(h) end
+renamed = renamed + recoded
 -- Layout 6's trail starts with its format byte; layout 5's with a 4-byte
 -- length, i.e. a zero byte. Its event tokens keep their first 6 bytes (what
 -- profile.event_token gives a new event), hours and a session's first ms
 -- go from 4 and 8 bytes to 3 and 6; unjudged days and natural keys stay.
 local compacted = 0
-local value = redis.call('GET', KEYS[1])
-local after = value and cmsgpack.unpack_one(value) or -1
-if after > 0 and string.byte(value, after + 1) == 0 then
-  local trail = string.sub(value, after + 1)
+if #trail > 0 and string.byte(trail, 1) == 0 then
   local n_days, n_sess, n_eids, n_edges, at = struct.unpack('>I4I4I4I4', trail)
   local bitmap = string.sub(trail, at, at + n_days - 1); at = at + n_days
   local sess = string.sub(trail, at, at + n_sess - 1); at = at + n_sess
@@ -101,9 +118,9 @@ if after > 0 and string.byte(value, after + 1) == 0 then
     parts[#parts + 1] = string.sub(eids, i, i + 5) .. struct.pack('>I3', (struct.unpack('>I4', eids, i + 8)))
   end
   eids = table.concat(parts)
-  set_keeping_ttl(KEYS[1], string.sub(value, 1, after)
-    .. struct.pack('>BI3I3I3I3', 6, #bitmap, #sess, #eids, n_edges)
-    .. bitmap .. sess .. eids .. string.sub(trail, at))
+  trail = struct.pack('>BI3I3I3I3', 6, #bitmap, #sess, #eids, n_edges)
+    .. bitmap .. sess .. eids .. string.sub(trail, at)
   compacted = 1
 end
+if recoded > 0 or compacted > 0 then set_keeping_ttl(KEYS[1], map .. trail) end
 return {renamed, packed, merged, folded, compacted}

@@ -11,6 +11,7 @@ if not stored then return 0 end
 -- The profile's map, then the trail (written back as it was).
 local after, h = cmsgpack.unpack_one(stored)
 local trail = after > 0 and string.sub(stored, after + 1) or ''
-for i = 1, #ARGV, 2 do h[ARGV[i]] = tonumber(ARGV[i + 1]) or ARGV[i + 1] end
+-- a fixed field arrives as its code (layout.STORED_NAMES), in text
+for i = 1, #ARGV, 2 do h[tonumber(ARGV[i]) or ARGV[i]] = tonumber(ARGV[i + 1]) or ARGV[i + 1] end
 redis.call('SET', KEYS[1], cmsgpack.pack(h) .. trail, 'KEEPTTL')
 return 1

@@ -12,6 +12,7 @@ local trail = after > 0 and string.sub(stored, after + 1) or ''
 local segment = h['segment']
 local dropped = false
 for _, field in ipairs(ARGV) do
+  field = tonumber(field) or field  -- a fixed field's code, in text
   if h[field] ~= nil then
     h[field] = nil
     dropped = true
