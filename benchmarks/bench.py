@@ -69,6 +69,7 @@ async def memory(customers: int, days: int) -> dict[str, float]:
     now_ms = int(time.time() * 1000)
     start_ms = (now_ms // DAY_MS - days) * DAY_MS
     before = int((await client.info("memory"))["used_memory"])
+    cpu_before = _redis_cpu(await client.info("cpu"))
     events = 0
     chunk = 5000
     try:
@@ -100,6 +101,9 @@ async def memory(customers: int, days: int) -> dict[str, float]:
                     judged[cid] = (verdict.decided, alerted)
                 await store.record_risk(judged)
             events += len(records)
+        # Redis's CPU for the applies and the at-risk writes (the population's
+        # every event through the apply script, no Kafka)
+        redis_cpu = _redis_cpu(await client.info("cpu")) - cpu_before
         after = int((await client.info("memory"))["used_memory"])
         sample = [f"b{i:07d}" for i in range(0, customers, max(1, customers // 500))]
         usage = [await store.memory_usage(cid) for cid in sample]
@@ -109,10 +113,16 @@ async def memory(customers: int, days: int) -> dict[str, float]:
             "events_per_customer": events / customers,
             "used_memory_delta_bytes_per_profile": (after - before) / customers,
             "memory_usage_bytes_per_profile_sampled": sum(usage) / len(usage),
+            "redis_cpu_us_per_event": round(redis_cpu * 1e6 / events, 2),
         }
     finally:
         await store.delete_prefix()
         await client.aclose()
+
+
+def _redis_cpu(info: dict[str, Any]) -> float:
+    """Seconds of CPU the Redis server has used (INFO cpu)."""
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 # Fader, Hardie & Lee's CDNOW parameters, with illustrative tier cuts.
