@@ -70,17 +70,19 @@ if #bitmap > 0 then redis.call('SET', KEYS[3], bitmap) end
 for i = 1, #sess, 10 do
   redis.call('ZADD', KEYS[4], fmt((struct.unpack('>I6', sess, i + 4))), string.sub(sess, i, i + 3))
 end
--- Layout 2's 12-byte records: a 64-bit token (the 48 bits and two bytes
--- more, as the hash went on) and a 4-byte hour.
+-- Layout 2's 64-bit tokens (the 48 bits and two bytes more, as the hash
+-- went on): event ids with a 4-byte hour, natural keys.
 local records = {}
 for i = 1, #eids, 9 do
   local hour = struct.unpack('>I3', eids, i + 6)
   records[#records + 1] = string.sub(eids, i, i + 5) .. 'ZZ' .. struct.pack('>I4', hour)
 end
 if #eids > 0 then redis.call('SET', KEYS[5], table.concat(records)) end
-if #orders > 0 then redis.call('SET', KEYS[6], orders) end
-for i = 1, #edges, 20 do
-  local day, lo, hi = struct.unpack('>i4dd', edges, i)
+local keys = {}
+for i = 1, #orders, 6 do keys[#keys + 1] = string.sub(orders, i, i + 5) .. 'ZZ' end
+if #orders > 0 then redis.call('SET', KEYS[6], table.concat(keys)) end
+for i = 1, #edges, 16 do
+  local day, lo, hi = struct.unpack('>i4I6I6', edges, i)
   redis.call('HSET', KEYS[7], fmt(day), fmt(lo) .. ':' .. fmt(hi))
 end
 redis.call('DEL', KEYS[2])

@@ -299,8 +299,8 @@ LAYOUT_5_NAMES: dict[str, str] = {
 }
 FIELD_OF_STORED: dict[int, str] = {code: name for name, code in STORED_NAMES.items()}
 # Version of the stored layout, kept under layout_key(prefix): 6 = fixed
-# fields under one-byte codes, the trail in 9-byte dedupe records (a 48-bit
-# event token), 10-byte session records and a 13-byte header
+# fields under one-byte codes, the trail in shorter records (48-bit event
+# and natural-key tokens, 3-byte hours, 6-byte ms) and a 13-byte header
 # (TRAIL_FORMAT); 5 = the trail
 # after the profile's map in one value, and a partition's customers in its
 # due set (no members set); 4 = the profile as one packed map; 3 = the trail
@@ -363,8 +363,9 @@ SESSION_TOKEN_BYTES = 4  # then the session's first ms, 6 bytes
 SESSION_MS_BYTES = 6  # ms up to 2**48: the year 10,889
 EVENT_TOKEN_BYTES = 6  # then the event hour, 3 bytes
 EVENT_HOUR_BYTES = 3  # hours up to 2**24: the year 3,884
-EDGE_RECORD = ">idd"  # visit day not yet judged, its first ms, its last ms
-ORDER_KEY_BYTES = 8
+EDGE_DAY = ">i"  # a visit day not yet judged, then its first and last ms, 6 bytes each
+EDGE_MS_BYTES = 6
+ORDER_KEY_BYTES = 6  # a natural key's token
 
 
 class Trail(NamedTuple):
@@ -382,6 +383,19 @@ def _split_records(raw: bytes, head: int, tail: int) -> list[tuple[bytes, int]]:
         (raw[i : i + head], int.from_bytes(raw[i + head : i + size], "big"))
         for i in range(0, len(raw), size)
     ]
+
+
+def _split_edges(raw: bytes) -> dict[int, tuple[int, int]]:
+    """Unjudged-day records: day -> (its first ms, its last ms)."""
+    size = 4 + 2 * EDGE_MS_BYTES
+    edges = {}
+    for i in range(0, len(raw), size):
+        first, last = i + 4, i + 4 + EDGE_MS_BYTES
+        edges[struct.unpack_from(EDGE_DAY, raw, i)[0]] = (
+            int.from_bytes(raw[first:last], "big"),
+            int.from_bytes(raw[last : i + size], "big"),
+        )
+    return edges
 
 
 def decode_trail(raw: bytes | None) -> Trail:
@@ -403,7 +417,7 @@ def decode_trail(raw: bytes | None) -> Trail:
             (t.hex(), hour)
             for t, hour in _split_records(events, EVENT_TOKEN_BYTES, EVENT_HOUR_BYTES)
         ],
-        {day: (int(lo), int(hi)) for day, lo, hi in struct.iter_unpack(EDGE_RECORD, edges)},
+        _split_edges(edges),
         [orders[i : i + ORDER_KEY_BYTES].hex() for i in range(0, len(orders), ORDER_KEY_BYTES)],
     )
 
@@ -419,7 +433,9 @@ def encode_trail(trail: Trail) -> bytes:
         bytes.fromhex(t) + hour.to_bytes(EVENT_HOUR_BYTES, "big") for t, hour in trail.event_ids
     )
     edges = b"".join(
-        struct.pack(EDGE_RECORD, day, *trail.edges[day]) for day in sorted(trail.edges)
+        struct.pack(EDGE_DAY, day)
+        + b"".join(int(ms).to_bytes(EDGE_MS_BYTES, "big") for ms in trail.edges[day])
+        for day in sorted(trail.edges)
     )
     orders = b"".join(bytes.fromhex(k) for k in trail.order_keys)
     lengths = (len(trail.bitmap), len(sessions), len(events), len(edges))

@@ -16,8 +16,7 @@ events by event id within `dedupe_window_ms` of event time before the
 customer's newest event, however many events come between (an older, late
 event while it is among the customer's last `late_kept` arrivals: a
 producer's retry follows its event closely), keeping at most
-`dedupe_max_events` ids. Tokens are hashes: 64-bit for natural keys,
-48-bit for event ids.
+`dedupe_max_events` ids. Tokens are 48-bit hashes.
 
 Two bounded windows trade exact order-independence for bounded memory; each
 is exact unless its window overflows (documented in the README): sessions
@@ -91,7 +90,7 @@ class Delta:
 
     source: str  # source topic:partition (with its epoch, models/sources.py)
     offset: int  # Kafka offset in source
-    event_token: str  # 12-hex (48-bit) hash of event_id (event_token())
+    event_token: str  # 12-hex (48-bit) hash of event_id (token())
     ts: int  # event time, epoch ms
     day: int  # visit day index (days since 1970-01-01 in the customer's zone)
     kind: DeltaKind
@@ -139,17 +138,13 @@ def short_hash(text: str) -> str:
 
 
 def token(text: str) -> str:
-    """64-bit token for natural keys, kept for life (16 hex digits)."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
-
-
-def event_token(text: str) -> str:
-    """48-bit token for event ids (12 hex digits): the first 6 bytes of
-    token(text), so `patronage store migrate` shortens a stored 64-bit record
-    to the token a new event gets. Only a customer's last few dozen ids are
-    held, so a new event is taken for a re-send with a chance of about 2^-43
-    (32 held of 2^48)."""
-    return token(text)[:12]
+    """48-bit token for event ids and natural keys (12 hex digits): the first
+    6 bytes of a 64-bit BLAKE2b, so `patronage store migrate` shortens a
+    stored 64-bit record (layouts up to 5) to the token the same event or
+    order gets now. A customer holds a few dozen event ids and their natural
+    keys: a new one is taken for a re-send with a chance of about 2^-43 per
+    event (32 held of 2^48), and per order n / 2^48 with n orders held."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()[:12]
 
 
 def natural_key(event: Purchase | StoreReceipt) -> str:
@@ -176,7 +171,7 @@ def to_delta(
     base = {
         "source": src,
         "offset": offset,
-        "event_token": event_token(event.event_id),
+        "event_token": token(event.event_id),
         "ts": ts_ms,
         "day": day_index(ts_ms, zone),
     }

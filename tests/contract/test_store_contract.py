@@ -13,7 +13,7 @@ from typing import Any
 
 from patronage.models.identity import Person
 from patronage.models.lapse import finding_from_json
-from patronage.models.profile import Delta, event_token, token
+from patronage.models.profile import Delta, token
 from patronage.models.sources import SourceState
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.types import ProfileStoreT
@@ -27,7 +27,7 @@ def receipt(n: int, day: int, offset: int | None = None) -> Delta:
     return Delta(
         "store-receipts:0",
         n if offset is None else offset,
-        event_token(f"r{n}"),
+        token(f"r{n}"),
         ts,
         ts // DAY_MS,
         "order",
@@ -203,7 +203,7 @@ def test_a_customer_with_nothing_to_judge_stays_listed_but_never_due(store_of: A
         return Delta(
             "customer-attributes:0",
             n,
-            event_token(f"a{n}"),
+            token(f"a{n}"),
             ts,
             ts // DAY_MS,
             "attributes",

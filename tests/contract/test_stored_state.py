@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from patronage.models.lapse import Finding, finding_from_json
 from patronage.models.layout import decode_profile, encode_profile, split_profile
-from patronage.models.profile import Delta, event_token, token
+from patronage.models.profile import Delta, token
 from patronage.models.timeunits import DAY_MS, HOUR_MS
 from patronage.streams.memory import MemoryProfileStore, stored_state
 from patronage.streams.types import ApplyResult
@@ -47,7 +47,7 @@ def deltas(draw: st.DrawFn, offsets: dict[str, int]) -> Delta:
         "source": source,
         "offset": offset,
         # a small pool of ids: re-sends under the same id are common
-        "event_token": event_token(f"e{draw(st.integers(0, 40))}"),
+        "event_token": token(f"e{draw(st.integers(0, 40))}"),
         "ts": ts,
         "day": ts // DAY_MS,
     }
@@ -150,7 +150,7 @@ def test_the_comparison_sees_an_internal_field(redis_up: str) -> None:
 
     async def check() -> tuple[dict[str, Any], dict[str, Any]]:
         async with memory_store() as reference, redis_store(redis_up) as redis:
-            order = Delta("purchases:0", 4, event_token("x"), T0, T0 // DAY_MS, "order", basket=5.0)
+            order = Delta("purchases:0", 4, token("x"), T0, T0 // DAY_MS, "order", basket=5.0)
             await reference.apply_batch({"anna": [order]})
             await redis.apply_batch({"anna": [order]})
             key = redis.keys("anna").profile
@@ -194,7 +194,7 @@ def test_dedupe_records_leave_the_window_as_the_reference_drops_them(
             kind="click",
             source="clicks:0",
             offset=i,
-            event_token=event_token(f"edge{i}"),
+            event_token=token(f"edge{i}"),
             ts=ts,
             day=ts // DAY_MS,
             session_token=token("s")[:8],

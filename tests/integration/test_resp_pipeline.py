@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
-from patronage.models.profile import DAY_MS, Delta, ProfileConfig, event_token, short_hash
+from patronage.models.profile import DAY_MS, Delta, ProfileConfig, short_hash, token
 from patronage.streams.errors import classify
 from patronage.streams.resp import HiredisConnection, execute_pipeline
 from patronage.streams.store import ProfileStore, group_by_customer, make_redis
@@ -142,7 +142,7 @@ async def _scripts_loaded_again(url: str) -> None:
             kind="click",
             source="clicks:0",
             offset=offset,
-            event_token=event_token(f"click-{offset}"),
+            event_token=token(f"click-{offset}"),
             ts=t0 + offset * DAY_MS,
             day=(t0 + offset * DAY_MS) // DAY_MS,
             session_token=short_hash(f"s{offset}"),

@@ -36,7 +36,7 @@ from patronage.models.layout import (
     layout_key,
     split_profile,
 )
-from patronage.models.profile import event_token
+from patronage.models.profile import token
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.cli import main
@@ -113,10 +113,10 @@ async def _as_hashes(store: ProfileStore, ids: list[str], spelled_out: bool) -> 
 
 
 def _as_layout_5(trail: bytes) -> bytes:
-    """A trail as layouts 3-5 wrote it: four 4-byte lengths, sessions with
-    their first ms as a double, and dedupe records of a 64-bit token (here
-    layout 6's 48 bits and two bytes more, as the hash went on) and a 4-byte
-    hour."""
+    """A trail as layouts 3-5 wrote it: four 4-byte lengths, sessions and
+    unjudged days with their ms as doubles, and 64-bit tokens (here layout
+    6's 48 bits and two bytes more, as the hash went on) for event ids, with
+    a 4-byte hour, and for natural keys."""
     if not trail:
         return trail
     t = decode_trail(trail)
@@ -125,7 +125,7 @@ def _as_layout_5(trail: bytes) -> bytes:
         bytes.fromhex(k) + b"\xa5\x5a" + struct.pack(">I", hour) for k, hour in t.event_ids
     )
     edges = b"".join(struct.pack(">idd", day, *t.edges[day]) for day in sorted(t.edges))
-    orders = b"".join(bytes.fromhex(k) for k in t.order_keys)
+    orders = b"".join(bytes.fromhex(k) + b"\xa5\x5a" for k in t.order_keys)
     header = struct.pack(">IIII", len(t.bitmap), len(sessions), len(events), len(edges))
     return header + t.bitmap + sessions + events + edges + orders
 
@@ -178,7 +178,9 @@ async def _split_trails(store: ProfileStore, ids: list[str]) -> None:
             )
             await client.set(eids, b"".join(records))
         if trail.order_keys:
-            await client.set(orders, b"".join(bytes.fromhex(k) for k in trail.order_keys))
+            await client.set(
+                orders, b"".join(bytes.fromhex(k) + b"\xa5\x5a" for k in trail.order_keys)
+            )
         if trail.edges:
             await client.hset(
                 edges, mapping={str(day): f"{lo}:{hi}" for day, (lo, hi) in trail.edges.items()}
@@ -479,9 +481,10 @@ def test_a_layout_5_prefix_gets_codes_and_shorter_trails_and_still_knows_every_e
     12-byte session records and a 16-byte header: the migration moves each
     field under its code and rewrites the trail in layout 6's records (expiry
     kept, the stored state reads the same, every value shorter), and the clicks and
-    attributes whose ids the trail holds, sent again at new offsets, are all
-    known as re-sends — their stored 64-bit tokens were cut to the 48 bits a
-    new event gets, so a mismatch would count each one twice."""
+    attributes whose ids the trail holds, and every order and receipt, sent
+    again at new offsets, are all known as re-sends — their stored 64-bit
+    tokens were cut to the 48 bits a new event or order gets, so a mismatch
+    would count each one twice."""
     settings = settings_with(isolated_env)
     month = 30 * DAY_MS
 
@@ -511,12 +514,14 @@ def test_a_layout_5_prefix_gets_codes_and_shorter_trails_and_still_knows_every_e
             ttls = [await client.pttl(moved.keys(c).profile) for c in ids]
             assert all(0 < ttl <= month for ttl in ttls), ttls
 
-            held = {c: {token for token, _ in before[c]["event_ids"]} for c in ids}
+            # Every order and receipt (natural keys, for life), and every
+            # other event whose id the dedupe window holds.
+            held = {c: {t for t, _ in before[c]["event_ids"]} for c in ids}
             stream, _ = generate(20, 60, seed=13, start_ms=now_ms - 60 * DAY_MS)
-            resent = [
-                e for e in stream if event_token(e["event_id"]) in held.get(e["customer_id"], ())
-            ]
-            assert len(resent) >= 100, len(resent)
+            orders = [e for e in stream if e["type"] in ("purchase", "store_receipt")]
+            recent = [e for e in stream if token(e["event_id"]) in held.get(e["customer_id"], ())]
+            assert len(orders) >= 50 and len(recent) >= 100, (len(orders), len(recent))
+            resent = orders + [e for e in recent if e not in orders]
             records = [
                 Record(
                     settings.topic_for_kind[e["type"]], 0, 10**6 + n, None, json.dumps(e).encode()

@@ -25,7 +25,6 @@ from patronage.models.profile import (
     ProfileConfig,
     ProfileState,
     apply,
-    event_token,
     fold,
     judge_lapses,
     profile_view,
@@ -58,7 +57,7 @@ def random_deltas(rng: random.Random, customer: str, count: int) -> list[Delta]:
         base = {
             "source": src,
             "offset": off,
-            "event_token": event_token(f"{customer}/{src}/{off}"),
+            "event_token": token(f"{customer}/{src}/{off}"),
             "ts": t,
             "day": t // DAY_MS,
         }
@@ -289,7 +288,7 @@ def test_an_order_resent_10000_events_later_counts_once(redis_up: str) -> None:
         return Delta(
             source="p:0",
             offset=off,
-            event_token=event_token(f"e{n}"),
+            event_token=token(f"e{n}"),
             ts=t,
             day=t // DAY_MS,
             kind={"o": "order", "c": "click"}[kind],
@@ -359,7 +358,7 @@ def test_retention_trims_only_customers_parked_since_before_its_horizon(redis_up
         return Delta(
             "customer-attributes:0",
             n,
-            event_token(f"{customer}{n}"),
+            token(f"{customer}{n}"),
             T0,
             T0 // DAY_MS,
             "attributes",
@@ -374,7 +373,7 @@ def test_retention_trims_only_customers_parked_since_before_its_horizon(redis_up
             order = Delta(
                 "purchases:0",
                 7,
-                event_token("pending7"),
+                token("pending7"),
                 ts,
                 ts // DAY_MS,
                 "order",

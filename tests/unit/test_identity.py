@@ -26,7 +26,6 @@ from patronage.models.profile import (
     Delta,
     ProfileConfig,
     ProfileState,
-    event_token,
     fold,
     profile_view,
     short_hash,
@@ -55,7 +54,7 @@ def person_events(draw: st.DrawFn) -> list[tuple[int, Delta]]:
         base: dict[str, Any] = {
             "source": f"in:{i}",  # one partition each: any order is a legal delivery
             "offset": i,
-            "event_token": event_token(f"ev-{i}"),
+            "event_token": token(f"ev-{i}"),
             "ts": t,
             "day": t // DAY_MS,
         }
@@ -158,7 +157,7 @@ def test_a_session_across_a_login_counts_once() -> None:
         return Delta(
             f"clicks:{offset}",
             offset,
-            event_token(f"c{offset}"),
+            token(f"c{offset}"),
             T0,
             T0 // DAY_MS,
             "click",
@@ -178,7 +177,7 @@ def test_past_the_cap_the_largest_keys_stay_and_nothing_is_lost() -> None:
         return Delta(
             f"p:{offset}",
             offset,
-            event_token(f"o{offset}"),
+            token(f"o{offset}"),
             T0,
             T0 // DAY_MS,
             "order",

@@ -26,7 +26,7 @@ from patronage.models.layout import (
     FINDING_WIRE,
     is_profile_field,
 )
-from patronage.models.profile import Delta, ProfileConfig, event_token, fold, judge_lapses, token
+from patronage.models.profile import Delta, ProfileConfig, fold, judge_lapses, token
 from patronage.models.timeunits import DAY_MS
 
 SCRIPT = resources.files("patronage.streams").joinpath("lua/apply.lua").read_text("utf-8")
@@ -99,7 +99,7 @@ def test_reference_writes_only_registry_fields() -> None:
     deltas = []
     for i in range(40):
         ts = t0 + i * 5 * DAY_MS
-        base = {"source": "t:0", "offset": i, "event_token": event_token(str(i)), "ts": ts}
+        base = {"source": "t:0", "offset": i, "event_token": token(str(i)), "ts": ts}
         base["day"] = ts // DAY_MS
         kind = ("click", "order", "order", "attributes")[i % 4]
         deltas.append(
@@ -210,21 +210,25 @@ def test_trail_codec_round_trips_and_is_pinned() -> None:
         sessions={"0000000a": 1_767_225_600_000, "ffffffff": 1_767_225_600_500},
         event_ids=[("010203040506", 490_896), ("111213141516", 16_777_215)],
         edges={20_454: (1_767_225_600_000, 1_767_229_200_000), 20_455: (1, 2)},
-        order_keys=["a1a2a3a4a5a6a7a8"],
+        order_keys=["a1a2a3a4a5a6"],
     )
     raw = layout.encode_trail(trail)
     assert layout.decode_trail(raw) == trail
     assert (
         layout.decode_trail(None) == layout.decode_trail(b"") == layout.Trail(b"", {}, [], {}, [])
     )
-    assert len(raw) == 13 + 2 + 2 * 10 + 2 * 9 + 2 * 20 + 8
+    assert len(raw) == 13 + 2 + 2 * 10 + 2 * 9 + 2 * 16 + 6
     # the format byte, then the four parts' lengths in three bytes each
-    assert raw[:13] == bytes.fromhex("06000002000014000012000028")
+    assert raw[:13] == bytes.fromhex("06 000002 000014 000012 000020")
     # a session: its token, then its first ms in six bytes
-    assert raw[15:25] == bytes.fromhex("0000000a019b76daa800")
+    assert raw[15:25] == bytes.fromhex("0000000a 019b76daa800")
     # an event id: its token, then its hour in three bytes (the last one 2**24 - 1)
-    assert raw[35:53] == bytes.fromhex("010203040506077d90111213141516ffffff")
-    assert hashlib.sha256(raw).hexdigest()[:16] == "fbbe541a1a37052c"
+    assert raw[35:53] == bytes.fromhex("010203040506 077d90 111213141516 ffffff")
+    # an unjudged day: the day, then its first and last ms in six bytes each
+    assert raw[53:69] == bytes.fromhex("00004fe6 019b76daa800 019b77119680")
+    # a natural key's token
+    assert raw[-6:] == bytes.fromhex("a1a2a3a4a5a6")
+    assert hashlib.sha256(raw).hexdigest()[:16] == "716ba9e98d0ad0d1"
 
 
 def test_a_trail_of_an_older_layout_is_refused_not_misread() -> None:
@@ -241,7 +245,7 @@ def test_script_packs_the_trail_as_the_registry_says() -> None:
     lua = {
         "header": "'>BI3I3I3I3', TRAIL_FORMAT",
         "session ms": "'>I6'",
-        "edge": "'>i4dd'",
+        "edge": "'>i4I6I6'",
         "event hour": "'>I3'",
     }
     for what, spelled in lua.items():
@@ -250,6 +254,8 @@ def test_script_packs_the_trail_as_the_registry_says() -> None:
     assert layout.TRAIL_LENGTH_BYTES == 3 and layout.TRAIL_HEADER_BYTES == 13
     assert layout.SESSION_TOKEN_BYTES == 4 and layout.SESSION_MS_BYTES == 6
     assert layout.EVENT_TOKEN_BYTES == 6 and layout.EVENT_HOUR_BYTES == 3
-    assert layout.EDGE_RECORD == ">idd" and layout.ORDER_KEY_BYTES == 8
-    assert "EDGE = 20" in CODE and "SREC = 10" in CODE and "EREC = 9" in CODE
+    assert layout.EDGE_DAY == ">i" and layout.EDGE_MS_BYTES == 6
+    assert layout.ORDER_KEY_BYTES == 6
+    assert "EDGE = 16" in CODE and "SREC = 10" in CODE and "EREC = 9" in CODE
+    assert "has_record(order_keys, token, 6)" in CODE
     assert "struct.unpack('>I3', eids, i + 6)" in CODE

@@ -55,7 +55,7 @@ local function fmt(x)
   if tonumber(short) == x then return short end
   return string.format('%.17g', x)
 end
--- Tokens arrive as hex (8, 12 or 16 digits) and are stored as raw bytes:
+-- Tokens arrive as hex (8 or 12 digits; 16 from an older sender) and are stored as raw bytes:
 -- in 32-bit parts, a fifth of the cost of a gsub per byte pair.
 local function unhex(hex)
   if #hex == 16 then
@@ -124,8 +124,8 @@ local function load_hours()
 end
 local function first_time(d)
   if d.nk then
-    local token = unhex(d.nk)
-    if has_record(order_keys, token, 8) then return false end
+    local token = unhex(string.sub(d.nk, 1, 12))
+    if has_record(order_keys, token, 6) then return false end
     order_keys = order_keys .. token
     trail_changed = true
     return true
@@ -285,14 +285,14 @@ end
 -- (_add_edge, judge_lapses). The trail's unjudged days hold, per visit day
 -- not yet judged, its first and last activity; a gap is decided only once
 -- the event clock has passed it, so a slower topic cannot cause a false alert.
-local EDGE = 20  -- '>i4dd': day, first ms, last ms
+local EDGE = 16  -- '>i4I6I6': day, first ms, last ms
 local edges = nil
 local edges_changed = false
 local function load_edges()
   if edges ~= nil then return end
   edges = {}
   for i = 1, #edges_raw, EDGE do
-    local day, lo, hi = struct.unpack('>i4dd', edges_raw, i)
+    local day, lo, hi = struct.unpack('>i4I6I6', edges_raw, i)
     edges[day] = {lo, hi}
   end
 end
@@ -513,7 +513,7 @@ if trail_changed or edges_changed then
     local days, parts = {}, {}
     for day, _ in pairs(edges) do days[#days + 1] = day end
     table.sort(days)
-    for i, day in ipairs(days) do parts[i] = struct.pack('>i4dd', day, edges[day][1], edges[day][2]) end
+    for i, day in ipairs(days) do parts[i] = struct.pack('>i4I6I6', day, edges[day][1], edges[day][2]) end
     edges_raw = table.concat(parts)
   end
   trail = struct.pack('>BI3I3I3I3', TRAIL_FORMAT, #bitmap, #sess_raw, #eids, #edges_raw)

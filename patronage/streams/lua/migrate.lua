@@ -100,8 +100,9 @@ if recoded > 0 then map = cmsgpack.pack(h) end
 renamed = renamed + recoded
 -- Layout 6's trail starts with its format byte; layout 5's with a 4-byte
 -- length, i.e. a zero byte. Its event tokens keep their first 6 bytes (what
--- profile.event_token gives a new event), hours and a session's first ms
--- go from 4 and 8 bytes to 3 and 6; unjudged days and natural keys stay.
+-- profile.token gives a new event), and so do natural keys (from 8);
+-- hours go from 4 bytes to 3, a session's or an unjudged day's ms from a
+-- double to 6 bytes.
 local compacted = 0
 if #trail > 0 and string.byte(trail, 1) == 0 then
   local n_days, n_sess, n_eids, n_edges, at = struct.unpack('>I4I4I4I4', trail)
@@ -118,8 +119,18 @@ if #trail > 0 and string.byte(trail, 1) == 0 then
     parts[#parts + 1] = string.sub(eids, i, i + 5) .. struct.pack('>I3', (struct.unpack('>I4', eids, i + 8)))
   end
   eids = table.concat(parts)
-  trail = struct.pack('>BI3I3I3I3', 6, #bitmap, #sess, #eids, n_edges)
-    .. bitmap .. sess .. eids .. string.sub(trail, at)
+  local edges = string.sub(trail, at, at + n_edges - 1); at = at + n_edges
+  parts = {}
+  for i = 1, #edges, 20 do
+    parts[#parts + 1] = struct.pack('>i4I6I6', struct.unpack('>i4dd', edges, i))
+  end
+  edges = table.concat(parts)
+  local orders = string.sub(trail, at)
+  parts = {}
+  for i = 1, #orders, 8 do parts[#parts + 1] = string.sub(orders, i, i + 5) end
+  orders = table.concat(parts)
+  trail = struct.pack('>BI3I3I3I3', 6, #bitmap, #sess, #eids, #edges)
+    .. bitmap .. sess .. eids .. edges .. orders
   compacted = 1
 end
 if recoded > 0 or compacted > 0 then set_keeping_ttl(KEYS[1], map .. trail) end
