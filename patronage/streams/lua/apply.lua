@@ -55,12 +55,10 @@ local function fmt(x)
   if tonumber(short) == x then return short end
   return string.format('%.17g', x)
 end
--- Tokens arrive as hex (8 or 12 digits; 16 from an older sender) and are stored as raw bytes:
--- in 32-bit parts, a fifth of the cost of a gsub per byte pair.
+-- Tokens arrive as hex (8 or 12 digits) and are stored as raw bytes: in
+-- 32-bit parts, a fifth of the cost of a gsub per byte pair.
 local function unhex(hex)
-  if #hex == 16 then
-    return struct.pack('>I4I4', tonumber(string.sub(hex, 1, 8), 16), tonumber(string.sub(hex, 9), 16))
-  elseif #hex == 12 then
+  if #hex == 12 then
     return struct.pack('>I4I2', tonumber(string.sub(hex, 1, 8), 16), tonumber(string.sub(hex, 9), 16))
   elseif #hex == 8 then
     return struct.pack('>I4', tonumber(hex, 16))

@@ -3,8 +3,9 @@
 -- instead of failing at its first write and leaving the earlier ones.)
 -- Move one customer to this layout, atomically; running it again changes
 -- nothing. Layout 1 -> 2: each field spelled out goes under its two-letter
--- name (now straight to its code: CODE, prepended from layout.py). Layout 2 -> 3: the five keys
--- of the trail's parts become the trail (layout.TRAIL_HEADER). Layout 3 ->
+-- name (now straight to its code: CODE, prepended from layout.py). Layout
+-- 2 -> 3: the five keys of the trail's parts become the trail (in layout
+-- 5's format: four 4-byte lengths, then the parts). Layout 3 ->
 -- 4: the profile hash becomes one cmsgpack map (numbers as numbers;
 -- attributes, and any text that is not a number, as text). Layout 4 -> 5:
 -- the trail moves from a key of its own to after the profile's map. Layout
@@ -90,7 +91,7 @@ local map, trail = value, ''
 if after > 0 then map, trail = string.sub(value, 1, after), string.sub(value, after + 1) end
 local recoded = 0
 for name, code in pairs(CODE) do
-  if h[name] ~= nil and type(name) == 'string' and #name == 2 then
+  if #name == 2 and h[name] ~= nil then  -- CODE also holds layout 1's long names
     h[code] = h[name]
     h[name] = nil
     recoded = recoded + 1
