@@ -297,7 +297,8 @@ LAYOUT_5_NAMES: dict[str, str] = {
     "value_tier": "vt",
     "tier_version": "tv",
 }
-FIELD_OF_STORED: dict[int, str] = {code: name for name, code in STORED_NAMES.items()}
+# (keyed by StoredName: a map read from Redis mixes codes and prefixed names)
+FIELD_OF_STORED: dict[StoredName, str] = {code: name for name, code in STORED_NAMES.items()}
 # Version of the stored layout, kept under layout_key(prefix): 6 = fixed
 # fields under one-byte codes, the trail in shorter records (48-bit event
 # and natural-key tokens, 3-byte hours, 6-byte ms) and a 13-byte header
@@ -333,13 +334,10 @@ def split_profile(raw: bytes | str | None) -> tuple[dict[StoredName, float | str
     return (stored or {}), trail
 
 
-_NAME_OF_STORED: dict[StoredName, str] = {code: name for code, name in FIELD_OF_STORED.items()}
-
-
 def decode_profile(raw: bytes | str | None) -> dict[str, float | str]:
     """A stored profile's fields under their full names ({} if none)."""
     stored, _ = split_profile(raw)
-    named = _NAME_OF_STORED.get
+    named = FIELD_OF_STORED.get
     # a prefixed field is stored under its name (an unknown code would stay a
     # number: only a newer layout writes one, and check_layout refuses those)
     return cast(dict[str, float | str], {named(n, n): value for n, value in stored.items()})
@@ -453,7 +451,7 @@ def stored_name(field: str) -> StoredName:
 
 def field_name(stored: StoredName) -> str:
     """The field a key read from Redis stands for."""
-    return _NAME_OF_STORED.get(stored, str(stored))
+    return FIELD_OF_STORED.get(stored, str(stored))
 
 
 def under_stored_names(fields: Mapping[str, _V]) -> dict[StoredName, _V]:

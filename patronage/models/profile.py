@@ -104,7 +104,7 @@ class Delta:
     categories: tuple[tuple[str, float], ...] = ()  # category -> net value
     payment_method: str | None = None
     attributes: tuple[tuple[str, str], ...] = ()  # attribute name -> JSON value
-    # orders: 16-hex hash of the natural key (order_id; store_id + receipt_id),
+    # orders: 12-hex (48-bit) hash of the natural key (order_id; store_id + receipt_id),
     # deduplicated for the life of the profile instead of by event id
     order_token: str | None = None
 

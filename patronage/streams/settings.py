@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     # time of the customer's newest event; orders and receipts count once for
     # life, by order_id / store_id + receipt_id.
     dedupe_window_days: float = Field(7.0, gt=0, le=3650)
-    # ... keeping at most this many event ids per customer (12 bytes each).
+    # ... keeping at most this many event ids per customer (9 bytes each).
     dedupe_max_events: int = Field(4096, ge=16, le=1_000_000)
 
     # Lapse alerts

@@ -194,6 +194,15 @@ async def _states(store: ProfileStore, ids: list[str]) -> dict[str, dict[str, An
     return {customer: await store.stored_state(customer) for customer in ids}
 
 
+async def _filled(
+    store: ProfileStore, settings: Settings, seed: int, now_ms: int
+) -> tuple[list[str], dict[str, dict[str, Any]], int]:
+    """Twenty customers filled (_fill): their ids, stored states and how many
+    fixed fields they hold, before a test turns them into an older layout."""
+    ids = await _fill(store, settings, 20, seed=seed, now_ms=now_ms)
+    return ids, await _states(store, ids), _fixed_fields(await _raw_profiles(store, ids))
+
+
 def test_profiles_are_stored_under_short_names_and_read_under_full_ones(
     isolated_env: dict[str, str],
 ) -> None:
@@ -367,9 +376,7 @@ def test_a_layout_2_or_3_prefix_is_refused_then_moved(
         store = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
         try:
             now_ms = int(time.time() * 1000)
-            ids = await _fill(store, settings, 20, seed=11, now_ms=now_ms)
-            before = await _states(store, ids)
-            fixed = _fixed_fields(await _raw_profiles(store, ids))
+            ids, before, fixed = await _filled(store, settings, seed=11, now_ms=now_ms)
             if layout == 2:
                 await _split_trails(store, ids)
             else:
@@ -493,9 +500,7 @@ def test_a_layout_5_prefix_gets_codes_and_shorter_trails_and_still_knows_every_e
         store = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
         try:
             now_ms = int(time.time() * 1000)
-            ids = await _fill(store, settings, 20, seed=13, now_ms=now_ms)
-            before = await _states(store, ids)
-            fixed = _fixed_fields(await _raw_profiles(store, ids))
+            ids, before, fixed = await _filled(store, settings, seed=13, now_ms=now_ms)
             assert fixed > 20 * 20, fixed
             sizes = {c: await client.strlen(store.keys(c).profile) for c in ids}
             await _as_layout_5_values(store, ids)

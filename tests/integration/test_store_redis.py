@@ -17,6 +17,7 @@ from dataclasses import replace
 import pytest
 import redis.asyncio as aioredis
 
+from patronage.models import layout
 from patronage.models.lapse import Finding, LapseRules, finding_from_json
 from patronage.models.layout import PARKED, Trail, decode_profile, decode_trail, split_profile
 from patronage.models.profile import (
@@ -233,9 +234,10 @@ def test_redelivery_and_duplicate_ids_counted_once(redis_up: str) -> None:
 def test_memory_per_profile_is_bounded(redis_up: str) -> None:
     """Thousands of events for one customer over years: memory stays bounded.
 
-    What may grow is the dedupe state, and only as defined: 12 bytes per event
-    id within the window (at most `dedupe_max_events`) and 8 bytes per
-    distinct order, for life. Everything else is fixed-size."""
+    What may grow is the dedupe state, and only as defined: a record per event
+    id within the window (at most `dedupe_max_events`) and a token per
+    distinct order, for life (layout.py gives their sizes). Everything else
+    is fixed-size."""
     rng = random.Random(5)
     rounds = []
     for round_ in range(2):
@@ -261,7 +263,8 @@ def test_memory_per_profile_is_bounded(redis_up: str) -> None:
 
     (value_2500, _), (value_5000, after_5000) = asyncio.run(run())
     first, both = fold(rounds[0], ProfileConfig()), fold(rounds[0] + rounds[1], ProfileConfig())
-    dedupe_growth = 12 * (len(both.eids) - len(first.eids)) + 8 * (
+    event_record = layout.EVENT_TOKEN_BYTES + layout.EVENT_HOUR_BYTES
+    dedupe_growth = event_record * (len(both.eids) - len(first.eids)) + layout.ORDER_KEY_BYTES * (
         len(both.order_keys) - len(first.order_keys)
     )
     # The stored bytes grow by the dedupe records (and a few digits of the
