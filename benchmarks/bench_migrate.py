@@ -24,6 +24,7 @@ from patronage.models.batch import Record, prepare_batch
 from patronage.models.layout import (
     LAYOUT_5_NAMES,
     STORED_NAMES,
+    STORED_PREFIXES,
     layout_2_trail_keys,
     layout_4_trail_key,
     layout_key,
@@ -33,14 +34,19 @@ from patronage.models.timeunits import DAY_MS
 from patronage.streams.settings import settings_with
 from patronage.streams.store import ProfileStore, redis_for
 
-# Layout 2 kept fixed fields under two-letter names, layout 6 under codes.
+# Layout 2 kept fixed fields under two-letter names, layout 7 under codes;
+# layout 2 spelled prefixes out, layout 7 stores a byte for each.
 _TWO_LETTER = (
     "local TWO_LETTER = {"
     + ", ".join(f"[{STORED_NAMES[name]}] = '{short}'" for name, short in LAYOUT_5_NAMES.items())
+    + "}\nlocal PREFIX = {"
+    + ", ".join(f"['\\{ord(byte)}'] = '{prefix}'" for prefix, byte in STORED_PREFIXES.items())
     + "}\n"
 )
 # KEYS: profile (its map, then the trail), layouts 3-4's trail key (unused
 # here), then layout 2's days, sessions, event ids, natural keys, unjudged days.
+# ARGV: topic code, topic name pairs (layout 2 named the topic in an offset
+# field, and wrote an attribute's time in decimal).
 DOWNGRADE = (
     _TWO_LETTER
     + """
@@ -49,11 +55,30 @@ local function fmt(x)
   if tonumber(short) == x then return short end
   return string.format('%.17g', x)
 end
+local topic = {}
+for i = 1, #ARGV, 2 do topic[ARGV[i]] = ARGV[i + 1] end
 local blob = redis.call('GET', KEYS[1])
 local after, h = cmsgpack.unpack_one(blob)
 local args = {}
 for name, value in pairs(h) do
-  args[#args + 1] = TWO_LETTER[name] or name
+  local old = TWO_LETTER[name] or name
+  if type(name) == 'string' then
+    local mark, bare = '', name
+    if string.sub(name, 1, 1) == '#' then mark, bare = '#', string.sub(name, 2) end
+    local prefix = PREFIX[string.sub(bare, 1, 1)]
+    if prefix then
+      local rest = string.sub(bare, 2)
+      if prefix == 'o:' then
+        local code, tail = string.match(rest, '^([^:]*)(.*)$')
+        rest = topic[code] .. tail
+      elseif prefix == 'a:' then
+        local ts, tail = string.match(value, '^(%w+)(|.*)$')
+        value = string.format('%d', tonumber(ts, 36)) .. tail
+      end
+      old = mark .. prefix .. rest
+    end
+  end
+  args[#args + 1] = old
   args[#args + 1] = type(value) == 'number' and fmt(value) or value
 end
 redis.call('DEL', KEYS[1])
@@ -121,14 +146,17 @@ async def run(customers: int, days: int) -> None:
         sample = ids[:: max(1, len(ids) // 500)]
         before = [await store.stored_state(c) for c in sample]
         downgrade = client.register_script(DOWNGRADE)
+        topics = [p for code, topic in store.topics.topic_of.items() for p in (code, topic)]
         for i in range(0, len(ids), 1000):
             async with client.pipeline(transaction=False) as pipe:
                 for c in ids[i : i + 1000]:
                     old = layout_2_trail_keys(prefix, c)
                     beside = layout_4_trail_key(prefix, c)
-                    await downgrade(keys=[store.profile_key(c), beside, *old], client=pipe)
+                    keys = [store.profile_key(c), beside, *old]
+                    await downgrade(keys=keys, args=topics, client=pipe)
                 await pipe.execute()
         await client.set(layout_key(prefix), 2)
+        await client.delete(store.topics_key)  # layout 2 gave topics no codes
         memory_before = int((await client.info("memory"))["used_memory"])
         migrating = ProfileStore(client, prefix, settings.profile_config)
         started = time.perf_counter()

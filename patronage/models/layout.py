@@ -140,6 +140,45 @@ def sources_key(prefix: str) -> str:
     return f"{prefix}:{{sources}}"
 
 
+def topics_key(prefix: str) -> str:
+    """hash: topic -> its code in stored offset fields (TopicCodes), and
+    NEXT_TOPIC_CODE -> the next code to give."""
+    return f"{prefix}:{{topics}}"
+
+
+NEXT_TOPIC_CODE = "#next"  # (no Kafka topic name can hold a '#')
+
+
+class UnknownTopicCode(LookupError):
+    """A stored offset field names a topic code this table does not hold
+    (another worker gave it since the table was read)."""
+
+
+class TopicCodes:
+    """The codes that stand for topics in stored offset fields (layout 7):
+    "o:store-receipts:3" is stored as "\x01" "2:3", a byte and a code of a
+    digit or two instead of the topic's name in every profile it touched
+    (~30 B per profile with this repository's topic names; shop topics such
+    as "prod.retail.store-receipts.v2" cost more). Codes are given once per
+    key prefix, in order of first sight, and never change (topics_key)."""
+
+    def __init__(self, code_of: Mapping[str, str] | None = None) -> None:
+        self.code_of: dict[str, str] = dict(code_of or {})
+        self.topic_of: dict[str, str] = {code: topic for topic, code in self.code_of.items()}
+
+    def stored_source(self, source: str) -> str:
+        """A source label ("topic:partition[#e<epoch>]") with its topic coded."""
+        topic, colon, rest = source.partition(":")
+        return self.code_of[topic] + colon + rest
+
+    def source(self, stored: str) -> str:
+        code, colon, rest = stored.partition(":")
+        topic = self.topic_of.get(code)
+        if topic is None:
+            raise UnknownTopicCode(code)
+        return topic + colon + rest
+
+
 def stored_text(value: float | str) -> str:
     """A field value as Redis holds it: numbers in the apply script's format
     (the shortest of %.15g and %.17g that reads back exactly)."""
@@ -299,7 +338,9 @@ LAYOUT_5_NAMES: dict[str, str] = {
 }
 # (keyed by StoredName: a map read from Redis mixes codes and prefixed names)
 FIELD_OF_STORED: dict[StoredName, str] = {code: name for name, code in STORED_NAMES.items()}
-# Version of the stored layout, kept under layout_key(prefix): 6 = fixed
+# Version of the stored layout, kept under layout_key(prefix): 7 = prefixed
+# fields behind one-byte prefixes (STORED_PREFIXES), offset fields' topics
+# coded (TopicCodes), attribute times in base 36; 6 = fixed
 # fields under one-byte codes, the trail in shorter records (48-bit event
 # and natural-key tokens, 3-byte hours, 6-byte ms) and a 13-byte header
 # (TRAIL_FORMAT); 5 = the trail
@@ -307,7 +348,7 @@ FIELD_OF_STORED: dict[StoredName, str] = {code: name for name, code in STORED_NA
 # due set (no members set); 4 = the profile as one packed map; 3 = the trail
 # (one value for five keys) beside a profile hash; 2 = that hash under the
 # two-letter names of LAYOUT_5_NAMES (1, unmarked, spelled them out).
-LAYOUT_VERSION = 6
+LAYOUT_VERSION = 7
 
 # The profile value: a MessagePack map, stored name -> number (integers as
 # integers, others as doubles: exact) or text (attributes, the value tier),
@@ -334,18 +375,36 @@ def split_profile(raw: bytes | str | None) -> tuple[dict[StoredName, float | str
     return (stored or {}), trail
 
 
-def decode_profile(raw: bytes | str | None) -> dict[str, float | str]:
-    """A stored profile's fields under their full names ({} if none)."""
+def decode_profile(
+    raw: bytes | str | None, topics: TopicCodes | None = None
+) -> dict[str, float | str]:
+    """A stored profile's fields under their full names ({} if none); each
+    offset field under its topic's name by `topics` (None: as coded; raises
+    UnknownTopicCode for a code it does not hold)."""
     stored, _ = split_profile(raw)
     named = FIELD_OF_STORED.get
-    # a prefixed field is stored under its name (an unknown code would stay a
-    # number: only a newer layout writes one, and check_layout refuses those)
-    return cast(dict[str, float | str], {named(n, n): value for n, value in stored.items()})
+    offset, attribute = STORED_PREFIXES[OFFSET_PREFIX], STORED_PREFIXES[ATTRIBUTE_PREFIX]
+    fields: dict[str, float | str] = {}
+    for key, value in stored.items():
+        if isinstance(key, int):
+            # (an unknown code only as its number: only a newer layout
+            # writes one, and check_layout refuses those)
+            fields[named(key) or str(key)] = value
+        elif key.startswith(offset):
+            fields[OFFSET_PREFIX + (topics.source(key[1:]) if topics else key[1:])] = value
+        elif key.startswith(attribute) and isinstance(value, str):
+            fields[field_name(key)] = attribute_of_stored(value)
+        else:
+            fields[field_name(key)] = value
+    return fields
 
 
-def encode_profile(fields: Mapping[str, float | str], trail: bytes = b"") -> bytes:
-    """A profile's fields (full names) and its trail as the stored value."""
-    return bytes(msgpack.packb(under_stored_names(fields))) + trail
+def encode_profile(
+    fields: Mapping[str, float | str], trail: bytes = b"", topics: TopicCodes | None = None
+) -> bytes:
+    """A profile's fields (full names) and its trail as the stored value
+    (offset fields' topics coded by `topics`; None: left as named)."""
+    return bytes(msgpack.packb(under_stored_names(fields, topics))) + trail
 
 
 # The trail value: a format byte (TRAIL_FORMAT), four 3-byte big-endian
@@ -444,30 +503,86 @@ def encode_trail(trail: Trail) -> bytes:
 
 
 def stored_name(field: str) -> StoredName:
-    """A profile field's key in Redis: its code (prefixed fields are stored
-    as named)."""
-    return STORED_NAMES.get(field, field)
+    """A profile field's key in Redis: a fixed field's code, a prefixed
+    field's name behind its one-byte prefix (STORED_PREFIXES)."""
+    code = STORED_NAMES.get(field)
+    if code is not None:
+        return code
+    mark, bare = (DISTINCT_MARK, field[1:]) if field.startswith(DISTINCT_MARK) else ("", field)
+    head, colon, rest = bare.partition(":")
+    stored = STORED_PREFIXES.get(head + colon)
+    return field if stored is None else mark + stored + rest
 
 
 def field_name(stored: StoredName) -> str:
     """The field a key read from Redis stands for."""
-    return FIELD_OF_STORED.get(stored, str(stored))
+    if isinstance(stored, int):
+        return FIELD_OF_STORED.get(stored, str(stored))
+    mark, bare = (DISTINCT_MARK, stored[1:]) if stored.startswith(DISTINCT_MARK) else ("", stored)
+    prefix = PREFIX_OF_STORED.get(bare[:1])
+    return stored if prefix is None else mark + prefix + bare[1:]
 
 
-def under_stored_names(fields: Mapping[str, _V]) -> dict[StoredName, _V]:
+def stored_attribute(value: str) -> str:
+    """An attribute's "<ts ms>|<JSON>" as stored: the time in base 36 (8
+    digits until 2059 instead of 13)."""
+    ts, bar, rest = value.partition("|")
+    try:
+        return _base36(int(ts)) + bar + rest
+    except ValueError:
+        return value
+
+
+def attribute_of_stored(value: str) -> str:
+    """A stored attribute value as "<ts ms>|<JSON>" again."""
+    ts, bar, rest = value.partition("|")
+    try:
+        return f"{int(ts, 36)}{bar}{rest}"
+    except ValueError:
+        return value
+
+
+def _base36(number: int) -> str:
+    if number < 0:
+        return "-" + _base36(-number)
+    digits = ""
+    while True:
+        number, digit = divmod(number, 36)
+        digits = _BASE36_DIGITS[digit] + digits
+        if not number:
+            return digits
+
+
+_BASE36_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def under_stored_names(
+    fields: Mapping[str, _V], topics: TopicCodes | None = None
+) -> dict[StoredName, _V]:
     """A profile's fields as Redis holds them (for writing a whole map)."""
-    return {stored_name(name): value for name, value in fields.items()}
+    stored: dict[StoredName, _V] = {}
+    for name, value in fields.items():
+        if name.startswith(ATTRIBUTE_PREFIX) and isinstance(value, str):
+            value = cast(_V, stored_attribute(value))
+        elif topics and name.startswith(OFFSET_PREFIX):
+            name = OFFSET_PREFIX + topics.stored_source(name[len(OFFSET_PREFIX) :])
+        stored[stored_name(name)] = value
+    return stored
 
 
 def lua_stored_names() -> str:
-    """A Lua table CODE (a fixed field's long name, and its layout 2-5
-    two-letter name -> its code), for the migration script."""
+    """Lua tables for the migration script: CODE (a fixed field's long name,
+    and its layout 2-5 two-letter name -> its code) and STORED_PREFIX (a
+    prefix as layouts 1-6 wrote it -> its byte)."""
     # ['or'] = ...: a two-letter name may be a Lua keyword
     old = {short: STORED_NAMES[name] for name, short in LAYOUT_5_NAMES.items()}
     pairs = ", ".join(
         f"['{name}'] = {code}" for name, code in sorted({**STORED_NAMES, **old}.items())
     )
-    return f"local CODE = {{{pairs}}}\n"
+    prefixes = ", ".join(
+        f"['{prefix}'] = '\\{ord(byte)}'" for prefix, byte in STORED_PREFIXES.items()
+    )
+    return f"local CODE = {{{pairs}}}\nlocal STORED_PREFIX = {{{prefixes}}}\n"
 
 
 def layout_key(prefix: str) -> str:
@@ -477,11 +592,27 @@ def layout_key(prefix: str) -> str:
 
 ORIGINS = ("online", "store")
 # Fields named by a prefix and a key.
-OFFSET_PREFIX = "o:"  # o:<topic>:p<partition>[#e<epoch>] -> highest offset applied
+OFFSET_PREFIX = "o:"  # o:<topic>:<partition>[#e<epoch>] -> highest offset applied
 ATTRIBUTE_PREFIX = "a:"  # a:<name> -> "<ts ms>|<JSON value>"
 MAP_PREFIXES = ("cat:", "ch:", "dev:", "pay:")  # capped maps: key -> sum or count
 DISTINCT_MARK = "#"  # "#cat:" etc.: how many distinct keys a capped map holds
 OTHER = "_other"  # the key of everything past a capped map's cap
+# How Redis holds a prefixed field (layout 7): its prefix as one control
+# byte, e.g. "\x03home" for "cat:home", "#\x03" for "#cat:" (a byte instead
+# of up to four in every key: ~70 B of a ~790 B value). Like a code, a
+# wire format: never change or reuse one. The scripts are written with the
+# prefixes above and loaded with each quoted one replaced (store._lua);
+# offset fields hold their topic's code (TopicCodes), attribute values their
+# time in base 36 (stored_attribute).
+STORED_PREFIXES: dict[str, str] = {
+    OFFSET_PREFIX: "\x01",
+    ATTRIBUTE_PREFIX: "\x02",
+    "cat:": "\x03",
+    "ch:": "\x04",
+    "dev:": "\x05",
+    "pay:": "\x06",
+}
+PREFIX_OF_STORED: dict[str, str] = {byte: prefix for prefix, byte in STORED_PREFIXES.items()}
 
 
 def is_profile_field(name: str) -> bool:

@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, NamedTuple, TypeVar
 
@@ -23,11 +23,15 @@ from patronage.models.jsontext import dumps_compact
 from patronage.models.layout import (
     APPLY_ARGS,
     LAYOUT_VERSION,
+    NEXT_TOPIC_CODE,
     PARKED,
     REPLY,
     SCORED_FIELDS,
     STORED_NAMES,
+    STORED_PREFIXES,
     CustomerKeys,
+    TopicCodes,
+    UnknownTopicCode,
     clock_key,
     customer_keys,
     decode_profile,
@@ -47,6 +51,7 @@ from patronage.models.layout import (
     sources_key,
     split_profile,
     stored_text,
+    topics_key,
 )
 from patronage.models.profile import Delta, ProfileConfig, ProfileState, profile_view
 from patronage.models.sources import SourceState
@@ -67,14 +72,23 @@ T = TypeVar("T")
 
 
 _FIELD_LITERAL = re.compile(r"'([a-z0-9_]+)'")
+_PREFIX_LITERAL = re.compile(r"'([a-z]+:)'")
+
+
+def _stored_prefix_literal(match: re.Match[str]) -> str:
+    byte = STORED_PREFIXES.get(match[1])
+    return match[0] if byte is None else f"'\\{ord(byte)}'"
 
 
 def _lua(name: str) -> str:
     """A script as Redis runs it: each quoted profile field name replaced by
-    its code (the scripts are written with layout.py's names)."""
+    its code, each quoted field prefix by its byte (the scripts are written
+    with layout.py's names; the migration's own tables name the old ones)."""
     text = resources.files("patronage.streams").joinpath(f"lua/{name}.lua").read_text("utf-8")
     text = _FIELD_LITERAL.sub(lambda m: str(STORED_NAMES.get(m[1], m[0])), text)
-    if name == "migrate":
+    if name != "migrate":
+        text = _PREFIX_LITERAL.sub(_stored_prefix_literal, text)
+    else:
         # After the first line: a `#!lua` shebang must stay first.
         shebang, rest = text.split("\n", 1)
         text = f"{shebang}\n{lua_stored_names()}{rest}"
@@ -89,7 +103,7 @@ class Migrated(NamedTuple):
     """What `migrate_layout` moved."""
 
     profiles: int  # profiles seen
-    renamed: int  # fields renamed (layout 1's long names)
+    renamed: int  # fields renamed (to their codes, prefixes to their bytes: layouts 1-6)
     packed: int  # profile hashes packed (layouts 1-3)
     merged: int  # trails merged (layout 2's five keys)
     folded: int  # trails moved into the profile's value (layouts 3-4)
@@ -120,7 +134,14 @@ class ProfileStore:
         self._sources = client.register_script(_lua("sources"))
         self._risk = client.register_script(_lua("risk"))
         self._migrate = client.register_script(_lua("migrate"))
+        self._topic_codes = client.register_script(_lua("topics"))
         self.sources_key = sources_key(prefix)
+        self.topics_key = topics_key(prefix)
+        # The topics' codes in stored offset fields (read when a profile names
+        # one this table lacks, extended when a batch brings a new topic) and
+        # each source label of a batch as the apply script gets it.
+        self.topics = TopicCodes()
+        self._stored_sources: dict[str, str] = {}
         # Batches send EVALSHA alone (resp.execute_pipeline): load the
         # scripts on every primary first (and again after NOSCRIPT, e.g. a
         # node restart: _pipelined).
@@ -145,6 +166,7 @@ class ProfileStore:
             self._sources,
             self._risk,
             self._migrate,
+            self._topic_codes,
         ):
             await self.client.script_load(script.script)
         self._scripts_loaded = True
@@ -191,15 +213,19 @@ class ProfileStore:
         self._layout_checked = True  # this store is what makes it current
         await self.ensure_scripts(force=True)
         profiles = renamed = packed = merged = folded = compacted = 0
+        # Every topic the sources record gets its code up front; one met only
+        # in a profile gets it when the script names it, and that chunk runs
+        # again (the script moves only what is left).
+        await self.load_topic_codes()
+        seen = await self.client.hkeys(self.sources_key)
+        await self._give_codes(_text(field).partition(":")[0] for field in seen)
         async for batch in _pages(self.customer_ids(), chunk):
-            ops = []
-            for customer_id in batch:
-                profile = self.profile_key(customer_id)
-                trail = layout_4_trail_key(self.prefix, customer_id)
-                old = layout_2_trail_keys(self.prefix, customer_id)
-                ops.append((profile, _script(self._migrate, [profile, trail, *old], [])))
-            replies = checked(await self._pipelined(ops))
-            for fields, hashes, trails, into_profile, shortened in replies:
+            replies = await self._migrate_customers(batch)
+            unknown = {_text(topic) for reply in replies for topic in reply[5]}
+            if unknown:
+                await self._give_codes(unknown)
+                replies += await self._migrate_customers(batch)
+            for fields, hashes, trails, into_profile, shortened, _ in replies:
                 renamed += int(fields)
                 packed += int(hashes)
                 merged += int(trails)
@@ -209,6 +235,16 @@ class ProfileStore:
         indexed = await self._fold_members_sets(chunk)
         await self.client.set(layout_key(self.prefix), LAYOUT_VERSION)
         return Migrated(profiles, renamed, packed, merged, folded, indexed, compacted)
+
+    async def _migrate_customers(self, customer_ids: Sequence[str]) -> list[Any]:
+        codes = [part for topic, code in self.topics.code_of.items() for part in (topic, code)]
+        ops = []
+        for customer_id in customer_ids:
+            profile = self.profile_key(customer_id)
+            trail = layout_4_trail_key(self.prefix, customer_id)
+            old = layout_2_trail_keys(self.prefix, customer_id)
+            ops.append((profile, _script(self._migrate, [profile, trail, *old], codes)))
+        return checked(await self._pipelined(ops))
 
     async def _fold_members_sets(self, chunk: int) -> int:
         """Layouts 1-4 listed a partition's customers in a members set beside
@@ -334,9 +370,50 @@ class ProfileStore:
 
     def _apply_args(self, deltas: Sequence[Delta], clock: float) -> list[Any]:
         args = self._apply_template.copy()
-        args[_DELTAS_ARG] = dumps_compact([d.to_wire() for d in deltas])
+        wires = []
+        for delta in deltas:
+            wire = delta.to_wire()
+            wire["src"] = self._stored_sources[delta.source]
+            wires.append(wire)
+        args[_DELTAS_ARG] = dumps_compact(wires)
         args[_CLOCK_ARG] = repr(float(clock))
         return args
+
+    async def _code_sources(self, by_customer: Mapping[str, Sequence[Delta]]) -> None:
+        """Each source label of these deltas as stored, a new topic given its
+        code first (one round trip, only when a batch brings one)."""
+        known = self._stored_sources
+        new = {d.source for deltas in by_customer.values() for d in deltas if d.source not in known}
+        if not new:
+            return
+        await self._give_codes({source.partition(":")[0] for source in new})
+        for source in new:
+            known[source] = self.topics.stored_source(source)
+
+    async def _give_codes(self, topics: Iterable[str]) -> None:
+        """Make sure each of these topics has its code (given now if none)."""
+        new = sorted(set(topics) - set(self.topics.code_of))
+        if new:
+            script = _script(self._topic_codes, [self.topics_key], new)
+            [codes] = checked(await self._pipelined([(self.topics_key, script)]))
+            given = dict(zip(new, map(_text, codes), strict=True))
+            self.topics = TopicCodes({**self.topics.code_of, **given})
+
+    async def load_topic_codes(self) -> TopicCodes:
+        """Every topic's code as Redis holds it now."""
+        stored = _decode(await self.client.hgetall(self.topics_key))
+        stored.pop(NEXT_TOPIC_CODE, None)
+        self.topics = TopicCodes(stored)
+        return self.topics
+
+    async def _with_topics(self, decode: Callable[[], T]) -> T:
+        """decode(), after reading the topics' codes again if a profile names
+        one this store has not seen (given by another worker since)."""
+        try:
+            return decode()
+        except UnknownTopicCode:
+            await self.load_topic_codes()
+            return decode()
 
     async def apply_batch(
         self,
@@ -359,6 +436,7 @@ class ProfileStore:
         await self.ensure_scripts()
         if not by_customer:
             return ApplyResult()
+        await self._code_sources(by_customer)
         ops: list[tuple[str, Command]] = []
         due: dict[int, dict[str, float]] = {}
         parked: dict[int, dict[str, float]] = {}
@@ -388,7 +466,8 @@ class ProfileStore:
                 ops.append((key, ("ZREMRANGEBYSCORE", key, repr(PARKED), f"({horizon!r}")))
         replies = await self._pipelined(ops)
         raise_unless_poison(replies)
-        return _apply_result(list(by_customer), replies)
+        customers = list(by_customer)
+        return await self._with_topics(lambda: _apply_result(customers, replies, self.topics))
 
     def _bookkeeping_ops(
         self,
@@ -592,12 +671,19 @@ class ProfileStore:
             ops.append((keys.profile, ("GET", keys.profile)))
             ops.append((keys.profile, ("GET", keys.risk_orders)))
         replies = checked(await self._pipelined(ops))
-        out = {}
-        for i, customer_id in enumerate(customer_ids):
-            fields, orders = replies[2 * i], replies[2 * i + 1]
-            if fields:
-                out[customer_id] = (decode_profile(fields), (orders or b"").decode())
-        return out
+
+        def decoded() -> dict[str, tuple[Fields, str]]:
+            out = {}
+            for i, customer_id in enumerate(customer_ids):
+                fields, orders = replies[2 * i], replies[2 * i + 1]
+                if fields:
+                    out[customer_id] = (
+                        decode_profile(fields, self.topics),
+                        (orders or b"").decode(),
+                    )
+            return out
+
+        return await self._with_topics(decoded)
 
     async def risk_versions(self, partitions: Sequence[int]) -> dict[int, int]:
         keys = [risk_version_key(self.prefix, p) for p in partitions]
@@ -608,7 +694,8 @@ class ProfileStore:
         await self.client.set(risk_version_key(self.prefix, partition), version)
 
     async def profile(self, customer_id: str) -> dict[str, object] | None:
-        fields = decode_profile(await self.client.get(self.profile_key(customer_id)))
+        raw = await self.client.get(self.profile_key(customer_id))
+        fields = await self._with_topics(lambda: decode_profile(raw, self.topics))
         if not fields:
             return None
         return profile_view(customer_id, fields)
@@ -639,9 +726,13 @@ class ProfileStore:
         """The stored fields of these customers (those with a profile)."""
         keys = [self.profile_key(customer_id) for customer_id in customer_ids]
         replies = checked(await self._pipelined([(k, ("GET", k)) for k in keys]))
-        return {
-            cid: decode_profile(raw) for cid, raw in zip(customer_ids, replies, strict=True) if raw
-        }
+        return await self._with_topics(
+            lambda: {
+                cid: decode_profile(raw, self.topics)
+                for cid, raw in zip(customer_ids, replies, strict=True)
+                if raw
+            }
+        )
 
     async def export_fields(self, chunk: int = 500) -> AsyncIterator[tuple[str, Fields]]:
         """Every stored profile's fields, in chunks of one round trip."""
@@ -674,7 +765,11 @@ class ProfileStore:
                 (keys.risk_orders, ("GET", keys.risk_orders)),
             ]
         replies = checked(await self._pipelined(ops))
-        return [_decoded_state(replies[i : i + 3]) for i in range(0, len(replies), 3)]
+        return await self._with_topics(
+            lambda: [
+                _decoded_state(replies[i : i + 3], self.topics) for i in range(0, len(replies), 3)
+            ]
+        )
 
     # -- identity stitching (models/identity.py, streams/identities.py) --
 
@@ -759,7 +854,7 @@ async def _pages(items: AsyncIterator[T], size: int) -> AsyncIterator[list[T]]:
         yield page
 
 
-def _apply_result(customers: list[str], replies: list[Any]) -> ApplyResult:
+def _apply_result(customers: list[str], replies: list[Any], topics: TopicCodes) -> ApplyResult:
     """The apply script's replies (the first len(customers) of the batch's)."""
     result = ApplyResult()
     for customer_id, reply in zip(customers, replies, strict=False):
@@ -773,7 +868,7 @@ def _apply_result(customers: list[str], replies: list[Any]) -> ApplyResult:
         result.duplicate_events += int(reply[REPLY["duplicate_events"]])
         if reply[REPLY["outbox"]]:
             result.outbox[customer_id] = list(reply[REPLY["outbox"]])
-        result.profiles[customer_id] = decode_profile(reply[REPLY["profile"]])
+        result.profiles[customer_id] = decode_profile(reply[REPLY["profile"]], topics)
     return result
 
 
@@ -802,9 +897,9 @@ def _zadd(key: str, scores: Mapping[str, float], lt: bool = False) -> Command:
     return ("ZADD", key, *(("LT",) if lt else ()), *flat)
 
 
-def _decoded_state(replies: list[Any]) -> dict[str, Any]:
+def _decoded_state(replies: list[Any], topics: TopicCodes) -> dict[str, Any]:
     raw_profile, outbox, risk = replies
-    profile = profile_as_text(decode_profile(raw_profile))
+    profile = profile_as_text(decode_profile(raw_profile, topics))
     trail = decode_trail(split_profile(raw_profile)[1])
     day0 = int(float(profile.get("day0", 0)))
     bits = int.from_bytes(trail.bitmap, "big")

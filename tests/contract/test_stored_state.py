@@ -155,8 +155,9 @@ def test_the_comparison_sees_an_internal_field(redis_up: str) -> None:
             await redis.apply_batch({"anna": [order]})
             key = redis.keys("anna").profile
             stored = await redis.client.get(key)
-            fields, trail = decode_profile(stored), split_profile(stored)[1]
-            await redis.client.set(key, encode_profile({**fields, "o:purchases:0": 3}, trail))
+            fields, trail = decode_profile(stored, redis.topics), split_profile(stored)[1]
+            changed = {**fields, "o:purchases:0": 3}
+            await redis.client.set(key, encode_profile(changed, trail, redis.topics))
             return stored_state(reference.states["anna"]), await redis.stored_state("anna")
 
     want, got = asyncio.run(check())

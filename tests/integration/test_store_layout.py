@@ -1,7 +1,8 @@
 """The stored layout on a real Redis: fixed profile fields under one-byte codes
-(models/layout.py STORED_NAMES), the trail (one value for what layout 2 kept
+(models/layout.py STORED_NAMES), prefixed ones behind one-byte prefixes
+(STORED_PREFIXES), the trail (one value for what layout 2 kept
 under five keys) after the profile's map, and the moves from layout 1, which
-spelled the names out, and from layouts 2 to 5.
+spelled the names out, and from layouts 2 to 6.
 
 Why a real server: the codes live in the Lua scripts as Redis runs them
 (apply, risk and erase loaded with the codes substituted, migrate with a
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import struct
 import time
 from typing import Any
@@ -24,10 +26,16 @@ from click.testing import CliRunner
 
 from patronage.models.batch import Record, prepare_batch
 from patronage.models.layout import (
+    ATTRIBUTE_PREFIX,
     FIELDS,
     LAYOUT_5_NAMES,
     LAYOUT_VERSION,
+    OFFSET_PREFIX,
     PARKED,
+    STORED_PREFIXES,
+    TopicCodes,
+    attribute_of_stored,
+    decode_profile,
     decode_trail,
     field_name,
     layout_2_trail_keys,
@@ -84,16 +92,41 @@ async def _raw_profiles(store: ProfileStore, ids: list[str]) -> dict[str, dict[A
     return out
 
 
-def _two_letter(fields: dict[Any, Any]) -> dict[str, Any]:
-    """A map as layouts 2-5 keyed it: a fixed field under its two-letter name."""
-    return {
-        LAYOUT_5_NAMES[field_name(n)] if isinstance(n, int) else n: v for n, v in fields.items()
-    }
+def _spelled_out_prefixes(fields: dict[Any, Any], topics: TopicCodes) -> dict[Any, Any]:
+    """A map as layouts 1-6 keyed its prefixed fields ("cat:home", "#cat:",
+    "o:clicks:0" with the topic's name), with an attribute's time in decimal;
+    fixed fields still under codes."""
+    out: dict[Any, Any] = {}
+    for stored, value in fields.items():
+        name = stored if isinstance(stored, int) else field_name(stored)
+        if isinstance(stored, str) and stored.startswith(STORED_PREFIXES[ATTRIBUTE_PREFIX]):
+            value = attribute_of_stored(value)
+        if isinstance(stored, str) and stored.startswith(STORED_PREFIXES[OFFSET_PREFIX]):
+            name = OFFSET_PREFIX + topics.source(stored[1:])
+        out[name] = value
+    return out
 
 
-def _fixed_fields(raw: dict[str, dict[Any, Any]]) -> int:
-    """How many fixed fields (stored under a code) the profiles hold."""
-    return sum(isinstance(name, int) for fields in raw.values() for name in fields)
+def _two_letter(
+    fields: dict[Any, Any], topics: TopicCodes, long_names: bool = False
+) -> dict[str, Any]:
+    """A map as layouts 2-5 keyed it: a fixed field under its two-letter name
+    (layout 1: its full name), prefixes spelled out (also a map that is
+    already one of those)."""
+    out = {}
+    for name, value in _spelled_out_prefixes(fields, topics).items():
+        field = field_name(name) if isinstance(name, int) else _LONG_NAMES.get(name, name)
+        out[field if long_names else LAYOUT_5_NAMES.get(field, field)] = value
+    return out
+
+
+_LONG_NAMES = {short: name for name, short in LAYOUT_5_NAMES.items()}
+
+
+def _fields_held(raw: dict[str, dict[Any, Any]]) -> int:
+    """How many fields the profiles hold: each has a code or a prefix that a
+    migration from an older layout renames."""
+    return sum(len(fields) for fields in raw.values())
 
 
 async def _as_hashes(store: ProfileStore, ids: list[str], spelled_out: bool) -> None:
@@ -103,11 +136,9 @@ async def _as_hashes(store: ProfileStore, ids: list[str], spelled_out: bool) -> 
     for customer, fields in (await _raw_profiles(store, ids)).items():
         key = store.keys(customer).profile
         ttl = await client.pttl(key)
-        text = profile_as_text(_two_letter(fields))
+        text = profile_as_text(_two_letter(fields, store.topics, long_names=spelled_out))
         await client.delete(key)
-        await client.hset(
-            key, mapping={field_name(n) if spelled_out else n: v for n, v in text.items()}
-        )
+        await client.hset(key, mapping=text)  # type: ignore[arg-type]
         if ttl > 0:
             await client.pexpire(key, ttl)
 
@@ -137,7 +168,7 @@ async def _as_layout_5_values(store: ProfileStore, ids: list[str]) -> None:
     for customer in ids:
         key = store.keys(customer).profile
         fields, trail = split_profile(await client.get(key))
-        old = msgpack.packb(_two_letter(fields)) + _as_layout_5(trail)
+        old = msgpack.packb(_two_letter(fields, store.topics)) + _as_layout_5(trail)
         await client.set(key, old, keepttl=True)
 
 
@@ -148,7 +179,7 @@ async def _trail_beside(store: ProfileStore, ids: list[str]) -> None:
     for customer in ids:
         key = store.keys(customer).profile
         fields, trail = split_profile(await client.get(key))
-        await client.set(key, msgpack.packb(_two_letter(fields)), keepttl=True)
+        await client.set(key, msgpack.packb(_two_letter(fields, store.topics)), keepttl=True)
         beside = layout_4_trail_key(store.prefix, customer)
         await client.set(beside, _as_layout_5(trail))
         ttl = await client.pttl(key)
@@ -163,7 +194,9 @@ async def _split_trails(store: ProfileStore, ids: list[str]) -> None:
     for customer in ids:
         keys = store.keys(customer)
         fields, raw_trail = split_profile(await client.get(keys.profile))
-        await client.set(keys.profile, msgpack.packb(_two_letter(fields)), keepttl=True)
+        await client.set(
+            keys.profile, msgpack.packb(_two_letter(fields, store.topics)), keepttl=True
+        )
         trail = decode_trail(raw_trail)
         ttl = await client.pttl(keys.profile)
         days, sessions, eids, orders, edges = layout_2_trail_keys(store.prefix, customer)
@@ -198,9 +231,10 @@ async def _filled(
     store: ProfileStore, settings: Settings, seed: int, now_ms: int
 ) -> tuple[list[str], dict[str, dict[str, Any]], int]:
     """Twenty customers filled (_fill): their ids, stored states and how many
-    fixed fields they hold, before a test turns them into an older layout."""
+    fields they hold (each renamed by a move from layouts 1-6), before a test
+    turns them into an older layout."""
     ids = await _fill(store, settings, 20, seed=seed, now_ms=now_ms)
-    return ids, await _states(store, ids), _fixed_fields(await _raw_profiles(store, ids))
+    return ids, await _states(store, ids), _fields_held(await _raw_profiles(store, ids))
 
 
 def test_profiles_are_stored_under_short_names_and_read_under_full_ones(
@@ -218,7 +252,10 @@ def test_profiles_are_stored_under_short_names_and_read_under_full_ones(
             for customer in ids:
                 names = set(raw[customer])
                 assert not names & FIELDS, f"spelled-out names stored: {names & FIELDS}"
-                assert {field_name(n) for n in names} == set(read[customer])
+                stored = await client.get(store.keys(customer).profile)
+                assert set(decode_profile(stored, store.topics)) == set(read[customer])
+                offsets = [n for n in names if str(n).startswith("\x01")]
+                assert offsets and all(re.fullmatch("\x01[0-9]:0", n) for n in offsets), names
                 assert {"first_seen", "segment", "risk_decided"} <= set(read[customer])
             assert sum("spend_total" in read[c] for c in ids) >= len(ids) // 2
             # What short names and packed numbers save: layout 1's hashes.
@@ -266,7 +303,7 @@ def test_a_layout_1_prefix_stops_the_worker_until_migrated(backend_env: dict[str
             await _split_trails(store, ids)
             await _as_hashes(store, ids, spelled_out=True)
             await client.hset(store.sources_key, "purchases:0", "0:120")
-            await client.delete(layout_key(settings.key_prefix))
+            await client.delete(layout_key(settings.key_prefix), store.topics_key)
             return ids, before
         finally:
             await client.aclose()
@@ -376,7 +413,7 @@ def test_a_layout_2_or_3_prefix_is_refused_then_moved(
         store = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
         try:
             now_ms = int(time.time() * 1000)
-            ids, before, fixed = await _filled(store, settings, seed=11, now_ms=now_ms)
+            ids, before, held = await _filled(store, settings, seed=11, now_ms=now_ms)
             if layout == 2:
                 await _split_trails(store, ids)
             else:
@@ -389,7 +426,7 @@ def test_a_layout_2_or_3_prefix_is_refused_then_moved(
                 ).apply_batch({})
             moved = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
             merged = 20 if layout == 2 else 0
-            assert await moved.migrate_layout() == (20, fixed, 20, merged, 20, 0, 20)
+            assert await moved.migrate_layout() == (20, held, 20, merged, 20, 0, 20)
             assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0, 0)
             assert await _states(moved, ids) == before
             left = [
@@ -433,7 +470,7 @@ def test_a_layout_4_prefix_is_moved_to_one_value_and_one_set(
         store = ProfileStore(client, settings.key_prefix, settings.profile_config)
         try:
             ids = await _fill(store, settings, 20, seed=12)
-            fixed = _fixed_fields(await _raw_profiles(store, ids))
+            held = _fields_held(await _raw_profiles(store, ids))
             due = store.due_key(0)
             pending = {m.decode(): s for m, s in await client.zrange(due, 0, -1, withscores=True)}
             assert set(pending) == set(ids)
@@ -453,7 +490,7 @@ def test_a_layout_4_prefix_is_moved_to_one_value_and_one_set(
                     client, settings.key_prefix, settings.profile_config
                 ).apply_batch({})
             moved = ProfileStore(client, settings.key_prefix, settings.profile_config)
-            assert await moved.migrate_layout() == (20, fixed, 0, 0, 20, 20, 20)
+            assert await moved.migrate_layout() == (20, held, 0, 0, 20, 20, 20)
             assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0, 0)
             assert not await client.exists(members)
             assert await _states(moved, ids) == before
@@ -500,8 +537,8 @@ def test_a_layout_5_prefix_gets_codes_and_shorter_trails_and_still_knows_every_e
         store = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
         try:
             now_ms = int(time.time() * 1000)
-            ids, before, fixed = await _filled(store, settings, seed=13, now_ms=now_ms)
-            assert fixed > 20 * 20, fixed
+            ids, before, held = await _filled(store, settings, seed=13, now_ms=now_ms)
+            assert held > 20 * 25, held
             sizes = {c: await client.strlen(store.keys(c).profile) for c in ids}
             await _as_layout_5_values(store, ids)
             longer = {c: await client.strlen(store.keys(c).profile) for c in ids}
@@ -512,7 +549,7 @@ def test_a_layout_5_prefix_gets_codes_and_shorter_trails_and_still_knows_every_e
                     client, settings.key_prefix, settings.profile_config, month
                 ).apply_batch({})
             moved = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
-            assert await moved.migrate_layout() == (20, fixed, 0, 0, 0, 0, 20)
+            assert await moved.migrate_layout() == (20, held, 0, 0, 0, 0, 20)
             assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0, 0)
             assert await _states(moved, ids) == before
             assert {c: await client.strlen(moved.keys(c).profile) for c in ids} == sizes
@@ -548,6 +585,107 @@ def test_a_layout_5_prefix_gets_codes_and_shorter_trails_and_still_knows_every_e
                     n for n in figures.keys() | expected.keys() if figures.get(n) != expected.get(n)
                 }
                 assert moved_fields <= {n for n in figures if n.startswith("o:")}, moved_fields
+        finally:
+            await store.delete_prefix()
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_layout_6_prefix_gets_prefix_bytes_and_base_36_times(
+    isolated_env: dict[str, str],
+) -> None:
+    """Layout 6 spelled out each prefixed field's prefix ("cat:home",
+    "o:clicks:0", "#cat:") and an attribute's time in decimal: the migration
+    puts each behind its byte and each time in base 36 (expiry kept, the
+    stored state reads the same, every value shorter, nothing spelled out
+    left), and then an attribute change older than a migrated one is still
+    refused and a newer one taken (the script compares migrated times),
+    the migrated offsets still skip a redelivery, and the distinct-key counts
+    still cap a map."""
+    settings = settings_with(isolated_env)
+    month = 30 * DAY_MS
+
+    async def run() -> None:
+        client = make_redis(settings.redis_url)
+        store = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
+        try:
+            now_ms = int(time.time() * 1000)
+            ids, before, _ = await _filled(store, settings, seed=14, now_ms=now_ms)
+            raw = await _raw_profiles(store, ids)
+            prefixed = sum(isinstance(n, str) for fields in raw.values() for n in fields)
+            assert prefixed > 20 * 10, prefixed
+            sizes = {c: await client.strlen(store.keys(c).profile) for c in ids}
+            for customer in ids:
+                key = store.keys(customer).profile
+                fields, trail = split_profile(await client.get(key))
+                old = msgpack.packb(_spelled_out_prefixes(fields, store.topics)) + trail
+                await client.set(key, old, keepttl=True)
+            longer = {c: await client.strlen(store.keys(c).profile) for c in ids}
+            assert all(longer[c] > sizes[c] for c in ids), (longer, sizes)
+            await client.set(layout_key(settings.key_prefix), 6)
+            # Layout 6 gave topics no codes: each is given one as the
+            # migration meets it in a profile.
+            await client.delete(store.topics_key)
+            with pytest.raises(StoredLayoutError, match=r"layout 6\b.*store migrate"):
+                await ProfileStore(
+                    client, settings.key_prefix, settings.profile_config, month
+                ).apply_batch({})
+            moved = ProfileStore(client, settings.key_prefix, settings.profile_config, month)
+            assert await moved.migrate_layout() == (20, prefixed, 0, 0, 0, 0, 0)
+            assert await moved.migrate_layout() == (20, 0, 0, 0, 0, 0, 0)
+            assert await _states(moved, ids) == before
+            assert {c: await client.strlen(moved.keys(c).profile) for c in ids} == sizes
+            spelled = tuple(STORED_PREFIXES) + tuple("#" + p for p in STORED_PREFIXES)
+            for fields in (await _raw_profiles(moved, ids)).values():
+                assert not [n for n in fields if isinstance(n, str) and n.startswith(spelled)]
+            ttls = [await client.pttl(moved.keys(c).profile) for c in ids]
+            assert all(0 < ttl <= month for ttl in ttls), ttls
+
+            # One customer's region changed before its stored change, one's
+            # after, each by an event of its own (not a re-send).
+            with_region = [c for c in ids if "a:region" in before[c]["profile"]]
+            older, newer = with_region[:2]
+            stamp = {
+                c: int(before[c]["profile"]["a:region"].partition("|")[0]) for c in (older, newer)
+            }
+            changes = [
+                {
+                    "type": "customer_attributes",
+                    "customer_id": customer,
+                    "attributes": {"region": "Île-de-France"},
+                    "event_id": f"layout6-{customer}",
+                    "ts": stamp[customer] + (-1 if customer == older else 1),
+                }
+                for customer in (older, newer)
+            ]
+            # ... and a redelivery of the first records the stored offsets
+            # cover: skipped by offset.
+            stream, _ = generate(20, 60, seed=14, start_ms=now_ms - 60 * DAY_MS)
+            topic = settings.topic_for_kind
+            records = [
+                Record(topic[e["type"]], 0, n, None, json.dumps(e).encode())
+                for n, e in enumerate(stream[:50])
+            ] + [
+                Record(topic["customer_attributes"], 0, 10**6 + n, None, json.dumps(e).encode())
+                for n, e in enumerate(changes)
+            ]
+            batch = prepare_batch(
+                records, settings.input_topics, settings.rules, now_ms, settings.zone
+            )
+            result = await moved.apply_batch(
+                batch.by_customer, dict.fromkeys(batch.by_customer, 0), {0: float(now_ms)}
+            )
+            assert (result.applied, result.duplicate_offsets) == (2, 50)
+            read = await moved.fields_of([older, newer])
+            assert read[older]["a:region"] == before[older]["profile"]["a:region"]
+            assert read[newer]["a:region"] == f'{stamp[newer] + 1}|"Île-de-France"'
+            # The counts moved with their maps: a map at its cap stays there.
+            for customer in ids:
+                fields = read.get(customer) or (await moved.fields_of([customer]))[customer]
+                for prefix in ("cat:", "ch:", "dev:", "pay:"):
+                    keys = [n for n in fields if n.startswith(prefix) and n != prefix + "_other"]
+                    assert fields.get("#" + prefix, 0) == len(keys), (customer, prefix)
         finally:
             await store.delete_prefix()
             await client.aclose()

@@ -135,8 +135,6 @@ def test_stored_codes_are_one_byte_distinct_and_pinned() -> None:
         assert len(msgpack.packb(code)) == 1
         assert layout.field_name(code) == layout.FIELD_OF_STORED[code]
         assert layout.stored_name(layout.FIELD_OF_STORED[code]) == code
-    assert layout.stored_name("o:purchases:0") == "o:purchases:0"
-    assert layout.field_name("cat:home") == "cat:home"
     # The migration's table: a long name and a two-letter one each to its
     # code (quoted: 'or' would be a Lua keyword as a key).
     table = layout.lua_stored_names()
@@ -146,25 +144,101 @@ def test_stored_codes_are_one_byte_distinct_and_pinned() -> None:
     # Codes are a wire format: changing one takes a new LAYOUT_VERSION and a
     # step in `patronage store migrate`, then a new digest here.
     digest = hashlib.sha256(repr(sorted(layout.STORED_NAMES.items())).encode()).hexdigest()
-    assert (layout.LAYOUT_VERSION, digest[:16]) == (6, "8781b2b632d5fa1d")
+    assert (layout.LAYOUT_VERSION, digest[:16]) == (7, "8781b2b632d5fa1d")
     # ... and so are the two-letter names the migration still reads.
     digest = hashlib.sha256(repr(sorted(layout.LAYOUT_5_NAMES.items())).encode()).hexdigest()
     assert digest[:16] == "34e8ffc602ebf2f3"
 
 
+@pytest.mark.parametrize(
+    ("field", "stored"),
+    [
+        ("o:purchases:p0", "\x01purchases:p0"),
+        ("o:clicks:p3#e2", "\x01clicks:p3#e2"),
+        ("a:consent_email", "\x02consent_email"),
+        ("a:a:odd", "\x02a:odd"),  # only the first prefix is ours
+        ("cat:Haushalt & Küche", "\x03Haushalt & Küche"),
+        ("cat:_other", "\x03_other"),
+        ("ch:email", "\x04email"),
+        ("dev:mobile", "\x05mobile"),
+        ("pay:klarna", "\x06klarna"),
+        ("#cat:", "#\x03"),
+        ("#pay:", "#\x06"),
+        ("cat:#", "\x03#"),  # layout 1's count, moved by the next apply
+        ("x:unknown", "x:unknown"),
+    ],
+)
+def test_prefixed_fields_are_stored_behind_one_byte(field: str, stored: str) -> None:
+    assert layout.stored_name(field) == stored
+    assert layout.field_name(stored) == field
+
+
+def test_stored_prefixes_are_pinned() -> None:
+    """A prefix's byte is a wire format, like a code: distinct control bytes
+    that no name of layouts 1-6 began with."""
+    assert set(layout.STORED_PREFIXES) == {
+        layout.OFFSET_PREFIX,
+        layout.ATTRIBUTE_PREFIX,
+        *layout.MAP_PREFIXES,
+    }
+    assert sorted(layout.STORED_PREFIXES.values()) == [chr(b) for b in range(1, 7)]
+    digest = hashlib.sha256(repr(sorted(layout.STORED_PREFIXES.items())).encode()).hexdigest()
+    assert digest[:16] == "db7ac28de7c312f1"
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        ('1788394259519|"south"', 'mtkrrm7z|"south"'),
+        ("1788394259519|true", "mtkrrm7z|true"),
+        ("0|null", "0|null"),
+        ("-86400000|1", "-1ffuo0|1"),
+        ('1788394259519|"a|b"', 'mtkrrm7z|"a|b"'),  # a bar in the value stays
+    ],
+)
+def test_attribute_times_are_stored_in_base_36(value: str, stored: str) -> None:
+    assert layout.stored_attribute(value) == stored
+    assert layout.attribute_of_stored(stored) == value
+
+
+def test_offset_fields_hold_their_topics_code() -> None:
+    topics = layout.TopicCodes({"clicks": "0", "prod.retail.store-receipts.v2": "1"})
+    fields = {"o:clicks:3": 7, "o:prod.retail.store-receipts.v2:11#e2": 40, "orders": 1}
+    raw = layout.encode_profile(fields, b"", topics)
+    stored, _ = layout.split_profile(raw)
+    assert stored == {"\x010:3": 7, "\x011:11#e2": 40, layout.STORED_NAMES["orders"]: 1}
+    assert layout.decode_profile(raw, topics) == fields
+    # A code the table lacks (given by another worker since it was read)
+    # is refused, not read as some other topic.
+    with pytest.raises(layout.UnknownTopicCode):
+        layout.decode_profile(raw, layout.TopicCodes({"clicks": "0"}))
+    # The store's script gives codes under the name the table skips.
+    script = resources.files("patronage.streams").joinpath("lua/topics.lua").read_text("utf-8")
+    assert f"'{layout.NEXT_TOPIC_CODE}'" in script
+
+
 def test_a_profile_under_codes_packs_and_reads_back() -> None:
     """Codes and prefixed names in one map: Python packs what Redis's cmsgpack
     reads, and reads back the names."""
-    fields = {"first_seen": 1_767_225_600_000, "orders": 3, "o:clicks:p0": 9, "cat:home": 2.5}
+    fields = {
+        "first_seen": 1_767_225_600_000,
+        "orders": 3,
+        "o:clicks:p0": 9,
+        "cat:home": 2.5,
+        "#cat:": 1,
+        "a:region": '1788394259519|"south"',
+    }
     raw = layout.encode_profile(fields, b"trail")
     assert layout.decode_profile(raw) == fields
     assert layout.split_profile(raw)[1] == b"trail"
     stored, _ = layout.split_profile(raw)
-    assert set(stored) == {
-        layout.STORED_NAMES["first_seen"],
-        layout.STORED_NAMES["orders"],
-        "o:clicks:p0",
-        "cat:home",
+    assert stored == {
+        layout.STORED_NAMES["first_seen"]: 1_767_225_600_000,
+        layout.STORED_NAMES["orders"]: 3,
+        "\x01clicks:p0": 9,
+        "\x03home": 2.5,
+        "#\x03": 1,
+        "\x02region": 'mtkrrm7z|"south"',
     }
 
 
@@ -194,7 +268,11 @@ def test_scripts_run_with_stored_names_only(name: str) -> None:
     assert not quoted & set(layout.LAYOUT_5_NAMES.values())
     if name in ("apply", "risk", "erase"):
         assert set(re.findall(r"'([a-z0-9_]+)'", source)) & layout.FIELDS
+    if name != "migrate":  # (which reads layout 6's prefixes)
+        assert not set(re.findall(r"'([a-z]+:)'", loaded)) & set(layout.STORED_PREFIXES)
     if name == "apply":
+        assert "inc_capped('cat:'," in source
+        assert "inc_capped('\\3'," in loaded
         codes = layout.STORED_NAMES
         assert (
             f"ORDERS_AT = {{online = {codes['orders_online']}, store = {codes['orders_store']}}}"

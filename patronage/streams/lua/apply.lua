@@ -422,9 +422,25 @@ local function add_session(token, t)
   return true
 end
 
+-- An attribute is stored as "<ts ms in base 36>|<JSON>" (layout.stored_attribute).
+local DIGITS36 = '0123456789abcdefghijklmnopqrstuvwxyz'
+local function base36(n)
+  if n < 0 then return '-' .. base36(-n) end
+  local digits = ''
+  repeat
+    local digit = n % 36
+    digits = string.sub(DIGITS36, digit + 1, digit + 1) .. digits
+    n = (n - digit) / 36
+  until n == 0
+  return digits
+end
+local function from_base36(s)
+  if string.sub(s, 1, 1) == '-' then return -tonumber(string.sub(s, 2), 36) end
+  return tonumber(s, 36)
+end
 local function newer(t, value, current)
   local bar = string.find(current, '|', 1, true)
-  local cur_t = tonumber(string.sub(current, 1, bar - 1))
+  local cur_t = from_base36(string.sub(current, 1, bar - 1))
   if t ~= cur_t then return t > cur_t end
   return value > string.sub(current, bar + 1)
 end
@@ -446,7 +462,7 @@ for _, d in ipairs(deltas) do
           local name, value = 'a:' .. pair[1], pair[2]
           local current = h[name]
           if current == nil or newer(d.t, value, current) then
-            h[name] = string.format('%d', d.t) .. '|' .. value
+            h[name] = base36(math.floor(d.t)) .. '|' .. value
             changed[name] = true
           end
         end

@@ -10,12 +10,15 @@
 -- attributes, and any text that is not a number, as text). Layout 4 -> 5:
 -- the trail moves from a key of its own to after the profile's map. Layout
 -- 5 -> 6: each fixed field's two-letter name becomes its one-byte code, and
--- the trail's records are shortened (layout.TRAIL_FORMAT). Each keeps the
--- profile's expiry.
+-- the trail's records are shortened (layout.TRAIL_FORMAT). Layout 6 -> 7:
+-- each prefixed field's prefix becomes its byte, an offset field's topic its
+-- code, attribute times base 36.
+-- Each keeps the profile's expiry.
 -- KEYS[1] profile   KEYS[2] layouts 3-4's trail   KEYS[3..7] layout 2's
 -- days, sessions, event ids, natural keys, unjudged days
--- Returns {fields renamed (to their codes), profiles packed, trails merged,
--- trails folded, trails compacted}.
+-- ARGV: topic, code pairs (layout.TopicCodes)
+-- Returns {fields renamed (to their codes and prefix bytes), profiles packed, trails merged,
+-- trails folded, trails compacted, topics without a code}.
 local ttl = redis.call('PTTL', KEYS[1])
 local function set_keeping_ttl(key, value)
   if ttl > 0 then
@@ -85,7 +88,7 @@ end
 -- Layouts 2-5 packed the fields under their two-letter names: each goes
 -- under its code.
 local value = redis.call('GET', KEYS[1])
-if not value then return {renamed, packed, merged, folded, 0} end
+if not value then return {renamed, packed, merged, folded, 0, {}} end
 local after, h = cmsgpack.unpack_one(value)
 local map, trail = value, ''
 if after > 0 then map, trail = string.sub(value, 1, after), string.sub(value, after + 1) end
@@ -97,6 +100,53 @@ for name, code in pairs(CODE) do
     recoded = recoded + 1
   end
 end
+-- Layouts 1-6 wrote a prefixed field's prefix out ('cat:home', '#cat:'):
+-- each goes behind its byte (STORED_PREFIX, prepended from layout.py), and
+-- an attribute's time from decimal to base 36 (layout.stored_attribute).
+local digits36 = '0123456789abcdefghijklmnopqrstuvwxyz'
+local function base36(n)
+  if n < 0 then return '-' .. base36(-n) end
+  local out = ''
+  repeat
+    local digit = n % 36
+    out = string.sub(digits36, digit + 1, digit + 1) .. out
+    n = (n - digit) / 36
+  until n == 0
+  return out
+end
+-- An offset field's topic goes under its code (ARGV: topic, code pairs); a
+-- topic without one is left as it is and returned, to be given a code and
+-- moved by running this again.
+local topic_code, unknown = {}, {}
+for i = 1, #ARGV, 2 do topic_code[ARGV[i]] = ARGV[i + 1] end
+local moves = {}
+for name, field_value in pairs(h) do
+  if type(name) == 'string' then
+    local mark, bare = '', name
+    if string.sub(name, 1, 1) == '#' then mark, bare = '#', string.sub(name, 2) end
+    local head = string.match(bare, '^[a-z]+:')
+    local byte = head and STORED_PREFIX[head]
+    local rest = byte and string.sub(bare, #head + 1)
+    if head == 'o:' and byte then
+      local topic, tail = string.match(rest, '^([^:]*)(.*)$')
+      if topic_code[topic] then
+        rest = topic_code[topic] .. tail
+      else
+        unknown[#unknown + 1] = topic
+        byte = nil
+      end
+    elseif head == 'a:' and byte and type(field_value) == 'string' then
+      local ts, after_ts = string.match(field_value, '^(%-?%d+)(|.*)$')
+      if ts then field_value = base36(tonumber(ts)) .. after_ts end
+    end
+    if byte then moves[#moves + 1] = {name, mark .. byte .. rest, field_value} end
+  end
+end
+for _, move in ipairs(moves) do
+  h[move[1]] = nil
+  h[move[2]] = move[3]
+end
+recoded = recoded + #moves
 if recoded > 0 then map = cmsgpack.pack(h) end
 renamed = renamed + recoded
 -- Layout 6's trail starts with its format byte; layout 5's with a 4-byte
@@ -135,4 +185,4 @@ if #trail > 0 and string.byte(trail, 1) == 0 then
   compacted = 1
 end
 if recoded > 0 or compacted > 0 then set_keeping_ttl(KEYS[1], map .. trail) end
-return {renamed, packed, merged, folded, compacted}
+return {renamed, packed, merged, folded, compacted, unknown}
