@@ -217,6 +217,17 @@ def test_offset_fields_hold_their_topics_code() -> None:
     assert f"'{layout.NEXT_TOPIC_CODE}'" in script
 
 
+def test_decoding_remembers_names_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """decode_profile keeps each stored key's name (per topic table); past
+    the bound it still translates, it only stops keeping."""
+    monkeypatch.setattr(layout, "_NAMES_KEPT", len(layout.FIELD_OF_STORED) + 2)
+    topics = layout.TopicCodes({"clicks": "0"})
+    for shop in range(5):
+        fields = {"orders": 2, f"cat:shop{shop}": 1.5, f"ch:c{shop}": 1, "o:clicks:1": 9}
+        assert layout.decode_profile(layout.encode_profile(fields, b"", topics), topics) == fields
+    assert len(topics.names) == len(layout.FIELD_OF_STORED) + 2
+
+
 def test_a_profile_under_codes_packs_and_reads_back() -> None:
     """Codes and prefixed names in one map: Python packs what Redis's cmsgpack
     reads, and reads back the names."""
