@@ -413,7 +413,14 @@ class ProfileStore:
             return decode()
         except UnknownTopicCode:
             await self.load_topic_codes()
+        try:
             return decode()
+        except UnknownTopicCode as exc:
+            raise FatalRedisError(
+                f"a profile under PATRONAGE_KEY_PREFIX={self.prefix!r} names topic code "
+                f"{exc} that {self.topics_key} does not hold: that table was deleted or "
+                "changed, or the profile was copied from another prefix"
+            ) from exc
 
     async def apply_batch(
         self,

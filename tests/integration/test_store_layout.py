@@ -44,10 +44,11 @@ from patronage.models.layout import (
     layout_key,
     split_profile,
 )
-from patronage.models.profile import token
+from patronage.models.profile import Delta, token
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.cli import main
+from patronage.streams.errors import FatalRedisError
 from patronage.streams.memory import profile_as_text
 from patronage.streams.settings import Settings, settings_with
 from patronage.streams.store import ProfileStore, StoredLayoutError, make_redis, redis_for
@@ -688,6 +689,49 @@ def test_a_layout_6_prefix_gets_prefix_bytes_and_base_36_times(
                     assert fields.get("#" + prefix, 0) == len(keys), (customer, prefix)
         finally:
             await store.delete_prefix()
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_topic_code_given_by_another_worker_is_read_and_a_lost_table_stops(
+    isolated_env: dict[str, str],
+) -> None:
+    """Two workers' stores: one gives a code to a topic the other has not
+    seen and writes it into a shared customer's profile; the other reads that
+    profile (its table read again), applies to it and keeps the first
+    worker's offset. With the table deleted, reading stops with a message
+    naming the key instead of taking the offset for another topic's."""
+    settings = settings_with(isolated_env)
+    t0 = 1_767_225_600_000  # 2026-01-01
+
+    def order(source: str, offset: int, key: str) -> Delta:
+        return Delta(source, offset, token(key), t0, t0 // DAY_MS, "order", basket=5.0)
+
+    async def run() -> None:
+        client = make_redis(settings.redis_url)
+        first = ProfileStore(client, settings.key_prefix, settings.profile_config)
+        second = ProfileStore(client, settings.key_prefix, settings.profile_config)
+        try:
+            await second.apply_batch({"anna": [order("shop.web.clicks.v1:0", 3, "w")]})
+            await first.apply_batch({"anna": [order("shop.store.receipts.v1:2", 7, "s")]})
+            assert set(second.topics.code_of) == {"shop.web.clicks.v1"}
+            fields = (await second.fields_of(["anna"]))["anna"]
+            assert (fields["o:shop.web.clicks.v1:0"], fields["o:shop.store.receipts.v1:2"]) == (
+                3,
+                7,
+            )
+            result = await second.apply_batch(
+                {"anna": [order("shop.store.receipts.v1:2", 7, "s2")]}
+            )
+            assert (result.applied, result.duplicate_offsets) == (0, 1)
+            await client.delete(first.topics_key)
+            with pytest.raises(FatalRedisError, match=r"\{topics\}"):
+                await ProfileStore(client, settings.key_prefix, settings.profile_config).fields_of(
+                    ["anna"]
+                )
+        finally:
+            await first.delete_prefix()
             await client.aclose()
 
     asyncio.run(run())
