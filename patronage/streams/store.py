@@ -72,6 +72,7 @@ T = TypeVar("T")
 
 
 _FIELD_LITERAL = re.compile(r"'([a-z0-9_]+)'")
+_INCLUDE = re.compile(r"^--!include (\w+)$", re.M)
 _PREFIX_LITERAL = re.compile(r"'([a-z]+:)'")
 
 
@@ -80,11 +81,17 @@ def _stored_prefix_literal(match: re.Match[str]) -> str:
     return match[0] if byte is None else f"'\\{ord(byte)}'"
 
 
+def _lua_source(name: str) -> str:
+    return resources.files("patronage.streams").joinpath(f"lua/{name}.lua").read_text("utf-8")
+
+
 def _lua(name: str) -> str:
     """A script as Redis runs it: each quoted profile field name replaced by
     its code, each quoted field prefix by its byte (the scripts are written
     with layout.py's names; the migration's own tables name the old ones)."""
-    text = resources.files("patronage.streams").joinpath(f"lua/{name}.lua").read_text("utf-8")
+    text = _lua_source(name)
+    # Redis runs each script alone: a part two scripts share is pasted in.
+    text = _INCLUDE.sub(lambda m: _lua_source(m[1]), text)
     text = _FIELD_LITERAL.sub(lambda m: str(STORED_NAMES.get(m[1], m[0])), text)
     if name != "migrate":
         text = _PREFIX_LITERAL.sub(_stored_prefix_literal, text)

@@ -272,6 +272,7 @@ def test_scripts_run_with_stored_names_only(name: str) -> None:
     source = resources.files("patronage.streams").joinpath(f"lua/{name}.lua").read_text("utf-8")
     loaded = _lua(name)
     assert loaded.startswith("#!lua")
+    assert not re.search(r"^--!include", loaded, re.M)  # every shared part pasted in
     if name == "migrate":  # its table maps the names it renames
         loaded = loaded.replace(layout.lua_stored_names(), "", 1)
     quoted = set(re.findall(r"'([a-z0-9_]+)'", loaded))
@@ -283,6 +284,7 @@ def test_scripts_run_with_stored_names_only(name: str) -> None:
         assert not set(re.findall(r"'([a-z]+:)'", loaded)) & set(layout.STORED_PREFIXES)
     if name == "apply":
         assert "inc_capped('cat:'," in source
+        assert "--!include base36" in source and "local function from_base36" in loaded
         assert "inc_capped('\\3'," in loaded
         codes = layout.STORED_NAMES
         assert (

@@ -103,17 +103,7 @@ end
 -- Layouts 1-6 wrote a prefixed field's prefix out ('cat:home', '#cat:'):
 -- each goes behind its byte (STORED_PREFIX, prepended from layout.py), and
 -- an attribute's time from decimal to base 36 (layout.stored_attribute).
-local digits36 = '0123456789abcdefghijklmnopqrstuvwxyz'
-local function base36(n)
-  if n < 0 then return '-' .. base36(-n) end
-  local out = ''
-  repeat
-    local digit = n % 36
-    out = string.sub(digits36, digit + 1, digit + 1) .. out
-    n = (n - digit) / 36
-  until n == 0
-  return out
-end
+--!include base36
 -- An offset field's topic goes under its code (ARGV: topic, code pairs); a
 -- topic without one is left as it is and returned, to be given a code and
 -- moved by running this again.
