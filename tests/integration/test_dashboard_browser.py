@@ -24,7 +24,6 @@ from tests.conftest import IN_CI
 from tests.integration.harness import (
     ARTIFACTS,
     Worker,
-    free_port,
     settings_with_topics,
     wait_for,
 )
@@ -73,37 +72,49 @@ def test_dashboard_in_headless_chromium(isolated_env: dict[str, str], tmp_path: 
     publish_with_metadata(settings, messages[:half])
 
     worker = Worker(env).start()
-    port = free_port()
-    browser = subprocess.Popen(
-        [
-            binary,
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--remote-debugging-port={port}",
-            "--window-size=1280,900",
-            "about:blank",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    profile = tmp_path / "profile"
+    browser_log = tmp_path / "chromium.log"
+    # Port 0: Chromium binds a free port itself and writes it to
+    # DevToolsActivePort. A port picked here and released can be taken by
+    # another process before Chromium binds it; Chromium then runs on without
+    # DevTools and the test waits for nothing.
+    with browser_log.open("wb") as log:
+        browser = subprocess.Popen(
+            [
+                binary,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                "--window-size=1280,900",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     try:
+
+        def browser_running() -> None:
+            if browser.poll() is not None:
+                tail = browser_log.read_text(errors="replace")[-2000:]
+                raise AssertionError(f"chromium exited with {browser.returncode}:\n{tail}")
 
         def page_ws() -> str | None:
             try:
+                port = int((profile / "DevToolsActivePort").read_text().split()[0])
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:
                     pages = [t for t in json.load(r) if t.get("type") == "page"]
-            except OSError:
+            except (OSError, ValueError, IndexError):
                 return None
             return pages[0]["webSocketDebuggerUrl"] if pages else None
 
-        wait_for(lambda: page_ws() is not None, 30, "chromium's DevTools endpoint")
+        wait_for(lambda: page_ws() is not None, 60, "chromium's DevTools endpoint", browser_running)
         url = f"http://127.0.0.1:{worker.port}/dashboard"
 
         async def drive() -> tuple[int, str, str, list[str]]:
