@@ -30,7 +30,12 @@ from patronage.models.segments import (
     refit_with_checkpoint,
     sq_distances,
 )
-from patronage.streams.segmenting import feature_messages, feature_vector
+from patronage.streams.segmenting import (
+    feature_messages,
+    feature_vector,
+    read_feature_message,
+    vectors_in,
+)
 
 CONFIGS = {
     "k2": {"n_clusters": 2, "warmup": 100},
@@ -365,6 +370,18 @@ def test_feature_messages_carry_every_vector_exactly() -> None:
     messages = feature_messages(vectors)
     assert len(messages) == 3
     assert [v for m in messages for v in json.loads(m)["vectors"]] == vectors
+    assert [v for m in messages for v in read_feature_message(m)["vectors"]] == vectors
+
+
+def test_a_feature_message_of_an_older_worker_still_reads() -> None:
+    """One vector per message, written by the standard library (which
+    spelled an undefined feature NaN): the learner's reader takes it as
+    before, and NaN stays NaN."""
+    old = json.dumps({"id": "c1", "x": {"avg_basket_log": math.nan, "frequency_log": 0.5}})
+    doc = read_feature_message(old.encode())
+    assert doc["id"] == "c1" and doc["x"]["frequency_log"] == 0.5
+    assert math.isnan(doc["x"]["avg_basket_log"])
+    assert vectors_in([doc]) == [doc]
 
 
 def test_an_undefined_feature_sits_at_the_mean() -> None:
