@@ -145,11 +145,14 @@ EXACT_FIELDS = sorted(
 )
 
 
-def backlog(events_target: int, stitched: bool = False) -> list[dict[str, Any]]:
+def backlog(
+    events_target: int, stitched: bool = False, customers: int | None = None
+) -> list[dict[str, Any]]:
     """The simulated backlog every throughput run drains (same seed, same size);
-    `stitched`: as identifiers see it, with its links on `identities`."""
+    `stitched`: as identifiers see it, with its links on `identities`;
+    `customers`: spread over that many (default: one per 60 events)."""
     now_ms = int(time.time() * 1000)
-    customers = max(100, events_target // 60)
+    customers = customers or max(100, events_target // 60)
     # Ends two days ago: none of it is "in the future" for the worker or for
     # the reference that checks it later (the simulator spills into the next day).
     start_ms = (now_ms // DAY_MS - 92) * DAY_MS
@@ -845,6 +848,12 @@ def main() -> None:
         help="throughput: the backlog as identifiers see it (cookies, cards, links; issue #16)",
     )
     parser.add_argument(
+        "--backlog-customers",
+        type=int,
+        help="throughput: spread the backlog over this many customers (default: events / 60); "
+        "many customers and few events each is what a live worker meets",
+    )
+    parser.add_argument(
         "--stored",
         type=int,
         nargs="+",
@@ -864,7 +873,7 @@ def main() -> None:
         for scheduled in (10_000, 1_000_000):
             print("sweep:", json.dumps(asyncio.run(sweep_cost(scheduled, 1000)), indent=1))
     if args.which in ("all", "throughput"):
-        stream = backlog(args.events, args.stitched)
+        stream = backlog(args.events, args.stitched, args.backlog_customers)
         jobs = ["patronage", "naive"]
         if QUIX_PYTHON.exists():
             jobs += ["quix-at-least-once", "quix-exactly-once"]
