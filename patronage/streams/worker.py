@@ -96,23 +96,10 @@ class Runtime:
         return self.ingest.owned(set(self.settings.input_topics))
 
 
-# A young collection every 10,000 net allocations instead of CPython's 700:
-# most of a batch's records, deltas and profiles are freed by their reference
-# counts before one runs, so far fewer survive into the older generations,
-# whose growth is what triggers full collections (each walking every
-# long-lived object: up to 200 ms). Draining 200,000 events of 52,151
-# customers: 23-28 full collections and 2-3 s of collecting before, 2-3 and
-# ~1 s after; no change to the 1k events/s p99 (docs/benchmarks.md).
-YOUNG_COLLECTION_THRESHOLD = 10_000
-
-
-def tune_collector() -> None:
-    """Move everything alive into the collector's permanent generation, and
-    collect the young generation less often."""
+def freeze_startup_objects() -> None:
+    """Move everything alive into the collector's permanent generation."""
     gc.collect()
     gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
 
 
 def web_context(runtime: Runtime) -> WebContext:
@@ -199,7 +186,7 @@ def _wire_ingest(app: faust.App, runtime: Runtime) -> None:
         # What start-up built (modules, the app, its services) lives as long
         # as the worker: out of the collector's sight, a full collection no
         # longer walks it while an input batch waits (70-85 ms pauses each).
-        tune_collector()
+        freeze_startup_objects()
         await ingest.run()
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]

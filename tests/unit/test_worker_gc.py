@@ -1,22 +1,18 @@
 """The worker hands what start-up built to the collector's permanent
 generation: full collections walked it all (70-85 ms each, with an input
-batch waiting — the 1k events/s p99 while models were promoted). And it
-collects the young generation less often, so that a batch's objects are
-freed before they can be promoted (and trigger full collections)."""
+batch waiting — the 1k events/s p99 while models were promoted)."""
 
 from __future__ import annotations
 
 import gc
 
-from patronage.streams.worker import YOUNG_COLLECTION_THRESHOLD, tune_collector
+from patronage.streams.worker import freeze_startup_objects
 
 
 def test_objects_alive_at_startup_leave_the_collectors_generations() -> None:
     built_at_startup = {"services": [object() for _ in range(3)]}
-    thresholds = gc.get_threshold()
     try:
-        tune_collector()
-        assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, *thresholds[1:])
+        freeze_startup_objects()
         assert gc.get_freeze_count() > 0
         walked = gc.get_objects()
         assert not any(o is built_at_startup for o in walked)
@@ -24,4 +20,3 @@ def test_objects_alive_at_startup_leave_the_collectors_generations() -> None:
         assert any(o is made_later for o in gc.get_objects())
     finally:
         gc.unfreeze()
-        gc.set_threshold(*thresholds)
