@@ -56,3 +56,16 @@ def dumps_compact(value: Any) -> bytes:
     except (TypeError, orjson.JSONEncodeError):
         # e.g. an integer beyond 64 bits; cjson reads both spellings alike.
         return json.dumps(value, separators=(",", ":")).encode()
+
+
+def loads_own(raw: bytes) -> Any:
+    """JSON this project wrote (dumps_compact: the learner's `segment-features`
+    messages), read by orjson without `loads`'s checks, which only matter for
+    a producer's payload (with them a 56 KB message of 200 vectors went to the
+    standard library: 4.7 µs per vector against 1.1). What orjson refuses (a
+    NaN an older worker's json.dumps wrote) is read by the standard library,
+    NaN included, as before."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)

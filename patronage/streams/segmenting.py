@@ -22,7 +22,6 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 
-import orjson
 import redis.asyncio as aioredis
 from aiokafka.partitioner import murmur2
 
@@ -565,18 +564,6 @@ def feature_messages(vectors: Sequence[dict[str, Any]]) -> list[bytes]:
 def forget_message(customer_ids: Sequence[str]) -> bytes:
     """Tells the learner to drop erased customers from its sample."""
     return dumps_compact({"forget": list(customer_ids)})  # as the vectors beside it
-
-
-def read_feature_message(raw: bytes) -> Any:
-    """A `segment-features` message as sent. orjson wrote it and reads it
-    four times faster than the standard library (whose decoder was half of
-    the learner agent's time at 10k events/s, docs/benchmarks.md); what
-    orjson refuses (a NaN an older worker's json.dumps wrote) is read as
-    before."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return json.loads(raw)
 
 
 def vectors_in(messages: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -20,6 +20,7 @@ from typing import Any
 import faust
 
 from patronage.models.batch import Record
+from patronage.models.jsontext import loads_own
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.errors import FatalRedisError
 from patronage.streams.fitpool import FitProcess
@@ -30,7 +31,7 @@ from patronage.streams.monitor import Monitor
 from patronage.streams.pipeline import Pipeline
 from patronage.streams.predicting import view_with_predictions
 from patronage.streams.retry import stop_the_worker
-from patronage.streams.segmenting import ModelStore, read_feature_message, segments_view
+from patronage.streams.segmenting import ModelStore, segments_view
 from patronage.streams.settings import Settings
 from patronage.streams.store import ProfileStore, redis_for
 from patronage.streams.web import WebContext, blueprint, dashboard_snapshot
@@ -238,7 +239,7 @@ def _wire_learner(app: faust.App, runtime: Runtime) -> None:
         # Only the one worker that owns the single partition receives vectors.
         async for values in stream.take(1000, within=1.0):
             # The vectors are learnt in memory; a promotion waits for Redis.
-            vectors = [read_feature_message(v) for v in values]
+            vectors = [loads_own(v) for v in values]
             await pipeline.retry.guarded("segment learner", pipeline.learner.learn, vectors)
 
 

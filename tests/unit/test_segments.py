@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from patronage.models.features import FEATURES, features, rfm_inputs
+from patronage.models.jsontext import loads_own
 from patronage.models.profile import judged_version
 from patronage.models.segments import (
     FrozenModel,
@@ -30,12 +31,7 @@ from patronage.models.segments import (
     refit_with_checkpoint,
     sq_distances,
 )
-from patronage.streams.segmenting import (
-    feature_messages,
-    feature_vector,
-    read_feature_message,
-    vectors_in,
-)
+from patronage.streams.segmenting import feature_messages, feature_vector, vectors_in
 
 CONFIGS = {
     "k2": {"n_clusters": 2, "warmup": 100},
@@ -370,7 +366,7 @@ def test_feature_messages_carry_every_vector_exactly() -> None:
     messages = feature_messages(vectors)
     assert len(messages) == 3
     assert [v for m in messages for v in json.loads(m)["vectors"]] == vectors
-    assert [v for m in messages for v in read_feature_message(m)["vectors"]] == vectors
+    assert [v for m in messages for v in loads_own(m)["vectors"]] == vectors
 
 
 def test_a_feature_message_of_an_older_worker_still_reads() -> None:
@@ -378,7 +374,7 @@ def test_a_feature_message_of_an_older_worker_still_reads() -> None:
     spelled an undefined feature NaN): the learner's reader takes it as
     before, and NaN stays NaN."""
     old = json.dumps({"id": "c1", "x": {"avg_basket_log": math.nan, "frequency_log": 0.5}})
-    doc = read_feature_message(old.encode())
+    doc = loads_own(old.encode())
     assert doc["id"] == "c1" and doc["x"]["frequency_log"] == 0.5
     assert math.isnan(doc["x"]["avg_basket_log"])
     assert vectors_in([doc]) == [doc]
