@@ -20,7 +20,7 @@ import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, UnknownTopicOrPartitionError
 
 from patronage.models.batch import Record
 from patronage.streams.errors import FatalRedisError
@@ -31,6 +31,7 @@ from patronage.streams.settings import Settings
 log = logging.getLogger("patronage.ingest")
 
 KAFKA_START_RETRY_MAX_S = 5.0  # longest wait between attempts to start ingest
+UNKNOWN_TOPIC_RETRIES = 3  # each attempt waits up to the client's request timeout
 
 
 def input_consumer(settings: Settings) -> AIOKafkaConsumer:
@@ -92,15 +93,24 @@ class BatchIngest:
     async def _start_consumer(self) -> AIOKafkaConsumer | None:
         """The started input consumer; None if stopped first. A broker that
         is down (restarting) while the worker starts is waited for, as one
-        that goes down later is: failing here stopped the worker."""
+        that goes down later is: failing here stopped the worker. A client
+        started while the broker restarts can also lose its brokers and end
+        with the input topics "unknown" (seen in test_broker_restart_mid_stream);
+        a new client is tried a few times before that stops the worker (a
+        topic really missing is a setting to fix)."""
         delay = 0.5
+        unknown_topics = 0
         while not self.stopping:
             consumer = self.consumer = input_consumer(self.settings)
             consumer.subscribe(list(self.settings.input_topics), listener=_CommitOnRevoke(self))
             try:
                 await consumer.start()
-            except KafkaConnectionError as exc:
+            except (KafkaConnectionError, UnknownTopicOrPartitionError) as exc:
                 await consumer.stop()
+                if isinstance(exc, UnknownTopicOrPartitionError):
+                    unknown_topics += 1
+                    if unknown_topics > UNKNOWN_TOPIC_RETRIES:
+                        raise
                 log.warning("kafka unavailable (%s); starting ingest again in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, KAFKA_START_RETRY_MAX_S)
