@@ -143,9 +143,14 @@ def test_two_workers_one_model_stable_ids(backend_env: dict[str, str], tmp_path:
     h = settings.segment_hysteresis
     for change in updates:
         fields = current[change["customer_id"]]
-        # Only where the profile still is what the re-score saw.
+        # Only where the profile still is what the re-score saw: the change's
+        # id carries the profile's event count then (`seg:{id}:{version}:{applied}`);
+        # segment and version alone let through a profile whose features
+        # moved on after the change without moving its segment.
+        applied_then = int(change["event_id"].rsplit(":", 1)[1])
         if (
-            int(fields["segment_version"]) != change["model_version"]
+            int(float(fields["events_applied"])) != applied_then
+            or int(fields["segment_version"]) != change["model_version"]
             or int(fields["segment"]) != change["segment"]
         ):
             continue
