@@ -26,7 +26,7 @@ from typing import Any
 
 from patronage.models.batch import PreparedBatch, Record, dead_letter, prepare_batch
 from patronage.models.clock import with_batch
-from patronage.models.features import rfm_inputs
+from patronage.models.features import category_spend, rfm_inputs
 from patronage.models.identity import PersonChange, holds_for_person
 from patronage.models.lapse import finding_from_json, to_alert
 from patronage.models.segments import customer_hash
@@ -396,7 +396,14 @@ class Pipeline:
         share one wait for Kafka's acks and one write: scored.py), the
         purchases' at-risk judging, and the learner's sample."""
         out = ScoreWrites()
-        xs = self.segmenter.features_of(result.profiles)
+        # One scan of each profile's category map for its features and the
+        # learner's top category.
+        spends = {
+            cid: category_spend(fields)
+            for cid, fields in result.profiles.items()
+            if "last_seen" in fields
+        }
+        xs = self.segmenter.features_of(result.profiles, spends)
         # A profile is written only if its segment or RFM scores move, not to
         # record a newer model (models.profile.judged_version): after a
         # promotion every 8 s those writes were most of what promotions added
@@ -416,7 +423,7 @@ class Pipeline:
             # kept: at a million customers that is nearly every message.
             if sampled(customer_id, share) and (model is None or model.feeds_learner(customer_id)):
                 rfm_now = rfm_inputs(fields, now, half_life)
-                vectors.append(feature_vector(customer_id, x, fields, rfm_now))
+                vectors.append(feature_vector(customer_id, x, fields, rfm_now, spends[customer_id]))
         for message in feature_messages(vectors):
             # Not awaited: a lost vector only slows learning.
             await self.send(topic, None, message)

@@ -193,10 +193,19 @@ class Segmenter:
         return self._by_version[version]
 
     def features_of(
-        self, profiles: dict[str, dict[str, float | str]]
+        self,
+        profiles: dict[str, dict[str, float | str]],
+        spends: Mapping[str, Mapping[str, float]] | None = None,
     ) -> dict[str, dict[str, float]]:
-        """Feature vectors of the profiles that have activity (computed once per batch)."""
-        return {cid: features(fields) for cid, fields in profiles.items() if "last_seen" in fields}
+        """Feature vectors of the profiles that have activity (computed once
+        per batch); `spends`: their `category_spend` when the caller has it."""
+        if spends is None:
+            spends = {}
+        return {
+            cid: features(fields, spends.get(cid))
+            for cid, fields in profiles.items()
+            if "last_seen" in fields
+        }
 
     async def score(
         self,
@@ -533,11 +542,17 @@ class Learner:
 
 
 def feature_vector(
-    customer_id: str, x: dict[str, float], fields: dict[str, float | str], rfm_now: Sequence[float]
+    customer_id: str,
+    x: dict[str, float],
+    fields: dict[str, float | str],
+    rfm_now: Sequence[float],
+    categories: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """What the learner gets of one customer: who, their features, top
-    category, RFM inputs and purchase history (for the prediction parameters)."""
-    doc: dict[str, Any] = {"id": customer_id, "x": defined(x), "cat": top_category(fields)}
+    category, RFM inputs and purchase history (for the prediction parameters).
+    `categories`: the profile's `category_spend`, when the caller has it."""
+    top = top_category(fields, categories)
+    doc: dict[str, Any] = {"id": customer_id, "x": defined(x), "cat": top}
     doc["rfm"] = list(rfm_now)
     history = history_record(fields)
     if history is not None:

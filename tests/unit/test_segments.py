@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from patronage.models.features import FEATURES, features, rfm_inputs
+from patronage.models.features import (
+    FEATURES,
+    category_spend,
+    features,
+    rfm_inputs,
+    top_category,
+)
 from patronage.models.jsontext import loads_own
 from patronage.models.profile import judged_version
 from patronage.models.segments import (
@@ -330,6 +336,32 @@ def test_features_of_a_profile() -> None:
     # RFM inputs are valued at the scoring time; the features are not.
     recency, frequency, monetary = rfm_inputs(fields, 40 * day, 30 * day)
     assert (recency, frequency, monetary) == pytest.approx((30.0, 1.0, 50.0))
+
+
+@pytest.mark.parametrize(
+    ("categories", "top"),
+    [
+        ({"cat:food": "75", "cat:toys": "25", "#cat:": "2"}, "food"),
+        # A customer past the cap: `_other` is never the top category.
+        ({"cat:_other": "900", "cat:toys": "25", "#cat:": "2"}, "toys"),
+        # Written before the count got its own name: `cat:#` is the count.
+        ({"cat:food": "10", "cat:#": "1"}, "food"),
+        ({"cat:food": "-5", "#cat:": "1"}, None),  # returned more than bought
+        ({}, None),
+    ],
+)
+def test_one_category_scan_serves_features_and_top_category(
+    categories: dict[str, str], top: str | None
+) -> None:
+    """The pipeline reads a profile's category map once and hands it to both."""
+    fields = {"first_seen": "0", "last_seen": "86400000", "orders": "2", **categories}
+    spend = category_spend(fields)
+    assert ("#" not in spend and "_other" not in spend) or "cat:_other" in fields
+    with_spend, without = features(fields, spend), features(fields)
+    assert json.dumps(with_spend) == json.dumps(without)  # NaN equal to NaN
+    assert top_category(fields, spend) == top_category(fields) == top
+    vector = feature_vector("c1", with_spend, fields, (0.0, 0.0, 0.0), spend)
+    assert vector == feature_vector("c1", without, fields, (0.0, 0.0, 0.0))
 
 
 def test_a_browsing_only_profile_has_no_basket_figures() -> None:
