@@ -10,7 +10,12 @@ and a producer that only records (no broker), two ways in one run:
   letters, alerts, scoring, learner messages), batch after batch, as the
   ingest loop does;
 * overlapped: the next batch is prepared while Redis applies the previous
-  one (measured to decide whether the ingest loop should; it did not pay).
+  one (measured to decide whether the ingest loop should; it did not pay);
+* process: the next batch is prepared in a second process (a
+  forkserver-started pool of one; the batch comes back pickled, without
+  its records, which the parent still holds) while this process finishes
+  the previous one. A prototype for the ingest loop, measured here first
+  (docs/benchmarks.md); the worker does not do this yet.
 
 Prints events/s and the time per event spent in prepare and in finish. The
 gap between these figures and `bench throughput` is what consuming from
@@ -21,17 +26,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
+import gc
 import json
+import multiprocessing
+import pickle
 import time
 import uuid
+from collections.abc import Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
 
 from benchmarks.bench_personas import records_of
-from patronage.models.batch import Record
+from patronage.models.batch import Record, prepare_batch
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
+from patronage.models.validate import Rules
 from patronage.streams.memory import RecordingProducer, StaticLog
-from patronage.streams.pipeline import Pipeline
+from patronage.streams.pipeline import Pipeline, PreparedWork
 from patronage.streams.segmenting import ModelStore
 from patronage.streams.settings import Settings, settings_with
 from patronage.streams.store import ProfileStore, redis_for
@@ -42,6 +54,85 @@ def backlog(events_target: int, settings: Settings) -> list[Record]:
     customers = max(100, events_target // 60)
     events, _ = generate(customers, 90, seed=3, start_ms=(now_ms // DAY_MS - 90) * DAY_MS)
     return records_of(events[:events_target], settings)
+
+
+def prepare_pickled(
+    records: list[Record],
+    kinds: Mapping[str, str],
+    rules: Rules,
+    now_ms: int,
+    zone: dt.tzinfo,
+    epochs: Mapping[tuple[str, int], int],
+) -> bytes:
+    """In the second process: the prepared batch, its records as positions."""
+    batch = prepare_batch(records, kinds, rules, now_ms, zone, epochs)
+    position = {id(r): i for i, r in enumerate(records)}
+    records_of = {c: [position[id(r)] for r in rs] for c, rs in batch.records_of.items()}
+    batch.records_of = {}
+    return pickle.dumps((batch, records_of), protocol=5)
+
+
+def unpickled(blob: bytes, records: list[Record]) -> Any:
+    # Without the collector: unpickling a 20,000-record batch allocates
+    # ~10^5 objects, and the collections that triggered cost more than the
+    # unpickling itself.
+    gc.disable()
+    try:
+        batch, records_of = pickle.loads(blob)
+    finally:
+        gc.enable()
+    batch.records_of = {c: [records[i] for i in idx] for c, idx in records_of.items()}
+    return batch
+
+
+async def drain_in_process_pool(records: list[Record], pool: Executor) -> dict[str, Any]:
+    prefix = f"benchpipe{uuid.uuid4().hex[:6]}"
+    settings = settings_with({"PATRONAGE_KEY_PREFIX": prefix})
+    client = redis_for(settings)
+    pipe = Pipeline(
+        settings,
+        ProfileStore(client, prefix, settings.profile_config),
+        ModelStore(client, prefix),
+        RecordingProducer(),
+    )
+    loop = asyncio.get_running_loop()
+    inputs = StaticLog()
+
+    async def submit(chunk: list[Record]) -> tuple[Any, ...]:
+        now_ms = pipe.now_ms()
+        # What Pipeline.prepare does before prepare_batch.
+        sources = await pipe._sources(chunk, inputs)
+        epochs = {tp: state.epoch for tp, state in sources.items()}
+        kinds, rules, zone = settings.input_topics, settings.rules, settings.zone
+        blob = loop.run_in_executor(
+            pool, prepare_pickled, chunk, kinds, rules, now_ms, zone, epochs
+        )
+        return chunk, blob, sources, now_ms
+
+    size = settings.batch_max
+    chunks = [records[i : i + size] for i in range(0, len(records), size)]
+    started = time.perf_counter()
+    pending = await submit(chunks[0])
+    for following in [*chunks[1:], None]:
+        chunk, blob, sources, now_ms = pending
+        work = PreparedWork(chunk, unpickled(await blob, chunk), sources, now_ms)
+        if following is not None:
+            pending = await submit(following)  # prepared there while finished here
+        await pipe.finish(work)
+    elapsed = time.perf_counter() - started
+    await _delete_prefix(client, prefix)
+    return {
+        "mode": "process",
+        "events": len(records),
+        "events_per_second": round(len(records) / elapsed),
+    }
+
+
+async def _delete_prefix(client: Any, prefix: str) -> None:
+    keys = [k async for k in client.scan_iter(f"{prefix}*", count=1000)]
+    for i in range(0, len(keys), 1000):
+        await client.delete(*keys[i : i + 1000])
+    await client.aclose()
 
 
 async def drain(records: list[Record], overlapped: bool) -> dict[str, Any]:
@@ -80,10 +171,7 @@ async def drain(records: list[Record], overlapped: bool) -> dict[str, Any]:
     if in_flight is not None:
         await in_flight
     elapsed = time.perf_counter() - started
-    keys = [k async for k in client.scan_iter(f"{prefix}*", count=1000)]
-    for i in range(0, len(keys), 1000):
-        await client.delete(*keys[i : i + 1000])
-    await client.aclose()
+    await _delete_prefix(client, prefix)
     n = len(records)
     return {
         "mode": "overlapped" if overlapped else "sequential",
@@ -99,11 +187,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_pipeline")
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["sequential", "overlapped", "process"],
+        default=["sequential", "overlapped", "process"],
+    )
     args = parser.parse_args()
     records = backlog(args.events, Settings())
-    for _ in range(args.repeats):
-        for overlapped in (False, True):
-            print(json.dumps(asyncio.run(drain(records, overlapped))))
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+    pool.submit(int).result()  # started before the clock runs
+    try:
+        for _ in range(args.repeats):
+            for mode in args.modes:
+                if mode == "process":
+                    result = asyncio.run(drain_in_process_pool(records, pool))
+                else:
+                    result = asyncio.run(drain(records, overlapped=mode == "overlapped"))
+                print(json.dumps(result))
+    finally:
+        pool.shutdown()
 
 
 if __name__ == "__main__":
