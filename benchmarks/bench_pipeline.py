@@ -56,6 +56,21 @@ def backlog(events_target: int, settings: Settings) -> list[Record]:
     return records_of(events[:events_target], settings)
 
 
+def fresh_pipeline() -> tuple[str, Settings, Any, Pipeline]:
+    """A pipeline on the real Redis under a key prefix of its own (deleted
+    after the drain), with a producer that only records."""
+    prefix = f"benchpipe{uuid.uuid4().hex[:6]}"
+    settings = settings_with({"PATRONAGE_KEY_PREFIX": prefix})
+    client = redis_for(settings)
+    pipe = Pipeline(
+        settings,
+        ProfileStore(client, prefix, settings.profile_config),
+        ModelStore(client, prefix),
+        RecordingProducer(),
+    )
+    return prefix, settings, client, pipe
+
+
 def prepare_pickled(
     records: list[Record],
     kinds: Mapping[str, str],
@@ -86,15 +101,7 @@ def unpickled(blob: bytes, records: list[Record]) -> Any:
 
 
 async def drain_in_process_pool(records: list[Record], pool: Executor) -> dict[str, Any]:
-    prefix = f"benchpipe{uuid.uuid4().hex[:6]}"
-    settings = settings_with({"PATRONAGE_KEY_PREFIX": prefix})
-    client = redis_for(settings)
-    pipe = Pipeline(
-        settings,
-        ProfileStore(client, prefix, settings.profile_config),
-        ModelStore(client, prefix),
-        RecordingProducer(),
-    )
+    prefix, settings, client, pipe = fresh_pipeline()
     loop = asyncio.get_running_loop()
     inputs = StaticLog()
 
@@ -136,15 +143,7 @@ async def _delete_prefix(client: Any, prefix: str) -> None:
 
 
 async def drain(records: list[Record], overlapped: bool) -> dict[str, Any]:
-    prefix = f"benchpipe{uuid.uuid4().hex[:6]}"
-    settings = settings_with({"PATRONAGE_KEY_PREFIX": prefix})
-    client = redis_for(settings)
-    pipe = Pipeline(
-        settings,
-        ProfileStore(client, prefix, settings.profile_config),
-        ModelStore(client, prefix),
-        RecordingProducer(),
-    )
+    prefix, settings, client, pipe = fresh_pipeline()
     size = settings.batch_max
     prepare_s = finish_s = 0.0
 
