@@ -11,12 +11,19 @@ them, their dead letters were acknowledged), every `commit_interval_s`, at a
 rebalance for the partitions given away, and at shutdown. A batch never
 overlaps a rebalance (one lock); a record redelivered after a crash or a
 failed commit is dropped by the store's per-partition offset check.
+
+Automatic garbage collection is off while a batch is fetched and worked on
+(`collector_held`): the batch's objects are freed by reference counting at
+its end, and collections inside it only walked them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -32,6 +39,33 @@ log = logging.getLogger("patronage.ingest")
 
 KAFKA_START_RETRY_MAX_S = 5.0  # longest wait between attempts to start ingest
 UNKNOWN_TOPIC_RETRIES = 3  # each attempt waits up to the client's request timeout
+# The longest the collector stays off for one batch: a batch stalled on
+# Redis retries must not keep other tasks' garbage cycles for minutes.
+COLLECTOR_HOLD_MAX_S = 5.0
+
+
+@contextlib.contextmanager
+def collector_held(longest_s: float = COLLECTOR_HOLD_MAX_S) -> Iterator[None]:
+    """Automatic garbage collection off while a batch is fetched and worked
+    on, on again when it is done (after `longest_s` at the latest).
+
+    A batch is ~10^5 tracked objects (records, deltas, lists) alive for the
+    whole batch; young collections during it promoted them to the old
+    generation, which then triggered full collections walking the batch in
+    hand: 30 of up to 163 ms in one 24 s drain, 3.5 s of collecting in all
+    (docs/benchmarks.md). Freed by reference counting when the batch ends,
+    they are never the collector's business. Other tasks' cycles made
+    meanwhile wait for the end of the batch."""
+    if not gc.isenabled():  # someone else holds it (a test, a profiler)
+        yield
+        return
+    gc.disable()
+    watchdog = asyncio.get_running_loop().call_later(longest_s, gc.enable)
+    try:
+        yield
+    finally:
+        watchdog.cancel()
+        gc.enable()
 
 
 def input_consumer(settings: Settings) -> AIOKafkaConsumer:
@@ -128,16 +162,23 @@ class BatchIngest:
         wait_ms = int(self.settings.batch_within_s * 1000)
         try:
             while not self.stopping:
-                fetched = await consumer.getmany(
-                    timeout_ms=wait_ms, max_records=self.settings.batch_max
-                )
-                if fetched:
-                    async with self.lock:
-                        await self._process(consumer, fetched)
+                with collector_held():
+                    await self._fetch_and_process(consumer, wait_ms)
+                # One turn of the loop with the collector on: what it would
+                # have done during the batch it does now, on what outlived
+                # the batch (little), by CPython's own schedule.
+                await asyncio.sleep(0)
         finally:
             committer.cancel()
             await self.commit()
             await consumer.stop()
+
+    async def _fetch_and_process(self, consumer: AIOKafkaConsumer, wait_ms: int) -> None:
+        # The fetched records die with this frame, before the collector is back.
+        fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.batch_max)
+        if fetched:
+            async with self.lock:
+                await self._process(consumer, fetched)
 
     async def _commit_every_interval(self) -> None:
         while True:
