@@ -36,7 +36,7 @@ typecheck: install
 	$(VENV)/bin/mypy patronage/models patronage/streams
 
 unit: install
-	$(VENV)/bin/pytest tests/unit -q -n 2
+	$(VENV)/bin/pytest tests/unit -q
 
 # Debian's Chromium, for the dashboard's browser test.
 chromium:
