@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import gc
 import json
 import multiprocessing
 import pickle
@@ -42,6 +41,7 @@ from patronage.models.batch import Record, prepare_batch
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.models.validate import Rules
+from patronage.streams.ingest import collector_held
 from patronage.streams.memory import RecordingProducer, StaticLog
 from patronage.streams.pipeline import Pipeline, PreparedWork
 from patronage.streams.segmenting import ModelStore
@@ -88,14 +88,11 @@ def prepare_pickled(
 
 
 def unpickled(blob: bytes, records: list[Record]) -> Any:
-    # Without the collector: unpickling a 20,000-record batch allocates
-    # ~10^5 objects, and the collections that triggered cost more than the
-    # unpickling itself.
-    gc.disable()
-    try:
+    # Without the collector, as the ingest loop holds it for a batch:
+    # unpickling a 20,000-record batch allocates ~10^5 objects, and the
+    # collections that triggered cost more than the unpickling itself.
+    with collector_held():
         batch, records_of = pickle.loads(blob)
-    finally:
-        gc.enable()
     batch.records_of = {c: [records[i] for i in idx] for c, idx in records_of.items()}
     return batch
 
