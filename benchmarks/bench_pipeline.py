@@ -14,8 +14,8 @@ and a producer that only records (no broker), two ways in one run:
 * process: the next batch is prepared in a second process (a
   forkserver-started pool of one; the batch comes back pickled, without
   its records, which the parent still holds) while this process finishes
-  the previous one. A prototype for the ingest loop, measured here first
-  (docs/benchmarks.md); the worker does not do this yet.
+  the previous one: what the worker does with PATRONAGE_PREPARE_PROCESS
+  (streams/preparing.py), without Kafka.
 
 Prints events/s and the time per event spent in prepare and in finish. The
 gap between these figures and `bench throughput` is what consuming from
@@ -26,24 +26,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import multiprocessing
-import pickle
 import time
 import uuid
-from collections.abc import Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
 
 from benchmarks.bench_personas import records_of
-from patronage.models.batch import Record, prepare_batch
+from patronage.models.batch import Record
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
-from patronage.models.validate import Rules
-from patronage.streams.ingest import collector_held
+from patronage.streams.collector import collector_held
 from patronage.streams.memory import RecordingProducer, StaticLog
 from patronage.streams.pipeline import Pipeline, PreparedWork
+from patronage.streams.preparing import prepare_packed, unpacked
 from patronage.streams.segmenting import ModelStore
 from patronage.streams.settings import Settings, settings_with
 from patronage.streams.store import ProfileStore, redis_for
@@ -71,32 +68,6 @@ def fresh_pipeline() -> tuple[str, Settings, Any, Pipeline]:
     return prefix, settings, client, pipe
 
 
-def prepare_pickled(
-    records: list[Record],
-    kinds: Mapping[str, str],
-    rules: Rules,
-    now_ms: int,
-    zone: dt.tzinfo,
-    epochs: Mapping[tuple[str, int], int],
-) -> bytes:
-    """In the second process: the prepared batch, its records as positions."""
-    batch = prepare_batch(records, kinds, rules, now_ms, zone, epochs)
-    position = {id(r): i for i, r in enumerate(records)}
-    records_of = {c: [position[id(r)] for r in rs] for c, rs in batch.records_of.items()}
-    batch.records_of = {}
-    return pickle.dumps((batch, records_of), protocol=5)
-
-
-def unpickled(blob: bytes, records: list[Record]) -> Any:
-    # Without the collector, as the ingest loop holds it for a batch:
-    # unpickling a 20,000-record batch allocates ~10^5 objects, and the
-    # collections that triggered cost more than the unpickling itself.
-    with collector_held():
-        batch, records_of = pickle.loads(blob)
-    batch.records_of = {c: [records[i] for i in idx] for c, idx in records_of.items()}
-    return batch
-
-
 async def drain_in_process_pool(records: list[Record], pool: Executor) -> dict[str, Any]:
     prefix, settings, client, pipe = fresh_pipeline()
     loop = asyncio.get_running_loop()
@@ -108,9 +79,7 @@ async def drain_in_process_pool(records: list[Record], pool: Executor) -> dict[s
         sources = await pipe._sources(chunk, inputs)
         epochs = {tp: state.epoch for tp, state in sources.items()}
         kinds, rules, zone = settings.input_topics, settings.rules, settings.zone
-        blob = loop.run_in_executor(
-            pool, prepare_pickled, chunk, kinds, rules, now_ms, zone, epochs
-        )
+        blob = loop.run_in_executor(pool, prepare_packed, chunk, kinds, rules, now_ms, zone, epochs)
         return chunk, blob, sources, now_ms
 
     size = settings.batch_max
@@ -119,7 +88,9 @@ async def drain_in_process_pool(records: list[Record], pool: Executor) -> dict[s
     pending = await submit(chunks[0])
     for following in [*chunks[1:], None]:
         chunk, blob, sources, now_ms = pending
-        work = PreparedWork(chunk, unpickled(await blob, chunk), sources, now_ms)
+        with collector_held():  # as Pipeline.prepare_in unpacks
+            batch = unpacked(await blob, chunk)
+        work = PreparedWork(chunk, batch, sources, now_ms)
         if following is not None:
             pending = await submit(following)  # prepared there while finished here
         await pipe.finish(work)

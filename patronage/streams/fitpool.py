@@ -1,5 +1,6 @@
-"""The learner's fit process, which exits with its worker and is started
-again when it dies.
+"""The worker's helper processes (the learner's fits, the ingest loop's
+batch preparing), each of which exits with its worker and is started again
+when it dies.
 
 A worker killed outright (SIGKILL, the OOM killer) cannot shut its pool
 down, and the fit process it had spawned waited on its pipe for ever: every
@@ -42,8 +43,8 @@ def _exit_with_parent(parent_pid: int, interval_s: float) -> None:
 
 
 def fit_pool(interval_s: float = 1.0) -> ProcessPoolExecutor:
-    """One spawned process for the fits (in a thread they still took the GIL
-    from ingest: scipy's optimiser is mostly Python)."""
+    """One spawned process (the fits in a thread still took the GIL from
+    ingest: scipy's optimiser is mostly Python)."""
     return ProcessPoolExecutor(
         1,
         mp_context=multiprocessing.get_context("spawn"),
@@ -53,16 +54,23 @@ def fit_pool(interval_s: float = 1.0) -> ProcessPoolExecutor:
 
 
 class FitProcess:
-    """One fit process at a time, a new one when the last died."""
+    """One helper process at a time, a new one when the last died. `role`
+    names it in the log ("fit", "prepare")."""
 
-    def __init__(self, interval_s: float = 1.0) -> None:
+    def __init__(self, interval_s: float = 1.0, role: str = "fit") -> None:
         self.interval_s = interval_s
+        self.role = role
         self.pool = fit_pool(interval_s)
-        self.restarts = 0  # fit processes started again after one died
+        self.restarts = 0  # processes started again after one died
+
+    def start(self) -> None:
+        """Start the process now, without waiting for it (a spawned process
+        takes a second or two to import the worker's modules)."""
+        self.pool.submit(os.getpid)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` in the fit process; once again in a new process if
-        it died (the fits are pure: running one twice is safe)."""
+        """`fn(*args)` in the helper process; once again in a new process if
+        it died (what runs there is pure: running it twice is safe)."""
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self.pool, fn, *args)
@@ -70,7 +78,7 @@ class FitProcess:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = fit_pool(self.interval_s)
             self.restarts += 1
-            log.warning("the fit process died; started a new one, fitting again")
+            log.warning("the %s process died; started a new one, running again", self.role)
             return await loop.run_in_executor(self.pool, fn, *args)
 
     def shutdown(self) -> None:

@@ -20,18 +20,18 @@ its end, and collections inside it only walked them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError, UnknownTopicOrPartitionError
 
 from patronage.models.batch import Record
+from patronage.streams.collector import collector_held
 from patronage.streams.errors import FatalRedisError
-from patronage.streams.pipeline import Pipeline
+from patronage.streams.fitpool import FitProcess
+from patronage.streams.pipeline import Pipeline, PreparedWork
 from patronage.streams.retry import stop_the_worker
 from patronage.streams.settings import Settings
 
@@ -39,33 +39,23 @@ log = logging.getLogger("patronage.ingest")
 
 KAFKA_START_RETRY_MAX_S = 5.0  # longest wait between attempts to start ingest
 UNKNOWN_TOPIC_RETRIES = 3  # each attempt waits up to the client's request timeout
-# The longest the collector stays off for one batch: a batch stalled on
-# Redis retries must not keep other tasks' garbage cycles for minutes.
-COLLECTOR_HOLD_MAX_S = 5.0
 
 
-@contextlib.contextmanager
-def collector_held(longest_s: float = COLLECTOR_HOLD_MAX_S) -> Iterator[None]:
-    """Automatic garbage collection off while a batch is fetched and worked
-    on, on again when it is done (after `longest_s` at the latest).
+@dataclass
+class _Ahead:
+    """A fetched batch whose preparing runs in the prepare process."""
 
-    A batch is ~10^5 tracked objects (records, deltas, lists) alive for the
-    whole batch; young collections during it promoted them to the old
-    generation, which then triggered full collections walking the batch in
-    hand: 30 of up to 163 ms in one 24 s drain, 3.5 s of collecting in all
-    (docs/benchmarks.md). Freed by reference counting when the batch ends,
-    they are never the collector's business. Other tasks' cycles made
-    meanwhile wait for the end of the batch."""
-    if not gc.isenabled():  # someone else holds it (a test, a profiler)
-        yield
-        return
-    gc.disable()
-    watchdog = asyncio.get_running_loop().call_later(longest_s, gc.enable)
-    try:
-        yield
-    finally:
-        watchdog.cancel()
-        gc.enable()
+    batches: dict[Any, list[Any]]  # topic partition -> its fetched records
+    work: asyncio.Task[PreparedWork]
+    rebalances: int  # `BatchIngest.rebalances` when it was fetched
+
+
+def _records(batches: dict[Any, list[Any]]) -> list[Record]:
+    return [
+        Record(r.topic, r.partition, r.offset, r.key, r.value)
+        for records in batches.values()
+        for r in records
+    ]
 
 
 def input_consumer(settings: Settings) -> AIOKafkaConsumer:
@@ -91,9 +81,13 @@ class BatchIngest:
     """Fetch -> `Pipeline.process` -> commit, one batch at a time. It is the
     pipeline's `InputLog`: the assignment and log ends are the consumer's."""
 
-    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+    def __init__(
+        self, settings: Settings, pipeline: Pipeline, prepare_process: FitProcess | None = None
+    ) -> None:
         self.settings = settings
         self.pipeline = pipeline
+        self.prepare_process = prepare_process
+        self.rebalances = 0  # partitions revoked so far (a batch prepared ahead spans none)
         self.consumer: AIOKafkaConsumer | None = None
         self.lock = asyncio.Lock()
         self.applied: dict[TopicPartition, int] = {}  # next offset to commit
@@ -159,47 +153,98 @@ class BatchIngest:
         # Its own task: a batch stalled on Redis must not hold back the
         # commit of the batches applied before it.
         committer = asyncio.create_task(self._commit_every_interval())
+        if self.prepare_process is not None:
+            self.prepare_process.start()  # ready by the first large batch
         wait_ms = int(self.settings.batch_within_s * 1000)
+        ahead: _Ahead | None = None
         try:
             while not self.stopping:
                 with collector_held():
-                    await self._fetch_and_process(consumer, wait_ms)
+                    ahead = await self._fetch_and_process(consumer, wait_ms, ahead)
                 # One turn of the loop with the collector on: what it would
                 # have done during the batch it does now, on what outlived
                 # the batch (little), by CPython's own schedule.
                 await asyncio.sleep(0)
         finally:
+            if ahead is not None:
+                # Never applied, so never committed: whoever owns its
+                # partitions next reads its records again.
+                ahead.work.cancel()
+            if self.prepare_process is not None:
+                self.prepare_process.shutdown()
             committer.cancel()
             await self.commit()
             await consumer.stop()
 
-    async def _fetch_and_process(self, consumer: AIOKafkaConsumer, wait_ms: int) -> None:
-        # The fetched records die with this frame, before the collector is back.
-        fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.batch_max)
-        if fetched:
-            async with self.lock:
-                await self._process(consumer, fetched)
+    async def _fetch_and_process(
+        self, consumer: AIOKafkaConsumer, wait_ms: int, ahead: _Ahead | None
+    ) -> _Ahead | None:
+        """Fetch, then finish the batch prepared ahead (if any) and the one
+        just fetched — or, when that one is large and there is a prepare
+        process, start preparing it there and return it, to be finished
+        after the next fetch: the worker finishes one batch while the
+        prepare process validates the next."""
+        # With a batch prepared ahead, only what has arrived already: the
+        # batch in hand is not held up waiting for more.
+        timeout_ms = 0 if ahead is not None else wait_ms
+        # The fetched records die with this frame, before the collector is
+        # back (but for a batch prepared ahead, kept for the next turn).
+        fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.settings.batch_max)
+        if not fetched and ahead is None:
+            return None
+        async with self.lock:
+            batches = self._still_owned(consumer, fetched)
+            following = None
+            if self._prepare_elsewhere(batches):
+                assert self.prepare_process is not None
+                records = _records(batches)
+                work = await self.pipeline.prepare_in(self.prepare_process, records, self)
+                following = _Ahead(batches, work, self.rebalances)
+            if ahead is not None:
+                await self._finish_ahead(consumer, ahead)
+            if batches and following is None:
+                await self._process(batches)
+        return following
+
+    def _prepare_elsewhere(self, batches: dict[Any, list[Any]]) -> bool:
+        if self.prepare_process is None or not batches:
+            return False
+        size = sum(len(records) for records in batches.values())
+        return size >= self.settings.prepare_process_min_records
+
+    async def _finish_ahead(self, consumer: AIOKafkaConsumer, ahead: _Ahead) -> None:
+        if ahead.rebalances != self.rebalances:
+            # Partitions changed hands since it was prepared: what is still
+            # ours is prepared again here, from sources read again.
+            ahead.work.cancel()
+            batches = self._still_owned(consumer, ahead.batches)
+            if batches:
+                await self._process(batches)
+            return
+        await self.pipeline.process_prepared(ahead.work)
+        self._applied(ahead.batches)
+
+    @staticmethod
+    def _still_owned(
+        consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]
+    ) -> dict[Any, list[Any]]:
+        # Partitions given away while the batch waited for the lock are the
+        # new owner's now; their records come back to it from the commit.
+        assigned = consumer.assignment()
+        return {tp: records for tp, records in fetched.items() if tp in assigned}
+
+    async def _process(self, batches: dict[Any, list[Any]]) -> None:
+        await self.pipeline.process(_records(batches), self)
+        self._applied(batches)
+
+    def _applied(self, batches: dict[Any, list[Any]]) -> None:
+        for tp, done in batches.items():
+            self.applied[tp] = done[-1].offset + 1
 
     async def _commit_every_interval(self) -> None:
         while True:
             await asyncio.sleep(self.settings.commit_interval_s)
             await self.commit()
-
-    async def _process(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:
-        # Partitions given away while the batch waited for the lock are the
-        # new owner's now; their records come back to it from the commit.
-        assigned = consumer.assignment()
-        batches = {tp: records for tp, records in fetched.items() if tp in assigned}
-        if not batches:
-            return
-        records = [
-            Record(r.topic, r.partition, r.offset, r.key, r.value)
-            for records in batches.values()
-            for r in records
-        ]
-        await self.pipeline.process(records, self)
-        for tp, done in batches.items():
-            self.applied[tp] = done[-1].offset + 1
 
     async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
         """Commit the finished offsets (of `partitions`, or all that are owned)."""
@@ -237,6 +282,7 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self.ingest.lock:
+            self.ingest.rebalances += 1
             await self.ingest.commit(set(revoked))
             for tp in revoked:
                 self.ingest.applied.pop(tp, None)

@@ -136,6 +136,15 @@ class _Collector(Collector):
         )
         resets.add_metric([], r.counters["source_resets"])
         yield resets
+        prepared = _counter(
+            "patronage_batches_prepared",
+            "Input batches validated, by where: the worker itself, its prepare process "
+            "(large batches, PATRONAGE_PREPARE_PROCESS), or the worker after that failed.",
+            ("where",),
+        )
+        for where in ("worker", "process", "worker_after_failure"):
+            prepared.add_metric([where], r.counters[f"batches_prepared_in_{where}"])
+        yield prepared
 
     def _redis(self) -> Iterator[Metric]:
         retries = _counter("patronage_redis_retries", "Batches retried because Redis failed.")

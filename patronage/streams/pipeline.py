@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +32,13 @@ from patronage.models.identity import PersonChange, holds_for_person
 from patronage.models.lapse import finding_from_json, to_alert
 from patronage.models.segments import customer_hash
 from patronage.models.sources import SourceState, observe
+from patronage.models.validate import Rules
+from patronage.streams.collector import collector_held
+from patronage.streams.fitpool import FitProcess
 from patronage.streams.identities import Resolver, Stitcher
 from patronage.streams.metrics import WorkerMetrics
 from patronage.streams.predicting import ParameterStore, Predictor
+from patronage.streams.preparing import prepare_packed, unpacked
 from patronage.streams.retry import Retry
 from patronage.streams.scored import ScoreWrites
 from patronage.streams.segmenting import (
@@ -160,10 +165,14 @@ class Pipeline:
 
     async def process(self, records: list[Record], inputs: InputLog) -> None:
         """One batch of input records, from validation to segment scoring."""
+        await self.process_prepared(self.prepare(records, inputs))
+
+    async def process_prepared(self, work: Awaitable[PreparedWork]) -> None:
+        """A batch whose preparing `work` is (or is to be) done, finished."""
         self._batches_in_hand += 1
         self._no_batch_in_hand.clear()
         try:
-            await self.finish(await self.prepare(records, inputs))
+            await self.finish(await work)
         finally:
             self._batches_in_hand -= 1
             if not self._batches_in_hand:
@@ -187,15 +196,41 @@ class Pipeline:
         were prepared."""
         now_ms = self.now_ms()
         sources = await self.retry("sources", lambda: self._sources(records, inputs))
-        batch = prepare_batch(
-            records,
-            self.settings.input_topics,
-            self.settings.rules,
-            now_ms,
-            self.settings.zone,
-            {tp: state.epoch for tp, state in sources.items()},
-        )
+        batch = prepare_batch(records, *self._prepare_args(sources, now_ms))
+        self.stats.counters["batches_prepared_in_worker"] += 1
         return PreparedWork(records, batch, sources, now_ms)
+
+    async def prepare_in(
+        self, process: FitProcess, records: list[Record], inputs: InputLog
+    ) -> asyncio.Task[PreparedWork]:
+        """`prepare` in the worker's prepare process (streams/preparing.py):
+        the task is done when the batch is back. Started before the batch
+        before it is finished, it must be finished after that one."""
+        now_ms = self.now_ms()
+        sources = await self.retry("sources", lambda: self._sources(records, inputs))
+        args = self._prepare_args(sources, now_ms)
+
+        async def prepared() -> PreparedWork:
+            try:
+                blob = await process.run(prepare_packed, records, *args)
+            except Exception as exc:  # it died twice, or the batch could not be pickled
+                # Preparing is pure: here it is the same batch, only slower.
+                log.warning("the prepare process failed (%r); preparing in the worker", exc)
+                self.stats.counters["batches_prepared_in_worker_after_failure"] += 1
+                return PreparedWork(records, prepare_batch(records, *args), sources, now_ms)
+            with collector_held():
+                batch = unpacked(blob, records)
+            self.stats.counters["batches_prepared_in_process"] += 1
+            return PreparedWork(records, batch, sources, now_ms)
+
+        return asyncio.create_task(prepared())
+
+    def _prepare_args(
+        self, sources: dict[tuple[str, int], SourceState], now_ms: int
+    ) -> tuple[Mapping[str, str], Rules, int, dt.tzinfo, dict[tuple[str, int], int]]:
+        """`prepare_batch`'s arguments after the records."""
+        epochs = {tp: state.epoch for tp, state in sources.items()}
+        return self.settings.input_topics, self.settings.rules, now_ms, self.settings.zone, epochs
 
     async def finish(self, work: PreparedWork) -> None:
         """Apply a prepared batch, then its dead letters, alerts and scores."""

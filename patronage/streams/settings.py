@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     # call drains a backlog faster; each 10k records cost ~30 MB while in hand.
     batch_max: int = Field(20_000, ge=1, le=100_000)
     batch_within_s: float = Field(0.1, gt=0, le=60)
+    # Batches of at least this many records are validated in the worker's
+    # prepare process while the batch before them is finished (a second
+    # core's worth of Python when catching up); smaller ones, as a live
+    # worker's are, in the worker itself, without the hop.
+    prepare_process: bool = True
+    prepare_process_min_records: int = Field(2_000, ge=1, le=100_000)
     commit_interval_s: float = Field(1.0, gt=0, le=60)
     session_timeout_s: float = Field(30.0, ge=6, le=300)
     web_host: str = "127.0.0.1"

@@ -87,7 +87,10 @@ class Runtime:
         )
         self.fit_process = FitProcess()
         self.pipeline.learner.executor = self.fit_process
-        self.ingest = BatchIngest(settings, self.pipeline)
+        # Validates large batches while the worker finishes the one before
+        # (streams/preparing.py); started at the first such batch.
+        self.prepare_process = FitProcess(role="prepare") if settings.prepare_process else None
+        self.ingest = BatchIngest(settings, self.pipeline, self.prepare_process)
         self.monitor = Monitor(settings, self.pipeline, self.redis)
         self.parameters = self.pipeline.parameters
         self.metrics.attach(self.pipeline, self.monitor)
@@ -194,6 +197,8 @@ def _wire_ingest(app: faust.App, runtime: Runtime) -> None:
     async def stop_ingest(sender: Any, **kwargs: Any) -> None:
         ingest.stop()
         runtime.fit_process.shutdown()
+        # The prepare process is shut down by the ingest loop once it ended:
+        # here it could still be preparing the batch the loop waits for.
 
 
 def _wire_timers(app: faust.App, runtime: Runtime) -> None:

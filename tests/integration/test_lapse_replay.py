@@ -129,6 +129,9 @@ def replay_env(env: dict[str, str], lateness_s: float) -> dict[str, str]:
         "PATRONAGE_LAPSE_INPUT_IDLE_S": "2",
         "PATRONAGE_COMMIT_INTERVAL_S": "0.2",
         "PATRONAGE_SESSION_TIMEOUT_S": "6",
+        # Every batch through the prepare process: kills and rebalances land
+        # while a batch is prepared ahead of the one being finished.
+        "PATRONAGE_PREPARE_PROCESS_MIN_RECORDS": "1",
     }
 
 

@@ -57,12 +57,15 @@ def test_kill_9_mid_stream_loses_and_doubles_nothing(
     backend_env: dict[str, str], tmp_path: Path
 ) -> None:
     """On a cluster a batch is one pipeline per master: a kill between them
-    leaves it half applied, and the redelivery must finish it, not double it."""
+    leaves it half applied, and the redelivery must finish it, not double it.
+    Every batch goes through the prepare process, so a kill also lands while
+    one batch is finished and the next is prepared ahead (never committed)."""
     env = {
         **backend_env,
         "PATRONAGE_COMMIT_INTERVAL_S": "0.5",
         "PATRONAGE_SESSION_TIMEOUT_S": "6",
         "PATRONAGE_BATCH_MAX": "500",
+        "PATRONAGE_PREPARE_PROCESS_MIN_RECORDS": "1",
     }
     settings = settings_with_topics(env)
     now_ms = int(time.time() * 1000)

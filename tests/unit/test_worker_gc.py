@@ -11,7 +11,7 @@ import gc
 
 import pytest
 
-from patronage.streams.ingest import collector_held
+from patronage.streams.collector import collector_held
 from patronage.streams.worker import freeze_startup_objects
 
 

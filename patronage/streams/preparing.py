@@ -1,0 +1,49 @@
+"""Preparing a batch in the worker's prepare process.
+
+Validation and delta building are pure Python and took 35-45 % of the
+worker's main thread while the second core waited on Redis and Kafka
+(docs/benchmarks.md). While the worker finishes batch N (Redis apply,
+outputs, scoring), batch N+1 is prepared in a helper process
+(`fitpool.FitProcess`: exits with its worker, started again when it dies).
+
+The records go there pickled and the prepared batch comes back pickled
+without them (the worker still holds them; `records_of` travels as
+positions). The worker unpickles with the collector held off: a
+20,000-record batch is ~10^5 new objects, and the collections they
+triggered cost more than the unpickling itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import pickle
+from collections.abc import Mapping
+
+from patronage.models.batch import PreparedBatch, Record, prepare_batch
+from patronage.models.validate import Rules
+
+
+def prepare_packed(
+    records: list[Record],
+    kinds: Mapping[str, str],
+    rules: Rules,
+    now_ms: int,
+    zone: dt.tzinfo,
+    epochs: Mapping[tuple[str, int], int],
+) -> bytes:
+    """In the prepare process: `prepare_batch`, pickled, with its records
+    as positions in `records`."""
+    batch = prepare_batch(records, kinds, rules, now_ms, zone, epochs)
+    position = {id(r): i for i, r in enumerate(records)}
+    records_of = {c: [position[id(r)] for r in rs] for c, rs in batch.records_of.items()}
+    batch.records_of = {}
+    return pickle.dumps((batch, records_of), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpacked(blob: bytes, records: list[Record]) -> PreparedBatch:
+    """In the worker: the prepared batch, its records the worker's own.
+    Call with the collector held off (streams/ingest.py)."""
+    batch, records_of = pickle.loads(blob)
+    assert isinstance(batch, PreparedBatch)
+    batch.records_of = {c: [records[i] for i in idx] for c, idx in records_of.items()}
+    return batch
