@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
+from patronage.models import jsontext
 from patronage.models.contracts import (
     BASKET_EVENTS,
     UTC,
-    AttributeValue,
     Click,
     CustomerAttributes,
     Event,
@@ -212,13 +212,11 @@ def to_delta(
     assert isinstance(event, CustomerAttributes)
     return Delta(
         kind="attributes",
-        attributes=tuple((name, _json_value(v)) for name, v in sorted(event.attributes.items())),
+        attributes=tuple(
+            (name, jsontext.dumps_text(v)) for name, v in sorted(event.attributes.items())
+        ),
         **base,  # type: ignore[arg-type]
     )
-
-
-def _json_value(value: AttributeValue) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass

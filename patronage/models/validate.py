@@ -364,29 +364,38 @@ def _check_attributes(
     event: CustomerAttributes, ts_ms: int, corrections: list[str]
 ) -> CustomerAttributes:
     cleaned: dict[str, AttributeValue] = {}
-    year = dt.datetime.fromtimestamp(ts_ms / 1000, tz=UTC).year
-    for name, value in event.attributes.items():
+    changed = False  # nothing to copy when every value is kept as sent (most events)
+    for name, sent in event.attributes.items():
         accepted = KNOWN_ATTRIBUTES.get(name)
         if accepted is None:
             corrections.append("unknown_attribute_dropped")
+            changed = True
             continue
-        if value is None:
+        if sent is None:
             cleaned[name] = None  # an explicit null clears the attribute
             continue
-        value = _coerce_attribute(value, accepted, corrections)
+        value = _coerce_attribute(sent, accepted, corrections)
         if value is None:
             corrections.append("attribute_type_dropped")
+            changed = True
             continue
-        if name == "birth_year" and not (1900 <= int(value) <= year):
+        if name == "birth_year" and not (1900 <= int(value) <= _year_of(ts_ms)):
             corrections.append("attribute_range_dropped")
+            changed = True
             continue
         if name == "children" and not (0 <= int(value) <= 30):
             corrections.append("attribute_range_dropped")
+            changed = True
             continue
+        changed = changed or value is not sent
         cleaned[name] = value
     if not cleaned:
         raise _Reject("no_known_attributes", "no known attribute with a usable value")
-    return event.model_copy(update={"attributes": cleaned})
+    return event.model_copy(update={"attributes": cleaned}) if changed else event
+
+
+def _year_of(ts_ms: int) -> int:
+    return dt.datetime.fromtimestamp(ts_ms / 1000, tz=UTC).year
 
 
 def _coerce_attribute(

@@ -161,3 +161,20 @@ def test_dumps_compact_keeps_integers_beyond_64_bits() -> None:
     assert json.loads(jsontext.dumps_compact({"off": 2**70})) == {"off": 2**70}
     assert jsontext.dumps_compact({"x": "K\u00fcche"}) == '{"x":"K\u00fcche"}'.encode()
     assert math.isinf(jsontext.loads(b"1e400"))
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.one_of(
+        st.text(),  # lone surrogates, controls, quotes, backslashes, any script
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(),  # NaN and infinities too: the standard library writes them
+        st.booleans(),
+        st.none(),
+    )
+)
+def test_scalars_are_written_as_the_standard_library_writes_them(value: Any) -> None:
+    """Stored attribute values keep the spelling they always had."""
+    assert jsontext.dumps_text(value) == json.dumps(
+        value, separators=(",", ":"), ensure_ascii=False
+    )
