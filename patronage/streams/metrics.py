@@ -145,6 +145,13 @@ class _Collector(Collector):
         for where in ("worker", "process", "worker_after_failure"):
             prepared.add_metric([where], r.counters[f"batches_prepared_in_{where}"])
         yield prepared
+        helper = self.pipeline.prepare_process
+        restarts = _counter(
+            "patronage_prepare_process_restarts",
+            "Prepare processes started again after the last one died (the OOM killer, a kill).",
+        )
+        restarts.add_metric([], helper.restarts if helper else 0)
+        yield restarts
 
     def _redis(self) -> Iterator[Metric]:
         retries = _counter("patronage_redis_retries", "Batches retried because Redis failed.")

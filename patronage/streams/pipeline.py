@@ -150,6 +150,8 @@ class Pipeline:
             settings, store, self.send, self._send_dead_letters, self._score_people
         )
         self.rescoring: asyncio.Task[int] | None = None
+        # The worker's prepare process, when it has one (streams/worker.py).
+        self.prepare_process: FitProcess | None = None
         self._batches_in_hand = 0
         self._no_batch_in_hand = asyncio.Event()
         self._no_batch_in_hand.set()

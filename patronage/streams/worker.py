@@ -90,6 +90,7 @@ class Runtime:
         # Validates large batches while the worker finishes the one before
         # (streams/preparing.py); started at the first such batch.
         self.prepare_process = FitProcess(role="prepare") if settings.prepare_process else None
+        self.pipeline.prepare_process = self.prepare_process
         self.ingest = BatchIngest(settings, self.pipeline, self.prepare_process)
         self.monitor = Monitor(settings, self.pipeline, self.redis)
         self.parameters = self.pipeline.parameters

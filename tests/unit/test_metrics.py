@@ -97,3 +97,18 @@ def test_a_rescoring_pass_shows_while_it_runs() -> None:
     assert after["patronage_segment_rescored_customers_total"][""] == 120
     assert after["patronage_segment_rescore_busy_seconds_total"][""] == 0.5
     assert after["patronage_segment_rescore_restarts_total"][""] == 1
+
+
+def test_where_batches_were_prepared_and_helper_restarts_are_exposed() -> None:
+    runtime = Runtime(Settings())
+    stats = runtime.pipeline.stats
+    stats.counters["batches_prepared_in_process"] += 4
+    stats.counters["batches_prepared_in_worker_after_failure"] += 1
+    assert runtime.prepare_process is not None
+    runtime.prepare_process.restarts += 2
+    seen = families(runtime)
+    prepared = seen["patronage_batches_prepared_total"]
+    assert prepared == {"where=process": 4, "where=worker": 0, "where=worker_after_failure": 1}
+    assert seen["patronage_prepare_process_restarts_total"][""] == 2
+    without = families(Runtime(Settings(prepare_process=False)))
+    assert without["patronage_prepare_process_restarts_total"][""] == 0
