@@ -63,7 +63,7 @@ def dumps_text(value: str | int | float | bool | None) -> str:
     ensure_ascii=False)` writes it, ten times faster (a customer attribute's
     stored value: 1.37 µs each with the standard library, whose encoder is
     built anew for every call with options). Floats keep the standard
-    library's spelling (orjson writes 1e16 where it writes 1e+16); what
+    library's spelling (orjson writes 1e-7 where it writes 1e-07); what
     orjson refuses (a lone surrogate, an integer beyond 64 bits) is written
     by the standard library."""
     if isinstance(value, float):

@@ -192,10 +192,10 @@ class Pipeline:
 
     async def prepare(self, records: list[Record], inputs: InputLog) -> PreparedWork:
         """Validation and delta building: Python only (the sources are cached
-        while the assignment stands), so it may run for the next batch while
-        Redis applies this one (tried in the ingest loop: no gain, see
-        docs/benchmarks.md). Batches must be finished in the order they
-        were prepared."""
+        while the assignment stands). Done here for the next batch while
+        Redis applied this one, it did not pay (one thread); `prepare_in`
+        does it in the prepare process (docs/benchmarks.md). Batches must be
+        finished in the order they were prepared."""
         now_ms = self.now_ms()
         sources = await self.retry("sources", lambda: self._sources(records, inputs))
         batch = prepare_batch(records, *self._prepare_args(sources, now_ms))

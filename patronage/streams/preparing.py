@@ -1,10 +1,12 @@
 """Preparing a batch in the worker's prepare process.
 
-Validation and delta building are pure Python and took 35-45 % of the
-worker's main thread while the second core waited on Redis and Kafka
-(docs/benchmarks.md). While the worker finishes batch N (Redis apply,
+Validation and delta building are pure Python, 35-45 % of the worker's
+main thread in a drain. While the worker finishes batch N (Redis apply,
 outputs, scoring), batch N+1 is prepared in a helper process
 (`fitpool.FitProcess`: exits with its worker, started again when it dies).
+It pays where the worker's core is the limit and another is free (+19 %
+with many customers on the 2-core benchmark machine, nothing where Kafka
+and Redis already take the second core: docs/benchmarks.md).
 
 The records go there pickled and the prepared batch comes back pickled
 without them (the worker still holds them; `records_of` travels as
