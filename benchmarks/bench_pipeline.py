@@ -11,11 +11,9 @@ and a producer that only records (no broker), two ways in one run:
   ingest loop does;
 * overlapped: the next batch is prepared while Redis applies the previous
   one (measured to decide whether the ingest loop should; it did not pay);
-* process: the next batch is prepared in a second process (a
-  forkserver-started pool of one; the batch comes back pickled, without
-  its records, which the parent still holds) while this process finishes
-  the previous one: what the worker does with PATRONAGE_PREPARE_PROCESS
-  (streams/preparing.py), without Kafka.
+* process: the next batch is prepared in the prepare process while this
+  process finishes the previous one (`Pipeline.prepare_in`, what the worker
+  does with PATRONAGE_PREPARE_PROCESS, streams/preparing.py), without Kafka.
 
 Prints events/s and the time per event spent in prepare and in finish. The
 gap between these figures and `bench throughput` is what consuming from
@@ -27,20 +25,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import time
 import uuid
-from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
 
 from benchmarks.bench_personas import records_of
 from patronage.models.batch import Record
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
-from patronage.streams.collector import collector_held
+from patronage.streams.fitpool import FitProcess
 from patronage.streams.memory import RecordingProducer, StaticLog
-from patronage.streams.pipeline import Pipeline, PreparedWork
-from patronage.streams.preparing import prepare_packed, unpacked
+from patronage.streams.pipeline import Pipeline
 from patronage.streams.segmenting import ModelStore
 from patronage.streams.settings import Settings, settings_with
 from patronage.streams.store import ProfileStore, redis_for
@@ -68,32 +63,20 @@ def fresh_pipeline() -> tuple[str, Settings, Any, Pipeline]:
     return prefix, settings, client, pipe
 
 
-async def drain_in_process_pool(records: list[Record], pool: Executor) -> dict[str, Any]:
+async def drain_in_process_pool(records: list[Record], process: FitProcess) -> dict[str, Any]:
+    """The worker's way (Pipeline.prepare_in), batches of PATRONAGE_BATCH_MAX."""
     prefix, settings, client, pipe = fresh_pipeline()
-    loop = asyncio.get_running_loop()
+    pipe.prepare_process = process
     inputs = StaticLog()
-
-    async def submit(chunk: list[Record]) -> tuple[Any, ...]:
-        now_ms = pipe.now_ms()
-        # What Pipeline.prepare does before prepare_batch.
-        sources = await pipe._sources(chunk, inputs)
-        epochs = {tp: state.epoch for tp, state in sources.items()}
-        kinds, rules, zone = settings.input_topics, settings.rules, settings.zone
-        blob = loop.run_in_executor(pool, prepare_packed, chunk, kinds, rules, now_ms, zone, epochs)
-        return chunk, blob, sources, now_ms
-
     size = settings.batch_max
     chunks = [records[i : i + size] for i in range(0, len(records), size)]
     started = time.perf_counter()
-    pending = await submit(chunks[0])
+    pending = await pipe.prepare_in(chunks[0], inputs)
     for following in [*chunks[1:], None]:
-        chunk, blob, sources, now_ms = pending
-        with collector_held():  # as Pipeline.prepare_in unpacks
-            batch = unpacked(await blob, chunk)
-        work = PreparedWork(chunk, batch, sources, now_ms)
+        work = pending
         if following is not None:
-            pending = await submit(following)  # prepared there while finished here
-        await pipe.finish(work)
+            pending = await pipe.prepare_in(following, inputs)  # prepared there while finished here
+        await pipe.process_prepared(work)
     elapsed = time.perf_counter() - started
     await _delete_prefix(client, prefix)
     return {
@@ -162,18 +145,18 @@ def main() -> None:
     )
     args = parser.parse_args()
     records = backlog(args.events, Settings())
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
-    pool.submit(int).result()  # started before the clock runs
+    process = FitProcess(role="prepare")
+    process.pool.submit(int).result()  # started before the clock runs
     try:
         for _ in range(args.repeats):
             for mode in args.modes:
                 if mode == "process":
-                    result = asyncio.run(drain_in_process_pool(records, pool))
+                    result = asyncio.run(drain_in_process_pool(records, process))
                 else:
                     result = asyncio.run(drain(records, overlapped=mode == "overlapped"))
                 print(json.dumps(result))
     finally:
-        pool.shutdown()
+        process.shutdown()
 
 
 if __name__ == "__main__":

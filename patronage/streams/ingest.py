@@ -81,17 +81,18 @@ class BatchIngest:
     """Fetch -> `Pipeline.process` -> commit, one batch at a time. It is the
     pipeline's `InputLog`: the assignment and log ends are the consumer's."""
 
-    def __init__(
-        self, settings: Settings, pipeline: Pipeline, prepare_process: FitProcess | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
         self.settings = settings
         self.pipeline = pipeline
-        self.prepare_process = prepare_process
         self.rebalances = 0  # partitions revoked so far (a batch prepared ahead spans none)
         self.consumer: AIOKafkaConsumer | None = None
         self.lock = asyncio.Lock()
         self.applied: dict[TopicPartition, int] = {}  # next offset to commit
         self.stopping = False
+
+    @property
+    def prepare_process(self) -> FitProcess | None:
+        return self.pipeline.prepare_process
 
     # -- InputLog ------------------------------------------------------------
     def assignment(self) -> frozenset[tuple[str, int]]:
@@ -196,9 +197,7 @@ class BatchIngest:
             batches = self._still_owned(consumer, fetched)
             following = None
             if self._prepare_elsewhere(batches):
-                assert self.prepare_process is not None
-                records = _records(batches)
-                work = await self.pipeline.prepare_in(self.prepare_process, records, self)
+                work = await self.pipeline.prepare_in(_records(batches), self)
                 following = _Ahead(batches, work, self.rebalances)
             if ahead is not None:
                 await self._finish_ahead(consumer, ahead)

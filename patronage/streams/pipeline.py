@@ -59,6 +59,8 @@ from patronage.streams.types import (
 )
 
 log = logging.getLogger("patronage.worker")
+# prepare_batch's arguments after the records: kinds, rules, now, zone, epochs.
+PrepareArgs = tuple[Mapping[str, str], Rules, int, dt.tzinfo, dict[tuple[str, int], int]]
 # How long a background slice (re-scoring, sweeps) waits for a gap between
 # input batches before it runs anyway. At 0.5 s a busy worker, which always
 # has a batch in hand, re-scored 100 customers/s: a pass over 20,000 took
@@ -150,7 +152,8 @@ class Pipeline:
             settings, store, self.send, self._send_dead_letters, self._score_people
         )
         self.rescoring: asyncio.Task[int] | None = None
-        # The worker's prepare process, when it has one (streams/worker.py).
+        # Validates large batches while the worker finishes the one before
+        # (streams/preparing.py); none in tests and with the setting off.
         self.prepare_process: FitProcess | None = None
         self._batches_in_hand = 0
         self._no_batch_in_hand = asyncio.Event()
@@ -196,21 +199,20 @@ class Pipeline:
         Redis applied this one, it did not pay (one thread); `prepare_in`
         does it in the prepare process (docs/benchmarks.md). Batches must be
         finished in the order they were prepared."""
-        now_ms = self.now_ms()
-        sources = await self.retry("sources", lambda: self._sources(records, inputs))
-        batch = prepare_batch(records, *self._prepare_args(sources, now_ms))
+        sources, now_ms, args = await self._prepare_args(records, inputs)
+        batch = prepare_batch(records, *args)
         self.stats.counters["batches_prepared_in_worker"] += 1
         return PreparedWork(records, batch, sources, now_ms)
 
     async def prepare_in(
-        self, process: FitProcess, records: list[Record], inputs: InputLog
+        self, records: list[Record], inputs: InputLog
     ) -> asyncio.Task[PreparedWork]:
         """`prepare` in the worker's prepare process (streams/preparing.py):
         the task is done when the batch is back. Started before the batch
         before it is finished, it must be finished after that one."""
-        now_ms = self.now_ms()
-        sources = await self.retry("sources", lambda: self._sources(records, inputs))
-        args = self._prepare_args(sources, now_ms)
+        sources, now_ms, args = await self._prepare_args(records, inputs)
+        process = self.prepare_process
+        assert process is not None, "prepare_in without a prepare process"
 
         async def prepared() -> PreparedWork:
             try:
@@ -227,12 +229,20 @@ class Pipeline:
 
         return asyncio.create_task(prepared())
 
-    def _prepare_args(
-        self, sources: dict[tuple[str, int], SourceState], now_ms: int
-    ) -> tuple[Mapping[str, str], Rules, int, dt.tzinfo, dict[tuple[str, int], int]]:
-        """`prepare_batch`'s arguments after the records."""
+    async def _prepare_args(
+        self, records: list[Record], inputs: InputLog
+    ) -> tuple[dict[tuple[str, int], SourceState], int, PrepareArgs]:
+        """The batch's sources, now, and `prepare_batch`'s arguments after
+        the records."""
+        now_ms = self.now_ms()
+        sources = await self.retry("sources", lambda: self._sources(records, inputs))
         epochs = {tp: state.epoch for tp, state in sources.items()}
-        return self.settings.input_topics, self.settings.rules, now_ms, self.settings.zone, epochs
+        settings = self.settings
+        return (
+            sources,
+            now_ms,
+            (settings.input_topics, settings.rules, now_ms, settings.zone, epochs),
+        )
 
     async def finish(self, work: PreparedWork) -> None:
         """Apply a prepared batch, then its dead letters, alerts and scores."""

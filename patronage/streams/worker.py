@@ -87,11 +87,9 @@ class Runtime:
         )
         self.fit_process = FitProcess()
         self.pipeline.learner.executor = self.fit_process
-        # Validates large batches while the worker finishes the one before
-        # (streams/preparing.py); started with ingest.
-        self.prepare_process = FitProcess(role="prepare") if settings.prepare_process else None
-        self.pipeline.prepare_process = self.prepare_process
-        self.ingest = BatchIngest(settings, self.pipeline, self.prepare_process)
+        if settings.prepare_process:  # started with ingest
+            self.pipeline.prepare_process = FitProcess(role="prepare")
+        self.ingest = BatchIngest(settings, self.pipeline)
         self.monitor = Monitor(settings, self.pipeline, self.redis)
         self.parameters = self.pipeline.parameters
         self.metrics.attach(self.pipeline, self.monitor)

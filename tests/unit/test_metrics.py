@@ -104,8 +104,8 @@ def test_where_batches_were_prepared_and_helper_restarts_are_exposed() -> None:
     stats = runtime.pipeline.stats
     stats.counters["batches_prepared_in_process"] += 4
     stats.counters["batches_prepared_in_worker_after_failure"] += 1
-    assert runtime.prepare_process is not None
-    runtime.prepare_process.restarts += 2
+    assert runtime.pipeline.prepare_process is not None
+    runtime.pipeline.prepare_process.restarts += 2
     seen = families(runtime)
     prepared = seen["patronage_batches_prepared_total"]
     assert prepared == {"where=process": 4, "where=worker": 0, "where=worker_after_failure": 1}

@@ -168,7 +168,8 @@ def test_a_backlog_drained_through_the_prepare_process_as_without_it(
     sequential.test([[r for r in f if r.topic in settings.input_topics] for f in fetches])
     pipe, store = pipeline_for(settings, NOW_MS)
     consumer = ListConsumer([list(f) for f in fetches], every_partition(settings))
-    ingest = BatchIngest(settings, pipe, process)
+    pipe.prepare_process = process
+    ingest = BatchIngest(settings, pipe)
     steps = drain(ingest, consumer)
 
     assert any(ahead for _, ahead in steps) and not all(ahead for _, ahead in steps[:-1])
@@ -213,9 +214,8 @@ def test_batches_are_finished_in_the_order_they_were_fetched(process: FitProcess
     sequential.test(fetches)
     pipe, store = pipeline_for(settings, NOW_MS)
     partitions = {TopicPartition(t, 0) for t in settings.input_topics}
-    drain(
-        BatchIngest(settings, pipe, process), ListConsumer([list(f) for f in fetches], partitions)
-    )
+    pipe.prepare_process = process
+    drain(BatchIngest(settings, pipe), ListConsumer([list(f) for f in fetches], partitions))
 
     assert pipe.stats.counters["duplicate_offsets"] == 0
     assert pipe.stats.counters["applied"] == sequential.stats.counters["applied"]
@@ -238,7 +238,8 @@ def test_a_rebalance_while_a_batch_is_prepared_ahead(process: FitProcess, keeps_
     partitions = {TopicPartition(t, p) for t in settings.input_topics for p in range(2)}
     consumer = ListConsumer([list(f) for f in fetches], partitions)
     pipe, store = pipeline_for(settings, NOW_MS)
-    ingest = BatchIngest(settings, pipe, process)
+    pipe.prepare_process = process
+    ingest = BatchIngest(settings, pipe)
     listener = _CommitOnRevoke(ingest)
     given_away = {tp for tp in partitions if tp.partition == 1}
     rebalanced_at = 2
@@ -281,9 +282,10 @@ def test_a_prepare_process_that_fails_leaves_the_batch_to_the_worker(
     pipe, store = pipeline_for(settings, NOW_MS)
     broken = FitProcess(role="prepare")
     broken.shutdown()  # every run now fails, and so does the one retry
+    pipe.prepare_process = broken
 
     async def run() -> None:
-        task = await pipe.prepare_in(broken, records, ingest_log())
+        task = await pipe.prepare_in(records, ingest_log())
         await pipe.process_prepared(task)
 
     asyncio.run(run())
