@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from patronage.models.contracts import Purchase, parse_ts
+from patronage.models.contracts import Purchase, parse_ts, routing_key
 from patronage.models.validate import Accepted, Rejected, Rules, validate
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -319,6 +319,8 @@ def test_profile_id_of_an_event(body: dict[str, Any], kind: str, profile_id: str
     outcome = run(body, kind)
     assert isinstance(outcome, Accepted), outcome
     assert outcome.event.profile_id == profile_id
+    # The publisher keys the event the same way (two implementations of one rule).
+    assert routing_key(body) == profile_id
 
 
 UNIDENTIFIED = [
