@@ -63,10 +63,17 @@ def prepare_batch(
     """`epochs`: the current epoch of each topic partition (models/sources.py);
     absent means epoch 0."""
     batch = PreparedBatch()
+    # One label object per source: pickled once (not once per delta) when
+    # the batch comes back from the prepare process.
+    labels: dict[tuple[str, int], str] = {}
     for record in records:
         try:
-            epoch = epochs.get((record.topic, record.partition), 0) if epochs else 0
-            _prepare_one(batch, record, kinds, rules, now_ms, zone, epoch)
+            tp = (record.topic, record.partition)
+            source = labels.get(tp)
+            if source is None:
+                epoch = epochs.get(tp, 0) if epochs else 0
+                source = labels[tp] = source_label(record.topic, record.partition, epoch)
+            _prepare_one(batch, record, kinds, rules, now_ms, zone, source)
         except Exception as exc:  # the per-record guard: see the module docstring
             dead_letter(batch, record, "unprocessable", describe_exception(exc), now_ms, rules)
     return batch
@@ -84,7 +91,7 @@ def _prepare_one(
     rules: Rules,
     now_ms: int,
     zone: dt.tzinfo,
-    epoch: int = 0,
+    source: str,
 ) -> None:
     kind = kinds.get(record.topic)
     if kind is None:
@@ -100,7 +107,7 @@ def _prepare_one(
     delta = to_delta(
         outcome.event,
         outcome.ts_ms,
-        source_label(record.topic, record.partition, epoch),
+        source,
         record.offset,
         rules.currencies,
         zone,

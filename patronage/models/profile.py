@@ -27,10 +27,12 @@ device/payment maps (the first `map_cap` keys, the rest go to `_other`).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import math
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -108,6 +110,12 @@ class Delta:
     # deduplicated for the life of the profile instead of by event id
     order_token: str | None = None
 
+    def __reduce__(self) -> tuple[type[Delta], tuple[object, ...]]:
+        # Pickled as its constructor's arguments (batches come back from the
+        # prepare process pickled): the default pickles each field's name
+        # and restores through __setstate__, 3x slower to load.
+        return (Delta, _delta_values(self))
+
     def to_wire(self) -> dict[str, object]:
         wire: dict[str, object] = {
             "src": self.source,
@@ -129,6 +137,7 @@ class Delta:
         return wire
 
 
+_delta_values = operator.attrgetter(*(f.name for f in dataclasses.fields(Delta)))
 _OPTIONAL_WIRE = ("session_token", "channel", "device", "origin", "payment_method", "order_token")
 
 
