@@ -17,6 +17,7 @@ triggered cost more than the unpickling itself.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import pickle
 from collections.abc import Mapping
@@ -35,11 +36,15 @@ def prepare_packed(
 ) -> bytes:
     """In the prepare process: `prepare_batch`, pickled, with its records
     as positions in `records`."""
-    batch = prepare_batch(records, kinds, rules, now_ms, zone, epochs)
+    return packed(prepare_batch(records, kinds, rules, now_ms, zone, epochs), records)
+
+
+def packed(batch: PreparedBatch, records: list[Record]) -> bytes:
+    """`batch` pickled, with its records as positions in `records`."""
     position = {id(r): i for i, r in enumerate(records)}
     records_of = {c: [position[id(r)] for r in rs] for c, rs in batch.records_of.items()}
-    batch.records_of = {}
-    return pickle.dumps((batch, records_of), protocol=pickle.HIGHEST_PROTOCOL)
+    without_records = dataclasses.replace(batch, records_of={})
+    return pickle.dumps((without_records, records_of), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def unpacked(blob: bytes, records: list[Record]) -> PreparedBatch:

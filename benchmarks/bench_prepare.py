@@ -1,0 +1,100 @@
+"""What preparing a batch costs, per event kind, and what the hop to the
+prepare process costs on each side. No Kafka, no Redis.
+
+    python -m benchmarks.bench_prepare [--events 200000] [--backlog-customers 100000]
+
+The backlog is `bench throughput`'s (same seed; with `--backlog-customers`,
+many customers and few events each, as a live worker meets them). Printed,
+the best of `--repeats`:
+
+* `prepare_batch` per record, for each topic's records alone and for all
+  (in batches of `--batch` records, as the worker takes them);
+* the hop (streams/preparing.py) in batches of `--batch` records: pickling
+  the records (the worker), unpickling them and pickling the prepared batch
+  (the prepare process, `packed`), unpickling it (the worker, `unpacked`),
+  and the prepared batch's bytes per record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import pickle
+import time
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.bench import backlog
+from benchmarks.bench_personas import records_of
+from patronage.models.batch import Record, prepare_batch
+from patronage.streams.preparing import packed, unpacked
+from patronage.streams.settings import Settings
+
+
+def best_of(repeats: int, run: Callable[[], Any]) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_prepare")
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--backlog-customers", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    settings = Settings()
+    records = records_of(backlog(args.events, customers=args.backlog_customers), settings)
+    kinds = {topic: kind for kind, topic in settings.topic_for_kind.items()}
+    rules, zone = settings.rules, settings.zone
+    now_ms = int(time.time() * 1000)
+    # As in the worker (streams/collector.py): no collections while a batch is in hand.
+    gc.disable()
+
+    def per_record(run: Callable[[], Any], count: int) -> float:
+        return round(best_of(args.repeats, run) / count * 1e6, 2)
+
+    by_topic: dict[str, list[Record]] = {}
+    for record in records:
+        by_topic.setdefault(record.topic, []).append(record)
+    for topic, mine in sorted(by_topic.items()):
+        cost = per_record(
+            lambda mine=mine: prepare_batch(mine, kinds, rules, now_ms, zone), len(mine)
+        )
+        print(
+            json.dumps({"prepare_batch": kinds[topic], "records": len(mine), "us_per_record": cost})
+        )
+    # All of them as the worker takes them: a batch at a time.
+    batches = [records[i : i + args.batch] for i in range(0, len(records), args.batch)]
+    cost = per_record(
+        lambda: [prepare_batch(b, kinds, rules, now_ms, zone) for b in batches], len(records)
+    )
+    print(json.dumps({"prepare_batch": "all", "records": len(records), "us_per_record": cost}))
+
+    sent = [pickle.dumps(b, protocol=pickle.HIGHEST_PROTOCOL) for b in batches]
+    prepared = [prepare_batch(b, kinds, rules, now_ms, zone, {}) for b in batches]
+    back = [packed(p, b) for p, b in zip(prepared, batches, strict=True)]
+    n = len(records)
+    hop = {
+        "records_pickled_us": per_record(
+            lambda: [pickle.dumps(b, protocol=pickle.HIGHEST_PROTOCOL) for b in batches], n
+        ),
+        "records_unpickled_us": per_record(lambda: [pickle.loads(s) for s in sent], n),
+        "prepared_pickled_us": per_record(
+            lambda: [packed(p, b) for p, b in zip(prepared, batches, strict=True)], n
+        ),
+        "prepared_unpickled_us": per_record(
+            lambda: [unpacked(blob, b) for blob, b in zip(back, batches, strict=True)], n
+        ),
+        "prepared_bytes_per_record": round(sum(map(len, back)) / n),
+    }
+    print(json.dumps({"hop_per_record": hop}))
+
+
+if __name__ == "__main__":
+    main()
