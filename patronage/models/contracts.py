@@ -200,15 +200,14 @@ class _Event(_Timed):
         return self
 
     def _profile_id(self) -> str:
-        # __dict__, not getattr: on an event without the field, pydantic's
-        # __getattr__ raises and catches an AttributeError, once or twice per
-        # event on the ingest path.
         # routing_key's order, without building its mapping: this runs twice
         # per event (validation, then batching).
         if self.customer_id is not None:
             return self.customer_id
         if self.anonymous_id is not None:
             return "anonymous_id:" + self.anonymous_id
+        # __dict__, not getattr: on an event without the field, pydantic's
+        # __getattr__ raises and catches an AttributeError.
         card: str | None = self.__dict__.get("loyalty_card") or None
         if card is None:
             raise ValueError(
