@@ -22,6 +22,7 @@ import gc
 import json
 import pickle
 import time
+import timeit
 from collections.abc import Callable
 from typing import Any
 
@@ -30,15 +31,6 @@ from benchmarks.bench_personas import records_of
 from patronage.models.batch import Record, prepare_batch
 from patronage.streams.preparing import packed, unpacked
 from patronage.streams.settings import Settings
-
-
-def best_of(repeats: int, run: Callable[[], Any]) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def main() -> None:
@@ -57,7 +49,7 @@ def main() -> None:
     gc.disable()
 
     def per_record(run: Callable[[], Any], count: int) -> float:
-        return round(best_of(args.repeats, run) / count * 1e6, 2)
+        return round(min(timeit.repeat(run, number=1, repeat=args.repeats)) / count * 1e6, 2)
 
     by_topic: dict[str, list[Record]] = {}
     for record in records:

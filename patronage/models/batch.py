@@ -12,9 +12,11 @@ the agent as an exception.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import json
+import operator
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,10 +36,13 @@ class Record:
     key: bytes | None
     value: bytes | None
 
-    def __reduce__(self) -> tuple[type[Record], tuple[str, int, int, bytes | None, bytes | None]]:
+    def __reduce__(self) -> tuple[type[Record], tuple[object, ...]]:
         # Pickled as its constructor's arguments (on the way to the prepare
         # process): half the default's cost to the worker.
-        return (Record, (self.topic, self.partition, self.offset, self.key, self.value))
+        return (Record, _record_values(self))
+
+
+_record_values = operator.attrgetter(*(f.name for f in dataclasses.fields(Record)))
 
 
 @dataclass

@@ -168,14 +168,22 @@ def routing_key(doc: Mapping[str, Any]) -> str | None:
     """The key to publish an event under: its profile's id (as `profile_id`
     decides it: customer id, else cookie, else card) or, for a link, its
     customer; None when it has none."""
-    for name, prefix in (
-        ("customer_id", ""),
-        ("anonymous_id", "anonymous_id:"),
-        ("loyalty_card", "loyalty_card:"),
-    ):
-        value = doc.get(name)
-        if isinstance(value, str):
-            return prefix + value
+    customer, cookie, card = (doc.get(n) for n in ("customer_id", "anonymous_id", "loyalty_card"))
+    return identity_key(
+        customer if isinstance(customer, str) else None,
+        cookie if isinstance(cookie, str) else None,
+        card if isinstance(card, str) else None,
+    )
+
+
+def identity_key(customer_id: str | None, anonymous_id: str | None, card: str | None) -> str | None:
+    """Whose profile: the customer's id, else the cookie's key, else the card's."""
+    if customer_id is not None:
+        return customer_id
+    if anonymous_id is not None:
+        return "anonymous_id:" + anonymous_id
+    if card is not None:
+        return "loyalty_card:" + card
     return None
 
 
@@ -200,22 +208,18 @@ class _Event(_Timed):
         return self
 
     def _profile_id(self) -> str:
-        # routing_key's order, without building its mapping: this runs twice
-        # per event (validation, then batching).
-        if self.customer_id is not None:
-            return self.customer_id
-        if self.anonymous_id is not None:
-            return "anonymous_id:" + self.anonymous_id
         # __dict__, not getattr: on an event without the field, pydantic's
-        # __getattr__ raises and catches an AttributeError.
+        # __getattr__ raises and catches an AttributeError. No mapping built
+        # as for routing_key: this runs twice per event.
         card: str | None = self.__dict__.get("loyalty_card") or None
-        if card is None:
+        key = identity_key(self.customer_id, self.anonymous_id, card)
+        if key is None:
             raise ValueError(
                 "customer_id or anonymous_id is required (or a receipt's loyalty_card)"
             )
-        if "{" in card or "}" in card:
+        if key.startswith("loyalty_card:") and ("{" in key or "}" in key):
             raise ValueError("loyalty_card, the only identifier, must not contain { or }")
-        return "loyalty_card:" + card
+        return key
 
     @property
     def profile_id(self) -> str:
