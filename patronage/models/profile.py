@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -169,6 +170,13 @@ def day_index(ts_ms: int, zone: dt.tzinfo = UTC) -> int:
     return dt.datetime.fromtimestamp(ts_ms / 1000, tz=zone).date().toordinal() - EPOCH_ORDINAL
 
 
+@functools.lru_cache(maxsize=256)
+def _decimal_rate(rate: float) -> Decimal | None:
+    """A currency's rate to the reporting currency as a Decimal, or None for
+    1 (the reporting currency itself: nothing to multiply)."""
+    return None if rate == 1 else Decimal(str(rate))
+
+
 def to_delta(
     event: Event,
     ts_ms: int,
@@ -193,12 +201,14 @@ def to_delta(
             **base,  # type: ignore[arg-type]
         )
     if isinstance(event, BASKET_EVENTS):
-        rate = Decimal(str(currencies[event.currency]))
+        rate = _decimal_rate(currencies[event.currency])
         basket = Decimal(0)
         returned = Decimal(0)
         per_category: dict[str, Decimal] = {}
         for item in event.items:
-            value = item.unit_price * item.quantity * rate
+            value = item.unit_price * item.quantity
+            if rate is not None:
+                value *= rate
             if value >= 0:
                 basket += value
             else:

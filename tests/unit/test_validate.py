@@ -7,8 +7,11 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from patronage.models.contracts import Purchase, parse_ts, routing_key
+from patronage.models import validate as validate_module
+from patronage.models.contracts import Item, Purchase, parse_ts, routing_key
 from patronage.models.validate import Accepted, Rejected, Rules, validate
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -339,3 +342,106 @@ def test_events_without_a_usable_identifier_are_rejected(
     outcome = run(body, kind)
     assert isinstance(outcome, Rejected) and outcome.code == "schema", outcome
     assert why in outcome.reason
+
+
+# A line's values as shops and tills send them, and as broken producers do:
+# padded, empty, over-long, control characters, lone surrogates, numbers as
+# text, booleans, nulls.
+_line_text = st.one_of(
+    st.sampled_from(["sku-4854", " 4006381333931 ", "", "   ", "Milch 3,5%", "x" * 129, "a\x00b"]),
+    st.text(max_size=140),
+)
+_line_number = st.one_of(
+    st.integers(-2000, 2000),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["0.532", " 2.19 ", "1e3", "NaN", "-0", "1E+999999999"]),
+    st.booleans(),
+    st.none(),
+)
+_line = st.fixed_dictionaries(
+    {},
+    optional={
+        "sku": st.one_of(_line_text, st.integers(), st.none()),
+        "category": st.one_of(_line_text, st.none()),
+        "quantity": _line_number,
+        "unit_price": _line_number,
+        "vat_rate": st.floats(0, 0.25),
+    },
+)
+
+
+def _line_outcome(check: Any, line: dict[str, Any]) -> Any:
+    corrections: list[str] = []
+    try:
+        item = check(line, 0, Rules(), corrections)
+    except validate_module._Reject as rej:
+        return ("dropped", rej.code, corrections)
+    if item is None:
+        return (None, corrections)
+    return (item, item.model_dump(), item.model_fields_set, corrections)
+
+
+def _validated_line(line: Any, index: int, rules: Rules, corrections: list[str]) -> Any:
+    """The line check with every line through Item's own validation."""
+    sku = line.get("sku")
+    line = {**line, "sku": sku if sku is None else f" {sku}"} if isinstance(sku, str) else line
+    return validate_module._check_line(line, index, rules, corrections)
+
+
+@given(_line)
+@settings(max_examples=400, deadline=None)
+def test_a_line_built_without_validation_is_the_validated_line(line: dict[str, Any]) -> None:
+    """Plain lines skip Item's validation (`_line_item`); a padded sku takes
+    it. The two must keep, drop and correct every line alike."""
+    fast = _line_outcome(validate_module._check_line, line)
+    validated = _line_outcome(_validated_line, line)
+    assert fast == validated
+    if isinstance(fast[0], Item):
+        # model_copy updates the fields set in place (missing_category does).
+        fast[0].model_copy(update={"category": "uncategorized"})
+
+
+@given(_line_number)
+@settings(max_examples=300, deadline=None)
+def test_a_remembered_number_is_the_number(value: Any) -> None:
+    validate_module._DECIMALS.clear()
+    first = validate_module._usable_decimal(value)
+    again = validate_module._usable_decimal(value)
+    expected = (
+        None if isinstance(value, bool) or value is None else validate_module._to_decimal(value)
+    )
+    assert first == again == expected or (first is again is expected is None)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # 1 and 1.0 share a remembered result: the same number.
+        assert (
+            validate_module._usable_decimal(float(value) if isinstance(value, int) else value)
+            == first
+        )
+
+
+def test_long_numbers_are_not_remembered() -> None:
+    validate_module._DECIMALS.clear()
+    for digits in range(40, 240):
+        validate_module._usable_decimal("1" * 10 + "." + "5" * digits)
+        validate_module._usable_decimal(10**digits)
+    assert validate_module._DECIMALS == {}
+
+
+@given(_line_text)
+@settings(max_examples=300, deadline=None)
+def test_a_label_kept_as_sent_is_one_free_label_keeps_unchanged(text: str) -> None:
+    validate_module._STORABLE.clear()
+    corrections: list[str] = []
+    unchanged = validate_module.free_label(f" {text} ", "category", corrections) == text
+    expected = unchanged and not corrections
+    # Asked twice: the second answer comes from the remembered labels.
+    assert validate_module._storable_as_sent(text) is expected
+    assert validate_module._storable_as_sent(text) is expected
+    assert (text in validate_module._STORABLE) is expected
+
+
+def test_remembered_labels_stay_bounded() -> None:
+    validate_module._STORABLE.clear()
+    for n in range(validate_module._STORABLE_MAX + 10):
+        assert validate_module._storable_as_sent(f"sku-{n}")
+    assert len(validate_module._STORABLE) <= validate_module._STORABLE_MAX
