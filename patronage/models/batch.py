@@ -122,23 +122,30 @@ def _prepare_one(
         rules.currencies,
         zone,
     )
-    line_letters = [
-        _line_letter(record, problem, now_ms, rules) for problem in outcome.dropped_lines
-    ]
+    dropped = outcome.dropped_lines
+    line_letters = [_line_letter(record, problem, now_ms, rules) for problem in dropped]
     customer_id = outcome.event.profile_id
-    batch.by_customer.setdefault(customer_id, []).append(delta)
-    batch.records_of.setdefault(customer_id, []).append(record)
-    batch.partition_of[customer_id] = record.partition
+    topic, partition = record.topic, record.partition
+    deltas = batch.by_customer.get(customer_id)
+    if deltas is None:
+        batch.by_customer[customer_id] = [delta]
+        batch.records_of[customer_id] = [record]
+    else:
+        deltas.append(delta)
+        batch.records_of[customer_id].append(record)
+    batch.partition_of[customer_id] = partition
     if delta.kind != "attributes":
-        newest = batch.newest.setdefault(record.partition, {})
-        newest[record.topic] = max(newest.get(record.topic, delta.ts), delta.ts)
-    batch.accepted[record.topic] += 1
+        newest = batch.newest.get(partition)
+        if newest is None:
+            newest = batch.newest[partition] = {}
+        newest[topic] = max(newest.get(topic, delta.ts), delta.ts)
+    batch.accepted[topic] += 1
     for correction in outcome.corrections:
-        batch.corrected[(record.topic, correction)] += 1
-    for problem, letter in zip(outcome.dropped_lines, line_letters, strict=True):
+        batch.corrected[(topic, correction)] += 1
+    for problem, letter in zip(dropped, line_letters, strict=True):
         batch.dead_letters.append((record.key, letter))
-        batch.lines_dropped[(record.topic, problem.code)] += 1
-    tp = (record.topic, record.partition)
+        batch.lines_dropped[(topic, problem.code)] += 1
+    tp = (topic, partition)
     batch.max_event_ts[tp] = max(batch.max_event_ts.get(tp, 0), outcome.ts_ms)
 
 

@@ -226,8 +226,16 @@ def test_unpaced_backlog_gives_the_alerts_history_would_have(
     a visit on a fast topic is applied long before the slower topics' visits
     of the same weeks. The event clock (the slowest topic) must keep every
     gap undecided until all of them are in: no false `lapsed`, none missed,
-    the exact moments, and each alert id once."""
+    the exact moments, and each alert id once.
+
+    The held-back topic must reach the worker while the partitions are
+    young (`PATRONAGE_LAPSE_INPUT_IDLE_S` of their first batch: a topic that
+    never delivered stops holding the clock after that), or the case is not
+    the one tested (published 95 s late: 40 false alerts and 10 missed). It
+    is published 30 s after the others began, leaving 60 s for publishing
+    and fetching it, and a run too slow for that fails saying so."""
     idle_s = 90 if held_back else 5
+    held_back_s = 30
     env = {
         **isolated_env,
         "PATRONAGE_LAPSE_CLOCK": "event",
@@ -245,10 +253,17 @@ def test_unpaced_backlog_gives_the_alerts_history_would_have(
     worker = Worker(env, name="backlog").start()
     partition_of: dict[str, int] = {}
     try:
+        started = time.monotonic()
         metadata = publish_with_metadata(settings, first)
         if later:
-            time.sleep(60)  # the others drain meanwhile
+            # The others drain meanwhile.
+            time.sleep(max(0.0, held_back_s - (time.monotonic() - started)))
             metadata += publish_with_metadata(settings, later)
+            published_s = time.monotonic() - started
+            assert published_s < idle_s - 20, (
+                f"the held-back topic took {published_s:.0f} s to publish: the clock "
+                f"stops waiting for it after {idle_s} s, so this run cannot test the case"
+            )
         for (_, customer, _), (_, partition, _) in zip(first + later, metadata, strict=True):
             partition_of[customer or ""] = partition
         wait_for(lambda: drained(settings), 240, "the backlog to drain", worker.check_alive)
@@ -277,7 +292,8 @@ def test_unpaced_backlog_gives_the_alerts_history_would_have(
     assert not false_alerts and not missed, (len(false_alerts), len(missed))
     assert actual == expected
     record(
-        "lapse alerts, unpaced backlog" + (f", {held_back} held back 60 s" if held_back else ""),
+        "lapse alerts, unpaced backlog"
+        + (f", {held_back} held back {held_back_s} s" if held_back else ""),
         events=len(events),
         expected_alerts=len(expected),
         alert_ids=len(by_id),

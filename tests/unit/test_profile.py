@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from patronage.models.contracts import Click
 from patronage.models.profile import (
     DAY_MS,
     Delta,
@@ -22,6 +23,8 @@ from patronage.models.profile import (
     gap_stats,
     profile_view,
     short_hash,
+    to_delta,
+    token,
 )
 from tests.compare import assert_views_close
 
@@ -277,3 +280,28 @@ def test_day_index_is_the_local_calendar_day(ts_ms: int, zone: dt.tzinfo) -> Non
     local = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ts_ms)
     expected = (local.astimezone(zone).date() - dt.date(1970, 1, 1)).days
     assert day_index(ts_ms, zone) == expected
+
+
+def test_a_click_becomes_a_delta_field_by_field() -> None:
+    event = Click(
+        event_id="ev-7",
+        ts="2026-11-02T09:15:00Z",
+        customer_id="c1",
+        session_id="s-42",
+        page_type="product",
+        channel="email",
+        device="mobile",
+    )
+    ts_ms = T0 + 5 * DAY_MS + 1234
+    delta = to_delta(event, ts_ms, "clicks:3", 77, {"EUR": 1.0})
+    assert delta == Delta(
+        source="clicks:3",
+        offset=77,
+        event_token=token("ev-7"),
+        ts=ts_ms,
+        day=ts_ms // DAY_MS,
+        kind="click",
+        session_token=short_hash("s-42"),
+        channel="email",
+        device="mobile",
+    )
