@@ -335,12 +335,8 @@ def _check_lines(
     return kept, dropped
 
 
-# "items.0", "items.1", …: named in every check, built once.
-_LINE_PLACES = tuple(f"items.{index}" for index in range(64))
-
-
 def _check_line(line: Any, index: int, rules: Rules, corrections: list[str]) -> Item | None:
-    where = _LINE_PLACES[index] if index < len(_LINE_PLACES) else f"items.{index}"
+    where = f"items.{index}"
     if not isinstance(line, dict):
         raise _Reject("line_not_an_object", f"{where} must be an object")
     category = free_label(line.get("category"), "category", corrections)

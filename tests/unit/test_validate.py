@@ -384,7 +384,8 @@ def _line_outcome(check: Any, line: dict[str, Any]) -> Any:
 def _validated_line(line: Any, index: int, rules: Rules, corrections: list[str]) -> Any:
     """The line check with every line through Item's own validation."""
     sku = line.get("sku")
-    line = {**line, "sku": sku if sku is None else f" {sku}"} if isinstance(sku, str) else line
+    if isinstance(sku, str):
+        line = {**line, "sku": f" {sku}"}
     return validate_module._check_line(line, index, rules, corrections)
 
 
@@ -410,7 +411,7 @@ def test_a_remembered_number_is_the_number(value: Any) -> None:
     expected = (
         None if isinstance(value, bool) or value is None else validate_module._to_decimal(value)
     )
-    assert first == again == expected or (first is again is expected is None)
+    assert first == again == expected
     if isinstance(value, int | float) and not isinstance(value, bool):
         # 1 and 1.0 share a remembered result: the same number.
         assert (
