@@ -238,23 +238,33 @@ class Resolver:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Person | None] = OrderedDict()
         self._generation = -1
+        self._asked = 0  # calls of `persons` so far
+        self._adopted = 0  # the latest of them whose answers the cache holds
 
     async def persons(self, keys: Iterable[str]) -> dict[str, Person]:
         """key -> its person, for the keys that are linked."""
         keys = list(keys)
-        generation = await self.store.identity_generation()
-        if generation != self._generation:
-            self._cache.clear()  # some person changed: forget them all
-            self._generation = generation
         # Answered from a copy: while this call waits for the store, another
         # (a sweep's alerts, the next link) may clear or trim the cache, and
         # reading it back after the wait stopped the worker (KeyError).
-        known = {k: self._cache[k] for k in keys if k in self._cache}
-        missing = [k for k in keys if k not in known]
-        if missing:
-            found = await self.store.persons_of(missing)
-            known.update((key, found.get(key)) for key in missing)
-        if self._generation == generation:  # else these answers may be stale
+        cached_under = self._generation
+        ticket = self._asked = self._asked + 1
+        cached = {k: self._cache[k] for k in keys if k in self._cache}
+        missing = [k for k in keys if k not in cached]
+        # The generation and the uncached people in one round trip.
+        generation, found = await self.store.identity_state(missing)
+        known = {**cached, **{key: found.get(key) for key in missing}}
+        if cached and generation != cached_under:
+            # Some person changed since the cached answers were read.
+            again = await self.store.persons_of(list(cached))
+            known.update((key, again.get(key)) for key in cached)
+        # Cached only if no call asked later has been answered already:
+        # otherwise these answers may be older than the cache's.
+        if ticket > self._adopted:
+            self._adopted = ticket
+            if generation != self._generation:
+                self._cache.clear()  # some person changed: forget them all
+                self._generation = generation
             for key in keys:
                 self._cache[key] = known[key]
                 self._cache.move_to_end(key)
@@ -262,10 +272,16 @@ class Resolver:
                 self._cache.popitem(last=False)
         return {key: person for key in keys if (person := known[key]) is not None}
 
-    async def canonical_profiles(self, profiles: Mapping[str, Fields]) -> dict[str, Fields]:
+    async def canonical_profiles(
+        self, profiles: Mapping[str, Fields], persons: Mapping[str, Person] | None = None
+    ) -> dict[str, Fields]:
         """The applied profiles as people: a part of a linked person is
-        replaced by the person's merged profile, under its canonical id."""
-        linked = await self.persons(profiles)
+        replaced by the person's merged profile, under its canonical id.
+        `persons`: `persons()` of (at least) these profiles, asked already."""
+        if persons is None:
+            linked = await self.persons(profiles)
+        else:
+            linked = {k: p for k, p in persons.items() if k in profiles}
         if not linked:
             return dict(profiles)
         out = {k: v for k, v in profiles.items() if k not in linked}

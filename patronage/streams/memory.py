@@ -261,6 +261,9 @@ class MemoryProfileStore:
     async def identity_generation(self) -> int:
         return self.generation
 
+    async def identity_state(self, nodes: Sequence[str]) -> tuple[int, dict[str, Person]]:
+        return self.generation, await self.persons_of(nodes)
+
     async def write_identities(
         self, links: Mapping[tuple[str, str], str], persons: Mapping[str, Person | None]
     ) -> None:

@@ -801,7 +801,25 @@ class ProfileStore:
         return {n: person_from_json(r) for n, r in zip(nodes, replies, strict=True) if r}
 
     async def identity_generation(self) -> int:
-        return int(await self.client.get(identity_generation_key(self.prefix)) or 0)
+        generation, _ = await self.identity_state([])
+        return generation
+
+    async def identity_state(self, nodes: Sequence[str]) -> tuple[int, dict[str, Person]]:
+        """Asked once per input batch: through the light pipeline, not
+        redis-py's command path (1.8 % of a worker's CPU at 1k events/s for
+        the generation alone). A person is written before the generation
+        moves on, so the people are read after it: in one pipeline on one
+        server (replies in order), one after the other across a cluster's
+        nodes (its pipelines run side by side)."""
+        key = identity_generation_key(self.prefix)
+        if self.cluster or not nodes:
+            (raw,) = checked(await self._pipelined([(key, ("GET", key))]))
+            return int(raw or 0), (await self.persons_of(nodes) if nodes else {})
+        keys = [person_key(self.prefix, n) for n in nodes]
+        ops = [(key, ("GET", key)), *((k, ("GET", k)) for k in keys)]
+        raw, *replies = checked(await self._pipelined(ops))
+        found = {n: person_from_json(r) for n, r in zip(nodes, replies, strict=True) if r}
+        return int(raw or 0), found
 
     async def write_identities(
         self, links: Mapping[tuple[str, str], str], persons: Mapping[str, Person | None]

@@ -164,6 +164,11 @@ class ProfileStoreT(Protocol):
         """Moves on whenever any person changes (caches of persons check it)."""
         ...
 
+    async def identity_state(self, nodes: Sequence[str]) -> tuple[int, dict[str, Person]]:
+        """`identity_generation()` and `persons_of(nodes)`, the people read no
+        earlier than the generation (one round trip where Redis can do that)."""
+        ...
+
     async def write_identities(
         self, links: Mapping[tuple[str, str], str], persons: Mapping[str, Person | None]
     ) -> None:

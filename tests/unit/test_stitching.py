@@ -10,6 +10,8 @@ import math
 import random
 from typing import Any
 
+import redis
+
 from patronage.models.batch import Record
 from patronage.models.contracts import routing_key
 from patronage.models.identity import IdentityGraph, Limits, LinkEvent
@@ -27,7 +29,7 @@ from patronage.streams.memory import (
     StaticLog,
     stored_fields,
 )
-from patronage.streams.pipeline import Pipeline
+from patronage.streams.pipeline import PERSONS_AHEAD, Pipeline
 from patronage.streams.segmenting import partition_for
 from patronage.streams.settings import Settings
 from tests.schema_fuzz import ADVERSARIAL_VALUES, leaf_paths, render, replaced
@@ -192,7 +194,33 @@ def test_scores_follow_the_canonical_customer() -> None:
     """A linked cookie's events are scored as its person: the tier stored on
     the canonical customer is the merged profile's, and no tier is sent for
     a linked cookie."""
+    assert_later_cookies_scored_as_people(*run_stitched(seed=3))
+
+
+def test_a_failed_lookup_of_people_is_asked_again() -> None:
+    """A batch's people are looked up while Redis applies it; when that
+    lookup fails (Redis restarting), they are asked again after the apply,
+    under the retry policy — the batch is not lost, nor scored per cookie."""
     world, pipe, store, records = run_stitched(seed=3)
+    pipe.resolver._cache.clear()
+    answer = store.identity_state
+    failures: list[str] = []
+
+    async def once_unavailable(nodes: Any) -> Any:
+        task = asyncio.current_task()
+        if not failures and task is not None and task.get_name() == PERSONS_AHEAD:
+            failures.append("refused")
+            raise redis.exceptions.ConnectionError("Connection refused")
+        return await answer(nodes)
+
+    store.identity_state = once_unavailable  # type: ignore[method-assign]
+    assert_later_cookies_scored_as_people(world, pipe, store, records)
+    assert failures == ["refused"]
+
+
+def assert_later_cookies_scored_as_people(
+    world: Any, pipe: Pipeline, store: MemoryProfileStore, records: list[Record]
+) -> None:
     cookies = {k: p for k, p in store.persons.items() if k.startswith("anonymous_id:")}
     assert cookies
     last_ts = max(json.loads(r.value or b"")["ts"] for r in records)
