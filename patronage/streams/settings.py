@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     # call drains a backlog faster; each 10k records cost ~30 MB while in hand.
     batch_max: int = Field(20_000, ge=1, le=100_000)
     batch_within_s: float = Field(0.1, gt=0, le=60)
+    # How long the broker gathers records before answering a fetch of the
+    # input topics; 0: at the first record (Kafka's default). Answered at
+    # the first record, a live worker fetched a record or two at a time.
+    fetch_wait_ms: int = Field(5, ge=0, le=500)
     # Batches of at least this many records are validated in the worker's
     # prepare process while the batch before them is finished (a second
     # core's worth of Python when catching up); smaller ones, as a live

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from patronage.streams.settings import SettingsError, load_settings
@@ -27,6 +29,8 @@ from patronage.streams.settings import SettingsError, load_settings
         ("PATRONAGE_BACKGROUND_PASS_SHARE", "0", "greater than 0"),
         ("PATRONAGE_BACKGROUND_PASS_SHARE", "25%", "valid number"),
         ("PATRONAGE_BACKGROUND_PASS_SHARE", "1.5", "less than or equal to 1"),
+        ("PATRONAGE_FETCH_WAIT_MS", "-5", "greater than or equal to 0"),
+        ("PATRONAGE_FETCH_WAIT_MS", "5ms", "valid integer"),
     ],
 )
 def test_bad_setting_names_itself(
@@ -122,3 +126,28 @@ def test_kafka_tls_context_only_for_tls_protocols(monkeypatch: pytest.MonkeyPatc
     context = settings.kafka_ssl_context()
     assert context is not None and context.check_hostname is False
     assert settings.kafka_client_kwargs()["security_protocol"] == "SSL"
+
+
+@pytest.mark.parametrize(
+    ("wait_ms", "max_wait_ms", "min_bytes"),
+    [
+        # Kafka's default: answered at the first record (aiokafka's defaults).
+        ("0", 500, 1),
+        # Gathered for up to 5 ms, or until a backlog's megabyte is ready.
+        ("5", 5, 1 << 20),
+        ("250", 250, 1 << 20),
+    ],
+)
+def test_the_fetch_wait_reaches_the_input_consumer(
+    monkeypatch: pytest.MonkeyPatch, wait_ms: str, max_wait_ms: int, min_bytes: int
+) -> None:
+    from patronage.streams.ingest import input_consumer
+
+    monkeypatch.setenv("PATRONAGE_FETCH_WAIT_MS", wait_ms)
+    settings = load_settings()
+
+    async def built() -> tuple[int, int]:
+        consumer = input_consumer(settings)  # not started: no broker needed
+        return consumer._fetch_max_wait_ms, consumer._fetch_min_bytes
+
+    assert asyncio.run(built()) == (max_wait_ms, min_bytes)
