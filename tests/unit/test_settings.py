@@ -133,9 +133,9 @@ def test_kafka_tls_context_only_for_tls_protocols(monkeypatch: pytest.MonkeyPatc
     [
         # Kafka's default: answered at the first record (aiokafka's defaults).
         ("0", 500, 1),
-        # Gathered for up to 5 ms, or until a backlog's megabyte is ready.
-        ("5", 5, 1 << 20),
-        ("250", 250, 1 << 20),
+        # Gathered for up to 5 ms, or until 64 KiB of a backlog are ready.
+        ("5", 5, 1 << 16),
+        ("250", 250, 1 << 16),
     ],
 )
 def test_the_fetch_wait_reaches_the_input_consumer(
