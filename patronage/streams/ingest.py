@@ -41,8 +41,8 @@ KAFKA_START_RETRY_MAX_S = 5.0  # longest wait between attempts to start ingest
 UNKNOWN_TOPIC_RETRIES = 3  # each attempt waits up to the client's request timeout
 # With a fetch wait, the broker answers once this much is ready or the wait
 # is over: a backlog is still fetched at once, a live stream every few ms.
-# Well under a partition's share of a fetch (1 MiB): at 1 MiB a backlog's
-# fetches often waited out the whole wait (drains slower, docs/benchmarks.md).
+# Well under a partition's share of a fetch (1 MiB): at 1 MiB drains were
+# slower and the broker spent twice the CPU per event (docs/benchmarks.md).
 FETCH_GATHER_BYTES = 1 << 16
 
 
