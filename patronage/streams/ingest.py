@@ -67,7 +67,7 @@ def input_consumer(settings: Settings) -> AIOKafkaConsumer:
     """The input consumer: the worker's consumer group, committed records only."""
     # Answered at the first record, each fetch carried a record or two at
     # 1k events/s, and aiokafka's fetch path took ~15 % of the worker's CPU
-    # (docs/benchmarks.md, "Fewer, fuller fetches").
+    # (docs/benchmarks.md, "…and fuller fetches").
     gather = (
         {"fetch_max_wait_ms": settings.fetch_wait_ms, "fetch_min_bytes": FETCH_GATHER_BYTES}
         if settings.fetch_wait_ms

@@ -259,6 +259,7 @@ class Pipeline:
             if lookup is not None:
                 lookup.cancel()
             raise
+        linked = await _settled(lookup) if lookup is not None else None
         for customer_id, why in result.failed.items():
             for record in batch.records_of.get(customer_id, []):
                 reason = f"Redis refused the update of this record's customer: {why}"
@@ -268,7 +269,6 @@ class Pipeline:
         if lookup is not None:
             # Scores and tiers are a person's: a linked part is scored as the
             # merge of its person's parts, under the canonical id.
-            linked = await _settled(lookup)
             people = await self.retry(
                 "identities", lambda: self.resolver.canonical_profiles(result.profiles, linked)
             )
