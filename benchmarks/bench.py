@@ -217,7 +217,6 @@ def throughput(
     if job.startswith("quix-"):
         env["QUIX_GUARANTEE"] = job.removeprefix("quix-")
     servers = {name: _pid(name) for name in ("redis", "kafka")}
-    servers_before = {n: _child_cpu(p) if p else None for n, p in servers.items()}
     procs = [
         subprocess.Popen(
             command,
@@ -229,29 +228,31 @@ def throughput(
     ]
     started = time.monotonic()
     first_progress = None
+    # Every CPU figure counts from the last poll before the first progress:
+    # the drain's, not the start-up's (imports, joining the group, the
+    # helpers' imports); none of the drain is left out.
+    before = _cpu_snapshot(servers, procs)
     try:
         while True:
             rows = asyncio.run(group_lag(settings))
             remaining = sum(r.lag for r in rows)
-            if first_progress is None and remaining < inputs:
-                first_progress = time.monotonic()
-                servers_before = {n: _child_cpu(p) if p else None for n, p in servers.items()}
+            if first_progress is None:
+                if remaining < inputs:
+                    first_progress = time.monotonic()
+                else:
+                    before = _cpu_snapshot(servers, procs)
             if remaining == 0:
                 break
             if time.monotonic() - started > 600:
                 raise RuntimeError(f"{job} did not drain the backlog in 600 s")
             time.sleep(0.2)
         finished = time.monotonic()
-        cpus = [_child_cpu(proc.pid) for proc in procs]
-        # The workers' own helper processes work for them: their CPU counts.
-        helpers = [_child_cpu(c) or 0.0 for proc in procs for c in _descendants(proc.pid)]
-        servers_after = {n: _child_cpu(p) if p else None for n, p in servers.items()}
+        after = _cpu_snapshot(servers, procs)
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(30)
-    cpu = None if None in cpus else sum(c for c in cpus if c is not None)
     busy = finished - (first_progress or started)
     name = job if workers == 1 else f"{job} x{workers}"
     result: dict[str, Any] = {
@@ -260,14 +261,12 @@ def throughput(
         "drain_seconds": round(busy, 2),
         "events_per_second": round(inputs / busy),
     }
-    if cpu is not None:
-        result["process_cpu_us_per_event"] = round((cpu + sum(helpers)) / inputs * 1e6, 1)
-        if helpers:
-            result["helper_cpu_us_per_event"] = round(sum(helpers) / inputs * 1e6, 1)
-    for name in servers:
-        before, after = servers_before.get(name), servers_after.get(name)
-        if before is not None and after is not None:
-            result[f"{name}_cpu_us_per_event"] = round((after - before) / inputs * 1e6, 1)
+    for name in ("process", "helper", *servers):
+        spent = _cpu_spent(before, after, name)
+        if spent is not None:
+            result[f"{name}_cpu_us_per_event"] = round(spent / inputs * 1e6, 1)
+    # what the processes had spent before the drain began (start-up)
+    result["process_startup_cpu_s"] = round(before["process"] or 0.0, 2)
     check = _check_quix if job.startswith("quix-") else _check_profiles
     result.update(asyncio.run(check(settings, stream)))
     if job.startswith("patronage"):
@@ -768,6 +767,36 @@ def _descendants(pid: int) -> list[int]:
     except OSError:
         return []
     return [c for child in map(int, children) for c in (child, *_descendants(child))]
+
+
+def _cpu_snapshot(
+    servers: dict[str, int | None], procs: list[subprocess.Popen[bytes]]
+) -> dict[str, float | None]:
+    """CPU seconds so far: each server's; "process", the job's processes
+    with the helpers they started (their fit and prepare processes work for
+    them); "helper", those helpers alone (a helper gone is left out)."""
+    cpus = [_child_cpu(proc.pid) for proc in procs]
+    helpers = [_child_cpu(c) or 0.0 for proc in procs for c in _descendants(proc.pid)]
+    own = None if None in cpus else sum(c for c in cpus if c is not None)
+    return {
+        **{name: _child_cpu(pid) if pid else None for name, pid in servers.items()},
+        "process": None if own is None else own + sum(helpers),
+        "helper": sum(helpers) if helpers else None,
+    }
+
+
+def _cpu_spent(
+    before: dict[str, float | None], after: dict[str, float | None], name: str
+) -> float | None:
+    """CPU seconds `name` spent between two snapshots (a helper started in
+    between counts from 0)."""
+    end = after.get(name)
+    if end is None:
+        return None
+    start = before.get(name)
+    if start is None:
+        return end if name == "helper" else None
+    return end - start
 
 
 def _child_cpu(pid: int) -> float | None:
