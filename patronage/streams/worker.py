@@ -94,6 +94,12 @@ class Runtime:
         self.parameters = self.pipeline.parameters
         self.metrics.attach(self.pipeline, self.monitor)
 
+    def start_prepare_process(self) -> None:
+        """Spawn the prepare process now (if the worker has one): it takes a
+        second or two of CPU to import the worker's modules."""
+        if self.pipeline.prepare_process is not None:
+            self.pipeline.prepare_process.start()
+
     def owned(self) -> set[int]:
         """The input partitions this worker owns (lapse sweeps and re-scoring follow them)."""
         return self.ingest.owned(set(self.settings.input_topics))
@@ -237,6 +243,13 @@ def _wire_timers(app: faust.App, runtime: Runtime) -> None:
 def _wire_learner(app: faust.App, runtime: Runtime) -> None:
     settings, pipeline = runtime.settings, runtime.pipeline
     features = _raw_topic(app, settings.topic(settings.topic_segment_features), partitions=1)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def start_fit_process(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
+        # The worker that owns the features is the learner: its fit process
+        # imports while the worker starts, not during the first refit.
+        if any(tp.topic == features.get_topic_name() for tp in assigned):
+            runtime.fit_process.start()
 
     @app.agent(features, name="learn")
     async def learn(stream: Any) -> None:
