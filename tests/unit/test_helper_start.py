@@ -1,0 +1,45 @@
+"""The worker's helper processes are spawned while it starts, not during a
+catch-up's first batches: a spawned process spends a second or two of CPU
+importing the worker's modules, and on the 2-core machine that was taken
+from the first batches of a drain (docs/benchmarks.md, "Helper processes
+spawned with the worker")."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from faust.types import TP
+
+from patronage.streams.settings import Settings
+from patronage.streams.worker import Runtime, build_app
+
+
+def test_the_learner_starts_its_fit_process_when_the_features_are_assigned() -> None:
+    settings = Settings()
+    app, runtime = build_app(settings)
+    started: list[str] = []
+    runtime.fit_process.start = lambda: started.append("fit")  # type: ignore[method-assign]
+    features = settings.topic(settings.topic_segment_features)
+
+    async def assign() -> None:
+        # A worker without the features partition is not the learner: no fit process.
+        await app.on_partitions_assigned.send({TP(settings.topic(settings.topic_clicks), 0)})
+        assert started == []
+        await app.on_partitions_assigned.send({TP(features, 0), TP("other", 1)})
+
+    asyncio.run(assign())
+    assert started == ["fit"]
+
+
+@pytest.mark.parametrize(("enabled", "expected"), [(True, ["prepare"]), (False, [])])
+def test_the_prepare_process_is_started_when_the_worker_has_one(
+    enabled: bool, expected: list[str]
+) -> None:
+    runtime = Runtime(Settings(prepare_process=enabled))
+    started: list[str] = []
+    helper = runtime.pipeline.prepare_process
+    if helper is not None:
+        helper.start = lambda: started.append("prepare")  # type: ignore[method-assign]
+    runtime.start_prepare_process()
+    assert started == expected
