@@ -238,12 +238,15 @@ def throughput(
     before = _cpu_snapshot(servers, procs)
     try:
         while True:
-            if drain_began is None and asyncio.run(_group_stable(settings)):
+            began_now = drain_began is None and asyncio.run(_group_stable(settings))
+            if began_now:
                 drain_began = time.monotonic()
                 before = _cpu_snapshot(servers, procs)
             rows = asyncio.run(group_lag(settings))
             remaining = sum(r.lag for r in rows)
             if remaining == 0:
+                if began_now:
+                    raise RuntimeError(f"{job} drained the backlog within a poll: too few to time")
                 break
             if time.monotonic() - started > 600:
                 raise RuntimeError(f"{job} did not drain the backlog in 600 s")
