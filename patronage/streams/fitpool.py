@@ -65,8 +65,18 @@ class FitProcess:
 
     def start(self) -> None:
         """Start the process now, without waiting for it (a spawned process
-        takes a second or two to import the worker's modules)."""
-        self.pool.submit(os.getpid)
+        takes a second or two to import the worker's modules). Called on
+        every assignment of the learner's partition, inside Faust's
+        rebalance callback, where raising would stop the worker: a pool
+        whose process died is replaced, one shut down (the worker is
+        stopping) is left so."""
+        try:
+            self.pool.submit(os.getpid)
+        except BrokenProcessPool:
+            self._replace()
+            self.pool.submit(os.getpid)
+        except RuntimeError:  # shut down
+            log.debug("the %s process is shut down; not started", self.role)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in the helper process; once again in a new process if
@@ -75,11 +85,15 @@ class FitProcess:
         try:
             return await loop.run_in_executor(self.pool, fn, *args)
         except BrokenProcessPool:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = fit_pool(self.interval_s)
-            self.restarts += 1
-            log.warning("the %s process died; started a new one, running again", self.role)
+            self._replace()
             return await loop.run_in_executor(self.pool, fn, *args)
+
+    def _replace(self) -> None:
+        """A new pool for one whose process died."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = fit_pool(self.interval_s)
+        self.restarts += 1
+        log.warning("the %s process died; started a new one", self.role)
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

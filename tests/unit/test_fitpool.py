@@ -93,3 +93,28 @@ def test_a_fit_process_that_died_is_started_again() -> None:
         fits.shutdown()
     assert second != first and third == second  # a new process, then kept
     assert fits.restarts == 1
+
+
+def test_starting_a_fit_process_that_died_starts_a_new_one() -> None:
+    """`start` runs in Faust's rebalance callback on every assignment of the
+    learner's partition (streams/worker.py): on a pool a killed process had
+    broken, `submit` raised there and would have stopped the worker. After
+    shut-down (the worker stopping) it does nothing."""
+    from patronage.streams.fitpool import FitProcess
+
+    fits = FitProcess(interval_s=0.1)
+    try:
+        first = fits.pool.submit(os.getpid).result(timeout=60)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        # the pool marks itself broken once its manager thread saw the death
+        while not fits.pool._broken and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fits.pool._broken
+        fits.start()
+        second = fits.pool.submit(os.getpid).result(timeout=60)
+        assert second != first and fits.restarts == 1
+    finally:
+        fits.shutdown()
+    fits.start()  # shut down: no error, no process
+    assert fits.restarts == 1
