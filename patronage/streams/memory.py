@@ -258,9 +258,6 @@ class MemoryProfileStore:
     async def persons_of(self, nodes: Sequence[str]) -> dict[str, Person]:
         return {n: self.persons[n] for n in nodes if n in self.persons}
 
-    async def identity_generation(self) -> int:
-        return self.generation
-
     async def identity_state(self, nodes: Sequence[str]) -> tuple[int, dict[str, Person]]:
         return self.generation, await self.persons_of(nodes)
 

@@ -798,11 +798,7 @@ class ProfileStore:
     async def persons_of(self, nodes: Sequence[str]) -> dict[str, Person]:
         keys = [person_key(self.prefix, n) for n in nodes]
         replies = checked(await self._pipelined([(k, ("GET", k)) for k in keys]))
-        return {n: person_from_json(r) for n, r in zip(nodes, replies, strict=True) if r}
-
-    async def identity_generation(self) -> int:
-        generation, _ = await self.identity_state([])
-        return generation
+        return _persons(nodes, replies)
 
     async def identity_state(self, nodes: Sequence[str]) -> tuple[int, dict[str, Person]]:
         """Asked once per input batch. A person is written before the
@@ -820,8 +816,7 @@ class ProfileStore:
         keys = [person_key(self.prefix, n) for n in nodes]
         ops = [(key, ("GET", key)), *((k, ("GET", k)) for k in keys)]
         raw, *replies = checked(await self._pipelined(ops))
-        found = {n: person_from_json(r) for n, r in zip(nodes, replies, strict=True) if r}
-        return int(raw or 0), found
+        return int(raw or 0), _persons(nodes, replies)
 
     async def write_identities(
         self, links: Mapping[tuple[str, str], str], persons: Mapping[str, Person | None]
@@ -904,6 +899,11 @@ def _apply_result(customers: list[str], replies: list[Any], topics: TopicCodes) 
             result.outbox[customer_id] = list(reply[REPLY["outbox"]])
         result.profiles[customer_id] = decode_profile(reply[REPLY["profile"]], topics)
     return result
+
+
+def _persons(nodes: Sequence[str], replies: list[Any]) -> dict[str, Person]:
+    """node -> its person, from the GET replies of their person keys."""
+    return {n: person_from_json(r) for n, r in zip(nodes, replies, strict=True) if r}
 
 
 def raise_unless_poison(replies: list[Any]) -> None:

@@ -160,13 +160,10 @@ class ProfileStoreT(Protocol):
         """node -> its person, for the linked ones."""
         ...
 
-    async def identity_generation(self) -> int:
-        """Moves on whenever any person changes (caches of persons check it)."""
-        ...
-
     async def identity_state(self, nodes: Sequence[str]) -> tuple[int, dict[str, Person]]:
-        """`identity_generation()` and `persons_of(nodes)`, the people read no
-        earlier than the generation (one round trip where Redis can do that)."""
+        """The identity generation (it moves on whenever any person changes;
+        caches of persons check it) and `persons_of(nodes)`, the people read
+        no earlier than the generation (one round trip where Redis can do that)."""
         ...
 
     async def write_identities(

@@ -314,9 +314,9 @@ def test_identity_links_and_persons_round_trip_and_are_forgotten(store_of: Any) 
             ("c-1", "anonymous_id:0b7f"): '{"type":"link"}',
             ("c-1", "loyalty_card:2400"): '{"type":"link","n":2}',
         }
-        g0 = await store.identity_generation()
+        g0, _ = await store.identity_state([])
         await store.write_identities(pairs, dict.fromkeys(person.members, person))
-        g1 = await store.identity_generation()
+        g1, _ = await store.identity_state([])
         links = await store.identity_links(["c-1", "loyalty_card:2400", "anonymous_id:none"])
         found = await store.persons_of(["anonymous_id:0b7f", "c-9"])
         # What the Resolver asks once per batch: the same, with the generation.
