@@ -33,6 +33,13 @@ log = logging.getLogger("patronage.learner")
 T = TypeVar("T")
 
 
+def _start_helper(parent_pid: int, interval_s: float, niceness: int) -> None:
+    """In the new process: lower its priority, then watch its parent."""
+    if niceness:
+        os.nice(niceness)
+    _exit_with_parent(parent_pid, interval_s)
+
+
 def _exit_with_parent(parent_pid: int, interval_s: float) -> None:
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -42,25 +49,29 @@ def _exit_with_parent(parent_pid: int, interval_s: float) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def fit_pool(interval_s: float = 1.0) -> ProcessPoolExecutor:
+def fit_pool(interval_s: float = 1.0, niceness: int = 0) -> ProcessPoolExecutor:
     """One spawned process (the fits in a thread still took the GIL from
-    ingest: scipy's optimiser is mostly Python)."""
+    ingest: scipy's optimiser is mostly Python), `niceness` steps below
+    the worker's priority."""
     return ProcessPoolExecutor(
         1,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=_exit_with_parent,
-        initargs=(os.getpid(), interval_s),
+        initializer=_start_helper,
+        initargs=(os.getpid(), interval_s, niceness),
     )
 
 
 class FitProcess:
     """One helper process at a time, a new one when the last died. `role`
-    names it in the log ("fit", "prepare")."""
+    names it in the log ("fit", "prepare"); `niceness` lowers its priority
+    (the fits are background work: on a saturated host they should wait,
+    not the ingest path)."""
 
-    def __init__(self, interval_s: float = 1.0, role: str = "fit") -> None:
+    def __init__(self, interval_s: float = 1.0, role: str = "fit", niceness: int = 0) -> None:
         self.interval_s = interval_s
         self.role = role
-        self.pool = fit_pool(interval_s)
+        self.niceness = niceness
+        self.pool = fit_pool(interval_s, niceness)
         self.restarts = 0  # processes started again after one died
 
     def start(self) -> None:
@@ -91,7 +102,7 @@ class FitProcess:
     def _replace(self) -> None:
         """A new pool for one whose process died."""
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.pool = fit_pool(self.interval_s)
+        self.pool = fit_pool(self.interval_s, self.niceness)
         self.restarts += 1
         log.warning("the %s process died; started a new one", self.role)
 

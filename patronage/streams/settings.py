@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # worker's are, in the worker itself, without the hop.
     prepare_process: bool = True
     prepare_process_min_records: int = Field(2_000, ge=1, le=100_000)
+    # How far below the worker the learner's fit process runs (nice(2)
+    # steps): on a saturated host its refits, which can wait, took the CPU
+    # live events needed. 0: the worker's own priority.
+    fit_niceness: int = Field(10, ge=0, le=19)
     commit_interval_s: float = Field(1.0, gt=0, le=60)
     session_timeout_s: float = Field(30.0, ge=6, le=300)
     web_host: str = "127.0.0.1"

@@ -85,7 +85,7 @@ class Runtime:
             producer,  # type: ignore[arg-type]
             metrics=self.metrics,
         )
-        self.fit_process = FitProcess()
+        self.fit_process = FitProcess(niceness=settings.fit_niceness)
         self.pipeline.learner.executor = self.fit_process
         if settings.prepare_process:  # started with ingest
             self.pipeline.prepare_process = FitProcess(role="prepare")

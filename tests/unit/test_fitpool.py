@@ -75,9 +75,9 @@ def test_a_fit_process_that_died_is_started_again() -> None:
 
     from patronage.streams.fitpool import FitProcess
 
-    fits = FitProcess(interval_s=0.1)
+    fits = FitProcess(interval_s=0.1, niceness=3)
 
-    async def scenario() -> tuple[int, int, int]:
+    async def scenario() -> tuple[int, int, int, int]:
         first = await fits.run(os.getpid)
         os.kill(first, signal.SIGKILL)
         deadline = time.monotonic() + 10
@@ -85,14 +85,15 @@ def test_a_fit_process_that_died_is_started_again() -> None:
             await asyncio.sleep(0.05)
         second = await fits.run(os.getpid)
         third = await fits.run(os.getpid)
-        return first, second, third
+        return first, second, third, await fits.run(os.nice, 0)
 
     try:
-        first, second, third = asyncio.run(scenario())
+        first, second, third, niceness = asyncio.run(scenario())
     finally:
         fits.shutdown()
     assert second != first and third == second  # a new process, then kept
     assert fits.restarts == 1
+    assert niceness == min(os.nice(0) + 3, 19)  # the new one as far below the worker
 
 
 def test_starting_a_fit_process_that_died_starts_a_new_one() -> None:

@@ -7,6 +7,7 @@ spawned with the worker")."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 from faust.types import TP
@@ -43,3 +44,24 @@ def test_the_prepare_process_is_started_when_the_worker_has_one(
         helper.start = lambda: started.append("prepare")  # type: ignore[method-assign]
     runtime.start_prepare_process()
     assert started == expected
+
+
+def test_the_fit_process_runs_below_the_worker_and_the_prepare_process_beside_it() -> None:
+    """A refit is background work: at the worker's priority, on the 2-core
+    machine it took the CPU live events needed and their p99 went from
+    ~25 to 100-200 ms while it ran (docs/benchmarks.md, "The learner's fit
+    process below the worker"). The prepare process is on the ingest path
+    and keeps the worker's priority. Real spawned processes: their
+    niceness is what the kernel reports."""
+    runtime = Runtime(Settings(fit_niceness=7, prepare_process=True))
+    prepare = runtime.pipeline.prepare_process
+    assert prepare is not None
+    own = os.nice(0)
+    try:
+        fit_niceness = runtime.fit_process.pool.submit(os.nice, 0).result(timeout=60)
+        prepare_niceness = prepare.pool.submit(os.nice, 0).result(timeout=60)
+    finally:
+        runtime.fit_process.shutdown()
+        prepare.shutdown()
+    assert fit_niceness == min(own + 7, 19)
+    assert prepare_niceness == own

@@ -31,6 +31,8 @@ from patronage.streams.settings import SettingsError, load_settings
         ("PATRONAGE_BACKGROUND_PASS_SHARE", "1.5", "less than or equal to 1"),
         ("PATRONAGE_FETCH_WAIT_MS", "-5", "greater than or equal to 0"),
         ("PATRONAGE_FETCH_WAIT_MS", "5ms", "valid integer"),
+        ("PATRONAGE_FIT_NICENESS", "20", "less than or equal to 19"),
+        ("PATRONAGE_FIT_NICENESS", "-5", "greater than or equal to 0"),
     ],
 )
 def test_bad_setting_names_itself(
