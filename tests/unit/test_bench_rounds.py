@@ -8,14 +8,24 @@ import pytest
 from benchmarks.bench import latency_rounds
 
 CASES = [
-    # (p99 runs per (rate, promotions), expected rows without the runs)
+    # (p99 runs per (rate, promotions, load producer), expected rows without the runs)
     (
-        {(5000, "off"): [60.0, 70.0, 80.0], (5000, "on"): [66.0, 77.0, 100.0]},
+        {
+            (5000, "off", "librdkafka"): [60.0, 70.0, 80.0],
+            (5000, "on", "librdkafka"): [66.0, 77.0, 100.0],
+        },
         [
-            {"rate": 5000, "promotions": "off", "p99_ms_mean": 70.0, "p99_ms_median": 70.0},
+            {
+                "rate": 5000,
+                "promotions": "off",
+                "load_producer": "librdkafka",
+                "p99_ms_mean": 70.0,
+                "p99_ms_median": 70.0,
+            },
             {
                 "rate": 5000,
                 "promotions": "on",
+                "load_producer": "librdkafka",
                 "p99_ms_mean": 81.0,
                 "p99_ms_median": 77.0,
                 "vs_off_mean_percent": 15.7,
@@ -25,24 +35,63 @@ CASES = [
     ),
     # No `off` runs at that rate: nothing to compare with.
     (
-        {(1000, "on"): [20.0, 10.0], (5000, "off"): [50.0]},
+        {(1000, "on", "librdkafka"): [20.0, 10.0], (5000, "off", "librdkafka"): [50.0]},
         [
-            {"rate": 1000, "promotions": "on", "p99_ms_mean": 15.0, "p99_ms_median": 15.0},
-            {"rate": 5000, "promotions": "off", "p99_ms_mean": 50.0, "p99_ms_median": 50.0},
+            {
+                "rate": 1000,
+                "promotions": "on",
+                "load_producer": "librdkafka",
+                "p99_ms_mean": 15.0,
+                "p99_ms_median": 15.0,
+            },
+            {
+                "rate": 5000,
+                "promotions": "off",
+                "load_producer": "librdkafka",
+                "p99_ms_mean": 50.0,
+                "p99_ms_median": 50.0,
+            },
         ],
     ),
     # Faster with promotions than without: a negative difference.
     (
-        {(1000, "off"): [20.0], (1000, "none"): [15.0]},
+        {(1000, "off", "librdkafka"): [20.0], (1000, "none", "librdkafka"): [15.0]},
         [
-            {"rate": 1000, "promotions": "off", "p99_ms_mean": 20.0, "p99_ms_median": 20.0},
+            {
+                "rate": 1000,
+                "promotions": "off",
+                "load_producer": "librdkafka",
+                "p99_ms_mean": 20.0,
+                "p99_ms_median": 20.0,
+            },
             {
                 "rate": 1000,
                 "promotions": "none",
+                "load_producer": "librdkafka",
                 "p99_ms_mean": 15.0,
                 "p99_ms_median": 15.0,
                 "vs_off_mean_percent": -25.0,
                 "vs_off_median_percent": -25.0,
+            },
+        ],
+    ),
+    # `off` offered by another client is not this setting's baseline.
+    (
+        {(1000, "off", "aiokafka"): [20.0], (1000, "on", "librdkafka"): [10.0]},
+        [
+            {
+                "rate": 1000,
+                "promotions": "off",
+                "load_producer": "aiokafka",
+                "p99_ms_mean": 20.0,
+                "p99_ms_median": 20.0,
+            },
+            {
+                "rate": 1000,
+                "promotions": "on",
+                "load_producer": "librdkafka",
+                "p99_ms_mean": 10.0,
+                "p99_ms_median": 10.0,
             },
         ],
     ),
@@ -51,7 +100,7 @@ CASES = [
 
 @pytest.mark.parametrize(("p99s", "expected"), CASES)
 def test_latency_rounds_against_off(
-    p99s: dict[tuple[int, str], list[float]], expected: list[dict[str, object]]
+    p99s: dict[tuple[int, str, str], list[float]], expected: list[dict[str, object]]
 ) -> None:
     rows = latency_rounds(p99s)
     assert [r.pop("p99_ms_runs") for r in rows] == list(p99s.values())
