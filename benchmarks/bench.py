@@ -527,7 +527,7 @@ PROMOTIONS = {
 
 class AiokafkaLoad:
     """The offered load through aiokafka, one `send` per event (the harness
-    before: ≈ 90 µs of its CPU an event, 45 % of a core at 5k/s)."""
+    before: a quarter of a core at 1k/s, 34-46 % of one at 5k-10k/s)."""
 
     def __init__(self, settings: Settings) -> None:
         from aiokafka import AIOKafkaProducer
@@ -554,8 +554,8 @@ class AiokafkaLoad:
 class LibrdkafkaLoad:
     """The offered load through librdkafka (confluent-kafka: C, its own
     threads), as shops' producers on other machines would send it: the
-    aiokafka harness took a quarter of the 2-core machine whose latency it
-    measured at 5k/s. Same acks and linger; each probe's ack time is its
+    aiokafka harness took over a third of a core at 5k/s from the 2-core
+    machine whose latency it measured. Same acks and linger; each probe's ack time is its
     send time plus the delivery latency librdkafka measured, so when the
     report is served does not move it."""
 
@@ -1008,7 +1008,7 @@ def main() -> None:
         nargs="+",
         default=["librdkafka"],
         help="latency: the client that offers the load (several: each in turn, per rate); "
-        "aiokafka is the harness before, whose own CPU took a quarter of the machine at 5k/s",
+        "aiokafka is the harness before, whose own CPU took over a third of a core at 5k/s",
     )
     parser.add_argument(
         "--promote-every",
