@@ -195,7 +195,6 @@ def throughput(
     if job.startswith("patronage"):
         asyncio.run(_save_parameters(settings))
     from patronage.streams.kafka_admin import create_topics
-    from patronage.streams.lag import group_lag
     from patronage.streams.publishing import publish_file
 
     asyncio.run(create_topics(settings))
@@ -227,7 +226,6 @@ def throughput(
         )
         for i in range(workers)
     ]
-    started = time.monotonic()
     # The drain is timed, and every CPU figure counted, from the moment the
     # job's consumer group is stable (its members own the partitions and
     # fetch): not from its first commit, which a worker makes only after its
@@ -235,32 +233,15 @@ def throughput(
     # Quix job after 0.1 s of work — that left up to a tenth of the
     # worker's drain out of the time. The start-up (imports, the helpers'
     # imports, joining the group) is printed apart.
-    drain_began = None
-    before = _cpu_snapshot(servers, procs)
     try:
-        while True:
-            began_now = drain_began is None and asyncio.run(_group_stable(settings))
-            if began_now:
-                drain_began = time.monotonic()
-                before = _cpu_snapshot(servers, procs)
-            rows = asyncio.run(group_lag(settings))
-            remaining = sum(r.lag for r in rows)
-            if remaining == 0:
-                if began_now:
-                    raise RuntimeError(f"{job} drained the backlog within a poll: too few to time")
-                break
-            if time.monotonic() - started > 600:
-                raise RuntimeError(f"{job} did not drain the backlog in 600 s")
-            time.sleep(0.2 if drain_began is not None else 0.05)
-        finished = time.monotonic()
-        after = _cpu_snapshot(servers, procs)
+        drain_began, finished, before, after = asyncio.run(
+            _timed_drain(settings, job, servers, procs)
+        )
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(30)
-    if drain_began is None:
-        raise RuntimeError(f"{job} drained the backlog before its group was seen stable")
     busy = finished - drain_began
     name = job if workers == 1 else f"{job} x{workers}"
     result: dict[str, Any] = {
@@ -525,6 +506,11 @@ PROMOTIONS = {
 }
 
 
+# Both load producers: every replica's ack, and what a shop's client would
+# gather before sending.
+LOAD_ACKS, LOAD_LINGER_MS = "all", 2
+
+
 class AiokafkaLoad:
     """The offered load through aiokafka, one `send` per event (the harness
     before: a quarter of a core at 1k/s, 34-46 % of one at 5k-10k/s)."""
@@ -532,7 +518,9 @@ class AiokafkaLoad:
     def __init__(self, settings: Settings) -> None:
         from aiokafka import AIOKafkaProducer
 
-        self.producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all", linger_ms=2)
+        self.producer = AIOKafkaProducer(
+            **settings.kafka_client_kwargs(), acks=LOAD_ACKS, linger_ms=LOAD_LINGER_MS
+        )
 
     async def start(self) -> None:
         await self.producer.start()
@@ -562,11 +550,17 @@ class LibrdkafkaLoad:
     def __init__(self, settings: Settings) -> None:
         from confluent_kafka import Producer
 
+        if settings.kafka_security_protocol != "PLAINTEXT":
+            raise SystemExit(
+                "--load-producer librdkafka connects in plain text only; with "
+                f"PATRONAGE_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} "
+                "use --load-producer aiokafka"
+            )
         self.producer = Producer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
-                "acks": "all",
-                "linger.ms": 2,
+                "acks": LOAD_ACKS,
+                "linger.ms": LOAD_LINGER_MS,
                 "enable.idempotence": False,
                 # The Java client's (and aiokafka's) key hashing.
                 "partitioner": "murmur2_random",
@@ -872,17 +866,52 @@ def _descendants(pid: int) -> list[int]:
     return [c for child in map(int, children) for c in (child, *_descendants(child))]
 
 
-async def _group_stable(settings: Settings) -> bool:
-    """Whether the job's consumer group is stable with members (the state a
-    group reaches once its partitions are assigned)."""
+async def _timed_drain(
+    settings: Settings,
+    job: str,
+    servers: dict[str, int | None],
+    procs: list[subprocess.Popen[bytes]],
+) -> tuple[float, float, dict[str, float | None], dict[str, float | None]]:
+    """When the job's group was stable and when the backlog was drained,
+    with the CPU snapshots at each. Polled over one admin client and one
+    lag reader: new connections every poll cost the broker more than the
+    reads (streams/lag.py), and the broker's CPU is counted over the drain."""
     from aiokafka.admin import AIOKafkaAdminClient
 
+    from patronage.streams.lag import LagReader
+
     admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    lag = LagReader(settings)
     await admin.start()
+    started = time.monotonic()
+    began: float | None = None
+    before = _cpu_snapshot(servers, procs)
     try:
-        responses = await admin.describe_consumer_groups([settings.group_id])
+        while True:
+            began_now = began is None and await _group_stable(admin, settings.group_id)
+            if began_now:
+                began = time.monotonic()
+                before = _cpu_snapshot(servers, procs)
+            if sum(r.lag for r in await lag.sample()) == 0:
+                if began_now:
+                    raise RuntimeError(f"{job} drained the backlog within a poll: too few to time")
+                if began is None:
+                    raise RuntimeError(
+                        f"{job} drained the backlog before its group was seen stable"
+                    )
+                return began, time.monotonic(), before, _cpu_snapshot(servers, procs)
+            if time.monotonic() - started > 600:
+                raise RuntimeError(f"{job} did not drain the backlog in 600 s")
+            await asyncio.sleep(0.2 if began is not None else 0.05)
     finally:
+        await lag.close()
         await admin.close()
+
+
+async def _group_stable(admin: Any, group_id: str) -> bool:
+    """Whether the consumer group is stable with members (the state a group
+    reaches once its partitions are assigned)."""
+    responses = await admin.describe_consumer_groups([group_id])
     # DescribeGroups: (error_code, group_id, state, protocol_type, protocol, members, ...)
     return any(
         group[0] == 0 and group[2] == "Stable" and group[5]

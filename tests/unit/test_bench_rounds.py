@@ -105,3 +105,16 @@ def test_latency_rounds_against_off(
     rows = latency_rounds(p99s)
     assert [r.pop("p99_ms_runs") for r in rows] == list(p99s.values())
     assert rows == expected
+
+
+def test_the_librdkafka_load_refuses_a_secured_broker_by_name() -> None:
+    """It is given the bootstrap address only: against a TLS or SASL broker
+    it would fail to connect with nothing saying why."""
+    from benchmarks.bench import LibrdkafkaLoad
+    from patronage.streams.settings import Settings
+
+    settings = Settings(
+        kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u", kafka_sasl_password="p"
+    )
+    with pytest.raises(SystemExit, match="PATRONAGE_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT"):
+        LibrdkafkaLoad(settings)
