@@ -176,6 +176,9 @@ def test_the_comparison_sees_an_internal_field(redis_up: str) -> None:
         [10, 10, 10, 10, 10, 58, 59],  # one busy hour, then just inside / outside
         [0, 47, 48, 49, 96, 97],  # on the window's edge
         [*range(0, 80), 20, 75, 81, 30, 82],  # hourly for days, late ones among them
+        # a drop keeps a record (100) the next hour (160) drops, while the
+        # arrival that stops being one of the last three (115) stays inside
+        [0, 100, 115, 115, 100, 120, 160],
     ],
 )
 @pytest.mark.parametrize("per_call", [1, 4, 1000])
@@ -185,7 +188,8 @@ def test_dedupe_records_leave_the_window_as_the_reference_drops_them(
     """Redis keeps the same dedupe records as the reference on the edge of
     the window (2 days here). A script that rebuilt the records one hour
     late kept one the reference had dropped; the random histories above
-    did not find that (tried), these sequences do. One event per call (as
+    did not find that (tried), these sequences do — as they find a script
+    that forgot the oldest droppable hour among the records a drop kept. One event per call (as
     live) and many (a catch-up): the script keeps what it knows of the
     records' hours within a call, which one event per call never tests."""
 
@@ -213,4 +217,49 @@ def test_dedupe_records_leave_the_window_as_the_reference_drops_them(
 
     want, got = asyncio.run(both())
     assert got["event_ids"] == want["event_ids"]
+    assert got == want
+
+
+@pytest.mark.parametrize(
+    "sessions",
+    [
+        # (session, minutes after T0) per click, in arrival order; the window holds 4
+        [("s1", 0), ("s2", 0), ("s3", 0), ("s4", 0), ("s5", 0)],  # all tied: the smallest token goes
+        [("s5", 0), ("s4", 0), ("s3", 0), ("s2", 0), ("s1", 0), ("s6", 0)],
+        [("s1", 9), ("s2", 5), ("s3", 5), ("s4", 7), ("s2", 1), ("s5", 5), ("s6", 5)],
+    ],
+)
+@pytest.mark.parametrize("per_call", [1, 1000])
+def test_sessions_leave_the_window_as_the_reference_drops_them(
+    redis_up: str, sessions: list[tuple[str, int]], per_call: int
+) -> None:
+    """Past the window the oldest session goes, ties broken by token as a
+    number, and an earlier sight of a session lowers its time. Random
+    histories draw times to the millisecond and so almost never tie: a
+    script that ignored the tie-break passed them (tried)."""
+
+    def click(i: int, session: str, minute: int) -> Delta:
+        ts = T0 + minute * 60_000
+        return Delta(
+            kind="click",
+            source="clicks:0",
+            offset=i,
+            event_token=token(f"tie{i}"),
+            ts=ts,
+            day=ts // DAY_MS,
+            session_token=token(session)[:8],
+        )
+
+    async def both() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with memory_store() as reference, redis_store(redis_up) as redis:
+            clicks = [click(i, s, minute) for i, (s, minute) in enumerate(sessions)]
+            for first in range(0, len(clicks), per_call):
+                for store in (reference, redis):
+                    await store.apply_batch({"anna": clicks[first : first + per_call]})
+            assert isinstance(reference, MemoryProfileStore)
+            return stored_state(reference.states["anna"]), await redis.stored_state("anna")
+
+    want, got = asyncio.run(both())
+    assert len(want["sessions"]) == 4
+    assert got["sessions"] == want["sessions"]
     assert got == want

@@ -46,8 +46,8 @@ if stored then
   after, h = cmsgpack.unpack_one(stored)
   if after > 0 then trail = string.sub(stored, after + 1) end
 end
-local changed = {}
-local removed = {}
+-- Whether the profile's map is to be written back.
+local dirty = false
 
 -- Shortest of %.15g/%.17g that reads back exactly: keeps hashes small.
 local function fmt(x)
@@ -65,19 +65,11 @@ local function unhex(hex)
   end
   return (string.gsub(hex, '..', function(cc) return string.char(tonumber(cc, 16)) end))
 end
--- Numbers in work are kept apart from h (h[f] = true marks one) and put
--- back at the end.
-local nums = {}
-local function num(f)
-  local x = nums[f]
-  if x == nil then
-    local v = h[f]
-    x = (v and v ~= true) and v or 0
-    nums[f] = x
-  end
-  return x
-end
-local function put(f, x) nums[f] = x; h[f] = true; changed[f] = true end
+-- The map holds numbers as numbers (cmsgpack), so they are read and
+-- written in place (tables of changed fields beside it cost a tenth of the
+-- script's instructions).
+local function num(f) return h[f] or 0 end
+local function put(f, x) h[f] = x; dirty = true end
 
 -- The trail (layout.TRAIL_FORMAT): a format byte, the 3-byte lengths of
 -- the visit-day bitmap, the sessions, the dedupe window and the unjudged
@@ -100,24 +92,34 @@ local trail_changed = false
 -- life, other events by id within the dedupe window of event time.
 -- A record: the event token's first 6 bytes, the event hour in 3.
 local EREC = 9
--- The newest and oldest hour among the records (nil: not read yet).
-local newest_hour, oldest_hour = nil, nil
-local function has_record(s, token, size)
+-- Read once a call (nil: not yet): the newest hour among the records, and
+-- the oldest among those a drop may remove, all but the last LATE_KEPT
+-- arrivals. Most of a customer's records are those last arrivals, so an
+-- event reads only the few before them again (reading every record each
+-- time an event opened a new hour was most of the script's time).
+local newest_hour, droppable_oldest = nil, nil
+-- Where a record of `size` bytes starts with `token` (nil: none does).
+local function record_at(s, token, size)
   local from = 1
   while true do
     local at = string.find(s, token, from, true)
-    if not at then return false end
-    if (at - 1) % size == 0 then return true end
+    if not at then return nil end
+    if (at - 1) % size == 0 then return at end
     from = at + 1
   end
 end
+local function has_record(s, token, size) return record_at(s, token, size) ~= nil end
+local function hour_at(i)  -- i: the record's 1-based position
+  return (struct.unpack('>I3', eids, (i - 1) * EREC + 7))
+end
 local function load_hours()
   if newest_hour ~= nil then return end
-  newest_hour, oldest_hour = -1, math.huge
-  for i = 1, #eids, EREC do
-    local hour = struct.unpack('>I3', eids, i + 6)
+  newest_hour, droppable_oldest = -1, math.huge
+  local count = #eids / EREC
+  for i = 1, count do
+    local hour = hour_at(i)
     if hour > newest_hour then newest_hour = hour end
-    if hour < oldest_hour then oldest_hour = hour end
+    if i <= count - LATE_KEPT and hour < droppable_oldest then droppable_oldest = hour end
   end
 end
 local function first_time(d)
@@ -134,29 +136,33 @@ local function first_time(d)
   load_hours()
   if newest_hour < 0 then newest_hour = hour end
   eids = eids .. token .. struct.pack('>I3', hour)
-  if hour < oldest_hour then oldest_hour = hour end
   trail_changed = true
+  local count = #eids / EREC
+  local recent = count - LATE_KEPT  -- records 1..recent may be dropped
+  if recent >= 1 then
+    -- the arrival that just stopped being one of the last LATE_KEPT
+    local entering = hour_at(recent)
+    if entering < droppable_oldest then droppable_oldest = entering end
+  end
   local horizon = math.max(newest_hour, hour) - window_hours
-  -- (nothing to drop while the oldest record is inside the window)
-  if (hour > newest_hour or hour < newest_hour - window_hours) and oldest_hour < horizon then
+  -- (nothing to drop while no droppable record is outside the window)
+  if (hour > newest_hour or hour < newest_hour - window_hours) and droppable_oldest < horizon then
     -- keep the window of the newest event, and the last LATE_KEPT arrivals;
     -- copied in runs of kept records (usually one), not record by record
-    local count = #eids / EREC
     local runs, run_from = {}, nil
-    local index = 0
-    oldest_hour = math.huge
-    for i = 1, #eids, EREC do
-      local at = struct.unpack('>I3', eids, i + 6)
-      if index >= count - LATE_KEPT or at >= horizon then
+    droppable_oldest = math.huge
+    for i = 1, recent do
+      local at = hour_at(i)
+      if at >= horizon then
         run_from = run_from or i
-        if at < oldest_hour then oldest_hour = at end
+        if at < droppable_oldest then droppable_oldest = at end
       elseif run_from then
-        runs[#runs + 1] = string.sub(eids, run_from, i - 1)
+        runs[#runs + 1] = string.sub(eids, (run_from - 1) * EREC + 1, (i - 1) * EREC)
         run_from = nil
       end
-      index = index + 1
     end
-    if run_from then runs[#runs + 1] = string.sub(eids, run_from) end
+    if run_from then runs[#runs + 1] = string.sub(eids, (run_from - 1) * EREC + 1, recent * EREC) end
+    runs[#runs + 1] = string.sub(eids, recent * EREC + 1)
     eids = table.concat(runs)
   end
   if hour > newest_hour then newest_hour = hour end
@@ -175,9 +181,6 @@ local function inc_capped(prefix, key, by)
   if h[counter] == nil and h[prefix .. '#'] ~= nil then
     put(counter, num(prefix .. '#'))
     h[prefix .. '#'] = nil
-    changed[prefix .. '#'] = nil
-    nums[prefix .. '#'] = nil
-    removed[#removed + 1] = prefix .. '#'
   end
   if h[name] == nil and key ~= '_other' then
     local distinct = num(counter)
@@ -377,8 +380,7 @@ local function judge(clock)
   if lapse_day == nil then
     if h['lapse_day'] then
       h['lapse_day'] = nil
-      changed['lapse_day'] = nil
-      removed[#removed + 1] = 'lapse_day'
+      dirty = true
     end
   else
     put('lapse_day', lapse_day)
@@ -391,33 +393,36 @@ end
 -- _add_session: an earlier sight lowers a session's time; past the window
 -- the oldest go (by time, then token), as a sorted set would rank them.
 local SREC = 10
-local sessions = nil  -- list of {token, first ms}
+-- The records stay packed: decoding every session into a table and packing
+-- them all again on each call was a tenth of the script's instructions
+-- with an event or two a call (docs/benchmarks.md).
 local function add_session(token, t)
-  if sessions == nil then
-    sessions = {}
-    for i = 1, #sess_raw, SREC do
-      sessions[#sessions + 1] = {string.sub(sess_raw, i, i + 3), (struct.unpack('>I6', sess_raw, i + 4))}
+  local at = record_at(sess_raw, token, SREC)
+  if at then
+    if t < struct.unpack('>I6', sess_raw, at + 4) then
+      sess_raw = string.sub(sess_raw, 1, at + 3) .. struct.pack('>I6', t) .. string.sub(sess_raw, at + SREC)
+      trail_changed = true
     end
+    return false
   end
-  for _, s in ipairs(sessions) do
-    if s[1] == token then
-      if t < s[2] then s[2] = t; trail_changed = true end
-      return false
-    end
-  end
-  sessions[#sessions + 1] = {token, t}
+  sess_raw = sess_raw .. token .. struct.pack('>I6', t)
   trail_changed = true
-  while #sessions > session_window do
+  while #sess_raw > session_window * SREC do
     -- One scan for the oldest (tokens compared as numbers: Lua's string
     -- order follows the locale); the others keep their order.
     local oldest = 1
-    for i = 2, #sessions do
-      local a, b = sessions[i], sessions[oldest]
-      if a[2] < b[2] or (a[2] == b[2] and struct.unpack('>I4', a[1]) < struct.unpack('>I4', b[1])) then
-        oldest = i
+    local oldest_t = (struct.unpack('>I6', sess_raw, 5))
+    local oldest_token = (struct.unpack('>I4', sess_raw, 1))
+    for i = SREC + 1, #sess_raw, SREC do
+      local first = (struct.unpack('>I6', sess_raw, i + 4))
+      if first <= oldest_t then
+        local number = (struct.unpack('>I4', sess_raw, i))
+        if first < oldest_t or number < oldest_token then
+          oldest, oldest_t, oldest_token = i, first, number
+        end
       end
     end
-    table.remove(sessions, oldest)
+    sess_raw = string.sub(sess_raw, 1, oldest - 1) .. string.sub(sess_raw, oldest + SREC)
   end
   return true
 end
@@ -448,7 +453,7 @@ for _, d in ipairs(deltas) do
           local current = h[name]
           if current == nil or newer(d.t, value, current) then
             h[name] = base36(math.floor(d.t)) .. '|' .. value
-            changed[name] = true
+            dirty = true
           end
         end
       else
@@ -496,18 +501,8 @@ end
 
 local due = judge(clock)
 
-local dirty = #removed > 0
-for f, _ in pairs(changed) do
-  dirty = true
-  if h[f] == true then h[f] = nums[f] end
-end
 local profile = cmsgpack.pack(h)
 if trail_changed or edges_changed then
-  if sessions ~= nil then
-    local parts = {}
-    for i, s in ipairs(sessions) do parts[i] = s[1] .. struct.pack('>I6', s[2]) end
-    sess_raw = table.concat(parts)
-  end
   if edges_changed then
     local days, parts = {}, {}
     for day, _ in pairs(edges) do days[#days + 1] = day end
