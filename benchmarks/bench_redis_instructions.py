@@ -124,15 +124,12 @@ class CountedRedis:
             ["callgrind_control", "-d", str(self.proc.pid)], check=True, capture_output=True
         )
         [dump] = set(self.workdir.glob("callgrind.*")) - before
-        text = dump.read_text()
-        found = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-        if found is None:
-            raise SystemExit(f"no instruction total in {dump}")
+        total = instruction_total(dump.read_text())
         if keep_as is not None:
             shutil.move(dump, keep_as)
         else:
             dump.unlink()
-        return int(found[1])
+        return total
 
     def stop(self) -> None:
         # Only the process this script started, by its PID.
@@ -143,6 +140,16 @@ class CountedRedis:
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+def instruction_total(dump: str) -> int:
+    """The instructions a callgrind dump counts (its `summary:` line, else
+    the `totals:` line older dumps end with)."""
+    for line in ("summary", "totals"):
+        found = re.search(rf"^{line}: (\d+)$", dump, re.M)
+        if found is not None:
+            return int(found[1])
+    raise SystemExit("no instruction count in the callgrind dump (is it one?)")
 
 
 def script_at(revision: str) -> str:
