@@ -223,8 +223,9 @@ def test_dedupe_records_leave_the_window_as_the_reference_drops_them(
 @pytest.mark.parametrize(
     "sessions",
     [
-        # (session, minutes after T0) per click, in arrival order; the window holds 4
-        [("s1", 0), ("s2", 0), ("s3", 0), ("s4", 0), ("s5", 0)],  # all tied: the smallest token goes
+        # (session, minutes after T0) per click, in arrival order; the window
+        # holds 4. All tied: the smallest token goes.
+        [("s1", 0), ("s2", 0), ("s3", 0), ("s4", 0), ("s5", 0)],
         [("s5", 0), ("s4", 0), ("s3", 0), ("s2", 0), ("s1", 0), ("s6", 0)],
         [("s1", 9), ("s2", 5), ("s3", 5), ("s4", 7), ("s2", 1), ("s5", 5), ("s6", 5)],
     ],
