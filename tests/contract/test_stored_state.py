@@ -188,36 +188,45 @@ def test_dedupe_records_leave_the_window_as_the_reference_drops_them(
     """Redis keeps the same dedupe records as the reference on the edge of
     the window (2 days here). A script that rebuilt the records one hour
     late kept one the reference had dropped; the random histories above
-    did not find that (tried), these sequences do — as they find a script
-    that forgot the oldest droppable hour among the records a drop kept. One event per call (as
-    live) and many (a catch-up): the script keeps what it knows of the
-    records' hours within a call, which one event per call never tests."""
+    did not find that (tried), these sequences do, as they find a script
+    that forgot the oldest droppable hour among the records a drop kept.
+    One event per call (as live) and many (a catch-up): the script keeps
+    what it knows of the records' hours within a call, which one event per
+    call never tests."""
+    clicks = [_click(i, T0 + hour * HOUR_MS + i, f"edge{i}", "s") for i, hour in enumerate(hours)]
+    want, got = _stored_after(redis_up, clicks, per_call, {"anna": 0}, {0: T0})
+    assert got["event_ids"] == want["event_ids"]
+    assert got == want
 
-    def click(i: int, hour: int) -> Delta:
-        ts = T0 + hour * HOUR_MS + i
-        return Delta(
-            kind="click",
-            source="clicks:0",
-            offset=i,
-            event_token=token(f"edge{i}"),
-            ts=ts,
-            day=ts // DAY_MS,
-            session_token=token("s")[:8],
-        )
+
+def _click(offset: int, ts: int, event: str, session: str) -> Delta:
+    return Delta(
+        kind="click",
+        source="clicks:0",
+        offset=offset,
+        event_token=token(event),
+        ts=ts,
+        day=ts // DAY_MS,
+        session_token=token(session)[:8],
+    )
+
+
+def _stored_after(
+    redis_up: str, clicks: list[Delta], per_call: int, *partitions_and_clocks: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Anna's stored state in the reference and in Redis after `clicks`,
+    `per_call` of them to an apply call."""
 
     async def both() -> tuple[dict[str, Any], dict[str, Any]]:
         async with memory_store() as reference, redis_store(redis_up) as redis:
-            clicks = [click(i, hour) for i, hour in enumerate(hours)]
             for first in range(0, len(clicks), per_call):
+                calls = {"anna": clicks[first : first + per_call]}
                 for store in (reference, redis):
-                    calls = clicks[first : first + per_call]
-                    await store.apply_batch({"anna": calls}, {"anna": 0}, {0: T0})
+                    await store.apply_batch(calls, *partitions_and_clocks)
             assert isinstance(reference, MemoryProfileStore)
             return stored_state(reference.states["anna"]), await redis.stored_state("anna")
 
-    want, got = asyncio.run(both())
-    assert got["event_ids"] == want["event_ids"]
-    assert got == want
+    return asyncio.run(both())
 
 
 @pytest.mark.parametrize(
@@ -238,29 +247,10 @@ def test_sessions_leave_the_window_as_the_reference_drops_them(
     number, and an earlier sight of a session lowers its time. Random
     histories draw times to the millisecond and so almost never tie: a
     script that ignored the tie-break passed them (tried)."""
-
-    def click(i: int, session: str, minute: int) -> Delta:
-        ts = T0 + minute * 60_000
-        return Delta(
-            kind="click",
-            source="clicks:0",
-            offset=i,
-            event_token=token(f"tie{i}"),
-            ts=ts,
-            day=ts // DAY_MS,
-            session_token=token(session)[:8],
-        )
-
-    async def both() -> tuple[dict[str, Any], dict[str, Any]]:
-        async with memory_store() as reference, redis_store(redis_up) as redis:
-            clicks = [click(i, s, minute) for i, (s, minute) in enumerate(sessions)]
-            for first in range(0, len(clicks), per_call):
-                for store in (reference, redis):
-                    await store.apply_batch({"anna": clicks[first : first + per_call]})
-            assert isinstance(reference, MemoryProfileStore)
-            return stored_state(reference.states["anna"]), await redis.stored_state("anna")
-
-    want, got = asyncio.run(both())
+    clicks = [
+        _click(i, T0 + minute * 60_000, f"tie{i}", s) for i, (s, minute) in enumerate(sessions)
+    ]
+    want, got = _stored_after(redis_up, clicks, per_call)
     assert len(want["sessions"]) == 4
     assert got["sessions"] == want["sessions"]
     assert got == want
