@@ -66,8 +66,8 @@ local function unhex(hex)
   return (string.gsub(hex, '..', function(cc) return string.char(tonumber(cc, 16)) end))
 end
 -- The map holds numbers as numbers (cmsgpack), so they are read and
--- written in place (tables of changed fields beside it cost a tenth of the
--- script's instructions).
+-- written in place (tables of changed fields beside it cost 8-10 % of the
+-- script's instructions: docs/benchmarks.md).
 local function num(f) return h[f] or 0 end
 local function put(f, x) h[f] = x; dirty = true end
 
@@ -96,7 +96,8 @@ local EREC = 9
 -- the oldest among those a drop may remove, all but the last LATE_KEPT
 -- arrivals. Most of a customer's records are those last arrivals, so an
 -- event reads only the few before them again (reading every record each
--- time an event opened a new hour was most of the script's time).
+-- time an event opened a new hour cost 5 % of the script's instructions
+-- in a catch-up).
 local newest_hour, droppable_oldest = nil, nil
 -- Where a record of `size` bytes starts with `token` (nil: none does).
 local function record_at(s, token, size)
@@ -394,8 +395,8 @@ end
 -- the oldest go (by time, then token), as a sorted set would rank them.
 local SREC = 10
 -- The records stay packed: decoding every session into a table and packing
--- them all again on each call was a tenth of the script's instructions
--- with an event or two a call (docs/benchmarks.md).
+-- them all again on each call cost 8 % of the script's instructions at a
+-- live worker's few events a call (docs/benchmarks.md).
 local function add_session(token, t)
   local at = record_at(sess_raw, token, SREC)
   if at then
