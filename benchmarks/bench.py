@@ -543,9 +543,9 @@ class LibrdkafkaLoad:
     """The offered load through librdkafka (confluent-kafka: C, its own
     threads), as shops' producers on other machines would send it: the
     aiokafka harness took over a third of a core at 5k/s from the 2-core
-    machine whose latency it measured. Same acks and linger; each probe's ack time is its
-    send time plus the delivery latency librdkafka measured, so when the
-    report is served does not move it."""
+    machine whose latency it measured. Same acks and linger; each probe's
+    ack time is its send time plus the delivery latency librdkafka
+    measured, so when the report is served does not move it."""
 
     def __init__(self, settings: Settings) -> None:
         from confluent_kafka import Producer

@@ -48,11 +48,12 @@ def backlog(events_target: int, settings: Settings) -> list[Record]:
     return records_of(events[:events_target], settings)
 
 
-def fresh_pipeline() -> tuple[str, Settings, Any, Pipeline]:
+def fresh_pipeline(env: dict[str, str] | None = None) -> tuple[str, Settings, Any, Pipeline]:
     """A pipeline on the real Redis under a key prefix of its own (deleted
-    after the drain), with a producer that only records."""
+    after the drain), with a producer that only records; `env`: settings
+    beside the prefix (another Redis, say)."""
     prefix = f"benchpipe{uuid.uuid4().hex[:6]}"
-    settings = settings_with({"PATRONAGE_KEY_PREFIX": prefix})
+    settings = settings_with({"PATRONAGE_KEY_PREFIX": prefix, **(env or {})})
     client = redis_for(settings)
     pipe = Pipeline(
         settings,

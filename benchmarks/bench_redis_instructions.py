@@ -47,14 +47,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_pipeline import backlog
+from benchmarks.bench_pipeline import backlog, fresh_pipeline
 from patronage.models.batch import Record
 from patronage.streams import store as store_module
-from patronage.streams.memory import RecordingProducer, StaticLog
-from patronage.streams.pipeline import Pipeline
-from patronage.streams.segmenting import ModelStore
-from patronage.streams.settings import Settings, settings_with
-from patronage.streams.store import ProfileStore, make_redis
+from patronage.streams.memory import StaticLog
+from patronage.streams.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 APPLY_PATH = "patronage/streams/lua/apply.lua"
@@ -165,20 +162,12 @@ def script_at(revision: str) -> str:
 async def measure(
     redis: CountedRedis, records: list[Record], batch: int, keep_as: Path | None
 ) -> dict[str, Any]:
-    prefix = f"benchinstr{os.getpid()}x{batch}"
-    settings = settings_with(
-        {"PATRONAGE_KEY_PREFIX": prefix, "PATRONAGE_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0"}
+    _, _, client, pipe = fresh_pipeline(
+        {"PATRONAGE_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0"}
     )
-    client = make_redis(settings.redis_url)
     # Under callgrind a 20,000-record batch takes longer than the store's
     # 10 s read timeout.
     client.connection_pool.connection_kwargs["socket_timeout"] = None
-    pipe = Pipeline(
-        settings,
-        ProfileStore(client, prefix, settings.profile_config),
-        ModelStore(client, prefix),
-        RecordingProducer(),
-    )
     chunks = [records[i : i + batch] for i in range(0, len(records), batch)]
     works = [await pipe.prepare(chunk, StaticLog()) for chunk in chunks]
     half = len(works) // 2
