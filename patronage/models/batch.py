@@ -12,11 +12,9 @@ the agent as an exception.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime as dt
 import hashlib
 import json
-import operator
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,14 +33,6 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
-
-    def __reduce__(self) -> tuple[type[Record], tuple[object, ...]]:
-        # Pickled as its constructor's arguments (on the way to the prepare
-        # process): half the default's cost to the worker.
-        return (Record, _record_values(self))
-
-
-_record_values = operator.attrgetter(*(f.name for f in dataclasses.fields(Record)))
 
 
 @dataclass

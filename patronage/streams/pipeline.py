@@ -38,7 +38,7 @@ from patronage.streams.fitpool import FitProcess
 from patronage.streams.identities import Resolver, Stitcher
 from patronage.streams.metrics import WorkerMetrics
 from patronage.streams.predicting import ParameterStore, Predictor
-from patronage.streams.preparing import prepare_packed, unpacked
+from patronage.streams.preparing import prepare_packed, record_columns, unpacked
 from patronage.streams.retry import Retry
 from patronage.streams.scored import ScoreWrites
 from patronage.streams.segmenting import (
@@ -217,7 +217,7 @@ class Pipeline:
 
         async def prepared() -> PreparedWork:
             try:
-                blob = await process.run(prepare_packed, records, *args)
+                blob = await process.run(prepare_packed, record_columns(records), *args)
             except Exception as exc:  # it died twice, or the batch could not be pickled
                 # Preparing is pure: here it is the same batch, only slower.
                 log.warning("the prepare process failed (%r); preparing in the worker", exc)

@@ -8,7 +8,10 @@ It pays where the worker's core is the limit and another is free (+19 %
 with many customers on the 2-core benchmark machine, nothing where Kafka
 and Redis already take the second core: docs/benchmarks.md).
 
-The records go there pickled and the prepared batch comes back pickled
+The records go there as five lists of plain values (`record_columns`:
+pickling those costs the worker less than half of pickling a `Record`
+each, and the pickling runs in the pool's feeder thread, which holds the
+GIL the ingest loop needs), and the prepared batch comes back pickled
 without them (the worker still holds them; `records_of` travels as
 positions). The worker unpickles with the collector held off: a
 20,000-record batch is ~10^5 new objects, and the collections they
@@ -20,22 +23,41 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from patronage.models.batch import PreparedBatch, Record, prepare_batch
 from patronage.models.validate import Rules
 
+# topics, partitions, offsets, keys, values: record i is the i-th of each
+RecordColumns = tuple[list[str], list[int], list[int], list[bytes | None], list[bytes | None]]
+
+
+def record_columns(records: Sequence[Record]) -> RecordColumns:
+    """The records as they travel to the prepare process."""
+    return (
+        [r.topic for r in records],
+        [r.partition for r in records],
+        [r.offset for r in records],
+        [r.key for r in records],
+        [r.value for r in records],
+    )
+
+
+def records_from(columns: RecordColumns) -> list[Record]:
+    return list(map(Record, *columns))
+
 
 def prepare_packed(
-    records: list[Record],
+    columns: RecordColumns,
     kinds: Mapping[str, str],
     rules: Rules,
     now_ms: int,
     zone: dt.tzinfo,
     epochs: Mapping[tuple[str, int], int],
 ) -> bytes:
-    """In the prepare process: `prepare_batch`, pickled, with its records
-    as positions in `records`."""
+    """In the prepare process: `prepare_batch` of these records, pickled,
+    with its records as their positions."""
+    records = records_from(columns)
     return packed(prepare_batch(records, kinds, rules, now_ms, zone, epochs), records)
 
 

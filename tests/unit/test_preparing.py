@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import pickle
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.fitpool import FitProcess
 from patronage.streams.ingest import BatchIngest, _CommitOnRevoke
-from patronage.streams.preparing import prepare_packed, unpacked
+from patronage.streams.preparing import prepare_packed, record_columns, records_from, unpacked
 from patronage.streams.settings import Settings
 from tests.compare import assert_views_close
 from tests.unit.test_pipeline import (
@@ -68,12 +69,18 @@ def shop_records(settings: Settings) -> list[Record]:
     return records
 
 
+def test_records_travel_to_the_prepare_process_unchanged() -> None:
+    records = shop_records(Settings())
+    sent = pickle.dumps(record_columns(records), protocol=pickle.HIGHEST_PROTOCOL)
+    assert records_from(pickle.loads(sent)) == records
+
+
 def test_a_batch_prepared_there_equals_one_prepared_here(process: FitProcess) -> None:
     settings = Settings()
     records = shop_records(settings)
     args = (settings.input_topics, settings.rules, NOW_MS, settings.zone, {("clicks", 2): 3})
     here = prepare_batch(records, *args)
-    blob = asyncio.run(process.run(prepare_packed, records, *args))
+    blob = asyncio.run(process.run(prepare_packed, record_columns(records), *args))
     there = unpacked(blob, records)
 
     assert isinstance(there, PreparedBatch)
