@@ -40,6 +40,7 @@ from patronage.models.predict import BGNBD, FittedParameters, GammaGamma
 from patronage.models.risk import judge_risk
 from patronage.models.simulate import IDENTITY_TYPES, generate, simulated_stream
 from patronage.models.timeunits import DAY_MS
+from patronage.streams.fitpool import process_name
 from patronage.streams.settings import Settings, settings_with
 from patronage.streams.store import ProfileStore, redis_for
 
@@ -250,7 +251,8 @@ def throughput(
         "drain_seconds": round(busy, 2),
         "events_per_second": round(inputs / busy),
     }
-    for name in ("process", "helper", *servers):
+    helpers = [f"helper_{role}" for role in HELPER_ROLES]
+    for name in ("process", "helper", *helpers, *servers):
         spent = _cpu_spent(before, after, name)
         if spent is not None:
             result[f"{name}_cpu_us_per_event"] = round(spent / inputs * 1e6, 1)
@@ -925,15 +927,31 @@ def _cpu_snapshot(
 ) -> dict[str, float | None]:
     """CPU seconds so far: each server's; "process", the job's processes
     with the helpers they started (their fit and prepare processes work for
-    them); "helper", those helpers alone (a helper gone is left out)."""
+    them); "helper", those helpers alone (a helper gone is left out), and
+    apart by the name the worker gives each ("prepare", "fit":
+    streams/fitpool.py)."""
     cpus = [_child_cpu(proc.pid) for proc in procs]
-    helpers = [_child_cpu(c) or 0.0 for proc in procs for c in _descendants(proc.pid)]
+    helpers = [(c, _child_cpu(c) or 0.0) for proc in procs for c in _descendants(proc.pid)]
     own = None if None in cpus else sum(c for c in cpus if c is not None)
-    return {
+    snapshot: dict[str, float | None] = {
         **{name: _child_cpu(pid) if pid else None for name, pid in servers.items()},
-        "process": None if own is None else own + sum(helpers),
-        "helper": sum(helpers) if helpers else None,
+        "process": None if own is None else own + sum(cpu for _, cpu in helpers),
+        "helper": sum(cpu for _, cpu in helpers) if helpers else None,
     }
+    for role in HELPER_ROLES:
+        mine = [cpu for pid, cpu in helpers if _comm(pid) == process_name(role)]
+        snapshot[f"helper_{role}"] = sum(mine) if mine else None
+    return snapshot
+
+
+HELPER_ROLES = ("prepare", "fit")
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _cpu_spent(
@@ -946,7 +964,7 @@ def _cpu_spent(
         return None
     start = before.get(name)
     if start is None:
-        return end if name == "helper" else None
+        return end if name.startswith("helper") else None
     return end - start
 
 

@@ -21,6 +21,9 @@ CASES = [
     ({"kafka": 1.0}, {"kafka": None}, "kafka", None),
     # a job without helpers
     ({"helper": None}, {"helper": None}, "helper", None),
+    # each helper apart: the learner's fit process started during the drain
+    ({"helper_fit": None}, {"helper_fit": 1.5}, "helper_fit", 1.5),
+    ({"helper_prepare": 0.5}, {"helper_prepare": 2.0}, "helper_prepare", 1.5),
 ]
 
 
@@ -32,3 +35,27 @@ def test_cpu_is_counted_from_the_drain_on(
     expected: float | None,
 ) -> None:
     assert _cpu_spent(before, after, name) == expected
+
+
+def test_each_helpers_cpu_is_counted_apart() -> None:
+    """The learner's fit process imports scipy at its first fit, often inside
+    the drain: counted with the prepare process, it made preparing look a
+    third dearer than it was. Real helper processes, one of them kept busy."""
+    import os
+    from types import SimpleNamespace
+
+    from benchmarks.bench import _cpu_snapshot
+    from patronage.streams.fitpool import FitProcess
+
+    helpers = {role: FitProcess(interval_s=0.1, role=role) for role in ("fit", "prepare")}
+    try:
+        helpers["prepare"].pool.submit(os.getpid).result(timeout=60)
+        helpers["fit"].pool.submit(sum, range(30_000_000)).result(timeout=60)
+        snapshot = _cpu_snapshot({}, [SimpleNamespace(pid=os.getpid())])  # type: ignore[list-item]
+    finally:
+        for process in helpers.values():
+            process.shutdown()
+    fit, prepare, both = (snapshot[k] for k in ("helper_fit", "helper_prepare", "helper"))
+    assert fit is not None and prepare is not None and both is not None
+    assert fit > prepare + 0.3
+    assert fit + prepare <= both + 1e-9

@@ -89,11 +89,30 @@ def test_a_fit_process_that_died_is_started_again() -> None:
 
     try:
         first, second, third, niceness = asyncio.run(scenario())
+        name = Path(f"/proc/{second}/comm").read_text().strip()
     finally:
         fits.shutdown()
     assert second != first and third == second  # a new process, then kept
     assert fits.restarts == 1
     assert niceness == min(os.nice(0) + 3, 19)  # the new one as far below the worker
+    assert name == "patronage-fit"  # and named as the first was
+
+
+def test_helpers_are_named_for_ps_and_top() -> None:
+    """Every helper's command line reads `python -c from multiprocessing.spawn
+    import spawn_main ...`: without a name, ops (and the throughput
+    benchmark's CPU columns) could not tell the fits from the preparing."""
+    from patronage.streams.fitpool import FitProcess
+
+    names = {}
+    for role in ("fit", "prepare"):
+        helper = FitProcess(interval_s=0.1, role=role)
+        try:
+            pid = helper.pool.submit(os.getpid).result(timeout=60)
+            names[role] = Path(f"/proc/{pid}/comm").read_text().strip()
+        finally:
+            helper.shutdown()
+    assert names == {"fit": "patronage-fit", "prepare": "patronage-prep"}
 
 
 def test_starting_a_fit_process_that_died_starts_a_new_one() -> None:
