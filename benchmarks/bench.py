@@ -18,6 +18,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -996,8 +997,11 @@ async def _outputs(settings: Settings) -> dict[str, int]:
 
 
 async def _cleanup(settings: Settings) -> None:
+    """The run's keys, topics and the worker's data directory (Faust's
+    tables: every run left one under /tmp before)."""
     from patronage.streams.kafka_admin import delete_run_topics
 
+    shutil.rmtree(settings.data_dir, ignore_errors=True)
     client = redis_for(settings)
     try:
         await ProfileStore(client, settings.key_prefix, settings.profile_config).delete_prefix()

@@ -115,6 +115,8 @@ def isolated_env(kafka_up: str, redis_up: str) -> Iterator[dict[str, str]]:
     # later keyspace scan on a developer's machine).
     with contextlib.suppress(Exception):
         asyncio.run(asyncio.wait_for(_delete_run_keys(redis_up, env["PATRONAGE_KEY_PREFIX"]), 60))
+    # ... and the worker's data directory (a suite run left hundreds in /tmp).
+    shutil.rmtree(env["PATRONAGE_DATA_DIR"], ignore_errors=True)
 
 
 async def _delete_run_keys(url: str, prefix: str) -> None:

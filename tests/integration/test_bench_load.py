@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from benchmarks.bench import LOAD_PRODUCERS
+from benchmarks.bench import LOAD_PRODUCERS, _cleanup
 from tests.integration.harness import read_topic, settings_with_topics
 
 
@@ -51,3 +52,14 @@ def test_a_load_producer_keys_like_the_java_client_and_times_its_acks(
     records = read_topic(settings, topic)
     assert {r.key: r.partition for r in records} == expected
     assert len({r.partition for r in records}) == settings.partitions  # spread, not one
+
+
+def test_a_run_leaves_no_data_directory(isolated_env: dict[str, str], tmp_path: Path) -> None:
+    """Every benchmark run gave its worker a data directory under /tmp and
+    left it there (39 of them on a developer's machine after a day)."""
+    data_dir = tmp_path / "worker-data"
+    (data_dir / "tables").mkdir(parents=True)
+    (data_dir / "tables" / "state").write_bytes(b"x")
+    settings = settings_with_topics({**isolated_env, "PATRONAGE_DATA_DIR": str(data_dir)})
+    asyncio.run(_cleanup(settings))
+    assert not data_dir.exists()
