@@ -923,6 +923,10 @@ async def _group_stable(admin: Any, group_id: str) -> bool:
     )
 
 
+# The worker's helper processes, each counted apart by its name (streams/fitpool.py).
+HELPER_ROLES = ("prepare", "fit")
+
+
 def _cpu_snapshot(
     servers: dict[str, int | None], procs: list[subprocess.Popen[bytes]]
 ) -> dict[str, float | None]:
@@ -943,9 +947,6 @@ def _cpu_snapshot(
         mine = [cpu for pid, cpu in helpers if _comm(pid) == process_name(role)]
         snapshot[f"helper_{role}"] = sum(mine) if mine else None
     return snapshot
-
-
-HELPER_ROLES = ("prepare", "fit")
 
 
 def _comm(pid: int) -> str:
