@@ -936,7 +936,7 @@ def _cpu_snapshot(
     apart by the name the worker gives each ("prepare", "fit":
     streams/fitpool.py)."""
     cpus = [_child_cpu(proc.pid) for proc in procs]
-    helpers = [(c, _child_cpu(c) or 0.0) for proc in procs for c in _descendants(proc.pid)]
+    helpers = [(_comm(c), _child_cpu(c) or 0.0) for proc in procs for c in _descendants(proc.pid)]
     own = None if None in cpus else sum(c for c in cpus if c is not None)
     snapshot: dict[str, float | None] = {
         **{name: _child_cpu(pid) if pid else None for name, pid in servers.items()},
@@ -944,7 +944,7 @@ def _cpu_snapshot(
         "helper": sum(cpu for _, cpu in helpers) if helpers else None,
     }
     for role in HELPER_ROLES:
-        mine = [cpu for pid, cpu in helpers if _comm(pid) == process_name(role)]
+        mine = [cpu for name, cpu in helpers if name == process_name(role)]
         snapshot[f"helper_{role}"] = sum(mine) if mine else None
     return snapshot
 

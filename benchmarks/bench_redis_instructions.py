@@ -110,16 +110,12 @@ class CountedRedis:
         )
 
     def zero(self) -> None:
-        subprocess.run(
-            ["callgrind_control", "-z", str(self.proc.pid)], check=True, capture_output=True
-        )
+        self._control("-z")
 
     def instructions(self, keep_as: Path | None) -> int:
         """Instructions since the last zero (callgrind's dump of them)."""
         before = set(self.workdir.glob("callgrind.*"))
-        subprocess.run(
-            ["callgrind_control", "-d", str(self.proc.pid)], check=True, capture_output=True
-        )
+        self._control("-d")
         [dump] = set(self.workdir.glob("callgrind.*")) - before
         total = instruction_total(dump.read_text())
         if keep_as is not None:

@@ -92,10 +92,11 @@ def test_a_fit_process_that_died_is_started_again() -> None:
         name = Path(f"/proc/{second}/comm").read_text().strip()
     finally:
         fits.shutdown()
-    assert second != first and third == second  # a new process, then kept
-    assert fits.restarts == 1
-    assert niceness == min(os.nice(0) + 3, 19)  # the new one as far below the worker
-    assert name == "patronage-fit"  # and named as the first was
+    seen = f"pids {first}, {second}, {third}; restarts {fits.restarts}; nice {niceness}; {name!r}"
+    assert second != first and third == second, seen  # a new process, then kept
+    assert fits.restarts == 1, seen
+    assert niceness == min(os.nice(0) + 3, 19), seen  # the new one as far below the worker
+    assert name == "patronage-fit", seen  # and named as the first was
 
 
 def test_helpers_are_named_for_ps_and_top() -> None:
