@@ -32,7 +32,7 @@ from patronage.models.profile import (
 from patronage.models.risk import after_judging
 from patronage.models.segments import FrozenModel, SegmentTrainer, judged_floor_of, read_checkpoint
 from patronage.models.sources import SourceState
-from patronage.streams.types import ApplyResult, Fields, Queue
+from patronage.streams.types import ApplyResult, DueMove, Fields, Queue
 
 
 class MemoryProfileStore:
@@ -71,7 +71,7 @@ class MemoryProfileStore:
                 result.applied += outcome == "applied"
                 result.duplicate_offsets += outcome == "dup_offset"
                 result.duplicate_events += outcome == "dup_event"
-            judge_lapses(state, clock, self.cfg)
+            again = judge_lapses(state, clock, self.cfg)
             if state.fields:
                 self.states[customer_id] = state
             if state.outbox:
@@ -80,7 +80,9 @@ class MemoryProfileStore:
             activity = [d.ts for d in deltas if d.kind != "attributes"]
             if partition is not None and activity:
                 due = self.due.setdefault(partition, {})
-                due[customer_id] = min(due.get(customer_id, float("inf")), min(activity))
+                bound = min(activity)
+                due[customer_id] = min(due.get(customer_id, float("inf")), bound)
+                result.lapse_due.setdefault(partition, []).append((customer_id, bound, again))
             if partition is not None:
                 self.members.setdefault(partition, set()).add(customer_id)
         for partition, newest in (marks or {}).items():
@@ -132,8 +134,11 @@ class MemoryProfileStore:
         self,
         writes: Mapping[str, Mapping[str, str | int]],
         risk_due: Mapping[int, Mapping[str, float]] | None = None,
+        lapse_due: Mapping[int, Sequence[DueMove]] | None = None,
     ) -> set[str]:
         self._schedule_risk(risk_due or {}, keep_earlier=False)
+        for partition, moves in (lapse_due or {}).items():
+            await self.reschedule(partition, moves)
         written = set()
         for customer_id, mapping in writes.items():
             state = self.states.get(customer_id)
@@ -214,7 +219,7 @@ class MemoryProfileStore:
     async def reschedule(
         self,
         partition: int,
-        moves: list[tuple[str, float, float | None]],
+        moves: Sequence[DueMove],
         queue: Queue = "lapse",
     ) -> None:
         due = self._queue(queue).setdefault(partition, {})

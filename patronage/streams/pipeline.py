@@ -460,7 +460,10 @@ class Pipeline:
         """Segments and value tiers of the updated profiles (their changes
         share one wait for Kafka's acks and one write: scored.py), the
         purchases' at-risk judging, and the learner's sample."""
-        out = ScoreWrites()
+        # The batch's lapse entries move to when its judging said (its alerts
+        # are out by now): else every sweep judged each customer of the
+        # batches before it again (docs/benchmarks.md).
+        out = ScoreWrites(lapse_due=result.lapse_due)
         # One scan of each profile's category map for its features and the
         # learner's top category.
         spends = {

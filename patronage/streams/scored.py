@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from patronage.streams.types import ProfileStoreT
+from patronage.streams.types import DueMove, ProfileStoreT
 
 
 @dataclass
@@ -26,6 +26,9 @@ class ScoreWrites:
     fields: dict[str, dict[str, str | int]] = field(default_factory=dict)
     # partition -> customer -> when to judge at-risk again (store.schedule_risk)
     risk_due: dict[int, dict[str, float]] = field(default_factory=dict)
+    # partition -> lapse entries to move (ApplyResult.lapse_due), once the
+    # alerts of their batch are out
+    lapse_due: dict[int, list[DueMove]] = field(default_factory=dict)
 
     def store(self, customer_id: str, mapping: Mapping[str, str | int]) -> None:
         self.fields.setdefault(customer_id, {}).update(mapping)
@@ -34,13 +37,13 @@ class ScoreWrites:
         self.risk_due.setdefault(partition, {})[customer_id] = due_ms
 
     async def flush(self, store: ProfileStoreT) -> set[str]:
-        """Wait for every ack, then write (the at-risk schedule with the
-        fields: one round trip); the customers whose profile was written (an
-        erased one is not brought back)."""
+        """Wait for every ack, then write (the at-risk and lapse schedules
+        with the fields: one round trip); the customers whose profile was
+        written (an erased one is not brought back)."""
         await asyncio.gather(*self.acks)
         self.acks = []
-        if not self.fields and not self.risk_due:
+        if not self.fields and not self.risk_due and not self.lapse_due:
             return set()
-        written = await store.store_scores(self.fields, self.risk_due)
-        self.fields, self.risk_due = {}, {}
+        written = await store.store_scores(self.fields, self.risk_due, self.lapse_due)
+        self.fields, self.risk_due, self.lapse_due = {}, {}, {}
         return written

@@ -65,7 +65,7 @@ from patronage.streams.resp import (
     execute_pipeline,
 )
 from patronage.streams.settings import Settings
-from patronage.streams.types import ApplyResult, Fields, Queue
+from patronage.streams.types import ApplyResult, DueMove, Fields, Queue
 
 Command = tuple[Any, ...]  # a Redis command's raw arguments, name first
 T = TypeVar("T")
@@ -444,9 +444,13 @@ class ProfileStore:
         one pipelined round trip.
 
         The due time written is an early bound (the earliest activity of the
-        batch: no gap it opens can be decided before the clock passes it); the
-        sweep judges again and moves the entry to the exact time. ZADD LT keeps
-        the earliest bound, so a redelivered batch cannot push a due time later."""
+        batch: no gap it opens can be decided before the clock passes it),
+        written with the update so a crash cannot lose it; the result's
+        `lapse_due` pairs each bound with the time the script's own judging
+        named, and the pipeline moves the entry there once the batch's alerts
+        are out (`store_scores`; a sweep judged it a second time before). ZADD
+        LT keeps the earliest bound, so a redelivered batch cannot push a due
+        time later, and an entry lowered since is not moved."""
         await self.ensure_scripts()
         if not by_customer:
             return ApplyResult()
@@ -481,7 +485,9 @@ class ProfileStore:
         replies = await self._pipelined(ops)
         raise_unless_poison(replies)
         customers = list(by_customer)
-        return await self._with_topics(lambda: _apply_result(customers, replies, self.topics))
+        result = await self._with_topics(lambda: _apply_result(customers, replies, self.topics))
+        _lapse_moves(result, due, dict(zip(customers, replies, strict=False)))
+        return result
 
     def _bookkeeping_ops(
         self,
@@ -571,12 +577,13 @@ class ProfileStore:
         self,
         writes: Mapping[str, Mapping[str, str | int]],
         risk_due: Mapping[int, Mapping[str, float]] | None = None,
+        lapse_due: Mapping[int, Sequence[DueMove]] | None = None,
     ) -> set[str]:
         """Write scoring decisions to the profiles that still exist (an erased
-        one is not brought back) and schedule at-risk judging (as
+        one is not brought back), schedule at-risk judging (as
         schedule_risk; a batch gave it a round trip of its own, ~5 % of the
-        batch's time at 5k events/s), in one round trip; returns the
-        customers written."""
+        batch's time at 5k events/s) and move lapse entries (as
+        reschedule), in one round trip; returns the customers written."""
         await self.ensure_scripts()
         ops: list[tuple[str, Command]] = []
         named = STORED_NAMES.get  # stored_name, inlined: per field of every customer of a pass
@@ -585,6 +592,9 @@ class ProfileStore:
             flat = [p for name, value in mapping.items() for p in (named(name, name), value)]
             ops.append((key, _script(self._segment, [key], flat)))
         ops.extend(self._risk_ops(risk_due or {}, keep_earlier=False))
+        for partition, moves in (lapse_due or {}).items():
+            if moves:
+                ops.append(self._reschedule_op(partition, moves, "lapse"))
         replies = checked(await self._pipelined(ops))
         return {cid for cid, reply in zip(writes, replies, strict=False) if int(reply) == 1}
 
@@ -637,19 +647,24 @@ class ProfileStore:
     async def reschedule(
         self,
         partition: int,
-        moves: list[tuple[str, float, float | None]],
+        moves: Sequence[DueMove],
         queue: Queue = "lapse",
     ) -> None:
         await self.ensure_scripts()
-        if not moves:
-            return
+        if moves:
+            checked(await self._pipelined([self._reschedule_op(partition, moves, queue)]))
+
+    def _reschedule_op(
+        self, partition: int, moves: Sequence[DueMove], queue: Queue
+    ) -> tuple[str, Command]:
         # Nothing left to judge: a lapse entry is parked (the set lists the
         # partition's customers), an at-risk one dropped.
         done = "" if queue == "risk" else repr(PARKED + int(time.time() * 1000))
-        args: list[str | float] = []
+        args: list[str] = []
         for member, seen, new in moves:
             args.extend([member, repr(seen), done if new is None else repr(new)])
-        await self._reschedule(keys=[self.queue_key(partition, queue)], args=args)
+        key = self.queue_key(partition, queue)
+        return key, _script(self._reschedule, [key], args)
 
     async def schedule_risk(
         self, moments: Mapping[int, Mapping[str, float]], keep_earlier: bool = False
@@ -899,6 +914,23 @@ def _apply_result(customers: list[str], replies: list[Any], topics: TopicCodes) 
             result.outbox[customer_id] = list(reply[REPLY["outbox"]])
         result.profiles[customer_id] = decode_profile(reply[REPLY["profile"]], topics)
     return result
+
+
+def _lapse_moves(
+    result: ApplyResult, bounds: Mapping[int, Mapping[str, float]], replies: Mapping[str, Any]
+) -> None:
+    """Each early bound the batch wrote, with when its customer's script says
+    to judge again (its reply's `due`; '' is nothing pending)."""
+    at = REPLY["due"]
+    for partition, scores in bounds.items():
+        moves: list[DueMove] = []
+        for customer_id, bound in scores.items():
+            reply = replies[customer_id]
+            if isinstance(reply, Exception):
+                continue  # refused: its bound stays for the sweep
+            moves.append((customer_id, bound, float(reply[at]) if reply[at] else None))
+        if moves:
+            result.lapse_due[partition] = moves
 
 
 def _persons(nodes: Sequence[str], replies: list[Any]) -> dict[str, Person]:

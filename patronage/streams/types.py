@@ -21,6 +21,9 @@ from patronage.models.sources import SourceState
 Fields = dict[str, float | str]
 # The partition-sharded schedules: lapse judgements, at-risk moments.
 Queue = Literal["lapse", "risk"]
+# A due entry to move if nobody moved it since: (customer, the score it was
+# given, the new one; None: nothing left to judge).
+DueMove = tuple[str, float, float | None]
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class ApplyResult:
     profiles: dict[str, Fields] = field(default_factory=dict)
     # customer -> why the store refused its update (its records go to the DLQ)
     failed: dict[str, str] = field(default_factory=dict)
+    # partition -> the lapse entries this apply gave an early bound, each
+    # with when the apply's own judging says to judge again: moved there
+    # once the batch's alerts are out (`store_scores`), the sweep does not
+    # judge every customer of every batch a second time.
+    lapse_due: dict[int, list[DueMove]] = field(default_factory=dict)
 
 
 class ProfileStoreT(Protocol):
@@ -80,10 +88,12 @@ class ProfileStoreT(Protocol):
         self,
         writes: Mapping[str, Mapping[str, str | int]],
         risk_due: Mapping[int, Mapping[str, float]] | None = None,
+        lapse_due: Mapping[int, Sequence[DueMove]] | None = None,
     ) -> set[str]:
-        """Write scoring decisions to the profiles that still exist, and
-        schedule at-risk judging (`risk_due`, as schedule_risk), in one
-        round trip; returns the customers written."""
+        """Write scoring decisions to the profiles that still exist,
+        schedule at-risk judging (`risk_due`, as schedule_risk) and move
+        lapse entries (`lapse_due`, as reschedule), in one round trip;
+        returns the customers written."""
         ...
 
     async def ack_outbox(self, items: dict[str, list[bytes]]) -> None: ...
@@ -101,7 +111,7 @@ class ProfileStoreT(Protocol):
     async def reschedule(
         self,
         partition: int,
-        moves: list[tuple[str, float, float | None]],
+        moves: Sequence[DueMove],
         queue: Queue = "lapse",
     ) -> None:
         """Move (or drop: None) swept entries nobody rescheduled since."""

@@ -71,6 +71,37 @@ def test_due_entries_move_only_if_nobody_rescheduled_them(store_of: Any) -> None
     assert moved == [("anna", float(T0 + 50 * DAY_MS))]
 
 
+def test_an_apply_reports_when_to_judge_again_and_its_entries_move_there(
+    store_of: Any,
+) -> None:
+    """The due entry an apply writes is an early bound (its earliest activity);
+    the apply also reports when its own judging says to judge again, and
+    moving the entry there (with the scores' write) spares the sweep a second
+    judgement of every customer of every batch. An entry someone lowered
+    since (an earlier pending time) stays."""
+    clock = float(T0 + 12 * DAY_MS)
+
+    async def check(store: ProfileStoreT) -> list[Any]:
+        visits = [receipt(n, day) for n, day in enumerate((0, 4, 8, 12))]
+        anna = await store.apply_batch({"anna": visits}, {"anna": 0}, {0: clock})
+        await store.apply_batch({"ben": [receipt(10, 2)]}, {"ben": 0}, {0: 0.0})
+        ben = await store.apply_batch({"ben": [receipt(11, 9)]}, {"ben": 0}, {0: 0.0})
+        _, swept_due = (await store.judge({"anna": clock}))["anna"]
+        moves = {0: anna.lapse_due[0] + ben.lapse_due[0]}
+        await store.store_scores({}, None, moves)
+        return [anna.lapse_due, ben.lapse_due, swept_due, await store.due_customers(0, clock, 10)]
+
+    anna_moves, ben_moves, swept_due, due_now = run(check, store_of)
+    [(who, bound, again)] = anna_moves[0]
+    assert (who, bound) == ("anna", T0)
+    # what the sweep's own judging says: four visits 4 days apart, so the
+    # gap after day 12 is decided 2 x 4 days later
+    assert again == swept_due == float(T0 + 20 * DAY_MS)
+    assert ben_moves[0][0][:2] == ("ben", T0 + 9 * DAY_MS)
+    # anna moved past the clock; ben's earlier bound (day 2) was kept
+    assert due_now == [("ben", float(T0 + 2 * DAY_MS))]
+
+
 def test_sources_and_clock_marks_never_go_back(store_of: Any) -> None:
     async def check(store: ProfileStoreT) -> tuple[Any, Any]:
         tp = ("clicks", 3)

@@ -631,6 +631,51 @@ def test_a_rescoring_pass_runs_its_slices_between_input_batches(
     asyncio.run(run())
 
 
+def test_a_sweep_right_after_a_batch_judges_none_of_its_customers_again() -> None:
+    """Ingest writes each customer's due entry as an early bound (its
+    earliest activity) and then moves it to when its own judging said: the
+    sweep that follows judges nobody whose next decision lies weeks ahead
+    (it judged every customer of every batch a second time, one Redis
+    script call each, doubling the calls at live rates), and still finds
+    every regular once they are overdue."""
+    settings = Settings(lapse_clock="wall")
+    customers = [f"regular-{i:03d}" for i in range(300)]
+    events = [
+        receipt(c, f"{c}-{week}", START_MS + week * 7 * DAY_MS + i * 1000)
+        for week in range(12)
+        for i, c in enumerate(customers)
+    ]
+    now = [START_MS + 12 * 7 * DAY_MS]
+    store = MemoryProfileStore(settings.profile_config)
+    pipe = Pipeline(
+        settings, store, MemoryModelStore(), RecordingProducer(), clock=lambda: now[0] / 1000
+    )
+    examined: list[int] = []  # lapse entries handed to each sweep slice
+    due_customers = store.due_customers
+
+    async def counted(partition: int, clock: float, limit: int, queue: Any = "lapse") -> Any:
+        due = await due_customers(partition, clock, limit, queue)
+        if queue == "lapse":
+            examined.append(len(due))
+        return due
+
+    store.due_customers = counted  # type: ignore[method-assign]
+
+    async def run() -> tuple[int, int]:
+        await pipe.process(as_records(events, 1), StaticLog())
+        await pipe.sweeper.sweep({0})
+        right_after = sum(examined)
+        examined.clear()
+        now[0] += 60 * DAY_MS  # every regular is now overdue
+        await pipe.sweeper.sweep({0})
+        return right_after, sum(examined)
+
+    right_after, overdue = asyncio.run(run())
+    assert (right_after, overdue) == (0, len(customers))
+    lapsed = {a["customer_id"] for a in pipe.producer.on("lapse-alerts") if a["kind"] == "lapsed"}  # type: ignore[attr-defined]
+    assert lapsed == set(customers)
+
+
 def test_a_lapse_sweep_judges_in_slices_between_input_batches(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -732,9 +777,9 @@ def test_segment_and_tier_changes_are_stored_once_both_are_acked_in_one_write() 
     schedules: list[Any] = []
     schedule_risk = store.schedule_risk
 
-    async def counted(batch: Any, risk_due: Any = None) -> set[str]:
+    async def counted(batch: Any, risk_due: Any = None, lapse_due: Any = None) -> set[str]:
         writes.append((set(batch), {p: dict(d) for p, d in (risk_due or {}).items()}))
-        return await store_scores(batch, risk_due)
+        return await store_scores(batch, risk_due, lapse_due)
 
     async def scheduled(moments: Any, keep_earlier: bool = False) -> None:
         schedules.append(moments)
