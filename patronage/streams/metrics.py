@@ -304,6 +304,15 @@ class _Collector(Collector):
         )
         sweep.add_metric([], r.sweeper.last_duration_s)
         yield sweep
+        judged = _counter(
+            "patronage_sweep_customers_judged",
+            "Customers the sweeps judged, by queue (lapse; risk: at-risk moments, and "
+            "each buyer once after a purchase).",
+            ("queue",),
+        )
+        for queue in ("lapse", "risk"):
+            judged.add_metric([queue], r.sweeper.judged[queue])
+        yield judged
         changes = _counter(
             "patronage_segment_changes", "Segment changes sent, by reason.", ("reason",)
         )

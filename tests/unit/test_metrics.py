@@ -45,6 +45,31 @@ def test_counts_are_exposed_with_their_labels() -> None:
     assert not any(name.endswith("_created") for name in seen)
 
 
+def test_the_customers_each_sweep_queue_judged_are_counted() -> None:
+    """A sweep of real due entries (the in-memory store, a lapse entry the
+    clock has passed and an at-risk one): the two queues' judgements are
+    counted apart and exposed."""
+    import asyncio
+
+    from patronage.models.timeunits import DAY_MS
+    from patronage.streams.memory import MemoryModelStore, MemoryProfileStore, RecordingProducer
+    from patronage.streams.pipeline import Pipeline
+
+    settings = Settings(lapse_clock="wall")
+    now_ms = 1_767_225_600_000
+    store = MemoryProfileStore(settings.profile_config)
+    pipe = Pipeline(
+        settings, store, MemoryModelStore(), RecordingProducer(), clock=lambda: now_ms / 1000
+    )
+    store.due[0] = {"ann": now_ms - 2 * DAY_MS, "ben": now_ms + DAY_MS}
+    store.risk[0] = {"cleo": now_ms - DAY_MS}
+    asyncio.run(pipe.sweeper.sweep({0}))
+    runtime = Runtime(settings)
+    runtime.pipeline.sweeper = pipe.sweeper
+    seen = families(runtime)["patronage_sweep_customers_judged_total"]
+    assert seen == {"queue=lapse": 1, "queue=risk": 1}
+
+
 def test_a_blocked_event_loop_shows_in_the_loop_lag_histogram() -> None:
     """A 70 ms stall (the length of the full collections that set the 1k
     events/s p99 before the worker froze its start-up objects) lands in the
