@@ -55,7 +55,6 @@ class LapseSweeper:
         self.also = also
         self.slice_size = min(slice_size or batch, batch)
         self.between_slices = between_slices
-        self.swept = 0
         # customers judged, by queue ("lapse", "risk"): a batch's own
         # customers are not due again right after it (docs/benchmarks.md)
         self.judged: Counter[str] = Counter()
@@ -91,7 +90,6 @@ class LapseSweeper:
                 risk = await self._in_slices(self.also, partition, clock)
                 self.judged["risk"] += risk
                 examined += risk
-        self.swept += examined
         self.last_duration_s = time.monotonic() - started
         return examined
 
