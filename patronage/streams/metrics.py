@@ -272,6 +272,23 @@ class _Collector(Collector):
         restarts.add_metric([], segmenter.restarts)
         yield restarts
 
+    def _sweeps(self) -> Iterator[Metric]:
+        sweeper = self.pipeline.sweeper
+        sweep = _gauge(
+            "patronage_lapse_sweep_duration_seconds", "Duration of the last lapse sweep."
+        )
+        sweep.add_metric([], sweeper.last_duration_s)
+        yield sweep
+        judged = _counter(
+            "patronage_sweep_customers_judged",
+            "Customers the sweeps judged, by queue (lapse; risk: at-risk moments, and "
+            "each buyer once after a purchase).",
+            ("queue",),
+        )
+        for queue in ("lapse", "risk"):
+            judged.add_metric([queue], sweeper.judged[queue])
+        yield judged
+
     def _lapse_and_segments(self) -> Iterator[Metric]:
         r = self.pipeline
         alerts = _counter("patronage_lapse_alerts", "Lapse alerts sent, by kind.", ("kind",))
@@ -299,20 +316,7 @@ class _Collector(Collector):
         for reason in ("profile", "refit"):
             tiers.add_metric([reason], r.predictor.tier_changes[reason])
         yield tiers
-        sweep = _gauge(
-            "patronage_lapse_sweep_duration_seconds", "Duration of the last lapse sweep."
-        )
-        sweep.add_metric([], r.sweeper.last_duration_s)
-        yield sweep
-        judged = _counter(
-            "patronage_sweep_customers_judged",
-            "Customers the sweeps judged, by queue (lapse; risk: at-risk moments, and "
-            "each buyer once after a purchase).",
-            ("queue",),
-        )
-        for queue in ("lapse", "risk"):
-            judged.add_metric([queue], r.sweeper.judged[queue])
-        yield judged
+        yield from self._sweeps()
         changes = _counter(
             "patronage_segment_changes", "Segment changes sent, by reason.", ("reason",)
         )
