@@ -650,25 +650,15 @@ def test_a_sweep_right_after_a_batch_judges_none_of_its_customers_again() -> Non
     pipe = Pipeline(
         settings, store, MemoryModelStore(), RecordingProducer(), clock=lambda: now[0] / 1000
     )
-    examined: list[int] = []  # lapse entries handed to each sweep slice
-    due_customers = store.due_customers
-
-    async def counted(partition: int, clock: float, limit: int, queue: Any = "lapse") -> Any:
-        due = await due_customers(partition, clock, limit, queue)
-        if queue == "lapse":
-            examined.append(len(due))
-        return due
-
-    store.due_customers = counted  # type: ignore[method-assign]
+    judged = pipe.sweeper.judged  # customers the sweeps judged, by queue
 
     async def run() -> tuple[int, int]:
         await pipe.process(as_records(events, 1), StaticLog())
         await pipe.sweeper.sweep({0})
-        right_after = sum(examined)
-        examined.clear()
+        right_after = judged["lapse"]
         now[0] += 60 * DAY_MS  # every regular is now overdue
         await pipe.sweeper.sweep({0})
-        return right_after, sum(examined)
+        return right_after, judged["lapse"] - right_after
 
     right_after, overdue = asyncio.run(run())
     assert (right_after, overdue) == (0, len(customers))
