@@ -50,11 +50,11 @@ def loads(raw: bytes) -> Any:
 
 
 def dumps_compact(value: Any) -> bytes:
-    """`value` as compact JSON (UTF-8 bytes), for the apply script's cjson."""
+    """`value` as compact JSON (UTF-8 bytes)."""
     try:
         return orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):
-        # e.g. an integer beyond 64 bits; cjson reads both spellings alike.
+        # e.g. an integer beyond 64 bits; json reads both spellings alike.
         return json.dumps(value, separators=(",", ":")).encode()
 
 

@@ -654,7 +654,7 @@ APPLY_ARGS = (
     "lapse_min_tenure_days",
     "lapse_min_gap_days",
     "lapse_gap_multiplier",
-    "deltas",  # JSON list, wire names below
+    "deltas",  # packed records, DELTA_FORMATS below
     "retention_ms",  # 0 = keys never expire
     "dedupe_max_events",
     "clock",  # epoch ms to judge lapses against, after the deltas
@@ -672,27 +672,23 @@ APPLY_REPLY = (
 )
 REPLY = {name: index for index, name in enumerate(APPLY_REPLY)}
 
-# Delta attribute -> its name in the script's JSON (short: it is parsed per event).
-DELTA_WIRE: dict[str, str] = {
-    "source": "src",
-    "offset": "off",
-    "event_token": "eid",
-    "ts": "t",
-    "day": "day",
-    "kind": "k",
-    "session_token": "sid",
-    "channel": "mc",
-    "device": "dv",
-    "origin": "origin",
-    "basket": "b",
-    "returned": "r",
-    "net": "n",
-    "categories": "cats",
-    "payment_method": "pm",
-    "attributes": "at",
-    "order_token": "nk",
+# The apply script's deltas argument: one record per delta, back to back,
+# read in place with Lua's struct library (no JSON parse, no table per
+# delta). Formats in its notation, big-endian: `Bc0` is a string after its
+# 1-byte length, `Hc0` after a 2-byte one; an empty optional string is
+# absent. The script reads the head, then by kind: an order's natural key,
+# the rest of the record. profile.packed_deltas writes them.
+DELTA_FORMATS: dict[str, str] = {
+    "head": ">c1Bc0ddi4c6",  # kind letter, source, offset, ts, day, event token (6 bytes)
+    "natural key": ">Bc0",  # order: natural-key token (6 bytes; empty: none)
+    "click": ">Bc0Hc0Hc0",  # session token (4 bytes; empty: none), channel, device
+    # origin, basket, returned, net, payment method, channel, category count
+    "order": ">Bc0dddHc0Hc0H",
+    "category": ">Hc0d",  # name, net value
+    "attributes": ">H",  # attribute count
+    "attribute": ">Hc0I4c0",  # name, JSON value
 }
-# Delta kind -> its wire letter.
+# Delta kind -> its letter in a record's head.
 KIND_WIRE = {"click": "c", "order": "o", "attributes": "a"}
 
 # Finding attribute -> its name in the outbox JSON the script writes.

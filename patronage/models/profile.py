@@ -34,7 +34,8 @@ import hashlib
 import json
 import math
 import operator
-from collections.abc import Mapping
+import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
@@ -53,7 +54,6 @@ from patronage.models.contracts import (
 from patronage.models.lapse import Finding, LapseRules, judge
 from patronage.models.layout import (
     ATTRIBUTE_PREFIX,
-    DELTA_WIRE,
     DISTINCT_MARK,
     KIND_WIRE,
     MAP_PREFIXES,
@@ -89,7 +89,7 @@ class ProfileConfig:
 @dataclass(slots=True)
 class Delta:
     """One validated event, reduced to what the profile needs (the script's
-    input; layout.DELTA_WIRE gives each attribute's short name on the wire)."""
+    input; packed_deltas writes it for the script, layout.DELTA_FORMATS)."""
 
     source: str  # source topic:partition (with its epoch, models/sources.py)
     offset: int  # Kafka offset in source
@@ -117,29 +117,73 @@ class Delta:
         # and restores through __setstate__, 3x slower to load.
         return (Delta, _delta_values(self))
 
-    def to_wire(self) -> dict[str, object]:
-        wire: dict[str, object] = {
-            "src": self.source,
-            "off": self.offset,
-            "eid": self.event_token,
-            "t": self.ts,
-            "day": self.day,
-            "k": KIND_WIRE[self.kind],
-        }
-        for name in _OPTIONAL_WIRE:
-            value = getattr(self, name)
-            if value is not None:
-                wire[DELTA_WIRE[name]] = value
-        if self.kind == "order":
-            wire.update(b=self.basket, r=self.returned, n=self.net)
-            wire["cats"] = [list(c) for c in self.categories]
-        if self.kind == "attributes":
-            wire["at"] = [list(a) for a in self.attributes]
-        return wire
-
 
 _delta_values = operator.attrgetter(*(f.name for f in dataclasses.fields(Delta)))
-_OPTIONAL_WIRE = ("session_token", "channel", "device", "origin", "payment_method", "order_token")
+
+
+def packed_deltas(deltas: Iterable[Delta], source_codes: Mapping[str, str]) -> bytes:
+    """The apply script's deltas argument (layout.DELTA_FORMATS), each
+    delta's source as `source_codes` stores it."""
+    return b"".join([_packed(delta, source_codes[delta.source]) for delta in deltas])
+
+
+_NUMBERS = struct.Struct(">ddi")  # offset, ts, day
+_ORDER_SUMS = struct.Struct(">ddd")  # basket, returned, net
+_CATEGORY_VALUE = struct.Struct(">d")
+_KIND_BYTE = {kind: letter.encode("ascii") for kind, letter in KIND_WIRE.items()}
+
+
+def _packed(delta: Delta, source: str) -> bytes:
+    head = (
+        _KIND_BYTE[delta.kind]
+        + _byte_counted(source.encode("utf-8"))
+        + _NUMBERS.pack(delta.offset, delta.ts, delta.day)
+        + _token_bytes(delta.event_token, 6)
+    )
+    if delta.kind == "click":
+        return (
+            head
+            + _byte_counted(_token_bytes(delta.session_token, 4))
+            + _counted(delta.channel)
+            + _counted(delta.device)
+        )
+    if delta.kind == "order":
+        parts = [
+            head,
+            _byte_counted(_token_bytes(delta.order_token, 6)),
+            _byte_counted((delta.origin or "").encode("ascii")),
+            _ORDER_SUMS.pack(delta.basket, delta.returned, delta.net),
+            _counted(delta.payment_method),
+            _counted(delta.channel),
+            len(delta.categories).to_bytes(2, "big"),
+        ]
+        for category, value in delta.categories:
+            parts += (_counted(category), _CATEGORY_VALUE.pack(value))
+        return b"".join(parts)
+    parts = [head, len(delta.attributes).to_bytes(2, "big")]
+    for name, json_value in delta.attributes:
+        raw = json_value.encode("utf-8")
+        parts += (_counted(name), len(raw).to_bytes(4, "big"), raw)
+    return b"".join(parts)
+
+
+def _token_bytes(token: str | None, size: int) -> bytes:
+    """A hex token as its first `size` bytes, as stored (b'' for none)."""
+    if token is None:
+        return b""
+    raw = bytes.fromhex(token[: 2 * size])
+    if len(raw) != size:
+        raise ValueError(f"a token of {size} bytes expected, got {token!r}")
+    return raw
+
+
+def _byte_counted(raw: bytes) -> bytes:
+    return bytes((len(raw),)) + raw
+
+
+def _counted(text: str | None) -> bytes:
+    raw = text.encode("utf-8") if text else b""
+    return len(raw).to_bytes(2, "big") + raw
 
 
 def short_hash(text: str) -> str:

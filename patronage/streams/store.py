@@ -19,7 +19,6 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from patronage.models.identity import Person, person_from_json, person_to_json
-from patronage.models.jsontext import dumps_compact
 from patronage.models.layout import (
     APPLY_ARGS,
     LAYOUT_VERSION,
@@ -53,7 +52,13 @@ from patronage.models.layout import (
     stored_text,
     topics_key,
 )
-from patronage.models.profile import Delta, ProfileConfig, ProfileState, profile_view
+from patronage.models.profile import (
+    Delta,
+    ProfileConfig,
+    ProfileState,
+    packed_deltas,
+    profile_view,
+)
 from patronage.models.sources import SourceState
 from patronage.models.timeunits import HOUR_MS
 from patronage.streams.errors import FatalRedisError, classify, needs_slot_refresh
@@ -377,12 +382,7 @@ class ProfileStore:
 
     def _apply_args(self, deltas: Sequence[Delta], clock: float) -> list[Any]:
         args = self._apply_template.copy()
-        wires = []
-        for delta in deltas:
-            wire = delta.to_wire()
-            wire["src"] = self._stored_sources[delta.source]
-            wires.append(wire)
-        args[_DELTAS_ARG] = dumps_compact(wires)
+        args[_DELTAS_ARG] = packed_deltas(deltas, self._stored_sources)
         args[_CLOCK_ARG] = repr(float(clock))
         return args
 

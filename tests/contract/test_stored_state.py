@@ -4,7 +4,7 @@ counts, day0, dedupe records, lapse edges, the outbox) — after any sequence
 of batches, redeliveries and lapse judgements hypothesis can find.
 
 Comparing only the public view let internal fields drift unseen; a mock or
-fakeredis would not run the real Lua (cjson number decoding, %.17g
+fakeredis would not run the real Lua (Lua struct reading the packed deltas, %.17g
 formatting, bitmap byte order, ZADD LT, ZREMRANGEBYRANK ties).
 """
 

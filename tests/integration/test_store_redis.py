@@ -1,9 +1,10 @@
 """The Redis Lua script against the Python reference, on a real Redis server.
 
 A mock or fakeredis would not have caught the bugs these tests guard: they run
-the real Lua interpreter (number formatting with %.17g, cjson decoding, 1-based
-string indexing in the bitmap scan, ZADD LT semantics, the HSET of changed
-fields only) and real pipelining of EVALSHA with NOSCRIPT fallback.
+the real Lua interpreter (number formatting with %.17g, struct reading the
+packed deltas, 1-based string indexing in the bitmap scan, ZADD LT
+semantics, the HSET of changed fields only) and real pipelining of EVALSHA
+with NOSCRIPT fallback.
 """
 
 from __future__ import annotations

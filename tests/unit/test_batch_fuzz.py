@@ -11,7 +11,6 @@ reference profile math.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from patronage.models.batch import Record, prepare_batch
-from patronage.models.profile import ProfileConfig, fold
+from patronage.models.profile import ProfileConfig, fold, packed_deltas
 from patronage.models.validate import Rules
 from tests.schema_fuzz import (
     ADVERSARIAL_VALUES,
@@ -99,7 +98,7 @@ def check_isolation(kind: str, payload: bytes) -> None:
     for customer_id, deltas in batch.by_customer.items():
         customer_id.encode("utf-8")
         assert "{" not in customer_id and "}" not in customer_id
-        json.dumps([d.to_wire() for d in deltas], ensure_ascii=False).encode("utf-8")
+        packed_deltas(deltas, {d.source: d.source for d in deltas})
         fold(deltas, ProfileConfig())
 
 

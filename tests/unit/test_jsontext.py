@@ -128,7 +128,7 @@ def test_generated_documents_read_alike(value: Any, ascii_only: bool) -> None:
 
 
 def delta_wire_values() -> st.SearchStrategy[Any]:
-    """Shaped like Delta.to_wire(): ids, hex tokens, ms times, money, labels."""
+    """Shaped like the JSON the worker writes: ids, hex tokens, ms times, money, labels."""
     money = st.floats(min_value=-1e9, max_value=1e12, allow_nan=False, allow_infinity=False)
     label = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20)
     return st.lists(

@@ -22,11 +22,20 @@ from patronage.models.layout import (
     APPLY_ARGS,
     APPLY_REPLY,
     CUSTOMER_KEYS,
-    DELTA_WIRE,
+    DELTA_FORMATS,
     FINDING_WIRE,
+    KIND_WIRE,
     is_profile_field,
 )
-from patronage.models.profile import Delta, ProfileConfig, fold, judge_lapses, token
+from patronage.models.profile import (
+    Delta,
+    ProfileConfig,
+    fold,
+    judge_lapses,
+    packed_deltas,
+    short_hash,
+    token,
+)
 from patronage.models.timeunits import DAY_MS
 
 SCRIPT = resources.files("patronage.streams").joinpath("lua/apply.lua").read_text("utf-8")
@@ -59,7 +68,7 @@ def test_script_field_names_are_registry_fields() -> None:
             assert all(name + origin in layout.FIELDS for origin in layout.ORIGINS), name
         else:
             assert is_profile_field(name), name
-    prefixes = set(re.findall(r"'([^']+)'\s*\.\.\s*(?:d\.src|pair\[1\])", CODE))
+    prefixes = set(re.findall(r"'([^']+)'\s*\.\.\s*(?:source|attribute)\b", CODE))
     assert prefixes == {layout.OFFSET_PREFIX, layout.ATTRIBUTE_PREFIX}
     maps = set(re.findall(r"inc_capped\('([^']+)'", CODE))
     assert maps == set(layout.MAP_PREFIXES)
@@ -67,11 +76,109 @@ def test_script_field_names_are_registry_fields() -> None:
     assert f"prefix .. '{layout.OTHER}'" in CODE
 
 
-def test_script_reads_exactly_the_delta_wire_names() -> None:
-    without_strings = re.sub(r"'[^']*'", "''", CODE)
-    used = set(re.findall(r"\bd\.(\w+)", without_strings))
-    assert used == set(DELTA_WIRE.values())
-    assert set(DELTA_WIRE) == set(Delta.__dataclass_fields__)
+def test_script_reads_the_deltas_in_the_registered_formats() -> None:
+    reads = re.findall(
+        r"struct\.unpack\('([^']+)', deltas, at\)(?:\s*end)?\s*--\s*(\w+(?: \w+)?)\s*$",
+        SCRIPT,
+        re.M,
+    )
+    assert {name: fmt for fmt, name in reads} == DELTA_FORMATS
+    assert len(reads) == len(DELTA_FORMATS)  # each read once
+    assert len(re.findall(r"struct\.unpack\([^)]*deltas", CODE)) == len(DELTA_FORMATS)
+
+
+def read_lua_struct(fmt: str, data: bytes, at: int) -> tuple[list[object], int]:
+    """Lua's struct.unpack for the notation DELTA_FORMATS uses (big-endian;
+    c<n> fixed bytes; c0 sized by the integer before it, which is not returned)."""
+    assert fmt[0] == ">"
+    values: list[object] = []
+    for code, size in re.findall(r"([cBHIid])(\d*)", fmt[1:]):
+        if code == "c" and size == "0":
+            length = values.pop()
+            assert isinstance(length, int)
+            values.append(data[at : at + length])
+            at += length
+        elif code == "c":
+            values.append(data[at : at + int(size)])
+            at += int(size)
+        else:
+            spec = {"B": "B", "H": "H", "I": "I", "i": "i", "d": "d"}[code]
+            (value,) = struct.unpack_from(">" + spec, data, at)
+            values.append(value)
+            at += struct.calcsize(">" + spec)
+    assert at <= len(data), "read past the end"
+    return values, at
+
+
+def read_deltas(data: bytes) -> list[list[object]]:
+    """The records as the script reads them, in DELTA_FORMATS, values in order."""
+    records, at = [], 0
+    while at < len(data):
+        record, at = read_lua_struct(DELTA_FORMATS["head"], data, at)
+        kind = record[0]
+        if kind == b"o":
+            nk, at = read_lua_struct(DELTA_FORMATS["natural key"], data, at)
+            rest, at = read_lua_struct(DELTA_FORMATS["order"], data, at)
+            record += nk + rest
+            for _ in range(rest[-1]):  # type: ignore[arg-type]
+                category, at = read_lua_struct(DELTA_FORMATS["category"], data, at)
+                record += category
+        elif kind == b"c":
+            rest, at = read_lua_struct(DELTA_FORMATS["click"], data, at)
+            record += rest
+        else:
+            (count,), at = read_lua_struct(DELTA_FORMATS["attributes"], data, at)
+            for _ in range(count):  # type: ignore[call-overload]
+                pair, at = read_lua_struct(DELTA_FORMATS["attribute"], data, at)
+                record += pair
+        records.append(record)
+    return records
+
+
+def test_packed_deltas_read_back_in_the_registered_formats() -> None:
+    t0 = 1_767_225_600_123
+    click = Delta("clicks:0", 7, token("e1"), t0, 20454, "click", short_hash("s"), "email", "iOS")
+    bare_click = Delta("clicks:0", 8, token("e2"), t0 + 1, 20454, "click")
+    receipt = Delta(
+        "receipts:3",
+        2**40 + 1,
+        token("e3"),
+        t0 + 2,
+        -3,
+        "order",
+        origin="store",
+        basket=19.99,
+        returned=4.5,
+        net=15.49,
+        categories=(("Bäckerei", 3.2), ("uncategorized", 12.29)),
+        payment_method="girocard",
+        order_token=token("receipt:s1/r9"),
+    )
+    attributes = Delta(
+        "attributes:1", 9, token("e4"), t0 + 3, 20454, "attributes",
+        attributes=(("city", '"Zürich"'), ("vip", "true")),
+    )  # fmt: skip
+    codes = {"clicks:0": "\x01:0", "receipts:3": "\x02:3", "attributes:1": "\x03:1"}
+    records = read_deltas(packed_deltas([click, bare_click, receipt, attributes], codes))
+    head = [
+        [
+            KIND_WIRE[d.kind].encode(),
+            codes[d.source].encode(),
+            float(d.offset),
+            float(d.ts),
+            d.day,
+            bytes.fromhex(d.event_token),
+        ]
+        for d in (click, bare_click, receipt, attributes)
+    ]
+    assert records == [
+        head[0] + [bytes.fromhex(short_hash("s")), b"email", b"iOS"],
+        head[1] + [b"", b"", b""],
+        head[2]
+        + [bytes.fromhex(token("receipt:s1/r9")), b"store", 19.99, 4.5, 15.49, b"girocard"]
+        + [b"", 2, "Bäckerei".encode(), 3.2, b"uncategorized", 12.29],
+        head[3] + [b"city", '"Zürich"'.encode(), b"vip", b"true"],
+    ]
 
 
 def test_script_writes_exactly_the_finding_wire_names() -> None:
