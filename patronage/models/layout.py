@@ -644,8 +644,9 @@ def is_profile_field(name: str) -> bool:
     return any(bare.startswith(prefix) for prefix in MAP_PREFIXES)
 
 
-# The apply script's arguments, in ARGV order.
-APPLY_ARGS = (
+# The apply script's settings: written into its text when a store loads it
+# (`${name}` in the script), so each store's script is its own.
+APPLY_SETTINGS = (
     "half_life_ms",
     "map_cap",
     "session_window",
@@ -654,12 +655,15 @@ APPLY_ARGS = (
     "lapse_min_tenure_days",
     "lapse_min_gap_days",
     "lapse_gap_multiplier",
-    "deltas",  # packed records, DELTA_FORMATS below
     "retention_ms",  # 0 = keys never expire
     "dedupe_max_events",
-    "clock",  # epoch ms to judge lapses against, after the deltas
     "late_kept",  # late event ids kept among the latest arrivals
     "record_orders",  # 1: keep orders for at-risk judging (the risk_orders key)
+)
+# The apply script's arguments per call, in ARGV order.
+APPLY_ARGS = (
+    "deltas",  # packed records, DELTA_FORMATS below
+    "clock",  # epoch ms to judge lapses against, after the deltas
 )
 # ... and its reply, in order.
 APPLY_REPLY = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -20,7 +21,7 @@ from redis.exceptions import NoScriptError
 
 from patronage.models.identity import Person, person_from_json, person_to_json
 from patronage.models.layout import (
-    APPLY_ARGS,
+    APPLY_SETTINGS,
     LAYOUT_VERSION,
     NEXT_TOPIC_CODE,
     PARKED,
@@ -107,8 +108,20 @@ def _lua(name: str) -> str:
     return text
 
 
-_DELTAS_ARG = APPLY_ARGS.index("deltas")
-_CLOCK_ARG = APPLY_ARGS.index("clock")
+_SETTING = re.compile(r"\$\{(\w+)\}")
+
+
+def _with_settings(script: str, settings: Mapping[str, int | float]) -> str:
+    """`script` with each `${name}` replaced by that setting's value, a Lua
+    number literal."""
+
+    def literal(match: re.Match[str]) -> str:
+        value = settings[match[1]]
+        if isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"setting {match[1]} must be a finite number, got {value!r}")
+        return repr(value)
+
+    return _SETTING.sub(literal, script)
 
 
 class Migrated(NamedTuple):
@@ -135,8 +148,7 @@ class ProfileStore:
         self.prefix = prefix
         self.cfg = cfg
         self.retention_ms = retention_ms
-        self._apply_template = self._apply_settings()
-        self._apply = client.register_script(_lua("apply"))
+        self._apply = client.register_script(_with_settings(_lua("apply"), self._apply_settings()))
         self._watermark = client.register_script(_lua("watermark"))
         self._reschedule = client.register_script(_lua("reschedule"))
         self._park = client.register_script(_lua("park"))
@@ -358,11 +370,9 @@ class ProfileStore:
     def clock_key(self, partition: int) -> str:
         return clock_key(self.prefix, partition)
 
-    def _apply_settings(self) -> list[Any]:
-        """The apply script's arguments with the settings filled in (the
-        deltas and the clock are per call): built once per store, since a
-        store's settings never change; a dict of them per customer call cost
-        ~1 µs per event."""
+    def _apply_settings(self) -> dict[str, int | float]:
+        """The apply script's settings (layout.APPLY_SETTINGS), written into
+        the script this store loads."""
         rules = self.cfg.lapse
         fixed = {
             "half_life_ms": self.cfg.half_life_ms,
@@ -378,13 +388,12 @@ class ProfileStore:
             "late_kept": self.cfg.late_kept,
             "record_orders": int(self.cfg.record_orders),
         }
-        return [fixed.get(name) for name in APPLY_ARGS]
+        assert set(fixed) == set(APPLY_SETTINGS)
+        return fixed
 
     def _apply_args(self, deltas: Sequence[Delta], clock: float) -> list[Any]:
-        args = self._apply_template.copy()
-        args[_DELTAS_ARG] = packed_deltas(deltas, self._stored_sources)
-        args[_CLOCK_ARG] = repr(float(clock))
-        return args
+        # In layout.APPLY_ARGS order.
+        return [packed_deltas(deltas, self._stored_sources), repr(float(clock))]
 
     async def _code_sources(self, by_customer: Mapping[str, Sequence[Delta]]) -> None:
         """Each source label of these deltas as stored, a new topic given its

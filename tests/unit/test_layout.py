@@ -21,6 +21,7 @@ from patronage.models.lapse import Finding, finding_from_json, finding_to_json
 from patronage.models.layout import (
     APPLY_ARGS,
     APPLY_REPLY,
+    APPLY_SETTINGS,
     CUSTOMER_KEYS,
     DELTA_FORMATS,
     FINDING_WIRE,
@@ -37,6 +38,7 @@ from patronage.models.profile import (
     token,
 )
 from patronage.models.timeunits import DAY_MS
+from patronage.streams.store import _with_settings
 
 SCRIPT = resources.files("patronage.streams").joinpath("lua/apply.lua").read_text("utf-8")
 CODE = "\n".join(line.split("--", 1)[0] for line in SCRIPT.splitlines())
@@ -56,6 +58,23 @@ def test_script_reads_every_slot_in_registry_order(table: str, names: object) ->
     used = {int(n) for n in re.findall(rf"\b{table}\[(\d+)\]", CODE)}
     assert used == set(expected)
     assert len(re.findall(rf"\b{table}\[", CODE)) == len(expected)
+
+
+def test_script_takes_every_setting_once_and_the_store_fills_them_in() -> None:
+    placeholders = re.findall(r"\$\{(\w+)\}", CODE)
+    assert sorted(placeholders) == sorted(APPLY_SETTINGS)
+    settings = {name: i + 1 for i, name in enumerate(APPLY_SETTINGS)}
+    settings["lapse_gap_multiplier"] = 1.5
+    filled = _with_settings(SCRIPT, settings)
+    assert "${" not in filled
+    assert "local gap_multiplier = 1.5\n" in filled
+    assert "local cap = 2\n" in filled
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), True])
+def test_a_setting_that_is_no_finite_number_is_refused_by_name(bad: object) -> None:
+    with pytest.raises(ValueError, match="setting lapse_gap_multiplier must be a finite number"):
+        _with_settings("local g = ${lapse_gap_multiplier}", {"lapse_gap_multiplier": bad})  # type: ignore[dict-item]
 
 
 def test_script_field_names_are_registry_fields() -> None:
