@@ -5,9 +5,10 @@
 -- (apply); tests hold the two equal. Touches only this customer's keys, which
 -- share one hash tag, so it runs unchanged on Redis Cluster.
 --
--- Keys, arguments, hash fields, the delta and finding JSON and the reply are
--- defined in patronage/models/layout.py; the comment after each KEYS/ARGV
--- read names its entry there (tests/unit/test_layout.py holds them equal).
+-- Keys, arguments, settings, hash fields, the packed deltas, the finding
+-- JSON and the reply are defined in patronage/models/layout.py; the comment
+-- after each KEYS/ARGV read and each read of the deltas names its entry
+-- there (tests/unit/test_layout.py holds them equal).
 -- Returns {applied, duplicate offsets, duplicate event ids, outbox items,
 --          profile (the stored value), when to judge again ('' = nothing pending)}
 
@@ -119,18 +120,16 @@ end
 -- nk, eid: the natural key's and the event id's tokens (raw bytes); t: event ms.
 local function first_time(nk, eid, t)
   if nk ~= '' then
-    local token = nk
-    if has_record(order_keys, token, 6) then return false end
-    order_keys = order_keys .. token
+    if has_record(order_keys, nk, 6) then return false end
+    order_keys = order_keys .. nk
     trail_changed = true
     return true
   end
-  local token = eid
-  if has_record(eids, token, EREC) then return false end
+  if has_record(eids, eid, EREC) then return false end
   local hour = math.floor(t / 3600000)
   load_hours()
   if newest_hour < 0 then newest_hour = hour end
-  eids = eids .. token .. struct.pack('>I3', hour)
+  eids = eids .. eid .. struct.pack('>I3', hour)
   trail_changed = true
   local count = #eids / EREC
   local recent = count - LATE_KEPT  -- records 1..recent may be dropped
