@@ -119,7 +119,8 @@ def _with_settings(script: str, settings: Mapping[str, int | float]) -> str:
         value = settings[match[1]]
         if isinstance(value, bool) or not math.isfinite(value):
             raise ValueError(f"setting {match[1]} must be a finite number, got {value!r}")
-        return repr(value)
+        # In brackets when negative: after a minus, `-5` would be a comment.
+        return f"({value!r})" if value < 0 else repr(value)
 
     return _SETTING.sub(literal, script)
 

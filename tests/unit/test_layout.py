@@ -60,15 +60,18 @@ def test_script_reads_every_slot_in_registry_order(table: str, names: object) ->
     assert len(re.findall(rf"\b{table}\[", CODE)) == len(expected)
 
 
-def test_script_takes_every_setting_once_and_the_store_fills_them_in() -> None:
+def test_script_uses_every_setting_and_the_store_fills_them_in() -> None:
     placeholders = re.findall(r"\$\{(\w+)\}", CODE)
-    assert sorted(placeholders) == sorted(APPLY_SETTINGS)
+    assert set(placeholders) == set(APPLY_SETTINGS)
     settings = {name: i + 1 for i, name in enumerate(APPLY_SETTINGS)}
     settings["lapse_gap_multiplier"] = 1.5
+    settings["dedupe_max_events"] = -4
     filled = _with_settings(SCRIPT, settings)
     assert "${" not in filled
-    assert "local gap_multiplier = 1.5\n" in filled
-    assert "local cap = 2\n" in filled
+    # at the places they are used, not as locals the closures capture
+    assert "math.max(7, 1.5 * gap)" in filled
+    assert "if distinct >= 2 then" in filled
+    assert "string.sub(eids, -(-4) * EREC)" in filled
 
 
 @pytest.mark.parametrize("bad", [float("inf"), float("nan"), True])

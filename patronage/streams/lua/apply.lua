@@ -17,21 +17,12 @@ local OUT = KEYS[2]  -- outbox
 local RISK = KEYS[3]  -- risk_orders
 local deltas = ARGV[1]  -- deltas
 local clock = tonumber(ARGV[2])  -- clock
--- The store's settings (layout.APPLY_SETTINGS), written into the script
--- when the store loads it: a store's settings never change, and reading
--- them as arguments on every call cost ~3 % of the script's instructions.
-local half_life = ${half_life_ms}
-local cap = ${map_cap}
-local session_window = ${session_window}
-local window_hours = ${dedupe_window_hours}
-local min_visits = ${lapse_min_visits}
-local min_tenure_days = ${lapse_min_tenure_days}
-local min_gap_days = ${lapse_min_gap_days}
-local gap_multiplier = ${lapse_gap_multiplier}
-local retention_ms = ${retention_ms}
-local max_events = ${dedupe_max_events}
-local LATE_KEPT = ${late_kept}
-local record_orders = ${record_orders} == 1
+-- The store's settings (layout.APPLY_SETTINGS) are written into the script
+-- where they are used (each placeholder) when the store loads it: a store's
+-- settings never change. Reading them as arguments on every call cost ~3 %
+-- of the script's instructions, and as locals each closure below that uses
+-- one captured it again on every call (Lua's upvalue lookup walks the
+-- captured locals: docs/benchmarks.md).
 local DAY_MS = 86400000
 -- Fields per order origin (layout.ORIGINS).
 local ORDERS_AT = {online = 'orders_online', store = 'orders_store'}
@@ -114,7 +105,7 @@ local function load_hours()
   for i = 1, count do
     local hour = hour_at(i)
     if hour > newest_hour then newest_hour = hour end
-    if i <= count - LATE_KEPT and hour < droppable_oldest then droppable_oldest = hour end
+    if i <= count - ${late_kept} and hour < droppable_oldest then droppable_oldest = hour end
   end
 end
 -- nk, eid: the natural key's and the event id's tokens (raw bytes); t: event ms.
@@ -132,15 +123,15 @@ local function first_time(nk, eid, t)
   eids = eids .. eid .. struct.pack('>I3', hour)
   trail_changed = true
   local count = #eids / EREC
-  local recent = count - LATE_KEPT  -- records 1..recent may be dropped
+  local recent = count - ${late_kept}  -- records 1..recent may be dropped
   if recent >= 1 then
     -- the arrival that just stopped being one of the last LATE_KEPT
     local entering = hour_at(recent)
     if entering < droppable_oldest then droppable_oldest = entering end
   end
-  local horizon = math.max(newest_hour, hour) - window_hours
+  local horizon = math.max(newest_hour, hour) - ${dedupe_window_hours}
   -- (nothing to drop while no droppable record is outside the window)
-  if (hour > newest_hour or hour < newest_hour - window_hours) and droppable_oldest < horizon then
+  if (hour > newest_hour or hour < newest_hour - ${dedupe_window_hours}) and droppable_oldest < horizon then
     -- keep the window of the newest event, and the last LATE_KEPT arrivals;
     -- copied in runs of kept records (usually one), not record by record
     local runs, run_from = {}, nil
@@ -160,8 +151,8 @@ local function first_time(nk, eid, t)
     eids = table.concat(runs)
   end
   if hour > newest_hour then newest_hour = hour end
-  if #eids > max_events * EREC then
-    eids = string.sub(eids, -max_events * EREC)
+  if #eids > ${dedupe_max_events} * EREC then
+    eids = string.sub(eids, -${dedupe_max_events} * EREC)
     newest_hour = nil
   end
   return true
@@ -178,7 +169,7 @@ local function inc_capped(prefix, key, by)
   end
   if h[name] == nil and key ~= '_other' then
     local distinct = num(counter)
-    if distinct >= cap then
+    if distinct >= ${map_cap} then
       name = prefix .. '_other'
     else
       put(counter, distinct + 1)
@@ -266,7 +257,7 @@ local function touch(t, day)
   else
     local reference = num('last_seen')
     if t > reference then
-      local scale = 2 ^ (-(t - reference) / half_life)
+      local scale = 2 ^ (-(t - reference) / ${half_life_ms})
       put('freq_decayed', num('freq_decayed') * scale)
       put('monetary_decayed', num('monetary_decayed') * scale)
       put('last_seen', t)
@@ -304,11 +295,11 @@ local function add_edge(day, t)
 end
 
 local function moment_at(hi, visits, day)
-  if visits < min_visits then return nil end
+  if visits < ${lapse_min_visits} then return nil end
   local gap = 0
   if visits >= 2 then gap = (day - num('first_day')) / (visits - 1) end
-  local threshold = math.max(min_gap_days, gap_multiplier * gap)
-  return math.max(hi + threshold * DAY_MS, num('first_seen') + min_tenure_days * DAY_MS)
+  local threshold = math.max(${lapse_min_gap_days}, ${lapse_gap_multiplier} * gap)
+  return math.max(hi + threshold * DAY_MS, num('first_seen') + ${lapse_min_tenure_days} * DAY_MS)
 end
 
 local function push_finding(kind, episode, ts, gap, span)
@@ -401,7 +392,7 @@ local function add_session(token, t)
   end
   sess_raw = sess_raw .. token .. struct.pack('>I6', t)
   trail_changed = true
-  while #sess_raw > session_window * SREC do
+  while #sess_raw > ${session_window} * SREC do
     -- One scan for the oldest (tokens compared as numbers: Lua's string
     -- order follows the locale); the others keep their order.
     local oldest = 1
@@ -450,7 +441,7 @@ end
 
 local function order_sums(t, origin, basket, returned, net)
   if origin == '' then origin = 'online' end
-  local weight = 2 ^ (-(num('last_seen') - t) / half_life)
+  local weight = 2 ^ (-(num('last_seen') - t) / ${half_life_ms})
   if basket > 0 then
     put('orders', num('orders') + 1)
     put(ORDERS_AT[origin], num(ORDERS_AT[origin]) + 1)
@@ -464,8 +455,9 @@ local function order_sums(t, origin, basket, returned, net)
       put('first_order_value', basket)
     end
     put('freq_decayed', num('freq_decayed') + weight)
-    if record_orders and (h['risk_decided'] == nil or t > num('risk_decided')) then
-      redis.call('APPEND', RISK, fmt(t) .. ',' .. fmt(basket) .. ';')
+    if ${record_orders} == 1 and (h['risk_decided'] == nil or t > num('risk_decided')) then
+      -- (t is whole ms: %d prints what fmt would, without a float format)
+      redis.call('APPEND', RISK, string.format('%d', t) .. ',' .. fmt(basket) .. ';')
     end
   end
   put('spend_total', num('spend_total') + net)
@@ -553,13 +545,14 @@ if trail_changed or edges_changed then
 end
 -- KEEPTTL: a call that only judged (nothing applied) keeps the expiry.
 if dirty then redis.call('SET', P, profile .. trail, 'KEEPTTL') end
-if retention_ms > 0 and applied > 0 then
+if ${retention_ms} > 0 and applied > 0 then
   for _, key in ipairs({P, RISK}) do
-    redis.call('PEXPIRE', key, retention_ms)
+    redis.call('PEXPIRE', key, ${retention_ms})
   end
 end
 -- Pending findings go back on every call, redeliveries included, so a crash
 -- between this script and the Kafka send cannot lose an alert.
 -- The profile as it now is: the value just stored.
+-- `due` is read back by float(), exact from %.17g: one format, not fmt's two.
 return {applied, dup_offset, dup_event, redis.call('LRANGE', OUT, 0, -1), profile,
-  due and fmt(due) or ''}
+  due and string.format('%.17g', due) or ''}
