@@ -602,6 +602,16 @@ LOAD_PRODUCERS: dict[str, Callable[[Settings], AiokafkaLoad | LibrdkafkaLoad]] =
 }
 
 
+# The latency run's CPU shares: label -> `_cpu_snapshot` name.
+LATENCY_CPU = {
+    "worker": "process",  # with its helper processes
+    "prepare": "helper_prepare",
+    "fit": "helper_fit",
+    "redis": "redis",
+    "broker": "kafka",
+}
+
+
 def latency(
     rate: int,
     seconds: float,
@@ -666,6 +676,7 @@ def latency(
         stdout=subprocess.DEVNULL,
         stderr=worker_log,
     )
+    servers = {name: _pid(name) for name in ("redis", "kafka")}
 
     async def run_load() -> dict[str, float]:
         client = redis_for(settings)
@@ -760,6 +771,7 @@ def latency(
             # This process's CPU (every thread: librdkafka's too) while it
             # offers the load, which it takes from the machine under test.
             cpu_started = time.process_time()
+            cpu_before = _cpu_snapshot(servers, [proc])
             for i, (topic, key, value, probe) in enumerate(offered):
                 await producer.send(topic, value, key, None if probe is None else on_ack(probe))
                 ahead = (i + 1) / rate - (time.perf_counter() - started) if rate else 0.0
@@ -774,6 +786,14 @@ def latency(
             offering_s = time.perf_counter() - started
             offered_rate = len(offered) / offering_s
             harness_cpu_share = (time.process_time() - cpu_started) / offering_s
+            # What each process took of the machine while the load was offered
+            # (cores: 1.0 is one core busy throughout).
+            cpu_after = _cpu_snapshot(servers, [proc])
+            shares = {
+                label: round(spent / offering_s, 3)
+                for label, name in LATENCY_CPU.items()
+                if (spent := _cpu_spent(cpu_before, cpu_after, name)) is not None
+            }
             done.set()
             await asyncio.wait_for(watcher, 120)
             await asyncio.wait_for(pass_watcher, 10)
@@ -788,6 +808,7 @@ def latency(
             "load_producer": load_producer,  # type: ignore[dict-item]
             "offered_events_per_second": round(offered_rate),
             "harness_cpu_share": round(harness_cpu_share, 3),
+            "cpu_share": shares,  # type: ignore[dict-item]
             "promotions": int(version or 0),
             "probes": len(waits),
             "p50_ms": quantile(waits, 0.5),

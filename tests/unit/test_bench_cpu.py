@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench import _cpu_snapshot, _cpu_spent
+from benchmarks.bench import LATENCY_CPU, _cpu_snapshot, _cpu_spent
 
 CASES = [
     # (before, after, name, CPU spent in the drain)
@@ -73,3 +73,11 @@ def test_each_helpers_cpu_is_counted_apart(tmp_path: Path) -> None:
     assert fit is not None and prepare is not None and both is not None
     assert fit > prepare + 0.3
     assert fit + prepare <= both + 1e-9  # (multiprocessing's resource tracker too)
+
+
+def test_the_latency_runs_cpu_shares_name_what_a_snapshot_holds() -> None:
+    """A share whose name a snapshot does not hold is left out silently
+    (as a helper not started is): a misspelt one would never be printed."""
+    snapshot = _cpu_snapshot({"redis": None, "kafka": None}, [])
+    assert set(LATENCY_CPU.values()) <= set(snapshot)
+    assert {"worker", "redis", "broker"} <= set(LATENCY_CPU)
