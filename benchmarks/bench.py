@@ -3,6 +3,7 @@
 python -m benchmarks.bench memory --customers 100000
 python -m benchmarks.bench throughput --events 200000
 python -m benchmarks.bench latency --rates 5000 --seconds 60 --promotions off on --rounds 6
+python -m benchmarks.bench idle --seconds 30   # what an idle worker takes of the machine
 python -m benchmarks.bench            # both, default sizes
 """
 
@@ -602,6 +603,60 @@ LOAD_PRODUCERS: dict[str, Callable[[Settings], AiokafkaLoad | LibrdkafkaLoad]] =
 }
 
 
+def idle(seconds: float, settle_s: float = 10.0) -> dict[str, Any]:
+    """What a worker with nothing to do takes of the machine: its share of a
+    core and the broker's and Redis's, over `seconds` once its consumer
+    group is stable (and `settle_s` more: start-up's own work done)."""
+    env = _run_env("idle", 6097)
+    settings = _settings(**env)
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from patronage.streams.kafka_admin import create_topics
+
+    asyncio.run(create_topics(settings))
+    servers = {name: _pid(name) for name in ("redis", "kafka")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "patronage.streams.cli", "worker", "run"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def stable() -> None:
+        admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+        await admin.start()
+        try:
+            started = time.monotonic()
+            while not await _group_stable(admin, settings.group_id):
+                if proc.poll() is not None or time.monotonic() - started > 120:
+                    raise RuntimeError("the worker did not join its group within 120 s")
+                await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+
+    try:
+        asyncio.run(stable())
+        time.sleep(settle_s)
+        before = _cpu_snapshot(servers, [proc])
+        started = time.monotonic()
+        time.sleep(seconds)
+        after = _cpu_snapshot(servers, [proc])
+        elapsed = time.monotonic() - started
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        asyncio.run(_cleanup(settings))
+    return {
+        "seconds": round(elapsed, 1),
+        "fetch_wait_ms": settings.fetch_wait_ms,
+        "cpu_share": {
+            label: round(spent / elapsed, 3)
+            for label, name in LATENCY_CPU.items()
+            if (spent := _cpu_spent(before, after, name)) is not None
+        },
+    }
+
+
 # The latency run's CPU shares: label -> `_cpu_snapshot` name.
 LATENCY_CPU = {
     "worker": "process",  # with its helper processes
@@ -1057,7 +1112,7 @@ def main() -> None:
         "which",
         nargs="?",
         default="all",
-        choices=["all", "memory", "throughput", "sweep", "latency"],
+        choices=["all", "memory", "throughput", "sweep", "latency", "idle"],
     )
     parser.add_argument("--rates", type=int, nargs="+", default=[1000, 5000, 10000, 0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -1151,6 +1206,8 @@ def main() -> None:
                         p99s.setdefault((rate, promotions, load), []).append(result["p99_ms"])
         if args.rounds > 1 or len(args.promotions) > 1 or len(args.load_producer) > 1:
             print("latency rounds:", json.dumps(latency_rounds(p99s), indent=1))
+    if args.which == "idle":
+        print("idle:", json.dumps(idle(args.seconds), indent=1))
     print(f"bench peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

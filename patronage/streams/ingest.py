@@ -30,6 +30,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, UnknownTopicOrPart
 from patronage.models.batch import Record
 from patronage.streams.collector import collector_held
 from patronage.streams.errors import FatalRedisError
+from patronage.streams.fetching import GATHER_FROM_RECORDS, FetchGather, fetch_params
 from patronage.streams.fitpool import FitProcess
 from patronage.streams.pipeline import Pipeline, PreparedWork
 from patronage.streams.retry import stop_the_worker
@@ -39,11 +40,6 @@ log = logging.getLogger("patronage.ingest")
 
 KAFKA_START_RETRY_MAX_S = 5.0  # longest wait between attempts to start ingest
 UNKNOWN_TOPIC_RETRIES = 3  # each attempt waits up to the client's request timeout
-# With a fetch wait, the broker answers once this much is ready or the wait
-# is over: a backlog is still fetched at once, a live stream every few ms.
-# Well under a partition's share of a fetch (1 MiB): at 1 MiB drains were
-# slower and the broker spent twice the CPU per event (docs/benchmarks.md).
-FETCH_GATHER_BYTES = 1 << 16
 
 
 @dataclass
@@ -67,12 +63,9 @@ def input_consumer(settings: Settings) -> AIOKafkaConsumer:
     """The input consumer: the worker's consumer group, committed records only."""
     # Answered at the first record, each fetch carried a record or two at
     # 1k events/s, and aiokafka's fetch path took ~15 % of the worker's CPU
-    # (docs/benchmarks.md, "…and fuller fetches").
-    gather = (
-        {"fetch_max_wait_ms": settings.fetch_wait_ms, "fetch_min_bytes": FETCH_GATHER_BYTES}
-        if settings.fetch_wait_ms
-        else {}
-    )
+    # (docs/benchmarks.md, "…and fuller fetches"). Made gathering; from the
+    # first fetch on, what the fetches bring sets it (fetching.py).
+    max_wait_ms, min_bytes = fetch_params(GATHER_FROM_RECORDS, settings.fetch_wait_ms)
     return AIOKafkaConsumer(
         **settings.kafka_client_kwargs(),
         group_id=settings.group_id,
@@ -82,7 +75,8 @@ def input_consumer(settings: Settings) -> AIOKafkaConsumer:
         # A shop's transactional producer may abort; only committed records count.
         isolation_level="read_committed",
         max_poll_records=settings.batch_max,
-        **gather,
+        fetch_max_wait_ms=max_wait_ms,
+        fetch_min_bytes=min_bytes,
         # A deleted and re-created input topic is noticed at the next metadata
         # refresh (aiokafka's default: every 5 minutes).
         metadata_max_age_ms=5000,
@@ -172,10 +166,11 @@ class BatchIngest:
             self.prepare_process.start()  # ready by the first large batch
         wait_ms = int(self.settings.batch_within_s * 1000)
         ahead: _Ahead | None = None
+        gather = FetchGather(consumer, self.settings.fetch_wait_ms)
         try:
             while not self.stopping:
                 with collector_held():
-                    ahead = await self._fetch_and_process(consumer, wait_ms, ahead)
+                    ahead = await self._fetch_and_process(consumer, wait_ms, ahead, gather)
                 # One turn of the loop with the collector on: what it would
                 # have done during the batch it does now, on what outlived
                 # the batch (little), by CPython's own schedule.
@@ -192,7 +187,11 @@ class BatchIngest:
             await consumer.stop()
 
     async def _fetch_and_process(
-        self, consumer: AIOKafkaConsumer, wait_ms: int, ahead: _Ahead | None
+        self,
+        consumer: AIOKafkaConsumer,
+        wait_ms: int,
+        ahead: _Ahead | None,
+        gather: FetchGather | None = None,
     ) -> _Ahead | None:
         """Fetch, then finish the batch prepared ahead (if any) and the one
         just fetched — or, when that one is large and there is a prepare
@@ -205,6 +204,9 @@ class BatchIngest:
         # The fetched records die with this frame, before the collector is
         # back (but for a batch prepared ahead, kept for the next turn).
         fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.settings.batch_max)
+        if gather is not None and (fetched or timeout_ms > 0):
+            # (nothing yet without waiting says nothing about the stream)
+            gather.after(sum(len(records) for records in fetched.values()))
         if not fetched and ahead is None:
             return None
         async with self.lock:
