@@ -78,7 +78,7 @@ local trail_changed = false
 -- A record: the event token's first 6 bytes, the event hour in 3.
 local EREC = 9
 -- Read once a call (nil: not yet): the newest hour among the records, and
--- the oldest among those a drop may remove, all but the last LATE_KEPT
+-- the oldest among those a drop may remove, all but the last late_kept
 -- arrivals. Most of a customer's records are those last arrivals, so an
 -- event reads only the few before them again (reading every record each
 -- time an event opened a new hour cost 5 % of the script's instructions
@@ -125,14 +125,14 @@ local function first_time(nk, eid, t)
   local count = #eids / EREC
   local recent = count - ${late_kept}  -- records 1..recent may be dropped
   if recent >= 1 then
-    -- the arrival that just stopped being one of the last LATE_KEPT
+    -- the arrival that just stopped being one of the last late_kept
     local entering = hour_at(recent)
     if entering < droppable_oldest then droppable_oldest = entering end
   end
   local horizon = math.max(newest_hour, hour) - ${dedupe_window_hours}
   -- (nothing to drop while no droppable record is outside the window)
   if (hour > newest_hour or hour < newest_hour - ${dedupe_window_hours}) and droppable_oldest < horizon then
-    -- keep the window of the newest event, and the last LATE_KEPT arrivals;
+    -- keep the window of the newest event, and the last late_kept arrivals;
     -- copied in runs of kept records (usually one), not record by record
     local runs, run_from = {}, nil
     droppable_oldest = math.huge
