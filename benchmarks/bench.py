@@ -649,15 +649,11 @@ def idle(seconds: float, settle_s: float = 10.0) -> dict[str, Any]:
     return {
         "seconds": round(elapsed, 1),
         "fetch_wait_ms": settings.fetch_wait_ms,
-        "cpu_share": {
-            label: round(spent / elapsed, 3)
-            for label, name in LATENCY_CPU.items()
-            if (spent := _cpu_spent(before, after, name)) is not None
-        },
+        "cpu_share": _cpu_shares(before, after, elapsed),
     }
 
 
-# The latency run's CPU shares: label -> `_cpu_snapshot` name.
+# The CPU shares the latency and idle runs print: label -> `_cpu_snapshot` name.
 LATENCY_CPU = {
     "worker": "process",  # with its helper processes
     "prepare": "helper_prepare",
@@ -665,6 +661,18 @@ LATENCY_CPU = {
     "redis": "redis",
     "broker": "kafka",
 }
+
+
+def _cpu_shares(
+    before: dict[str, float | None], after: dict[str, float | None], seconds: float
+) -> dict[str, float]:
+    """Each process's share of a core between two snapshots `seconds` apart
+    (LATENCY_CPU's labels; one left out when it could not be read)."""
+    return {
+        label: round(spent / seconds, 3)
+        for label, name in LATENCY_CPU.items()
+        if (spent := _cpu_spent(before, after, name)) is not None
+    }
 
 
 def latency(
@@ -843,12 +851,7 @@ def latency(
             harness_cpu_share = (time.process_time() - cpu_started) / offering_s
             # What each process took of the machine while the load was offered
             # (cores: 1.0 is one core busy throughout).
-            cpu_after = _cpu_snapshot(servers, [proc])
-            shares = {
-                label: round(spent / offering_s, 3)
-                for label, name in LATENCY_CPU.items()
-                if (spent := _cpu_spent(cpu_before, cpu_after, name)) is not None
-            }
+            shares = _cpu_shares(cpu_before, _cpu_snapshot(servers, [proc]), offering_s)
             done.set()
             await asyncio.wait_for(watcher, 120)
             await asyncio.wait_for(pass_watcher, 10)
