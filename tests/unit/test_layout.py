@@ -477,6 +477,6 @@ def test_script_packs_the_trail_as_the_registry_says() -> None:
     assert layout.EDGE_DAY == ">i" and layout.EDGE_MS_BYTES == 6
     assert layout.ORDER_KEY_BYTES == 6
     assert "EDGE = 16" in CODE and "SREC = 10" in CODE and "EREC = 9" in CODE
-    assert "has_record(order_keys, nk, 6)" in CODE
+    assert "record_at(order_keys, nk, 6)" in CODE
     # a record's hour follows its 6-byte token
     assert "struct.unpack('>I3', eids, (i - 1) * EREC + 7)" in CODE

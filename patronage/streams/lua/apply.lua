@@ -95,7 +95,6 @@ local function record_at(s, token, size)
     from = at + 1
   end
 end
-local function has_record(s, token, size) return record_at(s, token, size) ~= nil end
 local function hour_at(i)  -- i: the record's 1-based position
   return (struct.unpack('>I3', eids, (i - 1) * EREC + 7))
 end
@@ -112,12 +111,12 @@ end
 -- nk, eid: the natural key's and the event id's tokens (raw bytes); t: event ms.
 local function first_time(nk, eid, t)
   if nk ~= '' then
-    if has_record(order_keys, nk, 6) then return false end
+    if record_at(order_keys, nk, 6) then return false end
     order_keys = order_keys .. nk
     trail_changed = true
     return true
   end
-  if has_record(eids, eid, EREC) then return false end
+  if record_at(eids, eid, EREC) then return false end
   local hour = math.floor(t / 3600000)
   load_hours()
   if newest_hour < 0 then newest_hour = hour end
@@ -149,7 +148,8 @@ local function first_time(nk, eid, t)
     end
     if run_from then runs[#runs + 1] = string.sub(eids, (run_from - 1) * EREC + 1, recent * EREC) end
     runs[#runs + 1] = string.sub(eids, recent * EREC + 1)
-    eids = table.concat(runs)
+    -- (one run, the usual case in a catch-up: taken as it is, not copied again)
+    eids = #runs == 1 and runs[1] or table.concat(runs)
   end
   if hour > newest_hour then newest_hour = hour end
   if #eids > ${dedupe_max_events} * EREC then
@@ -161,9 +161,14 @@ end
 
 -- A capped map's distinct-key count lives at '#' .. prefix, a name no key
 -- can reach (mirrors profile.py _inc_capped, incl. moving a legacy count).
+local COUNTER_OF = {}  -- each map's count name, made once a call
 local function inc_capped(prefix, key, by)
   local name = prefix .. key
-  local counter = '#' .. prefix
+  local counter = COUNTER_OF[prefix]
+  if counter == nil then
+    counter = '#' .. prefix
+    COUNTER_OF[prefix] = counter
+  end
   if h[counter] == nil and h[prefix .. '#'] ~= nil then
     h[counter] = h[prefix .. '#'] or 0
     h[prefix .. '#'] = nil
@@ -291,7 +296,9 @@ local function add_edge(day, t)
   if edge == nil then
     edges[day] = {t, t}
   else
-    edges[day] = {math.min(edge[1], t), math.max(edge[2], t)}
+    -- (in place: a table an event was garbage for the collector)
+    if t < edge[1] then edge[1] = t end
+    if t > edge[2] then edge[2] = t end
   end
   edges_changed = true
 end
