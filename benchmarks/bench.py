@@ -18,6 +18,7 @@ import gc
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -786,6 +787,7 @@ def latency(
                 await asyncio.sleep(0.002)
 
         passes: list[tuple[float, bool]] = []  # (when, a re-scoring pass was running)
+        batch_readings: list[tuple[float, float, float]] = []  # (when, batches, records)
 
         async def watch_passes() -> None:
             """The worker's rescore-running gauge every 200 ms, to split the
@@ -802,6 +804,9 @@ def latency(
                             text = await response.text()
                         running = "\npatronage_segment_rescore_running 1.0" in text
                         passes.append((time.perf_counter(), running))
+                        batches = batch_totals(text)
+                        if batches is not None:
+                            batch_readings.append((time.perf_counter(), *batches))
                     await asyncio.sleep(0.2)
 
         def on_ack(customer: str) -> Callable[[float], None]:
@@ -873,6 +878,7 @@ def latency(
             "p99_ms": quantile(waits, 0.99),
             "max_ms": waits[-1],
             **split,
+            **batches_between(batch_readings, started, started + offering_s),
         }
 
     try:
@@ -886,6 +892,34 @@ def latency(
         asyncio.run(_cleanup(settings))
     result["target_rate"] = rate or "max"  # type: ignore[assignment]
     return result
+
+
+def batch_totals(metrics_text: str) -> tuple[float, float] | None:
+    """The worker's input batches and their records so far, from its
+    /metrics text (the batch-size histogram's count and sum)."""
+    found = dict(re.findall(r"^patronage_batch_size_(count|sum) ([0-9.e+]+)$", metrics_text, re.M))
+    if "count" not in found or "sum" not in found:
+        return None
+    return float(found["count"]), float(found["sum"])
+
+
+def batches_between(
+    readings: list[tuple[float, float, float]], start: float, end: float
+) -> dict[str, float | None]:
+    """Input batches a second and records a batch while the load was
+    offered, from (when, batches, records) readings of the worker's
+    totals: the first reading at or after `start` to the last at or
+    before `end`. A live batch costs the worker about the same whatever it
+    holds, so how many it makes is half of what it spends."""
+    inside = [r for r in readings if start <= r[0] <= end]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return {"batches_per_second": None, "records_per_batch": None}
+    (t0, n0, r0), (t1, n1, r1) = inside[0], inside[-1]
+    batches = n1 - n0
+    return {
+        "batches_per_second": round(batches / (t1 - t0), 1),
+        "records_per_batch": round((r1 - r0) / batches, 2) if batches > 0 else None,
+    }
 
 
 def split_by_passes(
