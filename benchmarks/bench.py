@@ -909,8 +909,9 @@ def batches_between(
     """Input batches a second and records a batch while the load was
     offered, from (when, batches, records) readings of the worker's
     totals: the first reading at or after `start` to the last at or
-    before `end`. A live batch costs the worker about the same whatever it
-    holds, so how many it makes is half of what it spends."""
+    before `end`. A live batch has a cost of its own whatever it holds
+    (docs/benchmarks.md), so the count says how much of the worker's time
+    goes to batches rather than to events."""
     inside = [r for r in readings if start <= r[0] <= end]
     if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
         return {"batches_per_second": None, "records_per_batch": None}
