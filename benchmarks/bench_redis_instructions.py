@@ -2,7 +2,8 @@
 figure this machine's noise cannot move.
 
     python -m benchmarks.bench_redis_instructions [--events 80000] [--batch 20000 300]
-        [--lua-from REV ...] [--redis-server PATH] [--keep-profile DIR]
+        [--lua-from REV ...] [--call function script] [--redis-server PATH]
+        [--keep-profile DIR]
 
 Redis CPU time per event varied by a third between runs of the same code on
 the shared 2-core VM (12.8-20.3 µs), more than any one change to the apply
@@ -21,7 +22,10 @@ have the history a running shop's have.
 
 `--lua-from REV` measures, in the same run, the apply script as it was at a
 git revision (only meaningful while the script's arguments and reply are
-unchanged): the baseline for a change to the script. With `--keep-profile`,
+unchanged): the baseline for a change to the script. A script from before
+it had an entry point runs whole as one (`as_library`). `--call script`
+calls the apply code with EVALSHA instead of as a Redis function (what a
+Redis before 7 gets); `--call function script` measures both. With `--keep-profile`,
 callgrind's profile of each measurement is kept there for
 `callgrind_annotate --inclusive=yes` (function names need a redis-server
 built with symbols: Debian's is stripped; pass one with `--redis-server`).
@@ -156,11 +160,16 @@ def script_at(revision: str) -> str:
 
 
 async def measure(
-    redis: CountedRedis, records: list[Record], batch: int, keep_as: Path | None
+    redis: CountedRedis,
+    records: list[Record],
+    batch: int,
+    keep_as: Path | None,
+    functions: bool = True,
 ) -> dict[str, Any]:
     _, _, client, pipe = fresh_pipeline(
         {"PATRONAGE_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0"}
     )
+    pipe.store.functions = functions
     # Under callgrind a 20,000-record batch takes longer than the store's
     # 10 s read timeout.
     client.connection_pool.connection_kwargs["socket_timeout"] = None
@@ -187,9 +196,21 @@ async def measure(
     }
 
 
+def as_library(text: str) -> str:
+    """An apply script from before the script became a library with an
+    entry point (the store loads that as a function or wraps it as a script):
+    its whole body made the entry point, helpers and all, so it runs as it
+    did, its closures made on every call."""
+    if store_module._APPLY_ENTRY in text:
+        return text
+    shebang, body = text.split("\n", 1)
+    return f"{shebang}\n{store_module._APPLY_ENTRY}\n{body}\nend\n"
+
+
 def _with_apply(text: str) -> Callable[[str], str]:
     """The store's script reader, with `text` as the apply script."""
     current = store_module._lua_source
+    text = as_library(text)
 
     def source(name: str) -> str:
         return text if name == "apply" else current(name)
@@ -202,6 +223,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=80_000)
     parser.add_argument("--batch", type=int, nargs="+", default=[20_000, 300])
     parser.add_argument("--lua-from", nargs="*", default=[], metavar="REV")
+    parser.add_argument("--call", nargs="+", choices=["function", "script"], default=["function"])
     parser.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
     parser.add_argument("--keep-profile", type=Path, default=None, metavar="DIR")
     args = parser.parse_args()
@@ -220,14 +242,18 @@ def main() -> None:
         try:
             for batch in args.batch:
                 for name, text in scripts.items():
-                    # The store reads its scripts through _lua_source.
-                    store_module._lua_source = current if text is None else _with_apply(text)  # type: ignore[assignment]
-                    keep_as = None
-                    if args.keep_profile is not None:
-                        label = re.sub(r"\W+", "-", name)
-                        keep_as = args.keep_profile / f"callgrind.{label}.batch{batch}"
-                    result = asyncio.run(measure(redis, records, batch, keep_as))
-                    print(json.dumps({"apply_script": name, **result}), flush=True)
+                    for call in args.call:
+                        # The store reads its scripts through _lua_source.
+                        store_module._lua_source = current if text is None else _with_apply(text)  # type: ignore[assignment]
+                        keep_as = None
+                        if args.keep_profile is not None:
+                            label = re.sub(r"\W+", "-", name)
+                            keep_as = args.keep_profile / f"callgrind.{label}.{call}.batch{batch}"
+                        functions = call == "function"
+                        result = asyncio.run(measure(redis, records, batch, keep_as, functions))
+                        print(
+                            json.dumps({"apply_script": name, "call": call, **result}), flush=True
+                        )
         finally:
             store_module._lua_source = current
             redis.stop()

@@ -76,5 +76,6 @@ def fatal_message(exc: BaseException) -> str:
     return (
         f"Redis refused our credentials or permissions ({type(exc).__name__}: {exc}); "
         "check PATRONAGE_REDIS_USERNAME, PATRONAGE_REDIS_PASSWORD and the ACL of that user "
-        "(it needs the key prefix PATRONAGE_KEY_PREFIX and EVALSHA/SCRIPT LOAD)"
+        "(it needs the key prefix PATRONAGE_KEY_PREFIX and EVALSHA/SCRIPT LOAD; "
+        "FCALL/FUNCTION LOAD where allowed)"
     )

@@ -34,9 +34,11 @@ StoreFactory = Callable[[], Any]
 
 
 @asynccontextmanager
-async def redis_store(url: str) -> AsyncIterator[ProfileStore]:
+async def redis_store(url: str, functions: bool = True) -> AsyncIterator[ProfileStore]:
+    """The Redis store; `functions=False`: applying with EVALSHA, as on a
+    Redis before 7 (the same apply code run as a script, not a function)."""
     client = make_redis(url)
-    store = ProfileStore(client, f"contract{uuid.uuid4().hex[:10]}", CFG)
+    store = ProfileStore(client, f"contract{uuid.uuid4().hex[:10]}", CFG, functions=functions)
     try:
         yield store
     finally:
@@ -68,17 +70,19 @@ async def memory_models() -> AsyncIterator[MemoryModelStore]:
 
 
 def _factory(
-    request: pytest.FixtureRequest, memory: Callable[[], Any], redis: Callable[[str], Any]
+    request: pytest.FixtureRequest, memory: Callable[[], Any], redis: Callable[..., Any]
 ) -> Callable[[], Any]:
     """Fresh instances (async context managers) of the implementation the
     fixture's parameter names."""
     if request.param == "memory":
         return memory
     url = request.getfixturevalue("redis_up")
+    if request.param == "redis-script":
+        return lambda: redis(url, functions=False)
     return lambda: redis(url)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-script"])
 def store_of(request: pytest.FixtureRequest) -> Iterator[Callable[[], Any]]:
     """A factory of fresh profile stores of one implementation."""
     yield _factory(request, memory_store, redis_store)

@@ -145,34 +145,75 @@ async def _abandoned_read(client: aioredis.Redis) -> None:
 
 def test_the_store_loads_its_scripts_again_after_redis_forgot_them(redis_up: str) -> None:
     """SCRIPT FLUSH (or a restarted server) makes every EVALSHA answer
-    NOSCRIPT: the store loads its scripts and sends those commands again."""
+    NOSCRIPT, FUNCTION FLUSH every FCALL of the apply function "Function not
+    found": the store loads its scripts and the function and sends those
+    commands again. (Read as a poison reply, the second would have sent the
+    batch's records to the dead-letter topic.)"""
     asyncio.run(_scripts_loaded_again(redis_up))
+
+
+def click_at(offset: int) -> Delta:
+    t0 = 1_767_225_600_000
+    return Delta(
+        kind="click",
+        source="clicks:0",
+        offset=offset,
+        event_token=token(f"click-{offset}"),
+        ts=t0 + offset * DAY_MS,
+        day=(t0 + offset * DAY_MS) // DAY_MS,
+        session_token=short_hash(f"s{offset}"),
+    )
 
 
 async def _scripts_loaded_again(url: str) -> None:
     client = make_redis(url)
     store = ProfileStore(client, f"test{uuid.uuid4().hex[:8]}", ProfileConfig())
-    t0 = 1_767_225_600_000
-
-    def click(offset: int) -> Delta:
-        return Delta(
-            kind="click",
-            source="clicks:0",
-            offset=offset,
-            event_token=token(f"click-{offset}"),
-            ts=t0 + offset * DAY_MS,
-            day=(t0 + offset * DAY_MS) // DAY_MS,
-            session_token=short_hash(f"s{offset}"),
-        )
-
     try:
-        first = await store.apply_batch(group_by_customer([("c-1", click(0))]), {"c-1": 0})
+        first = await store.apply_batch(group_by_customer([("c-1", click_at(0))]), {"c-1": 0})
         assert first.applied == 1
+        assert store.functions  # Redis 7: the apply code runs as a function
         await client.script_flush()
-        again = await store.apply_batch(group_by_customer([("c-1", click(1))]), {"c-1": 0})
+        again = await store.apply_batch(group_by_customer([("c-1", click_at(1))]), {"c-1": 0})
         assert (again.applied, again.failed) == (1, {})
+        await client.function_flush()
+        third = await store.apply_batch(group_by_customer([("c-1", click_at(2))]), {"c-1": 0})
+        assert (third.applied, third.failed) == (1, {})
         view = await store.profile("c-1")
-        assert view is not None and view["clicks"] == 2
+        assert view is not None and view["clicks"] == 3
     finally:
         await store.delete_prefix()
         await client.aclose()
+
+
+def test_a_redis_user_without_functions_applies_with_scripts(redis_up: str) -> None:
+    """An ACL that allows EVALSHA but not FUNCTION (or a Redis before 7,
+    which has no FUNCTION): the store says so once and applies with the
+    script, same results."""
+    asyncio.run(_without_functions(redis_up))
+
+
+async def _without_functions(url: str) -> None:
+    admin = make_redis(url)
+    user, password = f"nofn{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    prefix = f"test{uuid.uuid4().hex[:8]}"
+    await admin.acl_setuser(
+        user,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=["*"],
+        commands=["+@all", "-function"],
+    )
+    host_port = url.split("://", 1)[1].split("/", 1)[0]
+    client = make_redis(f"redis://{user}:{password}@{host_port}/0")
+    store = ProfileStore(client, prefix, ProfileConfig())
+    try:
+        result = await store.apply_batch(group_by_customer([("c-1", click_at(0))]), {"c-1": 0})
+        assert (result.applied, result.failed) == (1, {})
+        assert not store.functions
+        view = await store.profile("c-1")
+        assert view is not None and view["clicks"] == 1
+    finally:
+        await store.delete_prefix()
+        await client.aclose()
+        await admin.acl_deluser(user)
+        await admin.aclose()

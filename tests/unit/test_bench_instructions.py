@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.bench_redis_instructions import _with_apply, instruction_total, script_at
+from benchmarks.bench_redis_instructions import (
+    _with_apply,
+    as_library,
+    instruction_total,
+    script_at,
+)
 from patronage.streams import store
 
 # The head of a dump `callgrind_control -d` wrote (callgrind 3.19).
@@ -46,11 +51,25 @@ def test_a_file_that_is_not_a_dump_is_refused() -> None:
 
 
 def test_only_the_apply_script_is_swapped() -> None:
-    source = _with_apply("-- the old apply script")
-    assert source("apply") == "-- the old apply script"
+    library = store._lua_source("apply")
+    source = _with_apply(library)
+    assert source("apply") == library
     assert source("base36") == store._lua_source("base36")
     assert source("erase") == store._lua_source("erase")
 
 
+def test_a_script_from_before_the_entry_point_runs_whole_as_one() -> None:
+    old = "#!lua\nlocal P = KEYS[1]  -- profile\nreturn {P}"
+    wrapped = as_library(old)
+    assert wrapped == (
+        "#!lua\nlocal function apply(KEYS, ARGV)\nlocal P = KEYS[1]  -- profile\nreturn {P}\nend\n"
+    )
+    # ... and the store can load it either way.
+    assert store.apply_as_script(wrapped).rstrip().endswith("return {P}")
+    name, loaded = store.apply_as_function(wrapped)
+    assert loaded.startswith(f"#!lua name={name}\n")
+    assert loaded.rstrip().endswith(f"redis.register_function('{name}', apply)")
+
+
 def test_a_revisions_script_is_read_from_git() -> None:
-    assert "local P = KEYS[1]" in script_at("HEAD")
+    assert "P = KEYS[1]  -- profile" in script_at("HEAD")

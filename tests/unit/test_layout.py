@@ -45,8 +45,8 @@ CODE = "\n".join(line.split("--", 1)[0] for line in SCRIPT.splitlines())
 
 
 def declared(table: str) -> dict[int, str]:
-    """Slot -> registry name, from `local x = ...TABLE[n]...  -- name` lines."""
-    pattern = rf"^local \w+ = .*\b{table}\[(\d+)\].*--\s*(\w+)\s*$"
+    """Slot -> registry name, from `[local] x = ...TABLE[n]...  -- name` lines."""
+    pattern = rf"^\s*(?:local )?\w+ = .*\b{table}\[(\d+)\].*--\s*(\w+)\s*$"
     return {int(n): name for n, name in re.findall(pattern, SCRIPT, re.M)}
 
 

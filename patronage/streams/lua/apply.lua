@@ -12,11 +12,17 @@
 -- Returns {applied, duplicate offsets, duplicate event ids, outbox items,
 --          profile (the stored value), when to judge again ('' = nothing pending)}
 
-local P = KEYS[1]  -- profile
-local OUT = KEYS[2]  -- outbox
-local RISK = KEYS[3]  -- risk_orders
-local deltas = ARGV[1]  -- deltas
-local clock = tonumber(ARGV[2])  -- clock
+-- The script is a library of helpers and one entry point, `apply`: the
+-- store loads it as a Redis function where it can (Redis 7), so the helpers
+-- below are made once per server instead of once per call (making ~28
+-- closures on every call was ~8 % of a live call's instructions:
+-- docs/benchmarks.md), and as a script calling `apply` elsewhere. The
+-- state of one call lives in the locals below, each set by `apply` before
+-- any helper reads it: a call never sees the one before.
+local P, OUT, RISK  -- this call's keys
+local deltas  -- this call's packed deltas
+local h, trail  -- the profile's map and its trail, as stored
+local dirty  -- whether the profile's map is to be written back
 -- The store's settings (layout.APPLY_SETTINGS) are written into the script
 -- where they are used (each placeholder) when the store loads it: a store's
 -- settings never change. Reading them as arguments on every call cost ~3 %
@@ -34,15 +40,6 @@ local SPEND_AT = {online = 'spend_online', store = 'spend_store'}
 -- translates. The profile is one cmsgpack map (layout.PROFILE_FORMAT):
 -- numbers stay numbers, so none is parsed or formatted per call. The trail
 -- follows the map in the same value.
-local stored = redis.call('GET', P)
-local h, trail = {}, ''
-if stored then
-  local after
-  after, h = cmsgpack.unpack_one(stored)
-  if after > 0 then trail = string.sub(stored, after + 1) end
-end
--- Whether the profile's map is to be written back.
-local dirty = false
 
 -- Shortest of %.15g/%.17g that reads back exactly: keeps hashes small.
 local function fmt(x)
@@ -63,16 +60,8 @@ end
 -- once (if changed), with the profile: one key instead of six saves five
 -- key overheads per customer.
 local TRAIL_FORMAT = 6
-local bitmap, sess_raw, eids, edges_raw, order_keys = '', '', '', '', ''
-if #trail > 0 then
-  local _, n_days, n_sess, n_eids, n_edges, at = struct.unpack('>BI3I3I3I3', trail)
-  bitmap = string.sub(trail, at, at + n_days - 1); at = at + n_days
-  sess_raw = string.sub(trail, at, at + n_sess - 1); at = at + n_sess
-  eids = string.sub(trail, at, at + n_eids - 1); at = at + n_eids
-  edges_raw = string.sub(trail, at, at + n_edges - 1); at = at + n_edges
-  order_keys = string.sub(trail, at)
-end
-local trail_changed = false
+local bitmap, sess_raw, eids, edges_raw, order_keys
+local trail_changed
 
 -- Count once (mirrors profile.py _first_time): orders by natural key for
 -- life, other events by id within the dedupe window of event time.
@@ -84,7 +73,7 @@ local EREC = 9
 -- event reads only the few before them again (reading every record each
 -- time an event opened a new hour cost 5 % of the script's instructions
 -- in a catch-up).
-local newest_hour, droppable_oldest = nil, nil
+local newest_hour, droppable_oldest
 -- Where a record of `size` bytes starts with `token` (nil: none does).
 local function record_at(s, token, size)
   local from = 1
@@ -161,7 +150,7 @@ end
 
 -- A capped map's distinct-key count lives at '#' .. prefix, a name no key
 -- can reach (mirrors profile.py _inc_capped, incl. moving a legacy count).
-local COUNTER_OF = {}  -- each map's count name, made once a call
+local COUNTER_OF = {}  -- each map's count name (kept between calls)
 local function inc_capped(prefix, key, by)
   local name = prefix .. key
   local counter = COUNTER_OF[prefix]
@@ -278,8 +267,7 @@ end
 -- not yet judged, its first and last activity; a gap is decided only once
 -- the event clock has passed it, so a slower topic cannot cause a false alert.
 local EDGE = 16  -- '>i4I6I6': day, first ms, last ms
-local edges = nil
-local edges_changed = false
+local edges, edges_changed
 local function load_edges()
   if edges ~= nil then return end
   edges = {}
@@ -433,7 +421,7 @@ end
 -- was a tenth of the script's instructions). An empty string is absent.
 -- Each kind's reader takes its record's rest even when the event is not
 -- applied (a duplicate): the next record starts after it.
-local at = 1  -- where the next unread byte of the deltas is
+local at  -- where the next unread byte of the deltas is
 
 local function click(fresh, t)
   local sid, channel, device
@@ -505,70 +493,101 @@ local function attributes(fresh, t)
   end
 end
 
-local applied, dup_offset, dup_event = 0, 0, 0
--- Each source's offset field, named once a call, not once an event.
+-- Each source's offset field, named once, not once an event (kept between
+-- calls).
 local OFFSET_FIELDS = {}
-while at <= #deltas do
-  local kind, source, offset, t, day, eid, nk
-  kind, source, offset, t, day, eid, at = struct.unpack('>c1Bc0ddi4c6', deltas, at)  -- head
-  nk = ''
-  if kind == 'o' then nk, at = struct.unpack('>Bc0', deltas, at) end  -- natural key
-  local fresh = false
-  local offset_field = OFFSET_FIELDS[source]
-  if offset_field == nil then
-    offset_field = 'o:' .. source
-    OFFSET_FIELDS[source] = offset_field
+
+local function apply(KEYS, ARGV)
+  P = KEYS[1]  -- profile
+  OUT = KEYS[2]  -- outbox
+  RISK = KEYS[3]  -- risk_orders
+  deltas = ARGV[1]  -- deltas
+  local clock = tonumber(ARGV[2])  -- clock
+  local stored = redis.call('GET', P)
+  h, trail = {}, ''
+  if stored then
+    local after
+    after, h = cmsgpack.unpack_one(stored)
+    if after > 0 then trail = string.sub(stored, after + 1) end
   end
-  local stored_offset = h[offset_field]
-  if stored_offset and offset <= stored_offset then
-    dup_offset = dup_offset + 1
-  else
-    h[offset_field] = offset
-    dirty = true
-    if not first_time(nk, eid, t) then
-      dup_event = dup_event + 1
+  dirty = false
+  bitmap, sess_raw, eids, edges_raw, order_keys = '', '', '', '', ''
+  if #trail > 0 then
+    local _, n_days, n_sess, n_eids, n_edges, from = struct.unpack('>BI3I3I3I3', trail)
+    bitmap = string.sub(trail, from, from + n_days - 1); from = from + n_days
+    sess_raw = string.sub(trail, from, from + n_sess - 1); from = from + n_sess
+    eids = string.sub(trail, from, from + n_eids - 1); from = from + n_eids
+    edges_raw = string.sub(trail, from, from + n_edges - 1); from = from + n_edges
+    order_keys = string.sub(trail, from)
+  end
+  trail_changed = false
+  newest_hour, droppable_oldest = nil, nil
+  edges, edges_changed = nil, false
+  at = 1
+
+  local applied, dup_offset, dup_event = 0, 0, 0
+  while at <= #deltas do
+    local kind, source, offset, t, day, eid, nk
+    kind, source, offset, t, day, eid, at = struct.unpack('>c1Bc0ddi4c6', deltas, at)  -- head
+    nk = ''
+    if kind == 'o' then nk, at = struct.unpack('>Bc0', deltas, at) end  -- natural key
+    local fresh = false
+    local offset_field = OFFSET_FIELDS[source]
+    if offset_field == nil then
+      offset_field = 'o:' .. source
+      OFFSET_FIELDS[source] = offset_field
+    end
+    local stored_offset = h[offset_field]
+    if stored_offset and offset <= stored_offset then
+      dup_offset = dup_offset + 1
     else
-      fresh = true
-      h['events_applied'] = (h['events_applied'] or 0) + 1
-      applied = applied + 1
+      h[offset_field] = offset
+      dirty = true
+      if not first_time(nk, eid, t) then
+        dup_event = dup_event + 1
+      else
+        fresh = true
+        h['events_applied'] = (h['events_applied'] or 0) + 1
+        applied = applied + 1
+      end
+    end
+    if kind == 'a' then
+      attributes(fresh, t)
+    else
+      if fresh then
+        touch(t, day)
+        add_edge(day, t)
+      end
+      if kind == 'c' then click(fresh, t) else order(fresh, t) end
     end
   end
-  if kind == 'a' then
-    attributes(fresh, t)
-  else
-    if fresh then
-      touch(t, day)
-      add_edge(day, t)
+
+  local due = judge(clock)
+
+  local profile = cmsgpack.pack(h)
+  if trail_changed or edges_changed then
+    if edges_changed then
+      local days, parts = {}, {}
+      for day, _ in pairs(edges) do days[#days + 1] = day end
+      table.sort(days)
+      for i, day in ipairs(days) do parts[i] = struct.pack('>i4I6I6', day, edges[day][1], edges[day][2]) end
+      edges_raw = table.concat(parts)
     end
-    if kind == 'c' then click(fresh, t) else order(fresh, t) end
+    trail = struct.pack('>BI3I3I3I3', TRAIL_FORMAT, #bitmap, #sess_raw, #eids, #edges_raw)
+      .. bitmap .. sess_raw .. eids .. edges_raw .. order_keys
+    dirty = true
   end
-end
-
-local due = judge(clock)
-
-local profile = cmsgpack.pack(h)
-if trail_changed or edges_changed then
-  if edges_changed then
-    local days, parts = {}, {}
-    for day, _ in pairs(edges) do days[#days + 1] = day end
-    table.sort(days)
-    for i, day in ipairs(days) do parts[i] = struct.pack('>i4I6I6', day, edges[day][1], edges[day][2]) end
-    edges_raw = table.concat(parts)
+  -- KEEPTTL: a call that only judged (nothing applied) keeps the expiry.
+  if dirty then redis.call('SET', P, profile .. trail, 'KEEPTTL') end
+  if ${retention_ms} > 0 and applied > 0 then
+    for _, key in ipairs({P, RISK}) do
+      redis.call('PEXPIRE', key, ${retention_ms})
+    end
   end
-  trail = struct.pack('>BI3I3I3I3', TRAIL_FORMAT, #bitmap, #sess_raw, #eids, #edges_raw)
-    .. bitmap .. sess_raw .. eids .. edges_raw .. order_keys
-  dirty = true
+  -- Pending findings go back on every call, redeliveries included, so a crash
+  -- between this script and the Kafka send cannot lose an alert.
+  -- The profile as it now is: the value just stored.
+  -- `due` is read back by float(), exact from %.17g: one format, not fmt's two.
+  return {applied, dup_offset, dup_event, redis.call('LRANGE', OUT, 0, -1), profile,
+    due and string.format('%.17g', due) or ''}
 end
--- KEEPTTL: a call that only judged (nothing applied) keeps the expiry.
-if dirty then redis.call('SET', P, profile .. trail, 'KEEPTTL') end
-if ${retention_ms} > 0 and applied > 0 then
-  for _, key in ipairs({P, RISK}) do
-    redis.call('PEXPIRE', key, ${retention_ms})
-  end
-end
--- Pending findings go back on every call, redeliveries included, so a crash
--- between this script and the Kafka send cannot lose an alert.
--- The profile as it now is: the value just stored.
--- `due` is read back by float(), exact from %.17g: one format, not fmt's two.
-return {applied, dup_offset, dup_event, redis.call('LRANGE', OUT, 0, -1), profile,
-  due and string.format('%.17g', due) or ''}
