@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -242,10 +242,7 @@ def throughput(
             _timed_drain(settings, job, servers, procs)
         )
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(30)
+        stop_started(procs)
     busy = finished - drain_began
     name = job if workers == 1 else f"{job} x{workers}"
     result: dict[str, Any] = {
@@ -329,6 +326,24 @@ async def _save_parameters(settings: Settings) -> None:
     client = redis_for(settings)
     await ModelStore(client, settings.key_prefix).save_parameters(fitted)
     await client.aclose()
+
+
+def stop_started(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = 30) -> None:
+    """Stop the processes this benchmark started (SIGTERM, then SIGKILL
+    after `grace_s`, said on stderr: a worker that outlived its run once
+    crashed the harness and was left running)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            print(
+                f"(process {proc.pid} did not stop within {grace_s:.0f} s of SIGTERM: killed)",
+                file=sys.stderr,
+            )
+            proc.kill()
+            proc.wait()
 
 
 def _pid(service: str) -> int | None:
@@ -884,8 +899,7 @@ def latency(
     try:
         result = asyncio.run(run_load())
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_started([proc])
         worker_log.close()
         # Only once the worker is gone: it writes (model versions, risk
         # marks) until it stops, and those keys outlived every run.
