@@ -183,6 +183,10 @@ class BatchIngest:
             if self.prepare_process is not None:
                 self.prepare_process.shutdown()
             committer.cancel()
+            try:
+                await self.pipeline.flush_features()
+            except Exception:  # the producer may be stopping first
+                log.debug("the learner's last vectors were not sent", exc_info=True)
             await self.commit()
             await consumer.stop()
 
@@ -208,6 +212,8 @@ class BatchIngest:
             # (nothing yet without waiting says nothing about the stream)
             gather.after(sum(len(records) for records in fetched.values()))
         if not fetched and ahead is None:
+            # Idle: the learner's vectors still gathering go out now.
+            await self.pipeline.flush_features()
             return None
         async with self.lock:
             batches = self._still_owned(consumer, fetched)

@@ -42,6 +42,7 @@ from patronage.streams.preparing import prepare_packed, record_columns, unpacked
 from patronage.streams.retry import Retry
 from patronage.streams.scored import ScoreWrites
 from patronage.streams.segmenting import (
+    FEATURE_BATCH,
     Learner,
     Segmenter,
     feature_messages,
@@ -162,6 +163,12 @@ class Pipeline:
         # Sources kept between batches while the assignment stands.
         self._sources_seen: dict[tuple[str, int], SourceState] = {}
         self._sources_assignment: frozenset[tuple[str, int]] = frozenset()
+        # The learner's vectors not yet sent, and since when (clock seconds).
+        self._vectors: list[dict[str, Any]] = []
+        self._vectors_since = 0.0
+        # Held while vectors or a forget go out, so a forget never lands
+        # between the messages of vectors taken before it.
+        self._features_sending = asyncio.Lock()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -390,9 +397,14 @@ class Pipeline:
             if segment is not None:
                 await self.segmenter.models.adjust_sizes({segment: -1})
         # The learner's sample (and its checkpoint) drops them too; acked
-        # before the erasure is confirmed.
+        # before the erasure is confirmed. Their vectors still gathering
+        # never go out: sent after the forget, they would be learnt again.
+        erased = set(parts)
+        self._vectors = [v for v in self._vectors if v["id"] not in erased]
         topic = self.settings.topic(self.settings.topic_segment_features)
-        await (await self.send(topic, None, forget_message(parts)))
+        async with self._features_sending:
+            sent = await self.send(topic, None, forget_message(parts))
+        await sent
         return removed + await self.store.forget_identities(parts)
 
     async def send_findings(self, outbox: dict[str, list[bytes]]) -> None:
@@ -492,9 +504,29 @@ class Pipeline:
             if sampled(customer_id, share) and (model is None or model.feeds_learner(customer_id)):
                 rfm_now = rfm_inputs(fields, now, half_life)
                 vectors.append(feature_vector(customer_id, x, fields, rfm_now, spends[customer_id]))
-        for message in feature_messages(vectors):
-            # Not awaited: a lost vector only slows learning.
-            await self.send(topic, None, message)
+        if vectors:
+            if not self._vectors:
+                self._vectors_since = self.clock()
+            self._vectors.extend(vectors)
+        await self.flush_features(force=False)
+
+    async def flush_features(self, force: bool = True) -> None:
+        """Send the learner's gathered vectors: all of them when `force`
+        (the input is idle, the worker stops), else once they have gathered
+        for `segment_features_interval_s` or fill a message."""
+        if not self._vectors:
+            return
+        if not force:
+            waited = self.clock() - self._vectors_since
+            full = len(self._vectors) >= FEATURE_BATCH
+            if waited < self.settings.segment_features_interval_s and not full:
+                return
+        topic = self.settings.topic(self.settings.topic_segment_features)
+        vectors, self._vectors = self._vectors, []
+        async with self._features_sending:
+            for message in feature_messages(vectors):
+                # Not awaited: a lost vector only slows learning.
+                await self.send(topic, None, message)
 
     async def _send_dead_letters(self, batch: PreparedBatch) -> None:
         if not batch.dead_letters:

@@ -43,6 +43,13 @@ KIND_TOPIC = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _vectors_sent_every_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read what the learner is sent after each batch; how the
+    vectors gather between batches is tests/unit/test_learner_vectors.py's."""
+    monkeypatch.setenv("PATRONAGE_SEGMENT_FEATURES_INTERVAL_S", "0")
+
+
 def pipeline_for(settings: Settings, now_ms: int) -> tuple[Pipeline, MemoryProfileStore]:
     store = MemoryProfileStore(settings.profile_config)
     producer = RecordingProducer()
