@@ -492,7 +492,6 @@ class Pipeline:
         await self.segmenter.emit(decisions, result.profiles, now, self.send, out)
         await self.predictor.after_apply(result.profiles, partition_of, purchased, now, out)
         await self.segmenter.settle(decisions, await out.flush(self.store))
-        topic = self.settings.topic(self.settings.topic_segment_features)
         share = self.settings.segment_learn_sample
         half_life = self.settings.profile_config.half_life_ms
         model = self.segmenter.model
