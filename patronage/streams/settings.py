@@ -152,9 +152,10 @@ class Settings(BaseSettings):
     # share that still yields `segment_sample_customers` saves messages.
     segment_learn_sample: float = Field(1.0, gt=0, le=1)
     # How long the learner's vectors gather in the worker before they go
-    # out as one message (0: a message a batch). A live worker made ~140
-    # batches a second at 1k events/s; a message each, sent, fetched and
-    # handed to the learner, was ~40 % of its CPU (docs/benchmarks.md).
+    # out together (sooner when a message is full or the input is idle; 0:
+    # a message a batch). A live worker made ~140 batches a second at 1k
+    # events/s; a message each, sent, fetched and handed to the learner,
+    # cost ~30 % of its CPU (docs/benchmarks.md).
     segment_features_interval_s: float = Field(0.25, ge=0, le=60)
     topic_segment_features: str = "segment-features"
 

@@ -254,7 +254,7 @@ class ProfileStore:
                 self.functions = False
                 log.warning(
                     "Redis did not load the apply function (%s); applying with EVALSHA "
-                    "(same results, ~8%% more Redis time a live call: docs/benchmarks.md)",
+                    "(same results, ~10%% more Redis time a live call: docs/benchmarks.md)",
                     exc,
                 )
         self._scripts_loaded = True

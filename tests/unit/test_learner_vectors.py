@@ -1,6 +1,6 @@
 """The learner's vectors gather in the worker and go out together: once
 they have waited `segment_features_interval_s`, once they fill a message,
-and whenever the input is idle. A message a batch was ~40 % of a live
+and whenever the input is idle. A message a batch cost ~30 % of a live
 worker's CPU at 1k events/s (docs/benchmarks.md). An erased customer's
 vectors still gathering never go out after the forget."""
 

@@ -16,9 +16,10 @@
 -- store loads it as a Redis function where it can (Redis 7), so the helpers
 -- below are made once per server instead of once per call (making ~28
 -- closures on every call was ~8 % of a live call's instructions:
--- docs/benchmarks.md), and as a script calling `apply` elsewhere. The
--- state of one call lives in the locals below, each set by `apply` before
--- any helper reads it: a call never sees the one before.
+-- docs/benchmarks.md); elsewhere as a script whose own body is the entry
+-- point's (store.apply_as_script). The state of one call lives in the
+-- locals below, each set by `apply` before any helper reads it: a call
+-- never sees the one before.
 local P, OUT, RISK  -- this call's keys
 local deltas  -- this call's packed deltas
 local h, trail  -- the profile's map and its trail, as stored
