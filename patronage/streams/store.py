@@ -19,7 +19,7 @@ from importlib import resources
 from typing import Any, NamedTuple, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 
 from patronage.models.identity import Person, person_from_json, person_to_json
 from patronage.models.layout import (
@@ -157,6 +157,12 @@ def apply_as_function(code: str) -> tuple[str, str]:
     return name, library
 
 
+def _functions_unavailable(exc: ResponseError) -> bool:
+    """FUNCTION LOAD refused because this server has no functions (Redis
+    before 7) or the user may not load them (ACL)."""
+    return isinstance(exc, NoPermissionError) or "unknown command" in str(exc).lower()
+
+
 def function_missing(reply: object) -> bool:
     """An FCALL of a function the node does not have (it restarted without
     persistence, its functions were flushed, or it joined the cluster later):
@@ -249,6 +255,8 @@ class ProfileStore:
             try:
                 await self.client.function_load(self._apply_library, replace=True)
             except ResponseError as exc:
+                if not _functions_unavailable(exc):
+                    raise  # e.g. the library does not compile: not to be hidden
                 # Redis before 7 (unknown command) or an ACL without FUNCTION:
                 # the script does the same.
                 self.functions = False

@@ -29,7 +29,8 @@ def gone(pid: int) -> bool:
     """Exited (a zombie waiting for init to reap it counts)."""
     try:
         state = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # (reaped between the open and the read: the read says ESRCH)
         return True
     return "State:\tZ" in state
 

@@ -126,10 +126,10 @@ def test_an_erased_customers_gathering_vectors_never_follow_the_forget() -> None
         return erased
 
     erased = asyncio.run(run())
-    topics = [m for m in sent(producer)]
-    forget_at = next(i for i, m in enumerate(topics) if "forget" in m)
-    assert erased in topics[forget_at]["forget"]
-    after = ids(topics[forget_at + 1 :])
+    messages = sent(producer)
+    forget_at = next(i for i, m in enumerate(messages) if "forget" in m)
+    assert erased in messages[forget_at]["forget"]
+    after = ids(messages[forget_at + 1 :])
     assert after, "the other customers' vectors were lost"
     assert erased not in after
 
