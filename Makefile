@@ -13,7 +13,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+# The hot pure modules compiled with mypyc into build/mypyc (patronage/compiled.py),
+# again whenever a module of patronage/models changes.
+build/mypyc/manifest.json: $(VENV)/.installed $(wildcard patronage/models/*.py) patronage/compiled.py
+	$(PY) -m patronage.compiled build
+
+install: $(VENV)/.installed build/mypyc/manifest.json
 
 services: install
 	deploy/services.sh up
@@ -33,7 +38,7 @@ format: install
 	$(VENV)/bin/ruff check --fix patronage tests benchmarks
 
 typecheck: install
-	$(VENV)/bin/mypy patronage/models patronage/streams
+	$(VENV)/bin/mypy patronage/models patronage/streams patronage/compiled.py
 
 unit: install
 	$(VENV)/bin/pytest tests/unit -q
@@ -44,7 +49,9 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi; }
 
-# The whole suite: real Kafka and Redis (and Chromium) are set up first.
+# The whole suite: real Kafka and Redis (and Chromium) are set up first, on
+# the compiled modules a worker runs (PATRONAGE_COMPILED=off: on the sources).
+test: export PATRONAGE_COMPILED ?= on
 test: services chromium
 	$(VENV)/bin/pytest -q
 

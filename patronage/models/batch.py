@@ -20,12 +20,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from patronage.models.contracts import DeadLetter, format_ts
 from patronage.models.profile import Delta, to_delta
 from patronage.models.sources import source_label
 from patronage.models.validate import Accepted, LineProblem, Rules, validate
 
 
+@mypyc_attr(native_class=False)  # pickled: see patronage/compiled.py
 @dataclass(frozen=True)
 class Record:
     topic: str

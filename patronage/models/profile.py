@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
+from mypy_extensions import mypyc_attr
+
 from patronage.models import jsontext
 from patronage.models.contracts import (
     BASKET_EVENTS,
@@ -69,6 +71,7 @@ DeltaKind = Literal["click", "order", "attributes"]
 Outcome = Literal["applied", "dup_offset", "dup_event"]
 
 
+@mypyc_attr(native_class=False)  # pickled: see patronage/compiled.py
 @dataclass(frozen=True)
 class ProfileConfig:
     half_life_ms: int = 30 * DAY_MS

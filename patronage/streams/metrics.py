@@ -23,6 +23,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
+from patronage import compiled
+
 if TYPE_CHECKING:
     from patronage.streams.monitor import Monitor
     from patronage.streams.pipeline import Pipeline
@@ -152,6 +154,13 @@ class _Collector(Collector):
         )
         restarts.add_metric([], helper.restarts if helper else 0)
         yield restarts
+        compiled_in_use = _gauge(
+            "patronage_compiled_modules",
+            "1 if this worker validates and reads profiles with the mypyc-compiled modules "
+            "(patronage/compiled.py), 0 if with their Python sources.",
+        )
+        compiled_in_use.add_metric([], 1 if compiled.in_use() else 0)
+        yield compiled_in_use
 
     def _redis(self) -> Iterator[Metric]:
         retries = _counter("patronage_redis_retries", "Batches retried because Redis failed.")

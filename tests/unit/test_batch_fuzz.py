@@ -142,24 +142,33 @@ def test_a_huge_payload_becomes_a_bounded_letter() -> None:
     assert len(letter.model_dump_json().encode()) < BROKER_MESSAGE_LIMIT
 
 
-def test_an_exception_inside_preparation_becomes_a_letter_naming_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+class _ZoneFailingAt(dt.tzinfo):
+    """A zone whose offset raises for one instant: a failure inside the delta
+    builder (it asks the zone for the customer's day). Injected as an input,
+    not by patching `to_delta`, which the compiled `prepare_batch` calls
+    directly (patronage/compiled.py)."""
+
+    def __init__(self, failing_ms: int) -> None:
+        self.failing = dt.datetime.fromtimestamp(failing_ms / 1000, tz=dt.UTC).replace(tzinfo=None)
+
+    def utcoffset(self, when: dt.datetime | None) -> dt.timedelta:
+        if when is not None and when.replace(tzinfo=None) == self.failing:
+            raise ArithmeticError("decimal overflow in items.0")
+        return dt.timedelta(0)
+
+    def dst(self, when: dt.datetime | None) -> dt.timedelta:
+        return dt.timedelta(0)
+
+
+def test_an_exception_inside_preparation_becomes_a_letter_naming_it() -> None:
     """Whatever raises (here: the delta builder) costs that record only."""
-    import patronage.models.batch as batch_module
-
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        raise ArithmeticError("decimal overflow in items.0")
-
+    poison_ms = SAMPLES["purchase"]["ts"] + 7_000
     good = Record("purchases", 0, 1, None, render(SAMPLES["purchase"]))
-    poison = Record("purchases", 0, 2, None, render({**SAMPLES["purchase"], "order_id": "X"}))
-    real = batch_module.to_delta
-    monkeypatch.setattr(
-        batch_module,
-        "to_delta",
-        lambda event, *a, **k: broken() if event.order_id == "X" else real(event, *a, **k),
+    poison = Record(
+        "purchases", 0, 2, None, render({**SAMPLES["purchase"], "order_id": "X", "ts": poison_ms})
     )
-    batch = prepare_batch([good, poison], KIND_OF_TOPIC, RULES, NOW, dt.UTC)
+    zone = _ZoneFailingAt(poison_ms)
+    batch = prepare_batch([good, poison], KIND_OF_TOPIC, RULES, NOW, zone)
     assert sum(len(d) for d in batch.by_customer.values()) == 1
     [(_, letter)] = batch.dead_letters
     assert letter.offset == 2 and letter.error == "unprocessable"

@@ -137,3 +137,12 @@ def test_where_batches_were_prepared_and_helper_restarts_are_exposed() -> None:
     assert seen["patronage_prepare_process_restarts_total"][""] == 2
     without = families(Runtime(Settings(prepare_process=False)))
     assert without["patronage_prepare_process_restarts_total"][""] == 0
+
+
+def test_which_form_of_the_ingest_modules_runs_is_exposed() -> None:
+    from patronage import compiled
+
+    seen = families(Runtime(Settings()))["patronage_compiled_modules"][""]
+    assert seen == (1 if compiled.in_use() else 0)
+    if compiled.mode() == "on":  # `make test`: the compiled modules
+        assert seen == 1
