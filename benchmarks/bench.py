@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from patronage import compiled
 from patronage.models.batch import Record, prepare_batch
 from patronage.models.layout import (
     FIELDS,
@@ -251,6 +252,9 @@ def throughput(
         "drain_seconds": round(busy, 2),
         "events_per_second": round(inputs / busy),
     }
+    if job.startswith("patronage"):
+        # The worker runs from this checkout with this environment: the same form.
+        result["compiled_modules"] = compiled.in_use()
     helpers = [f"helper_{role}" for role in HELPER_ROLES]
     for name in ("process", "helper", *helpers, *servers):
         spent = _cpu_spent(before, after, name)
@@ -884,6 +888,7 @@ def latency(
         split = split_by_passes({c: (acked[c], seen[c]) for c in acked if c in seen}, passes)
         return {
             "load_producer": load_producer,  # type: ignore[dict-item]
+            "compiled_modules": compiled.in_use(),  # type: ignore[dict-item]
             "offered_events_per_second": round(offered_rate),
             "harness_cpu_share": round(harness_cpu_share, 3),
             "cpu_share": shares,  # type: ignore[dict-item]

@@ -1,9 +1,12 @@
 """Where a worker's time goes without Kafka: the pipeline alone on the real Redis.
 
     python -m benchmarks.bench_pipeline [--events 100000] [--repeats 3]
+        [--customers N] [--batch N]
 
 The simulated backlog of `bench throughput` is cut into batches of
-`PATRONAGE_BATCH_MAX` records and fed to `Pipeline` with the real Redis store
+`PATRONAGE_BATCH_MAX` records (`--batch`: smaller, as a live worker's; with
+`--customers`, spread over that many, few events each, as a live worker
+meets them) and fed to `Pipeline` with the real Redis store
 and a producer that only records (no broker), two ways in one run:
 
 * sequential: prepare (validation, deltas) then finish (Redis apply, dead
@@ -30,6 +33,7 @@ import uuid
 from typing import Any
 
 from benchmarks.bench_personas import records_of
+from patronage import compiled
 from patronage.models.batch import Record
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
@@ -41,9 +45,9 @@ from patronage.streams.settings import Settings, settings_with
 from patronage.streams.store import ProfileStore, redis_for
 
 
-def backlog(events_target: int, settings: Settings) -> list[Record]:
+def backlog(events_target: int, settings: Settings, customers: int | None = None) -> list[Record]:
     now_ms = int(time.time() * 1000)
-    customers = max(100, events_target // 60)
+    customers = customers or max(100, events_target // 60)
     events, _ = generate(customers, 90, seed=3, start_ms=(now_ms // DAY_MS - 90) * DAY_MS)
     return records_of(events[:events_target], settings)
 
@@ -64,12 +68,14 @@ def fresh_pipeline(env: dict[str, str] | None = None) -> tuple[str, Settings, An
     return prefix, settings, client, pipe
 
 
-async def drain_in_process_pool(records: list[Record], process: FitProcess) -> dict[str, Any]:
+async def drain_in_process_pool(
+    records: list[Record], process: FitProcess, batch: int | None = None
+) -> dict[str, Any]:
     """The worker's way (Pipeline.prepare_in), batches of PATRONAGE_BATCH_MAX."""
     prefix, settings, client, pipe = fresh_pipeline()
     pipe.prepare_process = process
     inputs = StaticLog()
-    size = settings.batch_max
+    size = batch or settings.batch_max
     chunks = [records[i : i + size] for i in range(0, len(records), size)]
     started = time.perf_counter()
     pending = await pipe.prepare_in(chunks[0], inputs)
@@ -82,6 +88,7 @@ async def drain_in_process_pool(records: list[Record], process: FitProcess) -> d
     await _delete_prefix(client, prefix)
     return {
         "mode": "process",
+        "compiled_modules": compiled.in_use(),
         "events": len(records),
         "events_per_second": round(len(records) / elapsed),
     }
@@ -94,9 +101,11 @@ async def _delete_prefix(client: Any, prefix: str) -> None:
     await client.aclose()
 
 
-async def drain(records: list[Record], overlapped: bool) -> dict[str, Any]:
+async def drain(
+    records: list[Record], overlapped: bool, batch: int | None = None
+) -> dict[str, Any]:
     prefix, settings, client, pipe = fresh_pipeline()
-    size = settings.batch_max
+    size = batch or settings.batch_max
     prepare_s = finish_s = 0.0
 
     async def finish(work: Any) -> None:
@@ -126,6 +135,7 @@ async def drain(records: list[Record], overlapped: bool) -> dict[str, Any]:
     n = len(records)
     return {
         "mode": "overlapped" if overlapped else "sequential",
+        "compiled_modules": compiled.in_use(),
         "events": n,
         "events_per_second": round(n / elapsed),
         "prepare_us_per_event": round(prepare_s / n * 1e6, 1),
@@ -144,17 +154,20 @@ def main() -> None:
         choices=["sequential", "overlapped", "process"],
         default=["sequential", "overlapped", "process"],
     )
+    parser.add_argument("--customers", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=None)
     args = parser.parse_args()
-    records = backlog(args.events, Settings())
+    records = backlog(args.events, Settings(), args.customers)
     process = FitProcess(role="prepare")
     process.pool.submit(int).result()  # started before the clock runs
     try:
         for _ in range(args.repeats):
             for mode in args.modes:
                 if mode == "process":
-                    result = asyncio.run(drain_in_process_pool(records, process))
+                    result = asyncio.run(drain_in_process_pool(records, process, args.batch))
                 else:
-                    result = asyncio.run(drain(records, overlapped=mode == "overlapped"))
+                    overlapped = mode == "overlapped"
+                    result = asyncio.run(drain(records, overlapped, args.batch))
                 print(json.dumps(result))
     finally:
         process.shutdown()

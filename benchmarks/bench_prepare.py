@@ -28,6 +28,7 @@ from typing import Any
 
 from benchmarks.bench import backlog
 from benchmarks.bench_personas import records_of
+from patronage import compiled
 from patronage.models.batch import Record, prepare_batch
 from patronage.streams.preparing import packed, record_columns, records_from, unpacked
 from patronage.streams.settings import Settings
@@ -66,7 +67,10 @@ def main() -> None:
     cost = per_record(
         lambda: [prepare_batch(b, kinds, rules, now_ms, zone) for b in batches], len(records)
     )
-    print(json.dumps({"prepare_batch": "all", "records": len(records), "us_per_record": cost}))
+    form = {"compiled_modules": compiled.in_use()}
+    print(
+        json.dumps({"prepare_batch": "all", "records": len(records), "us_per_record": cost, **form})
+    )
 
     def send(b: list[Record]) -> bytes:
         return pickle.dumps(record_columns(b), protocol=pickle.HIGHEST_PROTOCOL)
