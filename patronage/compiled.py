@@ -3,23 +3,24 @@
 Preparing a batch (decoding, validating, building deltas) and reading the
 profiles Redis returns are pure Python, most of a worker's CPU in a drain.
 mypyc compiles the modules below from their own type annotations (mypy
-strict already checks them) to C extensions: `prepare_batch` ~25 % less
-CPU a record (docs/benchmarks.md, "The ingest modules compiled").
+strict already checks them) to C extensions: preparing costs 17-21 % less
+CPU a record (docs/benchmarks.md, "The ingest modules compiled with mypyc").
 
 `make install` builds them into `build/mypyc/` beside the checkout, never
 beside the sources: an extension next to `validate.py` would shadow it and
 an edit would be silently ignored. A manifest records each source's hash;
 `patronage.models` puts the compiled directory first on its `__path__` only
 while every listed source still has the hash it was built from, so an
-edited checkout runs its edits (logged once: rebuild with `make install`).
+edited checkout runs its edits (logged at import: rebuild with `make install`).
 
-Frozen dataclasses that are pickled (to and from the prepare process) stay
-Python classes, `@mypyc_attr(native_class=False)`: a compiled frozen class
-refuses the state pickle sets on it.
+Frozen dataclasses stay Python classes, `@mypyc_attr(native_class=False)`:
+a compiled frozen class refuses the state pickle sets on it, and `Rules`,
+`Record` and `ProfileConfig` travel to the prepare process pickled.
 
 PATRONAGE_COMPILED: `auto` (default, use them when built and fresh), `off`
-(never: the sources as written), `on` (required: a worker refuses to start
-without fresh compiled modules; CI's setting, so the suite runs what ships).
+(never: the sources as written), `on` (required: importing patronage.models
+fails without fresh compiled modules; `make test`'s setting, so the suite
+runs what ships).
 
     python -m patronage.compiled build   # what `make install` runs
 """
@@ -38,7 +39,6 @@ from pathlib import Path
 
 # Compiled together (one shared library): calls between them are C calls.
 MODULES = ("validate", "batch", "profile", "jsontext", "layout", "features")
-PACKAGE = "patronage.models"
 MODES = ("auto", "on", "off")
 ENV = "PATRONAGE_COMPILED"
 

@@ -28,7 +28,7 @@ from patronage.models.sources import source_label
 from patronage.models.validate import Accepted, LineProblem, Rules, validate
 
 
-@mypyc_attr(native_class=False)  # pickled: see patronage/compiled.py
+@mypyc_attr(native_class=False)  # frozen: see patronage/compiled.py
 @dataclass(frozen=True)
 class Record:
     topic: str

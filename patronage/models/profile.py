@@ -71,7 +71,7 @@ DeltaKind = Literal["click", "order", "attributes"]
 Outcome = Literal["applied", "dup_offset", "dup_event"]
 
 
-@mypyc_attr(native_class=False)  # pickled: see patronage/compiled.py
+@mypyc_attr(native_class=False)  # frozen: see patronage/compiled.py
 @dataclass(frozen=True)
 class ProfileConfig:
     half_life_ms: int = 30 * DAY_MS

@@ -47,7 +47,7 @@ YEAR_1990_MS = 631_152_000_000
 DECIMAL_PLACES = Decimal("0.000001")
 
 
-@mypyc_attr(native_class=False)  # pickled: see patronage/compiled.py
+@mypyc_attr(native_class=False)  # frozen: see patronage/compiled.py
 @dataclass(frozen=True)
 class Rules:
     """Validation limits; every one is a setting (see streams/settings.py)."""
@@ -66,7 +66,7 @@ class Rules:
     dlq_payload_max_bytes: int = 64 * 1024
 
 
-@mypyc_attr(native_class=False)  # pickled: see patronage/compiled.py
+@mypyc_attr(native_class=False)  # frozen: see patronage/compiled.py
 @dataclass(frozen=True)
 class LineProblem:
     """A receipt line that was dropped while the rest of the receipt counts."""
@@ -88,7 +88,7 @@ class Accepted:
     dropped_lines: tuple[LineProblem, ...] = ()
 
 
-@mypyc_attr(native_class=False)  # pickled: see patronage/compiled.py
+@mypyc_attr(native_class=False)  # frozen: see patronage/compiled.py
 @dataclass(frozen=True)
 class Rejected:
     code: str
