@@ -42,8 +42,9 @@ MODULES = ("validate", "batch", "profile", "jsontext", "layout", "features")
 MODES = ("auto", "on", "off")
 ENV = "PATRONAGE_COMPILED"
 
-SOURCE_DIR = Path(__file__).resolve().parent / "models"
-BUILD_DIR = Path(__file__).resolve().parent.parent / "build" / "mypyc"
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
+SOURCE_DIR = ROOT / "patronage" / "models"
+BUILD_DIR = ROOT / "build" / "mypyc"
 MANIFEST = "manifest.json"
 
 log = logging.getLogger(__name__)
@@ -109,13 +110,12 @@ def in_use() -> bool:
 def build(build_dir: Path = BUILD_DIR) -> None:
     """Compile MODULES with mypyc from a copy of the package (the extensions
     land beside the copy's sources, then move to `build_dir` alone)."""
-    root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory(prefix="patronage-mypyc-") as tmp:
         work = Path(tmp)
         shutil.copytree(
-            root / "patronage", work / "patronage", ignore=shutil.ignore_patterns("__pycache__")
+            ROOT / "patronage", work / "patronage", ignore=shutil.ignore_patterns("__pycache__")
         )
-        shutil.copy(root / "pyproject.toml", work / "pyproject.toml")  # mypy's settings
+        shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")  # mypy's settings
         hashes = source_hashes(work / "patronage" / "models")
         files = [f"patronage/models/{name}.py" for name in MODULES]
         done = subprocess.run(

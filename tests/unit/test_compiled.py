@@ -28,6 +28,7 @@ from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.settings import Settings
 from tests.schema_fuzz import TOPIC_OF, mutate, render, schema_corpus
+from tests.unit.test_pipeline import as_records
 
 NOW = 1_767_225_600_000  # 2026-01-01
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +55,7 @@ def test_the_suite_runs_the_form_it_asked_for() -> None:
 
 def _fake_build(tmp_path: Path, sources: Path, **overrides: Any) -> Path:
     build = tmp_path / "build"
-    (build / "patronage" / "models").mkdir(parents=True)
+    build.mkdir()
     manifest = {
         "cache_tag": sys.implementation.cache_tag,
         "modules": compiled.source_hashes(sources),
@@ -134,12 +135,8 @@ def test_a_bad_value_stops_a_worker_naming_the_setting(monkeypatch: pytest.Monke
 def _records() -> list[Record]:
     """Real-shaped traffic (the simulator's shops, 90 days) and every kind's
     schema-valid documents with one leaf made adversarial."""
-    settings = Settings()
     events, _ = generate(300, 90, seed=11, start_ms=(NOW // DAY_MS - 91) * DAY_MS)
-    records: list[Record] = []
-    for i, event in enumerate(e for e in events if e["type"] in settings.topic_for_kind):
-        topic = settings.topic_for_kind[event["type"]]
-        records.append(Record(topic, i % 4, i, None, json.dumps(event).encode()))
+    records = as_records(events, Settings().partitions)
     rng = random.Random(5)
     for kind, docs in schema_corpus(25).items():
         for doc in docs:
@@ -173,8 +170,9 @@ def summarise(path: str) -> None:
     """In a child process: prepare the pickled records, print the summary."""
     records = pickle.loads(Path(path).read_bytes())
     settings = Settings()
-    kinds = {topic: kind for kind, topic in settings.topic_for_kind.items()}
-    batch = prepare_batch(records, kinds, settings.rules, NOW, dt.UTC, {("clicks", 1): 2})
+    batch = prepare_batch(
+        records, settings.input_topics, settings.rules, NOW, dt.UTC, {("clicks", 1): 2}
+    )
     print(json.dumps({"compiled": compiled.in_use(), "summary": summary(batch)}))
 
 
