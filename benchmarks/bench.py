@@ -885,7 +885,8 @@ def latency(
             await store.delete_prefix()
             await client.aclose()
         waits = sorted((seen[c] - acked[c]) * 1000 for c in acked if c in seen)
-        split = split_by_passes({c: (acked[c], seen[c]) for c in acked if c in seen}, passes)
+        probes = {c: (acked[c], seen[c]) for c in acked if c in seen}
+        split = split_by_passes(probes, passes)
         return {
             "load_producer": load_producer,  # type: ignore[dict-item]
             "compiled_modules": compiled.in_use(),  # type: ignore[dict-item]
@@ -899,6 +900,7 @@ def latency(
             "max_ms": waits[-1],
             **split,
             **batches_between(batch_readings, started, started + offering_s),
+            "by_window": latency_by_window(probes, started, LATENCY_WINDOW_S),
         }
 
     try:
@@ -940,6 +942,32 @@ def batches_between(
         "batches_per_second": round(batches / (t1 - t0), 1),
         "records_per_batch": round((r1 - r0) / batches, 2) if batches > 0 else None,
     }
+
+
+LATENCY_WINDOW_S = 5.0  # the run's probes split by when they were acked
+
+
+def latency_by_window(
+    probes: dict[str, tuple[float, float]], start: float, window_s: float
+) -> list[dict[str, float | int]]:
+    """p50/p99 of the probes acked in each `window_s` of the run: a run's
+    p99 alone does not say whether the worker fell behind early (start-up,
+    the first promotion) or steadily."""
+    windows: dict[int, list[float]] = {}
+    for acked, seen in probes.values():
+        windows.setdefault(int((acked - start) // window_s), []).append((seen - acked) * 1000)
+    out: list[dict[str, float | int]] = []
+    for index in sorted(windows):
+        waits = sorted(windows[index])
+        out.append(
+            {
+                "from_s": index * window_s,
+                "probes": len(waits),
+                "p50_ms": round(quantile(waits, 0.5), 1),
+                "p99_ms": round(quantile(waits, 0.99), 1),
+            }
+        )
+    return out
 
 
 def split_by_passes(

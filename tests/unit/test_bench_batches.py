@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.bench import batch_totals, batches_between
+from benchmarks.bench import batch_totals, batches_between, latency_by_window
 
 METRICS = """# HELP patronage_batch_size Records per processed batch.
 # TYPE patronage_batch_size histogram
@@ -47,3 +47,20 @@ def test_batches_between(
 ) -> None:
     got = batches_between(readings, start, end)
     assert got == {"batches_per_second": rate, "records_per_batch": size}
+
+
+def test_latency_by_window_splits_the_probes_by_when_they_were_acked() -> None:
+    # (acked, seen) in perf_counter seconds; the run started at 100.0
+    probes = {
+        "a": (100.1, 100.11),  # window 0: 10 ms
+        "b": (104.9, 104.93),  # window 0: 30 ms
+        "c": (105.0, 105.5),  # window 1: 500 ms
+        "d": (112.0, 112.002),  # window 2: 2 ms
+    }
+    got = latency_by_window(probes, 100.0, 5.0)
+    assert [w["from_s"] for w in got] == [0.0, 5.0, 10.0]
+    assert [w["probes"] for w in got] == [2, 1, 1]
+    assert got[0]["p50_ms"] == pytest.approx(30.0, abs=0.1)  # nearest rank: the upper
+    assert got[1]["p99_ms"] == pytest.approx(500.0, abs=0.1)
+    assert got[2]["p50_ms"] == pytest.approx(2.0, abs=0.1)
+    assert latency_by_window({}, 100.0, 5.0) == []
