@@ -5,9 +5,12 @@
 Builds profiles by running the simulated backlog through the pipeline with
 its in-memory store, then times, per profile, the scoring steps a worker
 runs after every apply: the feature vector and the learner's vector (with
-its top category). Two ways in one run: each reading the profile's category
-map itself (two scans of every field: the code before the change) and one
-scan shared by both (what `Pipeline._score` does). Best of `--repeats`.
+its top category), and the segment decision (`models.segments.decide`, on a
+model learnt from the same profiles). The vectors two ways in one run: each
+reading the profile's category map itself (two scans of every field: the
+code before the change) and one scan shared by both (what `Pipeline._score`
+does). Best of `--repeats`; `compiled_modules` says which form ran
+(PATRONAGE_COMPILED=on/off to compare).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import timeit
 from collections.abc import Callable
 
 from benchmarks.bench_personas import records_of
+from patronage import compiled
 from patronage.models.features import category_spend, features, rfm_inputs
+from patronage.models.segments import SegmentTrainer, decide
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.memory import (
@@ -72,6 +77,17 @@ def main() -> None:
             x = features(fields, spend)
             feature_vector("c", x, fields, rfm_inputs(fields, now_ms, half_life), spend)
 
+    trainer = SegmentTrainer(seed=1, warmup=min(200, len(profiles)), warmup_days=0.0)
+    active = [(f, features(f, category_spend(f))) for f in profiles if "last_seen" in f]
+    for i, (fields, x) in enumerate(active):
+        trainer.learn(f"c{i}", x, None, rfm_inputs(fields, now_ms, half_life))
+    model = trainer.freeze(int(now_ms))
+    hysteresis = settings.segment_hysteresis
+
+    def decisions() -> None:
+        for fields, x in active:
+            decide(fields, x, model, None, hysteresis, rfm_inputs(fields, now_ms, half_life))
+
     fields_per_profile = sum(map(len, profiles)) / len(profiles)
     print(
         json.dumps(
@@ -87,6 +103,10 @@ def main() -> None:
                 "category_scan_us": per_profile_us(
                     lambda: [category_spend(f) for f in profiles], len(profiles), args.repeats
                 ),
+                "segment_decision_us": (
+                    per_profile_us(decisions, len(active), args.repeats) if model else None
+                ),
+                "compiled_modules": compiled.in_use(),
             }
         )
     )

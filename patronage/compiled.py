@@ -1,10 +1,13 @@
-"""The pure ingest modules compiled to C with mypyc, used only while fresh.
+"""The pure modules of the ingest and scoring paths compiled to C with
+mypyc, used only while fresh.
 
-Preparing a batch (decoding, validating, building deltas) and reading the
-profiles Redis returns are pure Python, most of a worker's CPU in a drain.
-mypyc compiles the modules below from their own type annotations (mypy
-strict already checks them) to C extensions: preparing costs 17-21 % less
-CPU a record (docs/benchmarks.md, "The ingest modules compiled with mypyc").
+Preparing a batch (decoding, validating, building deltas), reading the
+profiles Redis returns and scoring them (segment decisions, predictions)
+are pure Python, most of a worker's CPU. mypyc compiles the modules below
+from their own type annotations (mypy strict already checks them) to C
+extensions: preparing costs 17-21 % less CPU a record, a profile's segment
+decision about half (docs/benchmarks.md, "The ingest modules compiled with
+mypyc", "Scoring compiled too").
 
 `make install` builds them into `build/mypyc/` beside the checkout, never
 beside the sources: an extension next to `validate.py` would shadow it and
@@ -15,7 +18,11 @@ edited checkout runs its edits (logged at import: rebuild with `make install`).
 
 Frozen dataclasses stay Python classes, `@mypyc_attr(native_class=False)`:
 a compiled frozen class refuses the state pickle sets on it, and `Rules`,
-`Record` and `ProfileConfig` travel to the prepare process pickled.
+`Record` and `ProfileConfig` travel to the prepare process pickled. So do
+all of segments' and predict's (models and parameters go to the fit
+process and are written out from their `__dict__`); a function nested in
+a method of such a class crashes mypyc 1.x's build, so those are module
+functions.
 
 PATRONAGE_COMPILED: `auto` (default, use them when built and fresh), `off`
 (never: the sources as written), `on` (required: importing patronage.models
@@ -38,7 +45,7 @@ import tempfile
 from pathlib import Path
 
 # Compiled together (one shared library): calls between them are C calls.
-MODULES = ("validate", "batch", "profile", "jsontext", "layout", "features")
+MODULES = ("validate", "batch", "profile", "jsontext", "layout", "features", "segments", "predict")
 MODES = ("auto", "on", "off")
 ENV = "PATRONAGE_COMPILED"
 

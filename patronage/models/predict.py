@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
 
 
+@mypyc_attr(native_class=False)  # pickled, read as __dict__: see patronage/compiled.py
 @dataclass(frozen=True)
 class BGNBD:
     r: float
@@ -34,6 +36,7 @@ class BGNBD:
     b: float
 
 
+@mypyc_attr(native_class=False)  # pickled, read as __dict__: see patronage/compiled.py
 @dataclass(frozen=True)
 class GammaGamma:
     p: float
@@ -260,6 +263,7 @@ WEEK_MS = 7 * 86_400_000
 MIN_CUSTOMERS = 100  # fewer buyers than this: no parameters, predictions absent
 
 
+@mypyc_attr(native_class=False)  # pickled, read as __dict__: see patronage/compiled.py
 @dataclass(frozen=True)
 class FittedParameters:
     """A version of the population parameters every worker predicts with."""

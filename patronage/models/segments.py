@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from mypy_extensions import mypyc_attr
 from scipy.optimize import linear_sum_assignment
 
 from patronage.models.features import FEATURES, UNDEFINED
@@ -40,6 +41,7 @@ def customer_hash(customer_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(customer_id.encode(), digest_size=8).digest(), "big")
 
 
+@mypyc_attr(native_class=False)  # pickled, read as __dict__: see patronage/compiled.py
 @dataclass
 class CustomerSample:
     """The latest feature vector (and top category, RFM inputs) of at most
@@ -211,6 +213,12 @@ def defined_median(values: np.ndarray) -> float:
 # ---------------------------------------------------------------------------
 
 
+def _quintile(value: float, cuts: Sequence[float]) -> int:
+    """1-5: how many of the quintile cuts `value` is above, plus one."""
+    return 1 + sum(1 for c in cuts if value > c)
+
+
+@mypyc_attr(native_class=False)  # pickled, read as __dict__: see patronage/compiled.py
 @dataclass(frozen=True)
 class Persona:
     label: str
@@ -219,6 +227,7 @@ class Persona:
     figures: dict[str, float]  # the centroid in people's units: what the label rests on
 
 
+@mypyc_attr(native_class=False)  # pickled, read as __dict__: see patronage/compiled.py
 @dataclass(frozen=True)
 class FrozenModel:
     """What every worker scores with; immutable, JSON-serialisable."""
@@ -263,14 +272,11 @@ class FrozenModel:
         return best
 
     def rfm(self, recency_days: float, frequency: float, monetary: float) -> tuple[int, int, int]:
-        def score(value: float, cuts: Sequence[float]) -> int:
-            return 1 + sum(1 for c in cuts if value > c)
-
-        r = 6 - score(recency_days, self.rfm_cuts.get("recency", ()))
+        r = 6 - _quintile(recency_days, self.rfm_cuts.get("recency", ()))
         return (
             max(1, min(5, r)),
-            score(frequency, self.rfm_cuts.get("frequency", ())),
-            score(monetary, self.rfm_cuts.get("monetary", ())),
+            _quintile(frequency, self.rfm_cuts.get("frequency", ())),
+            _quintile(monetary, self.rfm_cuts.get("monetary", ())),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -345,6 +351,7 @@ RFM_QUINTILES = (0.2, 0.4, 0.6, 0.8)
 CLIP = 3.0
 
 
+@mypyc_attr(native_class=False)  # pickled, read as __dict__: see patronage/compiled.py
 @dataclass(frozen=True)
 class Fit:
     """A refit on the sample, its centres already matched to the previous ids."""
@@ -359,6 +366,7 @@ class Fit:
     inertia: float
 
 
+@mypyc_attr(native_class=False)  # pickled, read as __dict__: see patronage/compiled.py
 @dataclass
 class SegmentTrainer:
     """The single learner: a customer sample, k-means refits, RFM quintiles."""
@@ -552,6 +560,7 @@ def read_checkpoint(raw: str | bytes) -> SegmentTrainer:
     return SegmentTrainer.from_checkpoint(doc)
 
 
+@mypyc_attr(native_class=False)  # pickled, read as __dict__: see patronage/compiled.py
 @dataclass(frozen=True)
 class Refit:
     """What the fit process returns: the fit, the trainer's next version
@@ -674,6 +683,7 @@ def describe(
     return Persona(label=label, description=description, size=size, figures=figures)
 
 
+@mypyc_attr(native_class=False)  # pickled, read as __dict__: see patronage/compiled.py
 @dataclass(frozen=True)
 class SegmentDecision:
     segment: int

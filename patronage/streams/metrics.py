@@ -156,7 +156,7 @@ class _Collector(Collector):
         yield restarts
         compiled_in_use = _gauge(
             "patronage_compiled_modules",
-            "1 if this worker validates and reads profiles with the mypyc-compiled modules "
+            "1 if this worker validates, reads and scores profiles with the mypyc-compiled modules "
             "(patronage/compiled.py), 0 if with their Python sources.",
         )
         compiled_in_use.add_metric([], 1 if compiled.in_use() else 0)

@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     # worker's are, in the worker itself, without the hop.
     prepare_process: bool = True
     prepare_process_min_records: int = Field(2_000, ge=1, le=100_000)
-    # The mypyc-compiled ingest modules (patronage/compiled.py), read when
+    # The mypyc-compiled ingest and scoring modules (patronage/compiled.py), read when
     # patronage.models is first imported; validated here so a typo stops start-up.
     compiled: Literal["auto", "on", "off"] = "auto"
     # How far below the worker the learner's fit process runs (nice(2)

@@ -1,10 +1,11 @@
-"""The mypyc-compiled ingest modules (patronage/compiled.py): used only while
-fresh, and preparing exactly what the sources prepare.
+"""The mypyc-compiled ingest and scoring modules (patronage/compiled.py):
+used only while fresh, and preparing and scoring exactly what the sources do.
 
 The suite runs on the compiled modules (`make test` sets PATRONAGE_COMPILED=on),
 so every other test checks them too; this file adds what those tests cannot
-see: the same records prepared by both forms in two processes, compared
-field by field, and the rules that keep a stale build from being used.
+see: the same records prepared, and the same profiles scored, by both forms
+in two processes, compared field by field, and the rules that keep a stale
+build from being used.
 """
 
 from __future__ import annotations
@@ -202,5 +203,103 @@ def test_the_compiled_modules_prepare_what_the_sources_prepare(tmp_path: Path) -
     expected, actual = source["summary"], built["summary"]
     assert len(expected["dead_letters"]) > 100  # the mutations reached validation
     assert sum(map(len, expected["by_customer"].values())) > 5_000
+    for part in expected:
+        assert actual[part] == expected[part], part
+
+
+# -- the same scores from both forms ---------------------------------------
+
+
+def scores_summary() -> dict[str, Any]:
+    """In a child process: profiles of a simulated shop (the pipeline over
+    its backlog, in memory), a segment model and prediction parameters
+    learnt from them, and every profile's decision, features, predictions
+    and value; all as text."""
+    import numpy as np
+
+    from patronage.models.features import category_spend, features, rfm_inputs
+    from patronage.models.predict import clv_many, fit_population, predictions, purchase_history
+    from patronage.models.segments import SegmentTrainer, decide, read_checkpoint
+    from patronage.models.segments import checkpoint_text as segment_checkpoint
+    from patronage.streams.memory import (
+        MemoryModelStore,
+        MemoryProfileStore,
+        RecordingProducer,
+        stored_fields,
+    )
+    from patronage.streams.pipeline import Pipeline
+
+    settings = Settings(lapse_clock="event")
+    events, _ = generate(600, 150, seed=21, start_ms=(NOW // DAY_MS - 151) * DAY_MS)
+    records = as_records(events, settings.partitions)
+    store = MemoryProfileStore(settings.profile_config)
+    pipe = Pipeline(
+        settings, store, MemoryModelStore(), RecordingProducer(), clock=lambda: NOW / 1000
+    )
+    pipe.test(records[i : i + 2000] for i in range(0, len(records), 2000))
+    profiles = {c: stored_fields(state) for c, state in sorted(store.states.items())}
+    half_life = settings.profile_config.half_life_ms
+    # warmup_days a float, as the settings give it: compiled, an int 0 is
+    # stored as 0.0 (mypyc converts to the declared type), 0 from the sources.
+    trainer = SegmentTrainer(seed=3, warmup=100, warmup_days=0.0, n_clusters=5)
+    xs = {}
+    for customer_id, fields in profiles.items():
+        if "last_seen" in fields:
+            spend = category_spend(fields)
+            xs[customer_id] = features(fields, spend)
+            top = max(spend, key=spend.__getitem__) if spend else None
+            trainer.learn(customer_id, xs[customer_id], top, rfm_inputs(fields, NOW, half_life))
+    model = trainer.freeze(NOW)
+    assert model is not None
+    again = read_checkpoint(segment_checkpoint(trainer))
+    histories = {c: h for c, f in profiles.items() if (h := purchase_history(f, NOW))}
+    fitted = fit_population(list(histories.values()), 1, NOW)
+    assert not isinstance(fitted, str), fitted
+    columns = [np.array(column) for column in zip(*histories.values(), strict=True)]
+    values = clv_many(fitted.purchases, fitted.spend, *columns, weeks=365 / 7)
+    return {
+        "model": model.to_json(),
+        "checkpoint": segment_checkpoint(again),
+        "parameters": fitted.to_json(),
+        "features": {c: sorted(map(repr, x.items())) for c, x in xs.items()},
+        "decisions": {
+            c: repr(
+                decide(profiles[c], x, model, None, 0.1, rfm_inputs(profiles[c], NOW, half_life))
+            )
+            for c, x in xs.items()
+        },
+        "predictions": {c: repr(predictions(f, NOW, fitted)) for c, f in profiles.items()},
+        "clv_many": [repr(float(v)) for v in values],
+    }
+
+
+def print_scores() -> None:
+    print(json.dumps({"compiled": compiled.in_use(), "summary": scores_summary()}, default=repr))
+
+
+def _scored_by(form: str) -> dict[str, Any]:
+    env = {**os.environ, compiled.ENV: form}
+    code = "from tests.unit.test_compiled import print_scores; print_scores()"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def test_the_compiled_modules_score_what_the_sources_score() -> None:
+    """Scoring (segments.py, predict.py) compiled: the model learnt, every
+    decision, prediction and value equal to the last bit — a compiled float
+    path that rounded differently would move customers between segments and
+    tiers on the live path only."""
+    if compiled.mode() != "on" and not _built():
+        pytest.skip("compiled modules not built (make install builds them)")
+    source = _scored_by("off")
+    built = _scored_by("on")
+    assert (source["compiled"], built["compiled"]) == (False, True)
+    expected, actual = source["summary"], built["summary"]
+    assert len(expected["decisions"]) > 300
+    assert sum(d != "None" for d in expected["decisions"].values()) > 100
+    assert sum("'available': True" in p for p in expected["predictions"].values()) > 100
     for part in expected:
         assert actual[part] == expected[part], part
