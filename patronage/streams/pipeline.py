@@ -37,6 +37,7 @@ from patronage.streams.collector import collector_held
 from patronage.streams.fitpool import FitProcess
 from patronage.streams.identities import Resolver, Stitcher
 from patronage.streams.metrics import WorkerMetrics
+from patronage.streams.pacing import BatchesInHand
 from patronage.streams.predicting import ParameterStore, Predictor
 from patronage.streams.preparing import prepare_packed, record_columns, unpacked
 from patronage.streams.retry import Retry
@@ -135,6 +136,7 @@ class Pipeline:
             self.send,
             self.pass_now,
             self.resolver.activity if settings.identity_stitching else None,
+            ingest_busy=self.ingest_busy_s,
         )
         self.learner = Learner(settings, models, clock)
         self.sweeper = LapseSweeper(
@@ -157,9 +159,8 @@ class Pipeline:
         # Validates large batches while the worker finishes the one before
         # (streams/preparing.py); none in tests and with the setting off.
         self.prepare_process: FitProcess | None = None
-        self._batches_in_hand = 0
-        self._no_batch_in_hand = asyncio.Event()
-        self._no_batch_in_hand.set()
+        # Background passes wait for them and yield to them (pacing.py).
+        self.in_hand = BatchesInHand()
         # Sources kept between batches while the assignment stands.
         self._sources_seen: dict[tuple[str, int], SourceState] = {}
         self._sources_assignment: frozenset[tuple[str, int]] = frozenset()
@@ -182,14 +183,15 @@ class Pipeline:
 
     async def process_prepared(self, work: Awaitable[PreparedWork]) -> None:
         """A batch whose preparing `work` is (or is to be) done, finished."""
-        self._batches_in_hand += 1
-        self._no_batch_in_hand.clear()
+        self.in_hand.enter()
         try:
             await self.finish(await work)
         finally:
-            self._batches_in_hand -= 1
-            if not self._batches_in_hand:
-                self._no_batch_in_hand.set()
+            self.in_hand.leave()
+
+    def ingest_busy_s(self) -> float:
+        """Seconds (on time.perf_counter) with an input batch in hand so far."""
+        return self.in_hand.busy_s()
 
     async def between_batches(self) -> None:
         """Wait until no input batch is in hand — at most
@@ -197,9 +199,9 @@ class Pipeline:
         A re-scoring pass runs its slices here: interleaved with a batch, it
         ran at every one of the batch's awaits and added its whole length to
         that batch's latency."""
-        if self._batches_in_hand:
+        if self.in_hand.count:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._no_batch_in_hand.wait(), BACKGROUND_PATIENCE_S)
+                await asyncio.wait_for(self.in_hand.none.wait(), BACKGROUND_PATIENCE_S)
 
     async def prepare(self, records: list[Record], inputs: InputLog) -> PreparedWork:
         """Validation and delta building: Python only (the sources are cached
@@ -440,7 +442,9 @@ class Pipeline:
             return  # the running pass will be followed by the next refresh
         now = await self.pass_now(owned)
         self.rescoring = asyncio.create_task(
-            self.segmenter.rescore_partitions(owned, now, self.send, self.between_batches)
+            self.segmenter.rescore_partitions(
+                owned, now, self.send, self.between_batches, self.ingest_busy_s
+            )
         )
         self.rescoring.add_done_callback(_report_rescoring)
 

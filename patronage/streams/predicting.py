@@ -119,8 +119,10 @@ class Predictor:
         send: Send,
         pass_now: Callable[[set[int]], Awaitable[float]],
         people: People | None = None,
+        ingest_busy: Callable[[], float] | None = None,
     ) -> None:
         self.settings = settings
+        self.ingest_busy = ingest_busy  # a re-valuing pass yields to ingest by it (pacing.py)
         # part -> its person (canonical id, newest order), for linked parts
         self.people = people
         self.pass_now = pass_now  # what a pass over partitions values at
@@ -258,7 +260,7 @@ class Predictor:
         """Tiers valued with the new parameters; every buyer's next at-risk
         judgement brought forward to its new moment (an earlier one stays)."""
         seen = 0
-        pacer = Pacer(self.settings.background_pass_share)
+        pacer = Pacer(self.settings.background_pass_share, ingest_busy=self.ingest_busy)
         for partition in sorted(partitions):
             cursor = 0
             while True:

@@ -293,6 +293,7 @@ class Segmenter:
         now_ms: float,
         send: Send,
         between_batches: Callable[[], Awaitable[None]] | None = None,
+        ingest_busy: Callable[[], float] | None = None,
     ) -> int:
         """Re-score the customers of the owned partitions (their members sets:
         the cost follows what this worker owns, not the keyspace), in slices
@@ -303,7 +304,7 @@ class Segmenter:
         model arriving mid-pass restarts the pass with it, so nobody is left
         judged by an older version."""
         seen = 0
-        pacer = Pacer(self.settings.background_pass_share, between_batches)
+        pacer = Pacer(self.settings.background_pass_share, between_batches, ingest_busy=ingest_busy)
         busy_before = self.rescore_busy_s
         while (model := self.model) is not None:
             finished = True

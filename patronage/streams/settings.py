@@ -146,8 +146,9 @@ class Settings(BaseSettings):
     # Customers re-scored per slice after a promotion; ingest runs between slices.
     segment_rescore_slice: int = Field(50, ge=10, le=10_000)
     # Share of the worker's time a re-scoring (promotion) or re-valuing
-    # (refit) pass may take; it rests between slices to stay under it (1: no
-    # rests, every idle moment of the loop).
+    # (refit) pass may take; it rests between slices to stay under it, and
+    # takes less while ingest is busy (pacing.pass_share). 1: no rests,
+    # every idle moment of the loop.
     background_pass_share: float = Field(0.25, gt=0, le=1)
     segment_seed: int = 42
     # Share of customers (by id hash) whose every update feeds the learner;

@@ -431,6 +431,70 @@ def test_a_rescoring_pass_keeps_to_its_share_of_the_time(share: float) -> None:
     assert {f.fields["segment_version"] for f in store.states.values()} == {"1"}
 
 
+def test_a_rescoring_pass_yields_more_while_ingest_is_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pass's share follows ingest's load (pacing.pass_share): with input
+    batches in hand most of the time it takes less than its setting; with
+    none, its setting. `ingest_busy_s` counts the time a batch was in hand."""
+    import patronage.streams.segmenting as segmenting_module
+    from patronage.streams.pacing import Pacer
+
+    pacers: list[Pacer] = []
+
+    class Recorded(Pacer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            pacers.append(self)
+
+    monkeypatch.setattr(segmenting_module, "Pacer", Recorded)
+    settings = Settings(segment_warmup=50, segment_learn_sample=1.0, segment_rescore_slice=10)
+    pipe, store, producer = shop_of_80_drained(settings)
+    events, _ = generate(customers=5, days=10, seed=12, start_ms=START_MS + 121 * DAY_MS)
+    batch = as_records(events, settings.partitions)
+    apply = store.apply_batch
+
+    async def slow_apply(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.02)  # a batch in hand, waiting on Redis
+        return await apply(*args, **kwargs)
+
+    store.apply_batch = slow_apply  # type: ignore[method-assign]
+
+    async def run() -> tuple[float, float]:
+        assert await pipe.learner.learn(producer.on("segment-features")) is not None
+        before = pipe.ingest_busy_s()
+        for _ in range(3):
+            await pipe.process(batch, StaticLog())
+        counted = pipe.ingest_busy_s() - before
+        # Busy: batches back to back while the pass runs.
+        await pipe.refresh_model(set(range(settings.partitions)))
+        assert pipe.rescoring is not None
+        while not pipe.rescoring.done():
+            await pipe.process(batch, StaticLog())
+        await pipe.rescoring
+        idle = pipe.ingest_busy_s()
+        await asyncio.sleep(0.05)
+        return counted, pipe.ingest_busy_s() - idle
+
+    counted, while_idle = asyncio.run(run())
+    assert counted >= 3 * 0.02
+    assert while_idle == 0.0
+    (busy_pass,) = pacers
+    assert busy_pass.shares and min(busy_pass.shares) < settings.background_pass_share
+
+    # Idle ingest: a pass keeps its setting throughout.
+    pacers.clear()
+    owned = set(range(settings.partitions))
+    segmenter = pipe.segmenter
+    asyncio.run(
+        segmenter.rescore_partitions(
+            owned, 0.0, pipe.send, pipe.between_batches, pipe.ingest_busy_s
+        )
+    )
+    (idle_pass,) = pacers
+    assert idle_pass.shares and set(idle_pass.shares) == {settings.background_pass_share}
+
+
 def test_vectors_past_the_full_sample_are_not_sent_and_not_missed() -> None:
     """At a million customers nearly every update would be a message the
     learner throws away (its sample keeps the smallest id hashes). Once the
