@@ -125,6 +125,7 @@ class Pipeline:
         self.clock = clock
         self.stats = PipelineStats()
         self.metrics = metrics or WorkerMetrics()
+        self.in_hand = BatchesInHand()  # background passes yield to them (pacing.py)
         self.retry = Retry(settings.redis_retry_max_s, self.stats.counters, store.ensure_scripts)
         self.segmenter = Segmenter(settings, models, store)
         self.parameters = ParameterStore(models)
@@ -136,7 +137,7 @@ class Pipeline:
             self.send,
             self.pass_now,
             self.resolver.activity if settings.identity_stitching else None,
-            ingest_busy=self.ingest_busy_s,
+            ingest_busy=self.in_hand.busy_s,
         )
         self.learner = Learner(settings, models, clock)
         self.sweeper = LapseSweeper(
@@ -159,8 +160,6 @@ class Pipeline:
         # Validates large batches while the worker finishes the one before
         # (streams/preparing.py); none in tests and with the setting off.
         self.prepare_process: FitProcess | None = None
-        # Background passes wait for them and yield to them (pacing.py).
-        self.in_hand = BatchesInHand()
         # Sources kept between batches while the assignment stands.
         self._sources_seen: dict[tuple[str, int], SourceState] = {}
         self._sources_assignment: frozenset[tuple[str, int]] = frozenset()
@@ -188,10 +187,6 @@ class Pipeline:
             await self.finish(await work)
         finally:
             self.in_hand.leave()
-
-    def ingest_busy_s(self) -> float:
-        """Seconds (on time.perf_counter) with an input batch in hand so far."""
-        return self.in_hand.busy_s()
 
     async def between_batches(self) -> None:
         """Wait until no input batch is in hand — at most
@@ -443,7 +438,7 @@ class Pipeline:
         now = await self.pass_now(owned)
         self.rescoring = asyncio.create_task(
             self.segmenter.rescore_partitions(
-                owned, now, self.send, self.between_batches, self.ingest_busy_s
+                owned, now, self.send, self.between_batches, self.in_hand.busy_s
             )
         )
         self.rescoring.add_done_callback(_report_rescoring)

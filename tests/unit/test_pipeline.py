@@ -436,7 +436,7 @@ def test_a_rescoring_pass_yields_more_while_ingest_is_busy(
 ) -> None:
     """The pass's share follows ingest's load (pacing.pass_share): with input
     batches in hand most of the time it takes less than its setting; with
-    none, its setting. `ingest_busy_s` counts the time a batch was in hand."""
+    none, its setting. `in_hand.busy_s` counts the time a batch was in hand."""
     import patronage.streams.segmenting as segmenting_module
     from patronage.streams.pacing import Pacer
 
@@ -462,19 +462,19 @@ def test_a_rescoring_pass_yields_more_while_ingest_is_busy(
 
     async def run() -> tuple[float, float]:
         assert await pipe.learner.learn(producer.on("segment-features")) is not None
-        before = pipe.ingest_busy_s()
+        before = pipe.in_hand.busy_s()
         for _ in range(3):
             await pipe.process(batch, StaticLog())
-        counted = pipe.ingest_busy_s() - before
+        counted = pipe.in_hand.busy_s() - before
         # Busy: batches back to back while the pass runs.
         await pipe.refresh_model(set(range(settings.partitions)))
         assert pipe.rescoring is not None
         while not pipe.rescoring.done():
             await pipe.process(batch, StaticLog())
         await pipe.rescoring
-        idle = pipe.ingest_busy_s()
+        idle = pipe.in_hand.busy_s()
         await asyncio.sleep(0.05)
-        return counted, pipe.ingest_busy_s() - idle
+        return counted, pipe.in_hand.busy_s() - idle
 
     counted, while_idle = asyncio.run(run())
     assert counted >= 3 * 0.02
@@ -488,7 +488,7 @@ def test_a_rescoring_pass_yields_more_while_ingest_is_busy(
     segmenter = pipe.segmenter
     asyncio.run(
         segmenter.rescore_partitions(
-            owned, 0.0, pipe.send, pipe.between_batches, pipe.ingest_busy_s
+            owned, 0.0, pipe.send, pipe.between_batches, pipe.in_hand.busy_s
         )
     )
     (idle_pass,) = pacers
