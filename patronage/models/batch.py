@@ -23,7 +23,7 @@ from typing import Any
 from mypy_extensions import mypyc_attr
 
 from patronage.models.contracts import DeadLetter, format_ts
-from patronage.models.profile import Delta, to_delta
+from patronage.models.profile import CustomerDeltas, packed_customer, to_delta
 from patronage.models.sources import source_label
 from patronage.models.validate import Accepted, LineProblem, Rules, validate
 
@@ -40,7 +40,9 @@ class Record:
 
 @dataclass
 class PreparedBatch:
-    by_customer: dict[str, list[Delta]] = field(default_factory=dict)
+    # Delta objects as prepared; packed for Redis when it travels back from
+    # the prepare process (`packed_for_redis`)
+    by_customer: dict[str, CustomerDeltas] = field(default_factory=dict)
     dead_letters: list[tuple[bytes | None, DeadLetter]] = field(default_factory=list)
     accepted: Counter[str] = field(default_factory=Counter)  # per topic
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, code)
@@ -80,6 +82,14 @@ def prepare_batch(
         except Exception as exc:  # the per-record guard: see the module docstring
             dead_letter(batch, record, "unprocessable", describe_exception(exc), now_ms, rules)
     return batch
+
+
+def packed_for_redis(batch: PreparedBatch, source_codes: Mapping[str, str]) -> None:
+    """Each customer's deltas packed as the apply script reads them, each
+    source as `source_codes` stores it (streams/store.py `source_codes`)."""
+    for customer_id, deltas in batch.by_customer.items():
+        if isinstance(deltas, list):
+            batch.by_customer[customer_id] = packed_customer(deltas, source_codes)
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -124,6 +134,7 @@ def _prepare_one(
         batch.by_customer[customer_id] = [delta]
         batch.records_of[customer_id] = [record]
     else:
+        assert isinstance(deltas, list), "a batch is packed only once it is prepared"
         deltas.append(delta)
         batch.records_of[customer_id].append(record)
     batch.partition_of[customer_id] = partition

@@ -35,10 +35,10 @@ import json
 import math
 import operator
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from mypy_extensions import mypyc_attr
 
@@ -128,6 +128,45 @@ def packed_deltas(deltas: Iterable[Delta], source_codes: Mapping[str, str]) -> b
     """The apply script's deltas argument (layout.DELTA_FORMATS), each
     delta's source as `source_codes` stores it."""
     return b"".join([_packed(delta, source_codes[delta.source]) for delta in deltas])
+
+
+class PackedDeltas(NamedTuple):
+    """One customer's deltas of a batch, packed for the apply script where
+    the batch was prepared (the prepare process), with what the worker still
+    reads of them. A Delta object each cost the worker more to unpickle than
+    the packed bytes (docs/benchmarks.md, "The deltas packed in the prepare
+    process")."""
+
+    packed: bytes  # packed_deltas(...)
+    first_activity: int | None  # first_activity(...)
+    first_order: float | None  # first_order(...)
+
+
+# A customer's deltas in a prepared batch: objects, or packed for Redis.
+CustomerDeltas = list[Delta] | PackedDeltas
+
+
+def packed_customer(deltas: Sequence[Delta], source_codes: Mapping[str, str]) -> PackedDeltas:
+    return PackedDeltas(
+        packed_deltas(deltas, source_codes), first_activity(deltas), first_order(deltas)
+    )
+
+
+def first_activity(deltas: Sequence[Delta] | PackedDeltas) -> int | None:
+    """The earliest time of these deltas' events (attributes are not
+    activity): no lapse they open can be judged before it."""
+    if isinstance(deltas, PackedDeltas):
+        return deltas.first_activity
+    times = [d.ts for d in deltas if d.kind != "attributes"]
+    return min(times) if times else None
+
+
+def first_order(deltas: Sequence[Delta] | PackedDeltas) -> float | None:
+    """The time of the earliest order with a basket among these deltas."""
+    if isinstance(deltas, PackedDeltas):
+        return deltas.first_order
+    times = [float(d.ts) for d in deltas if d.kind == "order" and d.basket > 0]
+    return min(times) if times else None
 
 
 _NUMBERS = struct.Struct(">ddi")  # offset, ts, day

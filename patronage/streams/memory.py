@@ -13,7 +13,7 @@ import asyncio
 import json
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from typing import Any
 
 from patronage.models.clock import with_batch
@@ -23,9 +23,11 @@ from patronage.models.layout import SCORED_FIELDS, stored_text
 from patronage.models.predict import FittedParameters
 from patronage.models.profile import (
     Delta,
+    PackedDeltas,
     ProfileConfig,
     ProfileState,
     apply,
+    first_activity,
     judge_lapses,
     profile_view,
 )
@@ -54,7 +56,7 @@ class MemoryProfileStore:
 
     async def apply_batch(
         self,
-        by_customer: dict[str, list[Delta]],
+        by_customer: Mapping[str, Sequence[Delta] | PackedDeltas],
         partition_of: dict[str, int] | None = None,
         clocks: Mapping[int, float] | None = None,
         marks: Mapping[int, Mapping[str, int]] | None = None,
@@ -63,6 +65,9 @@ class MemoryProfileStore:
     ) -> ApplyResult:
         result = ApplyResult()
         for customer_id, deltas in by_customer.items():
+            if isinstance(deltas, PackedDeltas):
+                # source_codes() said None: nothing is packed for this store.
+                raise TypeError("the in-memory store applies Delta objects, not packed deltas")
             partition = (partition_of or {}).get(customer_id)
             clock = (clocks or {}).get(partition, 0.0) if partition is not None else 0.0
             state = self.states.get(customer_id, ProfileState())
@@ -77,10 +82,9 @@ class MemoryProfileStore:
             if state.outbox:
                 result.outbox[customer_id] = _outbox(state)
             result.profiles[customer_id] = self._fields(state)
-            activity = [d.ts for d in deltas if d.kind != "attributes"]
-            if partition is not None and activity:
+            bound = first_activity(deltas)
+            if partition is not None and bound is not None:
                 due = self.due.setdefault(partition, {})
-                bound = min(activity)
                 due[customer_id] = min(due.get(customer_id, float("inf")), bound)
                 result.lapse_due.setdefault(partition, []).append((customer_id, bound, again))
             if partition is not None:
@@ -92,6 +96,9 @@ class MemoryProfileStore:
             if (seen.epoch, seen.max_offset) > (current.epoch, current.max_offset):
                 self.sources[tp] = seen
         return result
+
+    async def source_codes(self, labels: Iterable[str]) -> dict[str, str] | None:
+        return None  # deltas stay objects here: nothing to pack
 
     async def judge(
         self, customers: Mapping[str, float]

@@ -30,8 +30,9 @@ from patronage.models.clock import with_batch
 from patronage.models.features import category_spend, rfm_inputs
 from patronage.models.identity import Person, PersonChange, holds_for_person
 from patronage.models.lapse import finding_from_json, to_alert
+from patronage.models.profile import first_order
 from patronage.models.segments import customer_hash
-from patronage.models.sources import SourceState, observe
+from patronage.models.sources import SourceState, observe, source_label
 from patronage.models.validate import Rules
 from patronage.streams.collector import collector_held
 from patronage.streams.fitpool import FitProcess
@@ -218,10 +219,14 @@ class Pipeline:
         sources, now_ms, args = await self._prepare_args(records, inputs)
         process = self.prepare_process
         assert process is not None, "prepare_in without a prepare process"
+        epochs = args[-1]
+        labels = [source_label(topic, p, epochs.get((topic, p), 0)) for topic, p in sources]
+        codes = await self.retry("sources", lambda: self.store.source_codes(labels))
 
         async def prepared() -> PreparedWork:
             try:
-                blob = await process.run(prepare_packed, record_columns(records), *args)
+                columns = record_columns(records)
+                blob = await process.run(prepare_packed, columns, *args, codes)
             except Exception as exc:  # it died twice, or the batch could not be pickled
                 # Preparing is pure: here it is the same batch, only slower.
                 log.warning("the prepare process failed (%r); preparing in the worker", exc)
@@ -279,9 +284,9 @@ class Pipeline:
             result.profiles = people
         scored_at = self._scoring_now(batch, now_ms)
         purchased = {
-            customer_id: min(orders)
+            customer_id: first
             for customer_id, deltas in batch.by_customer.items()
-            if (orders := [float(d.ts) for d in deltas if d.kind == "order" and d.basket > 0])
+            if (first := first_order(deltas)) is not None
         }
         await self.retry(
             "scores", lambda: self._score(result, scored_at, batch.partition_of, purchased)

@@ -13,9 +13,11 @@ pickling those costs the worker less than half of pickling a `Record`
 each, and the pickling runs in the pool's feeder thread, which holds the
 GIL the ingest loop needs), and the prepared batch comes back pickled
 without them (the worker still holds them; `records_of` travels as
-positions). The worker unpickles with the collector held off: a
-20,000-record batch is ~10^5 new objects, and the collections they
-triggered cost more than the unpickling itself.
+positions). Each customer's deltas come back packed as the apply script
+reads them (one bytes object, not a Delta object each: the hop costs less
+and the packing is off the worker's thread). The worker unpickles with the
+collector held off: a 20,000-record batch is ~10^5 new objects, and the
+collections they triggered cost more than the unpickling itself.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import datetime as dt
 import pickle
 from collections.abc import Mapping, Sequence
 
-from patronage.models.batch import PreparedBatch, Record, prepare_batch
+from patronage.models.batch import PreparedBatch, Record, packed_for_redis, prepare_batch
 from patronage.models.validate import Rules
 
 # topics, partitions, offsets, keys, values: record i is the i-th of each
@@ -54,11 +56,17 @@ def prepare_packed(
     now_ms: int,
     zone: dt.tzinfo,
     epochs: Mapping[tuple[str, int], int],
+    source_codes: Mapping[str, str] | None = None,
 ) -> bytes:
     """In the prepare process: `prepare_batch` of these records, pickled,
-    with its records as their positions."""
+    with its records as their positions; with `source_codes` (each source
+    label as the store codes it), each customer's deltas packed for Redis
+    here rather than in the worker."""
     records = records_from(columns)
-    return packed(prepare_batch(records, kinds, rules, now_ms, zone, epochs), records)
+    batch = prepare_batch(records, kinds, rules, now_ms, zone, epochs)
+    if source_codes is not None:
+        packed_for_redis(batch, source_codes)
+    return packed(batch, records)
 
 
 def packed(batch: PreparedBatch, records: list[Record]) -> bytes:

@@ -57,8 +57,10 @@ from patronage.models.layout import (
 )
 from patronage.models.profile import (
     Delta,
+    PackedDeltas,
     ProfileConfig,
     ProfileState,
+    first_activity,
     packed_deltas,
     profile_view,
 )
@@ -473,15 +475,40 @@ class ProfileStore:
         assert set(fixed) == set(APPLY_SETTINGS)
         return fixed
 
-    def _apply_args(self, deltas: Sequence[Delta], clock: float) -> list[Any]:
+    def _apply_args(self, deltas: Sequence[Delta] | PackedDeltas, clock: float) -> list[Any]:
         # In layout.APPLY_ARGS order.
-        return [packed_deltas(deltas, self._stored_sources), repr(float(clock))]
+        if isinstance(deltas, PackedDeltas):
+            packed = deltas.packed  # packed where the batch was prepared
+        else:
+            packed = packed_deltas(deltas, self._stored_sources)
+        return [packed, repr(float(clock))]
 
-    async def _code_sources(self, by_customer: Mapping[str, Sequence[Delta]]) -> None:
-        """Each source label of these deltas as stored, a new topic given its
-        code first (one round trip, only when a batch brings one)."""
+    async def source_codes(self, labels: Iterable[str]) -> dict[str, str]:
+        """Each source label as the apply script gets it, a new topic given
+        its code first: for a batch packed where it is prepared."""
+        wanted = set(labels)
+        await self._code_source_labels(wanted)
+        return {label: self._stored_sources[label] for label in wanted}
+
+    async def _code_sources(
+        self, by_customer: Mapping[str, Sequence[Delta] | PackedDeltas]
+    ) -> None:
+        """Each source label of these deltas as stored (a packed customer's
+        were coded before it was packed)."""
+        await self._code_source_labels(
+            {
+                d.source
+                for deltas in by_customer.values()
+                if not isinstance(deltas, PackedDeltas)
+                for d in deltas
+            }
+        )
+
+    async def _code_source_labels(self, labels: set[str]) -> None:
+        """These source labels as stored, a new topic given its code first
+        (one round trip, only when a batch brings one)."""
         known = self._stored_sources
-        new = {d.source for deltas in by_customer.values() for d in deltas if d.source not in known}
+        new = {label for label in labels if label not in known}
         if not new:
             return
         await self._give_codes({source.partition(":")[0] for source in new})
@@ -522,7 +549,7 @@ class ProfileStore:
 
     async def apply_batch(
         self,
-        by_customer: dict[str, list[Delta]],
+        by_customer: Mapping[str, Sequence[Delta] | PackedDeltas],
         partition_of: dict[str, int] | None = None,
         clocks: Mapping[int, float] | None = None,
         marks: Mapping[int, Mapping[str, int]] | None = None,
@@ -555,9 +582,9 @@ class ProfileStore:
             ops.append(self._apply_op(customer_id, self._apply_args(deltas, clock)))
             if partition is None:
                 continue
-            activity = [d.ts for d in deltas if d.kind != "attributes"]
-            if activity:
-                due.setdefault(partition, {})[customer_id] = min(activity)
+            earliest = first_activity(deltas)
+            if earliest is not None:
+                due.setdefault(partition, {})[customer_id] = earliest
             else:
                 parked.setdefault(partition, {})[customer_id] = PARKED + wall_ms
         ops.extend(self._bookkeeping_ops(due, marks or {}, sources or {}, wall_ms))

@@ -8,13 +8,13 @@ streams/memory.py; Faust's producer and consumer implement `Producer` and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from patronage.models.identity import Person
 from patronage.models.predict import FittedParameters
-from patronage.models.profile import Delta, ProfileState
+from patronage.models.profile import Delta, PackedDeltas, ProfileState
 from patronage.models.segments import FrozenModel, SegmentTrainer
 from patronage.models.sources import SourceState
 
@@ -64,13 +64,18 @@ class ProfileStoreT(Protocol):
 
     async def apply_batch(
         self,
-        by_customer: dict[str, list[Delta]],
+        by_customer: Mapping[str, Sequence[Delta] | PackedDeltas],
         partition_of: dict[str, int] | None = None,
         clocks: Mapping[int, float] | None = None,
         marks: Mapping[int, Mapping[str, int]] | None = None,
         sources: Mapping[tuple[str, int], SourceState] | None = None,
         wall_ms: int = 0,
     ) -> ApplyResult: ...
+
+    async def source_codes(self, labels: Iterable[str]) -> dict[str, str] | None:
+        """Each source label as the store's apply takes it (for a batch
+        packed where it is prepared), or None where deltas are not packed."""
+        ...
 
     async def judge(
         self, customers: Mapping[str, float]

@@ -19,11 +19,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from patronage.models import layout
+from patronage.models.batch import PreparedBatch, packed_for_redis
 from patronage.models.lapse import Finding, LapseRules, finding_from_json
 from patronage.models.layout import PARKED, Trail, decode_profile, decode_trail, split_profile
 from patronage.models.profile import (
     DAY_MS,
     Delta,
+    PackedDeltas,
     ProfileConfig,
     ProfileState,
     apply,
@@ -410,3 +412,45 @@ def test_retention_trims_only_customers_parked_since_before_its_horizon(redis_up
     assert scores["kept"] == PARKED + wall + retention // 2
     assert scores["new"] == PARKED + wall + retention + 1
     assert due == ["pending"] and scores["pending"] < PARKED
+
+
+def test_deltas_packed_where_prepared_apply_as_the_objects_do(redis_up: str) -> None:
+    """A batch packed in the prepare process (`packed_for_redis` with the
+    store's `source_codes`) against the same batch applied as Delta objects,
+    in two prefixes of one real server: the same stored profiles byte for
+    byte, the same lapse schedule. The source codes are the store's own, given by its Redis
+    table: a wrong code would store offsets under a source no redelivery
+    check ever finds, which no in-memory store shows."""
+    rng = random.Random(5)
+    by_customer = {f"c{i}": random_deltas(rng, f"c{i}", rng.randint(1, 12)) for i in range(40)}
+    partition_of = {c: i % 3 for i, c in enumerate(by_customer)}
+    clocks = {p: float(T0 + 200 * DAY_MS) for p in range(3)}
+
+    async def run() -> list[object]:
+        client = aioredis.Redis.from_url(redis_up)
+        as_objects = ProfileStore(client, f"test{uuid.uuid4().hex[:8]}", CFG)
+        packed_here = ProfileStore(client, f"test{uuid.uuid4().hex[:8]}", CFG)
+        try:
+            batch = PreparedBatch(by_customer={c: list(d) for c, d in by_customer.items()})
+            labels = {d.source for deltas in by_customer.values() for d in deltas}
+            codes = await packed_here.source_codes(labels)
+            assert codes is not None and set(codes) == labels
+            packed_for_redis(batch, codes)
+            assert all(isinstance(d, PackedDeltas) for d in batch.by_customer.values())
+            outcomes = []
+            for store, deltas in ((as_objects, by_customer), (packed_here, batch.by_customer)):
+                result = await store.apply_batch(deltas, partition_of, clocks)
+                # As stored, offsets under their coded sources included.
+                profiles = {c: await client.get(store.profile_key(c)) for c in by_customer}
+                due = [await store.due_customers(p, 4e12, 100) for p in range(3)]
+                outcomes.append((result.applied, result.outbox, result.lapse_due, profiles, due))
+            return outcomes
+        finally:
+            for store in (as_objects, packed_here):
+                await store.delete_prefix()
+            await client.aclose()
+
+    objects, packed = asyncio.run(run())
+    assert packed == objects
+    applied, _, _, profiles, due = objects  # type: ignore[misc]
+    assert applied > 100 and all(profiles.values()) and any(due)

@@ -24,7 +24,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from patronage.models.batch import PreparedBatch, Record, prepare_batch
-from patronage.models.profile import profile_view
+from patronage.models.profile import PackedDeltas, packed_deltas, profile_view
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
 from patronage.streams.fitpool import FitProcess
@@ -299,6 +299,37 @@ def test_a_prepare_process_that_fails_leaves_the_batch_to_the_worker(
     assert pipe.stats.counters["batches_prepared_in_worker_after_failure"] == 1
     inputs = [r for r in records if r.topic in settings.input_topics]
     assert set(store.states) == set(reference_views(inputs, settings))
+
+
+def test_a_batch_packed_there_is_what_the_store_would_pack_here(process: FitProcess) -> None:
+    """Given the store's source codes, each customer's deltas come back
+    packed: the bytes the store packs from the objects, and the earliest
+    activity and order the worker still reads of them."""
+    settings = Settings()
+    records = shop_records(settings)
+    epochs = {("clicks", 2): 3}
+    args = (settings.input_topics, settings.rules, NOW_MS, settings.zone, epochs)
+    here = prepare_batch(records, *args)
+    labels = {d.source for deltas in here.by_customer.values() for d in deltas}
+    codes = {label: f"{i}:{label.partition(':')[2]}" for i, label in enumerate(sorted(labels))}
+    blob = asyncio.run(process.run(prepare_packed, record_columns(records), *args, codes))
+    there = unpacked(blob, records)
+
+    assert there.by_customer.keys() == here.by_customer.keys()
+    assert "clicks:2#e3" in labels
+    buyers = 0
+    for customer_id, deltas in here.by_customer.items():
+        assert isinstance(deltas, list)
+        got = there.by_customer[customer_id]
+        assert isinstance(got, PackedDeltas)
+        assert got.packed == packed_deltas(deltas, codes)
+        activity = [d.ts for d in deltas if d.kind != "attributes"]
+        assert got.first_activity == (min(activity) if activity else None)
+        orders = [d.ts for d in deltas if d.kind == "order" and d.basket > 0]
+        assert got.first_order == (float(min(orders)) if orders else None)
+        buyers += bool(orders)
+    assert buyers >= 10
+    assert there.dead_letters == here.dead_letters
 
 
 def ingest_log() -> Any:
