@@ -7,12 +7,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from patronage.models import validate as validate_module
-from patronage.models.contracts import Item, Purchase, parse_ts, routing_key
+from patronage.models.contracts import Click, Item, Purchase, parse_ts, routing_key
+from patronage.models.simulate import generate
 from patronage.models.validate import Accepted, Rejected, Rules, validate
+from tests.schema_fuzz import ADVERSARIAL_VALUES, leaf_paths, replaced, valid_documents
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 RULES = Rules(currencies={"EUR": 1.0, "USD": 0.9})
@@ -446,3 +449,98 @@ def test_remembered_labels_stay_bounded() -> None:
     for n in range(validate_module._STORABLE_MAX + 10):
         assert validate_module._storable_as_sent(f"sku-{n}")
     assert len(validate_module._STORABLE) <= validate_module._STORABLE_MAX
+
+
+def _cleaned(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document as `_validate` hands it to the model: labels cleaned."""
+    doc = dict(doc)
+    validate_module._clean_labels(doc, "click", [])
+    return doc
+
+
+def _as_validated(event: Any) -> Any:
+    """Everything validation sets on a model, with each value's type."""
+    return (
+        type(event),
+        [(name, type(value), value) for name, value in event.__dict__.items()],
+        event.__pydantic_fields_set__,
+        event.__pydantic_extra__,
+        event.__pydantic_private__,
+        event.model_dump(),
+        event.profile_id,
+    )
+
+
+_click_leaf = st.sampled_from(ADVERSARIAL_VALUES) | st.text(max_size=12) | st.integers()
+
+
+@st.composite
+def _click_documents(draw: st.DrawFn) -> dict[str, Any]:
+    """Schema-valid clicks, some with one leaf replaced, some with a field
+    dropped, as broken producers send them."""
+    doc: dict[str, Any] = draw(valid_documents("click"))
+    change = draw(st.sampled_from(["none", "leaf", "drop"]))
+    if change == "leaf":
+        path = draw(st.sampled_from(leaf_paths(doc)))
+        doc = replaced(doc, path, draw(_click_leaf))
+    elif change == "drop" and doc:
+        doc.pop(draw(st.sampled_from(sorted(doc))))
+    return doc
+
+
+def _click_as_sent_agrees(doc: dict[str, Any]) -> bool:
+    """The fast build gives exactly what validation gives, or stands aside;
+    True when it built the click."""
+    doc = _cleaned(doc)
+    built = validate_module.click_as_sent(dict(doc))
+    try:
+        validated: Click | None = Click.model_validate(doc)
+    except ValidationError:
+        validated = None
+    if built is None:
+        return False
+    assert validated is not None, doc  # never accepts what validation refuses
+    assert _as_validated(built) == _as_validated(validated)
+    return True
+
+
+@given(_click_documents())
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+def test_a_click_built_without_validation_is_the_validated_click(doc: dict[str, Any]) -> None:
+    _click_as_sent_agrees(doc)
+
+
+def test_every_leaf_of_a_click_with_every_adversarial_value() -> None:
+    sample = {
+        "type": "click",
+        "event_id": "ev-1",
+        "customer_id": "cust-1",
+        "anonymous_id": "cookie-9",
+        "ts": 1_767_225_600_000,
+        "session_id": "sess-9",
+        "page_type": "product",
+        "product_id": "sku-123",
+        "category": "Schuhe & Taschen",
+        "channel": "email",
+        "device": "mobile",
+    }
+    assert _click_as_sent_agrees(sample)
+    built = 0
+    for path in leaf_paths(sample):
+        for value in [*ADVERSARIAL_VALUES, " padded ", "x" * 129, "{brace}", "loyalty_card:1"]:
+            built += _click_as_sent_agrees(replaced(sample, path, value))
+        built += _click_as_sent_agrees({k: v for k, v in sample.items() if k != path[0]})
+    assert built > 20  # many changes still leave a click built without validation
+
+
+def test_a_shops_clicks_are_built_without_validation() -> None:
+    """The fast path is what a simulated shop's clicks take (else it would
+    cost a check and save nothing)."""
+    events, _ = generate(customers=60, days=60, seed=4, start_ms=1_767_225_600_000)
+    clicks = [e for e in events if e["type"] == "click"]
+    taken = sum(_click_as_sent_agrees(json.loads(json.dumps(c))) for c in clicks)
+    assert len(clicks) > 500 and taken == len(clicks)
+    # Shops that send RFC 3339 times too.
+    for click in clicks[:200]:
+        click["ts"] = "2026-03-29T01:59:59.250+01:00"
+        assert _click_as_sent_agrees(click)
