@@ -10,14 +10,16 @@ the best of `--repeats`:
 * `prepare_batch` per record, for each topic's records alone and for all
   (in batches of `--batch` records, as the worker takes them);
 * the hop (streams/preparing.py) in batches of `--batch` records: pickling
-  the records (the worker), unpickling them and pickling the prepared batch
-  (the prepare process, `packed`), unpickling it (the worker, `unpacked`),
-  and the prepared batch's bytes per record.
+  the records (the worker), unpickling them, packing the deltas for Redis
+  and pickling the prepared batch (the prepare process, `packed`),
+  unpickling it (the worker, `unpacked`), and the prepared batch's bytes
+  per record.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import pickle
@@ -29,7 +31,7 @@ from typing import Any
 from benchmarks.bench import backlog
 from benchmarks.bench_personas import records_of
 from patronage import compiled
-from patronage.models.batch import Record, prepare_batch
+from patronage.models.batch import Record, packed_for_redis, prepare_batch
 from patronage.streams.preparing import packed, record_columns, records_from, unpacked
 from patronage.streams.settings import Settings
 
@@ -77,13 +79,33 @@ def main() -> None:
 
     sent = [send(b) for b in batches]
     prepared = [prepare_batch(b, kinds, rules, now_ms, zone, {}) for b in batches]
-    back = [packed(p, b) for p, b in zip(prepared, batches, strict=True)]
+    # As the worker's store codes them (streams/store.py `source_codes`).
+    labels = {
+        d.source
+        for p in prepared
+        for deltas in p.by_customer.values()
+        if isinstance(deltas, list)
+        for d in deltas
+    }
+    codes = {label: f"{i}:{label.partition(':')[2]}" for i, label in enumerate(sorted(labels))}
     n = len(records)
+    # Each time on a copy of the batches' customer maps (packing replaces their values).
+    packing = per_record(
+        lambda: [
+            packed_for_redis(dataclasses.replace(p, by_customer=dict(p.by_customer)), codes)
+            for p in prepared
+        ],
+        n,
+    )
+    for p in prepared:
+        packed_for_redis(p, codes)
+    back = [packed(p, b) for p, b in zip(prepared, batches, strict=True)]
     hop = {
         "records_pickled_us": per_record(lambda: [send(b) for b in batches], n),
         "records_unpickled_us": per_record(
             lambda: [records_from(pickle.loads(s)) for s in sent], n
         ),
+        "deltas_packed_us": packing,
         "prepared_pickled_us": per_record(
             lambda: [packed(p, b) for p, b in zip(prepared, batches, strict=True)], n
         ),
