@@ -70,12 +70,14 @@ def _exit_with_parent(parent_pid: int, interval_s: float) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def fit_pool(interval_s: float = 1.0, niceness: int = 0, name: str = "") -> ProcessPoolExecutor:
-    """One spawned process (the fits in a thread still took the GIL from
+def fit_pool(
+    interval_s: float = 1.0, niceness: int = 0, name: str = "", processes: int = 1
+) -> ProcessPoolExecutor:
+    """Spawned processes (the fits in a thread still took the GIL from
     ingest: scipy's optimiser is mostly Python), `niceness` steps below
-    the worker's priority."""
+    the worker's priority; each is started when work finds none idle."""
     return ProcessPoolExecutor(
-        1,
+        processes,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_helper,
         initargs=(os.getpid(), interval_s, niceness, name),
@@ -83,16 +85,19 @@ def fit_pool(interval_s: float = 1.0, niceness: int = 0, name: str = "") -> Proc
 
 
 class FitProcess:
-    """One helper process at a time, a new one when the last died. `role`
-    names it in the log ("fit", "prepare"); `niceness` lowers its priority
-    (the fits are background work: on a saturated host they should wait,
-    not the ingest path)."""
+    """A helper process (or `processes` of them), a new one when one died.
+    `role` names it in the log ("fit", "prepare"); `niceness` lowers its
+    priority (the fits are background work: on a saturated host they
+    should wait, not the ingest path)."""
 
-    def __init__(self, interval_s: float = 1.0, role: str = "fit", niceness: int = 0) -> None:
+    def __init__(
+        self, interval_s: float = 1.0, role: str = "fit", niceness: int = 0, processes: int = 1
+    ) -> None:
         self.interval_s = interval_s
         self.role = role
         self.niceness = niceness
-        self.pool = fit_pool(interval_s, niceness, process_name(role))
+        self.processes = processes
+        self.pool = fit_pool(interval_s, niceness, process_name(role), processes)
         self.restarts = 0  # processes started again after one died
 
     def start(self) -> None:
@@ -123,7 +128,9 @@ class FitProcess:
     def _replace(self) -> None:
         """A new pool for one whose process died."""
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.pool = fit_pool(self.interval_s, self.niceness, process_name(self.role))
+        self.pool = fit_pool(
+            self.interval_s, self.niceness, process_name(self.role), self.processes
+        )
         self.restarts += 1
         log.warning("the %s process died; started a new one", self.role)
 

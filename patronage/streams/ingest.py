@@ -165,7 +165,7 @@ class BatchIngest:
         if self.prepare_process is not None:
             self.prepare_process.start()  # ready by the first large batch
         wait_ms = int(self.settings.batch_within_s * 1000)
-        ahead: _Ahead | None = None
+        ahead: list[_Ahead] = []
         gather = FetchGather(consumer, self.settings.fetch_wait_ms)
         try:
             while not self.stopping:
@@ -176,10 +176,10 @@ class BatchIngest:
                 # the batch (little), by CPython's own schedule.
                 await asyncio.sleep(0)
         finally:
-            if ahead is not None:
+            for prepared in ahead:
                 # Never applied, so never committed: whoever owns its
                 # partitions next reads its records again.
-                ahead.work.cancel()
+                prepared.work.cancel()
             if self.prepare_process is not None:
                 self.prepare_process.shutdown()
             committer.cancel()
@@ -194,38 +194,51 @@ class BatchIngest:
         self,
         consumer: AIOKafkaConsumer,
         wait_ms: int,
-        ahead: _Ahead | None,
+        ahead: list[_Ahead],
         gather: FetchGather | None = None,
-    ) -> _Ahead | None:
-        """Fetch, then finish the batch prepared ahead (if any) and the one
-        just fetched — or, when that one is large and there is a prepare
-        process, start preparing it there and return it, to be finished
-        after the next fetch: the worker finishes one batch while the
-        prepare process validates the next."""
+    ) -> list[_Ahead]:
+        """Fetch, then finish batches prepared ahead and the one just
+        fetched — or, when that one is large and there is a prepare process,
+        start preparing it there and keep it, to be finished after the
+        batches fetched before it: the worker finishes one batch while the
+        prepare processes validate the next ones (as many as there are
+        processes)."""
         # With a batch prepared ahead, only what has arrived already: the
         # batch in hand is not held up waiting for more.
-        timeout_ms = 0 if ahead is not None else wait_ms
+        timeout_ms = 0 if ahead else wait_ms
         # The fetched records die with this frame, before the collector is
         # back (but for a batch prepared ahead, kept for the next turn).
         fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.settings.batch_max)
         if gather is not None and (fetched or timeout_ms > 0):
             # (nothing yet without waiting says nothing about the stream)
             gather.after(sum(len(records) for records in fetched.values()))
-        if not fetched and ahead is None:
+        if not fetched and not ahead:
             # Idle: the learner's vectors still gathering go out now.
             await self.pipeline.flush_features()
-            return None
+            return ahead
         async with self.lock:
             batches = self._still_owned(consumer, fetched)
-            following = None
             if self._prepare_elsewhere(batches):
                 work = await self.pipeline.prepare_in(_records(batches), self)
-                following = _Ahead(batches, work, self.rebalances)
-            if ahead is not None:
-                await self._finish_ahead(consumer, ahead)
-            if batches and following is None:
+                ahead.append(_Ahead(batches, work, self.rebalances))
+                batches = {}
+            if not fetched:
+                keep = len(ahead) - 1  # nothing new: the oldest is finished
+            elif batches:
+                keep = 0  # a batch prepared here comes after every one before it
+            else:
+                keep = self.prepare_depth
+            while len(ahead) > keep:
+                await self._finish_ahead(consumer, ahead.pop(0))
+            if batches:
                 await self._process(batches)
-        return following
+        return ahead
+
+    @property
+    def prepare_depth(self) -> int:
+        """How many batches are prepared ahead at most: one a process."""
+        process = self.prepare_process
+        return process.processes if process is not None else 1
 
     def _prepare_elsewhere(self, batches: dict[Any, list[Any]]) -> bool:
         if self.prepare_process is None or not batches:

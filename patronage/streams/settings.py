@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # worker's are, in the worker itself, without the hop.
     prepare_process: bool = True
     prepare_process_min_records: int = Field(2_000, ge=1, le=100_000)
+    # Prepare processes, so as many large batches prepared ahead: preparing
+    # set a catching-up worker's pace with one (docs/benchmarks.md, "Two
+    # prepare processes"). The second starts only when two batches are.
+    prepare_processes: int = Field(2, ge=1, le=16)
     # The mypyc-compiled ingest and scoring modules (patronage/compiled.py), read when
     # patronage.models is first imported; validated here so a typo stops start-up.
     compiled: Literal["auto", "on", "off"] = "auto"

@@ -88,7 +88,9 @@ class Runtime:
         self.fit_process = FitProcess(niceness=settings.fit_niceness)
         self.pipeline.learner.executor = self.fit_process
         if settings.prepare_process:  # started with ingest
-            self.pipeline.prepare_process = FitProcess(role="prepare")
+            self.pipeline.prepare_process = FitProcess(
+                role="prepare", processes=settings.prepare_processes
+            )
         self.ingest = BatchIngest(settings, self.pipeline)
         self.monitor = Monitor(settings, self.pipeline, self.redis)
         self.parameters = self.pipeline.parameters

@@ -146,9 +146,9 @@ def test_the_ingest_loop_sends_them_when_a_fetch_comes_back_empty() -> None:
     ingest = BatchIngest(pipe.settings, pipe)
 
     async def run() -> None:
-        await ingest._fetch_and_process(consumer, 0, None)  # type: ignore[arg-type]
+        await ingest._fetch_and_process(consumer, 0, [])  # type: ignore[arg-type]
         assert sent(producer) == []  # a batch, within the interval
-        await ingest._fetch_and_process(consumer, 0, None)  # type: ignore[arg-type]
+        await ingest._fetch_and_process(consumer, 0, [])  # type: ignore[arg-type]
 
     asyncio.run(run())
     assert len(sent(producer)) == 1 and ids(sent(producer))

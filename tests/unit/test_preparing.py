@@ -44,9 +44,10 @@ from tests.unit.test_pipeline import (
 NOW_MS = START_MS + 400 * DAY_MS
 
 
-@pytest.fixture(scope="module")
-def process() -> Iterator[FitProcess]:
-    helper = FitProcess(interval_s=0.2, role="prepare")
+@pytest.fixture(scope="module", params=[1, 2], ids=["one prepare process", "two"])
+def process(request: pytest.FixtureRequest) -> Iterator[FitProcess]:
+    """One prepare process, or two (as many batches prepared ahead)."""
+    helper = FitProcess(interval_s=0.2, role="prepare", processes=request.param)
     yield helper
     helper.shutdown()
 
@@ -139,19 +140,19 @@ def every_partition(settings: Settings) -> set[TopicPartition]:
 
 def drain(
     ingest: BatchIngest, consumer: ListConsumer, between: Any = None
-) -> list[tuple[int, bool]]:
-    """Run the loop until the fetches and the batch prepared ahead are done;
-    `between(step, ahead)` runs after each step. Returns, per step, the
-    records fetched and whether a batch was left prepared ahead."""
+) -> list[tuple[int, int]]:
+    """Run the loop until the fetches and the batches prepared ahead are
+    done; `between(step, ahead)` runs after each step. Returns, per step,
+    the records fetched and how many batches were left prepared ahead."""
     steps = []
 
     async def run() -> None:
-        ahead = None
+        ahead: list[Any] = []
         step = 0
-        while consumer.fetches or ahead is not None:
+        while consumer.fetches or ahead:
             size = len(consumer.fetches[0]) if consumer.fetches else 0
             ahead = await ingest._fetch_and_process(consumer, 0, ahead)  # type: ignore[arg-type]
-            steps.append((size, ahead is not None))
+            steps.append((size, len(ahead)))
             if between is not None:
                 await between(step, ahead)
             step += 1
@@ -180,7 +181,10 @@ def test_a_backlog_drained_through_the_prepare_process_as_without_it(
     steps = drain(ingest, consumer)
 
     assert any(ahead for _, ahead in steps) and not all(ahead for _, ahead in steps[:-1])
-    assert pipe.stats.counters["batches_prepared_in_process"] == sum(a for _, a in steps)
+    # As many ahead as there are processes, never more.
+    assert max(ahead for _, ahead in steps) == process.processes
+    large = sum(1 for size, _ in steps if size >= settings.prepare_process_min_records)
+    assert pipe.stats.counters["batches_prepared_in_process"] == large
     assert pipe.stats.counters["batches_prepared_in_worker"] >= 1
     assert store.states.keys() == sequential_store.states.keys()
     for customer_id, state in sequential_store.states.items():
@@ -254,7 +258,7 @@ def test_a_rebalance_while_a_batch_is_prepared_ahead(process: FitProcess, keeps_
     async def rebalance(step: int, ahead: Any) -> None:
         if step != rebalanced_at:
             return
-        assert ahead is not None
+        assert ahead
         await listener.on_partitions_revoked(set(partitions))
         if not keeps_all:
             consumer.assigned -= given_away
@@ -265,15 +269,17 @@ def test_a_rebalance_while_a_batch_is_prepared_ahead(process: FitProcess, keeps_
 
     drain(ingest, consumer, rebalance)
 
-    # Finished before the rebalance: the fetches before the one prepared ahead.
-    applied_before = {r for fetch in fetches[:rebalanced_at] for r in fetch}
+    # Finished before the rebalance: the fetches before those prepared ahead
+    # (one a prepare process).
+    finished = rebalanced_at + 1 - process.processes
+    applied_before = {r for fetch in fetches[:finished] for r in fetch}
     kept = [r for r in records if keeps_all or r.partition == 0 or r in applied_before]
     expected = reference_views(kept, settings)
     assert set(store.states) == set(expected)
     for customer_id, view in expected.items():
         assert_views_close(profile_view(customer_id, store.states[customer_id].fields), view)
     if keeps_all:
-        after = {TopicPartition(r.topic, r.partition) for f in fetches[rebalanced_at:] for r in f}
+        after = {TopicPartition(r.topic, r.partition) for f in fetches[finished:] for r in f}
         assert ingest.applied.keys() == after
     else:
         assert not ingest.applied.keys() & given_away

@@ -33,6 +33,8 @@ from patronage.streams.settings import SettingsError, load_settings
         ("PATRONAGE_FETCH_WAIT_MS", "5ms", "valid integer"),
         ("PATRONAGE_FIT_NICENESS", "20", "less than or equal to 19"),
         ("PATRONAGE_FIT_NICENESS", "-5", "greater than or equal to 0"),
+        ("PATRONAGE_PREPARE_PROCESSES", "0", "greater than or equal to 1"),
+        ("PATRONAGE_PREPARE_PROCESSES", "two", "valid integer"),
     ],
 )
 def test_bad_setting_names_itself(
