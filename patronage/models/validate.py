@@ -192,10 +192,10 @@ _TS_AS_SENT = (int, float, str)
 def click_as_sent(doc: dict[str, Any]) -> Click | None:
     """The Click that `Click.model_validate(doc)` gives, built without it
     when every value is one validation keeps as it is (a cleaned label, an
-    id as sent, a time); None for anything else, which the
-    model then validates (or refuses with its reasons). Clicks are most of
-    a shop's events, and their validation was over half of preparing one
-    (docs/benchmarks.md, "Clicks built without validation")."""
+    id as sent, a time); None for anything else, which the model then
+    validates (or refuses with its reasons). Clicks are most of a shop's
+    events, and their validation was a third of preparing one
+    (docs/benchmarks.md, "…clicks built without validation")."""
     event_id = doc.get("event_id")
     ts = doc.get("ts")
     session_id = doc.get("session_id")
