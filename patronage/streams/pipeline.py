@@ -219,14 +219,13 @@ class Pipeline:
         sources, now_ms, args = await self._prepare_args(records, inputs)
         process = self.prepare_process
         assert process is not None, "prepare_in without a prepare process"
-        epochs = args[-1]
-        labels = [source_label(topic, p, epochs.get((topic, p), 0)) for topic, p in sources]
+        # Each source as the store codes it: the batch comes back packed for Redis.
+        labels = [source_label(t, p, state.epoch) for (t, p), state in sources.items()]
         codes = await self.retry("sources", lambda: self.store.source_codes(labels))
 
         async def prepared() -> PreparedWork:
             try:
-                columns = record_columns(records)
-                blob = await process.run(prepare_packed, columns, *args, codes)
+                blob = await process.run(prepare_packed, record_columns(records), *args, codes)
             except Exception as exc:  # it died twice, or the batch could not be pickled
                 # Preparing is pure: here it is the same batch, only slower.
                 log.warning("the prepare process failed (%r); preparing in the worker", exc)
