@@ -73,9 +73,9 @@ def worker_run() -> None:
     if carried:
         click.echo(f"control topics' offsets carried over to {s.control_group_id}: {carried}")
     app, runtime = build_app(s)
-    # Its imports overlap the worker's start-up (Faust, joining the group)
+    # Their imports overlap the worker's start-up (Faust, joining the group)
     # rather than the first batches of a catch-up.
-    runtime.start_prepare_process()
+    runtime.start_helpers()
     # Faust owns the worker's command line; hand it the sub-command it expects.
     sys.argv = [sys.argv[0], "worker", "--loglevel", s.log_level]
     app.main()

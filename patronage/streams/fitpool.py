@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import importlib
 import logging
 import multiprocessing
 import os
@@ -34,13 +35,19 @@ log = logging.getLogger("patronage.learner")
 T = TypeVar("T")
 
 
-def _start_helper(parent_pid: int, interval_s: float, niceness: int, name: str = "") -> None:
-    """In the new process: name it, lower its priority, then watch its parent."""
+def _start_helper(
+    parent_pid: int, interval_s: float, niceness: int, name: str = "", warm: tuple[str, ...] = ()
+) -> None:
+    """In the new process: name it, lower its priority, watch its parent,
+    then import what its work needs (`warm`: a spawned process imports only
+    the worker's entry module by itself)."""
     if name:
         name_process(name)
     if niceness:
         os.nice(niceness)
     _exit_with_parent(parent_pid, interval_s)
+    for module in warm:
+        importlib.import_module(module)
 
 
 def process_name(role: str) -> str:
@@ -71,16 +78,21 @@ def _exit_with_parent(parent_pid: int, interval_s: float) -> None:
 
 
 def fit_pool(
-    interval_s: float = 1.0, niceness: int = 0, name: str = "", processes: int = 1
+    interval_s: float = 1.0,
+    niceness: int = 0,
+    name: str = "",
+    processes: int = 1,
+    warm: tuple[str, ...] = (),
 ) -> ProcessPoolExecutor:
     """Spawned processes (the fits in a thread still took the GIL from
     ingest: scipy's optimiser is mostly Python), `niceness` steps below
-    the worker's priority; each is started when work finds none idle."""
+    the worker's priority, each importing the `warm` modules as it starts;
+    each is started when work finds none idle."""
     return ProcessPoolExecutor(
         processes,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_helper,
-        initargs=(os.getpid(), interval_s, niceness, name),
+        initargs=(os.getpid(), interval_s, niceness, name, warm),
     )
 
 
@@ -88,32 +100,47 @@ class FitProcess:
     """A helper process (or `processes` of them), a new one when one died.
     `role` names it in the log ("fit", "prepare"); `niceness` lowers its
     priority (the fits are background work: on a saturated host they
-    should wait, not the ingest path)."""
+    should wait, not the ingest path); `warm` names the modules its work
+    imports, imported by `start`."""
 
     def __init__(
-        self, interval_s: float = 1.0, role: str = "fit", niceness: int = 0, processes: int = 1
+        self,
+        interval_s: float = 1.0,
+        role: str = "fit",
+        niceness: int = 0,
+        processes: int = 1,
+        warm: tuple[str, ...] = (),
     ) -> None:
         self.interval_s = interval_s
         self.role = role
         self.niceness = niceness
         self.processes = processes
-        self.pool = fit_pool(interval_s, niceness, process_name(role), processes)
+        self.warm = warm
+        self.pool = fit_pool(interval_s, niceness, process_name(role), processes, warm)
         self.restarts = 0  # processes started again after one died
 
     def start(self) -> None:
-        """Start the process now, without waiting for it (a spawned process
-        takes a second or two to import the worker's modules). Called on
-        every assignment of the learner's partition, inside Faust's
-        rebalance callback, where raising would stop the worker: a pool
-        whose process died is replaced, one shut down (the worker is
-        stopping) is left so."""
+        """Start every process now, each importing the modules its work
+        needs, without waiting for them (a spawned process takes a second
+        or two of CPU to import; in the first batches of a catch-up, the
+        second prepare process's start-up and the fit modules' imports —
+        scipy.optimize — took 8 % of the drain's CPU). Called on every
+        assignment of the learner's partition, inside Faust's rebalance
+        callback, where raising would stop the worker: a pool whose process
+        died is replaced, one shut down (the worker is stopping) is left so."""
         try:
-            self.pool.submit(os.getpid)
+            self._spawn_all()
         except BrokenProcessPool:
             self._replace()
-            self.pool.submit(os.getpid)
+            self._spawn_all()
         except RuntimeError:  # shut down
             log.debug("the %s process is shut down; not started", self.role)
+
+    def _spawn_all(self) -> None:
+        # A task a process: each submit that finds none idle spawns one,
+        # which imports its modules as it starts (`_start_helper`).
+        for _ in range(self.processes):
+            self.pool.submit(os.getpid)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in the helper process; once again in a new process if
@@ -129,7 +156,7 @@ class FitProcess:
         """A new pool for one whose process died."""
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.pool = fit_pool(
-            self.interval_s, self.niceness, process_name(self.role), self.processes
+            self.interval_s, self.niceness, process_name(self.role), self.processes, self.warm
         )
         self.restarts += 1
         log.warning("the %s process died; started a new one", self.role)

@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from patronage.models.batch import PreparedBatch, Record, packed_for_redis, prepare_batch
 from patronage.models.validate import Rules
 
+# What a prepare process imports when it starts (fitpool.FitProcess.start).
+PREPARE_MODULES = (__name__,)
 # topics, partitions, offsets, keys, values: record i is the i-th of each
 RecordColumns = tuple[list[str], list[int], list[int], list[bytes | None], list[bytes | None]]
 

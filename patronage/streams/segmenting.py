@@ -56,6 +56,11 @@ from patronage.streams.settings import Settings
 from patronage.streams.types import ModelStoreT, ProfileStoreT
 
 T = TypeVar("T")
+# What the fit process imports when it starts (fitpool.FitProcess.start):
+# the modules of what runs there (scipy.optimize among them).
+FIT_MODULES = tuple(
+    sorted({fn.__module__ for fn in (fit_population, checkpoint_text, refit_with_checkpoint)})
+)
 
 Send = Callable[[str, bytes | None, bytes], Awaitable[Any]]
 

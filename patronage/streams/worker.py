@@ -30,8 +30,9 @@ from patronage.streams.metrics import WorkerMetrics, watch_loop_lag
 from patronage.streams.monitor import Monitor
 from patronage.streams.pipeline import Pipeline
 from patronage.streams.predicting import view_with_predictions
+from patronage.streams.preparing import PREPARE_MODULES
 from patronage.streams.retry import stop_the_worker
-from patronage.streams.segmenting import ModelStore, segments_view
+from patronage.streams.segmenting import FIT_MODULES, ModelStore, segments_view
 from patronage.streams.settings import Settings
 from patronage.streams.store import ProfileStore, redis_for
 from patronage.streams.web import WebContext, blueprint, dashboard_snapshot
@@ -85,20 +86,24 @@ class Runtime:
             producer,  # type: ignore[arg-type]
             metrics=self.metrics,
         )
-        self.fit_process = FitProcess(niceness=settings.fit_niceness)
+        self.fit_process = FitProcess(niceness=settings.fit_niceness, warm=FIT_MODULES)
         self.pipeline.learner.executor = self.fit_process
         if settings.prepare_process:  # started with ingest
             self.pipeline.prepare_process = FitProcess(
-                role="prepare", processes=settings.prepare_processes
+                role="prepare", processes=settings.prepare_processes, warm=PREPARE_MODULES
             )
         self.ingest = BatchIngest(settings, self.pipeline)
         self.monitor = Monitor(settings, self.pipeline, self.redis)
         self.parameters = self.pipeline.parameters
         self.metrics.attach(self.pipeline, self.monitor)
 
-    def start_prepare_process(self) -> None:
-        """Spawn the prepare process now (if the worker has one): it takes a
-        second or two of CPU to import the worker's modules."""
+    def start_helpers(self) -> None:
+        """Spawn the helper processes now: each takes a second or two of CPU
+        to import. The fit process too, on every worker: any worker may
+        become the learner at a rebalance, and started at its assignment
+        its imports (scipy.optimize) fell into the first second of a
+        catch-up (6-8 % of the drain's CPU; docs/benchmarks.md)."""
+        self.fit_process.start()
         if self.pipeline.prepare_process is not None:
             self.pipeline.prepare_process.start()
 
@@ -248,8 +253,8 @@ def _wire_learner(app: faust.App, runtime: Runtime) -> None:
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def start_fit_process(sender: Any, assigned: Any = (), **kwargs: Any) -> None:
-        # The worker that owns the features is the learner: its fit process
-        # imports while the worker starts, not during the first refit.
+        # Started with the worker (`start_helpers`); here again, so a fit
+        # process that died is replaced before the learner's first refit.
         if any(tp.topic == features.get_topic_name() for tp in assigned):
             runtime.fit_process.start()
 

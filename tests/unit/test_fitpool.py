@@ -140,3 +140,33 @@ def test_starting_a_fit_process_that_died_starts_a_new_one() -> None:
         fits.shutdown()
     fits.start()  # shut down: no error, no process
     assert fits.restarts == 1
+
+
+def _imported(module: str) -> tuple[int, bool]:
+    time.sleep(0.3)  # held, so the other process takes the next one
+    return os.getpid(), module in sys.modules
+
+
+def test_start_spawns_every_process_with_the_modules_its_work_imports() -> None:
+    """Started with one task, a pool of two spawned its second process at
+    the second batch of a catch-up, and the fit process imported
+    scipy.optimize at its first fit: both in the first second of a drain,
+    6-8 % of its CPU (docs/benchmarks.md, "Helpers warm before the first
+    batch"). Real processes: what counts is what the spawned ones did."""
+    from patronage.streams.fitpool import FitProcess
+
+    # A module neither the test run nor a spawned helper imports by itself.
+    assert "colorsys" not in sys.modules
+    helper = FitProcess(interval_s=0.1, role="prepare", processes=2, warm=("colorsys",))
+    try:
+        helper.start()
+        spawned = len(helper.pool._processes)  # before any work was submitted
+        seen = [
+            future.result(timeout=60)
+            for future in [helper.pool.submit(_imported, "colorsys") for _ in range(2)]
+        ]
+    finally:
+        helper.shutdown()
+    assert spawned == 2
+    assert all(imported for _, imported in seen), seen
+    assert "colorsys" not in sys.modules  # imported there, not here

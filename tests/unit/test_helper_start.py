@@ -33,16 +33,18 @@ def test_the_learner_starts_its_fit_process_when_the_features_are_assigned() -> 
     assert started == ["fit"]
 
 
-@pytest.mark.parametrize(("enabled", "expected"), [(True, ["prepare"]), (False, [])])
-def test_the_prepare_process_is_started_when_the_worker_has_one(
-    enabled: bool, expected: list[str]
-) -> None:
+@pytest.mark.parametrize(("enabled", "expected"), [(True, ["fit", "prepare"]), (False, ["fit"])])
+def test_the_helpers_are_started_with_the_worker(enabled: bool, expected: list[str]) -> None:
+    """The fit process on every worker (any may become the learner at a
+    rebalance: started at the assignment, its imports fell into a
+    catch-up's first second), the prepare processes when it has them."""
     runtime = Runtime(Settings(prepare_process=enabled))
     started: list[str] = []
+    runtime.fit_process.start = lambda: started.append("fit")  # type: ignore[method-assign]
     helper = runtime.pipeline.prepare_process
     if helper is not None:
         helper.start = lambda: started.append("prepare")  # type: ignore[method-assign]
-    runtime.start_prepare_process()
+    runtime.start_helpers()
     assert started == expected
 
 
