@@ -79,6 +79,10 @@ from patronage.streams.types import ApplyResult, DueMove, Fields, Queue
 
 Command = tuple[Any, ...]  # a Redis command's raw arguments, name first
 T = TypeVar("T")
+# A batch with more customers than this (a catch-up's) is applied in chunks
+# of this many, each on its own connection, overlapping the worker's work
+# with Redis's; a live batch (fewer) goes in one round trip.
+APPLY_CHUNK_CUSTOMERS = 500
 
 log = logging.getLogger(__name__)
 
@@ -559,7 +563,7 @@ class ProfileStore:
         """Apply every customer's deltas, judge their lapses against their
         partition's event clock (`clocks`), record the batch on the clock marks
         (`marks`: partition -> topic -> newest event time) and the sources, in
-        one pipelined round trip.
+        one pipelined round trip (a catch-up's batch: in chunks, see below).
 
         The due time written is an early bound (the earliest activity of the
         batch: no gap it opens can be decided before the clock passes it),
@@ -573,21 +577,82 @@ class ProfileStore:
         if not by_customer:
             return ApplyResult()
         await self._code_sources(by_customer)
-        ops: list[tuple[str, Command]] = []
         due: dict[int, dict[str, float]] = {}
         parked: dict[int, dict[str, float]] = {}
-        for customer_id, deltas in by_customer.items():
-            partition = partition_of.get(customer_id) if partition_of else None
-            clock = clocks.get(partition, 0.0) if clocks and partition is not None else 0.0
-            ops.append(self._apply_op(customer_id, self._apply_args(deltas, clock)))
-            if partition is None:
-                continue
-            earliest = first_activity(deltas)
-            if earliest is not None:
-                due.setdefault(partition, {})[customer_id] = earliest
-            else:
-                parked.setdefault(partition, {})[customer_id] = PARKED + wall_ms
-        ops.extend(self._bookkeeping_ops(due, marks or {}, sources or {}, wall_ms))
+
+        def customer_ops(customers: list[str]) -> list[tuple[str, Command]]:
+            ops: list[tuple[str, Command]] = []
+            for customer_id in customers:
+                deltas = by_customer[customer_id]
+                partition = partition_of.get(customer_id) if partition_of else None
+                clock = clocks.get(partition, 0.0) if clocks and partition is not None else 0.0
+                ops.append(self._apply_op(customer_id, self._apply_args(deltas, clock)))
+                if partition is None:
+                    continue
+                earliest = first_activity(deltas)
+                if earliest is not None:
+                    due.setdefault(partition, {})[customer_id] = earliest
+                else:
+                    parked.setdefault(partition, {})[customer_id] = PARKED + wall_ms
+            return ops
+
+        def bookkeeping() -> list[tuple[str, Command]]:
+            return self._batch_bookkeeping_ops(due, parked, marks or {}, sources or {}, wall_ms)
+
+        customers = list(by_customer)
+        if len(customers) <= APPLY_CHUNK_CUSTOMERS:
+            # A live batch: everything in one round trip.
+            ops = customer_ops(customers)
+            replies = await self._pipelined(ops + bookkeeping())
+            raise_unless_poison(replies)
+            replies = replies[: len(customers)]
+            result = await self._with_topics(lambda: _apply_result(customers, replies, self.topics))
+        else:
+            # A catch-up's batch in chunks, each on its own connection: Redis
+            # runs the first while the worker builds the next, and the worker
+            # decodes a chunk's profiles while Redis runs the ones after it
+            # (one pipeline left Redis idle while the worker built and
+            # decoded: docs/benchmarks.md, "A catch-up's apply in chunks").
+            # The bookkeeping goes after every chunk was applied, as it went
+            # after every customer in the one pipeline.
+            chunks = [
+                customers[i : i + APPLY_CHUNK_CUSTOMERS]
+                for i in range(0, len(customers), APPLY_CHUNK_CUSTOMERS)
+            ]
+
+            async def applied(chunk: list[str]) -> tuple[ApplyResult, list[Any]]:
+                chunk_replies = await self._pipelined(customer_ops(chunk))
+                raise_unless_poison(chunk_replies)
+                decoded = await self._with_topics(
+                    lambda: _apply_result(chunk, chunk_replies, self.topics)
+                )
+                return decoded, chunk_replies
+
+            # Every chunk finished before a failure is raised: none is left
+            # running beside the retry of the batch.
+            done = await asyncio.gather(*(applied(c) for c in chunks), return_exceptions=True)
+            parts: list[tuple[ApplyResult, list[Any]]] = []
+            for part in done:
+                if isinstance(part, BaseException):
+                    raise part
+                parts.append(part)
+            raise_unless_poison(await self._pipelined(bookkeeping()))
+            result = _merged([part for part, _ in parts])
+            replies = [reply for _, chunk_replies in parts for reply in chunk_replies]
+        _lapse_moves(result, due, dict(zip(customers, replies, strict=True)))
+        return result
+
+    def _batch_bookkeeping_ops(
+        self,
+        due: Mapping[int, Mapping[str, float]],
+        parked: Mapping[int, Mapping[str, float]],
+        marks: Mapping[int, Mapping[str, int]],
+        sources: Mapping[tuple[str, int], SourceState],
+        wall_ms: int,
+    ) -> list[tuple[str, Command]]:
+        """After a batch's customers: their lapse due entries and parked
+        ones, the event-clock marks, the sources, expired due entries."""
+        ops = self._bookkeeping_ops(due, marks, sources, wall_ms)
         for partition, scores in parked.items():
             key = self.due_key(partition)
             flat = [p for member, score in scores.items() for p in (member, repr(score))]
@@ -598,12 +663,7 @@ class ProfileStore:
             horizon = PARKED + wall_ms - self.retention_ms
             for key in {self.due_key(p) for p in (*due, *parked)}:
                 ops.append((key, ("ZREMRANGEBYSCORE", key, repr(PARKED), f"({horizon!r}")))
-        replies = await self._pipelined(ops)
-        raise_unless_poison(replies)
-        customers = list(by_customer)
-        result = await self._with_topics(lambda: _apply_result(customers, replies, self.topics))
-        _lapse_moves(result, due, dict(zip(customers, replies, strict=False)))
-        return result
+        return ops
 
     def _bookkeeping_ops(
         self,
@@ -1024,6 +1084,19 @@ def _apply_result(customers: list[str], replies: list[Any], topics: TopicCodes) 
             result.outbox[customer_id] = list(reply[REPLY["outbox"]])
         result.profiles[customer_id] = decode_profile(reply[REPLY["profile"]], topics)
     return result
+
+
+def _merged(results: Sequence[ApplyResult]) -> ApplyResult:
+    """One result for a batch applied in chunks (disjoint customers)."""
+    merged = ApplyResult()
+    for part in results:
+        merged.applied += part.applied
+        merged.duplicate_offsets += part.duplicate_offsets
+        merged.duplicate_events += part.duplicate_events
+        merged.outbox.update(part.outbox)
+        merged.profiles.update(part.profiles)
+        merged.failed.update(part.failed)
+    return merged
 
 
 def _lapse_moves(

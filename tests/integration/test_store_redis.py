@@ -35,6 +35,7 @@ from patronage.models.profile import (
     short_hash,
     token,
 )
+from patronage.models.sources import SourceState
 from patronage.streams.store import ProfileStore, group_by_customer, make_redis
 from tests.compare import assert_views_close
 
@@ -454,3 +455,69 @@ def test_deltas_packed_where_prepared_apply_as_the_objects_do(redis_up: str) -> 
     assert packed == objects
     applied, _, _, profiles, due = objects  # type: ignore[misc]
     assert applied > 100 and all(profiles.values()) and any(due)
+
+
+def test_a_catch_up_batch_applied_in_chunks_as_in_one_pipeline(
+    redis_up: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of more customers than `APPLY_CHUNK_CUSTOMERS` goes in chunks
+    on several connections, its bookkeeping after them; the same batch sent
+    in one pipeline (the chunk size raised) into another prefix of the same
+    real server must store the same bytes and give the same result — one
+    customer's update refused as poison in a late chunk included. Only a
+    real server runs two connections' pipelines interleaved, and refuses a
+    script on a key of the wrong type."""
+    from patronage.streams import store as store_module
+
+    rng = random.Random(11)
+    customers = [f"c{i}" for i in range(2 * store_module.APPLY_CHUNK_CUSTOMERS + 137)]
+    by_customer = {c: random_deltas(rng, c, rng.randint(1, 6)) for c in customers}
+    partition_of = {c: i % 3 for i, c in enumerate(customers)}
+    clocks = {p: float(T0 + 200 * DAY_MS) for p in range(3)}
+    marks = {p: {"clicks": T0 + 150 * DAY_MS + p} for p in range(3)}
+    sources = {("clicks", p): SourceState(0, 1000 + p) for p in range(3)}
+    poisoned = customers[-3]
+
+    async def apply(chunked: bool) -> tuple[object, ...]:
+        client = aioredis.Redis.from_url(redis_up)
+        store = ProfileStore(client, f"test{uuid.uuid4().hex[:8]}", CFG)
+        try:
+            await client.rpush(store.profile_key(poisoned), "not a profile hash")
+            with monkeypatch.context() as patch:
+                if not chunked:
+                    patch.setattr(store_module, "APPLY_CHUNK_CUSTOMERS", len(customers))
+                result = await store.apply_batch(
+                    by_customer, partition_of, clocks, marks, sources, wall_ms=T0
+                )
+            connections = len(client.connection_pool._available_connections)
+            stored = {c: await client.dump(store.profile_key(c)) for c in customers}
+            due = [await store.due_customers(p, 4e12, 10_000) for p in range(3)]
+            bookkeeping = (
+                await store.clock_marks([0, 1, 2]),
+                await store.source_states(list(sources)),
+            )
+            return (
+                (result.applied, result.duplicate_offsets, result.duplicate_events),
+                result.outbox,
+                result.profiles,
+                sorted(result.failed),
+                result.lapse_due,
+                stored,
+                due,
+                bookkeeping,
+                connections,
+            )
+        finally:
+            await store.delete_prefix()
+            await client.aclose()
+
+    chunked = asyncio.run(apply(chunked=True))
+    single = asyncio.run(apply(chunked=False))
+    *chunked_outcome, chunked_connections = chunked
+    *single_outcome, single_connections = single
+    assert chunked_connections >= 3 and single_connections == 1  # the paths taken
+    assert chunked_outcome == single_outcome
+    counts, _, profiles, failed, lapse_due, stored, due, _ = chunked_outcome
+    assert failed == [poisoned] and poisoned not in profiles
+    assert counts[0] > len(customers) and len(profiles) == len(customers) - 1
+    assert lapse_due and any(due) and all(v for c, v in stored.items() if c != poisoned)
