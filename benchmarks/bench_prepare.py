@@ -8,7 +8,8 @@ many customers and few events each, as a live worker meets them). Printed,
 the best of `--repeats`:
 
 * `prepare_batch` per record, for each topic's records alone and for all
-  (in batches of `--batch` records, as the worker takes them);
+  (in batches of `--batch` records, as the worker takes them), without
+  automatic collections (`--collector on`: with them);
 * the hop (streams/preparing.py) in batches of `--batch` records: pickling
   the records (the worker), unpickling them, packing the deltas for Redis
   and pickling the prepared batch (the prepare process, `packed`),
@@ -42,17 +43,28 @@ def main() -> None:
     parser.add_argument("--backlog-customers", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--collector",
+        choices=("off", "on"),
+        default="off",
+        help="automatic garbage collection while preparing: off as the worker and its "
+        "prepare processes run (streams/collector.py, streams/preparing.py), on as the "
+        "prepare process ran before",
+    )
     args = parser.parse_args()
     settings = Settings()
     records = records_of(backlog(args.events, customers=args.backlog_customers), settings)
     kinds = {topic: kind for kind, topic in settings.topic_for_kind.items()}
     rules, zone = settings.rules, settings.zone
     now_ms = int(time.time() * 1000)
-    # As in the worker (streams/collector.py): no collections while a batch is in hand.
+    # As in the worker (streams/collector.py): no collections while a batch is
+    # in hand (timeit turns them off itself; `--collector on` back on).
     gc.disable()
+    setup = "import gc; gc.enable()" if args.collector == "on" else "pass"
 
     def per_record(run: Callable[[], Any], count: int) -> float:
-        return round(min(timeit.repeat(run, number=1, repeat=args.repeats)) / count * 1e6, 2)
+        best = min(timeit.repeat(run, setup=setup, number=1, repeat=args.repeats))
+        return round(best / count * 1e6, 2)
 
     by_topic: dict[str, list[Record]] = {}
     for record in records:
@@ -69,7 +81,7 @@ def main() -> None:
     cost = per_record(
         lambda: [prepare_batch(b, kinds, rules, now_ms, zone) for b in batches], len(records)
     )
-    form = {"compiled_modules": compiled.in_use()}
+    form = {"compiled_modules": compiled.in_use(), "collector": args.collector}
     print(
         json.dumps({"prepare_batch": "all", "records": len(records), "us_per_record": cost, **form})
     )
