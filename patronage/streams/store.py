@@ -581,20 +581,8 @@ class ProfileStore:
         parked: dict[int, dict[str, float]] = {}
 
         def customer_ops(customers: list[str]) -> list[tuple[str, Command]]:
-            ops: list[tuple[str, Command]] = []
-            for customer_id in customers:
-                deltas = by_customer[customer_id]
-                partition = partition_of.get(customer_id) if partition_of else None
-                clock = clocks.get(partition, 0.0) if clocks and partition is not None else 0.0
-                ops.append(self._apply_op(customer_id, self._apply_args(deltas, clock)))
-                if partition is None:
-                    continue
-                earliest = first_activity(deltas)
-                if earliest is not None:
-                    due.setdefault(partition, {})[customer_id] = earliest
-                else:
-                    parked.setdefault(partition, {})[customer_id] = PARKED + wall_ms
-            return ops
+            args = (by_customer, partition_of or {}, clocks or {}, due, parked, wall_ms)
+            return self._customer_ops(customers, *args)
 
         def bookkeeping() -> list[tuple[str, Command]]:
             return self._batch_bookkeeping_ops(due, parked, marks or {}, sources or {}, wall_ms)
@@ -608,39 +596,71 @@ class ProfileStore:
             replies = replies[: len(customers)]
             result = await self._with_topics(lambda: _apply_result(customers, replies, self.topics))
         else:
-            # A catch-up's batch in chunks, each on its own connection: Redis
-            # runs the first while the worker builds the next, and the worker
-            # decodes a chunk's profiles while Redis runs the ones after it
-            # (one pipeline left Redis idle while the worker built and
-            # decoded: docs/benchmarks.md, "A catch-up's apply in chunks").
-            # The bookkeeping goes after every chunk was applied, as it went
-            # after every customer in the one pipeline.
-            chunks = [
-                customers[i : i + APPLY_CHUNK_CUSTOMERS]
-                for i in range(0, len(customers), APPLY_CHUNK_CUSTOMERS)
-            ]
-
-            async def applied(chunk: list[str]) -> tuple[ApplyResult, list[Any]]:
-                chunk_replies = await self._pipelined(customer_ops(chunk))
-                raise_unless_poison(chunk_replies)
-                decoded = await self._with_topics(
-                    lambda: _apply_result(chunk, chunk_replies, self.topics)
-                )
-                return decoded, chunk_replies
-
-            # Every chunk finished before a failure is raised: none is left
-            # running beside the retry of the batch.
-            done = await asyncio.gather(*(applied(c) for c in chunks), return_exceptions=True)
-            parts: list[tuple[ApplyResult, list[Any]]] = []
-            for part in done:
-                if isinstance(part, BaseException):
-                    raise part
-                parts.append(part)
+            result, replies = await self._apply_in_chunks(customers, customer_ops)
+            # After every chunk, as it went after every customer in one pipeline.
             raise_unless_poison(await self._pipelined(bookkeeping()))
-            result = _merged([part for part, _ in parts])
-            replies = [reply for _, chunk_replies in parts for reply in chunk_replies]
         _lapse_moves(result, due, dict(zip(customers, replies, strict=True)))
         return result
+
+    def _customer_ops(
+        self,
+        customers: list[str],
+        by_customer: Mapping[str, Sequence[Delta] | PackedDeltas],
+        partition_of: Mapping[str, int],
+        clocks: Mapping[int, float],
+        due: dict[int, dict[str, float]],
+        parked: dict[int, dict[str, float]],
+        wall_ms: int,
+    ) -> list[tuple[str, Command]]:
+        """These customers' apply ops; each one's early due bound (or its
+        parking) noted in `due` / `parked` by partition."""
+        ops: list[tuple[str, Command]] = []
+        for customer_id in customers:
+            deltas = by_customer[customer_id]
+            partition = partition_of.get(customer_id)
+            clock = clocks.get(partition, 0.0) if partition is not None else 0.0
+            ops.append(self._apply_op(customer_id, self._apply_args(deltas, clock)))
+            if partition is None:
+                continue
+            earliest = first_activity(deltas)
+            if earliest is not None:
+                due.setdefault(partition, {})[customer_id] = earliest
+            else:
+                parked.setdefault(partition, {})[customer_id] = PARKED + wall_ms
+        return ops
+
+    async def _apply_in_chunks(
+        self,
+        customers: list[str],
+        customer_ops: Callable[[list[str]], list[tuple[str, Command]]],
+    ) -> tuple[ApplyResult, list[Any]]:
+        """A catch-up's batch in chunks, each on its own connection: Redis
+        runs the first while the worker builds the next, and the worker
+        decodes a chunk's profiles while Redis runs the ones after it (one
+        pipeline left Redis idle while the worker built and decoded:
+        docs/benchmarks.md, "A catch-up's apply in chunks"). The result and
+        the customers' replies, in `customers` order."""
+        chunks = [
+            customers[i : i + APPLY_CHUNK_CUSTOMERS]
+            for i in range(0, len(customers), APPLY_CHUNK_CUSTOMERS)
+        ]
+
+        async def applied(chunk: list[str]) -> tuple[ApplyResult, list[Any]]:
+            replies = await self._pipelined(customer_ops(chunk))
+            raise_unless_poison(replies)
+            decoded = await self._with_topics(lambda: _apply_result(chunk, replies, self.topics))
+            return decoded, replies
+
+        # Every chunk finished before a failure is raised: none is left
+        # running beside the retry of the batch.
+        done = await asyncio.gather(*(applied(c) for c in chunks), return_exceptions=True)
+        parts: list[tuple[ApplyResult, list[Any]]] = []
+        for part in done:
+            if isinstance(part, BaseException):
+                raise part
+            parts.append(part)
+        replies = [reply for _, chunk_replies in parts for reply in chunk_replies]
+        return _merged([part for part, _ in parts]), replies
 
     def _batch_bookkeeping_ops(
         self,
