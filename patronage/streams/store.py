@@ -80,9 +80,12 @@ from patronage.streams.types import ApplyResult, DueMove, Fields, Queue
 Command = tuple[Any, ...]  # a Redis command's raw arguments, name first
 T = TypeVar("T")
 # A batch with more customers than this (a catch-up's) is applied in chunks
-# of this many, each on its own connection, overlapping the worker's work
-# with Redis's; a live batch (fewer) goes in one round trip.
+# of at least this many, each on its own connection, overlapping the
+# worker's work with Redis's; a live batch (fewer) goes in one round trip.
 APPLY_CHUNK_CUSTOMERS = 500
+# ... and in at most this many chunks: connections a worker opens to Redis
+# stay few however many customers a batch has.
+APPLY_CHUNKS_MAX = 8
 
 log = logging.getLogger(__name__)
 
@@ -588,7 +591,8 @@ class ProfileStore:
             return self._batch_bookkeeping_ops(due, parked, marks or {}, sources or {}, wall_ms)
 
         customers = list(by_customer)
-        if len(customers) <= APPLY_CHUNK_CUSTOMERS:
+        chunks = apply_chunks(customers)
+        if len(chunks) == 1:
             # A live batch: everything in one round trip.
             ops = customer_ops(customers)
             replies = await self._pipelined(ops + bookkeeping())
@@ -596,7 +600,7 @@ class ProfileStore:
             replies = replies[: len(customers)]
             result = await self._with_topics(lambda: _apply_result(customers, replies, self.topics))
         else:
-            result, replies = await self._apply_in_chunks(customers, customer_ops)
+            result, replies = await self._apply_in_chunks(chunks, customer_ops)
             # After every chunk, as it went after every customer in one pipeline.
             raise_unless_poison(await self._pipelined(bookkeeping()))
         _lapse_moves(result, due, dict(zip(customers, replies, strict=True)))
@@ -631,7 +635,7 @@ class ProfileStore:
 
     async def _apply_in_chunks(
         self,
-        customers: list[str],
+        chunks: list[list[str]],
         customer_ops: Callable[[list[str]], list[tuple[str, Command]]],
     ) -> tuple[ApplyResult, list[Any]]:
         """A catch-up's batch in chunks, each on its own connection: Redis
@@ -639,11 +643,7 @@ class ProfileStore:
         decodes a chunk's profiles while Redis runs the ones after it (one
         pipeline left Redis idle while the worker built and decoded:
         docs/benchmarks.md, "A catch-up's apply in chunks"). The result and
-        the customers' replies, in `customers` order."""
-        chunks = [
-            customers[i : i + APPLY_CHUNK_CUSTOMERS]
-            for i in range(0, len(customers), APPLY_CHUNK_CUSTOMERS)
-        ]
+        the customers' replies, in the chunks' order."""
 
         async def applied(chunk: list[str]) -> tuple[ApplyResult, list[Any]]:
             replies = await self._pipelined(customer_ops(chunk))
@@ -1104,6 +1104,14 @@ def _apply_result(customers: list[str], replies: list[Any], topics: TopicCodes) 
             result.outbox[customer_id] = list(reply[REPLY["outbox"]])
         result.profiles[customer_id] = decode_profile(reply[REPLY["profile"]], topics)
     return result
+
+
+def apply_chunks(customers: list[str]) -> list[list[str]]:
+    """A batch's customers in the chunks it is applied in: one for a live
+    batch, else chunks of at least APPLY_CHUNK_CUSTOMERS, at most
+    APPLY_CHUNKS_MAX of them, in order."""
+    size = max(APPLY_CHUNK_CUSTOMERS, -(-len(customers) // APPLY_CHUNKS_MAX))
+    return [customers[i : i + size] for i in range(0, len(customers), size)]
 
 
 def _merged(results: Sequence[ApplyResult]) -> ApplyResult:
