@@ -105,7 +105,7 @@ class FitProcess:
     `role` names it in the log ("fit", "prepare"); `niceness` lowers its
     priority (the fits are background work: on a saturated host they
     should wait, not the ingest path); `warm` names the modules its work
-    imports, imported by `start`."""
+    imports, which each of its processes imports as it starts."""
 
     def __init__(
         self,
