@@ -163,7 +163,9 @@ class BatchIngest:
         # commit of the batches applied before it.
         committer = asyncio.create_task(self._commit_every_interval())
         if self.prepare_process is not None:
-            self.prepare_process.start()  # ready by the first large batch
+            # Started with the worker already; again here, so one that died
+            # since is replaced before the first large batch.
+            self.prepare_process.start()
         wait_ms = int(self.settings.batch_within_s * 1000)
         ahead: list[_Ahead] = []
         gather = FetchGather(consumer, self.settings.fetch_wait_ms)

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     prepare_process_min_records: int = Field(2_000, ge=1, le=100_000)
     # Prepare processes, so as many large batches prepared ahead: preparing
     # set a catching-up worker's pace with one (docs/benchmarks.md, "Two
-    # prepare processes"). The second starts only when two batches are.
+    # prepare processes"). All start with the worker (fitpool.FitProcess.start).
     prepare_processes: int = Field(2, ge=1, le=16)
     # The mypyc-compiled ingest and scoring modules (patronage/compiled.py), read when
     # patronage.models is first imported; validated here so a typo stops start-up.

@@ -588,7 +588,7 @@ class ProfileStore:
             return self._customer_ops(customers, *args)
 
         def bookkeeping() -> list[tuple[str, Command]]:
-            return self._batch_bookkeeping_ops(due, parked, marks or {}, sources or {}, wall_ms)
+            return self._bookkeeping_ops(due, parked, marks or {}, sources or {}, wall_ms)
 
         customers = list(by_customer)
         chunks = apply_chunks(customers)
@@ -662,7 +662,7 @@ class ProfileStore:
         replies = [reply for _, chunk_replies in parts for reply in chunk_replies]
         return _merged([part for part, _ in parts]), replies
 
-    def _batch_bookkeeping_ops(
+    def _bookkeeping_ops(
         self,
         due: Mapping[int, Mapping[str, float]],
         parked: Mapping[int, Mapping[str, float]],
@@ -672,27 +672,6 @@ class ProfileStore:
     ) -> list[tuple[str, Command]]:
         """After a batch's customers: their lapse due entries and parked
         ones, the event-clock marks, the sources, expired due entries."""
-        ops = self._bookkeeping_ops(due, marks, sources, wall_ms)
-        for partition, scores in parked.items():
-            key = self.due_key(partition)
-            flat = [p for member, score in scores.items() for p in (member, repr(score))]
-            ops.append((key, _script(self._park, [key], [repr(PARKED), *flat])))
-        if self.retention_ms > 0:
-            # Customers whose profile expired leave with it (parked since
-            # before the horizon; a pending one is parked by its sweep first).
-            horizon = PARKED + wall_ms - self.retention_ms
-            for key in {self.due_key(p) for p in (*due, *parked)}:
-                ops.append((key, ("ZREMRANGEBYSCORE", key, repr(PARKED), f"({horizon!r}")))
-        return ops
-
-    def _bookkeeping_ops(
-        self,
-        due: Mapping[int, Mapping[str, float]],
-        marks: Mapping[int, Mapping[str, int]],
-        sources: Mapping[tuple[str, int], SourceState],
-        wall_ms: int,
-    ) -> list[tuple[str, Command]]:
-        """The batch's lapse due entries, event-clock marks and sources."""
         ops: list[tuple[str, Command]] = []
         for partition, scores in due.items():
             key = self.due_key(partition)
@@ -708,6 +687,16 @@ class ProfileStore:
             for (topic, partition), state in sources.items():
                 seen.extend([f"{topic}:{partition}", state.epoch, state.max_offset])
             ops.append((self.sources_key, _script(self._sources, [self.sources_key], seen)))
+        for partition, scores in parked.items():
+            key = self.due_key(partition)
+            flat = [p for member, score in scores.items() for p in (member, repr(score))]
+            ops.append((key, _script(self._park, [key], [repr(PARKED), *flat])))
+        if self.retention_ms > 0:
+            # Customers whose profile expired leave with it (parked since
+            # before the horizon; a pending one is parked by its sweep first).
+            horizon = PARKED + wall_ms - self.retention_ms
+            for key in {self.due_key(p) for p in (*due, *parked)}:
+                ops.append((key, ("ZREMRANGEBYSCORE", key, repr(PARKED), f"({horizon!r}")))
         return ops
 
     async def judge(

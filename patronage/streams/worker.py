@@ -88,7 +88,7 @@ class Runtime:
         )
         self.fit_process = FitProcess(niceness=settings.fit_niceness, warm=FIT_MODULES)
         self.pipeline.learner.executor = self.fit_process
-        if settings.prepare_process:  # started with ingest
+        if settings.prepare_process:  # started with the worker (start_helpers)
             self.pipeline.prepare_process = FitProcess(
                 role="prepare", processes=settings.prepare_processes, warm=PREPARE_MODULES
             )
