@@ -23,9 +23,15 @@ from typing import Any
 from mypy_extensions import mypyc_attr
 
 from patronage.models.contracts import DeadLetter, format_ts
-from patronage.models.profile import CustomerDeltas, packed_customer, to_delta
+from patronage.models.profile import (
+    CustomerDeltas,
+    Delta,
+    click_delta,
+    packed_customer,
+    to_delta,
+)
 from patronage.models.sources import source_label
-from patronage.models.validate import Accepted, LineProblem, Rules, validate
+from patronage.models.validate import Accepted, LineProblem, Rules, sent_click, validate
 
 
 @mypyc_attr(native_class=False)  # frozen: see patronage/compiled.py
@@ -112,6 +118,21 @@ def _prepare_one(
         dead_letter(batch, record, "unknown_topic", reason, now_ms, rules)
         return
     raw = record.value if record.value is not None else b""
+    if kind == "click":
+        click = sent_click(raw, now_ms, rules)
+        if click is not None:
+            delta = click_delta(
+                click.event_id,
+                click.ts_ms,
+                source,
+                record.offset,
+                zone,
+                click.session_id,
+                click.channel,
+                click.device,
+            )
+            _add(batch, record, delta, click.profile_id, click.ts_ms, click.corrections, (), [])
+            return
     outcome = validate(raw, kind, now_ms, rules)  # type: ignore[arg-type]
     if not isinstance(outcome, Accepted):
         dead_letter(batch, record, outcome.code, outcome.reason, now_ms, rules)
@@ -128,6 +149,22 @@ def _prepare_one(
     dropped = outcome.dropped_lines
     line_letters = [_line_letter(record, problem, now_ms, rules) for problem in dropped]
     customer_id = outcome.event.profile_id
+    _add(
+        batch, record, delta, customer_id, outcome.ts_ms, outcome.corrections, dropped, line_letters
+    )
+
+
+def _add(
+    batch: PreparedBatch,
+    record: Record,
+    delta: Delta,
+    customer_id: str,
+    ts_ms: int,
+    corrections: tuple[str, ...],
+    dropped: tuple[LineProblem, ...],
+    line_letters: list[DeadLetter],
+) -> None:
+    """An accepted record's delta, counts and dropped lines into the batch."""
     topic, partition = record.topic, record.partition
     deltas = batch.by_customer.get(customer_id)
     if deltas is None:
@@ -144,13 +181,13 @@ def _prepare_one(
             newest = batch.newest[partition] = {}
         newest[topic] = max(newest.get(topic, delta.ts), delta.ts)
     batch.accepted[topic] += 1
-    for correction in outcome.corrections:
+    for correction in corrections:
         batch.corrected[(topic, correction)] += 1
     for problem, letter in zip(dropped, line_letters, strict=True):
         batch.dead_letters.append((record.key, letter))
         batch.lines_dropped[(topic, problem.code)] += 1
     tp = (topic, partition)
-    batch.max_event_ts[tp] = max(batch.max_event_ts.get(tp, 0), outcome.ts_ms)
+    batch.max_event_ts[tp] = max(batch.max_event_ts.get(tp, 0), ts_ms)
 
 
 def bounded_payload(raw: bytes, limit: int) -> dict[str, Any]:

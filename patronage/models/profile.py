@@ -263,6 +263,31 @@ def _decimal_rate(rate: float) -> Decimal | None:
     return None if rate == 1 else Decimal(str(rate))
 
 
+def click_delta(
+    event_id: str,
+    ts_ms: int,
+    src: str,
+    offset: int,
+    zone: dt.tzinfo,
+    session_id: str,
+    channel: str | None,
+    device: str | None,
+) -> Delta:
+    """A click's delta, from its fields (`to_delta`, or `validate.sent_click`)."""
+    # Positional: the most frequent event, and keywords cost a third more.
+    return Delta(
+        src,
+        offset,
+        token(event_id),
+        ts_ms,
+        day_index(ts_ms, zone),
+        "click",
+        short_hash(session_id),
+        channel,
+        device or None,
+    )
+
+
 def to_delta(
     event: Event,
     ts_ms: int,
@@ -271,21 +296,13 @@ def to_delta(
     currencies: Mapping[str, float],
     zone: dt.tzinfo = UTC,
 ) -> Delta:
+    if isinstance(event, Click):
+        channel = event.channel.value if event.channel else None
+        return click_delta(
+            event.event_id, ts_ms, src, offset, zone, event.session_id, channel, event.device
+        )
     event_token = token(event.event_id)
     day = day_index(ts_ms, zone)
-    if isinstance(event, Click):
-        # Positional: the most frequent event, and keywords cost a third more.
-        return Delta(
-            src,
-            offset,
-            event_token,
-            ts_ms,
-            day,
-            "click",
-            short_hash(event.session_id),
-            event.channel.value if event.channel else None,
-            event.device or None,
-        )
     base = {"source": src, "offset": offset, "event_token": event_token, "ts": ts_ms, "day": day}
     if isinstance(event, BASKET_EVENTS):
         rate = _decimal_rate(currencies[event.currency])

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from mypy_extensions import mypyc_attr
 from pydantic import BaseModel, ValidationError
@@ -38,6 +38,7 @@ from patronage.models.contracts import (
     PageType,
     Purchase,
     StoreReceipt,
+    identity_key,
     parse_ts,
     text_problem,
 )
@@ -196,6 +197,54 @@ def click_as_sent(doc: dict[str, Any]) -> Click | None:
     validates (or refuses with its reasons). Clicks are most of a shop's
     events, and their validation was a third of preparing one
     (docs/benchmarks.md, "…clicks built without validation")."""
+    values = _click_values(doc)
+    if values is None:
+        return None
+    return _built(Click, values, doc.keys() & _CLICK_FIELD_SET)
+
+
+class SentClick(NamedTuple):
+    """What a batch needs of a click validation keeps as sent."""
+
+    profile_id: str
+    ts_ms: int
+    event_id: str
+    session_id: str
+    channel: str | None
+    device: str | None
+    corrections: tuple[str, ...]
+
+
+def sent_click(raw: bytes, now_ms: int, rules: Rules) -> SentClick | None:
+    """A click's fields as `validate` would accept them, without the Click
+    object (nor its profile_id, an interpreted property): None for any
+    click `click_as_sent` would not build or `validate` would refuse, which
+    `validate` then judges and describes. Most of a shop's events are
+    clicks; the object cost a fifth of preparing one."""
+    try:
+        doc = decode_object(raw, rules)
+        corrections: list[str] = []
+        _clean_labels(doc, "click", corrections)
+        values = _click_values(doc)
+        if values is None:
+            return None
+        ts_ms = _checked_time(values["ts"], now_ms, rules)
+    except _Reject:
+        return None
+    channel = values["channel"]
+    return SentClick(
+        identity_key(values["customer_id"], values["anonymous_id"], None),  # type: ignore[arg-type]
+        ts_ms,
+        values["event_id"],
+        values["session_id"],
+        None if channel is None else channel.value,
+        values["device"],
+        tuple(corrections),
+    )
+
+
+def _click_values(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """A click's field values when validation keeps every one as sent."""
     event_id = doc.get("event_id")
     ts = doc.get("ts")
     session_id = doc.get("session_id")
@@ -220,7 +269,7 @@ def click_as_sent(doc: dict[str, Any]) -> Click | None:
     for label in labels:
         if label is not None and not _kept_as_sent(label):
             return None
-    values = {
+    return {
         "event_id": event_id,
         "ts": ts,
         "customer_id": customer_id,
@@ -232,7 +281,6 @@ def click_as_sent(doc: dict[str, Any]) -> Click | None:
         "channel": None if channel is None else _CHANNELS[channel],
         "device": labels[2],
     }
-    return _built(Click, values, doc.keys() & _CLICK_FIELD_SET)
 
 
 def _kept_as_sent(value: Any) -> bool:
@@ -240,8 +288,12 @@ def _kept_as_sent(value: Any) -> bool:
 
 
 def _event_time(event: Event, now_ms: int, rules: Rules) -> int:
+    return _checked_time(event.ts, now_ms, rules)
+
+
+def _checked_time(ts: Any, now_ms: int, rules: Rules) -> int:
     try:
-        ts_ms = parse_ts(event.ts, rules.default_zone)
+        ts_ms = parse_ts(ts, rules.default_zone)
     except (ValueError, OverflowError) as exc:
         raise _Reject("bad_timestamp", str(exc)[:300]) from exc
     if ts_ms > now_ms + rules.max_future_ms:

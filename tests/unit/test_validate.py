@@ -11,11 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from patronage.models import jsontext
 from patronage.models import validate as validate_module
-from patronage.models.contracts import Click, Item, Purchase, parse_ts, routing_key
+from patronage.models.contracts import UTC, Click, Item, Purchase, parse_ts, routing_key
+from patronage.models.profile import click_delta, to_delta
 from patronage.models.simulate import generate
 from patronage.models.validate import Accepted, Rejected, Rules, validate
-from tests.schema_fuzz import ADVERSARIAL_VALUES, leaf_paths, replaced, valid_documents
+from tests.schema_fuzz import ADVERSARIAL_VALUES, leaf_paths, render, replaced, valid_documents
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 RULES = Rules(currencies={"EUR": 1.0, "USD": 0.9})
@@ -504,33 +506,90 @@ def _click_as_sent_agrees(doc: dict[str, Any]) -> bool:
     return True
 
 
+CLICK = {
+    "type": "click",
+    "event_id": "ev-1",
+    "customer_id": "cust-1",
+    "anonymous_id": "cookie-9",
+    "ts": 1_767_225_600_000,
+    "session_id": "sess-9",
+    "page_type": "product",
+    "product_id": "sku-123",
+    "category": "Schuhe & Taschen",
+    "channel": "email",
+    "device": "mobile",
+}
+
+
+def _sent_click_agrees(doc: dict[str, Any] | bytes) -> bool:
+    """A batch's way round the Click object (`sent_click` and
+    `click_delta`) gives what validating the click and `to_delta` give:
+    the same delta, profile, time and corrections — or stands aside, and
+    never for a click validation accepts as sent; True when it took it."""
+    raw = doc if isinstance(doc, bytes) else render(doc)
+    fast = validate_module.sent_click(raw, NOW, RULES)
+    general = validate(raw, "click", NOW, RULES)
+    if fast is None:
+        if isinstance(general, Accepted):  # only by the model's validation
+            assert validate_module.click_as_sent(_cleaned(jsontext.loads(raw))) is None, raw
+        return False
+    assert isinstance(general, Accepted), raw  # never accepts what validation refuses
+    assert (fast.profile_id, fast.ts_ms, fast.corrections) == (
+        general.event.profile_id,
+        general.ts_ms,
+        general.corrections,
+    )
+    delta = click_delta(
+        fast.event_id, fast.ts_ms, "clicks:3:0", 17, UTC, fast.session_id, fast.channel, fast.device
+    )
+    assert delta == to_delta(general.event, general.ts_ms, "clicks:3:0", 17, RULES.currencies)
+    return True
+
+
 @given(_click_documents())
 @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
 def test_a_click_built_without_validation_is_the_validated_click(doc: dict[str, Any]) -> None:
     _click_as_sent_agrees(doc)
+    _sent_click_agrees(doc)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff\xfe",
+        "\ufeff".encode() + json.dumps(CLICK).encode(),
+        json.dumps({**CLICK, "ts": "2026-01-01T01:00:00Z"}).encode(),  # ahead of NOW
+        json.dumps({**CLICK, "ts": "1989-12-31T23:00:00Z"}).encode(),
+        json.dumps({**CLICK, "ts": "yesterday"}).encode(),
+        json.dumps({**CLICK, "customer_id": "email:ann@example.com"}).encode(),
+        json.dumps({**CLICK, "page_type": "PRODUCT "}).encode(),
+        json.dumps({**CLICK, "channel": "Newsletter"}).encode(),  # unknown: "other"
+        json.dumps({**CLICK, "device": 42}).encode(),  # coerced: "42"
+        b"x" * 70_000,
+    ],
+)
+def test_a_click_judged_in_the_batch_as_by_validation(raw: bytes) -> None:
+    """Bytes and times only `validate` judges, where `sent_click` stands
+    aside (the reason comes from validation); labels it cleans as
+    validation does, with the same corrections."""
+    _sent_click_agrees(raw)
+    if validate_module.sent_click(raw, NOW, RULES) is None:
+        assert isinstance(run(raw, "click"), Rejected) or b'"device": 42' in raw
 
 
 def test_every_leaf_of_a_click_with_every_adversarial_value() -> None:
-    sample = {
-        "type": "click",
-        "event_id": "ev-1",
-        "customer_id": "cust-1",
-        "anonymous_id": "cookie-9",
-        "ts": 1_767_225_600_000,
-        "session_id": "sess-9",
-        "page_type": "product",
-        "product_id": "sku-123",
-        "category": "Schuhe & Taschen",
-        "channel": "email",
-        "device": "mobile",
-    }
+    sample = dict(CLICK)
     assert _click_as_sent_agrees(sample)
-    built = 0
+    assert _sent_click_agrees(sample)
+    built = taken = 0
     for path in leaf_paths(sample):
         for value in [*ADVERSARIAL_VALUES, " padded ", "x" * 129, "{brace}", "loyalty_card:1"]:
             built += _click_as_sent_agrees(replaced(sample, path, value))
+            taken += _sent_click_agrees(replaced(sample, path, value))
         built += _click_as_sent_agrees({k: v for k, v in sample.items() if k != path[0]})
+        taken += _sent_click_agrees({k: v for k, v in sample.items() if k != path[0]})
     assert built > 20  # many changes still leave a click built without validation
+    assert taken > 20
 
 
 def test_a_shops_clicks_are_built_without_validation() -> None:
@@ -540,7 +599,9 @@ def test_a_shops_clicks_are_built_without_validation() -> None:
     clicks = [e for e in events if e["type"] == "click"]
     taken = sum(_click_as_sent_agrees(json.loads(json.dumps(c))) for c in clicks)
     assert len(clicks) > 500 and taken == len(clicks)
+    assert all(_sent_click_agrees(c) for c in clicks if c["ts"] <= NOW)
     # Shops that send RFC 3339 times too.
     for click in clicks[:200]:
-        click["ts"] = "2026-03-29T01:59:59.250+01:00"
+        click["ts"] = "2025-03-30T01:59:59.250+01:00"
         assert _click_as_sent_agrees(click)
+        assert _sent_click_agrees(click)
