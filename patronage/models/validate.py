@@ -455,16 +455,16 @@ def _check_lines(
 
 
 def _check_line(line: Any, index: int, rules: Rules, corrections: list[str]) -> Item | None:
-    where = f"items.{index}"
+    # (each reason names its line as f"items.{index}", built only when refused)
     if not isinstance(line, dict):
-        raise _Reject("line_not_an_object", f"{where} must be an object")
+        raise _Reject("line_not_an_object", f"items.{index} must be an object")
     category = free_label(line.get("category"), "category", corrections)
     quantity = _usable_decimal(line.get("quantity"))
     price = _usable_decimal(line.get("unit_price"))
     if quantity is None:
-        raise _Reject("line_quantity", f"{where}.quantity is not a usable number")
+        raise _Reject("line_quantity", f"items.{index}.quantity is not a usable number")
     if price is None:
-        raise _Reject("line_price", f"{where}.unit_price is not a usable number")
+        raise _Reject("line_price", f"items.{index}.unit_price is not a usable number")
     sku = line.get("sku")
     if type(sku) is str and _storable_as_sent(sku):
         # What Item's validation would accept unchanged (category, quantity
@@ -477,27 +477,32 @@ def _check_line(line: Any, index: int, rules: Rules, corrections: list[str]) -> 
             )
         except ValidationError as exc:
             raise _Reject("line_schema", _describe(exc, "line").replace("line: ", "", 1)) from exc
-    if abs(item.quantity) > rules.max_quantity:
-        raise _Reject(
-            "absurd_quantity",
-            f"{where}.quantity {item.quantity} exceeds ±{rules.max_quantity} "
-            "(PATRONAGE_MAX_QUANTITY)",
-        )
-    if item.unit_price < 0:
-        raise _Reject("negative_price", f"{where}.unit_price is negative")
-    if item.unit_price > rules.max_unit_price:
-        raise _Reject(
-            "absurd_price",
-            f"{where}.unit_price {item.unit_price} exceeds {rules.max_unit_price} "
-            "(PATRONAGE_MAX_UNIT_PRICE)",
-        )
-    if item.quantity == 0:
+        quantity, price = item.quantity, item.unit_price
+    _check_amounts(quantity, price, index, rules)
+    if quantity == 0:
         corrections.append("zero_quantity_line_dropped")
         return None
     if not item.category:
         corrections.append("missing_category")
         item = item.model_copy(update={"category": "uncategorized"})
     return item
+
+
+def _check_amounts(quantity: Decimal, price: Decimal, index: int, rules: Rules) -> None:
+    if not -rules.max_quantity <= quantity <= rules.max_quantity:
+        raise _Reject(
+            "absurd_quantity",
+            f"items.{index}.quantity {quantity} exceeds ±{rules.max_quantity} "
+            "(PATRONAGE_MAX_QUANTITY)",
+        )
+    if price < 0:
+        raise _Reject("negative_price", f"items.{index}.unit_price is negative")
+    if price > rules.max_unit_price:
+        raise _Reject(
+            "absurd_price",
+            f"items.{index}.unit_price {price} exceeds {rules.max_unit_price} "
+            "(PATRONAGE_MAX_UNIT_PRICE)",
+        )
 
 
 _ITEM_FIELDS = frozenset(Item.model_fields)
@@ -549,8 +554,13 @@ def _settle_basket(
     elif not dropped and abs(item_sum - claimed_total) > rules.total_tolerance:
         # A till or shop rounding/summing bug: trust the lines, count it.
         corrections.append("total_mismatch")
-    # Items and total as kept: a copy without validation (both are checked).
-    return event.model_copy(update={"items": kept, "total": item_sum})
+    # Items and total as kept: what `model_copy(update=...)` gives, built
+    # without its generic copying (both values are checked; no extras kept).
+    values = {**event.__dict__, "items": kept, "total": item_sum}
+    return _built(type(event), values, event.__pydantic_fields_set__ | _SETTLED)
+
+
+_SETTLED = frozenset(("items", "total"))
 
 
 _WHOLE_NUMBER = re.compile(r"-?[0-9]{1,6}")

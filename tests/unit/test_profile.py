@@ -6,12 +6,13 @@ import datetime as dt
 import math
 import random
 import zoneinfo
+from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patronage.models.contracts import Click
+from patronage.models.contracts import Click, Item, StoreReceipt
 from patronage.models.profile import (
     DAY_MS,
     Delta,
@@ -305,3 +306,45 @@ def test_a_click_becomes_a_delta_field_by_field() -> None:
         channel="email",
         device="mobile",
     )
+
+
+def test_an_order_becomes_a_delta_field_by_field() -> None:
+    """Every field of an order's delta by name (the delta is built
+    positionally), in the reporting currency; a returned gift card at price
+    0 sums to 0.0 in its category, not -0.0 (0 * -1 is -0 in Decimal)."""
+    event = StoreReceipt(
+        event_id="ev-8",
+        ts="2026-11-02T09:15:00Z",
+        loyalty_card="L-77",
+        store_id="berlin-3",
+        receipt_id="0042",
+        items=[
+            Item(
+                sku="4006381333931", category="Obst & Gemüse", quantity="0.532", unit_price="2.99"
+            ),
+            Item(sku="gift-25", category="Gutscheine", quantity="-1", unit_price="0"),
+            Item(sku="4006381333931", category="Obst & Gemüse", quantity="1", unit_price="2.99"),
+        ],
+        total="4.58",
+        currency="CHF",
+        payment_method="card",
+    )
+    ts_ms = T0 + 3 * DAY_MS
+    delta = to_delta(event, ts_ms, "store-receipts:1", 9, {"EUR": 1.0, "CHF": 1.07})
+    produce = (Decimal("0.532") * Decimal("2.99") + Decimal("2.99")) * Decimal("1.07")
+    assert delta == Delta(
+        source="store-receipts:1",
+        offset=9,
+        event_token=token("ev-8"),
+        ts=ts_ms,
+        day=ts_ms // DAY_MS,
+        kind="order",
+        origin="store",
+        basket=float(produce),
+        returned=0.0,
+        net=float(produce),
+        categories=(("Gutscheine", 0.0), ("Obst & Gemüse", float(produce))),
+        payment_method="card",
+        order_token=token("receipt:berlin-3/0042"),
+    )
+    assert math.copysign(1.0, dict(delta.categories)["Gutscheine"]) == 1.0
