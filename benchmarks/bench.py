@@ -1030,6 +1030,18 @@ def _descendants(pid: int) -> list[int]:
     return [c for child in map(int, children) for c in (child, *_descendants(child))]
 
 
+DRAIN_POLL_S = 0.2  # between lag samples while much of the backlog is left
+DRAIN_END_POLL_S = 0.02  # in its last quarter
+
+
+def drain_poll_s(left: int, first: int) -> float:
+    """How long to wait before the next lag sample: rarely while much is
+    left (each sample is requests to the broker, whose CPU is counted), often
+    in the last quarter, so the drain's end is read to 20 ms rather than 200
+    (drains of ~3 s were read in steps of 6 %: 41.6k / 44.4k / 47.3k)."""
+    return DRAIN_END_POLL_S if left * 4 <= first else DRAIN_POLL_S
+
+
 async def _timed_drain(
     settings: Settings,
     job: str,
@@ -1050,13 +1062,16 @@ async def _timed_drain(
     started = time.monotonic()
     began: float | None = None
     before = _cpu_snapshot(servers, procs)
+    first_lag = 0
     try:
         while True:
             began_now = began is None and await _group_stable(admin, settings.group_id)
             if began_now:
                 began = time.monotonic()
                 before = _cpu_snapshot(servers, procs)
-            if sum(r.lag for r in await lag.sample()) == 0:
+            left = sum(r.lag for r in await lag.sample())
+            first_lag = first_lag or left
+            if left == 0:
                 if began_now:
                     raise RuntimeError(f"{job} drained the backlog within a poll: too few to time")
                 if began is None:
@@ -1066,7 +1081,7 @@ async def _timed_drain(
                 return began, time.monotonic(), before, _cpu_snapshot(servers, procs)
             if time.monotonic() - started > 600:
                 raise RuntimeError(f"{job} did not drain the backlog in 600 s")
-            await asyncio.sleep(0.2 if began is not None else 0.05)
+            await asyncio.sleep(drain_poll_s(left, first_lag) if began is not None else 0.05)
     finally:
         await lag.close()
         await admin.close()
