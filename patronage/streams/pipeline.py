@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import json
 import logging
+import operator
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -98,6 +100,10 @@ class PipelineStats:
         self.lines_dropped.update(batch.lines_dropped)
         for tp, ts in batch.max_event_ts.items():
             self.last_event_ts[tp] = max(self.last_event_ts.get(tp, 0), ts)
+
+
+_topic_partition = operator.attrgetter("topic", "partition")
+_offset = operator.attrgetter("offset")
 
 
 @dataclass(frozen=True)
@@ -549,9 +555,10 @@ class Pipeline:
         or below an offset already seen was reset (re-created, truncated):
         its records from now on are a new source, never taken for redeliveries."""
         highest: dict[tuple[str, int], int] = {}
-        for record in records:
-            tp = (record.topic, record.partition)
-            highest[tp] = max(highest.get(tp, -1), record.offset)
+        # A partition's records come in runs (a fetch's): each run's highest
+        # offset found at C speed, not a tuple and a max() per record.
+        for tp, run in itertools.groupby(records, _topic_partition):
+            highest[tp] = max(highest.get(tp, -1), max(map(_offset, run)))
         # Kept while this worker's assignment stands (no round trip per
         # batch); read again after a rebalance, when another worker may have
         # moved a partition's epoch on.
