@@ -7,8 +7,9 @@ Faust keeps what it is good at: the app, the low-volume agents (learner,
 erasure), timers, the web views and the shutdown signals.
 
 Offsets are committed only for batches the pipeline finished (Redis applied
-them, their dead letters were acknowledged), every `commit_interval_s`, at a
-rebalance for the partitions given away, and at shutdown. A batch never
+them, their dead letters were acknowledged), every `commit_interval_s`, as
+soon as it has caught up (nothing fetched, nothing in hand), at a rebalance
+for the partitions given away, and at shutdown. A batch never
 overlaps a rebalance (one lock); a record redelivered after a crash or a
 failed commit is dropped by the store's per-partition offset check.
 
@@ -217,6 +218,7 @@ class BatchIngest:
         if not fetched and not ahead:
             # Idle: the learner's vectors still gathering go out now.
             await self.pipeline.flush_features()
+            await self.commit()  # (the batch before, if it was the last)
             return ahead
         async with self.lock:
             batches = self._still_owned(consumer, fetched)
@@ -234,6 +236,12 @@ class BatchIngest:
                 await self._finish_ahead(consumer, ahead.pop(0))
             if batches:
                 await self._process(batches)
+        if not fetched and not ahead:
+            # Caught up: what was applied is committed now, not at the next
+            # interval, so the group's lag reads zero once the work is done
+            # (ops watch it) and a restart reads nothing again. A stream that
+            # keeps coming is committed on the interval.
+            await self.commit()
         return ahead
 
     @property

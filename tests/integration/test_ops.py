@@ -14,7 +14,14 @@ import time
 
 from patronage.models.simulate import generate
 from patronage.models.timeunits import DAY_MS
-from tests.integration.harness import Worker, cli_lag, metric_sum, settings_with_topics, wait_for
+from tests.integration.harness import (
+    Worker,
+    cli_lag,
+    drained,
+    metric_sum,
+    settings_with_topics,
+    wait_for,
+)
 from tests.integration.private_redis import PrivateRedis
 from tests.integration.test_end_to_end import as_messages, publish_with_metadata
 
@@ -77,5 +84,23 @@ def test_backlog_is_reported_and_drains(
         assert metric_sum(body, "patronage_consumer_oldest_waiting_seconds") == 0
         assert metric_sum(body, "patronage_events_applied_total") == len(published)
         assert metric_sum(body, "patronage_redis_retries_total") >= 1
+    finally:
+        worker.stop()
+
+
+def test_a_caught_up_worker_commits_without_waiting_for_the_interval(
+    isolated_env: dict[str, str],
+) -> None:
+    """Once everything fetched is applied, the group's lag reads zero — not
+    at the next commit, a minute away here. Ops read the lag from the broker's
+    committed offsets, which a mock consumer would not keep: the real Kafka."""
+    env = {**isolated_env, "PATRONAGE_COMMIT_INTERVAL_S": "60"}
+    settings = settings_with_topics(env)
+    now = int(time.time() * 1000)
+    events, _ = generate(customers=20, days=10, seed=8, start_ms=(now // DAY_MS - 11) * DAY_MS)
+    worker = Worker(env).start()
+    try:
+        publish_with_metadata(settings, as_messages(events))
+        wait_for(lambda: drained(settings), 30, "the group's lag to read zero", worker.check_alive)
     finally:
         worker.stop()
