@@ -306,16 +306,15 @@ def to_delta(
     if isinstance(event, BASKET_EVENTS):
         return _order_delta(event, src, offset, event_token, ts_ms, day, currencies)
     assert isinstance(event, CustomerAttributes)
-    return Delta(
-        src,
-        offset,
-        event_token,
-        ts_ms,
-        day,
-        "attributes",
-        attributes=tuple(
-            (name, jsontext.dumps_text(v)) for name, v in sorted(event.attributes.items())
-        ),
+    attributes = sorted(event.attributes.items())
+    return Delta(  # the rarest kind: by name
+        source=src,
+        offset=offset,
+        event_token=event_token,
+        ts=ts_ms,
+        day=day,
+        kind="attributes",
+        attributes=tuple((name, jsontext.dumps_text(v)) for name, v in attributes),
     )
 
 

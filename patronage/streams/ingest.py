@@ -218,24 +218,23 @@ class BatchIngest:
         if not fetched and not ahead:
             # Idle: the learner's vectors still gathering go out now.
             await self.pipeline.flush_features()
-            await self.commit()  # (the batch before, if it was the last)
-            return ahead
-        async with self.lock:
-            batches = self._still_owned(consumer, fetched)
-            if self._prepare_elsewhere(batches):
-                work = await self.pipeline.prepare_in(_records(batches), self)
-                ahead.append(_Ahead(batches, work, self.rebalances))
-                batches = {}
-            if not fetched:
-                keep = len(ahead) - 1  # nothing new: the oldest is finished
-            elif batches:
-                keep = 0  # a batch prepared here comes after every one before it
-            else:
-                keep = self.prepare_depth
-            while len(ahead) > keep:
-                await self._finish_ahead(consumer, ahead.pop(0))
-            if batches:
-                await self._process(batches)
+        else:
+            async with self.lock:
+                batches = self._still_owned(consumer, fetched)
+                if self._prepare_elsewhere(batches):
+                    work = await self.pipeline.prepare_in(_records(batches), self)
+                    ahead.append(_Ahead(batches, work, self.rebalances))
+                    batches = {}
+                if not fetched:
+                    keep = len(ahead) - 1  # nothing new: the oldest is finished
+                elif batches:
+                    keep = 0  # a batch prepared here comes after every one before it
+                else:
+                    keep = self.prepare_depth
+                while len(ahead) > keep:
+                    await self._finish_ahead(consumer, ahead.pop(0))
+                if batches:
+                    await self._process(batches)
         if not fetched and not ahead:
             # Caught up: what was applied is committed now, not at the next
             # interval, so the group's lag reads zero once the work is done
