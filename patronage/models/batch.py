@@ -27,11 +27,20 @@ from patronage.models.profile import (
     CustomerDeltas,
     Delta,
     click_delta,
+    order_delta,
+    order_key,
     packed_customer,
     to_delta,
 )
 from patronage.models.sources import source_label
-from patronage.models.validate import Accepted, LineProblem, Rules, sent_click, validate
+from patronage.models.validate import (
+    Accepted,
+    LineProblem,
+    Rules,
+    sent_click,
+    sent_order,
+    validate,
+)
 
 
 @mypyc_attr(native_class=False)  # frozen: see patronage/compiled.py
@@ -118,21 +127,8 @@ def _prepare_one(
         dead_letter(batch, record, "unknown_topic", reason, now_ms, rules)
         return
     raw = record.value if record.value is not None else b""
-    if kind == "click":
-        click = sent_click(raw, now_ms, rules)
-        if click is not None:
-            delta = click_delta(
-                click.event_id,
-                click.ts_ms,
-                source,
-                record.offset,
-                zone,
-                click.session_id,
-                click.channel,
-                click.device,
-            )
-            _add(batch, record, delta, click.profile_id, click.ts_ms, click.corrections, (), [])
-            return
+    if _add_as_sent(batch, record, raw, kind, rules, now_ms, zone, source):
+        return
     outcome = validate(raw, kind, now_ms, rules)  # type: ignore[arg-type]
     if not isinstance(outcome, Accepted):
         dead_letter(batch, record, outcome.code, outcome.reason, now_ms, rules)
@@ -152,6 +148,56 @@ def _prepare_one(
     _add(
         batch, record, delta, customer_id, outcome.ts_ms, outcome.corrections, dropped, line_letters
     )
+
+
+def _add_as_sent(
+    batch: PreparedBatch,
+    record: Record,
+    raw: bytes,
+    kind: str,
+    rules: Rules,
+    now_ms: int,
+    zone: dt.tzinfo,
+    source: str,
+) -> bool:
+    """A click or an order validation keeps as sent, into the batch without
+    its model (most of a shop's events); False for anything else."""
+    if kind == "click":
+        click = sent_click(raw, now_ms, rules)
+        if click is None:
+            return False
+        delta = click_delta(
+            click.event_id,
+            click.ts_ms,
+            source,
+            record.offset,
+            zone,
+            click.session_id,
+            click.channel,
+            click.device,
+        )
+        _add(batch, record, delta, click.profile_id, click.ts_ms, click.corrections, (), [])
+        return True
+    if kind == "customer_attributes":
+        return False
+    order = sent_order(raw, kind, now_ms, rules)
+    if order is None:
+        return False
+    delta = order_delta(
+        order.event_id,
+        order.ts_ms,
+        source,
+        record.offset,
+        zone,
+        order.lines,
+        rules.currencies[order.currency],
+        order.channel,
+        order.payment_method,
+        order_key(order.store_id, order.order_id),
+        order.store_id is not None,
+    )
+    _add(batch, record, delta, order.profile_id, order.ts_ms, order.corrections, (), [])
+    return True
 
 
 def _add(

@@ -245,9 +245,16 @@ def token(text: str) -> str:
 
 def natural_key(event: Purchase | StoreReceipt) -> str:
     if isinstance(event, StoreReceipt):
-        # Tills number receipts per store: the store is part of the key.
-        return f"receipt:{event.store_id}/{event.receipt_id}"
-    return f"order:{event.order_id}"
+        return order_key(event.store_id, event.receipt_id)
+    return order_key(None, event.order_id)
+
+
+def order_key(store_id: str | None, order_id: str) -> str:
+    """A purchase's key is its order id; a till receipt's, its store's and
+    its number (tills number receipts per store)."""
+    if store_id is not None:
+        return f"receipt:{store_id}/{order_id}"
+    return f"order:{order_id}"
 
 
 def day_index(ts_ms: int, zone: dt.tzinfo = UTC) -> int:
@@ -301,68 +308,82 @@ def to_delta(
         return click_delta(
             event.event_id, ts_ms, src, offset, zone, event.session_id, channel, event.device
         )
-    event_token = token(event.event_id)
-    day = day_index(ts_ms, zone)
     if isinstance(event, BASKET_EVENTS):
-        return _order_delta(event, src, offset, event_token, ts_ms, day, currencies)
+        store = isinstance(event, StoreReceipt)
+        return order_delta(
+            event.event_id,
+            ts_ms,
+            src,
+            offset,
+            zone,
+            [(i.category or "uncategorized", i.unit_price * i.quantity) for i in event.items],
+            currencies[event.currency],
+            None if store or not event.channel else event.channel.value,  # type: ignore[union-attr]
+            event.payment_method,
+            natural_key(event),
+            store,
+        )
     assert isinstance(event, CustomerAttributes)
     attributes = sorted(event.attributes.items())
     return Delta(  # the rarest kind: by name
         source=src,
         offset=offset,
-        event_token=event_token,
+        event_token=token(event.event_id),
         ts=ts_ms,
-        day=day,
+        day=day_index(ts_ms, zone),
         kind="attributes",
         attributes=tuple((name, jsontext.dumps_text(v)) for name, v in attributes),
     )
 
 
-def _order_delta(
-    event: Purchase | StoreReceipt,
+def order_delta(
+    event_id: str,
+    ts_ms: int,
     src: str,
     offset: int,
-    event_token: str,
-    ts_ms: int,
-    day: int,
-    currencies: Mapping[str, float],
+    zone: dt.tzinfo,
+    lines: Iterable[tuple[str, Decimal]],
+    currency_rate: float,
+    channel: str | None,
+    payment_method: str | None,
+    key: str,
+    store: bool,
 ) -> Delta:
-    """An order's delta: its lines' values in the reporting currency, summed
-    exactly (Decimal) into basket, returns and each category."""
-    rate = _decimal_rate(currencies[event.currency])
+    """An order's delta from its lines' categories and values (unit price x
+    quantity, in the order's currency; `to_delta`, or
+    `validate.sent_order`): summed exactly (Decimal) in the reporting
+    currency into basket, returns and each category."""
+    rate = _decimal_rate(currency_rate)
     basket = returned = _ZERO
     per_category: dict[str, Decimal] = {}
-    for item in event.items:
-        value = item.unit_price * item.quantity
+    for category, value in lines:
         if rate is not None:
             value *= rate
         if value >= 0:
             basket += value
         else:
             returned -= value
-        category = item.category or "uncategorized"
         # (from zero, not `value`: 0 * -2 is -0, and a sum from zero is 0)
         per_category[category] = per_category.get(category, _ZERO) + value
-    is_store = isinstance(event, StoreReceipt)
     # Positional, as for clicks: a keyword each cost a third more.
     return Delta(
         src,
         offset,
-        event_token,
+        token(event_id),
         ts_ms,
-        day,
+        day_index(ts_ms, zone),
         "order",
         None,
-        event.channel.value if not is_store and event.channel else None,  # type: ignore[union-attr]
+        channel,
         None,
-        "store" if is_store else "online",
+        "store" if store else "online",
         float(basket),
         float(returned),
         float(basket - returned),
         tuple([(c, float(per_category[c])) for c in sorted(per_category)]),
-        event.payment_method or None,
+        payment_method or None,
         (),
-        token(natural_key(event)),
+        token(key),
     )
 
 

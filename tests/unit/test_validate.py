@@ -14,9 +14,10 @@ from pydantic import ValidationError
 from patronage.models import jsontext
 from patronage.models import validate as validate_module
 from patronage.models.contracts import UTC, Click, Item, Purchase, parse_ts, routing_key
-from patronage.models.profile import click_delta, to_delta
+from patronage.models.profile import click_delta, order_delta, order_key, to_delta
 from patronage.models.simulate import generate
 from patronage.models.validate import Accepted, Rejected, Rules, validate
+from tests.public_data import grocery_receipts
 from tests.schema_fuzz import ADVERSARIAL_VALUES, leaf_paths, render, replaced, valid_documents
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -605,3 +606,179 @@ def test_a_shops_clicks_are_built_without_validation() -> None:
         click["ts"] = "2025-03-30T01:59:59.250+01:00"
         assert _click_as_sent_agrees(click)
         assert _sent_click_agrees(click)
+
+
+def _sent_order_agrees(doc: dict[str, Any] | bytes, kind: str, rules: Rules = RULES) -> bool:
+    """A batch's way round an order's model and its lines' Items
+    (`sent_order` and `order_delta`) gives what validating the order and
+    `to_delta` give: the same delta, profile, time and corrections — or
+    stands aside (validation then says why, or drops the lines); True
+    when it took the order."""
+    raw = doc if isinstance(doc, bytes) else render(doc)
+    fast = validate_module.sent_order(raw, kind, NOW, rules)
+    general = validate(raw, kind, NOW, rules)  # type: ignore[arg-type]
+    if fast is None:
+        return False
+    assert isinstance(general, Accepted), raw  # never accepts what validation refuses
+    assert general.dropped_lines == (), raw  # nor a line validation drops
+    assert (fast.profile_id, fast.ts_ms, fast.corrections) == (
+        general.event.profile_id,
+        general.ts_ms,
+        general.corrections,
+    ), raw
+    delta = order_delta(
+        fast.event_id,
+        fast.ts_ms,
+        "purchases:3:0",
+        17,
+        UTC,
+        fast.lines,
+        rules.currencies[fast.currency],
+        fast.channel,
+        fast.payment_method,
+        order_key(fast.store_id, fast.order_id),
+        fast.store_id is not None,
+    )
+    assert delta == to_delta(general.event, general.ts_ms, "purchases:3:0", 17, rules.currencies)
+    return True
+
+
+@st.composite
+def _order_documents(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
+    """Schema-valid purchases and till receipts, some with one leaf (a
+    line's too) replaced, some with a field dropped."""
+    kind = draw(st.sampled_from(["purchase", "store_receipt"]))
+    doc: dict[str, Any] = draw(valid_documents(kind))
+    change = draw(st.sampled_from(["none", "leaf", "drop"]))
+    if change == "leaf":
+        path = draw(st.sampled_from(leaf_paths(doc)))
+        doc = replaced(doc, path, draw(_click_leaf))
+    elif change == "drop" and doc:
+        doc.pop(draw(st.sampled_from(sorted(doc))))
+    return doc, kind
+
+
+@given(_order_documents())
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+def test_an_order_taken_without_its_model_is_the_validated_order(
+    case: tuple[dict[str, Any], str],
+) -> None:
+    _sent_order_agrees(*case)
+
+
+RECEIPT = {
+    "type": "store_receipt",
+    "event_id": "till-7-000412",
+    "customer_id": "cust-1",
+    "loyalty_card": "4006381333931",
+    "ts": "2025-11-28T18:42:07+01:00",
+    "receipt_id": "000412",
+    "store_id": "berlin-mitte",
+    "items": [
+        {"sku": "4000417025005", "category": "Molkereiprodukte", "quantity": 2, "unit_price": 1.19},
+        {
+            "sku": "2100000012345",
+            "category": "Obst & Gemüse",
+            "quantity": 0.532,
+            "unit_price": "3.99",
+        },
+        {"sku": "PFAND-025", "quantity": -4, "unit_price": 0.25},
+    ],
+    "total": 4.50,
+    "currency": "EUR",
+    "payment_method": "girocard",
+}
+ORDER = {
+    "type": "purchase",
+    "event_id": "ev-7",
+    "anonymous_id": "cookie-9",
+    "ts": 1_767_225_000_000,
+    "order_id": "SO-100234",
+    "items": [{"sku": "sku-123", "category": "Shoes", "quantity": 1, "unit_price": 89.9}],
+    "total": 89.9,
+    "currency": "USD",
+    "payment_method": "paypal",
+    "channel": "email",
+}
+
+
+@pytest.mark.parametrize(("sample", "kind"), [(RECEIPT, "store_receipt"), (ORDER, "purchase")])
+def test_every_leaf_of_an_order_with_every_adversarial_value(
+    sample: dict[str, Any], kind: str
+) -> None:
+    assert _sent_order_agrees(sample, kind)
+    taken = 0
+    for path in leaf_paths(sample):
+        for value in [*ADVERSARIAL_VALUES, " padded ", "x" * 129, "{brace}", "loyalty_card:1"]:
+            taken += _sent_order_agrees(replaced(sample, path, value), kind)
+        taken += _sent_order_agrees(replaced(sample, path[:-1], _without(sample, path)), kind)
+    assert taken > 40  # many changes still leave an order taken without its model
+
+
+def _without(doc: dict[str, Any], path: tuple[Any, ...]) -> Any:
+    """The container at path[:-1] without its entry path[-1]."""
+    container = doc
+    for step in path[:-1]:
+        container = container[step]
+    if isinstance(container, dict):
+        return {k: v for k, v in container.items() if k != path[-1]}
+    return [v for i, v in enumerate(container) if i != path[-1]]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"items": [{**RECEIPT["items"][0], "quantity": 0}, RECEIPT["items"][1]]},  # a correction
+        {"items": [{**RECEIPT["items"][0], "quantity": 5000}, RECEIPT["items"][1]]},  # dropped
+        {"items": [{**RECEIPT["items"][0], "category": None}]},  # uncategorized
+        {"items": [{**RECEIPT["items"][0], "quantity": 0}]},  # nothing left: refused
+        {"total": "n/a"},
+        {"total": 99.0},
+        {"currency": "eur"},  # cleaned by the model
+        {"currency": "GBP"},  # not configured
+        {"ts": "2026-01-01T01:00:00Z"},  # ahead of NOW
+        {"customer_id": None, "loyalty_card": "{4006381333931}"},
+        {"customer_id": None, "loyalty_card": " 4006381333931"},
+        {"payment_method": 42},
+        {"receipt_id": 412},
+    ],
+)
+def test_a_receipt_judged_in_the_batch_as_by_validation(change: dict[str, Any]) -> None:
+    """What validation corrects, drops or refuses: taken with the same
+    corrections, or left to validation."""
+    doc = {k: v for k, v in {**RECEIPT, **change}.items() if v is not None}
+    _sent_order_agrees(doc, "store_receipt")
+    # Rules built by hand, not by the settings (which write codes in capitals).
+    _sent_order_agrees(doc, "store_receipt", Rules(currencies={"eur": 1.0}))
+
+
+def test_real_grocery_baskets_are_taken_as_validation_takes_them() -> None:
+    """dunnhumby's Complete Journey baskets as a till sends them (weighed and
+    fuel lines, zero quantities, totals that do not add up, lines without a
+    category): every one the fast path takes agrees with validation, and it
+    takes most of them."""
+    receipts = grocery_receipts(households=25)
+    rules = Rules(currencies={"USD": 1.0}, min_ts_ms=0)
+    taken = sum(_sent_order_agrees(r, "store_receipt", rules) for r in receipts)
+    corrected = sum(
+        bool(validate_module.sent_order(render(r), "store_receipt", NOW, rules).corrections)  # type: ignore[union-attr]
+        for r in receipts[:300]
+        if validate_module.sent_order(render(r), "store_receipt", NOW, rules) is not None
+    )
+    assert len(receipts) > 1000 and taken > 0.8 * len(receipts)
+    assert corrected > 10  # corrections are counted on the fast path too
+
+
+def test_a_shops_orders_are_taken_without_their_models() -> None:
+    """The fast path is what a simulated shop's orders take, in both time
+    forms and at every configured currency's rate."""
+    events, _ = generate(customers=60, days=60, seed=4, start_ms=NOW - 61 * 86_400_000)
+    orders = [e for e in events if e["type"] in ("purchase", "store_receipt")]
+    rules = Rules(currencies={"EUR": 1.0, "USD": 0.92, "GBP": 1.17})
+    assert len(orders) > 100
+    for order in orders:
+        assert _sent_order_agrees(order, order["type"], rules)
+        for currency in ("USD", "GBP"):
+            assert _sent_order_agrees({**order, "currency": currency}, order["type"], rules)
+        order["ts"] = "2025-03-30T01:59:59.250+01:00"
+        assert _sent_order_agrees(order, order["type"], rules)
