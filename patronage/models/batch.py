@@ -225,15 +225,20 @@ def _add(
         newest = batch.newest.get(partition)
         if newest is None:
             newest = batch.newest[partition] = {}
-        newest[topic] = max(newest.get(topic, delta.ts), delta.ts)
+        latest = newest.get(topic)
+        if latest is None or delta.ts > latest:
+            newest[topic] = delta.ts
     batch.accepted[topic] += 1
     for correction in corrections:
         batch.corrected[(topic, correction)] += 1
-    for problem, letter in zip(dropped, line_letters, strict=True):
-        batch.dead_letters.append((record.key, letter))
-        batch.lines_dropped[(topic, problem.code)] += 1
+    if dropped:
+        for problem, letter in zip(dropped, line_letters, strict=True):
+            batch.dead_letters.append((record.key, letter))
+            batch.lines_dropped[(topic, problem.code)] += 1
     tp = (topic, partition)
-    batch.max_event_ts[tp] = max(batch.max_event_ts.get(tp, 0), ts_ms)
+    latest = batch.max_event_ts.get(tp)
+    if latest is None or ts_ms > latest:
+        batch.max_event_ts[tp] = ts_ms
 
 
 def bounded_payload(raw: bytes, limit: int) -> dict[str, Any]:

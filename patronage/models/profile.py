@@ -176,37 +176,68 @@ _KIND_BYTE = {kind: letter.encode("ascii") for kind, letter in KIND_WIRE.items()
 
 
 def _packed(delta: Delta, source: str) -> bytes:
-    head = (
-        _KIND_BYTE[delta.kind]
-        + _byte_counted(source.encode("utf-8"))
-        + _NUMBERS.pack(delta.offset, delta.ts, delta.day)
-        + _token_bytes(delta.event_token, 6)
-    )
+    head = _HEADS.get((delta.kind, source))
+    if head is None:
+        head = _head(delta.kind, source)
+    numbers = _NUMBERS.pack(delta.offset, delta.ts, delta.day)
+    event = _token_bytes(delta.event_token, 6)
     if delta.kind == "click":
-        return (
-            head
-            + _byte_counted(_token_bytes(delta.session_token, 4))
-            + _counted(delta.channel)
-            + _counted(delta.device)
+        return b"".join(
+            (
+                head,
+                numbers,
+                event,
+                _byte_counted(_token_bytes(delta.session_token, 4)),
+                _counted_label(delta.channel),
+                _counted_label(delta.device),
+            )
         )
     if delta.kind == "order":
         parts = [
             head,
+            numbers,
+            event,
             _byte_counted(_token_bytes(delta.order_token, 6)),
             _byte_counted((delta.origin or "").encode("ascii")),
             _ORDER_SUMS.pack(delta.basket, delta.returned, delta.net),
-            _counted(delta.payment_method),
-            _counted(delta.channel),
+            _counted_label(delta.payment_method),
+            _counted_label(delta.channel),
             len(delta.categories).to_bytes(2, "big"),
         ]
         for category, value in delta.categories:
-            parts += (_counted(category), _CATEGORY_VALUE.pack(value))
+            parts += (_counted_label(category), _CATEGORY_VALUE.pack(value))
         return b"".join(parts)
-    parts = [head, len(delta.attributes).to_bytes(2, "big")]
+    parts = [head, numbers, event, len(delta.attributes).to_bytes(2, "big")]
     for name, json_value in delta.attributes:
         raw = json_value.encode("utf-8")
         parts += (_counted(name), len(raw).to_bytes(4, "big"), raw)
     return b"".join(parts)
+
+
+# A delta's kind and source, and the labels of a shop (channels, devices,
+# categories, payment methods), packed once each: they repeat in every
+# batch. Bounded, so a flood of distinct labels stays small.
+_HEADS: dict[tuple[str, str], bytes] = {}
+_LABELS: dict[str | None, bytes] = {}
+_PACKED_KEPT = 16_384
+
+
+def _head(kind: str, source: str) -> bytes:
+    head = _KIND_BYTE[kind] + _byte_counted(source.encode("utf-8"))
+    if len(_HEADS) >= _PACKED_KEPT:
+        _HEADS.clear()
+    _HEADS[(kind, source)] = head
+    return head
+
+
+def _counted_label(text: str | None) -> bytes:
+    packed = _LABELS.get(text)
+    if packed is None:
+        packed = _counted(text)
+        if len(_LABELS) >= _PACKED_KEPT:
+            _LABELS.clear()
+        _LABELS[text] = packed
+    return packed
 
 
 def _token_bytes(token: str | None, size: int) -> bytes:

@@ -224,27 +224,51 @@ def sent_click(raw: bytes, now_ms: int, rules: Rules) -> SentClick | None:
     try:
         doc = decode_object(raw, rules)
         corrections: list[str] = []
-        _clean_labels(doc, "click", corrections)
-        values = _click_values(doc)
-        if values is None:
-            return None
-        ts_ms = _checked_time(values["ts"], now_ms, rules)
+        fields = _click_fields(doc)
+        if fields is None:
+            # (a click sent clean needs no cleaning: `_clean_labels` would
+            # change nothing `_click_fields` accepts)
+            _clean_labels(doc, "click", corrections)
+            fields = _click_fields(doc)
+            if fields is None:
+                return None
+        event_id, ts, customer_id, anonymous_id, session_id, _, _, _, channel, device = fields
+        ts_ms = _checked_time(ts, now_ms, rules)
     except _Reject:
         return None
-    channel = values["channel"]
     return SentClick(
-        identity_key(values["customer_id"], values["anonymous_id"], None),  # type: ignore[arg-type]
+        identity_key(customer_id, anonymous_id, None),  # type: ignore[arg-type]
         ts_ms,
-        values["event_id"],
-        values["session_id"],
-        None if channel is None else channel.value,
-        values["device"],
+        event_id,
+        session_id,
+        channel,
+        device,
         tuple(corrections),
     )
 
 
+# A click's fields in Click's order, as sent: event_id, ts, customer_id,
+# anonymous_id, session_id, page_type, product_id, category, channel, device.
+ClickFields = tuple[str, Any, str | None, str | None, str, str, Any, Any, str | None, Any]
+
+
 def _click_values(doc: dict[str, Any]) -> dict[str, Any] | None:
     """A click's field values when validation keeps every one as sent."""
+    fields = _click_fields(doc)
+    if fields is None:
+        return None
+    values = dict(zip(_CLICK_FIELDS, fields, strict=True))
+    values["page_type"] = _PAGE_TYPES[values["page_type"]]
+    channel = values["channel"]
+    values["channel"] = None if channel is None else _CHANNELS[channel]
+    return values
+
+
+_CLICK_FIELDS = tuple(Click.model_fields)
+
+
+def _click_fields(doc: dict[str, Any]) -> ClickFields | None:
+    """A click's fields when validation keeps every one as sent."""
     event_id = doc.get("event_id")
     ts = doc.get("ts")
     session_id = doc.get("session_id")
@@ -262,22 +286,22 @@ def _click_values(doc: dict[str, Any]) -> dict[str, Any] | None:
     channel = doc.get("channel")
     if channel is not None and (type(channel) is not str or channel not in _CHANNELS):
         return None
-    labels = (doc.get("product_id"), doc.get("category"), doc.get("device"))
-    for label in labels:
+    product_id, category, device = doc.get("product_id"), doc.get("category"), doc.get("device")
+    for label in (product_id, category, device):
         if label is not None and not _kept_as_sent(label):
             return None
-    return {
-        "event_id": event_id,
-        "ts": ts,
-        "customer_id": customer_id,
-        "anonymous_id": anonymous_id,
-        "session_id": session_id,
-        "page_type": _PAGE_TYPES[page_type],
-        "product_id": labels[0],
-        "category": labels[1],
-        "channel": None if channel is None else _CHANNELS[channel],
-        "device": labels[2],
-    }
+    return (
+        event_id,
+        ts,
+        customer_id,
+        anonymous_id,
+        session_id,
+        page_type,
+        product_id,
+        category,
+        channel,
+        device,
+    )
 
 
 def _kept_as_sent(value: Any) -> TypeGuard[str]:

@@ -348,3 +348,20 @@ def test_an_order_becomes_a_delta_field_by_field() -> None:
         order_token=token("receipt:berlin-3/0042"),
     )
     assert math.copysign(1.0, dict(delta.categories)["Gutscheine"]) == 1.0
+
+
+def test_labels_and_heads_packed_once_are_packed_alike_and_stay_bounded() -> None:
+    """The packing keeps a shop's labels and each kind and source packed:
+    what it keeps is what packing gives, and a flood of distinct labels
+    (or sources) does not grow it past its bound."""
+    from patronage.models import profile as profile_module
+
+    for n in range(profile_module._PACKED_KEPT + 10):
+        label = f"Kategorie {n}: Schuhe & Taschen"
+        assert profile_module._counted_label(label) == profile_module._counted(label)
+        assert profile_module._counted_label(label) == profile_module._counted(label)
+        head = profile_module._head("click", f"{n}:0")
+        assert head == b"c" + bytes((len(f"{n}:0"),)) + f"{n}:0".encode()
+    assert len(profile_module._LABELS) <= profile_module._PACKED_KEPT
+    assert len(profile_module._HEADS) <= profile_module._PACKED_KEPT
+    assert profile_module._counted_label(None) == profile_module._counted_label("") == b"\0\0"
