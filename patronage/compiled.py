@@ -17,8 +17,8 @@ while every listed source still has the hash it was built from, so an
 edited checkout runs its edits (logged at import: rebuild with `make install`).
 
 Frozen dataclasses stay Python classes, `@mypyc_attr(native_class=False)`:
-a compiled frozen class refuses the state pickle sets on it, and `Rules`,
-`Record` and `ProfileConfig` travel to the prepare process pickled. So do
+a compiled frozen class refuses the state pickle sets on it, and `Rules`
+and `ProfileConfig` travel to the prepare process pickled. So do
 all of segments' and predict's (models and parameters go to the fit
 process and are written out from their `__dict__`); a function nested in
 a method of such a class crashes mypyc 1.x's build, so those are module

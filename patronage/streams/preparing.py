@@ -49,7 +49,7 @@ def record_columns(records: Sequence[Record]) -> RecordColumns:
 
 
 def records_from(columns: RecordColumns) -> list[Record]:
-    return list(map(Record, *columns))
+    return list(map(Record._make, zip(*columns, strict=True)))
 
 
 def prepare_packed(

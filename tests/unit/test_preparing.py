@@ -159,7 +159,7 @@ class ListConsumer:
         fetched: dict[Any, list[Any]] = {}
         for r in self.fetches.pop(0):
             tp = TopicPartition(r.topic, r.partition)
-            fetched.setdefault(tp, []).append(Fetched(*vars(r).values()))
+            fetched.setdefault(tp, []).append(Fetched(*r))
         return fetched
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
