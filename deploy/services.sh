@@ -168,6 +168,14 @@ start_redis() {
     >"$REDIS_DATA_DIR/redis.log" 2>&1 </dev/null &
   echo $! >"$REDIS_DATA_DIR/redis.pid"
   wait_port "$REDIS_PORT" redis 30 "$REDIS_DATA_DIR/redis.log"
+  # The port opens before the append-only file is loaded (a big one takes
+  # seconds; every command meanwhile fails with LOADING): ready means loaded.
+  local tries=0
+  until redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; do
+    tries=$((tries + 1))
+    [ "$tries" -le 1200 ] || die "redis still loading after 120 s (see $REDIS_DATA_DIR/redis.log)"
+    sleep 0.1
+  done
 }
 
 create_topics() {

@@ -35,6 +35,8 @@ from patronage.models.validate import (
     Accepted,
     LineProblem,
     Rules,
+    SentClick,
+    SentOrder,
     sent_click,
     sent_order,
     validate,
@@ -167,16 +169,7 @@ def _add_as_sent(
         click = sent_click(raw, now_ms, rules)
         if click is None:
             return False
-        delta = click_delta(
-            click.event_id,
-            click.ts_ms,
-            source,
-            record.offset,
-            zone,
-            click.session_id,
-            click.channel,
-            click.device,
-        )
+        delta = sent_click_delta(click, source, record.offset, zone)
         _add(batch, record, delta, click.profile_id, click.ts_ms, click.corrections, (), [])
         return True
     if kind == "customer_attributes":
@@ -184,21 +177,42 @@ def _add_as_sent(
     order = sent_order(raw, kind, now_ms, rules)
     if order is None:
         return False
-    delta = order_delta(
+    delta = sent_order_delta(order, source, record.offset, zone, rules.currencies)
+    _add(batch, record, delta, order.profile_id, order.ts_ms, order.corrections, (), [])
+    return True
+
+
+def sent_click_delta(click: SentClick, source: str, offset: int, zone: dt.tzinfo) -> Delta:
+    """The delta of a click taken as sent (`validate.sent_click`)."""
+    return click_delta(
+        click.event_id,
+        click.ts_ms,
+        source,
+        offset,
+        zone,
+        click.session_id,
+        click.channel,
+        click.device,
+    )
+
+
+def sent_order_delta(
+    order: SentOrder, source: str, offset: int, zone: dt.tzinfo, currencies: Mapping[str, float]
+) -> Delta:
+    """The delta of an order taken as sent (`validate.sent_order`)."""
+    return order_delta(
         order.event_id,
         order.ts_ms,
         source,
-        record.offset,
+        offset,
         zone,
         order.lines,
-        rules.currencies[order.currency],
+        currencies[order.currency],
         order.channel,
         order.payment_method,
         order_key(order.store_id, order.order_id),
         order.store_id is not None,
     )
-    _add(batch, record, delta, order.profile_id, order.ts_ms, order.corrections, (), [])
-    return True
 
 
 def _add(
